@@ -1,0 +1,71 @@
+//! One error type for the whole library. Every variant carries enough context
+//! for the CLI to print a single line that names the problem and the fix.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no GPU adapter found{}: {hint}", backend_note(.backend))]
+    NoAdapter { backend: Option<String>, hint: String },
+
+    #[error("adapter '{wanted}' not found; available adapters: {available}")]
+    AdapterNotFound { wanted: String, available: String },
+
+    #[error("could not open the GPU device on '{adapter}': {reason}")]
+    DeviceRequest { adapter: String, reason: String },
+
+    #[error("GPU device lost: {0}; rerun the command (a driver reset or out-of-memory usually causes this)")]
+    DeviceLost(String),
+
+    #[error("GPU out of memory while {what}: {detail}; use a smaller batch or image size")]
+    OutOfMemory { what: String, detail: String },
+
+    #[error("GPU validation error in {what}: {detail}")]
+    Validation { what: String, detail: String },
+
+    #[error("shader '{name}' failed to compile: {detail}")]
+    Shader { name: String, detail: String },
+
+    #[error("shape error in {op}: {detail}")]
+    Shape { op: String, detail: String },
+
+    #[error("{op}: unsupported parameter: {detail}")]
+    Unsupported { op: String, detail: String },
+
+    #[error("{what} needs {needed} but the device allows at most {limit} ({name}); {fix}")]
+    LimitExceeded { what: String, needed: u64, limit: u64, name: &'static str, fix: String },
+
+    #[error("graph error: {0}")]
+    Graph(String),
+
+    #[error("{}: {reason}", .path.display())]
+    File { path: PathBuf, reason: String },
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+fn backend_note(backend: &Option<String>) -> String {
+    backend.as_ref().map(|b| format!(" for backend {b}")).unwrap_or_default()
+}
+
+impl Error {
+    pub fn shape(op: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Shape { op: op.into(), detail: detail.into() }
+    }
+    pub fn unsupported(op: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Unsupported { op: op.into(), detail: detail.into() }
+    }
+}
+
+/// Returns early with a shape error when a condition does not hold.
+#[macro_export]
+macro_rules! ensure_shape {
+    ($cond:expr, $op:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::error::Error::shape($op, format!($($fmt)+)));
+        }
+    };
+}

@@ -1,0 +1,258 @@
+//! Adapter choice, device creation and the error plumbing that keeps wgpu from
+//! panicking: every device gets an uncaptured-error sink and a device-lost
+//! callback, and fallible work runs inside error scopes.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::tuning::Tuning;
+
+/// How the user asked for an adapter: `--backend`, `--adapter`, or wgpu's own
+/// `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` environment variables.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    pub backend: Option<String>,
+    /// Adapter name substring (case-insensitive) or index into `delg-gpu info`'s list.
+    pub adapter: Option<String>,
+}
+
+/// Facts about the chosen adapter that kernels and reports need.
+#[derive(Clone, Debug)]
+pub struct AdapterFacts {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+    pub driver_info: String,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+}
+
+/// An open device with its limits, features and tuning table.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub facts: AdapterFacts,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pub tuning: Tuning,
+    pub(crate) pipelines: super::pipeline::PipelineCache,
+    errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+/// Features we use when the adapter has them; every kernel also has a path without them.
+pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+
+pub fn parse_backend(name: &str) -> Result<wgpu::Backends> {
+    match name.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+        "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+        "all" => Ok(wgpu::Backends::all()),
+        other => Err(Error::InvalidArgument(format!(
+            "unknown backend '{other}': use vulkan, metal, dx12 or gl"
+        ))),
+    }
+}
+
+fn no_adapter_hint() -> String {
+    if cfg!(target_os = "linux") {
+        "install a Vulkan driver for your GPU, or the CPU driver lavapipe with \
+         `apt-get install mesa-vulkan-drivers libvulkan1` (Debian/Ubuntu)"
+            .into()
+    } else if cfg!(target_os = "macos") {
+        "Metal should always be present on macOS 10.13+; check that the GPU is not disabled".into()
+    } else {
+        "install or update the GPU driver (DX12 or Vulkan)".into()
+    }
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle().with_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+fn requested_backends(opts: &GpuOptions) -> Result<wgpu::Backends> {
+    match &opts.backend {
+        Some(b) => parse_backend(b),
+        None => Ok(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY | wgpu::Backends::GL)),
+    }
+}
+
+/// All adapters the requested backends expose, in a stable order: real GPUs first.
+pub fn list_adapters(opts: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
+    let inst = instance(requested_backends(opts)?);
+    let mut adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+    adapters.sort_by_key(|a| {
+        let info = a.get_info();
+        let rank = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Cpu => 3,
+            wgpu::DeviceType::Other => 4,
+        };
+        // GL exposes fewer storage buffers and no subgroups: prefer native APIs.
+        (rank, info.backend == wgpu::Backend::Gl)
+    });
+    Ok(adapters)
+}
+
+fn pick_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
+    let adapters = list_adapters(opts)?;
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter { backend: opts.backend.clone(), hint: no_adapter_hint() });
+    }
+    let wanted = opts.adapter.clone().or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok());
+    let Some(wanted) = wanted else {
+        return Ok(adapters.into_iter().next().expect("checked non-empty"));
+    };
+    let describe = |v: &[wgpu::Adapter]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, a)| format!("{i}: {} ({:?})", a.get_info().name, a.get_info().backend))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Ok(index) = wanted.parse::<usize>() {
+        if index < adapters.len() {
+            return Ok(adapters.into_iter().nth(index).expect("index checked"));
+        }
+        return Err(Error::AdapterNotFound { wanted, available: describe(&adapters) });
+    }
+    let needle = wanted.to_lowercase();
+    match adapters.iter().position(|a| a.get_info().name.to_lowercase().contains(&needle)) {
+        Some(i) => Ok(adapters.into_iter().nth(i).expect("index found")),
+        None => Err(Error::AdapterNotFound { wanted, available: describe(&adapters) }),
+    }
+}
+
+impl Gpu {
+    /// Opens the adapter the options name (or the best one) with its real limits.
+    pub fn new(opts: &GpuOptions) -> Result<Arc<Gpu>> {
+        Self::from_adapter(pick_adapter(opts)?, None)
+    }
+
+    /// Opens a device whose kernels use `tuning` instead of the adapter's table
+    /// entry; tests use it to run every variant on one adapter.
+    pub fn new_with_tuning(opts: &GpuOptions, tuning: Tuning) -> Result<Arc<Gpu>> {
+        Self::from_adapter(pick_adapter(opts)?, Some(tuning))
+    }
+
+    pub fn from_adapter(adapter: wgpu::Adapter, tuning: Option<Tuning>) -> Result<Arc<Gpu>> {
+        let info = adapter.get_info();
+        let features = adapter.features() & OPTIONAL_FEATURES;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("delg-gpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::DeviceRequest { adapter: info.name.clone(), reason: e.to_string() })?;
+
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = lost_sink.lock() {
+                *l = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+
+        let facts = AdapterFacts {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+        };
+        let tuning = tuning.unwrap_or_else(|| Tuning::for_adapter(&facts, features));
+        Ok(Arc::new(Gpu {
+            device,
+            queue,
+            facts,
+            features,
+            limits,
+            tuning,
+            pipelines: Default::default(),
+            errors,
+            lost,
+        }))
+    }
+
+    pub fn has(&self, f: wgpu::Features) -> bool {
+        self.features.contains(f)
+    }
+
+    /// Largest byte range one storage binding may cover.
+    pub fn max_binding_bytes(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// Offsets of bound sub-ranges must be multiples of this.
+    pub fn binding_alignment(&self) -> u64 {
+        self.limits.min_storage_buffer_offset_alignment as u64
+    }
+
+    /// Turns errors the device reported asynchronously into a typed error.
+    pub fn check(&self, what: &str) -> Result<()> {
+        if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::DeviceLost(msg));
+        }
+        let pending: Vec<String> = self.errors.lock().map(|mut v| v.drain(..).collect()).unwrap_or_default();
+        if let Some(first) = pending.into_iter().next() {
+            return Err(classify(what, first));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes.
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let val_err = pollster::block_on(val.pop());
+        let oom_err = pollster::block_on(oom.pop());
+        if let Some(e) = oom_err {
+            return Err(Error::OutOfMemory { what: what.into(), detail: e.to_string() });
+        }
+        if let Some(e) = val_err {
+            return Err(classify(what, e.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Blocks until all submitted work finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.check("waiting for the GPU")
+    }
+}
+
+fn classify(what: &str, detail: String) -> Error {
+    if detail.to_lowercase().contains("out of memory") {
+        Error::OutOfMemory { what: what.into(), detail }
+    } else {
+        Error::Validation { what: what.into(), detail }
+    }
+}

@@ -1,0 +1,256 @@
+//! Records the dispatches of a whole forward or backward run, then builds one
+//! uniform buffer for all their parameters, their bind groups, and a single
+//! submission. A `Recording` can be submitted again without re-recording, which
+//! is how cached plans replay.
+
+use std::sync::Arc;
+
+use super::buffer::{BufSlice, Window};
+use super::device::Gpu;
+use super::shader::ShaderSpec;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub enum Binding {
+    Buffer(BufSlice),
+    Texture(wgpu::TextureView),
+}
+
+impl From<&Window> for Binding {
+    fn from(w: &Window) -> Self {
+        Binding::Buffer(w.slice.clone())
+    }
+}
+
+impl From<BufSlice> for Binding {
+    fn from(s: BufSlice) -> Self {
+        Binding::Buffer(s)
+    }
+}
+
+enum Command {
+    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, params: (u64, u64), bindings: Vec<Binding>, groups: [u32; 3], label: String },
+    Copy { src: BufSlice, dst: BufSlice },
+    CopyToTexture { src: BufSlice, bytes_per_row: u32, texture: wgpu::Texture, extent: wgpu::Extent3d },
+    Clear { slice: BufSlice },
+}
+
+pub struct Recorder<'g> {
+    gpu: &'g Gpu,
+    params: Vec<u8>,
+    commands: Vec<Command>,
+}
+
+/// Dispatch and copy counts of a recording, for reports and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordStats {
+    pub dispatches: usize,
+    pub copies: usize,
+    pub passes: usize,
+}
+
+enum Step {
+    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, bind_group: wgpu::BindGroup, groups: [u32; 3] },
+    Copy { src: BufSlice, dst: BufSlice },
+    CopyToTexture { src: BufSlice, bytes_per_row: u32, texture: wgpu::Texture, extent: wgpu::Extent3d },
+    Clear { slice: BufSlice },
+}
+
+pub struct Recording {
+    steps: Vec<Step>,
+    pub stats: RecordStats,
+    pub labels: Vec<String>,
+}
+
+impl<'g> Recorder<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Recorder { gpu, params: Vec::new(), commands: Vec::new() }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Workgroup grid for `groups` workgroups, folded into 2-D when one
+    /// dimension would exceed `max_compute_workgroups_per_dimension`; kernels
+    /// recover the linear index as `wid.x + wid.y * nwg.x` and skip overflow.
+    pub fn grid(&self, groups: u64) -> Result<[u32; 3]> {
+        let max = self.gpu.limits.max_compute_workgroups_per_dimension as u64;
+        let groups = groups.max(1);
+        if groups <= max {
+            return Ok([groups as u32, 1, 1]);
+        }
+        let y = groups.div_ceil(max);
+        if y > max {
+            return Err(Error::LimitExceeded {
+                what: "a dispatch".into(),
+                needed: groups,
+                limit: max * max,
+                name: "max_compute_workgroups_per_dimension squared",
+                fix: "split the work (a bug: please report it)".into(),
+            });
+        }
+        Ok([groups.div_ceil(y) as u32, y as u32, 1])
+    }
+
+    /// Records one dispatch: binding 0 is the `params` uniform, the rest follow in order.
+    pub fn dispatch(&mut self, spec: &ShaderSpec, params: &[u8], bindings: Vec<Binding>, groups: [u32; 3]) -> Result<()> {
+        let pipeline = self.gpu.pipeline(spec)?;
+        let align = self.gpu.limits.min_uniform_buffer_offset_alignment as usize;
+        let start = self.params.len().div_ceil(align) * align;
+        self.params.resize(start, 0);
+        self.params.extend_from_slice(params);
+        let len = params.len().max(16).div_ceil(16) * 16;
+        self.params.resize(start + len, 0);
+        self.commands.push(Command::Dispatch {
+            pipeline,
+            params: (start as u64, len as u64),
+            bindings,
+            groups,
+            label: spec.label(),
+        });
+        Ok(())
+    }
+
+    /// Records a dispatch of `groups` workgroups laid out by `grid`.
+    pub fn dispatch_groups(&mut self, spec: &ShaderSpec, params: &[u8], bindings: Vec<Binding>, groups: u64) -> Result<()> {
+        let g = self.grid(groups)?;
+        self.dispatch(spec, params, bindings, g)
+    }
+
+    pub fn copy(&mut self, src: BufSlice, dst: BufSlice) {
+        self.commands.push(Command::Copy { src, dst });
+    }
+
+    pub fn copy_to_texture(&mut self, src: BufSlice, bytes_per_row: u32, texture: wgpu::Texture, extent: wgpu::Extent3d) {
+        self.commands.push(Command::CopyToTexture { src, bytes_per_row, texture, extent });
+    }
+
+    pub fn clear(&mut self, slice: BufSlice) {
+        self.commands.push(Command::Clear { slice });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Builds the parameter buffer and bind groups.
+    pub fn finish(self) -> Result<Recording> {
+        let gpu = self.gpu;
+        let params = gpu.upload_init(
+            "params",
+            if self.params.is_empty() { &[0u8; 16] } else { &self.params },
+            wgpu::BufferUsages::UNIFORM,
+        );
+        let mut stats = RecordStats::default();
+        let mut labels = Vec::new();
+        let mut in_pass = false;
+        let steps = gpu.scoped("building bind groups", || -> Vec<Step> {
+            self.commands
+                .into_iter()
+                .map(|c| match c {
+                    Command::Dispatch { pipeline, params: (off, len), bindings, groups, label } => {
+                        let layout = pipeline.get_bind_group_layout(0);
+                        let mut entries = vec![wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &params,
+                                offset: off,
+                                size: wgpu::BufferSize::new(len),
+                            }),
+                        }];
+                        for (i, b) in bindings.iter().enumerate() {
+                            let resource = match b {
+                                Binding::Buffer(s) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: &s.buffer,
+                                    offset: s.offset,
+                                    size: wgpu::BufferSize::new(s.size),
+                                }),
+                                Binding::Texture(v) => wgpu::BindingResource::TextureView(v),
+                            };
+                            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
+                        }
+                        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some(&label),
+                            layout: &layout,
+                            entries: &entries,
+                        });
+                        stats.dispatches += 1;
+                        if !in_pass {
+                            stats.passes += 1;
+                            in_pass = true;
+                        }
+                        labels.push(label);
+                        Step::Dispatch { pipeline, bind_group, groups }
+                    }
+                    Command::Copy { src, dst } => {
+                        stats.copies += 1;
+                        in_pass = false;
+                        Step::Copy { src, dst }
+                    }
+                    Command::CopyToTexture { src, bytes_per_row, texture, extent } => {
+                        stats.copies += 1;
+                        in_pass = false;
+                        Step::CopyToTexture { src, bytes_per_row, texture, extent }
+                    }
+                    Command::Clear { slice } => {
+                        stats.copies += 1;
+                        in_pass = false;
+                        Step::Clear { slice }
+                    }
+                })
+                .collect()
+        })?;
+        Ok(Recording { steps, stats, labels })
+    }
+
+    /// Records, submits and waits: the eager path used by tests and one-off ops.
+    pub fn run(self) -> Result<RecordStats> {
+        let gpu = self.gpu;
+        let rec = self.finish()?;
+        rec.submit(gpu)?;
+        gpu.wait()?;
+        Ok(rec.stats)
+    }
+}
+
+impl Recording {
+    /// Encodes every step into one command buffer and submits it.
+    pub fn submit(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {
+        gpu.scoped("submitting GPU work", || {
+            let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("delg-gpu run") });
+            let mut i = 0;
+            while i < self.steps.len() {
+                if let Step::Dispatch { .. } = self.steps[i] {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                    while let Some(Step::Dispatch { pipeline, bind_group, groups }) = self.steps.get(i) {
+                        pass.set_pipeline(pipeline);
+                        pass.set_bind_group(0, bind_group, &[]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        i += 1;
+                    }
+                    continue;
+                }
+                match &self.steps[i] {
+                    Step::Copy { src, dst } => enc.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, src.size),
+                    Step::CopyToTexture { src, bytes_per_row, texture, extent } => enc.copy_buffer_to_texture(
+                        wgpu::TexelCopyBufferInfo {
+                            buffer: &src.buffer,
+                            layout: wgpu::TexelCopyBufferLayout {
+                                offset: src.offset,
+                                bytes_per_row: Some(*bytes_per_row),
+                                rows_per_image: None,
+                            },
+                        },
+                        texture.as_image_copy(),
+                        *extent,
+                    ),
+                    Step::Clear { slice } => enc.clear_buffer(&slice.buffer, slice.offset, Some(slice.size)),
+                    Step::Dispatch { .. } => unreachable!("handled above"),
+                }
+                i += 1;
+            }
+            gpu.queue.submit([enc.finish()])
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! The graph scheduler: ops as nodes (this file), reverse-mode autodiff
+//! (`autodiff`), memory planning by liveness (`plan`), and execution on the
+//! GPU or on the plain-Rust references (`exec`). Building, differentiating,
+//! planning and running are separate stages; all but the GPU run work without
+//! a device, so they are unit-tested anywhere.
+
+pub mod autodiff;
+pub mod exec;
+pub mod plan;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DeviceTensor, Recorder};
+use crate::tensor::{RefTensor, Shape};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub usize);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorKind {
+    /// Fed by the caller before each run.
+    Input,
+    /// Persistent across runs (weights, optimiser state, running statistics).
+    Param,
+    /// Produced by a node; its memory is planned.
+    Computed,
+}
+
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub shape: Shape,
+    pub kind: TensorKind,
+    pub name: String,
+    /// Node that produces it (None for inputs and params).
+    pub producer: Option<usize>,
+    /// The tensor whose memory this one shares (itself unless it is a view).
+    pub storage: TensorId,
+}
+
+/// One kernel family's operation. Every op has a plain-Rust reference in f64
+/// and a GPU recording; ops used in training also have a backward rule that
+/// adds gradient nodes to the graph.
+pub trait Op: Debug + Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Output shapes for these input shapes, or a shape error.
+    fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>>;
+
+    /// The reference computation.
+    fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>>;
+
+    /// Records the kernels that compute `outputs` from `inputs`.
+    fn record(&self, rec: &mut Recorder, inputs: &[&DeviceTensor], outputs: &[&DeviceTensor]) -> Result<()>;
+
+    /// Adds nodes computing the gradient of each input from the gradients of
+    /// the outputs (None where an output has no gradient).
+    fn backward(&self, _g: &mut Graph, _inputs: &[TensorId], _outputs: &[TensorId], _grads: &[Option<TensorId>]) -> Result<Vec<Option<TensorId>>> {
+        Err(Error::Graph(format!("{} has no backward pass", self.name())))
+    }
+
+    /// Floating-point operations for these input shapes (for GFLOP/s reports).
+    fn flops(&self, _inputs: &[&Shape]) -> u64 {
+        0
+    }
+
+    /// Inputs this op overwrites in place (optimiser state, running statistics).
+    fn mutates(&self) -> &'static [usize] {
+        &[]
+    }
+
+    /// If the single output is a view of input `i` (same memory, new shape).
+    fn view_of(&self) -> Option<usize> {
+        None
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Arc<dyn Op>,
+    pub inputs: Vec<TensorId>,
+    pub outputs: Vec<TensorId>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub tensors: Vec<TensorInfo>,
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add_tensor(&mut self, name: String, shape: Shape, kind: TensorKind, producer: Option<usize>) -> TensorId {
+        let id = TensorId(self.tensors.len());
+        self.tensors.push(TensorInfo { shape, kind, name, producer, storage: id });
+        id
+    }
+
+    pub fn input(&mut self, name: &str, shape: impl Into<Shape>) -> TensorId {
+        self.add_tensor(name.into(), shape.into(), TensorKind::Input, None)
+    }
+
+    pub fn param(&mut self, name: &str, shape: impl Into<Shape>) -> TensorId {
+        self.add_tensor(name.into(), shape.into(), TensorKind::Param, None)
+    }
+
+    pub fn info(&self, t: TensorId) -> &TensorInfo {
+        &self.tensors[t.0]
+    }
+
+    pub fn shape(&self, t: TensorId) -> &Shape {
+        &self.tensors[t.0].shape
+    }
+
+    /// Adds a node; checks shapes now so errors surface where the graph is built.
+    pub fn apply(&mut self, op: impl Op + 'static, inputs: &[TensorId]) -> Result<Vec<TensorId>> {
+        self.apply_arc(Arc::new(op), inputs)
+    }
+
+    pub fn apply_arc(&mut self, op: Arc<dyn Op>, inputs: &[TensorId]) -> Result<Vec<TensorId>> {
+        if let Some(bad) = inputs.iter().find(|t| t.0 >= self.tensors.len()) {
+            return Err(Error::Graph(format!("{}: unknown tensor {bad:?}", op.name())));
+        }
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| self.shape(*t)).collect();
+        let out_shapes = op.infer(&shapes)?;
+        let node = self.nodes.len();
+        let outputs: Vec<TensorId> = out_shapes
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| self.add_tensor(format!("{}#{node}.{i}", op.name()), s, TensorKind::Computed, Some(node)))
+            .collect();
+        if let Some(v) = op.view_of() {
+            let storage = self.tensors[inputs[v].0].storage;
+            self.tensors[outputs[0].0].storage = storage;
+        }
+        self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs: outputs.clone() });
+        Ok(outputs)
+    }
+
+    /// `apply` for single-output ops.
+    pub fn apply1(&mut self, op: impl Op + 'static, inputs: &[TensorId]) -> Result<TensorId> {
+        let name = op.name();
+        let out = self.apply(op, inputs)?;
+        match out.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(Error::Graph(format!("{name} has {} outputs, expected one", out.len()))),
+        }
+    }
+
+    /// Nodes needed to compute `targets`, in execution order (nodes that
+    /// mutate state are always kept when their inputs are available).
+    pub fn live_nodes(&self, targets: &[TensorId]) -> Vec<usize> {
+        let mut needed = vec![false; self.tensors.len()];
+        for t in targets {
+            needed[t.0] = true;
+        }
+        let mut keep = vec![false; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate().rev() {
+            if !n.op.mutates().is_empty() || n.outputs.iter().any(|o| needed[o.0]) {
+                keep[i] = true;
+                for t in &n.inputs {
+                    needed[t.0] = true;
+                }
+            }
+        }
+        (0..self.nodes.len()).filter(|i| keep[*i]).collect()
+    }
+
+    /// Total floating-point operations of the given nodes.
+    pub fn flops(&self, nodes: &[usize]) -> u64 {
+        nodes
+            .iter()
+            .map(|&i| {
+                let n = &self.nodes[i];
+                let shapes: Vec<&Shape> = n.inputs.iter().map(|t| self.shape(*t)).collect();
+                n.op.flops(&shapes)
+            })
+            .sum()
+    }
+}

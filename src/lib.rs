@@ -1,0 +1,10 @@
+//! delg-gpu: DELG and DOLG image retrieval on any GPU through wgpu, with
+//! hand-written WGSL kernels and a small graph scheduler.
+
+pub mod error;
+pub mod gpu;
+pub mod graph;
+pub mod ops;
+pub mod tensor;
+
+pub use error::{Error, Result};
