@@ -1,10 +1,12 @@
 //! delg-gpu: DELG and DOLG image retrieval on any GPU through wgpu, with
 //! hand-written WGSL kernels and a small graph scheduler.
 
+pub mod cli;
 pub mod error;
 pub mod gpu;
 pub mod graph;
 pub mod ops;
+pub mod pipeline;
 pub mod tensor;
 
 pub use error::{Error, Result};

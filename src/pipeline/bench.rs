@@ -1,0 +1,133 @@
+//! `delg-gpu bench kernels`: every kernel at the shapes that matter, timed on
+//! the device through the same planned, recorded path the models use, with
+//! every matmul variant the adapter supports side by side, so each figure has
+//! a baseline from the same run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::gpu::{Gpu, GpuOptions, MatmulVariant, Tuning};
+use crate::graph::exec::{Executable, ParamStore};
+use crate::graph::{Graph, Op};
+use crate::tensor::{Rng, Shape};
+
+/// One op at one shape.
+pub struct BenchCase {
+    pub name: String,
+    pub op: Arc<dyn Op>,
+    pub inputs: Vec<Shape>,
+}
+
+impl BenchCase {
+    pub fn new(name: impl Into<String>, op: impl Op + 'static, inputs: &[&[usize]]) -> Self {
+        BenchCase { name: name.into(), op: Arc::new(op), inputs: inputs.iter().map(|d| Shape::new(d)).collect() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub name: String,
+    pub variant: String,
+    pub reps: usize,
+    pub ms: f64,
+    pub gflops: f64,
+    /// FLOPs per second of process CPU time: less sensitive than wall time to
+    /// a shared machine when the device is a CPU driver like lavapipe.
+    pub gflop_per_cpu_s: Option<f64>,
+    pub gbytes: f64,
+}
+
+/// Process CPU time (user + system, all threads), where the OS exposes it.
+pub fn cpu_time() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage only writes into the struct we pass.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: rc == 0 means the kernel filled the struct.
+        let u = unsafe { usage.assume_init() };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        Some(tv(u.ru_utime) + tv(u.ru_stime))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Times `case` on `gpu`: one warm-up (pipeline JIT), then repetitions until
+/// `budget` is spent (at least `min_reps`); the median rep is reported.
+pub fn run_case(gpu: &Arc<Gpu>, case: &BenchCase, min_reps: usize, budget: Duration) -> Result<BenchResult> {
+    let mut g = Graph::new();
+    let ins: Vec<_> = case.inputs.iter().enumerate().map(|(i, s)| g.input(&format!("x{i}"), s.clone())).collect();
+    let outs = g.apply_arc(case.op.clone(), &ins)?;
+    let exe = Executable::new(gpu, &g, &outs, &ParamStore::default())?;
+    let mut rng = Rng::new(1);
+    for (t, s) in ins.iter().zip(&case.inputs) {
+        exe.set_input(*t, &rng.tensor(s.clone(), -1.0, 1.0))?;
+    }
+    exe.run()?;
+    let mut times = Vec::new();
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    while times.len() < min_reps || (start.elapsed() < budget && times.len() < 1000) {
+        let t = Instant::now();
+        exe.run()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let cpu = cpu_time().zip(cpu0).map(|(a, b)| (a - b).as_secs_f64());
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let shapes: Vec<&Shape> = case.inputs.iter().collect();
+    let flops = case.op.flops(&shapes) as f64;
+    let bytes: u64 = case.inputs.iter().map(|s| s.bytes()).sum::<u64>() + outs.iter().map(|o| g.shape(*o).bytes()).sum::<u64>();
+    Ok(BenchResult {
+        name: case.name.clone(),
+        variant: gpu.tuning.describe(),
+        reps: times.len(),
+        ms: median * 1e3,
+        gflops: flops / median / 1e9,
+        gflop_per_cpu_s: cpu.filter(|c| *c > 0.0).map(|c| flops * times.len() as f64 / c / 1e9),
+        gbytes: bytes as f64 / median / 1e9,
+    })
+}
+
+/// Devices for every matmul variant the adapter supports, the default first.
+pub fn variant_devices(opts: &GpuOptions) -> Result<Vec<Arc<Gpu>>> {
+    let first = Gpu::new(opts)?;
+    let mut gpus = vec![first.clone()];
+    for v in MatmulVariant::ALL {
+        if v != first.tuning.matmul && v.supported(first.features, &first.facts) {
+            gpus.push(Gpu::new_with_tuning(opts, Tuning { matmul: v })?);
+        }
+    }
+    Ok(gpus)
+}
+
+/// The kernel cases: elementwise at activation sizes of ResNet-50 on a 1024-px image.
+pub fn kernel_cases() -> Vec<BenchCase> {
+    use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
+    vec![
+        BenchCase::new("relu 1x256x256x256", Unary(UnaryKind::Relu), &[&[1, 256, 256, 256]]),
+        BenchCase::new("add 1x256x256x256", Binary::new(BinaryKind::Add), &[&[1, 256, 256, 256], &[1, 256, 256, 256]]),
+    ]
+}
+
+pub fn print_header(gpu: &Gpu) {
+    println!(
+        "adapter: {} | backend: {:?} | type: {:?} | driver: {} {}",
+        gpu.facts.name, gpu.facts.backend, gpu.facts.device_type, gpu.facts.driver, gpu.facts.driver_info
+    );
+    println!("{:<44} {:<28} {:>5} {:>10} {:>9} {:>11} {:>8}", "kernel", "variant", "reps", "ms", "GFLOP/s", "GFLOP/CPU-s", "GB/s");
+}
+
+pub fn print_row(r: &BenchResult) {
+    let cpu = r.gflop_per_cpu_s.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+    println!("{:<44} {:<28} {:>5} {:>10.3} {:>9.2} {:>11} {:>8.2}", r.name, r.variant, r.reps, r.ms, r.gflops, cpu, r.gbytes);
+}

@@ -1,0 +1,4 @@
+//! The jobs users run: benchmarks now; extraction, training, search and
+//! evaluation build on the same engine.
+
+pub mod bench;
