@@ -16,8 +16,16 @@ fn main() {
     for n in &names {
         let path = Path::new(&root).join("shaders").join(n);
         println!("cargo:rerun-if-changed={}", path.display());
-        table.push_str(&format!("    ({:?}, include_str!({:?})),\n", n.trim_end_matches(".wgsl"), path.display().to_string()));
+        table.push_str(&format!(
+            "    ({:?}, include_str!({:?})),\n",
+            n.trim_end_matches(".wgsl"),
+            path.display().to_string()
+        ));
     }
     table.push_str("];\n");
-    fs::write(Path::new(&env::var("OUT_DIR").expect("out dir")).join("shaders.rs"), table).expect("write table");
+    fs::write(
+        Path::new(&env::var("OUT_DIR").expect("out dir")).join("shaders.rs"),
+        table,
+    )
+    .expect("write table");
 }

@@ -9,7 +9,11 @@ use crate::gpu::{list_adapters, Gpu, GpuOptions};
 use crate::pipeline::bench;
 
 #[derive(Parser, Debug)]
-#[command(name = "delg-gpu", version, about = "DELG/DOLG image retrieval on any GPU (wgpu + WGSL)")]
+#[command(
+    name = "delg-gpu",
+    version,
+    about = "DELG/DOLG image retrieval on any GPU (wgpu + WGSL)"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub gpu: GpuArgs,
@@ -29,7 +33,10 @@ pub struct GpuArgs {
 
 impl GpuArgs {
     pub fn options(&self) -> GpuOptions {
-        GpuOptions { backend: self.backend.clone(), adapter: self.adapter.clone() }
+        GpuOptions {
+            backend: self.backend.clone(),
+            adapter: self.adapter.clone(),
+        }
     }
 }
 
@@ -67,13 +74,24 @@ pub fn run(cli: Cli) -> Result<()> {
     let opts = cli.gpu.options();
     match cli.command {
         Command::Info => info(&opts),
-        Command::Bench { what: BenchWhat::Kernels { filter, reps, seconds, json } } => {
+        Command::Bench {
+            what:
+                BenchWhat::Kernels {
+                    filter,
+                    reps,
+                    seconds,
+                    json,
+                },
+        } => {
             let gpus = bench::variant_devices(&opts)?;
             if !json {
                 bench::print_header(&gpus[0]);
             }
             for case in bench::kernel_cases() {
-                if filter.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
+                if filter
+                    .as_ref()
+                    .is_some_and(|f| !case.name.contains(f.as_str()))
+                {
                     continue;
                 }
                 for gpu in &gpus {
@@ -101,7 +119,10 @@ fn info(opts: &GpuOptions) -> Result<()> {
         let l = a.limits();
         let f = a.features();
         let has = |x: wgpu::Features| if f.contains(x) { "yes" } else { "no" };
-        println!("[{i}] {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+        println!(
+            "[{i}] {} ({:?}, {:?})",
+            info.name, info.backend, info.device_type
+        );
         println!("    driver: {} {}", info.driver, info.driver_info);
         println!(
             "    features: SHADER_F16 {} | SUBGROUP {} (size {}..{}) | TIMESTAMP_QUERY {}",
@@ -129,7 +150,8 @@ fn info(opts: &GpuOptions) -> Result<()> {
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
         };
-        let tuning = crate::gpu::Tuning::for_adapter(&facts, f & crate::gpu::device::OPTIONAL_FEATURES);
+        let tuning =
+            crate::gpu::Tuning::for_adapter(&facts, f & crate::gpu::device::OPTIONAL_FEATURES);
         println!("    tuning: {}", tuning.describe());
     }
     Ok(())

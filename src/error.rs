@@ -8,7 +8,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no GPU adapter found{}: {hint}", backend_note(.backend))]
-    NoAdapter { backend: Option<String>, hint: String },
+    NoAdapter {
+        backend: Option<String>,
+        hint: String,
+    },
 
     #[error("adapter '{wanted}' not found; available adapters: {available}")]
     AdapterNotFound { wanted: String, available: String },
@@ -35,7 +38,13 @@ pub enum Error {
     Unsupported { op: String, detail: String },
 
     #[error("{what} needs {needed} but the device allows at most {limit} ({name}); {fix}")]
-    LimitExceeded { what: String, needed: u64, limit: u64, name: &'static str, fix: String },
+    LimitExceeded {
+        what: String,
+        needed: u64,
+        limit: u64,
+        name: &'static str,
+        fix: String,
+    },
 
     #[error("graph error: {0}")]
     Graph(String),
@@ -48,15 +57,24 @@ pub enum Error {
 }
 
 fn backend_note(backend: &Option<String>) -> String {
-    backend.as_ref().map(|b| format!(" for backend {b}")).unwrap_or_default()
+    backend
+        .as_ref()
+        .map(|b| format!(" for backend {b}"))
+        .unwrap_or_default()
 }
 
 impl Error {
     pub fn shape(op: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Shape { op: op.into(), detail: detail.into() }
+        Error::Shape {
+            op: op.into(),
+            detail: detail.into(),
+        }
     }
     pub fn unsupported(op: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Unsupported { op: op.into(), detail: detail.into() }
+        Error::Unsupported {
+            op: op.into(),
+            detail: detail.into(),
+        }
     }
 }
 

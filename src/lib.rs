@@ -5,6 +5,7 @@ pub mod cli;
 pub mod error;
 pub mod gpu;
 pub mod graph;
+pub mod io;
 pub mod ops;
 pub mod pipeline;
 pub mod tensor;

@@ -33,14 +33,20 @@ impl Shape {
     pub fn nhwc(&self, op: &str) -> Result<[usize; 4]> {
         match self.0.as_slice() {
             &[n, h, w, c] => Ok([n, h, w, c]),
-            _ => Err(Error::shape(op, format!("expected an NHWC tensor, got {self:?}"))),
+            _ => Err(Error::shape(
+                op,
+                format!("expected an NHWC tensor, got {self:?}"),
+            )),
         }
     }
     /// (rows, cols) of a matrix-shaped tensor: the last dimension is columns.
     pub fn matrix(&self, op: &str) -> Result<(usize, usize)> {
         match self.0.split_last() {
             Some((&c, rest)) if !rest.is_empty() => Ok((rest.iter().product(), c)),
-            _ => Err(Error::shape(op, format!("expected at least 2 dimensions, got {self:?}"))),
+            _ => Err(Error::shape(
+                op,
+                format!("expected at least 2 dimensions, got {self:?}"),
+            )),
         }
     }
 }
@@ -86,26 +92,42 @@ impl<T: Copy + Default> Tensor<T> {
     pub fn new(shape: impl Into<Shape>, data: Vec<T>) -> Result<Self> {
         let shape = shape.into();
         if shape.numel() != data.len() {
-            return Err(Error::shape("tensor", format!("shape {shape:?} needs {} values, got {}", shape.numel(), data.len())));
+            return Err(Error::shape(
+                "tensor",
+                format!(
+                    "shape {shape:?} needs {} values, got {}",
+                    shape.numel(),
+                    data.len()
+                ),
+            ));
         }
         Ok(Tensor { shape, data })
     }
     pub fn zeros(shape: impl Into<Shape>) -> Self {
         let shape = shape.into();
         let n = shape.numel();
-        Tensor { shape, data: vec![T::default(); n] }
+        Tensor {
+            shape,
+            data: vec![T::default(); n],
+        }
     }
 }
 
 impl HostTensor {
     pub fn to_ref(&self) -> RefTensor {
-        Tensor { shape: self.shape.clone(), data: self.data.iter().map(|&v| v as f64).collect() }
+        Tensor {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|&v| v as f64).collect(),
+        }
     }
 }
 
 impl RefTensor {
     pub fn to_host(&self) -> HostTensor {
-        Tensor { shape: self.shape.clone(), data: self.data.iter().map(|&v| v as f32).collect() }
+        Tensor {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|&v| v as f32).collect(),
+        }
     }
 }
 
@@ -142,7 +164,9 @@ impl Rng {
     }
     pub fn tensor(&mut self, shape: impl Into<Shape>, lo: f64, hi: f64) -> HostTensor {
         let shape = shape.into();
-        let data = (0..shape.numel()).map(|_| self.range(lo, hi) as f32).collect();
+        let data = (0..shape.numel())
+            .map(|_| self.range(lo, hi) as f32)
+            .collect();
         Tensor { shape, data }
     }
 }

@@ -22,7 +22,14 @@ fn gradients_accumulate_where_a_tensor_is_used_twice() {
     let sq = mul(&mut g, x, x);
     let r = g.apply1(Unary(UnaryKind::Relu), &[x]).unwrap();
     let y = g.apply1(Binary::new(BinaryKind::Add), &[sq, r]).unwrap();
-    let y = g.apply1(Reshape { shape: Shape::new(&[15]) }, &[y]).unwrap();
+    let y = g
+        .apply1(
+            Reshape {
+                shape: Shape::new(&[15]),
+            },
+            &[y],
+        )
+        .unwrap();
     let seed = g.input("seed", [15]);
     let dx = g.backward(&[(y, seed)], &[x]).unwrap()[0].expect("x has a gradient");
 
@@ -47,7 +54,11 @@ fn gradients_accumulate_where_a_tensor_is_used_twice() {
         exe.set_input(seed, &sv).unwrap();
         exe.run().unwrap();
         assert_close("gpu dx", &exe.read(dx).unwrap(), &want, 1e-6);
-        assert_eq!(exe.stats().passes, 1, "the whole backward is one compute pass");
+        assert_eq!(
+            exe.stats().passes,
+            1,
+            "the whole backward is one compute pass"
+        );
     }
 }
 
@@ -70,12 +81,22 @@ fn planned_memory_reuses_buffers_along_a_chain() {
     let x = g.input("x", [1, 9, 7, 5]);
     let mut t = x;
     for i in 0..10 {
-        let kind = if i % 2 == 0 { UnaryKind::Relu } else { UnaryKind::Scale(1.5) };
+        let kind = if i % 2 == 0 {
+            UnaryKind::Relu
+        } else {
+            UnaryKind::Scale(1.5)
+        };
         t = g.apply1(Unary(kind), &[t]).unwrap();
     }
-    let Some(gpu) = test_gpus().first() else { return };
+    let Some(gpu) = test_gpus().first() else {
+        return;
+    };
     let exe = Executable::new(gpu, &g, &[t], &ParamStore::default()).unwrap();
-    assert_eq!(exe.memory.slot_bytes.len(), 2, "a chain needs two buffers, ping-ponged");
+    assert_eq!(
+        exe.memory.slot_bytes.len(),
+        2,
+        "a chain needs two buffers, ping-ponged"
+    );
     assert!(exe.memory.total_bytes() * 5 == exe.unplanned_bytes);
     let xv = Rng::new(5).tensor([1, 9, 7, 5], -1.0, 1.0);
     exe.set_input(x, &xv).unwrap();
@@ -91,12 +112,20 @@ fn missing_parameters_and_bad_inputs_are_typed_errors() {
     let x = g.input("x", [2, 2]);
     let w = g.param("weight", [2, 2]);
     let y = mul(&mut g, x, w);
-    let Some(gpu) = test_gpus().first() else { return };
-    let err = Executable::new(gpu, &g, &[y], &ParamStore::default()).err().expect("must fail");
+    let Some(gpu) = test_gpus().first() else {
+        return;
+    };
+    let err = Executable::new(gpu, &g, &[y], &ParamStore::default())
+        .err()
+        .expect("must fail");
     assert!(err.to_string().contains("'weight' was not loaded"), "{err}");
     let mut params = ParamStore::default();
-    params.insert(gpu, "weight", &Rng::new(1).tensor([2, 2], 0.0, 1.0)).unwrap();
+    params
+        .insert(gpu, "weight", &Rng::new(1).tensor([2, 2], 0.0, 1.0))
+        .unwrap();
     let exe = Executable::new(gpu, &g, &[y], &params).unwrap();
-    let err = exe.set_input(x, &Rng::new(1).tensor([4], 0.0, 1.0)).unwrap_err();
+    let err = exe
+        .set_input(x, &Rng::new(1).tensor([4], 0.0, 1.0))
+        .unwrap_err();
     assert!(err.to_string().contains("expected"), "{err}");
 }

@@ -41,14 +41,17 @@ impl Gpu {
                 fix: "use a smaller batch or image size".into(),
             });
         }
-        self.scoped(&format!("allocating {} MiB for {label}", size >> 20), || {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: STORAGE,
-                mapped_at_creation: false,
-            })
-        })
+        self.scoped(
+            &format!("allocating {} MiB for {label}", size >> 20),
+            || {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: STORAGE,
+                    mapped_at_creation: false,
+                })
+            },
+        )
     }
 
     pub fn upload(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
@@ -57,8 +60,18 @@ impl Gpu {
         Ok(buf)
     }
 
-    pub fn upload_init(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage })
+    pub fn upload_init(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage,
+            })
     }
 
     /// Copies `len` f32 values starting at byte `offset` back to the host.
@@ -83,13 +96,19 @@ impl Gpu {
         self.wait()?;
         rx.recv()
             .map_err(|_| Error::DeviceLost("readback callback never ran".into()))?
-            .map_err(|e| Error::Validation { what: "reading back a buffer".into(), detail: e.to_string() })?;
+            .map_err(|e| Error::Validation {
+                what: "reading back a buffer".into(),
+                detail: e.to_string(),
+            })?;
         let mut out = vec![0f32; len];
         {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
-                .map_err(|e| Error::Validation { what: "mapping a readback buffer".into(), detail: e.to_string() })?;
+                .map_err(|e| Error::Validation {
+                    what: "mapping a readback buffer".into(),
+                    detail: e.to_string(),
+                })?;
             out.copy_from_slice(bytemuck::cast_slice(&view[..len * 4]));
         }
         staging.unmap();
@@ -109,10 +128,18 @@ impl Gpu {
                 needed: size,
                 limit: self.max_binding_bytes(),
                 name: "max_storage_buffer_binding_size",
-                fix: "the op must split its work into smaller chunks (a bug: please report it)".into(),
+                fix: "the op must split its work into smaller chunks (a bug: please report it)"
+                    .into(),
             });
         }
-        Ok(Window { slice: BufSlice { buffer: buffer.clone(), offset, size }, shift: shift as u32 })
+        Ok(Window {
+            slice: BufSlice {
+                buffer: buffer.clone(),
+                offset,
+                size,
+            },
+            shift: shift as u32,
+        })
     }
 
     /// Largest number of f32 elements a window is guaranteed to hold whatever its start.
@@ -153,13 +180,24 @@ impl DeviceTensor {
         self.window(gpu, 0, self.numel())
     }
     pub fn upload(gpu: &Gpu, t: &crate::tensor::HostTensor) -> Result<DeviceTensor> {
-        Ok(DeviceTensor { shape: t.shape.clone(), buffer: gpu.upload("tensor", &t.data)?, offset: 0 })
+        Ok(DeviceTensor {
+            shape: t.shape.clone(),
+            buffer: gpu.upload("tensor", &t.data)?,
+            offset: 0,
+        })
     }
     pub fn zeros(gpu: &Gpu, shape: crate::tensor::Shape) -> Result<DeviceTensor> {
-        Ok(DeviceTensor { buffer: gpu.storage_buffer("tensor", shape.bytes())?, shape, offset: 0 })
+        Ok(DeviceTensor {
+            buffer: gpu.storage_buffer("tensor", shape.bytes())?,
+            shape,
+            offset: 0,
+        })
     }
     pub fn download(&self, gpu: &Gpu) -> Result<crate::tensor::HostTensor> {
         let data = gpu.download(&self.buffer, self.offset, self.shape.numel())?;
-        Ok(crate::tensor::Tensor { shape: self.shape.clone(), data })
+        Ok(crate::tensor::Tensor {
+            shape: self.shape.clone(),
+            data,
+        })
     }
 }

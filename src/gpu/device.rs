@@ -82,7 +82,9 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 fn requested_backends(opts: &GpuOptions) -> Result<wgpu::Backends> {
     match &opts.backend {
         Some(b) => parse_backend(b),
-        None => Ok(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY | wgpu::Backends::GL)),
+        None => {
+            Ok(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY | wgpu::Backends::GL))
+        }
     }
 }
 
@@ -108,9 +110,15 @@ pub fn list_adapters(opts: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
 fn pick_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
     let adapters = list_adapters(opts)?;
     if adapters.is_empty() {
-        return Err(Error::NoAdapter { backend: opts.backend.clone(), hint: no_adapter_hint() });
+        return Err(Error::NoAdapter {
+            backend: opts.backend.clone(),
+            hint: no_adapter_hint(),
+        });
     }
-    let wanted = opts.adapter.clone().or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok());
+    let wanted = opts
+        .adapter
+        .clone()
+        .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok());
     let Some(wanted) = wanted else {
         return Ok(adapters.into_iter().next().expect("checked non-empty"));
     };
@@ -125,12 +133,21 @@ fn pick_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
         if index < adapters.len() {
             return Ok(adapters.into_iter().nth(index).expect("index checked"));
         }
-        return Err(Error::AdapterNotFound { wanted, available: describe(&adapters) });
+        return Err(Error::AdapterNotFound {
+            wanted,
+            available: describe(&adapters),
+        });
     }
     let needle = wanted.to_lowercase();
-    match adapters.iter().position(|a| a.get_info().name.to_lowercase().contains(&needle)) {
+    match adapters
+        .iter()
+        .position(|a| a.get_info().name.to_lowercase().contains(&needle))
+    {
         Some(i) => Ok(adapters.into_iter().nth(i).expect("index found")),
-        None => Err(Error::AdapterNotFound { wanted, available: describe(&adapters) }),
+        None => Err(Error::AdapterNotFound {
+            wanted,
+            available: describe(&adapters),
+        }),
     }
 }
 
@@ -158,7 +175,10 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| Error::DeviceRequest { adapter: info.name.clone(), reason: e.to_string() })?;
+        .map_err(|e| Error::DeviceRequest {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
 
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
@@ -217,7 +237,11 @@ impl Gpu {
         if let Some(msg) = self.lost.lock().ok().and_then(|l| l.clone()) {
             return Err(Error::DeviceLost(msg));
         }
-        let pending: Vec<String> = self.errors.lock().map(|mut v| v.drain(..).collect()).unwrap_or_default();
+        let pending: Vec<String> = self
+            .errors
+            .lock()
+            .map(|mut v| v.drain(..).collect())
+            .unwrap_or_default();
         if let Some(first) = pending.into_iter().next() {
             return Err(classify(what, first));
         }
@@ -232,7 +256,10 @@ impl Gpu {
         let val_err = pollster::block_on(val.pop());
         let oom_err = pollster::block_on(oom.pop());
         if let Some(e) = oom_err {
-            return Err(Error::OutOfMemory { what: what.into(), detail: e.to_string() });
+            return Err(Error::OutOfMemory {
+                what: what.into(),
+                detail: e.to_string(),
+            });
         }
         if let Some(e) = val_err {
             return Err(classify(what, e.to_string()));
@@ -251,8 +278,14 @@ impl Gpu {
 
 fn classify(what: &str, detail: String) -> Error {
     if detail.to_lowercase().contains("out of memory") {
-        Error::OutOfMemory { what: what.into(), detail }
+        Error::OutOfMemory {
+            what: what.into(),
+            detail,
+        }
     } else {
-        Error::Validation { what: what.into(), detail }
+        Error::Validation {
+            what: what.into(),
+            detail,
+        }
     }
 }

@@ -30,22 +30,32 @@ impl Gpu {
         let label = spec.label();
         let pipeline = self
             .scoped(&format!("compiling {label}"), || {
-                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(&label),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                });
-                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(&label),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some(spec.entry),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
+                let module = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(&label),
+                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                    });
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(&label),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some(spec.entry),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
             })
-            .map_err(|e| Error::Shader { name: label.clone(), detail: e.to_string() })?;
+            .map_err(|e| Error::Shader {
+                name: label.clone(),
+                detail: e.to_string(),
+            })?;
         let pipeline = Arc::new(pipeline);
-        self.pipelines.map.lock().map_err(poisoned)?.insert(spec.clone(), pipeline.clone());
+        self.pipelines
+            .map
+            .lock()
+            .map_err(poisoned)?
+            .insert(spec.clone(), pipeline.clone());
         Ok(pipeline)
     }
 

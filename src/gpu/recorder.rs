@@ -29,10 +29,26 @@ impl From<BufSlice> for Binding {
 }
 
 enum Command {
-    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, params: (u64, u64), bindings: Vec<Binding>, groups: [u32; 3], label: String },
-    Copy { src: BufSlice, dst: BufSlice },
-    CopyToTexture { src: BufSlice, bytes_per_row: u32, texture: wgpu::Texture, extent: wgpu::Extent3d },
-    Clear { slice: BufSlice },
+    Dispatch {
+        pipeline: Arc<wgpu::ComputePipeline>,
+        params: (u64, u64),
+        bindings: Vec<Binding>,
+        groups: [u32; 3],
+        label: String,
+    },
+    Copy {
+        src: BufSlice,
+        dst: BufSlice,
+    },
+    CopyToTexture {
+        src: BufSlice,
+        bytes_per_row: u32,
+        texture: wgpu::Texture,
+        extent: wgpu::Extent3d,
+    },
+    Clear {
+        slice: BufSlice,
+    },
 }
 
 pub struct Recorder<'g> {
@@ -50,10 +66,24 @@ pub struct RecordStats {
 }
 
 enum Step {
-    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, bind_group: wgpu::BindGroup, groups: [u32; 3] },
-    Copy { src: BufSlice, dst: BufSlice },
-    CopyToTexture { src: BufSlice, bytes_per_row: u32, texture: wgpu::Texture, extent: wgpu::Extent3d },
-    Clear { slice: BufSlice },
+    Dispatch {
+        pipeline: Arc<wgpu::ComputePipeline>,
+        bind_group: wgpu::BindGroup,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: BufSlice,
+        dst: BufSlice,
+    },
+    CopyToTexture {
+        src: BufSlice,
+        bytes_per_row: u32,
+        texture: wgpu::Texture,
+        extent: wgpu::Extent3d,
+    },
+    Clear {
+        slice: BufSlice,
+    },
 }
 
 pub struct Recording {
@@ -64,7 +94,11 @@ pub struct Recording {
 
 impl<'g> Recorder<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
-        Recorder { gpu, params: Vec::new(), commands: Vec::new() }
+        Recorder {
+            gpu,
+            params: Vec::new(),
+            commands: Vec::new(),
+        }
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -94,7 +128,13 @@ impl<'g> Recorder<'g> {
     }
 
     /// Records one dispatch: binding 0 is the `params` uniform, the rest follow in order.
-    pub fn dispatch(&mut self, spec: &ShaderSpec, params: &[u8], bindings: Vec<Binding>, groups: [u32; 3]) -> Result<()> {
+    pub fn dispatch(
+        &mut self,
+        spec: &ShaderSpec,
+        params: &[u8],
+        bindings: Vec<Binding>,
+        groups: [u32; 3],
+    ) -> Result<()> {
         let pipeline = self.gpu.pipeline(spec)?;
         let align = self.gpu.limits.min_uniform_buffer_offset_alignment as usize;
         let start = self.params.len().div_ceil(align) * align;
@@ -113,7 +153,13 @@ impl<'g> Recorder<'g> {
     }
 
     /// Records a dispatch of `groups` workgroups laid out by `grid`.
-    pub fn dispatch_groups(&mut self, spec: &ShaderSpec, params: &[u8], bindings: Vec<Binding>, groups: u64) -> Result<()> {
+    pub fn dispatch_groups(
+        &mut self,
+        spec: &ShaderSpec,
+        params: &[u8],
+        bindings: Vec<Binding>,
+        groups: u64,
+    ) -> Result<()> {
         let g = self.grid(groups)?;
         self.dispatch(spec, params, bindings, g)
     }
@@ -122,8 +168,19 @@ impl<'g> Recorder<'g> {
         self.commands.push(Command::Copy { src, dst });
     }
 
-    pub fn copy_to_texture(&mut self, src: BufSlice, bytes_per_row: u32, texture: wgpu::Texture, extent: wgpu::Extent3d) {
-        self.commands.push(Command::CopyToTexture { src, bytes_per_row, texture, extent });
+    pub fn copy_to_texture(
+        &mut self,
+        src: BufSlice,
+        bytes_per_row: u32,
+        texture: wgpu::Texture,
+        extent: wgpu::Extent3d,
+    ) {
+        self.commands.push(Command::CopyToTexture {
+            src,
+            bytes_per_row,
+            texture,
+            extent,
+        });
     }
 
     pub fn clear(&mut self, slice: BufSlice) {
@@ -139,7 +196,11 @@ impl<'g> Recorder<'g> {
         let gpu = self.gpu;
         let params = gpu.upload_init(
             "params",
-            if self.params.is_empty() { &[0u8; 16] } else { &self.params },
+            if self.params.is_empty() {
+                &[0u8; 16]
+            } else {
+                &self.params
+            },
             wgpu::BufferUsages::UNIFORM,
         );
         let mut stats = RecordStats::default();
@@ -149,7 +210,13 @@ impl<'g> Recorder<'g> {
             self.commands
                 .into_iter()
                 .map(|c| match c {
-                    Command::Dispatch { pipeline, params: (off, len), bindings, groups, label } => {
+                    Command::Dispatch {
+                        pipeline,
+                        params: (off, len),
+                        bindings,
+                        groups,
+                        label,
+                    } => {
                         let layout = pipeline.get_bind_group_layout(0);
                         let mut entries = vec![wgpu::BindGroupEntry {
                             binding: 0,
@@ -161,14 +228,19 @@ impl<'g> Recorder<'g> {
                         }];
                         for (i, b) in bindings.iter().enumerate() {
                             let resource = match b {
-                                Binding::Buffer(s) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: &s.buffer,
-                                    offset: s.offset,
-                                    size: wgpu::BufferSize::new(s.size),
-                                }),
+                                Binding::Buffer(s) => {
+                                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                        buffer: &s.buffer,
+                                        offset: s.offset,
+                                        size: wgpu::BufferSize::new(s.size),
+                                    })
+                                }
                                 Binding::Texture(v) => wgpu::BindingResource::TextureView(v),
                             };
-                            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
+                            entries.push(wgpu::BindGroupEntry {
+                                binding: i as u32 + 1,
+                                resource,
+                            });
                         }
                         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
                             label: Some(&label),
@@ -181,17 +253,31 @@ impl<'g> Recorder<'g> {
                             in_pass = true;
                         }
                         labels.push(label);
-                        Step::Dispatch { pipeline, bind_group, groups }
+                        Step::Dispatch {
+                            pipeline,
+                            bind_group,
+                            groups,
+                        }
                     }
                     Command::Copy { src, dst } => {
                         stats.copies += 1;
                         in_pass = false;
                         Step::Copy { src, dst }
                     }
-                    Command::CopyToTexture { src, bytes_per_row, texture, extent } => {
+                    Command::CopyToTexture {
+                        src,
+                        bytes_per_row,
+                        texture,
+                        extent,
+                    } => {
                         stats.copies += 1;
                         in_pass = false;
-                        Step::CopyToTexture { src, bytes_per_row, texture, extent }
+                        Step::CopyToTexture {
+                            src,
+                            bytes_per_row,
+                            texture,
+                            extent,
+                        }
                     }
                     Command::Clear { slice } => {
                         stats.copies += 1;
@@ -201,7 +287,11 @@ impl<'g> Recorder<'g> {
                 })
                 .collect()
         })?;
-        Ok(Recording { steps, stats, labels })
+        Ok(Recording {
+            steps,
+            stats,
+            labels,
+        })
     }
 
     /// Records, submits and waits: the eager path used by tests and one-off ops.
@@ -218,12 +308,24 @@ impl Recording {
     /// Encodes every step into one command buffer and submits it.
     pub fn submit(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {
         gpu.scoped("submitting GPU work", || {
-            let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("delg-gpu run") });
+            let mut enc = gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("delg-gpu run"),
+                });
             let mut i = 0;
             while i < self.steps.len() {
                 if let Step::Dispatch { .. } = self.steps[i] {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-                    while let Some(Step::Dispatch { pipeline, bind_group, groups }) = self.steps.get(i) {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: None,
+                    });
+                    while let Some(Step::Dispatch {
+                        pipeline,
+                        bind_group,
+                        groups,
+                    }) = self.steps.get(i)
+                    {
                         pass.set_pipeline(pipeline);
                         pass.set_bind_group(0, bind_group, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -232,8 +334,19 @@ impl Recording {
                     continue;
                 }
                 match &self.steps[i] {
-                    Step::Copy { src, dst } => enc.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, src.size),
-                    Step::CopyToTexture { src, bytes_per_row, texture, extent } => enc.copy_buffer_to_texture(
+                    Step::Copy { src, dst } => enc.copy_buffer_to_buffer(
+                        &src.buffer,
+                        src.offset,
+                        &dst.buffer,
+                        dst.offset,
+                        src.size,
+                    ),
+                    Step::CopyToTexture {
+                        src,
+                        bytes_per_row,
+                        texture,
+                        extent,
+                    } => enc.copy_buffer_to_texture(
                         wgpu::TexelCopyBufferInfo {
                             buffer: &src.buffer,
                             layout: wgpu::TexelCopyBufferLayout {
@@ -245,7 +358,9 @@ impl Recording {
                         texture.as_image_copy(),
                         *extent,
                     ),
-                    Step::Clear { slice } => enc.clear_buffer(&slice.buffer, slice.offset, Some(slice.size)),
+                    Step::Clear { slice } => {
+                        enc.clear_buffer(&slice.buffer, slice.offset, Some(slice.size))
+                    }
                     Step::Dispatch { .. } => unreachable!("handled above"),
                 }
                 i += 1;

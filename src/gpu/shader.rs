@@ -16,7 +16,10 @@ pub fn raw_source(name: &str) -> Result<&'static str> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, s)| *s)
-        .ok_or_else(|| Error::Shader { name: name.into(), detail: "no such file in shaders/".into() })
+        .ok_or_else(|| Error::Shader {
+            name: name.into(),
+            detail: "no such file in shaders/".into(),
+        })
 }
 
 /// One compiled kernel: a shader file, an entry point and its defines.
@@ -29,7 +32,11 @@ pub struct ShaderSpec {
 
 impl ShaderSpec {
     pub fn new(file: &'static str, entry: &'static str) -> Self {
-        ShaderSpec { file, entry, defines: BTreeMap::new() }
+        ShaderSpec {
+            file,
+            entry,
+            defines: BTreeMap::new(),
+        }
     }
 
     pub fn def(mut self, key: &str, value: impl ToString) -> Self {
@@ -51,7 +58,11 @@ impl ShaderSpec {
     }
 
     pub fn label(&self) -> String {
-        let defs: Vec<String> = self.defines.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let defs: Vec<String> = self
+            .defines
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!("{}::{}[{}]", self.file, self.entry, defs.join(","))
     }
 
@@ -67,8 +78,16 @@ fn truthy(defines: &BTreeMap<String, String>, key: &str) -> bool {
     defines.get(key).is_some_and(|v| v != "0" && v != "false")
 }
 
-fn expand(file: &str, defines: &BTreeMap<String, String>, out: &mut String, depth: usize) -> Result<()> {
-    let err = |detail: String| Error::Shader { name: file.to_string(), detail };
+fn expand(
+    file: &str,
+    defines: &BTreeMap<String, String>,
+    out: &mut String,
+    depth: usize,
+) -> Result<()> {
+    let err = |detail: String| Error::Shader {
+        name: file.to_string(),
+        detail,
+    };
     if depth > 8 {
         return Err(err("#include nested too deeply".into()));
     }
@@ -80,21 +99,31 @@ fn expand(file: &str, defines: &BTreeMap<String, String>, out: &mut String, dept
         let t = line.trim();
         if let Some(rest) = t.strip_prefix("#if ") {
             let cond = rest.trim();
-            let (neg, key) = cond.strip_prefix('!').map(|k| (true, k)).unwrap_or((false, cond));
+            let (neg, key) = cond
+                .strip_prefix('!')
+                .map(|k| (true, k))
+                .unwrap_or((false, cond));
             let v = truthy(defines, key.trim()) != neg;
             stack.push((v, v));
         } else if t == "#else" {
-            let top = stack.last_mut().ok_or_else(|| err(format!("line {}: #else without #if", lineno + 1)))?;
+            let top = stack
+                .last_mut()
+                .ok_or_else(|| err(format!("line {}: #else without #if", lineno + 1)))?;
             *top = (!top.1, true);
         } else if t == "#endif" {
-            stack.pop().ok_or_else(|| err(format!("line {}: #endif without #if", lineno + 1)))?;
+            stack
+                .pop()
+                .ok_or_else(|| err(format!("line {}: #endif without #if", lineno + 1)))?;
         } else if !active(&stack) {
             continue;
         } else if let Some(rest) = t.strip_prefix("#include ") {
             let name = rest.trim().trim_matches('"');
             expand(name, defines, out, depth + 1)?;
         } else {
-            out.push_str(&substitute(line, defines).map_err(|k| err(format!("line {}: undefined {{{{{k}}}}}", lineno + 1)))?);
+            out.push_str(
+                &substitute(line, defines)
+                    .map_err(|k| err(format!("line {}: undefined {{{{{k}}}}}", lineno + 1)))?,
+            );
             out.push('\n');
         }
     }
@@ -104,7 +133,10 @@ fn expand(file: &str, defines: &BTreeMap<String, String>, out: &mut String, dept
     Ok(())
 }
 
-fn substitute(line: &str, defines: &BTreeMap<String, String>) -> std::result::Result<String, String> {
+fn substitute(
+    line: &str,
+    defines: &BTreeMap<String, String>,
+) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(start) = rest.find("{{") {
@@ -122,10 +154,17 @@ fn substitute(line: &str, defines: &BTreeMap<String, String>) -> std::result::Re
 /// Parses and validates a WGSL source with naga, with every capability our
 /// optional features can enable.
 pub fn validate(label: &str, src: &str) -> Result<naga::Module> {
-    let err = |detail: String| Error::Shader { name: label.into(), detail };
+    let err = |detail: String| Error::Shader {
+        name: label.into(),
+        detail,
+    };
     let module = naga::front::wgsl::parse_str(src).map_err(|e| err(e.emit_to_string(src)))?;
-    let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
-    v.validate(&module).map_err(|e| err(e.emit_to_string(src)))?;
+    let mut v = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    );
+    v.validate(&module)
+        .map_err(|e| err(e.emit_to_string(src)))?;
     Ok(module)
 }
 
@@ -137,7 +176,10 @@ mod tests {
     fn substitution_and_conditionals() {
         let mut d = BTreeMap::new();
         d.insert("A".to_string(), "7".to_string());
-        assert_eq!(substitute("x = {{A}} + {{ A }};", &d).unwrap(), "x = 7 + 7;");
+        assert_eq!(
+            substitute("x = {{A}} + {{ A }};", &d).unwrap(),
+            "x = 7 + 7;"
+        );
         assert_eq!(substitute("x = {{B}};", &d).unwrap_err(), "B");
     }
 

@@ -50,7 +50,8 @@ impl Tuning {
     /// get the subgroup-broadcast kernels; everything else the shared-memory ones.
     pub fn for_adapter(facts: &AdapterFacts, features: wgpu::Features) -> Tuning {
         let sgb = MatmulVariant::SubgroupBroadcast;
-        let matmul = if facts.device_type == wgpu::DeviceType::Cpu && sgb.supported(features, facts) {
+        let matmul = if facts.device_type == wgpu::DeviceType::Cpu && sgb.supported(features, facts)
+        {
             sgb
         } else {
             MatmulVariant::Tiled

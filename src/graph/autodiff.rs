@@ -14,14 +14,27 @@ impl Graph {
     /// does not influence the loss).
     pub fn grad(&mut self, loss: TensorId, wrt: &[TensorId]) -> Result<Vec<Option<TensorId>>> {
         if self.shape(loss).numel() != 1 {
-            return Err(Error::Graph(format!("grad needs a scalar loss, got shape {:?}", self.shape(loss))));
+            return Err(Error::Graph(format!(
+                "grad needs a scalar loss, got shape {:?}",
+                self.shape(loss)
+            )));
         }
-        let seed = self.apply1(Fill { shape: self.shape(loss).clone(), value: 1.0 }, &[])?;
+        let seed = self.apply1(
+            Fill {
+                shape: self.shape(loss).clone(),
+                value: 1.0,
+            },
+            &[],
+        )?;
         self.backward(&[(loss, seed)], wrt)
     }
 
     /// Vector-Jacobian product: gradients of Σ⟨seed, output⟩ with respect to `wrt`.
-    pub fn backward(&mut self, seeds: &[(TensorId, TensorId)], wrt: &[TensorId]) -> Result<Vec<Option<TensorId>>> {
+    pub fn backward(
+        &mut self,
+        seeds: &[(TensorId, TensorId)],
+        wrt: &[TensorId],
+    ) -> Result<Vec<Option<TensorId>>> {
         for (out, seed) in seeds {
             if self.shape(*out) != self.shape(*seed) {
                 return Err(Error::Graph(format!(
@@ -53,11 +66,14 @@ impl Graph {
             if !node.inputs.iter().any(|t| depends[t.0]) {
                 continue;
             }
-            let out_grads: Vec<Option<TensorId>> = node.outputs.iter().map(|o| grads.get(o).copied()).collect();
+            let out_grads: Vec<Option<TensorId>> =
+                node.outputs.iter().map(|o| grads.get(o).copied()).collect();
             if out_grads.iter().all(Option::is_none) {
                 continue;
             }
-            let in_grads = node.op.backward(self, &node.inputs, &node.outputs, &out_grads)?;
+            let in_grads = node
+                .op
+                .backward(self, &node.inputs, &node.outputs, &out_grads)?;
             if in_grads.len() != node.inputs.len() {
                 return Err(Error::Graph(format!(
                     "{} backward returned {} gradients for {} inputs",
@@ -86,7 +102,12 @@ impl Graph {
     }
 }
 
-fn accumulate(g: &mut Graph, grads: &mut HashMap<TensorId, TensorId>, t: TensorId, contrib: TensorId) -> Result<()> {
+fn accumulate(
+    g: &mut Graph,
+    grads: &mut HashMap<TensorId, TensorId>,
+    t: TensorId,
+    contrib: TensorId,
+) -> Result<()> {
     let sum = match grads.get(&t) {
         Some(&prev) => g.apply1(Binary::new(BinaryKind::Add), &[prev, contrib])?,
         None => contrib,

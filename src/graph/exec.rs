@@ -19,7 +19,8 @@ pub struct ParamStore {
 
 impl ParamStore {
     pub fn insert(&mut self, gpu: &Gpu, name: &str, value: &HostTensor) -> Result<()> {
-        self.tensors.insert(name.to_string(), DeviceTensor::upload(gpu, value)?);
+        self.tensors
+            .insert(name.to_string(), DeviceTensor::upload(gpu, value)?);
         Ok(())
     }
     pub fn get(&self, name: &str) -> Option<&DeviceTensor> {
@@ -43,18 +44,28 @@ pub struct Executable {
 impl Executable {
     /// Plans and records the nodes needed for `targets`. Params are taken from
     /// `params` by name (a missing one is an error); inputs get fresh buffers.
-    pub fn new(gpu: &Arc<Gpu>, graph: &Graph, targets: &[TensorId], params: &ParamStore) -> Result<Executable> {
+    pub fn new(
+        gpu: &Arc<Gpu>,
+        graph: &Graph,
+        targets: &[TensorId],
+        params: &ParamStore,
+    ) -> Result<Executable> {
         let schedule = graph.live_nodes(targets);
         let mut tensors: HashMap<TensorId, DeviceTensor> = HashMap::new();
         for (i, info) in graph.tensors.iter().enumerate() {
             let id = TensorId(i);
             match info.kind {
                 TensorKind::Param => {
-                    let p = params.get(&info.name).ok_or_else(|| Error::Graph(format!("parameter '{}' was not loaded", info.name)))?;
+                    let p = params.get(&info.name).ok_or_else(|| {
+                        Error::Graph(format!("parameter '{}' was not loaded", info.name))
+                    })?;
                     if p.shape != info.shape {
                         return Err(Error::shape(
                             "parameters",
-                            format!("'{}' has shape {:?}, the graph expects {:?}", info.name, p.shape, info.shape),
+                            format!(
+                                "'{}' has shape {:?}, the graph expects {:?}",
+                                info.name, p.shape, info.shape
+                            ),
                         ));
                     }
                     tensors.insert(id, p.clone());
@@ -73,7 +84,11 @@ impl Executable {
             for o in &node.outputs {
                 let st = graph.info(*o).storage;
                 if graph.info(st).kind == TensorKind::Computed {
-                    lives.entry(st).or_insert(Lifetime { bytes: graph.shape(st).bytes(), first: step, last: step });
+                    lives.entry(st).or_insert(Lifetime {
+                        bytes: graph.shape(st).bytes(),
+                        first: step,
+                        last: step,
+                    });
                 }
             }
             for i in &node.inputs {
@@ -97,24 +112,45 @@ impl Executable {
             .enumerate()
             .map(|(i, &b)| gpu.storage_buffer(&format!("slot {i}"), b))
             .collect::<Result<_>>()?;
-        let slot_of: HashMap<TensorId, usize> = storages.iter().zip(&memory.slot_of).map(|(s, &slot)| (*s, slot)).collect();
+        let slot_of: HashMap<TensorId, usize> = storages
+            .iter()
+            .zip(&memory.slot_of)
+            .map(|(s, &slot)| (*s, slot))
+            .collect();
         for (i, info) in graph.tensors.iter().enumerate() {
             if info.kind != TensorKind::Computed {
                 continue;
             }
             let id = TensorId(i);
             if let Some(&slot) = slot_of.get(&info.storage) {
-                tensors.insert(id, DeviceTensor { shape: info.shape.clone(), buffer: slots[slot].clone(), offset: 0 });
+                tensors.insert(
+                    id,
+                    DeviceTensor {
+                        shape: info.shape.clone(),
+                        buffer: slots[slot].clone(),
+                        offset: 0,
+                    },
+                );
             } else if let Some(base) = tensors.get(&info.storage).cloned() {
                 // A view of an input or a parameter.
-                tensors.insert(id, DeviceTensor { shape: info.shape.clone(), ..base });
+                tensors.insert(
+                    id,
+                    DeviceTensor {
+                        shape: info.shape.clone(),
+                        ..base
+                    },
+                );
             }
         }
 
         let mut rec = Recorder::new(gpu);
         for &n in &schedule {
             let node = &graph.nodes[n];
-            let get = |t: &TensorId| tensors.get(t).ok_or_else(|| Error::Graph(format!("tensor {t:?} has no buffer")));
+            let get = |t: &TensorId| {
+                tensors
+                    .get(t)
+                    .ok_or_else(|| Error::Graph(format!("tensor {t:?} has no buffer")))
+            };
             let ins: Vec<&DeviceTensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
             let outs: Vec<&DeviceTensor> = node.outputs.iter().map(get).collect::<Result<_>>()?;
             node.op.record(&mut rec, &ins, &outs)?;
@@ -122,19 +158,34 @@ impl Executable {
         let recording = rec.finish()?;
         let unplanned_bytes = life_list.iter().map(|l| l.bytes).sum();
         let flops = graph.flops(&schedule);
-        Ok(Executable { gpu: gpu.clone(), tensors, recording, schedule, memory, unplanned_bytes, flops })
+        Ok(Executable {
+            gpu: gpu.clone(),
+            tensors,
+            recording,
+            schedule,
+            memory,
+            unplanned_bytes,
+            flops,
+        })
     }
 
     fn tensor(&self, t: TensorId) -> Result<&DeviceTensor> {
-        self.tensors.get(&t).ok_or_else(|| Error::Graph(format!("tensor {t:?} is not part of this plan")))
+        self.tensors
+            .get(&t)
+            .ok_or_else(|| Error::Graph(format!("tensor {t:?} is not part of this plan")))
     }
 
     pub fn set_input(&self, t: TensorId, value: &HostTensor) -> Result<()> {
         let dst = self.tensor(t)?;
         if dst.shape != value.shape {
-            return Err(Error::shape("input", format!("expected {:?}, got {:?}", dst.shape, value.shape)));
+            return Err(Error::shape(
+                "input",
+                format!("expected {:?}, got {:?}", dst.shape, value.shape),
+            ));
         }
-        self.gpu.queue.write_buffer(&dst.buffer, dst.offset, bytemuck::cast_slice(&value.data));
+        self.gpu
+            .queue
+            .write_buffer(&dst.buffer, dst.offset, bytemuck::cast_slice(&value.data));
         Ok(())
     }
 
@@ -156,18 +207,30 @@ impl Executable {
 /// Evaluates the nodes needed for `targets` with the f64 references. `values`
 /// holds inputs and params on entry, and every computed tensor on return;
 /// mutated inputs are updated in place.
-pub fn eval_reference(graph: &Graph, targets: &[TensorId], values: &mut HashMap<TensorId, RefTensor>) -> Result<()> {
+pub fn eval_reference(
+    graph: &Graph,
+    targets: &[TensorId],
+    values: &mut HashMap<TensorId, RefTensor>,
+) -> Result<()> {
     for n in graph.live_nodes(targets) {
         let node = &graph.nodes[n];
         let ins: Vec<&RefTensor> = node
             .inputs
             .iter()
-            .map(|t| values.get(t).ok_or_else(|| Error::Graph(format!("no value for '{}'", graph.info(*t).name))))
+            .map(|t| {
+                values
+                    .get(t)
+                    .ok_or_else(|| Error::Graph(format!("no value for '{}'", graph.info(*t).name)))
+            })
             .collect::<Result<_>>()?;
         let mut outs = node.op.reference(&ins)?;
         let mutated = node.op.mutates();
         if outs.len() != node.outputs.len() + mutated.len() {
-            return Err(Error::Graph(format!("{} reference returned {} tensors", node.op.name(), outs.len())));
+            return Err(Error::Graph(format!(
+                "{} reference returned {} tensors",
+                node.op.name(),
+                outs.len()
+            )));
         }
         let new_state = outs.split_off(node.outputs.len());
         for (&i, v) in mutated.iter().zip(new_state) {
@@ -182,15 +245,32 @@ pub fn eval_reference(graph: &Graph, targets: &[TensorId], values: &mut HashMap<
 }
 
 /// Runs one op eagerly on the GPU: upload, record, run, download.
-pub fn run_op(gpu: &Arc<Gpu>, op: Arc<dyn super::Op>, inputs: &[&HostTensor]) -> Result<Vec<HostTensor>> {
+pub fn run_op(
+    gpu: &Arc<Gpu>,
+    op: Arc<dyn super::Op>,
+    inputs: &[&HostTensor],
+) -> Result<Vec<HostTensor>> {
     let shapes: Vec<&Shape> = inputs.iter().map(|t| &t.shape).collect();
     let out_shapes = op.infer(&shapes)?;
-    let ins: Vec<DeviceTensor> = inputs.iter().map(|t| DeviceTensor::upload(gpu, t)).collect::<Result<_>>()?;
-    let outs: Vec<DeviceTensor> = out_shapes.into_iter().map(|s| DeviceTensor::zeros(gpu, s)).collect::<Result<_>>()?;
+    let ins: Vec<DeviceTensor> = inputs
+        .iter()
+        .map(|t| DeviceTensor::upload(gpu, t))
+        .collect::<Result<_>>()?;
+    let outs: Vec<DeviceTensor> = out_shapes
+        .into_iter()
+        .map(|s| DeviceTensor::zeros(gpu, s))
+        .collect::<Result<_>>()?;
     let mut rec = Recorder::new(gpu);
-    op.record(&mut rec, &ins.iter().collect::<Vec<_>>(), &outs.iter().collect::<Vec<_>>())?;
+    op.record(
+        &mut rec,
+        &ins.iter().collect::<Vec<_>>(),
+        &outs.iter().collect::<Vec<_>>(),
+    )?;
     rec.run()?;
-    let mut result: Vec<HostTensor> = outs.iter().map(|o| o.download(gpu)).collect::<Result<_>>()?;
+    let mut result: Vec<HostTensor> = outs
+        .iter()
+        .map(|o| o.download(gpu))
+        .collect::<Result<_>>()?;
     for &i in op.mutates() {
         result.push(ins[i].download(gpu)?);
     }

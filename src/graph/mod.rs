@@ -52,12 +52,26 @@ pub trait Op: Debug + Send + Sync {
     fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>>;
 
     /// Records the kernels that compute `outputs` from `inputs`.
-    fn record(&self, rec: &mut Recorder, inputs: &[&DeviceTensor], outputs: &[&DeviceTensor]) -> Result<()>;
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+    ) -> Result<()>;
 
     /// Adds nodes computing the gradient of each input from the gradients of
     /// the outputs (None where an output has no gradient).
-    fn backward(&self, _g: &mut Graph, _inputs: &[TensorId], _outputs: &[TensorId], _grads: &[Option<TensorId>]) -> Result<Vec<Option<TensorId>>> {
-        Err(Error::Graph(format!("{} has no backward pass", self.name())))
+    fn backward(
+        &self,
+        _g: &mut Graph,
+        _inputs: &[TensorId],
+        _outputs: &[TensorId],
+        _grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
+        Err(Error::Graph(format!(
+            "{} has no backward pass",
+            self.name()
+        )))
     }
 
     /// Floating-point operations for these input shapes (for GFLOP/s reports).
@@ -94,9 +108,21 @@ impl Graph {
         Self::default()
     }
 
-    fn add_tensor(&mut self, name: String, shape: Shape, kind: TensorKind, producer: Option<usize>) -> TensorId {
+    fn add_tensor(
+        &mut self,
+        name: String,
+        shape: Shape,
+        kind: TensorKind,
+        producer: Option<usize>,
+    ) -> TensorId {
         let id = TensorId(self.tensors.len());
-        self.tensors.push(TensorInfo { shape, kind, name, producer, storage: id });
+        self.tensors.push(TensorInfo {
+            shape,
+            kind,
+            name,
+            producer,
+            storage: id,
+        });
         id
     }
 
@@ -123,7 +149,10 @@ impl Graph {
 
     pub fn apply_arc(&mut self, op: Arc<dyn Op>, inputs: &[TensorId]) -> Result<Vec<TensorId>> {
         if let Some(bad) = inputs.iter().find(|t| t.0 >= self.tensors.len()) {
-            return Err(Error::Graph(format!("{}: unknown tensor {bad:?}", op.name())));
+            return Err(Error::Graph(format!(
+                "{}: unknown tensor {bad:?}",
+                op.name()
+            )));
         }
         let shapes: Vec<&Shape> = inputs.iter().map(|t| self.shape(*t)).collect();
         let out_shapes = op.infer(&shapes)?;
@@ -131,13 +160,24 @@ impl Graph {
         let outputs: Vec<TensorId> = out_shapes
             .into_iter()
             .enumerate()
-            .map(|(i, s)| self.add_tensor(format!("{}#{node}.{i}", op.name()), s, TensorKind::Computed, Some(node)))
+            .map(|(i, s)| {
+                self.add_tensor(
+                    format!("{}#{node}.{i}", op.name()),
+                    s,
+                    TensorKind::Computed,
+                    Some(node),
+                )
+            })
             .collect();
         if let Some(v) = op.view_of() {
             let storage = self.tensors[inputs[v].0].storage;
             self.tensors[outputs[0].0].storage = storage;
         }
-        self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs: outputs.clone() });
+        self.nodes.push(Node {
+            op,
+            inputs: inputs.to_vec(),
+            outputs: outputs.clone(),
+        });
         Ok(outputs)
     }
 
@@ -147,7 +187,10 @@ impl Graph {
         let out = self.apply(op, inputs)?;
         match out.as_slice() {
             [one] => Ok(*one),
-            _ => Err(Error::Graph(format!("{name} has {} outputs, expected one", out.len()))),
+            _ => Err(Error::Graph(format!(
+                "{name} has {} outputs, expected one",
+                out.len()
+            ))),
         }
     }
 

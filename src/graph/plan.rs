@@ -31,21 +31,31 @@ impl MemoryPlan {
 pub fn plan_memory(lives: &[Lifetime]) -> MemoryPlan {
     let mut order: Vec<usize> = (0..lives.len()).collect();
     order.sort_by_key(|&i| (lives[i].first, std::cmp::Reverse(lives[i].bytes)));
-    let mut plan = MemoryPlan { slot_of: vec![0; lives.len()], slot_bytes: Vec::new() };
+    let mut plan = MemoryPlan {
+        slot_of: vec![0; lives.len()],
+        slot_bytes: Vec::new(),
+    };
     // Per slot: the step after which it is free again.
     let mut busy_until: Vec<usize> = Vec::new();
     for i in order {
         let life = lives[i];
-        let free: Vec<usize> = (0..plan.slot_bytes.len()).filter(|&s| busy_until[s] < life.first).collect();
-        let fitting = free.iter().copied().filter(|&s| plan.slot_bytes[s] >= life.bytes).min_by_key(|&s| plan.slot_bytes[s]);
-        let slot = match fitting.or_else(|| free.iter().copied().max_by_key(|&s| plan.slot_bytes[s])) {
-            Some(s) => s,
-            None => {
-                plan.slot_bytes.push(0);
-                busy_until.push(0);
-                plan.slot_bytes.len() - 1
-            }
-        };
+        let free: Vec<usize> = (0..plan.slot_bytes.len())
+            .filter(|&s| busy_until[s] < life.first)
+            .collect();
+        let fitting = free
+            .iter()
+            .copied()
+            .filter(|&s| plan.slot_bytes[s] >= life.bytes)
+            .min_by_key(|&s| plan.slot_bytes[s]);
+        let slot =
+            match fitting.or_else(|| free.iter().copied().max_by_key(|&s| plan.slot_bytes[s])) {
+                Some(s) => s,
+                None => {
+                    plan.slot_bytes.push(0);
+                    busy_until.push(0);
+                    plan.slot_bytes.len() - 1
+                }
+            };
         plan.slot_bytes[slot] = plan.slot_bytes[slot].max(life.bytes);
         busy_until[slot] = life.last;
         plan.slot_of[i] = slot;
@@ -65,7 +75,13 @@ mod tests {
     #[test]
     fn chain_reuses_two_buffers() {
         // x0 -> x1 -> x2 -> x3: each tensor is read only by the next step.
-        let lives: Vec<Lifetime> = (0..4).map(|i| Lifetime { bytes: 100, first: i, last: i + 1 }).collect();
+        let lives: Vec<Lifetime> = (0..4)
+            .map(|i| Lifetime {
+                bytes: 100,
+                first: i,
+                last: i + 1,
+            })
+            .collect();
         let plan = plan_memory(&lives);
         assert_eq!(plan.slot_bytes.len(), 2);
         assert_eq!(plan.total_bytes(), 200);
@@ -74,9 +90,21 @@ mod tests {
     #[test]
     fn best_fit_prefers_the_smallest_sufficient_slot() {
         let lives = [
-            Lifetime { bytes: 1000, first: 0, last: 1 },
-            Lifetime { bytes: 10, first: 0, last: 1 },
-            Lifetime { bytes: 8, first: 2, last: 3 },
+            Lifetime {
+                bytes: 1000,
+                first: 0,
+                last: 1,
+            },
+            Lifetime {
+                bytes: 10,
+                first: 0,
+                last: 1,
+            },
+            Lifetime {
+                bytes: 8,
+                first: 2,
+                last: 3,
+            },
         ];
         let plan = plan_memory(&lives);
         assert_eq!(plan.slot_of[2], plan.slot_of[1]);
@@ -91,7 +119,11 @@ mod tests {
             let lives: Vec<Lifetime> = (0..n)
                 .map(|_| {
                     let first = rng.below(30);
-                    Lifetime { bytes: 1 + rng.below(1000) as u64, first, last: first + rng.below(10) }
+                    Lifetime {
+                        bytes: 1 + rng.below(1000) as u64,
+                        first,
+                        last: first + rng.below(10),
+                    }
                 })
                 .collect();
             let plan = plan_memory(&lives);
@@ -99,7 +131,12 @@ mod tests {
                 assert!(plan.slot_bytes[plan.slot_of[a]] >= lives[a].bytes);
                 for b in a + 1..n {
                     if plan.slot_of[a] == plan.slot_of[b] {
-                        assert!(!overlaps(lives[a], lives[b]), "{:?} and {:?} share a slot", lives[a], lives[b]);
+                        assert!(
+                            !overlaps(lives[a], lives[b]),
+                            "{:?} and {:?} share a slot",
+                            lives[a],
+                            lives[b]
+                        );
                     }
                 }
             }

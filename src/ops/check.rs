@@ -14,7 +14,8 @@ use crate::graph::{Graph, Op, TensorId};
 use crate::tensor::{HostTensor, RefTensor, Rng, Shape};
 
 fn gpu_required() -> bool {
-    std::env::var_os("CI").is_some_and(|v| v != "false" && v != "0") || std::env::var_os("DELG_REQUIRE_GPU").is_some()
+    std::env::var_os("CI").is_some_and(|v| v != "false" && v != "0")
+        || std::env::var_os("DELG_REQUIRE_GPU").is_some()
 }
 
 /// One device per tuning variant the adapter supports (every variant is tested).
@@ -35,7 +36,8 @@ pub fn test_gpus() -> &'static [Arc<Gpu>] {
         let mut gpus = vec![first.clone()];
         for v in MatmulVariant::ALL {
             if v != first.tuning.matmul && v.supported(first.features, &first.facts) {
-                let g = Gpu::new_with_tuning(&opts, Tuning { matmul: v }).expect("second device on the same adapter");
+                let g = Gpu::new_with_tuning(&opts, Tuning { matmul: v })
+                    .expect("second device on the same adapter");
                 gpus.push(g);
             }
         }
@@ -60,7 +62,14 @@ pub struct OpCase {
 
 impl OpCase {
     pub fn new(op: impl Op + 'static) -> Self {
-        OpCase { op: Arc::new(op), inputs: Vec::new(), differentiable: None, forward_tol: 1e-4, grad_tol: 1e-3, rng: Rng::new(0x5eed) }
+        OpCase {
+            op: Arc::new(op),
+            inputs: Vec::new(),
+            differentiable: None,
+            forward_tol: 1e-4,
+            grad_tol: 1e-3,
+            rng: Rng::new(0x5eed),
+        }
     }
     /// Adds a uniform random input in [lo, hi).
     pub fn input(mut self, shape: impl Into<Shape>, lo: f64, hi: f64) -> Self {
@@ -88,7 +97,10 @@ impl OpCase {
 pub fn normalized_max_error(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    got.iter().zip(want).fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs())) / scale
+    got.iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()))
+        / scale
 }
 
 pub fn assert_close(what: &str, got: &HostTensor, want: &RefTensor, tol: f64) {
@@ -99,7 +111,11 @@ pub fn assert_close(what: &str, got: &HostTensor, want: &RefTensor, tol: f64) {
     let err = normalized_max_error(&got.data, &want.data);
     if err > tol {
         let worst = (0..got.data.len())
-            .max_by(|&a, &b| (got.data[a] as f64 - want.data[a]).abs().total_cmp(&(got.data[b] as f64 - want.data[b]).abs()))
+            .max_by(|&a, &b| {
+                (got.data[a] as f64 - want.data[a])
+                    .abs()
+                    .total_cmp(&(got.data[b] as f64 - want.data[b]).abs())
+            })
             .unwrap_or(0);
         panic!(
             "{what}: normalized max error {err:.3e} > {tol:.0e}; worst at {worst} of {:?}: got {} want {}",
@@ -111,21 +127,38 @@ pub fn assert_close(what: &str, got: &HostTensor, want: &RefTensor, tol: f64) {
 /// Runs the op on every test device and compares every output with the reference.
 pub fn check_op(case: &OpCase) {
     let refs: Vec<RefTensor> = case.inputs.iter().map(|t| t.to_ref()).collect();
-    let want = case.op.reference(&refs.iter().collect::<Vec<_>>()).expect("reference");
+    let want = case
+        .op
+        .reference(&refs.iter().collect::<Vec<_>>())
+        .expect("reference");
     for gpu in test_gpus() {
-        let got = run_op(gpu, case.op.clone(), &case.inputs.iter().collect::<Vec<_>>())
-            .unwrap_or_else(|e| panic!("{} on {}: {e}", case.op.name(), gpu.tuning.describe()));
+        let got = run_op(
+            gpu,
+            case.op.clone(),
+            &case.inputs.iter().collect::<Vec<_>>(),
+        )
+        .unwrap_or_else(|e| panic!("{} on {}: {e}", case.op.name(), gpu.tuning.describe()));
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_close(&format!("{} output {i} ({})", case.op.name(), gpu.tuning.describe()), g, w, case.forward_tol);
+            assert_close(
+                &format!("{} output {i} ({})", case.op.name(), gpu.tuning.describe()),
+                g,
+                w,
+                case.forward_tol,
+            );
         }
     }
 }
 
 /// Σ⟨seed, output⟩ by the reference forward pass, for finite differences.
 fn objective(op: &Arc<dyn Op>, inputs: &[RefTensor], seeds: &[RefTensor]) -> f64 {
-    let outs = op.reference(&inputs.iter().collect::<Vec<_>>()).expect("reference");
-    outs.iter().zip(seeds).map(|(o, s)| o.data.iter().zip(&s.data).map(|(a, b)| a * b).sum::<f64>()).sum()
+    let outs = op
+        .reference(&inputs.iter().collect::<Vec<_>>())
+        .expect("reference");
+    outs.iter()
+        .zip(seeds)
+        .map(|(o, s)| o.data.iter().zip(&s.data).map(|(a, b)| a * b).sum::<f64>())
+        .sum()
 }
 
 /// Gradient check: builds forward + autodiff backward as a graph, runs it on
@@ -135,19 +168,35 @@ fn objective(op: &Arc<dyn Op>, inputs: &[RefTensor], seeds: &[RefTensor]) -> f64
 pub fn grad_check(case: &OpCase) {
     let name = case.op.name();
     let mut g = Graph::new();
-    let ins: Vec<TensorId> = case.inputs.iter().enumerate().map(|(i, t)| g.input(&format!("x{i}"), t.shape.clone())).collect();
+    let ins: Vec<TensorId> = case
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| g.input(&format!("x{i}"), t.shape.clone()))
+        .collect();
     let outs = g.apply_arc(case.op.clone(), &ins).expect("apply");
     let mut rng = Rng::new(99);
-    let seed_vals: Vec<HostTensor> = outs.iter().map(|o| rng.tensor(g.shape(*o).clone(), -1.0, 1.0)).collect();
-    let seeds: Vec<TensorId> = outs.iter().enumerate().map(|(i, o)| g.input(&format!("seed{i}"), g.shape(*o).clone())).collect();
-    let pairs: Vec<(TensorId, TensorId)> = outs.iter().copied().zip(seeds.iter().copied()).collect();
+    let seed_vals: Vec<HostTensor> = outs
+        .iter()
+        .map(|o| rng.tensor(g.shape(*o).clone(), -1.0, 1.0))
+        .collect();
+    let seeds: Vec<TensorId> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| g.input(&format!("seed{i}"), g.shape(*o).clone()))
+        .collect();
+    let pairs: Vec<(TensorId, TensorId)> =
+        outs.iter().copied().zip(seeds.iter().copied()).collect();
     let grads = g.backward(&pairs, &ins).expect("backward");
     let checked: Vec<usize> = match &case.differentiable {
         Some(w) => w.clone(),
         None => (0..ins.len()).filter(|&i| grads[i].is_some()).collect(),
     };
     assert!(!checked.is_empty(), "{name}: no input has a gradient");
-    let targets: Vec<TensorId> = checked.iter().map(|&i| grads[i].unwrap_or_else(|| panic!("{name}: input {i} has no gradient"))).collect();
+    let targets: Vec<TensorId> = checked
+        .iter()
+        .map(|&i| grads[i].unwrap_or_else(|| panic!("{name}: input {i} has no gradient")))
+        .collect();
 
     // Reference backward.
     let mut values: HashMap<TensorId, RefTensor> = HashMap::new();
@@ -164,16 +213,26 @@ pub fn grad_check(case: &OpCase) {
     let seed_refs: Vec<RefTensor> = seed_vals.iter().map(|t| t.to_ref()).collect();
     for (&i, t) in checked.iter().zip(&targets) {
         let analytic = &values[t];
-        let scale = analytic.data.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+        let scale = analytic
+            .data
+            .iter()
+            .fold(0f64, |m, v| m.max(v.abs()))
+            .max(1e-6);
         let n = in_refs[i].data.len();
-        let picks: Vec<usize> = if n <= 24 { (0..n).collect() } else { (0..24).map(|_| rng.below(n)).collect() };
+        let picks: Vec<usize> = if n <= 24 {
+            (0..n).collect()
+        } else {
+            (0..24).map(|_| rng.below(n)).collect()
+        };
         for k in picks {
             let h = 1e-6 * in_refs[i].data[k].abs().max(1.0);
             let mut plus = in_refs.clone();
             plus[i].data[k] += h;
             let mut minus = in_refs.clone();
             minus[i].data[k] -= h;
-            let fd = (objective(&case.op, &plus, &seed_refs) - objective(&case.op, &minus, &seed_refs)) / (2.0 * h);
+            let fd = (objective(&case.op, &plus, &seed_refs)
+                - objective(&case.op, &minus, &seed_refs))
+                / (2.0 * h);
             let err = (fd - analytic.data[k]).abs() / scale;
             assert!(err <= 1e-5, "{name}: reference gradient of input {i}[{k}] = {} but finite difference {fd} (rel {err:.2e})", analytic.data[k]);
         }
@@ -183,13 +242,22 @@ pub fn grad_check(case: &OpCase) {
     for gpu in test_gpus() {
         let exe = Executable::new(gpu, &g, &targets, &ParamStore::default())
             .unwrap_or_else(|e| panic!("{name} backward on {}: {e}", gpu.tuning.describe()));
-        for (t, v) in ins.iter().zip(&case.inputs).chain(seeds.iter().zip(&seed_vals)) {
+        for (t, v) in ins
+            .iter()
+            .zip(&case.inputs)
+            .chain(seeds.iter().zip(&seed_vals))
+        {
             exe.set_input(*t, v).expect("input");
         }
         exe.run().expect("run");
         for (&i, t) in checked.iter().zip(&targets) {
             let got = exe.read(*t).expect("read");
-            assert_close(&format!("{name} gradient of input {i} ({})", gpu.tuning.describe()), &got, &values[t], case.grad_tol);
+            assert_close(
+                &format!("{name} gradient of input {i} ({})", gpu.tuning.describe()),
+                &got,
+                &values[t],
+                case.grad_tol,
+            );
         }
     }
 }

@@ -39,12 +39,21 @@ fn fill_spec() -> ShaderSpec {
 }
 
 /// Records `kernel` over consecutive windows of the `operands` (all of `n` elements).
-fn record_windows(rec: &mut Recorder, spec: &ShaderSpec, operands: &[&DeviceTensor], kind: u32, alpha: f32) -> Result<()> {
+fn record_windows(
+    rec: &mut Recorder,
+    spec: &ShaderSpec,
+    operands: &[&DeviceTensor],
+    kind: u32,
+    alpha: f32,
+) -> Result<()> {
     let gpu = rec.gpu();
     let n = operands.last().map(|t| t.numel()).unwrap_or(0);
     for range in chunks(n, gpu.max_window_elems()) {
         let count = range.end - range.start;
-        let windows = operands.iter().map(|t| t.window(gpu, range.start, count)).collect::<Result<Vec<_>>>()?;
+        let windows = operands
+            .iter()
+            .map(|t| t.window(gpu, range.start, count))
+            .collect::<Result<Vec<_>>>()?;
         let mut shifts = [0u32; 3];
         for (i, w) in windows.iter().enumerate() {
             shifts[i] = w.shift;
@@ -61,7 +70,12 @@ fn record_windows(rec: &mut Recorder, spec: &ShaderSpec, operands: &[&DeviceTens
             _pad: [0; 2],
         };
         let bindings = windows.iter().map(Into::into).collect();
-        rec.dispatch_groups(spec, bytemuck::bytes_of(&params), bindings, count.div_ceil(WG))?;
+        rec.dispatch_groups(
+            spec,
+            bytemuck::bytes_of(&params),
+            bindings,
+            count.div_ceil(WG),
+        )?;
     }
     Ok(())
 }
@@ -96,7 +110,12 @@ impl Op for Unary {
         };
         Ok(vec![map(inputs[0], f)])
     }
-    fn record(&self, rec: &mut Recorder, inputs: &[&DeviceTensor], outputs: &[&DeviceTensor]) -> Result<()> {
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+    ) -> Result<()> {
         let (kind, alpha) = match self.0 {
             UnaryKind::Relu => (0, 0.0),
             UnaryKind::Softplus => (1, 0.0),
@@ -104,11 +123,21 @@ impl Op for Unary {
         };
         record_windows(rec, &unary_spec(), &[inputs[0], outputs[0]], kind, alpha)
     }
-    fn backward(&self, g: &mut Graph, inputs: &[TensorId], _outputs: &[TensorId], grads: &[Option<TensorId>]) -> Result<Vec<Option<TensorId>>> {
-        let Some(dy) = grads[0] else { return Ok(vec![None]) };
+    fn backward(
+        &self,
+        g: &mut Graph,
+        inputs: &[TensorId],
+        _outputs: &[TensorId],
+        grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
+        let Some(dy) = grads[0] else {
+            return Ok(vec![None]);
+        };
         let dx = match self.0 {
             UnaryKind::Relu => g.apply1(Binary::new(BinaryKind::ReluGrad), &[inputs[0], dy])?,
-            UnaryKind::Softplus => g.apply1(Binary::new(BinaryKind::SoftplusGrad), &[inputs[0], dy])?,
+            UnaryKind::Softplus => {
+                g.apply1(Binary::new(BinaryKind::SoftplusGrad), &[inputs[0], dy])?
+            }
             UnaryKind::Scale(s) => g.apply1(Unary(UnaryKind::Scale(s)), &[dy])?,
         };
         Ok(vec![Some(dx)])
@@ -151,7 +180,10 @@ impl Op for Binary {
     fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
         expect_inputs(self.name(), inputs, 2)?;
         if inputs[0] != inputs[1] {
-            return Err(Error::shape(self.name(), format!("operands differ: {:?} and {:?}", inputs[0], inputs[1])));
+            return Err(Error::shape(
+                self.name(),
+                format!("operands differ: {:?} and {:?}", inputs[0], inputs[1]),
+            ));
         }
         Ok(vec![inputs[0].clone()])
     }
@@ -169,10 +201,23 @@ impl Op for Binary {
             }
             BinaryKind::SoftplusGrad => b / (1.0 + (-a).exp()),
         };
-        let data = inputs[0].data.iter().zip(&inputs[1].data).map(|(&a, &b)| f(a, b)).collect();
-        Ok(vec![Tensor { shape: inputs[0].shape.clone(), data }])
+        let data = inputs[0]
+            .data
+            .iter()
+            .zip(&inputs[1].data)
+            .map(|(&a, &b)| f(a, b))
+            .collect();
+        Ok(vec![Tensor {
+            shape: inputs[0].shape.clone(),
+            data,
+        }])
     }
-    fn record(&self, rec: &mut Recorder, inputs: &[&DeviceTensor], outputs: &[&DeviceTensor]) -> Result<()> {
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+    ) -> Result<()> {
         let kind = match self.0 {
             BinaryKind::Add => 0,
             BinaryKind::Sub => 1,
@@ -180,19 +225,39 @@ impl Op for Binary {
             BinaryKind::ReluGrad => 3,
             BinaryKind::SoftplusGrad => 4,
         };
-        record_windows(rec, &binary_spec(), &[inputs[0], inputs[1], outputs[0]], kind, 0.0)
+        record_windows(
+            rec,
+            &binary_spec(),
+            &[inputs[0], inputs[1], outputs[0]],
+            kind,
+            0.0,
+        )
     }
-    fn backward(&self, g: &mut Graph, inputs: &[TensorId], _outputs: &[TensorId], grads: &[Option<TensorId>]) -> Result<Vec<Option<TensorId>>> {
-        let Some(dy) = grads[0] else { return Ok(vec![None, None]) };
+    fn backward(
+        &self,
+        g: &mut Graph,
+        inputs: &[TensorId],
+        _outputs: &[TensorId],
+        grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
+        let Some(dy) = grads[0] else {
+            return Ok(vec![None, None]);
+        };
         match self.0 {
             BinaryKind::Add => Ok(vec![Some(dy), Some(dy)]),
-            BinaryKind::Sub => Ok(vec![Some(dy), Some(g.apply1(Unary(UnaryKind::Scale(-1.0)), &[dy])?)]),
+            BinaryKind::Sub => Ok(vec![
+                Some(dy),
+                Some(g.apply1(Unary(UnaryKind::Scale(-1.0)), &[dy])?),
+            ]),
             BinaryKind::Mul => Ok(vec![
                 Some(g.apply1(Binary::new(BinaryKind::Mul), &[dy, inputs[1]])?),
                 Some(g.apply1(Binary::new(BinaryKind::Mul), &[dy, inputs[0]])?),
             ]),
             // Gradients of gradient ops are not needed for first-order training.
-            _ => Err(Error::Graph(format!("{} has no backward pass", self.name()))),
+            _ => Err(Error::Graph(format!(
+                "{} has no backward pass",
+                self.name()
+            ))),
         }
     }
     fn flops(&self, inputs: &[&Shape]) -> u64 {
@@ -216,12 +281,26 @@ impl Op for Fill {
         Ok(vec![self.shape.clone()])
     }
     fn reference(&self, _inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
-        Ok(vec![Tensor { shape: self.shape.clone(), data: vec![self.value as f64; self.shape.numel()] }])
+        Ok(vec![Tensor {
+            shape: self.shape.clone(),
+            data: vec![self.value as f64; self.shape.numel()],
+        }])
     }
-    fn record(&self, rec: &mut Recorder, _inputs: &[&DeviceTensor], outputs: &[&DeviceTensor]) -> Result<()> {
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        _inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+    ) -> Result<()> {
         record_windows(rec, &fill_spec(), &[outputs[0]], 0, self.value)
     }
-    fn backward(&self, _g: &mut Graph, _i: &[TensorId], _o: &[TensorId], _grads: &[Option<TensorId>]) -> Result<Vec<Option<TensorId>>> {
+    fn backward(
+        &self,
+        _g: &mut Graph,
+        _i: &[TensorId],
+        _o: &[TensorId],
+        _grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
         Ok(vec![])
     }
 }
@@ -239,19 +318,43 @@ impl Op for Reshape {
     fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
         expect_inputs(self.name(), inputs, 1)?;
         if inputs[0].numel() != self.shape.numel() {
-            return Err(Error::shape("reshape", format!("cannot view {:?} as {:?}", inputs[0], self.shape)));
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot view {:?} as {:?}", inputs[0], self.shape),
+            ));
         }
         Ok(vec![self.shape.clone()])
     }
     fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
-        Ok(vec![Tensor { shape: self.shape.clone(), data: inputs[0].data.clone() }])
+        Ok(vec![Tensor {
+            shape: self.shape.clone(),
+            data: inputs[0].data.clone(),
+        }])
     }
-    fn record(&self, _rec: &mut Recorder, _inputs: &[&DeviceTensor], _outputs: &[&DeviceTensor]) -> Result<()> {
+    fn record(
+        &self,
+        _rec: &mut Recorder,
+        _inputs: &[&DeviceTensor],
+        _outputs: &[&DeviceTensor],
+    ) -> Result<()> {
         Ok(())
     }
-    fn backward(&self, g: &mut Graph, inputs: &[TensorId], _outputs: &[TensorId], grads: &[Option<TensorId>]) -> Result<Vec<Option<TensorId>>> {
-        let Some(dy) = grads[0] else { return Ok(vec![None]) };
-        Ok(vec![Some(g.apply1(Reshape { shape: g.shape(inputs[0]).clone() }, &[dy])?)])
+    fn backward(
+        &self,
+        g: &mut Graph,
+        inputs: &[TensorId],
+        _outputs: &[TensorId],
+        grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
+        let Some(dy) = grads[0] else {
+            return Ok(vec![None]);
+        };
+        Ok(vec![Some(g.apply1(
+            Reshape {
+                shape: g.shape(inputs[0]).clone(),
+            },
+            &[dy],
+        )?)])
     }
     fn view_of(&self) -> Option<usize> {
         Some(0)
@@ -274,10 +377,21 @@ impl Op for StopGradient {
     fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
         Ok(vec![inputs[0].clone()])
     }
-    fn record(&self, _rec: &mut Recorder, _inputs: &[&DeviceTensor], _outputs: &[&DeviceTensor]) -> Result<()> {
+    fn record(
+        &self,
+        _rec: &mut Recorder,
+        _inputs: &[&DeviceTensor],
+        _outputs: &[&DeviceTensor],
+    ) -> Result<()> {
         Ok(())
     }
-    fn backward(&self, _g: &mut Graph, _i: &[TensorId], _o: &[TensorId], _grads: &[Option<TensorId>]) -> Result<Vec<Option<TensorId>>> {
+    fn backward(
+        &self,
+        _g: &mut Graph,
+        _i: &[TensorId],
+        _o: &[TensorId],
+        _grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
         Ok(vec![None])
     }
     fn view_of(&self) -> Option<usize> {
@@ -294,12 +408,18 @@ pub fn softplus_ref(a: f64) -> f64 {
 }
 
 fn map(t: &RefTensor, f: impl Fn(f64) -> f64) -> RefTensor {
-    Tensor { shape: t.shape.clone(), data: t.data.iter().map(|&v| f(v)).collect() }
+    Tensor {
+        shape: t.shape.clone(),
+        data: t.data.iter().map(|&v| f(v)).collect(),
+    }
 }
 
 pub(crate) fn expect_inputs(op: &str, inputs: &[&Shape], n: usize) -> Result<()> {
     if inputs.len() != n {
-        return Err(Error::shape(op, format!("takes {n} inputs, got {}", inputs.len())));
+        return Err(Error::shape(
+            op,
+            format!("takes {n} inputs, got {}", inputs.len()),
+        ));
     }
     Ok(())
 }
@@ -320,8 +440,18 @@ mod tests {
 
     #[test]
     fn binary_ops_match_reference() {
-        for kind in [BinaryKind::Add, BinaryKind::Sub, BinaryKind::Mul, BinaryKind::ReluGrad, BinaryKind::SoftplusGrad] {
-            check_op(&OpCase::new(Binary::new(kind)).input([257, 3], -3.0, 3.0).input([257, 3], -3.0, 3.0));
+        for kind in [
+            BinaryKind::Add,
+            BinaryKind::Sub,
+            BinaryKind::Mul,
+            BinaryKind::ReluGrad,
+            BinaryKind::SoftplusGrad,
+        ] {
+            check_op(
+                &OpCase::new(Binary::new(kind))
+                    .input([257, 3], -3.0, 3.0)
+                    .input([257, 3], -3.0, 3.0),
+            );
         }
     }
 
@@ -331,14 +461,20 @@ mod tests {
             grad_check(&OpCase::new(Unary(kind)).input([2, 3, 5, 7], -3.0, 3.0));
         }
         for kind in [BinaryKind::Add, BinaryKind::Sub, BinaryKind::Mul] {
-            grad_check(&OpCase::new(Binary::new(kind)).input([5, 9], -2.0, 2.0).input([5, 9], -2.0, 2.0));
+            grad_check(
+                &OpCase::new(Binary::new(kind))
+                    .input([5, 9], -2.0, 2.0)
+                    .input([5, 9], -2.0, 2.0),
+            );
         }
     }
 
     #[test]
     fn mismatched_shapes_are_an_error() {
         let op = Binary::new(BinaryKind::Add);
-        let err = op.infer(&[&Shape::new(&[2, 3]), &Shape::new(&[3, 2])]).unwrap_err();
+        let err = op
+            .infer(&[&Shape::new(&[2, 3]), &Shape::new(&[3, 2])])
+            .unwrap_err();
         assert!(err.to_string().contains("operands differ"), "{err}");
     }
 }

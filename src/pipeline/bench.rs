@@ -23,7 +23,11 @@ pub struct BenchCase {
 
 impl BenchCase {
     pub fn new(name: impl Into<String>, op: impl Op + 'static, inputs: &[&[usize]]) -> Self {
-        BenchCase { name: name.into(), op: Arc::new(op), inputs: inputs.iter().map(|d| Shape::new(d)).collect() }
+        BenchCase {
+            name: name.into(),
+            op: Arc::new(op),
+            inputs: inputs.iter().map(|d| Shape::new(d)).collect(),
+        }
     }
 }
 
@@ -63,9 +67,19 @@ pub fn cpu_time() -> Option<Duration> {
 
 /// Times `case` on `gpu`: one warm-up (pipeline JIT), then repetitions until
 /// `budget` is spent (at least `min_reps`); the median rep is reported.
-pub fn run_case(gpu: &Arc<Gpu>, case: &BenchCase, min_reps: usize, budget: Duration) -> Result<BenchResult> {
+pub fn run_case(
+    gpu: &Arc<Gpu>,
+    case: &BenchCase,
+    min_reps: usize,
+    budget: Duration,
+) -> Result<BenchResult> {
     let mut g = Graph::new();
-    let ins: Vec<_> = case.inputs.iter().enumerate().map(|(i, s)| g.input(&format!("x{i}"), s.clone())).collect();
+    let ins: Vec<_> = case
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| g.input(&format!("x{i}"), s.clone()))
+        .collect();
     let outs = g.apply_arc(case.op.clone(), &ins)?;
     let exe = Executable::new(gpu, &g, &outs, &ParamStore::default())?;
     let mut rng = Rng::new(1);
@@ -86,14 +100,17 @@ pub fn run_case(gpu: &Arc<Gpu>, case: &BenchCase, min_reps: usize, budget: Durat
     let median = times[times.len() / 2];
     let shapes: Vec<&Shape> = case.inputs.iter().collect();
     let flops = case.op.flops(&shapes) as f64;
-    let bytes: u64 = case.inputs.iter().map(|s| s.bytes()).sum::<u64>() + outs.iter().map(|o| g.shape(*o).bytes()).sum::<u64>();
+    let bytes: u64 = case.inputs.iter().map(|s| s.bytes()).sum::<u64>()
+        + outs.iter().map(|o| g.shape(*o).bytes()).sum::<u64>();
     Ok(BenchResult {
         name: case.name.clone(),
         variant: gpu.tuning.describe(),
         reps: times.len(),
         ms: median * 1e3,
         gflops: flops / median / 1e9,
-        gflop_per_cpu_s: cpu.filter(|c| *c > 0.0).map(|c| flops * times.len() as f64 / c / 1e9),
+        gflop_per_cpu_s: cpu
+            .filter(|c| *c > 0.0)
+            .map(|c| flops * times.len() as f64 / c / 1e9),
         gbytes: bytes as f64 / median / 1e9,
     })
 }
@@ -114,20 +131,41 @@ pub fn variant_devices(opts: &GpuOptions) -> Result<Vec<Arc<Gpu>>> {
 pub fn kernel_cases() -> Vec<BenchCase> {
     use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
     vec![
-        BenchCase::new("relu 1x256x256x256", Unary(UnaryKind::Relu), &[&[1, 256, 256, 256]]),
-        BenchCase::new("add 1x256x256x256", Binary::new(BinaryKind::Add), &[&[1, 256, 256, 256], &[1, 256, 256, 256]]),
+        BenchCase::new(
+            "relu 1x256x256x256",
+            Unary(UnaryKind::Relu),
+            &[&[1, 256, 256, 256]],
+        ),
+        BenchCase::new(
+            "add 1x256x256x256",
+            Binary::new(BinaryKind::Add),
+            &[&[1, 256, 256, 256], &[1, 256, 256, 256]],
+        ),
     ]
 }
 
 pub fn print_header(gpu: &Gpu) {
     println!(
         "adapter: {} | backend: {:?} | type: {:?} | driver: {} {}",
-        gpu.facts.name, gpu.facts.backend, gpu.facts.device_type, gpu.facts.driver, gpu.facts.driver_info
+        gpu.facts.name,
+        gpu.facts.backend,
+        gpu.facts.device_type,
+        gpu.facts.driver,
+        gpu.facts.driver_info
     );
-    println!("{:<44} {:<28} {:>5} {:>10} {:>9} {:>11} {:>8}", "kernel", "variant", "reps", "ms", "GFLOP/s", "GFLOP/CPU-s", "GB/s");
+    println!(
+        "{:<44} {:<28} {:>5} {:>10} {:>9} {:>11} {:>8}",
+        "kernel", "variant", "reps", "ms", "GFLOP/s", "GFLOP/CPU-s", "GB/s"
+    );
 }
 
 pub fn print_row(r: &BenchResult) {
-    let cpu = r.gflop_per_cpu_s.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
-    println!("{:<44} {:<28} {:>5} {:>10.3} {:>9.2} {:>11} {:>8.2}", r.name, r.variant, r.reps, r.ms, r.gflops, cpu, r.gbytes);
+    let cpu = r
+        .gflop_per_cpu_s
+        .map(|v| format!("{v:.2}"))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "{:<44} {:<28} {:>5} {:>10.3} {:>9.2} {:>11} {:>8.2}",
+        r.name, r.variant, r.reps, r.ms, r.gflops, cpu, r.gbytes
+    );
 }

@@ -1,0 +1,5 @@
+//! Files in and out: images, NumPy arrays, weights.
+
+pub mod images;
+pub mod npy;
+pub mod weights;

@@ -1,0 +1,199 @@
+//! NumPy `.npy` files (format version 1.0, little-endian, C order): what
+//! `extract` writes so numpy and FAISS users read features with `np.load`.
+//! Writes are atomic: a temporary file in the same folder, then a rename.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Element types we store, with their numpy dtype descriptor.
+pub trait NpyElem: bytemuck::Pod {
+    const DESCR: &'static str;
+}
+impl NpyElem for f32 {
+    const DESCR: &'static str = "<f4";
+}
+impl NpyElem for i64 {
+    const DESCR: &'static str = "<i8";
+}
+impl NpyElem for u8 {
+    const DESCR: &'static str = "|u1";
+}
+impl NpyElem for i32 {
+    const DESCR: &'static str = "<i4";
+}
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+fn file_err(path: &Path, reason: impl ToString) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let dims = match shape {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
+    // Magic (6) + version (2) + length (2) + dict + newline, padded to 64 bytes.
+    let unpadded = 10 + dict.len() + 1;
+    dict.push_str(&" ".repeat(unpadded.div_ceil(64) * 64 - unpadded));
+    dict.push('\n');
+    let mut out = Vec::with_capacity(10 + dict.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+/// Writes `data` with `shape` to `path` atomically.
+pub fn write<T: NpyElem>(path: &Path, shape: &[usize], data: &[T]) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if n != data.len() {
+        return Err(file_err(
+            path,
+            format!("shape {shape:?} needs {n} values, got {}", data.len()),
+        ));
+    }
+    let mut bytes = header(T::DESCR, shape);
+    bytes.extend_from_slice(bytemuck::cast_slice(data));
+    write_atomic(path, &bytes)
+}
+
+/// Writes a file through a temporary sibling and a rename, so a crash never
+/// leaves a half-written file under the final name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let mut f = fs::File::create(&tmp).map_err(|e| file_err(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| file_err(&tmp, e))?;
+    f.sync_all().map_err(|e| file_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}
+
+/// Reads an array written by `write` (or numpy with the same dtype, C order).
+pub fn read<T: NpyElem>(path: &Path) -> Result<(Vec<usize>, Vec<T>)> {
+    let bytes = fs::read(path).map_err(|e| file_err(path, e))?;
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err(file_err(path, "not a .npy file"));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(file_err(path, format!("unsupported .npy version {v}"))),
+    };
+    let dict = std::str::from_utf8(
+        bytes
+            .get(start..start + hlen)
+            .ok_or_else(|| file_err(path, "truncated header"))?,
+    )
+    .map_err(|_| file_err(path, "header is not text"))?;
+    let field = |key: &str| -> Result<&str> {
+        let at = dict
+            .find(&format!("'{key}'"))
+            .ok_or_else(|| file_err(path, format!("header lacks '{key}'")))?;
+        Ok(dict[at + key.len() + 2..].trim_start_matches([':', ' ']))
+    };
+    let descr = field("descr")?;
+    if !descr.starts_with(&format!("'{}'", T::DESCR)) {
+        return Err(file_err(
+            path,
+            format!(
+                "dtype is {}, expected '{}'",
+                descr.split(',').next().unwrap_or(""),
+                T::DESCR
+            ),
+        ));
+    }
+    if field("fortran_order")?.starts_with("True") {
+        return Err(file_err(
+            path,
+            "Fortran-ordered arrays are not supported; save with np.ascontiguousarray",
+        ));
+    }
+    let shape_txt = field("shape")?;
+    let inner = shape_txt
+        .trim_start_matches('(')
+        .split(')')
+        .next()
+        .unwrap_or("");
+    let shape: Vec<usize> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| file_err(path, format!("bad shape '{inner}'")))
+        })
+        .collect::<Result<_>>()?;
+    let n: usize = shape.iter().product();
+    let body = &bytes[start + hlen..];
+    let want = n * std::mem::size_of::<T>();
+    if body.len() != want {
+        return Err(file_err(
+            path,
+            format!(
+                "holds {} data bytes, shape {shape:?} needs {want} (truncated or corrupt)",
+                body.len()
+            ),
+        ));
+    }
+    let mut data = vec![T::zeroed(); n];
+    bytemuck::cast_slice_mut::<T, u8>(&mut data).copy_from_slice(body);
+    Ok((shape, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_header_alignment() {
+        let dir = std::env::temp_dir().join(format!("delg-npy-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.npy");
+        let data: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
+        write(&p, &[2, 3], &data).unwrap();
+        let raw = fs::read(&p).unwrap();
+        let hlen = u16::from_le_bytes([raw[8], raw[9]]) as usize;
+        assert_eq!(
+            (10 + hlen) % 64,
+            0,
+            "numpy requires a 64-byte aligned header"
+        );
+        assert_eq!(read::<f32>(&p).unwrap(), (vec![2, 3], data));
+        let p1 = dir.join("b.npy");
+        write(&p1, &[3], &[1i64, -2, 3]).unwrap();
+        assert_eq!(read::<i64>(&p1).unwrap(), (vec![3], vec![1, -2, 3]));
+        assert!(read::<f32>(&p1).unwrap_err().to_string().contains("dtype"));
+        let p0 = dir.join("empty.npy");
+        write::<f32>(&p0, &[0, 128], &[]).unwrap();
+        assert_eq!(read::<f32>(&p0).unwrap(), (vec![0, 128], vec![]));
+        fs::write(dir.join("bad.npy"), b"hello").unwrap();
+        assert!(read::<f32>(&dir.join("bad.npy"))
+            .unwrap_err()
+            .to_string()
+            .contains("not a .npy"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

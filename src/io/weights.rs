@@ -1,0 +1,202 @@
+//! Model weights in safetensors files, in PyTorch's tensor layouts (OIHW
+//! convolutions, `[out, in]` linears) and parameter names, with the model
+//! configuration in the file's metadata. Any float or integer dtype is read
+//! and converted to f32 (torchvision's `num_batches_tracked` is int64).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::tensor::{HostTensor, Shape, Tensor};
+
+#[derive(Clone, Debug, Default)]
+pub struct WeightFile {
+    pub tensors: BTreeMap<String, HostTensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+        bytes
+            .chunks_exact(N)
+            .map(|c| f(c.try_into().expect("exact chunk")))
+            .collect()
+    }
+    Some(match dtype {
+        Dtype::F32 => each(bytes, f32::from_le_bytes),
+        Dtype::F64 => each(bytes, |b| f64::from_le_bytes(b) as f32),
+        Dtype::F16 => each(bytes, |b| f16_to_f32(u16::from_le_bytes(b))),
+        Dtype::BF16 => each(bytes, |b: [u8; 2]| {
+            f32::from_bits((u16::from_le_bytes(b) as u32) << 16)
+        }),
+        Dtype::I64 => each(bytes, |b| i64::from_le_bytes(b) as f32),
+        Dtype::I32 => each(bytes, |b| i32::from_le_bytes(b) as f32),
+        Dtype::U8 => bytes.iter().map(|&b| b as f32).collect(),
+        _ => return None,
+    })
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: value = f · 2^-24.
+            let v = f as f32 * (1.0 / (1 << 24) as f32);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+impl WeightFile {
+    pub fn load(path: &Path) -> Result<WeightFile> {
+        let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| file_err(path, format!("not a valid safetensors file ({e}); convert checkpoints with the scripts in tools/")))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, e))?;
+        let metadata = meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+                file_err(
+                    path,
+                    format!("tensor '{name}' has unsupported dtype {:?}", view.dtype()),
+                )
+            })?;
+            tensors.insert(
+                name,
+                Tensor {
+                    shape: Shape::new(view.shape()),
+                    data,
+                },
+            );
+        }
+        Ok(WeightFile { tensors, metadata })
+    }
+
+    /// Writes all tensors as f32 with the metadata, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                safetensors::tensor::TensorView::new(
+                    Dtype::F32,
+                    t.shape.dims().to_vec(),
+                    bytemuck::cast_slice(&t.data),
+                )
+                .map(|v| (n.clone(), v))
+                .map_err(|e| file_err(path, format!("tensor '{n}': {e}")))
+            })
+            .collect::<Result<_>>()?;
+        let meta: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| file_err(path, e))?;
+        crate::io::npy::write_atomic(path, &bytes)
+    }
+
+    /// Checks the file against the tensors a model expects, naming every
+    /// missing, unexpected and mis-shaped tensor in one error.
+    pub fn check(&self, path: &Path, expected: &[(String, Shape)]) -> Result<()> {
+        let want: BTreeMap<&str, &Shape> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let mut problems = Vec::new();
+        for (name, shape) in &want {
+            match self.tensors.get(*name) {
+                None => problems.push(format!("missing '{name}' {shape:?}")),
+                Some(t) if &&t.shape != shape => {
+                    problems.push(format!("'{name}' is {:?}, expected {shape:?}", t.shape))
+                }
+                _ => {}
+            }
+        }
+        for name in self.tensors.keys() {
+            // Batch counters carry no weights; torchvision state dicts include them.
+            if !want.contains_key(name.as_str()) && !name.ends_with("num_batches_tracked") {
+                problems.push(format!("unexpected '{name}'"));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let shown = problems.len().min(20);
+        let more = if problems.len() > shown {
+            format!(" (and {} more)", problems.len() - shown)
+        } else {
+            String::new()
+        };
+        Err(file_err(
+            path,
+            format!(
+                "weights do not fit the model: {}{more}",
+                problems[..shown].join("; ")
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+
+    #[test]
+    fn round_trip_and_mismatch_report() {
+        let dir = std::env::temp_dir().join(format!("delg-w-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("m.safetensors");
+        let mut w = WeightFile::default();
+        w.tensors.insert(
+            "conv1.weight".into(),
+            Tensor::new([2, 1, 1, 1], vec![1.0, 2.0]).unwrap(),
+        );
+        w.tensors
+            .insert("fc.bias".into(), Tensor::new([3], vec![0.5; 3]).unwrap());
+        w.metadata.insert("arch".into(), "delg".into());
+        w.save(&p).unwrap();
+        let r = WeightFile::load(&p).unwrap();
+        assert_eq!(r.tensors, w.tensors);
+        assert_eq!(r.metadata["arch"], "delg");
+        let expected = vec![
+            ("conv1.weight".to_string(), Shape::new(&[2, 1, 3, 3])),
+            ("bn1.weight".to_string(), Shape::new(&[2])),
+        ];
+        let e = r.check(&p, &expected).unwrap_err().to_string();
+        assert!(
+            e.contains("missing 'bn1.weight'")
+                && e.contains("'conv1.weight' is [2×1×1×1]")
+                && e.contains("unexpected 'fc.bias'"),
+            "{e}"
+        );
+        std::fs::write(dir.join("bad.safetensors"), b"12345678junk").unwrap();
+        assert!(WeightFile::load(&dir.join("bad.safetensors"))
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid safetensors"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
