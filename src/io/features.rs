@@ -1,0 +1,433 @@
+//! Feature sets on disk: the final files numpy and FAISS read directly, and
+//! the journal that makes long extractions resumable.
+//!
+//! Final layout of a feature folder:
+//! - `global.npy` [N, D] float32, row-major, one L2-normalised descriptor per image;
+//! - `ids.txt`, one image path per line (relative to the input folder), row order;
+//! - local features in CSR form: `local_offsets.npy` [N+1] int64 (image i owns
+//!   rows offsets[i]..offsets[i+1]), `local_descriptors.npy` [M, d] float32,
+//!   `local_locations.npy` [M, 2] float32 (y, x) in original-image pixels,
+//!   `local_scales.npy` [M] float32, `local_attention.npy` [M] float32, and,
+//!   when binarised descriptors are asked for, `local_descriptors_bin.npy` [M, d/8] uint8.
+//!
+//! While a run is in progress every finished image is appended to
+//! `journal.bin` as one checksummed record; a run killed at any moment
+//! resumes from the valid prefix of the journal, and the final files are
+//! written (atomically) from it at the end.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io::npy;
+
+/// Everything extracted from one image.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageFeatures {
+    pub id: String,
+    pub global: Vec<f32>,
+    /// [n, d] row-major.
+    pub descriptors: Vec<f32>,
+    /// [n, 2] (y, x).
+    pub locations: Vec<f32>,
+    pub scales: Vec<f32>,
+    pub attention: Vec<f32>,
+}
+
+impl ImageFeatures {
+    pub fn num_local(&self) -> usize {
+        self.scales.len()
+    }
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+const RECORD_MAGIC: u32 = 0xDE16_F00D;
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn put_f32s(out: &mut Vec<u8>, v: &[f32]) {
+    out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytemuck::cast_slice(v));
+}
+
+fn encode(f: &ImageFeatures) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&(f.id.len() as u64).to_le_bytes());
+    p.extend_from_slice(f.id.as_bytes());
+    for v in [
+        &f.global,
+        &f.descriptors,
+        &f.locations,
+        &f.scales,
+        &f.attention,
+    ] {
+        put_f32s(&mut p, v);
+    }
+    p
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn f32s(&mut self) -> Option<Vec<f32>> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        let bytes = self.take(n.checked_mul(4)?)?;
+        Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        )
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<ImageFeatures> {
+    let mut c = Cursor(payload);
+    let n = usize::try_from(c.u64()?).ok()?;
+    let id = String::from_utf8(c.take(n)?.to_vec()).ok()?;
+    let f = ImageFeatures {
+        id,
+        global: c.f32s()?,
+        descriptors: c.f32s()?,
+        locations: c.f32s()?,
+        scales: c.f32s()?,
+        attention: c.f32s()?,
+    };
+    c.0.is_empty().then_some(f)
+}
+
+/// Append-only, crash-safe record of finished images.
+pub struct Journal {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal, returning the images already finished.
+    /// A torn record at the end (the process died mid-write) is cut off.
+    pub fn open(path: &Path) -> Result<(Journal, Vec<ImageFeatures>)> {
+        let mut done = Vec::new();
+        let mut valid_len = 0u64;
+        if path.exists() {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| file_err(path, e))?;
+            let mut c = Cursor(&bytes);
+            loop {
+                let before = c.0.len();
+                let rec = (|| {
+                    let magic = u32::from_le_bytes(c.take(4)?.try_into().ok()?);
+                    let len = usize::try_from(c.u64()?).ok()?;
+                    let sum = c.u64()?;
+                    let payload = c.take(len)?;
+                    (magic == RECORD_MAGIC && fnv1a(payload) == sum)
+                        .then(|| decode(payload))
+                        .flatten()
+                })();
+                match rec {
+                    Some(f) => {
+                        valid_len += (before - c.0.len()) as u64;
+                        done.push(f);
+                    }
+                    None => break,
+                }
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| file_err(path, e))?;
+        file.set_len(valid_len).map_err(|e| file_err(path, e))?;
+        let mut out = BufWriter::new(file);
+        std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(valid_len))
+            .map_err(|e| file_err(path, e))?;
+        Ok((
+            Journal {
+                path: path.to_path_buf(),
+                out,
+            },
+            done,
+        ))
+    }
+
+    pub fn append(&mut self, f: &ImageFeatures) -> Result<()> {
+        let payload = encode(f);
+        let mut rec = Vec::with_capacity(payload.len() + 20);
+        rec.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+        rec.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        rec.extend_from_slice(&fnv1a(&payload).to_le_bytes());
+        rec.extend_from_slice(&payload);
+        self.out
+            .write_all(&rec)
+            .map_err(|e| file_err(&self.path, e))
+    }
+
+    /// Pushes buffered records to the OS (called after every batch).
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush().map_err(|e| file_err(&self.path, e))?;
+        self.out
+            .get_ref()
+            .sync_data()
+            .map_err(|e| file_err(&self.path, e))
+    }
+}
+
+/// Writes the final files of a feature folder from finished images, in the given order.
+pub fn write_feature_set(
+    dir: &Path,
+    images: &[ImageFeatures],
+    local_dim: usize,
+    binarized: bool,
+) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let n = images.len();
+    let gdim = images.first().map(|f| f.global.len()).unwrap_or(0);
+    if let Some(bad) = images.iter().find(|f| f.global.len() != gdim) {
+        return Err(file_err(
+            dir,
+            format!(
+                "image '{}' has a {}-d global descriptor, others {gdim}-d",
+                bad.id,
+                bad.global.len()
+            ),
+        ));
+    }
+    let mut offsets = vec![0i64];
+    let (mut desc, mut loc, mut scl, mut att) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for f in images {
+        let m = f.num_local();
+        if f.descriptors.len() != m * local_dim
+            || f.locations.len() != m * 2
+            || f.attention.len() != m
+        {
+            return Err(file_err(
+                dir,
+                format!("image '{}' has inconsistent local feature arrays", f.id),
+            ));
+        }
+        desc.extend_from_slice(&f.descriptors);
+        loc.extend_from_slice(&f.locations);
+        scl.extend_from_slice(&f.scales);
+        att.extend_from_slice(&f.attention);
+        offsets.push(offsets.last().copied().unwrap_or(0) + m as i64);
+    }
+    let m = scl.len();
+    let global: Vec<f32> = images
+        .iter()
+        .flat_map(|f| f.global.iter().copied())
+        .collect();
+    npy::write(&dir.join("global.npy"), &[n, gdim], &global)?;
+    npy::write(&dir.join("local_offsets.npy"), &[n + 1], &offsets)?;
+    npy::write(&dir.join("local_descriptors.npy"), &[m, local_dim], &desc)?;
+    npy::write(&dir.join("local_locations.npy"), &[m, 2], &loc)?;
+    npy::write(&dir.join("local_scales.npy"), &[m], &scl)?;
+    npy::write(&dir.join("local_attention.npy"), &[m], &att)?;
+    if binarized {
+        let packed = pack_signs(&desc, local_dim);
+        npy::write(
+            &dir.join("local_descriptors_bin.npy"),
+            &[m, local_dim.div_ceil(8)],
+            &packed,
+        )?;
+    }
+    let ids: String = images.iter().map(|f| format!("{}\n", f.id)).collect();
+    npy::write_atomic(&dir.join("ids.txt"), ids.as_bytes())
+}
+
+/// Sign-binarises rows of `dim` values (bit = value > 0) and packs them
+/// big-endian within each byte, as `np.packbits`: dimension 0 is the MSB of byte 0.
+pub fn pack_signs(values: &[f32], dim: usize) -> Vec<u8> {
+    let bytes_per_row = dim.div_ceil(8);
+    let rows = values.len() / dim.max(1);
+    let mut out = vec![0u8; rows * bytes_per_row];
+    for r in 0..rows {
+        for d in 0..dim {
+            if values[r * dim + d] > 0.0 {
+                out[r * bytes_per_row + d / 8] |= 0x80 >> (d % 8);
+            }
+        }
+    }
+    out
+}
+
+/// A feature folder read back (for search, eval and merge).
+#[derive(Clone, Debug, Default)]
+pub struct FeatureSet {
+    pub ids: Vec<String>,
+    pub global: Vec<f32>,
+    pub global_dim: usize,
+    pub offsets: Vec<i64>,
+    pub descriptors: Vec<f32>,
+    pub local_dim: usize,
+    pub locations: Vec<f32>,
+    pub scales: Vec<f32>,
+    pub attention: Vec<f32>,
+}
+
+impl FeatureSet {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn load(dir: &Path) -> Result<FeatureSet> {
+        let ids_path = dir.join("ids.txt");
+        let ids: Vec<String> = fs::read_to_string(&ids_path)
+            .map_err(|e| {
+                file_err(
+                    &ids_path,
+                    format!("{e}; is this a folder written by `delg-gpu extract`?"),
+                )
+            })?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let (gs, global) = npy::read::<f32>(&dir.join("global.npy"))?;
+        let (_, offsets) = npy::read::<i64>(&dir.join("local_offsets.npy"))?;
+        let (ds, descriptors) = npy::read::<f32>(&dir.join("local_descriptors.npy"))?;
+        let (_, locations) = npy::read::<f32>(&dir.join("local_locations.npy"))?;
+        let (_, scales) = npy::read::<f32>(&dir.join("local_scales.npy"))?;
+        let (_, attention) = npy::read::<f32>(&dir.join("local_attention.npy"))?;
+        let n = ids.len();
+        let m = scales.len();
+        let consistent = gs.len() == 2
+            && gs[0] == n
+            && offsets.len() == n + 1
+            && offsets.last().copied() == Some(m as i64)
+            && ds.len() == 2
+            && ds[0] == m
+            && locations.len() == 2 * m
+            && attention.len() == m;
+        if !consistent {
+            return Err(file_err(
+                dir,
+                "feature files disagree in their sizes (mixed or partially copied folder?)",
+            ));
+        }
+        Ok(FeatureSet {
+            ids,
+            global_dim: gs[1],
+            global,
+            offsets,
+            local_dim: ds[1],
+            descriptors,
+            locations,
+            scales,
+            attention,
+        })
+    }
+
+    pub fn image(&self, i: usize) -> ImageFeatures {
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        ImageFeatures {
+            id: self.ids[i].clone(),
+            global: self.global[i * self.global_dim..(i + 1) * self.global_dim].to_vec(),
+            descriptors: self.descriptors[a * self.local_dim..b * self.local_dim].to_vec(),
+            locations: self.locations[a * 2..b * 2].to_vec(),
+            scales: self.scales[a..b].to_vec(),
+            attention: self.attention[a..b].to_vec(),
+        }
+    }
+}
+
+/// Ids already present, for skipping finished work.
+pub fn finished_ids(done: &[ImageFeatures]) -> HashSet<String> {
+    done.iter().map(|f| f.id.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(id: &str, m: usize) -> ImageFeatures {
+        let v = |n: usize, s: f32| (0..n).map(|i| i as f32 * s).collect::<Vec<_>>();
+        ImageFeatures {
+            id: id.into(),
+            global: v(4, 0.1),
+            descriptors: v(m * 3, 0.2),
+            locations: v(m * 2, 1.0),
+            scales: v(m, 0.5),
+            attention: v(m, 2.0),
+        }
+    }
+
+    #[test]
+    fn journal_survives_a_torn_tail_and_resumes() {
+        let dir = std::env::temp_dir().join(format!("delg-journal-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("journal.bin");
+        let (mut j, done) = Journal::open(&p).unwrap();
+        assert!(done.is_empty());
+        j.append(&sample("a.jpg", 2)).unwrap();
+        j.append(&sample("b/c.png", 0)).unwrap();
+        j.flush().unwrap();
+        drop(j);
+        // Simulate a crash in the middle of a third record.
+        let mut bytes = fs::read(&p).unwrap();
+        let good = bytes.len();
+        bytes.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&[7, 0, 0]);
+        fs::write(&p, &bytes).unwrap();
+        let (mut j, done) = Journal::open(&p).unwrap();
+        assert_eq!(done, vec![sample("a.jpg", 2), sample("b/c.png", 0)]);
+        assert_eq!(
+            fs::metadata(&p).unwrap().len() as usize,
+            good,
+            "torn tail cut off"
+        );
+        j.append(&sample("d.jpg", 1)).unwrap();
+        j.flush().unwrap();
+        drop(j);
+        let (_, done) = Journal::open(&p).unwrap();
+        assert_eq!(done.len(), 3);
+
+        write_feature_set(&dir, &done, 3, true).unwrap();
+        let fs_ = FeatureSet::load(&dir).unwrap();
+        assert_eq!(fs_.len(), 3);
+        assert_eq!(fs_.offsets, vec![0, 2, 2, 3]);
+        assert_eq!(fs_.image(2), sample("d.jpg", 1));
+        assert_eq!(
+            npy::read::<u8>(&dir.join("local_descriptors_bin.npy"))
+                .unwrap()
+                .0,
+            vec![3, 1]
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn packbits_order_matches_numpy() {
+        // np.packbits([1,0,0,0,0,0,0,1, 1]) == [129, 128]
+        let v = [1.0, -1.0, 0.0, -2.0, -1.0, -1.0, -1.0, 3.0, 0.5];
+        assert_eq!(pack_signs(&v, 9), vec![129, 128]);
+    }
+}
