@@ -2,3 +2,4 @@
 //! evaluation build on the same engine.
 
 pub mod bench;
+pub mod collection;
