@@ -3,3 +3,4 @@
 
 pub mod bench;
 pub mod collection;
+pub mod extract;
