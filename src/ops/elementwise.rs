@@ -25,23 +25,35 @@ struct Params {
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
-    vec![unary_spec(), binary_spec(), fill_spec()]
+    [false, true]
+        .into_iter()
+        .flat_map(|v| [unary_spec(v), binary_spec(v), fill_spec(v)])
+        .collect()
 }
 
-fn unary_spec() -> ShaderSpec {
-    ShaderSpec::new("elementwise", "unary").def("UNARY", 1)
+fn unary_spec(vec4: bool) -> ShaderSpec {
+    ShaderSpec::new("elementwise", "unary")
+        .def("UNARY", 1)
+        .def("VEC4", vec4 as u32)
 }
-fn binary_spec() -> ShaderSpec {
-    ShaderSpec::new("elementwise", "binary").def("BINARY", 1)
+fn binary_spec(vec4: bool) -> ShaderSpec {
+    ShaderSpec::new("elementwise", "binary")
+        .def("BINARY", 1)
+        .def("VEC4", vec4 as u32)
 }
-fn fill_spec() -> ShaderSpec {
-    ShaderSpec::new("elementwise", "fill").def("FILL", 1)
+fn fill_spec(vec4: bool) -> ShaderSpec {
+    ShaderSpec::new("elementwise", "fill")
+        .def("FILL", 1)
+        .def("VEC4", vec4 as u32)
 }
 
-/// Records `kernel` over consecutive windows of the `operands` (all of `n` elements).
+/// Records `spec(vec4)` over consecutive windows of the `operands` (all of
+/// the same length; the output last). Each window runs as vec4 over its
+/// largest multiple of four when every operand's window starts 16-byte
+/// aligned, and element by element over the rest.
 fn record_windows(
     rec: &mut Recorder,
-    spec: &ShaderSpec,
+    spec: fn(bool) -> ShaderSpec,
     operands: &[&DeviceTensor],
     kind: u32,
     alpha: f32,
@@ -49,35 +61,69 @@ fn record_windows(
     let gpu = rec.gpu();
     let n = operands.last().map(|t| t.numel()).unwrap_or(0);
     for range in chunks(n, gpu.max_window_elems()) {
-        let count = range.end - range.start;
-        let windows = operands
+        let mut start = range.start;
+        let probe = operands
             .iter()
-            .map(|t| t.window(gpu, range.start, count))
+            .map(|t| t.window(gpu, start, 1))
             .collect::<Result<Vec<_>>>()?;
-        let mut shifts = [0u32; 3];
-        for (i, w) in windows.iter().enumerate() {
-            shifts[i] = w.shift;
+        let aligned = probe.iter().all(|w| w.shift % 4 == 0);
+        let quads = if aligned { (range.end - start) / 4 } else { 0 };
+        if quads > 0 {
+            dispatch(rec, &spec(true), operands, start, quads * 4, 4, kind, alpha)?;
+            start += quads * 4;
         }
-        // The output is always the last operand; its shift goes to shift_out.
-        let shift_out = shifts[windows.len() - 1];
-        let params = Params {
-            n: count as u32,
-            kind,
-            shift_x: shifts[0],
-            shift_y: if windows.len() == 3 { shifts[1] } else { 0 },
-            shift_out,
-            alpha,
-            _pad: [0; 2],
-        };
-        let bindings = windows.iter().map(Into::into).collect();
-        rec.dispatch_groups(
-            spec,
-            bytemuck::bytes_of(&params),
-            bindings,
-            count.div_ceil(WG),
-        )?;
+        if start < range.end {
+            dispatch(
+                rec,
+                &spec(false),
+                operands,
+                start,
+                range.end - start,
+                1,
+                kind,
+                alpha,
+            )?;
+        }
     }
     Ok(())
+}
+
+/// One dispatch over `count` elements from `start`, `width` elements per invocation.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    rec: &mut Recorder,
+    spec: &ShaderSpec,
+    operands: &[&DeviceTensor],
+    start: u64,
+    count: u64,
+    width: u64,
+    kind: u32,
+    alpha: f32,
+) -> Result<()> {
+    let gpu = rec.gpu();
+    let windows = operands
+        .iter()
+        .map(|t| t.window(gpu, start, count))
+        .collect::<Result<Vec<_>>>()?;
+    let shift = |i: usize| windows.get(i).map(|w| w.shift / width as u32).unwrap_or(0);
+    let last = windows.len() - 1;
+    let params = Params {
+        n: (count / width) as u32,
+        kind,
+        shift_x: shift(0),
+        shift_y: if windows.len() == 3 { shift(1) } else { 0 },
+        shift_out: shift(last),
+        alpha,
+        _pad: [0; 2],
+    };
+    // With aligned shifts and whole quads, each window covers whole vec4s.
+    let bindings = windows.iter().map(Into::into).collect();
+    rec.dispatch_groups(
+        spec,
+        bytemuck::bytes_of(&params),
+        bindings,
+        (count / width).div_ceil(WG),
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -121,7 +167,7 @@ impl Op for Unary {
             UnaryKind::Softplus => (1, 0.0),
             UnaryKind::Scale(s) => (2, s),
         };
-        record_windows(rec, &unary_spec(), &[inputs[0], outputs[0]], kind, alpha)
+        record_windows(rec, unary_spec, &[inputs[0], outputs[0]], kind, alpha)
     }
     fn backward(
         &self,
@@ -227,7 +273,7 @@ impl Op for Binary {
         };
         record_windows(
             rec,
-            &binary_spec(),
+            binary_spec,
             &[inputs[0], inputs[1], outputs[0]],
             kind,
             0.0,
@@ -292,7 +338,7 @@ impl Op for Fill {
         _inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
-        record_windows(rec, &fill_spec(), &[outputs[0]], 0, self.value)
+        record_windows(rec, fill_spec, &[outputs[0]], 0, self.value)
     }
     fn backward(
         &self,
@@ -432,7 +478,7 @@ mod tests {
     #[test]
     fn unary_ops_match_reference() {
         for kind in [UnaryKind::Relu, UnaryKind::Softplus, UnaryKind::Scale(-2.5)] {
-            for shape in [vec![1usize], vec![3, 5, 7], vec![1, 33, 17, 3]] {
+            for shape in [vec![1usize], vec![3, 5, 7], vec![1, 33, 17, 3], vec![4, 8]] {
                 check_op(&OpCase::new(Unary(kind)).input(shape, -30.0, 30.0));
             }
         }
