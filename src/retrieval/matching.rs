@@ -91,7 +91,7 @@ fn check_rows(op: &str, name: &str, len: usize, width: usize) -> Result<usize> {
     if width == 0 {
         return Err(Error::shape(op, "descriptor width must be positive"));
     }
-    if len % width != 0 {
+    if !len.is_multiple_of(width) {
         return Err(Error::shape(
             op,
             format!("{name} has {len} values, not a multiple of the descriptor width {width}"),

@@ -149,23 +149,18 @@ fn fit<I: Iterator<Item = usize> + Clone>(
             [0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y, -v],
         ];
         for row in &rows {
-            for (a, &ca) in cols.iter().enumerate() {
-                for (b, &cb) in cols.iter().enumerate().skip(a) {
-                    ata[a][b] += row[ca] * row[cb];
+            for (ata_row, &ca) in ata.iter_mut().zip(cols) {
+                for (x, &cb) in ata_row.iter_mut().zip(cols) {
+                    *x += row[ca] * row[cb];
                 }
             }
-        }
-    }
-    for a in 0..k {
-        for b in 0..a {
-            ata[a][b] = ata[b][a];
         }
     }
     let (values, vectors) = symmetric_eigen(ata, k);
     let mut order: Vec<usize> = (0..k).collect();
     order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
     let largest = values[order[k - 1]];
-    if !(largest > 0.0) || values[order[1]] <= DEGENERACY_TOL * largest {
+    if largest.is_nan() || largest <= 0.0 || values[order[1]] <= DEGENERACY_TOL * largest {
         return None;
     }
     let p: Vec<f64> = (0..k).map(|r| vectors[r][order[0]]).collect();
@@ -237,15 +232,16 @@ fn symmetric_eigen(mut a: [[f64; 9]; 9], k: usize) -> ([f64; 9], [[f64; 9]; 9]) 
                 let t = if theta == 0.0 { 1.0 } else { t };
                 let c = 1.0 / (t * t + 1.0).sqrt();
                 let s = t * c;
-                for r in 0..k {
-                    let (arp, arq) = (a[r][p], a[r][q]);
-                    a[r][p] = c * arp - s * arq;
-                    a[r][q] = s * arp + c * arq;
+                for row in a.iter_mut().take(k) {
+                    let (arp, arq) = (row[p], row[q]);
+                    row[p] = c * arp - s * arq;
+                    row[q] = s * arp + c * arq;
                 }
-                for r in 0..k {
-                    let (apr, aqr) = (a[p][r], a[q][r]);
-                    a[p][r] = c * apr - s * aqr;
-                    a[q][r] = s * apr + c * aqr;
+                let (upper, lower) = a.split_at_mut(q);
+                for (xp, xq) in upper[p].iter_mut().zip(lower[0].iter_mut()).take(k) {
+                    let (apr, aqr) = (*xp, *xq);
+                    *xp = c * apr - s * aqr;
+                    *xq = s * apr + c * aqr;
                 }
                 for row in v.iter_mut().take(k) {
                     let (vp, vq) = (row[p], row[q]);
@@ -314,7 +310,7 @@ impl RansacParams {
                 self.min_samples
             ));
         }
-        if !(self.residual_threshold >= 0.0) {
+        if self.residual_threshold.is_nan() || self.residual_threshold < 0.0 {
             return bad(format!(
                 "residual_threshold must be >= 0, got {}",
                 self.residual_threshold
