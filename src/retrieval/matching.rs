@@ -44,8 +44,8 @@ impl Neighbours {
         second_distance: f32::INFINITY,
     };
 
-    /// Ties keep the lower index, like a KD-tree scan would report either; a
-    /// fixed rule keeps CPU and future GPU paths comparable.
+    /// Ties keep the lower index (strict `<`): a fixed rule that a GPU
+    /// path can reproduce exactly.
     fn offer(&mut self, index: usize, distance: f32) {
         if distance < self.distance {
             self.second = self.nearest;
