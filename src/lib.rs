@@ -8,6 +8,7 @@ pub mod graph;
 pub mod io;
 pub mod ops;
 pub mod pipeline;
+pub mod retrieval;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! Evaluation of rankings and recognition predictions.
+
+pub mod metrics;
