@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use delg_gpu::retrieval::metrics::{evaluate_revisited, Protocol, QueryGt, RankingMetrics};
+use delg_gpu::io::groundtruth::{GroundTruth, QueryKind};
+use delg_gpu::retrieval::metrics::{
+    evaluate_groups, evaluate_revisited, Protocol, QueryGt, RankingMetrics,
+};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -116,4 +119,98 @@ fn revisited_metrics_match_the_revisitop_reference() {
     }
     // The fixture must exercise exclusion for Easy and Hard.
     assert!(!m.easy.excluded.is_empty() && !m.hard.excluded.is_empty());
+}
+
+/// The developer set (instance_retrieval_dev), overridable by
+/// DELG_DEV_DATA; `None` with a printed note when it is absent.
+fn dev_data(sub: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("DELG_DEV_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/shared/data/instance_retrieval_dev"));
+    let path = root.join(sub).join("gnd.json");
+    if path.is_file() {
+        Some(path)
+    } else {
+        println!("skipped: {} is absent (set DELG_DEV_DATA)", path.display());
+        None
+    }
+}
+
+/// Each query's positives (easy, then hard) first, then the rest in
+/// database order: every query with a positive scores AP 1 under Medium.
+fn ideal_rankings(g: &GroundTruth) -> Vec<Vec<usize>> {
+    g.queries
+        .iter()
+        .map(|q| {
+            let top: Vec<usize> = q.gt.easy.iter().chain(&q.gt.hard).copied().collect();
+            let rest = (0..g.db.len()).filter(|i| !top.contains(i));
+            top.iter().copied().chain(rest).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn dev_oxford_ground_truth_parses_and_evaluates() {
+    let Some(path) = dev_data("oxford") else {
+        return;
+    };
+    let g = GroundTruth::load(&path).unwrap();
+    assert_eq!((g.db.len(), g.queries.len()), (171, 9));
+    let official: Vec<_> = g
+        .queries
+        .iter()
+        .filter(|q| q.kind == QueryKind::Official)
+        .collect();
+    assert_eq!(official.len(), 1);
+    let q = official[0];
+    assert_eq!(q.image, "cornmarket_000131");
+    assert!(q.bbox.is_some() && q.image_db_index.is_none());
+    assert_eq!(
+        (q.gt.easy.len(), q.gt.hard.len(), q.gt.junk.len()),
+        (2, 1, 3)
+    );
+    assert!(g.image_path(path.parent().unwrap(), &q.image).is_file());
+    let m = evaluate_revisited(&ideal_rankings(&g), &g.query_gt(), g.db.len()).unwrap();
+    assert_eq!(m.medium.map, Some(1.0));
+    assert!(m.medium.excluded.is_empty());
+    // Reversed rankings put every positive last.
+    let worst: Vec<Vec<usize>> = ideal_rankings(&g)
+        .into_iter()
+        .map(|mut r| {
+            r.reverse();
+            r
+        })
+        .collect();
+    let m = evaluate_revisited(&worst, &g.query_gt(), g.db.len()).unwrap();
+    assert!(m.medium.map.unwrap() < 0.1);
+}
+
+#[test]
+fn dev_ukbench_ground_truth_parses_and_scores_groups() {
+    let Some(path) = dev_data("ukbench") else {
+        return;
+    };
+    let g = GroundTruth::load(&path).unwrap();
+    assert_eq!((g.db.len(), g.queries.len()), (300, 300));
+    let groups = g.groups();
+    assert!(groups.iter().all(|m| m.len() == 4));
+    // The query itself first, then its 3 group mates: a perfect N-S score.
+    let rankings: Vec<Vec<usize>> = g
+        .queries
+        .iter()
+        .zip(&groups)
+        .map(|(q, grp)| {
+            let mut r = vec![q.image_db_index.unwrap()];
+            r.extend(grp.iter().filter(|&&i| Some(i) != q.image_db_index));
+            r.extend((0..g.db.len()).filter(|i| !grp.contains(i)));
+            r
+        })
+        .collect();
+    let m = evaluate_groups(&rankings, &groups, g.db.len()).unwrap();
+    assert_eq!((m.ns_score, m.recall_at_4), (4.0, 1.0));
+    assert_eq!(m.ranking.map, Some(1.0));
+    // The query kept in the ranking is junk under the revisited protocol.
+    let r = evaluate_revisited(&rankings, &g.query_gt(), g.db.len()).unwrap();
+    assert_eq!(r.easy.map, Some(1.0));
+    assert_eq!(r.hard.excluded.len(), 300);
 }
