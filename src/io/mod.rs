@@ -1,5 +1,7 @@
-//! Files in and out: images, NumPy arrays, weights, ground truth.
+//! Files in and out: images, NumPy arrays, weights, ground truth and
+//! challenge files.
 
+pub mod gldv2;
 pub mod groundtruth;
 pub mod images;
 pub mod npy;

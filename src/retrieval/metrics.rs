@@ -349,8 +349,8 @@ pub type RetrievalSolution = HashMap<String, Vec<String>>;
 /// prediction is divided by the number of queries with at least one
 /// ground-truth landmark. Predictions for out-of-domain queries count as
 /// wrong predictions unless `ignore_non_landmark_queries` drops them.
-pub fn recognition_gap(
-    predictions: &[RecognitionPrediction],
+pub fn recognition_gap<'a>(
+    predictions: impl IntoIterator<Item = &'a RecognitionPrediction>,
     solution: &RecognitionSolution,
     ignore_non_landmark_queries: bool,
 ) -> Result<f64> {
@@ -360,13 +360,13 @@ pub fn recognition_gap(
             "GAP: the solution has no query with a ground-truth landmark".into(),
         ));
     }
-    if let Some(p) = predictions.iter().find(|p| p.score.is_nan()) {
+    let mut sorted: Vec<&RecognitionPrediction> = predictions.into_iter().collect();
+    if let Some(p) = sorted.iter().find(|p| p.score.is_nan()) {
         return Err(Error::InvalidArgument(format!(
             "GAP: prediction for '{}' has a NaN score",
             p.id
         )));
     }
-    let mut sorted: Vec<&RecognitionPrediction> = predictions.iter().collect();
     sorted.sort_by(|a, b| {
         b.score
             .total_cmp(&a.score)
