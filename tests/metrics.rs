@@ -214,3 +214,37 @@ fn dev_ukbench_ground_truth_parses_and_scores_groups() {
     assert_eq!(r.easy.map, Some(1.0));
     assert_eq!(r.hard.excluded.len(), 300);
 }
+
+/// tools/gnd_pkl_to_json.py --self-test output from a tiny revisitop-style
+/// pickle (committed beside it).
+#[test]
+fn converted_revisitop_pickle_parses() {
+    let g = GroundTruth::load(&fixture("gnd_tiny.json")).unwrap();
+    assert_eq!(g.name, "tiny");
+    assert_eq!(g.db.len(), 5);
+    assert_eq!(g.query_images_not_in_db.len(), 2);
+    let q = &g.queries[0];
+    assert_eq!(
+        (q.id.as_str(), q.kind),
+        ("official_all_souls_000013", QueryKind::Official)
+    );
+    assert_eq!(q.bbox, Some([10.5, 20.0, 300.0, 400.25]));
+    assert_eq!(
+        q.gt,
+        QueryGt {
+            easy: vec![0, 1],
+            hard: vec![3],
+            junk: vec![4]
+        }
+    );
+    assert_eq!(g.queries[1].gt.hard, vec![2, 1]);
+    assert_eq!(
+        g.labels["oxford_000002"],
+        vec!["all_souls", "radcliffe_camera"]
+    );
+    let rankings = vec![vec![4, 0, 1, 2, 3], vec![1, 0, 2, 3, 4]];
+    let m = evaluate_revisited(&rankings, &g.query_gt(), g.db.len()).unwrap();
+    assert_eq!(m.easy.excluded, vec![1]);
+    // Query 0, Easy: junk 4 (and hard 3) removed → positives at ranks 0, 1.
+    assert_eq!(m.easy.aps()[0], Some(1.0));
+}
