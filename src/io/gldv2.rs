@@ -86,8 +86,11 @@ fn file_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Data rows with their 1-based line numbers, header skipped.
-fn read_rows(path: &Path) -> Result<Vec<(usize, Vec<String>)>> {
+/// A CSV record and the 1-based line it starts on.
+type CsvRow = (usize, Vec<String>);
+
+/// Data rows, header skipped.
+fn read_rows(path: &Path) -> Result<Vec<CsvRow>> {
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
     let rows = parse_csv(&text)
         .map_err(|(line, reason)| file_err(path, format!("line {line}: {reason}")))?;
@@ -172,7 +175,7 @@ fn read_predictions<S, T>(
 /// RFC 4180 records: comma-separated fields, double-quoted fields may hold
 /// commas, newlines and doubled quotes; blank lines are skipped. Errors
 /// carry the 1-based line number.
-fn parse_csv(text: &str) -> std::result::Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+fn parse_csv(text: &str) -> std::result::Result<Vec<CsvRow>, (usize, String)> {
     let mut rows = Vec::new();
     let mut row = Vec::new();
     let mut field = String::new();
@@ -241,7 +244,7 @@ mod tests {
     fn csv_quotes_blank_lines_and_crlf() {
         let rows =
             parse_csv("a,b\r\n\"x,1\",\"say \"\"hi\"\"\"\n\n\"multi\nline\",\nlast").unwrap();
-        let want: Vec<(usize, Vec<String>)> = vec![
+        let want: Vec<CsvRow> = vec![
             (1, vec!["a".into(), "b".into()]),
             (2, vec!["x,1".into(), "say \"hi\"".into()]),
             (4, vec!["multi\nline".into(), "".into()]),
