@@ -1,6 +1,9 @@
-//! Files in and out: images, NumPy arrays, weights.
+//! Files in and out: images, NumPy arrays, weights, feature sets, ground
+//! truth and challenge files.
 
 pub mod features;
+pub mod gldv2;
+pub mod groundtruth;
 pub mod images;
 pub mod npy;
 pub mod weights;

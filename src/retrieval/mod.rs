@@ -1,5 +1,7 @@
-//! DELG retrieval on the host: putative local-feature matching and RANSAC
-//! geometric verification for re-ranking (spec §5).
+//! Retrieval on the host: putative local-feature matching and RANSAC
+//! geometric verification for re-ranking (spec §5), and the evaluation
+//! metrics of rankings and recognition predictions (spec §7).
 
 pub mod matching;
+pub mod metrics;
 pub mod ransac;
