@@ -53,6 +53,9 @@ pub struct OpCase {
     pub inputs: Vec<HostTensor>,
     /// Inputs whose gradients are checked (default: all for which backward gives one).
     pub differentiable: Option<Vec<usize>>,
+    /// Outputs `grad_check` seeds (default: all). Fused losses also output the
+    /// gradient they saved for their backward; that by-product is not differentiated.
+    pub seeded_outputs: Option<Vec<usize>>,
     pub forward_tol: f64,
     pub grad_tol: f64,
     rng: Rng,
@@ -60,7 +63,7 @@ pub struct OpCase {
 
 impl OpCase {
     pub fn new(op: impl Op + 'static) -> Self {
-        OpCase { op: Arc::new(op), inputs: Vec::new(), differentiable: None, forward_tol: 1e-4, grad_tol: 1e-3, rng: Rng::new(0x5eed) }
+        OpCase { op: Arc::new(op), inputs: Vec::new(), differentiable: None, seeded_outputs: None, forward_tol: 1e-4, grad_tol: 1e-3, rng: Rng::new(0x5eed) }
     }
     /// Adds a uniform random input in [lo, hi).
     pub fn input(mut self, shape: impl Into<Shape>, lo: f64, hi: f64) -> Self {
@@ -74,6 +77,10 @@ impl OpCase {
     }
     pub fn only_grads(mut self, which: &[usize]) -> Self {
         self.differentiable = Some(which.to_vec());
+        self
+    }
+    pub fn seed_outputs(mut self, which: &[usize]) -> Self {
+        self.seeded_outputs = Some(which.to_vec());
         self
     }
     pub fn tol(mut self, forward: f64, grad: f64) -> Self {
@@ -122,10 +129,10 @@ pub fn check_op(case: &OpCase) {
     }
 }
 
-/// Σ⟨seed, output⟩ by the reference forward pass, for finite differences.
-fn objective(op: &Arc<dyn Op>, inputs: &[RefTensor], seeds: &[RefTensor]) -> f64 {
+/// Σ⟨seed, output⟩ over the seeded outputs by the reference forward pass, for finite differences.
+fn objective(op: &Arc<dyn Op>, inputs: &[RefTensor], seeded: &[usize], seeds: &[RefTensor]) -> f64 {
     let outs = op.reference(&inputs.iter().collect::<Vec<_>>()).expect("reference");
-    outs.iter().zip(seeds).map(|(o, s)| o.data.iter().zip(&s.data).map(|(a, b)| a * b).sum::<f64>()).sum()
+    seeded.iter().zip(seeds).map(|(&o, s)| outs[o].data.iter().zip(&s.data).map(|(a, b)| a * b).sum::<f64>()).sum()
 }
 
 /// Gradient check: builds forward + autodiff backward as a graph, runs it on
@@ -136,7 +143,9 @@ pub fn grad_check(case: &OpCase) {
     let name = case.op.name();
     let mut g = Graph::new();
     let ins: Vec<TensorId> = case.inputs.iter().enumerate().map(|(i, t)| g.input(&format!("x{i}"), t.shape.clone())).collect();
-    let outs = g.apply_arc(case.op.clone(), &ins).expect("apply");
+    let all_outs = g.apply_arc(case.op.clone(), &ins).expect("apply");
+    let seeded: Vec<usize> = case.seeded_outputs.clone().unwrap_or_else(|| (0..all_outs.len()).collect());
+    let outs: Vec<TensorId> = seeded.iter().map(|&o| all_outs[o]).collect();
     let mut rng = Rng::new(99);
     let seed_vals: Vec<HostTensor> = outs.iter().map(|o| rng.tensor(g.shape(*o).clone(), -1.0, 1.0)).collect();
     let seeds: Vec<TensorId> = outs.iter().enumerate().map(|(i, o)| g.input(&format!("seed{i}"), g.shape(*o).clone())).collect();
@@ -173,7 +182,7 @@ pub fn grad_check(case: &OpCase) {
             plus[i].data[k] += h;
             let mut minus = in_refs.clone();
             minus[i].data[k] -= h;
-            let fd = (objective(&case.op, &plus, &seed_refs) - objective(&case.op, &minus, &seed_refs)) / (2.0 * h);
+            let fd = (objective(&case.op, &plus, &seeded, &seed_refs) - objective(&case.op, &minus, &seeded, &seed_refs)) / (2.0 * h);
             let err = (fd - analytic.data[k]).abs() / scale;
             assert!(err <= 1e-5, "{name}: reference gradient of input {i}[{k}] = {} but finite difference {fd} (rel {err:.2e})", analytic.data[k]);
         }
