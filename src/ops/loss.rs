@@ -1,0 +1,1086 @@
+//! Fused losses (`shaders/loss.wgsl`): softmax cross-entropy, ArcFace and MSE.
+//! Each outputs the scalar loss [1] and, as its second output, the gradient of
+//! the loss with respect to its main input, computed in the same pass; the
+//! backward pass only scales that saved gradient by the upstream gradient
+//! (`ScaleByScalar`). The saved gradients are by-products, not differentiable.
+//!
+//! The reductions to a scalar (`SquareSums`, the one-workgroup `sum_partials`) are
+//! shared with the optimiser's global-norm clipping. Every op splits tensors
+//! larger than one storage binding into windows.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{chunks, DeviceTensor, Recorder, ShaderSpec};
+use crate::graph::{Graph, Op, TensorId};
+use crate::ops::elementwise::expect_inputs;
+use crate::tensor::{RefTensor, Shape, Tensor};
+
+const WG: u64 = 256;
+/// Elements reduced by one workgroup of `sq_partials` (256 invocations × 16).
+const SQ_PER_GROUP: u64 = WG * 16;
+/// Mirrors SIN_FLOOR in loss.wgsl: bounds d cos(θ+m)/d cos θ only where θ = 0 exactly.
+const SIN_FLOOR: f64 = 1e-4;
+
+pub fn shader_specs() -> Vec<ShaderSpec> {
+    vec![
+        xent_spec(false),
+        xent_spec(true),
+        sum_spec(false),
+        sum_spec(true),
+        sq_spec(false),
+        sq_spec(true),
+        scale_by_spec(),
+    ]
+}
+
+fn xent_spec(gamma_input: bool) -> ShaderSpec {
+    ShaderSpec::new("loss", "softmax_xent")
+        .def("SOFTMAX_XENT", 1)
+        .def("GAMMA_INPUT", gamma_input as u32)
+}
+fn sum_spec(norm: bool) -> ShaderSpec {
+    ShaderSpec::new("loss", "sum_partials")
+        .def("SUM", 1)
+        .def("NORM", norm as u32)
+}
+fn sq_spec(diff: bool) -> ShaderSpec {
+    ShaderSpec::new("loss", "sq_partials")
+        .def("SQ", 1)
+        .def("DIFF", diff as u32)
+}
+fn scale_by_spec() -> ShaderSpec {
+    ShaderSpec::new("loss", "scale_by").def("SCALE_BY", 1)
+}
+
+/// Recording with an explicit window size (elements per storage binding), so
+/// tests can exercise the split of large tensors on small ones.
+pub(crate) trait RecordWindowed: Op {
+    fn record_windowed(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+        window: u64,
+    ) -> Result<()>;
+}
+
+fn scalar_shape() -> Shape {
+    Shape::new(&[1])
+}
+
+fn expect_scalar(op: &str, what: &str, s: &Shape) -> Result<()> {
+    if s.numel() != 1 {
+        return Err(Error::shape(
+            op,
+            format!("{what} must hold one value, got {s:?}"),
+        ));
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SumParams {
+    n: u32,
+    shift_in: u32,
+    shift_out: u32,
+    shift_clip: u32,
+    alpha: f32,
+    max_norm: f32,
+    _pad: [u32; 2],
+}
+
+/// out = alpha · Σ src[start..start+n] in one workgroup; with `norm = (max_norm, clip)`,
+/// out = sqrt of that sum and clip = min(1, max_norm / (out + 1e-6)).
+fn record_sum(
+    rec: &mut Recorder,
+    src: &DeviceTensor,
+    start: u64,
+    n: u64,
+    alpha: f32,
+    out: &DeviceTensor,
+    norm: Option<(f32, &DeviceTensor)>,
+) -> Result<()> {
+    let gpu = rec.gpu();
+    let input = src.window(gpu, start, n)?;
+    let output = out.window(gpu, 0, 1)?;
+    let mut params = SumParams {
+        n: n as u32,
+        shift_in: input.shift,
+        shift_out: output.shift,
+        shift_clip: 0,
+        alpha,
+        max_norm: 0.0,
+        _pad: [0; 2],
+    };
+    let mut bindings = vec![(&input).into(), (&output).into()];
+    if let Some((max_norm, clip)) = norm {
+        let c = clip.window(gpu, 0, 1)?;
+        params.shift_clip = c.shift;
+        params.max_norm = max_norm;
+        bindings.push((&c).into());
+    }
+    rec.dispatch(
+        &sum_spec(norm.is_some()),
+        bytemuck::bytes_of(&params),
+        bindings,
+        [1, 1, 1],
+    )
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SqParams {
+    n: u32,
+    shift_x: u32,
+    shift_y: u32,
+    shift_grad: u32,
+    shift_part: u32,
+    alpha: f32,
+    _pad: [u32; 2],
+}
+
+/// Σ d² over any number of tensors, two-level: `add` writes one partial per
+/// workgroup into consecutive slots of a scratch buffer, `finish` sums them.
+pub(crate) struct SquareSums {
+    partials: DeviceTensor,
+    next: u64,
+    window: u64,
+}
+
+impl SquareSums {
+    /// Scratch for tensors of these element counts, split into windows of `window` elements.
+    pub(crate) fn new(
+        rec: &Recorder,
+        numels: impl IntoIterator<Item = u64>,
+        window: u64,
+    ) -> Result<SquareSums> {
+        let groups: u64 = numels
+            .into_iter()
+            .flat_map(|n| chunks(n, window))
+            .map(|r| (r.end - r.start).div_ceil(SQ_PER_GROUP))
+            .sum();
+        let partials = DeviceTensor::zeros(rec.gpu(), Shape::new(&[groups.max(1) as usize]))?;
+        Ok(SquareSums {
+            partials,
+            next: 0,
+            window,
+        })
+    }
+
+    /// Adds Σ x² or, with `diff = (y, grad, alpha)`, Σ (x − y)² while writing grad = alpha·(x − y).
+    pub(crate) fn add(
+        &mut self,
+        rec: &mut Recorder,
+        x: &DeviceTensor,
+        diff: Option<(&DeviceTensor, &DeviceTensor, f32)>,
+    ) -> Result<()> {
+        let gpu = rec.gpu();
+        let parts = self.partials.whole(gpu)?;
+        for range in chunks(x.numel(), self.window) {
+            let count = range.end - range.start;
+            let groups = count.div_ceil(SQ_PER_GROUP);
+            let xw = x.window(gpu, range.start, count)?;
+            let mut params = SqParams {
+                n: count as u32,
+                shift_x: xw.shift,
+                shift_y: 0,
+                shift_grad: 0,
+                shift_part: (parts.shift as u64 + self.next) as u32,
+                alpha: 0.0,
+                _pad: [0; 2],
+            };
+            let mut bindings = vec![(&xw).into()];
+            if let Some((y, grad, alpha)) = diff {
+                let yw = y.window(gpu, range.start, count)?;
+                let gw = grad.window(gpu, range.start, count)?;
+                params.shift_y = yw.shift;
+                params.shift_grad = gw.shift;
+                params.alpha = alpha;
+                bindings.push((&yw).into());
+                bindings.push((&gw).into());
+            }
+            bindings.push((&parts).into());
+            rec.dispatch_groups(
+                &sq_spec(diff.is_some()),
+                bytemuck::bytes_of(&params),
+                bindings,
+                groups,
+            )?;
+            self.next += groups;
+        }
+        Ok(())
+    }
+
+    /// out = alpha · Σ, or the norm and clip factor (see `record_sum`).
+    pub(crate) fn finish(
+        self,
+        rec: &mut Recorder,
+        alpha: f32,
+        out: &DeviceTensor,
+        norm: Option<(f32, &DeviceTensor)>,
+    ) -> Result<()> {
+        record_sum(rec, &self.partials, 0, self.next, alpha, out, norm)
+    }
+}
+
+/// x · s with s a one-element tensor: the backward of every fused loss
+/// (saved gradient × upstream scalar gradient), so a schedule or a loss weight
+/// can change s without re-recording. A gradient op: it has no backward itself.
+#[derive(Clone, Copy, Debug)]
+pub struct ScaleByScalar;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ScaleParams {
+    n: u32,
+    shift_x: u32,
+    shift_s: u32,
+    shift_out: u32,
+}
+
+impl Op for ScaleByScalar {
+    fn name(&self) -> &'static str {
+        "scale_by_scalar"
+    }
+    fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
+        expect_inputs(self.name(), inputs, 2)?;
+        expect_scalar(self.name(), "the scale", inputs[1])?;
+        Ok(vec![inputs[0].clone()])
+    }
+    fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
+        let s = inputs[1].data[0];
+        Ok(vec![Tensor {
+            shape: inputs[0].shape.clone(),
+            data: inputs[0].data.iter().map(|v| v * s).collect(),
+        }])
+    }
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+    ) -> Result<()> {
+        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        inputs[0].numel() as u64
+    }
+}
+
+impl RecordWindowed for ScaleByScalar {
+    fn record_windowed(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+        window: u64,
+    ) -> Result<()> {
+        let gpu = rec.gpu();
+        let (x, out) = (inputs[0], outputs[0]);
+        let s = inputs[1].window(gpu, 0, 1)?;
+        for range in chunks(x.numel(), window) {
+            let count = range.end - range.start;
+            let xw = x.window(gpu, range.start, count)?;
+            let ow = out.window(gpu, range.start, count)?;
+            let params = ScaleParams {
+                n: count as u32,
+                shift_x: xw.shift,
+                shift_s: s.shift,
+                shift_out: ow.shift,
+            };
+            let bindings = vec![(&xw).into(), (&s).into(), (&ow).into()];
+            rec.dispatch_groups(
+                &scale_by_spec(),
+                bytemuck::bytes_of(&params),
+                bindings,
+                count.div_ceil(WG),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Backward of a fused loss: `saved` pairs an input index with the output
+/// holding the saved gradient of the loss with respect to it.
+fn fused_backward(
+    g: &mut Graph,
+    name: &str,
+    n_inputs: usize,
+    outputs: &[TensorId],
+    grads: &[Option<TensorId>],
+    saved: &[(usize, usize)],
+) -> Result<Vec<Option<TensorId>>> {
+    if grads.iter().skip(1).any(Option::is_some) {
+        return Err(Error::Graph(format!(
+            "{name}: its saved gradients are by-products and cannot be differentiated"
+        )));
+    }
+    let mut out = vec![None; n_inputs];
+    if let Some(dl) = grads[0] {
+        for &(input, output) in saved {
+            out[input] = Some(g.apply1(ScaleByScalar, &[outputs[output], dl])?);
+        }
+    }
+    Ok(out)
+}
+
+/// What ArcFace does when θ + m would pass π (cos θ < −cos m).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarginFallback {
+    /// DELG (TF `delg_model.py`): no margin, the target logit stays γ·cos θ.
+    Keep,
+    /// DOLG / insightface: γ·(cos θ − m·sin m), i.e. cos θ − m·sin(π − m). This
+    /// keeps the target logit below cos(π) − m·sin m, continuing the monotone
+    /// decrease in θ that cos(θ + m) has up to π. DOLG's CurricularFace-style
+    /// modulation of hard negatives (spec §8.5) is not part of this op.
+    Penalty,
+}
+
+/// Where ArcFace's scale γ comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ArcFaceScale {
+    /// A constant (DELG: 45.25 = √2048, non-trainable).
+    Fixed(f32),
+    /// A third input tensor [1]; the op then outputs dL/dγ as a third output and
+    /// the backward gives γ a gradient (the paper's "learnable scalar").
+    Input,
+}
+
+/// ArcFace on precomputed cosines ⟨normalised embedding, normalised class
+/// weight⟩ [B, C] with labels [B] (class ids as f32): the label cosine becomes
+/// cos(θ + m) where θ + m ≤ π, logits = γ·cos', softmax cross-entropy summed
+/// and divided by B. Outputs: loss [1], dL/dcos [B, C] (and dL/dγ [1] with
+/// `ArcFaceScale::Input`). Labels outside [0, C) are clamped into range on the
+/// device (which cannot report them); the reference does the same.
+#[derive(Clone, Copy, Debug)]
+pub struct ArcFaceLoss {
+    pub scale: ArcFaceScale,
+    pub margin: f32,
+    pub fallback: MarginFallback,
+}
+
+impl ArcFaceLoss {
+    /// DELG's head: fixed γ, no margin past π − m.
+    pub fn delg(scale: f32, margin: f32) -> Self {
+        ArcFaceLoss {
+            scale: ArcFaceScale::Fixed(scale),
+            margin,
+            fallback: MarginFallback::Keep,
+        }
+    }
+
+    fn xent(&self) -> Result<RowXent> {
+        let m = self.margin;
+        if !(m.is_finite() && (0.0..std::f32::consts::PI).contains(&m)) {
+            return Err(Error::unsupported(
+                "arcface_loss",
+                format!("margin {m} is outside [0, π)"),
+            ));
+        }
+        let gamma = match self.scale {
+            ArcFaceScale::Fixed(s) if !(s.is_finite() && s > 0.0) => {
+                return Err(Error::unsupported(
+                    "arcface_loss",
+                    format!("scale {s} must be finite and positive"),
+                ))
+            }
+            ArcFaceScale::Fixed(s) => Some(s),
+            ArcFaceScale::Input => None,
+        };
+        Ok(RowXent {
+            gamma,
+            margin: Some((m, self.fallback)),
+        })
+    }
+}
+
+/// Softmax cross-entropy of logits [B, C] with labels [B] (class ids as f32,
+/// clamped into [0, C) like ArcFace's), summed and divided by B. Outputs: loss
+/// [1] and dL/dlogits [B, C].
+#[derive(Clone, Copy, Debug)]
+pub struct SoftmaxCrossEntropy;
+
+const PLAIN_XENT: RowXent = RowXent {
+    gamma: Some(1.0),
+    margin: None,
+};
+
+/// The row kernel's configuration, shared by both cross-entropies: plain
+/// softmax cross-entropy is ArcFace with γ = 1 and no margin.
+#[derive(Clone, Copy, Debug)]
+struct RowXent {
+    /// None: γ is the third input.
+    gamma: Option<f32>,
+    margin: Option<(f32, MarginFallback)>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct XentParams {
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    batch: u32,
+    shift_x: u32,
+    shift_labels: u32,
+    shift_grad: u32,
+    shift_gamma: u32,
+    arcface: u32,
+    gamma: f32,
+    inv_batch: f32,
+    cos_m: f32,
+    sin_m: f32,
+    threshold: f32,
+    penalty: f32,
+    _pad: u32,
+}
+
+/// Same rule as `class_of` in loss.wgsl.
+fn class_of(label: f64, cols: usize) -> usize {
+    ((label + 0.5).floor().max(0.0) as usize).min(cols - 1)
+}
+
+impl RowXent {
+    fn inputs(&self) -> usize {
+        if self.gamma.is_some() {
+            2
+        } else {
+            3
+        }
+    }
+
+    fn infer(&self, op: &str, inputs: &[&Shape]) -> Result<Vec<Shape>> {
+        expect_inputs(op, inputs, self.inputs())?;
+        let (b, c) = inputs[0].matrix(op)?;
+        if inputs[0].rank() != 2 || b == 0 || c == 0 {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "expected a non-empty [batch, classes] matrix, got {:?}",
+                    inputs[0]
+                ),
+            ));
+        }
+        if inputs[1].dims() != [b] {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "labels must be [{b}] for {:?}, got {:?}",
+                    inputs[0], inputs[1]
+                ),
+            ));
+        }
+        let mut out = vec![scalar_shape(), inputs[0].clone()];
+        if self.gamma.is_none() {
+            expect_scalar(op, "the scale γ", inputs[2])?;
+            out.push(scalar_shape());
+        }
+        Ok(out)
+    }
+
+    /// (cos m, sin m, threshold −cos m, fallback penalty) as the kernel gets them.
+    fn margin_consts(&self) -> [f64; 4] {
+        match self.margin {
+            None => [1.0, 0.0, -2.0, 0.0],
+            Some((m, fallback)) => {
+                let m = m as f64;
+                let penalty = match fallback {
+                    MarginFallback::Keep => 0.0,
+                    MarginFallback::Penalty => m * m.sin(),
+                };
+                [m.cos(), m.sin(), -m.cos(), penalty]
+            }
+        }
+    }
+
+    /// Target cosine and its derivative (mirrors `margin_target` in loss.wgsl).
+    fn target(&self, c: f64) -> (f64, f64) {
+        if self.margin.is_none() {
+            return (c, 1.0);
+        }
+        let [cos_m, sin_m, threshold, penalty] = self.margin_consts();
+        let cc = c.clamp(-1.0, 1.0);
+        if cc >= threshold {
+            let s = (1.0 - cc * cc).max(0.0).sqrt();
+            (
+                cc * cos_m - s * sin_m,
+                cos_m + sin_m * cc / s.max(SIN_FLOOR),
+            )
+        } else {
+            (cc - penalty, 1.0)
+        }
+    }
+
+    fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
+        let x = inputs[0];
+        let (b, c) = x.shape.matrix("cross-entropy")?;
+        let gamma = self
+            .gamma
+            .map(f64::from)
+            .unwrap_or_else(|| inputs[2].data[0]);
+        let mut loss = 0.0;
+        let mut dgamma = 0.0;
+        let mut grad = vec![0.0; b * c];
+        for r in 0..b {
+            let row = &x.data[r * c..(r + 1) * c];
+            let y = class_of(inputs[1].data[r], c);
+            let (t, dt) = self.target(row[y]);
+            let cos = |j: usize| if j == y { t } else { row[j] };
+            let mx = (0..c)
+                .map(|j| gamma * cos(j))
+                .fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = (0..c).map(|j| (gamma * cos(j) - mx).exp()).sum();
+            loss += sum.ln() + mx - gamma * t;
+            for j in 0..c {
+                let d = (gamma * cos(j) - mx).exp() / sum - if j == y { 1.0 } else { 0.0 };
+                grad[r * c + j] = d * gamma * if j == y { dt } else { 1.0 } / b as f64;
+                dgamma += d * cos(j);
+            }
+        }
+        let scalar = |v: f64| Tensor {
+            shape: scalar_shape(),
+            data: vec![v / b as f64],
+        };
+        let mut out = vec![
+            scalar(loss),
+            Tensor {
+                shape: x.shape.clone(),
+                data: grad,
+            },
+        ];
+        if self.gamma.is_none() {
+            out.push(scalar(dgamma));
+        }
+        Ok(out)
+    }
+
+    fn record(
+        &self,
+        op: &str,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+        window: u64,
+    ) -> Result<()> {
+        let gpu = rec.gpu();
+        let (x, labels, loss, grad) = (inputs[0], inputs[1], outputs[0], outputs[1]);
+        let (b, c) = x.shape.matrix(op)?;
+        let (b, c) = (b as u64, c as u64);
+        let rows_per_chunk = window / c;
+        if rows_per_chunk == 0 {
+            return Err(Error::LimitExceeded {
+                what: format!("{op} over {c} classes"),
+                needed: c * 4,
+                limit: window * 4,
+                name: "max_storage_buffer_binding_size",
+                fix: "one row of classes must fit in one storage binding".into(),
+            });
+        }
+        // Per-row losses, then per-row Σ (p − onehot)·cos' for dL/dγ.
+        let rows = DeviceTensor::zeros(gpu, Shape::new(&[2 * b as usize]))?;
+        let rows_win = rows.whole(gpu)?;
+        let gamma = inputs.get(2).map(|g| g.window(gpu, 0, 1)).transpose()?;
+        let [cos_m, sin_m, threshold, penalty] = self.margin_consts();
+        for range in chunks(b, rows_per_chunk) {
+            let n = range.end - range.start;
+            let xw = x.window(gpu, range.start * c, n * c)?;
+            let lw = labels.window(gpu, range.start, n)?;
+            let gw = grad.window(gpu, range.start * c, n * c)?;
+            let params = XentParams {
+                rows: n as u32,
+                cols: c as u32,
+                row0: (rows_win.shift as u64 + range.start) as u32,
+                batch: b as u32,
+                shift_x: xw.shift,
+                shift_labels: lw.shift,
+                shift_grad: gw.shift,
+                shift_gamma: gamma.as_ref().map_or(0, |g| g.shift),
+                arcface: self.margin.is_some() as u32,
+                gamma: self.gamma.unwrap_or(0.0),
+                inv_batch: 1.0 / b as f32,
+                cos_m: cos_m as f32,
+                sin_m: sin_m as f32,
+                threshold: threshold as f32,
+                penalty: penalty as f32,
+                _pad: 0,
+            };
+            let mut bindings = vec![(&xw).into(), (&lw).into(), (&gw).into(), (&rows_win).into()];
+            if let Some(g) = &gamma {
+                bindings.push(g.into());
+            }
+            rec.dispatch_groups(
+                &xent_spec(gamma.is_some()),
+                bytemuck::bytes_of(&params),
+                bindings,
+                n,
+            )?;
+        }
+        let inv_b = 1.0 / b as f32;
+        record_sum(rec, &rows, 0, b, inv_b, loss, None)?;
+        if let Some(dgamma) = outputs.get(2) {
+            record_sum(rec, &rows, b, b, inv_b, dgamma, None)?;
+        }
+        Ok(())
+    }
+
+    fn backward(
+        &self,
+        op: &str,
+        g: &mut Graph,
+        outputs: &[TensorId],
+        grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
+        let saved: &[(usize, usize)] = if self.gamma.is_some() {
+            &[(0, 1)]
+        } else {
+            &[(0, 1), (2, 2)]
+        };
+        fused_backward(g, op, self.inputs(), outputs, grads, saved)
+    }
+
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        // Two passes over the row: max/exp/sum, then exp/scale/accumulate.
+        10 * inputs[0].numel() as u64
+    }
+}
+
+impl Op for ArcFaceLoss {
+    fn name(&self) -> &'static str {
+        "arcface_loss"
+    }
+    fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
+        self.xent()?.infer(self.name(), inputs)
+    }
+    fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
+        self.xent()?.reference(inputs)
+    }
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+    ) -> Result<()> {
+        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
+    }
+    fn backward(
+        &self,
+        g: &mut Graph,
+        _inputs: &[TensorId],
+        outputs: &[TensorId],
+        grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
+        self.xent()?.backward(self.name(), g, outputs, grads)
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        PLAIN_XENT.flops(inputs)
+    }
+}
+
+impl RecordWindowed for ArcFaceLoss {
+    fn record_windowed(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+        window: u64,
+    ) -> Result<()> {
+        self.xent()?
+            .record(self.name(), rec, inputs, outputs, window)
+    }
+}
+
+impl Op for SoftmaxCrossEntropy {
+    fn name(&self) -> &'static str {
+        "softmax_cross_entropy"
+    }
+    fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
+        PLAIN_XENT.infer(self.name(), inputs)
+    }
+    fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
+        PLAIN_XENT.reference(inputs)
+    }
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+    ) -> Result<()> {
+        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
+    }
+    fn backward(
+        &self,
+        g: &mut Graph,
+        _inputs: &[TensorId],
+        outputs: &[TensorId],
+        grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
+        PLAIN_XENT.backward(self.name(), g, outputs, grads)
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        PLAIN_XENT.flops(inputs)
+    }
+}
+
+impl RecordWindowed for SoftmaxCrossEntropy {
+    fn record_windowed(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+        window: u64,
+    ) -> Result<()> {
+        PLAIN_XENT.record(self.name(), rec, inputs, outputs, window)
+    }
+}
+
+/// Mean squared error over all elements of prediction and target (DELG's
+/// reconstruction loss: per-location MSE over channels averaged over batch, H
+/// and W is the plain mean). Outputs: loss [1] and dL/dprediction; the target
+/// gets no gradient (DELG stops it).
+#[derive(Clone, Copy, Debug)]
+pub struct MseLoss;
+
+impl Op for MseLoss {
+    fn name(&self) -> &'static str {
+        "mse_loss"
+    }
+    fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
+        expect_inputs(self.name(), inputs, 2)?;
+        if inputs[0] != inputs[1] || inputs[0].numel() == 0 {
+            return Err(Error::shape(
+                self.name(),
+                format!(
+                    "prediction {:?} and target {:?} must be equal and non-empty",
+                    inputs[0], inputs[1]
+                ),
+            ));
+        }
+        Ok(vec![scalar_shape(), inputs[0].clone()])
+    }
+    fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
+        let n = inputs[0].data.len() as f64;
+        let diff: Vec<f64> = inputs[0]
+            .data
+            .iter()
+            .zip(&inputs[1].data)
+            .map(|(a, b)| a - b)
+            .collect();
+        let loss = diff.iter().map(|d| d * d).sum::<f64>() / n;
+        Ok(vec![
+            Tensor {
+                shape: scalar_shape(),
+                data: vec![loss],
+            },
+            Tensor {
+                shape: inputs[0].shape.clone(),
+                data: diff.iter().map(|d| 2.0 * d / n).collect(),
+            },
+        ])
+    }
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+    ) -> Result<()> {
+        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
+    }
+    fn backward(
+        &self,
+        g: &mut Graph,
+        inputs: &[TensorId],
+        outputs: &[TensorId],
+        grads: &[Option<TensorId>],
+    ) -> Result<Vec<Option<TensorId>>> {
+        fused_backward(g, self.name(), inputs.len(), outputs, grads, &[(0, 1)])
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        4 * inputs[0].numel() as u64
+    }
+}
+
+impl RecordWindowed for MseLoss {
+    fn record_windowed(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+        window: u64,
+    ) -> Result<()> {
+        let n = inputs[0].numel();
+        let mut sums = SquareSums::new(rec, [n], window)?;
+        sums.add(
+            rec,
+            inputs[0],
+            Some((inputs[1], outputs[1], 2.0 / n as f32)),
+        )?;
+        sums.finish(rec, 1.0 / n as f32, outputs[0], None)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ops::check::{check_op, grad_check, OpCase};
+    use crate::tensor::{HostTensor, Rng};
+
+    /// Any `RecordWindowed` op recorded with a small window, so the split of
+    /// large tensors is checked on small ones.
+    #[derive(Debug)]
+    pub(crate) struct Windowed<T>(pub T, pub u64);
+
+    impl<T: RecordWindowed + 'static> Op for Windowed<T> {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+        fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
+            self.0.infer(inputs)
+        }
+        fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
+            self.0.reference(inputs)
+        }
+        fn record(
+            &self,
+            rec: &mut Recorder,
+            inputs: &[&DeviceTensor],
+            outputs: &[&DeviceTensor],
+        ) -> Result<()> {
+            self.0.record_windowed(rec, inputs, outputs, self.1)
+        }
+        fn mutates(&self) -> &'static [usize] {
+            self.0.mutates()
+        }
+    }
+
+    fn labels(rng: &mut Rng, b: usize, c: usize) -> HostTensor {
+        Tensor {
+            shape: Shape::new(&[b]),
+            data: (0..b).map(|_| rng.below(c) as f32).collect(),
+        }
+    }
+
+    /// Cosines in (−0.95, 0.95) (acos is smooth there) with labels; `label_cos`
+    /// overrides the label column (to reach θ > π − m).
+    fn cosines(b: usize, c: usize, seed: u64, label_cos: Option<f32>) -> (HostTensor, HostTensor) {
+        let mut rng = Rng::new(seed);
+        let mut x = rng.tensor([b, c], -0.95, 0.95);
+        let l = labels(&mut rng, b, c);
+        if let Some(v) = label_cos {
+            for r in 0..b {
+                x.data[r * c + l.data[r] as usize] = v;
+            }
+        }
+        (x, l)
+    }
+
+    fn xent_case(
+        op: impl Op + 'static,
+        b: usize,
+        c: usize,
+        seed: u64,
+        label_cos: Option<f32>,
+    ) -> OpCase {
+        let (x, l) = cosines(b, c, seed, label_cos);
+        OpCase::new(op).tensor(x).tensor(l)
+    }
+
+    const DELG: ArcFaceLoss = ArcFaceLoss {
+        scale: ArcFaceScale::Fixed(45.25),
+        margin: 0.1,
+        fallback: MarginFallback::Keep,
+    };
+    const DOLG: ArcFaceLoss = ArcFaceLoss {
+        scale: ArcFaceScale::Fixed(30.0),
+        margin: 0.15,
+        fallback: MarginFallback::Penalty,
+    };
+    const LEARNED: ArcFaceLoss = ArcFaceLoss {
+        scale: ArcFaceScale::Input,
+        margin: 0.1,
+        fallback: MarginFallback::Keep,
+    };
+
+    fn gamma(v: f32) -> HostTensor {
+        Tensor {
+            shape: scalar_shape(),
+            data: vec![v],
+        }
+    }
+
+    #[test]
+    fn cross_entropy_matches_reference() {
+        for (b, c) in [(1, 1), (1, 5), (3, 7), (4, 257), (2, 81313)] {
+            let mut rng = Rng::new(b as u64 * 31 + c as u64);
+            let case = OpCase::new(SoftmaxCrossEntropy)
+                .input([b, c], -8.0, 8.0)
+                .tensor(labels(&mut rng, b, c));
+            check_op(&case);
+        }
+    }
+
+    #[test]
+    fn arcface_matches_reference() {
+        for (b, c) in [(1, 1), (3, 7), (5, 300)] {
+            check_op(&xent_case(DELG, b, c, 1, None));
+            check_op(&xent_case(DOLG, b, c, 2, None));
+            check_op(&xent_case(LEARNED, b, c, 3, None).tensor(gamma(12.5)));
+        }
+        check_op(&xent_case(DELG, 2, 81313, 4, None));
+        // θ > π − m: both fallbacks; and cosines at ±1 and just past them (rounding of a GEMM).
+        let wide = ArcFaceLoss {
+            margin: 0.5,
+            ..DELG
+        };
+        for fallback in [MarginFallback::Keep, MarginFallback::Penalty] {
+            check_op(&xent_case(
+                ArcFaceLoss { fallback, ..wide },
+                3,
+                9,
+                5,
+                Some(-0.93),
+            ));
+        }
+        for v in [1.0, -1.0, 1.000_001, -1.000_001] {
+            check_op(&xent_case(DELG, 2, 6, 6, Some(v)));
+        }
+    }
+
+    #[test]
+    fn out_of_range_labels_are_clamped() {
+        let (x, _) = cosines(4, 9, 7, None);
+        let l = Tensor {
+            shape: Shape::new(&[4]),
+            data: vec![-3.0, 9.0, 1e9, 2.4],
+        };
+        let op = Arc::new(DELG);
+        let want = op.reference(&[&x.to_ref(), &l.to_ref()]).unwrap();
+        let clamped = Tensor {
+            shape: Shape::new(&[4]),
+            data: vec![0.0, 8.0, 8.0, 2.0],
+        };
+        assert_eq!(
+            want,
+            op.reference(&[&x.to_ref(), &clamped.to_ref()]).unwrap()
+        );
+        check_op(&OpCase::new(DELG).tensor(x).tensor(l));
+    }
+
+    #[test]
+    fn mse_and_scale_match_reference() {
+        for shape in [vec![1usize], vec![3, 5, 7], vec![2, 9, 9, 33], vec![4099]] {
+            check_op(&OpCase::new(MseLoss).input(shape.clone(), -2.0, 2.0).input(
+                shape.clone(),
+                -2.0,
+                2.0,
+            ));
+            check_op(
+                &OpCase::new(ScaleByScalar)
+                    .input(shape, -2.0, 2.0)
+                    .input([1], -3.0, 3.0),
+            );
+        }
+    }
+
+    #[test]
+    fn windows_split_large_tensors() {
+        // Windows of 700 elements: 7 rows of 97 classes take 7 windows of one
+        // row each; 5000 MSE elements take 8 windows.
+        check_op(&xent_case(Windowed(LEARNED, 700), 7, 97, 8, None).tensor(gamma(20.0)));
+        check_op(&xent_case(
+            Windowed(SoftmaxCrossEntropy, 250),
+            5,
+            97,
+            9,
+            None,
+        ));
+        check_op(
+            &OpCase::new(Windowed(MseLoss, 700))
+                .input([5000], -1.0, 1.0)
+                .input([5000], -1.0, 1.0),
+        );
+        check_op(
+            &OpCase::new(Windowed(ScaleByScalar, 700))
+                .input([5000], -1.0, 1.0)
+                .input([1], -1.0, 1.0),
+        );
+    }
+
+    #[test]
+    fn gradients() {
+        grad_check(
+            &OpCase::new(SoftmaxCrossEntropy)
+                .input([3, 11], -4.0, 4.0)
+                .tensor(labels(&mut Rng::new(3), 3, 11))
+                .seed_outputs(&[0]),
+        );
+        grad_check(&xent_case(DELG, 3, 11, 10, None).seed_outputs(&[0]));
+        grad_check(&xent_case(DOLG, 1, 1, 11, None).seed_outputs(&[0]));
+        grad_check(
+            &xent_case(LEARNED, 4, 6, 12, None)
+                .tensor(gamma(7.0))
+                .seed_outputs(&[0]),
+        );
+        // θ > π − m on every label column, both fallbacks.
+        for fallback in [MarginFallback::Keep, MarginFallback::Penalty] {
+            let op = ArcFaceLoss {
+                scale: ArcFaceScale::Fixed(16.0),
+                margin: 0.5,
+                fallback,
+            };
+            grad_check(&xent_case(op, 3, 5, 13, Some(-0.93)).seed_outputs(&[0]));
+        }
+        grad_check(
+            &OpCase::new(MseLoss)
+                .input([2, 3, 5, 7], -2.0, 2.0)
+                .input([2, 3, 5, 7], -2.0, 2.0)
+                .seed_outputs(&[0]),
+        );
+    }
+
+    #[test]
+    fn bad_shapes_and_parameters_are_typed_errors() {
+        let s = |d: &[usize]| Shape::new(d);
+        let err = DELG.infer(&[&s(&[4, 10]), &s(&[5])]).unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
+        let err = LEARNED.infer(&[&s(&[4, 10]), &s(&[4])]).unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
+        let err = LEARNED
+            .infer(&[&s(&[4, 10]), &s(&[4]), &s(&[2])])
+            .unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
+        let err = SoftmaxCrossEntropy
+            .infer(&[&s(&[2, 3, 4]), &s(&[2])])
+            .unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
+        let err = MseLoss.infer(&[&s(&[2, 3]), &s(&[3, 2])]).unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
+        let err = ScaleByScalar.infer(&[&s(&[2, 3]), &s(&[2])]).unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
+        let err = ArcFaceLoss {
+            margin: 4.0,
+            ..DELG
+        }
+        .infer(&[&s(&[4, 10]), &s(&[4])])
+        .unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        let err = ArcFaceLoss::delg(-1.0, 0.1)
+            .infer(&[&s(&[4, 10]), &s(&[4])])
+            .unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn saved_gradients_are_not_differentiable() {
+        let mut g = Graph::new();
+        let x = g.input("x", [2, 3]);
+        let l = g.input("l", [2]);
+        let outs = g.apply(SoftmaxCrossEntropy, &[x, l]).unwrap();
+        let seed = g.input("seed", [2, 3]);
+        let err = g.backward(&[(outs[1], seed)], &[x]).unwrap_err();
+        assert!(err.to_string().contains("by-products"), "{err}");
+    }
+}
