@@ -69,7 +69,7 @@ fn scalar_shape() -> Shape {
     Shape::new(&[1])
 }
 
-fn expect_scalar(op: &str, what: &str, s: &Shape) -> Result<()> {
+pub(crate) fn expect_scalar(op: &str, what: &str, s: &Shape) -> Result<()> {
     if s.numel() != 1 {
         return Err(Error::shape(
             op,

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod elementwise;
 pub mod loss;
+pub mod optim;
 
 use crate::gpu::ShaderSpec;
 
@@ -12,5 +13,6 @@ pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     specs.extend(elementwise::shader_specs());
     specs.extend(loss::shader_specs());
+    specs.extend(optim::shader_specs());
     specs
 }
