@@ -352,8 +352,9 @@ pub enum ArcFaceScale {
 /// weight⟩ [B, C] with labels [B] (class ids as f32): the label cosine becomes
 /// cos(θ + m) where θ + m ≤ π, logits = γ·cos', softmax cross-entropy summed
 /// and divided by B. Outputs: loss [1], dL/dcos [B, C] (and dL/dγ [1] with
-/// `ArcFaceScale::Input`). Labels outside [0, C) are clamped into range on the
-/// device (which cannot report them); the reference does the same.
+/// `ArcFaceScale::Input`). Labels are rounded to the nearest id (exact in f32
+/// up to 2^24 classes); ids outside [0, C) are clamped into range on the device
+/// (which cannot report them), and the reference does the same.
 #[derive(Clone, Copy, Debug)]
 pub struct ArcFaceLoss {
     pub scale: ArcFaceScale,
@@ -825,7 +826,8 @@ pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::ops::check::{check_op, grad_check, OpCase};
+    use crate::graph::exec::run_op;
+    use crate::ops::check::{check_op, grad_check, test_gpu, OpCase};
     use crate::tensor::{HostTensor, Rng};
 
     /// Any `RecordWindowed` op recorded with a small window, so the split of
