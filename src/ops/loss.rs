@@ -329,12 +329,14 @@ fn fused_backward(
 /// What ArcFace does when θ + m would pass π (cos θ < −cos m).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MarginFallback {
-    /// DELG (TF `delg_model.py`): no margin, the target logit stays γ·cos θ.
+    /// DELG (TF `delg_model.py`): no margin, the target logit stays γ·cos θ
+    /// (it jumps from −γ up to −γ·cos m as θ crosses π − m).
     Keep,
-    /// DOLG / insightface: γ·(cos θ − m·sin m), i.e. cos θ − m·sin(π − m). This
-    /// keeps the target logit below cos(π) − m·sin m, continuing the monotone
-    /// decrease in θ that cos(θ + m) has up to π. DOLG's CurricularFace-style
-    /// modulation of hard negatives (spec §8.5) is not part of this op.
+    /// DOLG / insightface: γ·(cos θ − m·sin m), i.e. cos θ − m·sin(π − m): past
+    /// π − m, where cos(θ + m) would wrap around and rise again, the target
+    /// keeps a fixed penalty below cos θ instead of losing its margin. DOLG's
+    /// CurricularFace-style modulation of hard negatives (spec §8.5) is not
+    /// part of this op.
     Penalty,
 }
 
@@ -969,6 +971,32 @@ pub(crate) mod tests {
             op.reference(&[&x.to_ref(), &clamped.to_ref()]).unwrap()
         );
         check_op(&OpCase::new(DELG).tensor(x).tensor(l));
+    }
+
+    #[test]
+    fn zero_margin_is_scaled_softmax() {
+        // DELG validates without the margin: ArcFace with m = 0 is softmax
+        // cross-entropy of γ·cos, with dL/dcos = γ·dL/dlogits.
+        let (x, l) = cosines(3, 10, 15, None);
+        let arc = ArcFaceLoss::delg(45.25, 0.0)
+            .reference(&[&x.to_ref(), &l.to_ref()])
+            .unwrap();
+        let logits = Tensor {
+            shape: x.shape.clone(),
+            data: x.data.iter().map(|v| 45.25 * *v as f64).collect(),
+        };
+        let plain = SoftmaxCrossEntropy
+            .reference(&[&logits, &l.to_ref()])
+            .unwrap();
+        assert!((arc[0].data[0] - plain[0].data[0]).abs() < 1e-9 * plain[0].data[0]);
+        for (a, p) in arc[1].data.iter().zip(&plain[1].data) {
+            assert!((a - 45.25 * p).abs() < 1e-9, "{a} vs {}", 45.25 * p);
+        }
+        check_op(
+            &OpCase::new(ArcFaceLoss::delg(45.25, 0.0))
+                .tensor(x)
+                .tensor(l),
+        );
     }
 
     #[test]
