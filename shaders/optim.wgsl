@@ -3,6 +3,17 @@
 // without re-recording.
 #include "common"
 
+// VEC4: each invocation updates 4 consecutive elements. On llvmpipe every
+// per-lane load or store is scalarised with its own bounds check, so a vec4
+// access costs little more than a scalar one; the host uses it when all
+// windows start on a 16-byte boundary and handles the <4-element tail with
+// the scalar kernel. n and the shifts are in units of V.
+#if VEC4
+alias V = vec4<f32>;
+#else
+alias V = f32;
+#endif
+
 struct Params {
     n: u32,
     shift_param: u32,
@@ -19,9 +30,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-@group(0) @binding(3) var<storage, read_write> velocity: array<f32>;
+@group(0) @binding(1) var<storage, read_write> param: array<V>;
+@group(0) @binding(2) var<storage, read> grad: array<V>;
+@group(0) @binding(3) var<storage, read_write> velocity: array<V>;
 @group(0) @binding(4) var<storage, read> lr: array<f32>;
 @group(0) @binding(5) var<storage, read> clip: array<f32>;
 
