@@ -8,6 +8,23 @@
 
 const WG: u32 = 256u;
 
+// VEC4 (elementwise kernels only): each invocation handles 4 consecutive
+// elements. On llvmpipe every per-lane load or store is scalarised with its
+// own bounds check, so a vec4 access costs little more than a scalar one; the
+// host uses it when all windows start on 16 bytes and runs the scalar kernel
+// on the <4-element tail. Element counts and shifts are in units of V.
+#if VEC4
+alias V = vec4<f32>;
+fn sq(d: V) -> f32 {
+    return dot(d, d);
+}
+#else
+alias V = f32;
+fn sq(d: V) -> f32 {
+    return d * d;
+}
+#endif
+
 var<workgroup> red: array<f32, 256>;
 
 // Sums red[0..256) into red[0]; every invocation must call it.
@@ -220,7 +237,7 @@ fn sum_partials(@builtin(local_invocation_index) lid: u32) {
 #endif
 
 #if SQ
-// One partial Σ d² per workgroup of PER_GROUP elements, d = x (DIFF off) or
+// One partial Σ d² per workgroup of 256·PER_THREAD elements, d = x (DIFF off) or
 // d = x - y with grad = alpha·d written on the way (the MSE gradient).
 struct Params {
     n: u32,
@@ -236,10 +253,10 @@ struct Params {
 const PER_THREAD: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
 #if DIFF
-@group(0) @binding(2) var<storage, read> y: array<f32>;
-@group(0) @binding(3) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(2) var<storage, read> y: array<V>;
+@group(0) @binding(3) var<storage, read_write> grad: array<V>;
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
 #else
 @group(0) @binding(2) var<storage, read_write> part: array<f32>;
@@ -260,7 +277,7 @@ fn sq_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 #else
             let d = x[p.shift_x + i];
 #endif
-            acc = acc + d * d;
+            acc = acc + sq(d);
         }
     }
     let total = reduce_sum(lid, acc);
@@ -281,9 +298,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read> s: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<V>;
 
 @compute @workgroup_size(256)
 fn scale_by(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

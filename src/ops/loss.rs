@@ -11,13 +11,13 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{chunks, DeviceTensor, Recorder, ShaderSpec};
+use crate::gpu::{chunks, Binding, DeviceTensor, Recorder, ShaderSpec};
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::expect_inputs;
 use crate::tensor::{RefTensor, Shape, Tensor};
 
 const WG: u64 = 256;
-/// Elements reduced by one workgroup of `sq_partials` (256 invocations × 16).
+/// Elements (f32 or vec4) reduced by one workgroup of `sq_partials` (256 invocations × 16).
 const SQ_PER_GROUP: u64 = WG * 16;
 /// Mirrors SIN_FLOOR in loss.wgsl: bounds d cos(θ+m)/d cos θ only where θ = 0 exactly.
 const SIN_FLOOR: f64 = 1e-4;
@@ -28,9 +28,12 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
         xent_spec(true),
         sum_spec(false),
         sum_spec(true),
-        sq_spec(false),
-        sq_spec(true),
-        scale_by_spec(),
+        sq_spec(false, false),
+        sq_spec(false, true),
+        sq_spec(true, false),
+        sq_spec(true, true),
+        scale_by_spec(false),
+        scale_by_spec(true),
     ]
 }
 
@@ -44,13 +47,16 @@ fn sum_spec(norm: bool) -> ShaderSpec {
         .def("SUM", 1)
         .def("NORM", norm as u32)
 }
-fn sq_spec(diff: bool) -> ShaderSpec {
+fn sq_spec(diff: bool, vec4: bool) -> ShaderSpec {
     ShaderSpec::new("loss", "sq_partials")
         .def("SQ", 1)
         .def("DIFF", diff as u32)
+        .def("VEC4", vec4 as u32)
 }
-fn scale_by_spec() -> ShaderSpec {
-    ShaderSpec::new("loss", "scale_by").def("SCALE_BY", 1)
+fn scale_by_spec(vec4: bool) -> ShaderSpec {
+    ShaderSpec::new("loss", "scale_by")
+        .def("SCALE_BY", 1)
+        .def("VEC4", vec4 as u32)
 }
 
 /// Recording with an explicit window size (elements per storage binding), so
@@ -187,18 +193,21 @@ pub(crate) struct SquareSums {
 }
 
 impl SquareSums {
-    /// Scratch for tensors of these element counts, split into windows of `window` elements.
+    /// Scratch for tensors of these element counts, split into windows of
+    /// `window` elements: one slot per workgroup of the scalar kernel plus one
+    /// per window, enough for any vec4/scalar split (`finish` reads only the
+    /// slots written).
     pub(crate) fn new(
         rec: &Recorder,
         numels: impl IntoIterator<Item = u64>,
         window: u64,
     ) -> Result<SquareSums> {
-        let groups: u64 = numels
+        let slots: u64 = numels
             .into_iter()
             .flat_map(|n| chunks(n, window))
-            .map(|r| (r.end - r.start).div_ceil(SQ_PER_GROUP))
+            .map(|r| (r.end - r.start).div_ceil(SQ_PER_GROUP) + 1)
             .sum();
-        let partials = DeviceTensor::zeros(rec.gpu(), Shape::new(&[groups.max(1) as usize]))?;
+        let partials = DeviceTensor::zeros(rec.gpu(), Shape::new(&[slots.max(1) as usize]))?;
         Ok(SquareSums {
             partials,
             next: 0,
@@ -217,35 +226,33 @@ impl SquareSums {
         let parts = self.partials.whole(gpu)?;
         for range in chunks(x.numel(), self.window) {
             let count = range.end - range.start;
-            let groups = count.div_ceil(SQ_PER_GROUP);
-            let xw = x.window(gpu, range.start, count)?;
-            let mut params = SqParams {
-                n: count as u32,
-                shift_x: xw.shift,
-                shift_y: 0,
-                shift_grad: 0,
-                shift_part: (parts.shift as u64 + self.next) as u32,
-                alpha: 0.0,
-                _pad: [0; 2],
-            };
-            let mut bindings = vec![(&xw).into()];
-            if let Some((y, grad, alpha)) = diff {
-                let yw = y.window(gpu, range.start, count)?;
-                let gw = grad.window(gpu, range.start, count)?;
-                params.shift_y = yw.shift;
-                params.shift_grad = gw.shift;
-                params.alpha = alpha;
-                bindings.push((&yw).into());
-                bindings.push((&gw).into());
+            let mut windows = vec![x.window(gpu, range.start, count)?];
+            if let Some((y, grad, _)) = diff {
+                windows.push(y.window(gpu, range.start, count)?);
+                windows.push(grad.window(gpu, range.start, count)?);
             }
+            let shifts: Vec<u32> = windows.iter().map(|w| w.shift).collect();
+            let mut bindings: Vec<Binding> = windows.iter().map(Into::into).collect();
             bindings.push((&parts).into());
-            rec.dispatch_groups(
-                &sq_spec(diff.is_some()),
-                bytemuck::bytes_of(&params),
-                bindings,
-                groups,
-            )?;
-            self.next += groups;
+            for piece in vec4_pieces(&shifts, count) {
+                let groups = piece.n.div_ceil(SQ_PER_GROUP);
+                let params = SqParams {
+                    n: piece.n as u32,
+                    shift_x: piece.shifts[0],
+                    shift_y: piece.shifts.get(1).copied().unwrap_or(0),
+                    shift_grad: piece.shifts.get(2).copied().unwrap_or(0),
+                    shift_part: (parts.shift as u64 + self.next) as u32,
+                    alpha: diff.map_or(0.0, |d| d.2),
+                    _pad: [0; 2],
+                };
+                rec.dispatch_groups(
+                    &sq_spec(diff.is_some(), piece.vec4),
+                    bytemuck::bytes_of(&params),
+                    bindings.clone(),
+                    groups,
+                )?;
+                self.next += groups;
+            }
         }
         Ok(())
     }
@@ -321,19 +328,21 @@ impl RecordWindowed for ScaleByScalar {
             let count = range.end - range.start;
             let xw = x.window(gpu, range.start, count)?;
             let ow = out.window(gpu, range.start, count)?;
-            let params = ScaleParams {
-                n: count as u32,
-                shift_x: xw.shift,
-                shift_s: s.shift,
-                shift_out: ow.shift,
-            };
-            let bindings = vec![(&xw).into(), (&s).into(), (&ow).into()];
-            rec.dispatch_groups(
-                &scale_by_spec(),
-                bytemuck::bytes_of(&params),
-                bindings,
-                count.div_ceil(WG),
-            )?;
+            let bindings: Vec<Binding> = [&xw, &s, &ow].into_iter().map(Into::into).collect();
+            for piece in vec4_pieces(&[xw.shift, ow.shift], count) {
+                let params = ScaleParams {
+                    n: piece.n as u32,
+                    shift_x: piece.shifts[0],
+                    shift_s: s.shift,
+                    shift_out: piece.shifts[1],
+                };
+                rec.dispatch_groups(
+                    &scale_by_spec(piece.vec4),
+                    bytemuck::bytes_of(&params),
+                    bindings.clone(),
+                    piece.n.div_ceil(WG),
+                )?;
+            }
         }
         Ok(())
     }
@@ -1055,8 +1064,8 @@ pub(crate) mod tests {
     #[test]
     fn windows_split_large_tensors() {
         // 7 rows of 97 classes in windows of 150 elements: one row per window;
-        // in windows of 250: two rows per window. 5000 elements in windows of
-        // 700: 8 windows, none of them aligned to a workgroup's 4096 elements.
+        // in windows of 250: two rows per window. 5001 elements in windows of
+        // 700: 8 windows, none of them aligned to a workgroup's elements.
         check_op(&xent_case(Windowed(LEARNED, 150), 7, 97, 8, None).tensor(gamma(20.0)));
         check_op(&xent_case(
             Windowed(SoftmaxCrossEntropy, 250),
@@ -1065,16 +1074,14 @@ pub(crate) mod tests {
             9,
             None,
         ));
-        check_op(
-            &OpCase::new(Windowed(MseLoss, 700))
-                .input([5000], -1.0, 1.0)
-                .input([5000], -1.0, 1.0),
-        );
-        check_op(
-            &OpCase::new(Windowed(ScaleByScalar, 700))
-                .input([5000], -1.0, 1.0)
-                .input([1], -1.0, 1.0),
-        );
+        // Windows of 700 start on 16 bytes (vec4 kernels + scalar tails);
+        // windows of 699 do not (scalar kernels only).
+        for window in [700, 699] {
+            let mse = OpCase::new(Windowed(MseLoss, window)).input([5001], -1.0, 1.0);
+            check_op(&mse.input([5001], -1.0, 1.0));
+            let scale = OpCase::new(Windowed(ScaleByScalar, window)).input([5001], -1.0, 1.0);
+            check_op(&scale.input([1], -1.0, 1.0));
+        }
     }
 
     #[test]
@@ -1139,6 +1146,13 @@ pub(crate) mod tests {
             .infer(&[&s(&[4, 10]), &s(&[4])])
             .unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        // A row of classes wider than one storage binding.
+        if let Some(gpu) = test_gpu() {
+            let (x, l) = cosines(2, 97, 14, None);
+            let op = Arc::new(Windowed(SoftmaxCrossEntropy, 50));
+            let err = run_op(&gpu, op, &[&x, &l]).unwrap_err();
+            assert!(matches!(err, Error::LimitExceeded { .. }), "{err}");
+        }
     }
 
     #[test]
