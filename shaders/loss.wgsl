@@ -2,8 +2,9 @@
 // Every loss is fused: one kernel computes the loss and the gradient of the
 // loss with respect to its main input, so the backward pass is one scaling.
 // Reductions are two-level: a kernel writes one partial per workgroup (or per
-// row), then `sum_partials` adds the partials in a single workgroup. Workgroup memory is
-// used only for the final tree of each workgroup, once per 256+ elements.
+// row), then `sum_partials` adds the partials in a single workgroup. Workgroup
+// memory is used only for the final tree of each workgroup, once per 256+
+// elements.
 #include "common"
 
 const WG: u32 = 256u;

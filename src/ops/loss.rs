@@ -1165,4 +1165,75 @@ pub(crate) mod tests {
         let err = g.backward(&[(outs[1], seed)], &[x]).unwrap_err();
         assert!(err.to_string().contains("by-products"), "{err}");
     }
+
+    /// Times the family's ops at training sizes on the first test device:
+    /// `cargo test --lib ops::loss::tests::throughput -- --ignored --nocapture` (the
+    /// kernels run in the driver, so a debug build of the crate times the same).
+    #[test]
+    #[ignore]
+    fn throughput() {
+        use crate::ops::optim::{GlobalNormClip, SgdStep};
+        let Some(gpu) = test_gpu() else { return };
+        let (b, c, n) = (32, 81313, 8 << 20);
+        let sgd = SgdStep {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+        };
+        let cases: [(&str, Box<dyn Op>, Vec<Vec<usize>>); 4] = [
+            (
+                "arcface 32x81313",
+                Box::new(DELG),
+                vec![vec![b, c], vec![b]],
+            ),
+            (
+                "mse 32x20x20x1024",
+                Box::new(MseLoss),
+                vec![vec![32, 20, 20, 1024]; 2],
+            ),
+            (
+                "sgd 8M",
+                Box::new(sgd),
+                vec![vec![n], vec![n], vec![n], vec![1], vec![1]],
+            ),
+            (
+                "global norm 8M",
+                Box::new(GlobalNormClip { max_norm: 10.0 }),
+                vec![vec![n]],
+            ),
+        ];
+        let mut rng = Rng::new(1);
+        for (name, op, shapes) in cases {
+            let ins: Vec<DeviceTensor> = shapes
+                .iter()
+                .map(|s| DeviceTensor::upload(&gpu, &rng.tensor(s.clone(), -0.9, 0.9)).unwrap())
+                .collect();
+            let in_shapes: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
+            let outs: Vec<DeviceTensor> = op
+                .infer(&in_shapes)
+                .unwrap()
+                .into_iter()
+                .map(|s| DeviceTensor::zeros(&gpu, s).unwrap())
+                .collect();
+            let mut rec = Recorder::new(&gpu);
+            let (ins, outs): (Vec<_>, Vec<_>) = (ins.iter().collect(), outs.iter().collect());
+            op.record(&mut rec, &ins, &outs).unwrap();
+            let recording = rec.finish().unwrap();
+            let mut ms: Vec<f64> = (0..6)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    recording.submit(&gpu).unwrap();
+                    gpu.wait().unwrap();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            // The first run compiles the kernels.
+            ms.remove(0);
+            ms.sort_by(f64::total_cmp);
+            eprintln!(
+                "{name}: median {:.1} ms [{:.1}..{:.1}]",
+                ms[2], ms[0], ms[4]
+            );
+        }
+    }
 }
