@@ -55,6 +55,9 @@ pub struct OpCase {
     pub inputs: Vec<HostTensor>,
     /// Inputs whose gradients are checked (default: all for which backward gives one).
     pub differentiable: Option<Vec<usize>>,
+    /// Outputs `grad_check` seeds (default: all). Fused losses also output the
+    /// gradient they saved for their backward; that by-product is not differentiated.
+    pub seeded_outputs: Option<Vec<usize>>,
     pub forward_tol: f64,
     pub grad_tol: f64,
     rng: Rng,
@@ -66,6 +69,7 @@ impl OpCase {
             op: Arc::new(op),
             inputs: Vec::new(),
             differentiable: None,
+            seeded_outputs: None,
             forward_tol: 1e-4,
             grad_tol: 1e-3,
             rng: Rng::new(0x5eed),
@@ -83,6 +87,10 @@ impl OpCase {
     }
     pub fn only_grads(mut self, which: &[usize]) -> Self {
         self.differentiable = Some(which.to_vec());
+        self
+    }
+    pub fn seed_outputs(mut self, which: &[usize]) -> Self {
+        self.seeded_outputs = Some(which.to_vec());
         self
     }
     pub fn tol(mut self, forward: f64, grad: f64) -> Self {
@@ -150,14 +158,22 @@ pub fn check_op(case: &OpCase) {
     }
 }
 
-/// Σ⟨seed, output⟩ by the reference forward pass, for finite differences.
-fn objective(op: &Arc<dyn Op>, inputs: &[RefTensor], seeds: &[RefTensor]) -> f64 {
+/// Σ⟨seed, output⟩ over the seeded outputs by the reference forward pass, for finite differences.
+fn objective(op: &Arc<dyn Op>, inputs: &[RefTensor], seeded: &[usize], seeds: &[RefTensor]) -> f64 {
     let outs = op
         .reference(&inputs.iter().collect::<Vec<_>>())
         .expect("reference");
-    outs.iter()
+    seeded
+        .iter()
         .zip(seeds)
-        .map(|(o, s)| o.data.iter().zip(&s.data).map(|(a, b)| a * b).sum::<f64>())
+        .map(|(&o, s)| {
+            outs[o]
+                .data
+                .iter()
+                .zip(&s.data)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        })
         .sum()
 }
 
@@ -174,7 +190,12 @@ pub fn grad_check(case: &OpCase) {
         .enumerate()
         .map(|(i, t)| g.input(&format!("x{i}"), t.shape.clone()))
         .collect();
-    let outs = g.apply_arc(case.op.clone(), &ins).expect("apply");
+    let all_outs = g.apply_arc(case.op.clone(), &ins).expect("apply");
+    let seeded: Vec<usize> = case
+        .seeded_outputs
+        .clone()
+        .unwrap_or_else(|| (0..all_outs.len()).collect());
+    let outs: Vec<TensorId> = seeded.iter().map(|&o| all_outs[o]).collect();
     let mut rng = Rng::new(99);
     let seed_vals: Vec<HostTensor> = outs
         .iter()
@@ -230,8 +251,8 @@ pub fn grad_check(case: &OpCase) {
             plus[i].data[k] += h;
             let mut minus = in_refs.clone();
             minus[i].data[k] -= h;
-            let fd = (objective(&case.op, &plus, &seed_refs)
-                - objective(&case.op, &minus, &seed_refs))
+            let fd = (objective(&case.op, &plus, &seeded, &seed_refs)
+                - objective(&case.op, &minus, &seeded, &seed_refs))
                 / (2.0 * h);
             let err = (fd - analytic.data[k]).abs() / scale;
             assert!(err <= 1e-5, "{name}: reference gradient of input {i}[{k}] = {} but finite difference {fd} (rel {err:.2e})", analytic.data[k]);

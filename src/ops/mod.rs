@@ -3,6 +3,8 @@
 
 pub mod check;
 pub mod elementwise;
+pub mod loss;
+pub mod optim;
 
 use crate::gpu::ShaderSpec;
 
@@ -10,5 +12,7 @@ use crate::gpu::ShaderSpec;
 pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     specs.extend(elementwise::shader_specs());
+    specs.extend(loss::shader_specs());
+    specs.extend(optim::shader_specs());
     specs
 }
