@@ -1,8 +1,10 @@
 //! Kernel families. Each module pairs `shaders/<family>.wgsl` with its Rust
 //! binding (shape rules, dispatch), its f64 reference and its backward rules.
 
+pub mod batchnorm;
 pub mod check;
 pub mod elementwise;
+pub mod normalize;
 
 use crate::gpu::ShaderSpec;
 
@@ -10,5 +12,7 @@ use crate::gpu::ShaderSpec;
 pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     specs.extend(elementwise::shader_specs());
+    specs.extend(batchnorm::shader_specs());
+    specs.extend(normalize::shader_specs());
     specs
 }
