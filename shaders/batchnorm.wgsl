@@ -129,9 +129,12 @@ fn finalize_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read_write> var_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> scale: array<f32>;
+@group(0) @binding(5) var<storage, read_write> mean: array<f32>;
 
-// From S1 = Σ(x−μ), S2 = Σ(x−μ)² with α = 1/N: the biased variance
-// (S2 − S1²/N)/N (corrected two-pass) and the normalising scale γ/√(var+ε).
+// From S1 = Σ(x−μ₀), S2 = Σ(x−μ₀)² about the first-pass mean μ₀, with α = 1/N:
+// the refined mean μ = μ₀ + S1/N (μ₀'s f32 block sums are off by ~1e-6 of
+// |μ|, which would shift every y when |μ| ≫ σ), the biased variance about it
+// (S2 − S1²/N)/N, and the normalising scale γ/√(var+ε).
 @compute @workgroup_size(64)
 fn finalize_var(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = linear_index(wid, nwg, lid, 64u);
@@ -143,6 +146,7 @@ fn finalize_var(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let v = max((s2 - s1 * s1 * p.alpha) * p.alpha, 0.0);
     var_out[sh(3u) + c] = v;
     scale[sh(4u) + c] = gamma[sh(2u) + c] / sqrt(v + p.beta);
+    mean[sh(5u) + c] += s1 * p.alpha;
 }
 #endif
 

@@ -6,8 +6,8 @@
 //! any size work and accurate for millions of rows. Every elementwise map is
 //! the one `apply` kernel: out = (u − m)·su + v·sv + t with per-channel m, su,
 //! sv, t. Batch-norm training:
-//!   1. Σx → mean; 2. Σ(x−μ), Σ(x−μ)² → biased variance by the corrected
-//!      two-pass formula, scale = γ/√(var+ε); 3. y = (x−μ)·scale + β.
+//!   1. Σx → first mean μ₀; 2. Σ(x−μ₀), Σ(x−μ₀)² → refined mean, biased
+//!      variance (corrected two-pass), scale = γ/√(var+ε); 3. y = (x−μ)·scale + β.
 //!
 //! Momentum convention: PyTorch's, running ← (1−m)·running + m·batch with
 //! m = 0.1 by default. Keras writes moving ← k·moving + (1−k)·batch, so its
@@ -575,6 +575,7 @@ impl Op for BatchNormTrain {
             gamma.whole(gpu)?,
             var.whole(gpu)?,
             scale.clone(),
+            mean.whole(gpu)?,
         ];
         launch(
             rec,
@@ -1150,6 +1151,33 @@ pub(crate) mod tests {
                     .input([5], -1.0, 1.0),
             );
         });
+    }
+
+    #[test]
+    fn batchnorm_train_is_accurate_over_millions_of_rows() {
+        // |μ| ≫ σ over 2M rows: f32 block sums alone would misplace the mean by ~1e-3.
+        check_op(&bn_case(&[1000, 2000, 3], 1000.0, 1001.0));
+    }
+
+    /// Tensors larger than one 128 MiB binding, with the device's real windows
+    /// (slow on lavapipe: `cargo test --lib -- --ignored beyond_one_binding`).
+    #[test]
+    #[ignore]
+    fn batchnorm_beyond_one_binding() {
+        check_op(&bn_case(&[2, 520, 520, 64], -1.0, 3.0));
+        let mut rng = Rng::new(11);
+        let x = rng.tensor([2, 520, 520, 64], -1.0, 3.0);
+        let (mean, var) = ref_moments(&x.to_ref());
+        let case = OpCase::new(BatchNormGrad {
+            eps: 1e-5,
+            stat_grads: false,
+        })
+        .tensor(x)
+        .input([64], 0.5, 1.5)
+        .tensor(vector(mean).to_host())
+        .tensor(vector(var).to_host())
+        .input([2, 520, 520, 64], -1.0, 1.0);
+        check_op(&case);
     }
 
     #[test]

@@ -274,6 +274,17 @@ mod tests {
         });
     }
 
+    /// Larger than one 128 MiB binding (slow on lavapipe: run with --ignored).
+    #[test]
+    #[ignore]
+    fn l2_normalize_beyond_one_binding() {
+        check_op(&OpCase::new(L2Normalize::default()).input([270_000, 128], -1.0, 1.0));
+        let case = OpCase::new(L2NormalizeGrad { eps: 1e-12 })
+            .input([270_000, 128], -1.0, 1.0)
+            .input([270_000, 128], -1.0, 1.0);
+        check_op(&case);
+    }
+
     #[test]
     fn l2_normalize_bad_shapes_are_errors() {
         let err = L2NormalizeGrad { eps: 1e-12 }
