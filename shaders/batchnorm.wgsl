@@ -226,27 +226,54 @@ fn running_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 #endif
 
 // out = (u − m[c])·su[c] + v·sv[c] + t[c], each term present per its define,
-// over one window of whole rows (so the channel is i mod c).
-@compute @workgroup_size(256)
+// over one window of whole rows. Laid out like col_partial so that a lane
+// loads its channel's operands once and then touches one element per row
+// (no per-element channel division): lanes cover tw = min(c, 64) channels of
+// a tile, and when c < 64 the 64/c lane groups take interleaved rows.
+@compute @workgroup_size(64)
 fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid, 256u);
-    if (i >= p.n) {
+    let g = linear_group(wid, nwg);
+    let blocks = (p.n + p.row_block - 1u) / p.row_block;
+    if (g >= p.ntiles * blocks) {
         return;
     }
-    let c = i % p.c;
-    var r = u[sh(1u) + i];
+    let tw = min(p.c, 64u);
+    let rs = 64u / tw;
+    let ro = lid / tw;
+    let c = (g % p.ntiles) * 64u + lid % tw;
+    if (c >= p.c || ro >= rs) {
+        return;
+    }
 #if CENTER
-    r -= m[sh({{B_M}}) + c];
+    let mc = m[sh({{B_M}}) + c];
 #endif
 #if SCALE
-    r *= su[sh({{B_SU}}) + c];
+    let suc = su[sh({{B_SU}}) + c];
 #endif
 #if V
-    r += v[sh({{B_V}}) + i] * sv[sh({{B_SV}}) + c];
+    let svc = sv[sh({{B_SV}}) + c];
 #endif
 #if SHIFT
-    r += t[sh({{B_T}}) + c];
+    let tc = t[sh({{B_T}}) + c];
 #endif
-    out[sh({{B_OUT}}) + i] = r;
+    let blk = g / p.ntiles;
+    let r1 = min((blk + 1u) * p.row_block, p.n);
+    for (var r = blk * p.row_block + ro; r < r1; r += rs) {
+        let i = r * p.c + c;
+        var y = u[sh(1u) + i];
+#if CENTER
+        y -= mc;
+#endif
+#if SCALE
+        y *= suc;
+#endif
+#if V
+        y += v[sh({{B_V}}) + i] * svc;
+#endif
+#if SHIFT
+        y += tc;
+#endif
+        out[sh({{B_OUT}}) + i] = y;
+    }
 }
 #endif

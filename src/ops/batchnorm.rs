@@ -21,9 +21,10 @@ use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Fill};
 use crate::tensor::{RefTensor, Shape, Tensor};
 
-/// Workgroup sizes of the per-channel kernels and of `apply`.
+/// Workgroup size of the per-channel kernels: lanes over channels.
 const WG_CHANNELS: u64 = 64;
-const WG_APPLY: u64 = 256;
+/// Rows each lane of `apply` walks through.
+const APPLY_ROWS_PER_LANE: u64 = 64;
 /// A column reduction makes at most this many blocks of rows...
 const MAX_BLOCKS: u64 = 1024;
 /// ...of at least this many rows (fewer only when the tensor has fewer)...
@@ -453,6 +454,10 @@ fn record_apply(
         v: terms.v.is_some(),
         shift: terms.t.is_some(),
     });
+    // As in the shader: lanes per row, and rows per lane group in a block.
+    let lane_rows = WG_CHANNELS / c.min(WG_CHANNELS);
+    let row_block = APPLY_ROWS_PER_LANE * lane_rows;
+    let ntiles = c.div_ceil(WG_CHANNELS);
     for range in chunks(rows, rows_per_window(c, window_elems(gpu))?) {
         let (start, n) = (range.start * c, (range.end - range.start) * c);
         let mut windows = vec![u.window(gpu, start, n)?, out.window(gpu, start, n)?];
@@ -463,12 +468,21 @@ fn record_apply(
             windows.push(sv.clone());
         }
         windows.extend(terms.t.clone());
+        let window_rows = range.end - range.start;
         let p = Params {
-            n: n as u32,
+            n: window_rows as u32,
             c: c as u32,
+            row_block: row_block as u32,
+            ntiles: ntiles as u32,
             ..Default::default()
         };
-        launch(rec, &spec, p, &windows, n.div_ceil(WG_APPLY))?;
+        launch(
+            rec,
+            &spec,
+            p,
+            &windows,
+            ntiles * window_rows.div_ceil(row_block),
+        )?;
     }
     Ok(())
 }
@@ -1411,3 +1425,4 @@ pub(crate) mod tests {
         assert!(fold_batchnorm(&gamma, &beta, &mean[..4], &var, eps).is_err());
     }
 }
+
