@@ -1,12 +1,14 @@
 // Per-channel kernels for batch normalisation and channel affines. A tensor
 // [..., C] is viewed as rows × C (NHWC: rows = N·H·W, channels innermost).
 //
-// Column sums take two stages so that any number of rows stays accurate and
-// inside the binding limits: `col_partial` sums blocks of at most row_block
-// rows per channel into a partials buffer (one window of rows per dispatch),
-// then a `finalize_*` kernel adds a channel's few hundred partials and derives
-// what the op needs. Short sequential f32 sums plus a sum of partials keep the
-// error near sqrt(rows)·ε instead of rows·ε.
+// Column reductions take two stages so that any number of rows stays accurate
+// and inside the binding limits: `col_partial` reduces blocks of at most
+// row_block rows per channel into a partials buffer (one window of rows per
+// dispatch), then a `finalize_*` kernel combines a channel's few hundred
+// partials and derives what the op needs. Short sequential f32 sums plus a sum
+// of partials keep the error near sqrt(rows)·ε instead of rows·ε; batch
+// moments use Welford per block and Chan's merge across blocks, one pass over
+// x that stays accurate when |mean| ≫ std.
 //
 // Binding numbers depend on the specialisation, so they arrive as B_NAME
 // defines; the element shift of binding k (see Window) is sh(k).
@@ -45,9 +47,9 @@ fn sh(binding: u32) -> u32 {
 @group(0) @binding({{B_B}}) var<storage, read> b: array<f32>;
 #endif
 
-// SQUARE: s1 = Σ(a−m), s2 = Σ(a−m)²  (the first is the two-pass correction term)
-// DOT:    s1 = Σa,     s2 = Σa·(b−m)  (m = 0 without CENTER)
-// else:   s1 = Σa
+// MOMENTS: s1 = the block's mean of a, s2 = Σ(a − that mean)² (Welford)
+// DOT:     s1 = Σa, s2 = Σa·(b−m)  (m = 0 without CENTER)
+// else:    s1 = Σa
 @compute @workgroup_size(64)
 fn col_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear_group(wid, nwg);
@@ -69,13 +71,21 @@ fn col_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 #endif
     var s1 = 0.0;
     var s2 = 0.0;
+#if MOMENTS
+    // Welford on values shifted by the block's first one: with |mean| ≫ std the
+    // running mean's f32 roundings would otherwise be relative to |mean|.
+    var k = 0.0;
+    let origin = a[sh(1u) + r0 * p.c + c];
+#endif
     for (var r = r0; r < r1; r++) {
         let i = r * p.c + c;
         let av = a[sh(1u) + i];
-#if SQUARE
-        let d = av - mc;
-        s1 += d;
-        s2 += d * d;
+#if MOMENTS
+        k += 1.0;
+        let xs = av - origin;
+        let d = xs - s1;
+        s1 += d / k;
+        s2 += d * (xs - s1);
 #else
         s1 += av;
 #if DOT
@@ -83,6 +93,9 @@ fn col_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 #endif
 #endif
     }
+#if MOMENTS
+    s1 += origin;
+#endif
     let o = (p.g0 + blk) * p.c + c;
     part[o] = s1;
 #if SECOND
@@ -125,28 +138,39 @@ fn finalize_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 }
 #endif
 
-#if FIN_VAR
+#if FIN_MOMENTS
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
-@group(0) @binding(3) var<storage, read_write> var_out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> scale: array<f32>;
-@group(0) @binding(5) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mean_out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> var_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> scale: array<f32>;
 
-// From S1 = Σ(x−μ₀), S2 = Σ(x−μ₀)² about the first-pass mean μ₀, with α = 1/N:
-// the refined mean μ = μ₀ + S1/N (μ₀'s f32 block sums are off by ~1e-6 of
-// |μ|, which would shift every y when |μ| ≫ σ), the biased variance about it
-// (S2 − S1²/N)/N, and the normalising scale γ/√(var+ε).
+// Chan's merge of the blocks' (count, mean, M2), in block order, over
+// p.n rows: the batch mean, the biased variance M2/N and the normalising
+// scale γ/√(var+ε) (ε in beta). Means are merged relative to the first
+// block's, for the same reason as the shift in col_partial.
 @compute @workgroup_size(64)
-fn finalize_var(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn finalize_moments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = linear_index(wid, nwg, lid, 64u);
     if (c >= p.c) {
         return;
     }
-    let s1 = total(0u, c);
-    let s2 = total(1u, c);
-    let v = max((s2 - s1 * s1 * p.alpha) * p.alpha, 0.0);
-    var_out[sh(3u) + c] = v;
-    scale[sh(4u) + c] = gamma[sh(2u) + c] / sqrt(v + p.beta);
-    mean[sh(5u) + c] += s1 * p.alpha;
+    let origin = part[c];
+    var n = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var g = 0u; g < p.nblocks; g++) {
+        let nb = f32(min(p.row_block, p.n - g * p.row_block));
+        let o = g * p.c + c;
+        let d = (part[o] - origin) - mean;
+        let nn = n + nb;
+        mean += d * (nb / nn);
+        m2 += part[p.nblocks * p.c + o] + d * d * (n * nb / nn);
+        n = nn;
+    }
+    let v = m2 / n;
+    mean_out[sh(3u) + c] = origin + mean;
+    var_out[sh(4u) + c] = v;
+    scale[sh(5u) + c] = gamma[sh(2u) + c] / sqrt(v + p.beta);
 }
 #endif
 
