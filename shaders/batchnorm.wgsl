@@ -124,16 +124,16 @@ fn total(k: u32, c: u32) -> f32 {
 @group(0) @binding(3) var<storage, read_write> out2: array<f32>;
 #endif
 
-// out1 = α·S1 (and out2 = α·S2): means, channel sums, affine parameter gradients.
+// out1 = S1 (and out2 = S2): channel sums, affine parameter gradients.
 @compute @workgroup_size(64)
 fn finalize_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = linear_index(wid, nwg, lid, 64u);
     if (c >= p.c) {
         return;
     }
-    out1[sh(2u) + c] = p.alpha * total(0u, c);
+    out1[sh(2u) + c] = total(0u, c);
 #if SECOND
-    out2[sh(3u) + c] = p.alpha * total(1u, c);
+    out2[sh(3u) + c] = total(1u, c);
 #endif
 }
 #endif

@@ -189,7 +189,7 @@ fn col_plan(rows: u64, c: u64, max_elems: u64) -> Result<ColPlan> {
     })
 }
 
-/// What `col_partial` sums per channel (see the shader).
+/// What `col_partial` computes per channel and block (see the shader).
 enum Reduce<'a> {
     Sum,
     Moments,
@@ -321,7 +321,7 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
     specs
 }
 
-/// A scratch buffer of per-block, per-channel partial sums (`planes` of them).
+/// A scratch buffer of per-block, per-channel partials (`planes` of them).
 struct Partials {
     plan: ColPlan,
     window: Window,
@@ -339,7 +339,7 @@ impl Partials {
         })
     }
 
-    /// Records the partial sums of `a` (rows × c, as planned) per `what`.
+    /// Records the partials of `a` (rows × c, as planned) per `what`.
     fn record(&self, rec: &mut Recorder, a: &DeviceTensor, what: Reduce) -> Result<()> {
         let gpu = rec.gpu();
         let ColPlan {
@@ -396,11 +396,10 @@ impl Partials {
         self.plan.c.div_ceil(WG_CHANNELS)
     }
 
-    /// out1 = α·Σ plane 0 (and out2 = α·Σ plane 1) per channel.
+    /// out1 = Σ plane 0 (and out2 = Σ plane 1) per channel.
     fn record_sums(
         &self,
         rec: &mut Recorder,
-        alpha: f32,
         out1: &DeviceTensor,
         out2: Option<&DeviceTensor>,
     ) -> Result<()> {
@@ -412,7 +411,7 @@ impl Partials {
         launch(
             rec,
             &sums_spec(out2.is_some()),
-            self.finalize_params(alpha, 0.0),
+            self.finalize_params(0.0, 0.0),
             &windows,
             self.channel_groups(),
         )
@@ -988,7 +987,7 @@ impl Op for ChannelAffineGrad {
         let (x, scale, dy) = (inputs[0], inputs[1], inputs[2]);
         let parts = Partials::new(gpu, &x.shape, 2)?;
         parts.record(rec, dy, Reduce::Dot { b: x, center: None })?;
-        parts.record_sums(rec, 1.0, outputs[2], Some(outputs[1]))?;
+        parts.record_sums(rec, outputs[2], Some(outputs[1]))?;
         record_apply(
             rec,
             dy,
@@ -1032,7 +1031,7 @@ impl Op for ChannelSum {
     ) -> Result<()> {
         let parts = Partials::new(rec.gpu(), &inputs[0].shape, 1)?;
         parts.record(rec, inputs[0], Reduce::Sum)?;
-        parts.record_sums(rec, 1.0, outputs[0], None)
+        parts.record_sums(rec, outputs[0], None)
     }
     fn flops(&self, inputs: &[&Shape]) -> u64 {
         inputs[0].numel() as u64
