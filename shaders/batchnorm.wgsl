@@ -15,13 +15,13 @@
 #include "common"
 
 struct Params {
-    // Rows in this window (col_partial), elements (apply) or channels.
+    // Rows: in this window (col_partial, apply) or in all (finalize_moments).
     n: u32,
     c: u32,
     row_block: u32,
     // First block of this window (col_partial).
     g0: u32,
-    // Workgroups across the channels (col_partial).
+    // Workgroups across the channels (col_partial, apply).
     ntiles: u32,
     // Blocks in total: the partials planes hold nblocks × c values.
     nblocks: u32,
