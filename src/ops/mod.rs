@@ -1,9 +1,11 @@
 //! Kernel families. Each module pairs `shaders/<family>.wgsl` with its Rust
 //! binding (shape rules, dispatch), its f64 reference and its backward rules.
 
+pub mod batchnorm;
 pub mod check;
 pub mod elementwise;
 pub mod loss;
+pub mod normalize;
 pub mod optim;
 
 use crate::gpu::ShaderSpec;
@@ -11,8 +13,10 @@ use crate::gpu::ShaderSpec;
 /// Every shader specialisation any op can compile, for the naga validation tests.
 pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
+    specs.extend(batchnorm::shader_specs());
     specs.extend(elementwise::shader_specs());
     specs.extend(loss::shader_specs());
+    specs.extend(normalize::shader_specs());
     specs.extend(optim::shader_specs());
     specs
 }
