@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod elementwise;
+pub mod gemm;
 
 use crate::gpu::ShaderSpec;
 
@@ -10,5 +11,6 @@ use crate::gpu::ShaderSpec;
 pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     specs.extend(elementwise::shader_specs());
+    specs.extend(gemm::shader_specs());
     specs
 }
