@@ -153,24 +153,18 @@ const SG_N: u32 = {{SG_N}}u;
 const BM: u32 = SG_M * 32u;
 const BN: u32 = SG_N * 16u;
 
-// acc[4r + q] += a[r] · bq: one k of the lane's 4 rows against 16 columns.
-fn rank1(acc: ptr<function, array<vec4<f32>, 16>>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) {
-    (*acc)[0] += a.x * b0;
-    (*acc)[1] += a.x * b1;
-    (*acc)[2] += a.x * b2;
-    (*acc)[3] += a.x * b3;
-    (*acc)[4] += a.y * b0;
-    (*acc)[5] += a.y * b1;
-    (*acc)[6] += a.y * b2;
-    (*acc)[7] += a.y * b3;
-    (*acc)[8] += a.z * b0;
-    (*acc)[9] += a.z * b1;
-    (*acc)[10] += a.z * b2;
-    (*acc)[11] += a.z * b3;
-    (*acc)[12] += a.w * b0;
-    (*acc)[13] += a.w * b1;
-    (*acc)[14] += a.w * b2;
-    (*acc)[15] += a.w * b3;
+// One row of the lane's tile: 16 columns as 4 quads.
+fn store_quads(row: u32, col0: u32, q0: vec4<f32>, q1: vec4<f32>, q2: vec4<f32>, q3: vec4<f32>) {
+    if (row >= p.m) {
+        return;
+    }
+    let qs = array<vec4<f32>, 4>(q0, q1, q2, q3);
+    for (var e = 0u; e < 16u; e++) {
+        let col = col0 + e;
+        if (col < p.n) {
+            store_c(row, col, qs[e / 4u][e % 4u]);
+        }
+    }
 }
 
 @compute @workgroup_size(256)
@@ -184,7 +178,13 @@ fn gemm_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let col0 = (g / p.groups_m) * BN + (sg / SG_M) * 16u;
     let nq = col0 / 4u;
     let kq_end = (p.k + 7u) / 8u * 2u;
-    var acc: array<vec4<f32>, 16>;
+    // The 4×16 tile as named registers: crq holds row r, columns 4q..4q+3.
+    // Everything below is unrolled by hand because the broadcast lane must
+    // be a constant and llvmpipe keeps indexed arrays in memory.
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c02 = vec4<f32>(0.0); var c03 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0); var c12 = vec4<f32>(0.0); var c13 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c22 = vec4<f32>(0.0); var c23 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0); var c32 = vec4<f32>(0.0); var c33 = vec4<f32>(0.0);
     for (var kq = 0u; kq < kq_end; kq += 2u) {
         let a0 = textureLoad(tex_a, vec2<u32>(kq, row0));
         let a1 = textureLoad(tex_a, vec2<u32>(kq, row0 + 8u));
@@ -199,30 +199,54 @@ fn gemm_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let b1 = textureLoad(tex_b, vec2<u32>(nq + 1u, brow));
         let b2 = textureLoad(tex_b, vec2<u32>(nq + 2u, brow));
         let b3 = textureLoad(tex_b, vec2<u32>(nq + 3u, brow));
-        rank1(&acc, vec4(a0.x, a1.x, a2.x, a3.x), subgroupBroadcast(b0, 0u), subgroupBroadcast(b1, 0u), subgroupBroadcast(b2, 0u), subgroupBroadcast(b3, 0u));
-        rank1(&acc, vec4(a0.y, a1.y, a2.y, a3.y), subgroupBroadcast(b0, 1u), subgroupBroadcast(b1, 1u), subgroupBroadcast(b2, 1u), subgroupBroadcast(b3, 1u));
-        rank1(&acc, vec4(a0.z, a1.z, a2.z, a3.z), subgroupBroadcast(b0, 2u), subgroupBroadcast(b1, 2u), subgroupBroadcast(b2, 2u), subgroupBroadcast(b3, 2u));
-        rank1(&acc, vec4(a0.w, a1.w, a2.w, a3.w), subgroupBroadcast(b0, 3u), subgroupBroadcast(b1, 3u), subgroupBroadcast(b2, 3u), subgroupBroadcast(b3, 3u));
-        rank1(&acc, vec4(a4.x, a5.x, a6.x, a7.x), subgroupBroadcast(b0, 4u), subgroupBroadcast(b1, 4u), subgroupBroadcast(b2, 4u), subgroupBroadcast(b3, 4u));
-        rank1(&acc, vec4(a4.y, a5.y, a6.y, a7.y), subgroupBroadcast(b0, 5u), subgroupBroadcast(b1, 5u), subgroupBroadcast(b2, 5u), subgroupBroadcast(b3, 5u));
-        rank1(&acc, vec4(a4.z, a5.z, a6.z, a7.z), subgroupBroadcast(b0, 6u), subgroupBroadcast(b1, 6u), subgroupBroadcast(b2, 6u), subgroupBroadcast(b3, 6u));
-        rank1(&acc, vec4(a4.w, a5.w, a6.w, a7.w), subgroupBroadcast(b0, 7u), subgroupBroadcast(b1, 7u), subgroupBroadcast(b2, 7u), subgroupBroadcast(b3, 7u));
+        // k = 8·(kq/2) + j: lane j holds row k of the B slab; rows 0..3 of
+        // the lane's A values for it are component j of a0..a3 (j < 4) or of
+        // a4..a7.
+        let s00 = subgroupBroadcast(b0, 0u); let s01 = subgroupBroadcast(b1, 0u); let s02 = subgroupBroadcast(b2, 0u); let s03 = subgroupBroadcast(b3, 0u);
+        c00 += a0.x * s00; c01 += a0.x * s01; c02 += a0.x * s02; c03 += a0.x * s03;
+        c10 += a1.x * s00; c11 += a1.x * s01; c12 += a1.x * s02; c13 += a1.x * s03;
+        c20 += a2.x * s00; c21 += a2.x * s01; c22 += a2.x * s02; c23 += a2.x * s03;
+        c30 += a3.x * s00; c31 += a3.x * s01; c32 += a3.x * s02; c33 += a3.x * s03;
+        let s10 = subgroupBroadcast(b0, 1u); let s11 = subgroupBroadcast(b1, 1u); let s12 = subgroupBroadcast(b2, 1u); let s13 = subgroupBroadcast(b3, 1u);
+        c00 += a0.y * s10; c01 += a0.y * s11; c02 += a0.y * s12; c03 += a0.y * s13;
+        c10 += a1.y * s10; c11 += a1.y * s11; c12 += a1.y * s12; c13 += a1.y * s13;
+        c20 += a2.y * s10; c21 += a2.y * s11; c22 += a2.y * s12; c23 += a2.y * s13;
+        c30 += a3.y * s10; c31 += a3.y * s11; c32 += a3.y * s12; c33 += a3.y * s13;
+        let s20 = subgroupBroadcast(b0, 2u); let s21 = subgroupBroadcast(b1, 2u); let s22 = subgroupBroadcast(b2, 2u); let s23 = subgroupBroadcast(b3, 2u);
+        c00 += a0.z * s20; c01 += a0.z * s21; c02 += a0.z * s22; c03 += a0.z * s23;
+        c10 += a1.z * s20; c11 += a1.z * s21; c12 += a1.z * s22; c13 += a1.z * s23;
+        c20 += a2.z * s20; c21 += a2.z * s21; c22 += a2.z * s22; c23 += a2.z * s23;
+        c30 += a3.z * s20; c31 += a3.z * s21; c32 += a3.z * s22; c33 += a3.z * s23;
+        let s30 = subgroupBroadcast(b0, 3u); let s31 = subgroupBroadcast(b1, 3u); let s32 = subgroupBroadcast(b2, 3u); let s33 = subgroupBroadcast(b3, 3u);
+        c00 += a0.w * s30; c01 += a0.w * s31; c02 += a0.w * s32; c03 += a0.w * s33;
+        c10 += a1.w * s30; c11 += a1.w * s31; c12 += a1.w * s32; c13 += a1.w * s33;
+        c20 += a2.w * s30; c21 += a2.w * s31; c22 += a2.w * s32; c23 += a2.w * s33;
+        c30 += a3.w * s30; c31 += a3.w * s31; c32 += a3.w * s32; c33 += a3.w * s33;
+        let s40 = subgroupBroadcast(b0, 4u); let s41 = subgroupBroadcast(b1, 4u); let s42 = subgroupBroadcast(b2, 4u); let s43 = subgroupBroadcast(b3, 4u);
+        c00 += a4.x * s40; c01 += a4.x * s41; c02 += a4.x * s42; c03 += a4.x * s43;
+        c10 += a5.x * s40; c11 += a5.x * s41; c12 += a5.x * s42; c13 += a5.x * s43;
+        c20 += a6.x * s40; c21 += a6.x * s41; c22 += a6.x * s42; c23 += a6.x * s43;
+        c30 += a7.x * s40; c31 += a7.x * s41; c32 += a7.x * s42; c33 += a7.x * s43;
+        let s50 = subgroupBroadcast(b0, 5u); let s51 = subgroupBroadcast(b1, 5u); let s52 = subgroupBroadcast(b2, 5u); let s53 = subgroupBroadcast(b3, 5u);
+        c00 += a4.y * s50; c01 += a4.y * s51; c02 += a4.y * s52; c03 += a4.y * s53;
+        c10 += a5.y * s50; c11 += a5.y * s51; c12 += a5.y * s52; c13 += a5.y * s53;
+        c20 += a6.y * s50; c21 += a6.y * s51; c22 += a6.y * s52; c23 += a6.y * s53;
+        c30 += a7.y * s50; c31 += a7.y * s51; c32 += a7.y * s52; c33 += a7.y * s53;
+        let s60 = subgroupBroadcast(b0, 6u); let s61 = subgroupBroadcast(b1, 6u); let s62 = subgroupBroadcast(b2, 6u); let s63 = subgroupBroadcast(b3, 6u);
+        c00 += a4.z * s60; c01 += a4.z * s61; c02 += a4.z * s62; c03 += a4.z * s63;
+        c10 += a5.z * s60; c11 += a5.z * s61; c12 += a5.z * s62; c13 += a5.z * s63;
+        c20 += a6.z * s60; c21 += a6.z * s61; c22 += a6.z * s62; c23 += a6.z * s63;
+        c30 += a7.z * s60; c31 += a7.z * s61; c32 += a7.z * s62; c33 += a7.z * s63;
+        let s70 = subgroupBroadcast(b0, 7u); let s71 = subgroupBroadcast(b1, 7u); let s72 = subgroupBroadcast(b2, 7u); let s73 = subgroupBroadcast(b3, 7u);
+        c00 += a4.w * s70; c01 += a4.w * s71; c02 += a4.w * s72; c03 += a4.w * s73;
+        c10 += a5.w * s70; c11 += a5.w * s71; c12 += a5.w * s72; c13 += a5.w * s73;
+        c20 += a6.w * s70; c21 += a6.w * s71; c22 += a6.w * s72; c23 += a6.w * s73;
+        c30 += a7.w * s70; c31 += a7.w * s71; c32 += a7.w * s72; c33 += a7.w * s73;
     }
-    for (var r = 0u; r < 4u; r++) {
-        let row = row0 + 8u * r;
-        if (row >= p.m) {
-            continue;
-        }
-        for (var q = 0u; q < 4u; q++) {
-            let v = acc[4u * r + q];
-            for (var e = 0u; e < 4u; e++) {
-                let col = col0 + 4u * q + e;
-                if (col < p.n) {
-                    store_c(row, col, v[e]);
-                }
-            }
-        }
-    }
+    store_quads(row0 + 0u, col0, c00, c01, c02, c03);
+    store_quads(row0 + 8u, col0, c10, c11, c12, c13);
+    store_quads(row0 + 16u, col0, c20, c21, c22, c23);
+    store_quads(row0 + 24u, col0, c30, c31, c32, c33);
 }
 #endif
 

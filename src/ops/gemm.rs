@@ -1196,4 +1196,80 @@ mod tests {
             2 * 30 * 6 * 7
         );
     }
+
+    /// User + system CPU seconds of this process (lavapipe's threads included),
+    /// from /proc/self/stat at the usual 100 ticks per second.
+    fn cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        (tick(11) + tick(12)) / 100.0
+    }
+
+    /// The subgroup-broadcast GEMM's throughput at 1024³ and 2048³ (packing
+    /// included). Run: DELG_REQUIRE_GPU=1 cargo test --lib
+    /// ops::gemm::tests::gemm_throughput -- --ignored --nocapture
+    #[test]
+    #[ignore]
+    fn gemm_throughput() {
+        let Some(gpu) = test_gpus()
+            .iter()
+            .find(|g| g.tuning.matmul == MatmulVariant::SubgroupBroadcast)
+        else {
+            eprintln!("no adapter runs the subgroup-broadcast variant");
+            return;
+        };
+        for size in [1024usize, 2048] {
+            let mut rng = Rng::new(1);
+            let a = rng.tensor([size, size], -1.0, 1.0);
+            let b = rng.tensor([size, size], -1.0, 1.0);
+            let da = DeviceTensor::upload(gpu, &a).unwrap();
+            let db = DeviceTensor::upload(gpu, &b).unwrap();
+            let dc = DeviceTensor::zeros(gpu, Shape::new(&[size, size])).unwrap();
+            let mut rec = Recorder::new(gpu);
+            Matmul::default()
+                .record(&mut rec, &[&da, &db], &[&dc])
+                .unwrap();
+            let recording = rec.finish().unwrap();
+            recording.submit(gpu).unwrap();
+            gpu.wait().unwrap();
+            let reps = 3;
+            let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
+            for _ in 0..reps {
+                recording.submit(gpu).unwrap();
+                gpu.wait().unwrap();
+            }
+            let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+            let gflop = matmul_flops(size, size, size) as f64 * reps as f64 / 1e9;
+            println!(
+                "sgb gemm {size}^3: {:.1} GFLOP/s wall, {:.1} GFLOP per CPU-second ({:.3} s/rep, {:.2} cores)",
+                gflop / wall,
+                gflop / cpu,
+                wall / reps as f64,
+                cpu / wall
+            );
+            // Spot-check a few outputs against f64 dot products.
+            let c = dc.download(gpu).unwrap();
+            for (i, j) in [(0, 0), (size - 1, 7), (size / 2, size - 1)] {
+                let want: f64 = (0..size)
+                    .map(|k| a.data[i * size + k] as f64 * b.data[k * size + j] as f64)
+                    .sum();
+                assert!(
+                    (c.data[i * size + j] as f64 - want).abs() < 1e-3 * size as f64,
+                    "C[{i},{j}]"
+                );
+            }
+        }
+    }
 }
