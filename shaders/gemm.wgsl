@@ -199,49 +199,42 @@ fn gemm_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let b1 = textureLoad(tex_b, vec2<u32>(nq + 1u, brow));
         let b2 = textureLoad(tex_b, vec2<u32>(nq + 2u, brow));
         let b3 = textureLoad(tex_b, vec2<u32>(nq + 3u, brow));
-        // k = 8·(kq/2) + j: lane j holds row k of the B slab; rows 0..3 of
-        // the lane's A values for it are component j of a0..a3 (j < 4) or of
-        // a4..a7.
-        let s00 = subgroupBroadcast(b0, 0u); let s01 = subgroupBroadcast(b1, 0u); let s02 = subgroupBroadcast(b2, 0u); let s03 = subgroupBroadcast(b3, 0u);
-        c00 += a0.x * s00; c01 += a0.x * s01; c02 += a0.x * s02; c03 += a0.x * s03;
-        c10 += a1.x * s00; c11 += a1.x * s01; c12 += a1.x * s02; c13 += a1.x * s03;
-        c20 += a2.x * s00; c21 += a2.x * s01; c22 += a2.x * s02; c23 += a2.x * s03;
-        c30 += a3.x * s00; c31 += a3.x * s01; c32 += a3.x * s02; c33 += a3.x * s03;
-        let s10 = subgroupBroadcast(b0, 1u); let s11 = subgroupBroadcast(b1, 1u); let s12 = subgroupBroadcast(b2, 1u); let s13 = subgroupBroadcast(b3, 1u);
-        c00 += a0.y * s10; c01 += a0.y * s11; c02 += a0.y * s12; c03 += a0.y * s13;
-        c10 += a1.y * s10; c11 += a1.y * s11; c12 += a1.y * s12; c13 += a1.y * s13;
-        c20 += a2.y * s10; c21 += a2.y * s11; c22 += a2.y * s12; c23 += a2.y * s13;
-        c30 += a3.y * s10; c31 += a3.y * s11; c32 += a3.y * s12; c33 += a3.y * s13;
-        let s20 = subgroupBroadcast(b0, 2u); let s21 = subgroupBroadcast(b1, 2u); let s22 = subgroupBroadcast(b2, 2u); let s23 = subgroupBroadcast(b3, 2u);
-        c00 += a0.z * s20; c01 += a0.z * s21; c02 += a0.z * s22; c03 += a0.z * s23;
-        c10 += a1.z * s20; c11 += a1.z * s21; c12 += a1.z * s22; c13 += a1.z * s23;
-        c20 += a2.z * s20; c21 += a2.z * s21; c22 += a2.z * s22; c23 += a2.z * s23;
-        c30 += a3.z * s20; c31 += a3.z * s21; c32 += a3.z * s22; c33 += a3.z * s23;
-        let s30 = subgroupBroadcast(b0, 3u); let s31 = subgroupBroadcast(b1, 3u); let s32 = subgroupBroadcast(b2, 3u); let s33 = subgroupBroadcast(b3, 3u);
-        c00 += a0.w * s30; c01 += a0.w * s31; c02 += a0.w * s32; c03 += a0.w * s33;
-        c10 += a1.w * s30; c11 += a1.w * s31; c12 += a1.w * s32; c13 += a1.w * s33;
-        c20 += a2.w * s30; c21 += a2.w * s31; c22 += a2.w * s32; c23 += a2.w * s33;
-        c30 += a3.w * s30; c31 += a3.w * s31; c32 += a3.w * s32; c33 += a3.w * s33;
-        let s40 = subgroupBroadcast(b0, 4u); let s41 = subgroupBroadcast(b1, 4u); let s42 = subgroupBroadcast(b2, 4u); let s43 = subgroupBroadcast(b3, 4u);
-        c00 += a4.x * s40; c01 += a4.x * s41; c02 += a4.x * s42; c03 += a4.x * s43;
-        c10 += a5.x * s40; c11 += a5.x * s41; c12 += a5.x * s42; c13 += a5.x * s43;
-        c20 += a6.x * s40; c21 += a6.x * s41; c22 += a6.x * s42; c23 += a6.x * s43;
-        c30 += a7.x * s40; c31 += a7.x * s41; c32 += a7.x * s42; c33 += a7.x * s43;
-        let s50 = subgroupBroadcast(b0, 5u); let s51 = subgroupBroadcast(b1, 5u); let s52 = subgroupBroadcast(b2, 5u); let s53 = subgroupBroadcast(b3, 5u);
-        c00 += a4.y * s50; c01 += a4.y * s51; c02 += a4.y * s52; c03 += a4.y * s53;
-        c10 += a5.y * s50; c11 += a5.y * s51; c12 += a5.y * s52; c13 += a5.y * s53;
-        c20 += a6.y * s50; c21 += a6.y * s51; c22 += a6.y * s52; c23 += a6.y * s53;
-        c30 += a7.y * s50; c31 += a7.y * s51; c32 += a7.y * s52; c33 += a7.y * s53;
-        let s60 = subgroupBroadcast(b0, 6u); let s61 = subgroupBroadcast(b1, 6u); let s62 = subgroupBroadcast(b2, 6u); let s63 = subgroupBroadcast(b3, 6u);
-        c00 += a4.z * s60; c01 += a4.z * s61; c02 += a4.z * s62; c03 += a4.z * s63;
-        c10 += a5.z * s60; c11 += a5.z * s61; c12 += a5.z * s62; c13 += a5.z * s63;
-        c20 += a6.z * s60; c21 += a6.z * s61; c22 += a6.z * s62; c23 += a6.z * s63;
-        c30 += a7.z * s60; c31 += a7.z * s61; c32 += a7.z * s62; c33 += a7.z * s63;
-        let s70 = subgroupBroadcast(b0, 7u); let s71 = subgroupBroadcast(b1, 7u); let s72 = subgroupBroadcast(b2, 7u); let s73 = subgroupBroadcast(b3, 7u);
-        c00 += a4.w * s70; c01 += a4.w * s71; c02 += a4.w * s72; c03 += a4.w * s73;
-        c10 += a5.w * s70; c11 += a5.w * s71; c12 += a5.w * s72; c13 += a5.w * s73;
-        c20 += a6.w * s70; c21 += a6.w * s71; c22 += a6.w * s72; c23 += a6.w * s73;
-        c30 += a7.w * s70; c31 += a7.w * s71; c32 += a7.w * s72; c33 += a7.w * s73;
+        // k = 8·(kq/2) + j: lane j holds row k of the B slab; the lane's A
+        // values for it are component j of a0..a3 (j < 4) or of a4..a7. One
+        // column quad at a time, so only its 4 accumulators are live (the
+        // whole tile does not fit the 32 vector registers).
+        let s00 = subgroupBroadcast(b0, 0u); c00 += a0.x * s00; c10 += a1.x * s00; c20 += a2.x * s00; c30 += a3.x * s00;
+        let s01 = subgroupBroadcast(b0, 1u); c00 += a0.y * s01; c10 += a1.y * s01; c20 += a2.y * s01; c30 += a3.y * s01;
+        let s02 = subgroupBroadcast(b0, 2u); c00 += a0.z * s02; c10 += a1.z * s02; c20 += a2.z * s02; c30 += a3.z * s02;
+        let s03 = subgroupBroadcast(b0, 3u); c00 += a0.w * s03; c10 += a1.w * s03; c20 += a2.w * s03; c30 += a3.w * s03;
+        let s04 = subgroupBroadcast(b0, 4u); c00 += a4.x * s04; c10 += a5.x * s04; c20 += a6.x * s04; c30 += a7.x * s04;
+        let s05 = subgroupBroadcast(b0, 5u); c00 += a4.y * s05; c10 += a5.y * s05; c20 += a6.y * s05; c30 += a7.y * s05;
+        let s06 = subgroupBroadcast(b0, 6u); c00 += a4.z * s06; c10 += a5.z * s06; c20 += a6.z * s06; c30 += a7.z * s06;
+        let s07 = subgroupBroadcast(b0, 7u); c00 += a4.w * s07; c10 += a5.w * s07; c20 += a6.w * s07; c30 += a7.w * s07;
+        let s10 = subgroupBroadcast(b1, 0u); c01 += a0.x * s10; c11 += a1.x * s10; c21 += a2.x * s10; c31 += a3.x * s10;
+        let s11 = subgroupBroadcast(b1, 1u); c01 += a0.y * s11; c11 += a1.y * s11; c21 += a2.y * s11; c31 += a3.y * s11;
+        let s12 = subgroupBroadcast(b1, 2u); c01 += a0.z * s12; c11 += a1.z * s12; c21 += a2.z * s12; c31 += a3.z * s12;
+        let s13 = subgroupBroadcast(b1, 3u); c01 += a0.w * s13; c11 += a1.w * s13; c21 += a2.w * s13; c31 += a3.w * s13;
+        let s14 = subgroupBroadcast(b1, 4u); c01 += a4.x * s14; c11 += a5.x * s14; c21 += a6.x * s14; c31 += a7.x * s14;
+        let s15 = subgroupBroadcast(b1, 5u); c01 += a4.y * s15; c11 += a5.y * s15; c21 += a6.y * s15; c31 += a7.y * s15;
+        let s16 = subgroupBroadcast(b1, 6u); c01 += a4.z * s16; c11 += a5.z * s16; c21 += a6.z * s16; c31 += a7.z * s16;
+        let s17 = subgroupBroadcast(b1, 7u); c01 += a4.w * s17; c11 += a5.w * s17; c21 += a6.w * s17; c31 += a7.w * s17;
+        let s20 = subgroupBroadcast(b2, 0u); c02 += a0.x * s20; c12 += a1.x * s20; c22 += a2.x * s20; c32 += a3.x * s20;
+        let s21 = subgroupBroadcast(b2, 1u); c02 += a0.y * s21; c12 += a1.y * s21; c22 += a2.y * s21; c32 += a3.y * s21;
+        let s22 = subgroupBroadcast(b2, 2u); c02 += a0.z * s22; c12 += a1.z * s22; c22 += a2.z * s22; c32 += a3.z * s22;
+        let s23 = subgroupBroadcast(b2, 3u); c02 += a0.w * s23; c12 += a1.w * s23; c22 += a2.w * s23; c32 += a3.w * s23;
+        let s24 = subgroupBroadcast(b2, 4u); c02 += a4.x * s24; c12 += a5.x * s24; c22 += a6.x * s24; c32 += a7.x * s24;
+        let s25 = subgroupBroadcast(b2, 5u); c02 += a4.y * s25; c12 += a5.y * s25; c22 += a6.y * s25; c32 += a7.y * s25;
+        let s26 = subgroupBroadcast(b2, 6u); c02 += a4.z * s26; c12 += a5.z * s26; c22 += a6.z * s26; c32 += a7.z * s26;
+        let s27 = subgroupBroadcast(b2, 7u); c02 += a4.w * s27; c12 += a5.w * s27; c22 += a6.w * s27; c32 += a7.w * s27;
+        let s30 = subgroupBroadcast(b3, 0u); c03 += a0.x * s30; c13 += a1.x * s30; c23 += a2.x * s30; c33 += a3.x * s30;
+        let s31 = subgroupBroadcast(b3, 1u); c03 += a0.y * s31; c13 += a1.y * s31; c23 += a2.y * s31; c33 += a3.y * s31;
+        let s32 = subgroupBroadcast(b3, 2u); c03 += a0.z * s32; c13 += a1.z * s32; c23 += a2.z * s32; c33 += a3.z * s32;
+        let s33 = subgroupBroadcast(b3, 3u); c03 += a0.w * s33; c13 += a1.w * s33; c23 += a2.w * s33; c33 += a3.w * s33;
+        let s34 = subgroupBroadcast(b3, 4u); c03 += a4.x * s34; c13 += a5.x * s34; c23 += a6.x * s34; c33 += a7.x * s34;
+        let s35 = subgroupBroadcast(b3, 5u); c03 += a4.y * s35; c13 += a5.y * s35; c23 += a6.y * s35; c33 += a7.y * s35;
+        let s36 = subgroupBroadcast(b3, 6u); c03 += a4.z * s36; c13 += a5.z * s36; c23 += a6.z * s36; c33 += a7.z * s36;
+        let s37 = subgroupBroadcast(b3, 7u); c03 += a4.w * s37; c13 += a5.w * s37; c23 += a6.w * s37; c33 += a7.w * s37;
     }
     store_quads(row0 + 0u, col0, c00, c01, c02, c03);
     store_quads(row0 + 8u, col0, c10, c11, c12, c13);

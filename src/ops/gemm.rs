@@ -10,7 +10,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, DeviceTensor, Gpu, MatmulVariant, Recorder, ShaderSpec, Window};
+use crate::gpu::{
+    Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ShaderSpec, Window,
+};
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Reshape};
 use crate::tensor::{RefTensor, Shape, Tensor};
@@ -594,10 +596,8 @@ impl Gemm<'_> {
         let [mc, nc, kc] = self.fit_windows([mc, nc, kc], [bm, bn, 8], lim.window)?;
         let kp = round_up(kc, 8);
         let gpu = rec.gpu();
-        let tex_a = operand_texture(gpu, "gemm A", kp / 4, round_up(mc, bm))?;
-        let tex_b = operand_texture(gpu, "gemm B", round_up(nc, bn) / 4, kp)?;
-        let view_a = tex_a.create_view(&Default::default());
-        let view_b = tex_b.create_view(&Default::default());
+        let tex_a = OperandTexture::new(gpu, "gemm A", kp / 4, round_up(mc, bm))?;
+        let tex_b = OperandTexture::new(gpu, "gemm B", round_up(nc, bn) / 4, kp)?;
         let spec = sgb_spec(sg_n, self.bias.is_some());
         for n0 in (0..n).step_by(nc as usize) {
             let ncl = nc.min(n - n0);
@@ -610,8 +610,10 @@ impl Gemm<'_> {
                     trans: self.tb,
                     width: round_up(ncl, bn) / 4,
                     height: round_up(kcl, 8),
+                    // Padding columns only reach outputs that are not stored.
+                    copyable: kcl % 8 == 0 && ncl % 4 == 0,
                 };
-                pb.record(rec, self.b, &bb, &view_b)?;
+                pb.record(rec, self.b, &bb, &tex_b)?;
                 for m0 in (0..m).step_by(mc as usize) {
                     let mcl = mc.min(m - m0);
                     let ab = self.block_a(m0, k0, mcl, kcl);
@@ -621,13 +623,15 @@ impl Gemm<'_> {
                         trans: self.ta,
                         width: round_up(kcl, 8) / 4,
                         height: round_up(mcl, bm),
+                        // Padding rows only reach outputs that are not stored.
+                        copyable: kcl % 8 == 0,
                     };
-                    pa.record(rec, self.a, &ab, &view_a)?;
+                    pa.record(rec, self.a, &ab, &tex_a)?;
                     let groups_m = mcl.div_ceil(bm);
                     let p = self.gemm_params(m0, n0, k0, [mcl, ncl, kcl], groups_m);
                     let bindings = vec![
-                        Binding::Texture(view_a.clone()),
-                        Binding::Texture(view_b.clone()),
+                        Binding::Texture(tex_a.view.clone()),
+                        Binding::Texture(tex_b.view.clone()),
                     ];
                     self.dispatch_gemm(
                         rec,
@@ -647,26 +651,35 @@ impl Gemm<'_> {
 
 /// A scratch texture the subgroup kernel reads an operand from; the recording
 /// keeps it alive, and successive chunks of the op reuse it.
-fn operand_texture(gpu: &Gpu, label: &str, width: u64, height: u64) -> Result<wgpu::Texture> {
-    gpu.scoped(
-        &format!("allocating a {width}×{height} texture for {label}"),
-        || {
-            gpu.device.create_texture(&wgpu::TextureDescriptor {
-                label: Some(label),
-                size: wgpu::Extent3d {
-                    width: width as u32,
-                    height: height as u32,
-                    depth_or_array_layers: 1,
-                },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba32Float,
-                usage: wgpu::TextureUsages::STORAGE_BINDING,
-                view_formats: &[],
-            })
-        },
-    )
+struct OperandTexture {
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
+}
+
+impl OperandTexture {
+    fn new(gpu: &Gpu, label: &str, width: u64, height: u64) -> Result<Self> {
+        let texture = gpu.scoped(
+            &format!("allocating a {width}×{height} texture for {label}"),
+            || {
+                gpu.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some(label),
+                    size: wgpu::Extent3d {
+                        width: width as u32,
+                        height: height as u32,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                })
+            },
+        )?;
+        let view = texture.create_view(&Default::default());
+        Ok(OperandTexture { texture, view })
+    }
 }
 
 /// Packing of one operand block into a texture (rows × cols, transposed
@@ -677,7 +690,14 @@ struct Pack {
     trans: bool,
     width: u64,
     height: u64,
+    /// Whether the kernel never lets the padding reach a stored output, so
+    /// stale padding from an earlier chunk is harmless.
+    copyable: bool,
 }
+
+/// Texel size, and the row pitch alignment of buffer-to-texture copies.
+const TEXEL_BYTES: u64 = 16;
+const COPY_PITCH: u64 = 256;
 
 impl Pack {
     fn record(
@@ -685,8 +705,29 @@ impl Pack {
         rec: &mut Recorder,
         src: &DeviceTensor,
         block: &Block,
-        dst: &wgpu::TextureView,
+        dst: &OperandTexture,
     ) -> Result<()> {
+        let byte = src.offset + block.start * 4;
+        // A plain copy (a memcpy per row) when the block already has the
+        // texture's layout; the kernel otherwise.
+        if self.copyable
+            && !self.trans
+            && (block.ld * 4) % COPY_PITCH == 0
+            && byte % TEXEL_BYTES == 0
+        {
+            let slice = BufSlice {
+                buffer: src.buffer.clone(),
+                offset: byte,
+                size: block.span * 4,
+            };
+            let extent = wgpu::Extent3d {
+                width: (self.cols / 4) as u32,
+                height: self.rows as u32,
+                depth_or_array_layers: 1,
+            };
+            rec.copy_to_texture(slice, (block.ld * 4) as u32, dst.texture.clone(), extent);
+            return Ok(());
+        }
         let w = src.window(rec.gpu(), block.start, block.span)?;
         let p = PackParams {
             rows: self.rows as u32,
@@ -702,7 +743,7 @@ impl Pack {
         rec.dispatch_groups(
             &pack_spec(),
             bytemuck::bytes_of(&p),
-            vec![(&w).into(), Binding::Texture(dst.clone())],
+            vec![(&w).into(), Binding::Texture(dst.view.clone())],
             groups,
         )
     }
@@ -955,6 +996,7 @@ impl Op for BroadcastRows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::RecordStats;
     use crate::ops::check::{assert_close, check_op, grad_check, test_gpus, OpCase};
     use crate::tensor::{HostTensor, Rng};
 
@@ -1023,13 +1065,13 @@ mod tests {
     }
 
     /// Runs `record` on every test device and compares with `want`, returning
-    /// the dispatch count of each run.
+    /// each device's variant and recording statistics.
     fn run_with(
         inputs: &[&HostTensor],
         out_shape: Shape,
         want: &RefTensor,
         record: impl Fn(&mut Recorder, &[&DeviceTensor], &DeviceTensor) -> Result<()>,
-    ) -> Vec<usize> {
+    ) -> Vec<(MatmulVariant, RecordStats)> {
         let mut counts = Vec::new();
         for gpu in test_gpus() {
             let ins: Vec<DeviceTensor> = inputs
@@ -1039,7 +1081,7 @@ mod tests {
             let out = DeviceTensor::zeros(gpu, out_shape.clone()).unwrap();
             let mut rec = Recorder::new(gpu);
             record(&mut rec, &ins.iter().collect::<Vec<_>>(), &out).unwrap();
-            counts.push(rec.run().unwrap().dispatches);
+            counts.push((gpu.tuning.matmul, rec.run().unwrap()));
             assert_close(
                 &format!("chunked ({})", gpu.tuning.describe()),
                 &out.download(gpu).unwrap(),
@@ -1053,43 +1095,56 @@ mod tests {
     #[test]
     fn chunked_products_match_reference() {
         // Tiny windows and textures force splits of M, N and K (with
-        // accumulation), windows with shifts, and texture reuse.
-        let lim = Limits {
+        // accumulation), windows with shifts, and texture reuse. The second
+        // case has the layout the subgroup variant copies instead of packing
+        // (rows of 64 floats, K in steps of 8), with a last M-chunk shorter
+        // than the texture so that stale rows of the previous chunk remain.
+        let small = Limits {
             window: 4000,
             texture_dim: 256,
             texture_budget: 2048,
             sum_block: 4,
         };
-        let (m, n, k) = (150, 200, 45);
-        for (ta, tb) in FLAGS {
-            let op = Matmul::new(ta, tb);
-            let (sa, sb) = stored(op, m, n, k);
-            let mut rng = Rng::new(7);
-            let ins = [
-                rng.tensor(sa, -1.0, 1.0),
-                rng.tensor(sb, -1.0, 1.0),
-                rng.tensor([n], -1.0, 1.0),
-            ];
-            let want = op
-                .reference(
-                    &ins.iter()
-                        .map(|t| t.to_ref())
-                        .collect::<Vec<_>>()
-                        .iter()
-                        .collect::<Vec<_>>(),
-                )
-                .unwrap()
-                .remove(0);
-            let counts = run_with(
-                &ins.iter().collect::<Vec<_>>(),
-                want.shape.clone(),
-                &want,
-                |rec, ins, out| op.record_with(rec, ins, out, lim),
-            );
-            assert!(
-                counts.iter().all(|&c| c > 10),
-                "expected many chunks, got {counts:?}"
-            );
+        let copyable = Limits {
+            window: 1 << 20,
+            texture_dim: 16384,
+            texture_budget: 8192,
+            sum_block: 4,
+        };
+        for (lim, (m, n, k)) in [(small, (150, 200, 45)), (copyable, (300, 128, 192))] {
+            for (ta, tb) in FLAGS {
+                let op = Matmul::new(ta, tb);
+                let (sa, sb) = stored(op, m, n, k);
+                let mut rng = Rng::new(7);
+                let ins = [
+                    rng.tensor(sa, -1.0, 1.0),
+                    rng.tensor(sb, -1.0, 1.0),
+                    rng.tensor([n], -1.0, 1.0),
+                ];
+                let refs: Vec<RefTensor> = ins.iter().map(|t| t.to_ref()).collect();
+                let want = op
+                    .reference(&refs.iter().collect::<Vec<_>>())
+                    .unwrap()
+                    .remove(0);
+                let stats = run_with(
+                    &ins.iter().collect::<Vec<_>>(),
+                    want.shape.clone(),
+                    &want,
+                    |rec, ins, out| op.record_with(rec, ins, out, lim),
+                );
+                for (variant, st) in stats {
+                    let sgb = variant == MatmulVariant::SubgroupBroadcast;
+                    if lim.window == small.window {
+                        assert!(
+                            st.dispatches >= 10,
+                            "{variant:?}: expected many chunks, got {st:?}"
+                        );
+                    } else if sgb && !ta && !tb {
+                        // 3 K-chunks × 3 M-chunks, all 3 + 9 operand blocks copied.
+                        assert_eq!((st.dispatches, st.copies), (9, 12), "{variant:?}");
+                    }
+                }
+            }
         }
     }
 
@@ -1147,7 +1202,10 @@ mod tests {
         let counts = run_with(&[&x], Shape::new(&[3]), &want, |rec, ins, out| {
             ColumnSum.record_with(rec, ins[0], out, lim)
         });
-        assert!(counts.iter().all(|&c| c >= 14), "{counts:?}");
+        assert!(
+            counts.iter().all(|(_, st)| st.dispatches == 14),
+            "{counts:?}"
+        );
 
         let op = BroadcastRows {
             shape: Shape::new(&[37, 3]),
@@ -1157,7 +1215,10 @@ mod tests {
         let counts = run_with(&[&v], op.shape.clone(), &want, |rec, ins, out| {
             op.record_with(rec, ins[0], out, 10)
         });
-        assert!(counts.iter().all(|&c| c == 13), "{counts:?}");
+        assert!(
+            counts.iter().all(|(_, st)| st.dispatches == 13),
+            "{counts:?}"
+        );
     }
 
     #[test]
