@@ -20,10 +20,11 @@ use crate::tensor::{RefTensor, Shape, Tensor};
 const WG: u64 = 256;
 /// Tiled kernel block (rows = columns).
 const TILED_BLOCK: u64 = 64;
-/// Floats per operand texture of the subgroup kernel: bounds the scratch
-/// memory of one op (32 MiB per operand) while keeping chunks big enough
-/// that each dispatch still runs tens of workgroups.
-const TEXTURE_BUDGET: u64 = 8 << 20;
+/// Floats per operand texture of the subgroup kernel. Each op records its
+/// own pair of textures, so this bounds its scratch memory (16 MiB per
+/// operand) while keeping chunks big enough that each dispatch still runs
+/// tens of workgroups (a 2048³ product is one chunk).
+const TEXTURE_BUDGET: u64 = 4 << 20;
 /// Reduction chunk of the subgroup kernel (B texture rows), before the budget.
 const SGB_MAX_K: u64 = 4096;
 /// Rows summed per invocation and level by the column-sum tree.
