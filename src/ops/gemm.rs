@@ -57,6 +57,10 @@ fn tiled_spec(bias: bool) -> ShaderSpec {
 /// Subgroups across N in a 32-subgroup workgroup; narrow outputs use fewer so
 /// no workgroup computes mostly padding.
 const SGB_LAYOUTS: [u64; 4] = [1, 2, 4, 8];
+/// Rows and columns of C one subgroup computes (8 lanes × 4 rows, 32 columns;
+/// the shader's tile).
+const SGB_ROWS: u64 = 32;
+const SGB_COLS: u64 = 32;
 
 fn sgb_spec(sg_n: u64, bias: bool) -> ShaderSpec {
     ShaderSpec::new("gemm", "gemm_sgb")
@@ -575,8 +579,11 @@ impl Gemm<'_> {
 
     fn record_sgb(&self, rec: &mut Recorder, lim: Limits) -> Result<()> {
         let Dims { m, n, k } = self.d;
-        let sg_n = SGB_LAYOUTS.into_iter().find(|&s| 32 * s >= n).unwrap_or(8);
-        let (bm, bn) = (32 * (32 / sg_n), 32 * sg_n);
+        let sg_n = SGB_LAYOUTS
+            .into_iter()
+            .find(|&s| SGB_COLS * s >= n)
+            .unwrap_or(8);
+        let (bm, bn) = (SGB_ROWS * (32 / sg_n), SGB_COLS * sg_n);
         let dim = lim.texture_dim;
         // Texture limits first: A is [rows][K/4 texels], B is [K rows][cols/4
         // texels], both padded to whole tiles and within the scratch budget
@@ -1330,7 +1337,7 @@ mod tests {
                     .map(|k| a.data[i * size + k] as f64 * b.data[k * size + j] as f64)
                     .sum();
                 assert!(
-                    (c.data[i * size + j] as f64 - want).abs() < 1e-3 * size as f64,
+                    (c.data[i * size + j] as f64 - want).abs() < 1e-2,
                     "C[{i},{j}]"
                 );
             }
