@@ -1315,7 +1315,8 @@ mod tests {
             let recording = rec.finish().unwrap();
             recording.submit(gpu).unwrap();
             gpu.wait().unwrap();
-            let reps = 3;
+            // About a second of work per size, for the 10 ms CPU-time ticks.
+            let reps = if size <= 1024 { 10 } else { 3 };
             let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
             for _ in 0..reps {
                 recording.submit(gpu).unwrap();
