@@ -517,15 +517,15 @@ impl Gemm<'_> {
         }
     }
 
-    /// Binds C's chunk (and the bias for it) and records the product kernel.
+    /// Binds C's chunk at rows m0.., columns n0.. (and the bias for it) and
+    /// records the product kernel.
     fn dispatch_gemm(
         &self,
         rec: &mut Recorder,
         spec: &ShaderSpec,
         mut p: GemmParams,
         mut bindings: Vec<Binding>,
-        m0: u64,
-        n0: u64,
+        [m0, n0]: [u64; 2],
         groups: u64,
     ) -> Result<()> {
         let gpu = rec.gpu();
@@ -567,8 +567,7 @@ impl Gemm<'_> {
                         &spec,
                         p,
                         vec![(&wa).into(), (&wb).into()],
-                        m0,
-                        n0,
+                        [m0, n0],
                         groups,
                     )?;
                 }
@@ -647,8 +646,7 @@ impl Gemm<'_> {
                         &spec,
                         p,
                         bindings,
-                        m0,
-                        n0,
+                        [m0, n0],
                         groups_m * ncl.div_ceil(bn),
                     )?;
                 }
@@ -721,8 +719,8 @@ impl Pack {
         // texture's layout; the kernel otherwise.
         if self.copyable
             && !self.trans
-            && (block.ld * 4) % COPY_PITCH == 0
-            && byte % TEXEL_BYTES == 0
+            && (block.ld * 4).is_multiple_of(COPY_PITCH)
+            && byte.is_multiple_of(TEXEL_BYTES)
         {
             let slice = BufSlice {
                 buffer: src.buffer.clone(),
