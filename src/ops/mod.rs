@@ -4,6 +4,7 @@
 pub mod batchnorm;
 pub mod check;
 pub mod elementwise;
+pub mod gemm;
 pub mod loss;
 pub mod normalize;
 pub mod optim;
@@ -15,6 +16,7 @@ pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     specs.extend(batchnorm::shader_specs());
     specs.extend(elementwise::shader_specs());
+    specs.extend(gemm::shader_specs());
     specs.extend(loss::shader_specs());
     specs.extend(normalize::shader_specs());
     specs.extend(optim::shader_specs());
