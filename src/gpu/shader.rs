@@ -44,14 +44,17 @@ impl ShaderSpec {
         self
     }
 
-    /// Feature flags the compiled source needs from the device.
+    /// Feature flags the compiled source needs from the device, read off the
+    /// code itself (naga 30 does not accept `enable subgroups;` yet, so the
+    /// subgroup builtins are what give it away).
     pub fn required_features(&self) -> Result<wgpu::Features> {
         let src = self.source()?;
+        let code: String = src.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
         let mut f = wgpu::Features::empty();
-        if src.contains("enable subgroups;") {
+        if code.contains("subgroup") {
             f |= wgpu::Features::SUBGROUP;
         }
-        if src.contains("enable f16;") {
+        if code.contains("enable f16;") {
             f |= wgpu::Features::SHADER_F16;
         }
         Ok(f)
