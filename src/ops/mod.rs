@@ -3,6 +3,8 @@
 
 pub mod check;
 pub mod elementwise;
+pub mod pool;
+pub mod resize;
 
 use crate::gpu::ShaderSpec;
 
@@ -10,5 +12,7 @@ use crate::gpu::ShaderSpec;
 pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     specs.extend(elementwise::shader_specs());
+    specs.extend(pool::shader_specs());
+    specs.extend(resize::shader_specs());
     specs
 }
