@@ -149,6 +149,8 @@ fn pool_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 // One invocation per (image, channel) of the chunk: reduces the chunk's rows
 // of that image over H and W. A chunk that does not start an image adds to
 // (or, for GeM, merges with) what earlier chunks left in the output.
+// The host bounds the rows of a dispatch: llvmpipe silently ends a loop nest
+// after 65535 iterations per invocation.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 #if MEAN
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
@@ -179,39 +181,52 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let lo = max(p.row0, n * p.h);
     let hi = min(p.row_end, (n + 1u) * p.h);
     let first = lo == n * p.h;
-    let e0 = lo * p.w * p.c + c;
-    let e1 = hi * p.w * p.c;
     let nc = n * p.c + c;
-#if MEAN
-    var s = 0.0;
-    for (var e = e0; e < e1; e += p.c) {
-        s += x[e + p.o1];
-    }
-    let r = s * p.inv_hw;
-    let o = nc + p.o2;
-    out[o] = select(out[o] + r, r, first);
-#endif
-#if ATTN
-    var s = 0.0;
-    for (var e = e0; e < e1; e += p.c) {
-        s += x[e + p.o1] * a[e / p.c + p.o2];
-    }
-    let r = s * p.inv_hw;
-    let o = nc + p.o3;
-    out[o] = select(out[o] + r, r, first);
-#endif
 #if GEM
     // Scaled by the maximum so that z^p neither overflows nor underflows:
     // (mean z^p)^(1/p) = m · (mean (z/m)^p)^(1/p).
     let pv = pw[p.o2];
     var m = p.eps;
-    for (var e = e0; e < e1; e += p.c) {
-        m = max(m, x[e + p.o1]);
+    for (var row = lo; row < hi; row++) {
+        for (var e = row * p.w * p.c + c; e < (row + 1u) * p.w * p.c; e += p.c) {
+            m = max(m, x[e + p.o1]);
+        }
     }
+#endif
+#if GEM_DP
+    // ∂g/∂p = g/(p·HW) · Σ (z/g)^p · log(z/g); z/g <= (HW)^(1/p) keeps it finite.
+    let pv = pw[p.o2];
+    let gv = gem[nc + p.o3];
+#endif
     var s = 0.0;
-    for (var e = e0; e < e1; e += p.c) {
-        s += pow(max(x[e + p.o1], p.eps) / m, pv);
+    for (var row = lo; row < hi; row++) {
+        for (var e = row * p.w * p.c + c; e < (row + 1u) * p.w * p.c; e += p.c) {
+#if MEAN
+            s += x[e + p.o1];
+#endif
+#if ATTN
+            s += x[e + p.o1] * a[e / p.c + p.o2];
+#endif
+#if GEM
+            s += pow(max(x[e + p.o1], p.eps) / m, pv);
+#endif
+#if GEM_DP
+            let q = max(x[e + p.o1], p.eps) / gv;
+            s += pow(q, pv) * log(q);
+#endif
+        }
     }
+#if MEAN
+    let r = s * p.inv_hw;
+    let o = nc + p.o2;
+    out[o] = select(out[o] + r, r, first);
+#endif
+#if ATTN
+    let r = s * p.inv_hw;
+    let o = nc + p.o3;
+    out[o] = select(out[o] + r, r, first);
+#endif
+#if GEM
     let last = hi == (n + 1u) * p.h;
     let o = nc + p.o3;
     if (first && last) {
@@ -227,14 +242,6 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 #endif
 #if GEM_DP
-    // ∂g/∂p = g/(p·HW) · Σ (z/g)^p · log(z/g); z/g <= (HW)^(1/p) keeps it finite.
-    let pv = pw[p.o2];
-    let gv = gem[nc + p.o3];
-    var s = 0.0;
-    for (var e = e0; e < e1; e += p.c) {
-        let q = max(x[e + p.o1], p.eps) / gv;
-        s += pow(q, pv) * log(q);
-    }
     let r = dy[nc + p.o4] * gv * p.inv_hw / pv * s;
     let o = nc + p.o5;
     out[o] = select(out[o] + r, r, first);

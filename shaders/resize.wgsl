@@ -6,6 +6,7 @@
 // the operand's offset o<binding> (window shift minus window start, wrapping)
 // to tensor-relative indices. The backward pass gathers: each input element
 // sums the weighted dy of the outputs that read it, so it is deterministic.
+// In the backward pass h/oh/scale_y describe the axis being differentiated.
 #include "common"
 
 struct Params {
@@ -69,6 +70,12 @@ fn resize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 #endif
 
 #if GRAD
+// The gradient is separable: one pass per axis. Viewing dy as
+// [outer, oh, c] (oh: the resized axis, c: everything after it) and dx as
+// [outer, h, c], each dx element gathers the weighted dy along that axis.
+// Two 1-D passes keep each invocation's loop at about oh/h + 5 iterations,
+// where a 2-D gather would exceed llvmpipe's 65535-iteration loop limit for
+// large upsampling factors.
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dx: array<f32>;
 
@@ -85,34 +92,24 @@ fn readers(i: u32, scale: f32, n_out: u32) -> vec2<u32> {
     return vec2<u32>(u32(max(lo, 0)), u32(clamp(hi, 0, i32(n_out))));
 }
 
-// One invocation per input element; rows are global input rows n·H + iy.
+// One invocation per dx element; rows are global rows outer·h + i.
 @compute @workgroup_size(64)
 fn resize_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = linear_index(wid, nwg, lid, 64u);
     if (t >= p.threads) {
         return;
     }
-    let c = t % p.c;
-    let ix = (t / p.c) % p.w;
-    let g = p.row0 + t / (p.c * p.w);
-    let n = g / p.h;
-    let iy = g % p.h;
-    let ys = readers(iy, p.scale_y, p.oh);
-    let xs = readers(ix, p.scale_x, p.ow);
-    let first = n * p.oh;
-    let gy_hi = min(first + ys.y, p.row_hi);
+    let k = t % p.c;
+    let g = p.row0 + t / p.c;
+    let i = g % p.h;
+    let first = g / p.h * p.oh;
+    let r = readers(i, p.scale_y, p.oh);
+    // Clamped to the dy rows bound in this chunk (which hold every reader).
+    let hi = min(first + r.y, p.row_hi);
     var acc = 0.0;
-    for (var gy = max(first + ys.x, p.row_lo); gy < gy_hi; gy++) {
-        let wy = weight(tap(gy - first, p.scale_y, p.h), iy);
-        if (wy == 0.0) {
-            continue;
-        }
-        var row = 0.0;
-        for (var ox = xs.x; ox < xs.y; ox++) {
-            row += weight(tap(ox, p.scale_x, p.w), ix) * dy[(gy * p.ow + ox) * p.c + c + p.o1];
-        }
-        acc += wy * row;
+    for (var gd = max(first + r.x, p.row_lo); gd < hi; gd++) {
+        acc += weight(tap(gd - first, p.scale_y, p.h), i) * dy[gd * p.c + k + p.o1];
     }
-    dx[(g * p.w + ix) * p.c + c + p.o2] = acc;
+    dx[g * p.c + k + p.o2] = acc;
 }
 #endif

@@ -51,9 +51,9 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
         attn_grad_spec(),
         sum_all_spec(),
     ];
-    for kind in [Global::Mean, Global::Attention, Global::Gem] {
-        specs.push(reduce_spec(kind.define()));
-        specs.push(spread_spec(kind.define()));
+    for mode in ["MEAN", "ATTN", "GEM"] {
+        specs.push(reduce_spec(mode));
+        specs.push(spread_spec(mode));
     }
     specs.push(reduce_spec("GEM_DP"));
     specs
@@ -99,12 +99,13 @@ pub(crate) fn window_limit(gpu: &Gpu) -> u64 {
     gpu.max_window_elems()
 }
 
-/// Splits rows [0, rows) into the fewest consecutive chunks whose operand
-/// spans (element ranges, from `spans`, growing with the chunk) each fit in
-/// `limit` elements.
+/// Splits rows [0, rows) into the fewest consecutive chunks of at most
+/// `max_rows` rows whose operand spans (element ranges, from `spans`, growing
+/// with the chunk) each fit in `limit` elements.
 fn row_chunks(
     op: &str,
     rows: u64,
+    max_rows: u64,
     limit: u64,
     spans: &impl Fn(u64, u64) -> Vec<Range<u64>>,
 ) -> Result<Vec<Range<u64>>> {
@@ -128,7 +129,7 @@ fn row_chunks(
                 fix: "use a narrower image or fewer channels".into(),
             });
         }
-        let (mut lo, mut hi) = (r0 + 1, rows);
+        let (mut lo, mut hi) = (r0 + 1, rows.min(r0.saturating_add(max_rows.max(1))));
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
             if widest(r0, mid) <= limit {
@@ -174,6 +175,8 @@ pub(crate) struct RowLaunch<'a> {
     /// In the order of the bindings after the uniform block.
     pub operands: &'a [&'a DeviceTensor],
     pub rows: u64,
+    /// Rows per dispatch at most (bounds the loops of reducing kernels).
+    pub max_rows: u64,
 }
 
 impl RowLaunch<'_> {
@@ -188,9 +191,9 @@ impl RowLaunch<'_> {
         threads: impl Fn(u64, u64) -> u64,
         params: impl Fn(Range<u64>, u32, &[u32]) -> Vec<u8>,
     ) -> Result<()> {
-        let (op, spec, operands, rows) = (self.op, self.spec, self.operands, self.rows);
+        let (op, spec, operands) = (self.op, self.spec, self.operands);
         let gpu = rec.gpu();
-        for chunk in row_chunks(op, rows, window_limit(gpu), &spans)? {
+        for chunk in row_chunks(op, self.rows, self.max_rows, window_limit(gpu), &spans)? {
             let mut windows = Vec::with_capacity(operands.len());
             let mut offsets = Vec::with_capacity(operands.len());
             for (t, span) in operands.iter().zip(spans(chunk.start, chunk.end)) {
@@ -409,6 +412,7 @@ impl MaxPool {
             spec: &max_pool_spec(),
             operands: &[x, y],
             rows: d.n as u64 * oh,
+            max_rows: u64::MAX,
         }
         .record(
             rec,
@@ -627,6 +631,7 @@ impl Op for MaxPoolGrad {
             spec: &pool_grad_spec(windowed),
             operands: &[inputs, outputs].concat(),
             rows: d.n as u64 * h,
+            max_rows: u64::MAX,
         }
         .record(
             rec,
@@ -660,21 +665,16 @@ impl Op for MaxPoolGrad {
 // ---------------------------------------------------------------------------
 // Global poolings: [N,H,W,C] → [N,C].
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Global {
-    Mean,
-    Attention,
-    Gem,
-}
-
-impl Global {
-    fn define(self) -> &'static str {
-        match self {
-            Global::Mean => "MEAN",
-            Global::Attention => "ATTN",
-            Global::Gem => "GEM",
-        }
-    }
+/// The kernels over the rows of a pooled map; modes are the shader defines
+/// MEAN, ATTN, GEM and (reduce only) GEM_DP.
+#[derive(Clone, Copy)]
+enum Kernel {
+    /// One invocation per (image, channel): the poolings and GeM's dp terms.
+    Reduce(&'static str),
+    /// One invocation per element of the map: gradients with respect to it.
+    Spread(&'static str),
+    /// One invocation per pixel: the attention gradient.
+    AttnGrad,
 }
 
 /// How an operand of a global kernel is windowed for a chunk of the rows
@@ -693,14 +693,27 @@ enum Span {
 fn record_global(
     rec: &mut Recorder,
     op: &str,
-    spec: &ShaderSpec,
+    kernel: Kernel,
     operands: &[(&DeviceTensor, Span)],
     x: &Shape,
     eps: f32,
-    threads: impl Fn(u64, u64) -> u64,
 ) -> Result<()> {
     let [n, h, w, c] = x.nhwc(op)?;
-    let h64 = h as u64;
+    let (h64, w64, c64) = (h as u64, w as u64, c as u64);
+    let (spec, max_rows) = match kernel {
+        Kernel::Reduce(mode) => (reduce_spec(mode), loop_rows(op, w64)?),
+        Kernel::Spread(mode) => (spread_spec(mode), u64::MAX),
+        Kernel::AttnGrad => {
+            // Each invocation loops once over the channels.
+            loop_rows(op, c64)?;
+            (attn_grad_spec(), u64::MAX)
+        }
+    };
+    let threads = move |r0: u64, r1: u64| match kernel {
+        Kernel::Reduce(_) => ((r1 - 1) / h64 - r0 / h64 + 1) * c64,
+        Kernel::Spread(_) => (r1 - r0) * w64 * c64,
+        Kernel::AttnGrad => (r1 - r0) * w64,
+    };
     let base = Params {
         h: h as u32,
         w: w as u32,
@@ -712,9 +725,10 @@ fn record_global(
     let tensors: Vec<&DeviceTensor> = operands.iter().map(|(t, _)| *t).collect();
     RowLaunch {
         op,
-        spec,
+        spec: &spec,
         operands: &tensors,
         rows: n as u64 * h64,
+        max_rows,
     }
     .record(
         rec,
@@ -742,9 +756,22 @@ fn record_global(
     )
 }
 
-/// Invocations of a reduce kernel: one per (image, channel) the chunk touches.
-fn per_image(h: u64, c: u64) -> impl Fn(u64, u64) -> u64 {
-    move |r0, r1| ((r1 - 1) / h - r0 / h + 1) * c
+/// Mesa 22's llvmpipe silently ends a loop nest after 65535 iterations in
+/// total per invocation, so reducing kernels take at most this many rows'
+/// worth of pixels per dispatch (GeM's two loop nests stay under the limit
+/// together); later dispatches continue the sums.
+const LOOP_BUDGET: u64 = 32_000;
+
+/// Rows of width `w` one reducing dispatch may cover.
+fn loop_rows(op: &str, w: u64) -> Result<u64> {
+    let per_row = w + 2;
+    if per_row > LOOP_BUDGET {
+        return Err(Error::unsupported(
+            op,
+            format!("rows of {w} pixels exceed the per-invocation loop budget of {LOOP_BUDGET}"),
+        ));
+    }
+    Ok(LOOP_BUDGET / per_row)
 }
 
 fn expect_map(op: &str, inputs: &[&Shape], count: usize) -> Result<[usize; 4]> {
@@ -795,7 +822,7 @@ impl Op for MeanPool {
         inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
-        let [_, h, w, c] = inputs[0].shape.nhwc(self.name())?;
+        let [_, _, w, c] = inputs[0].shape.nhwc(self.name())?;
         let ops = [
             (inputs[0], Span::Rows((w * c) as u64)),
             (outputs[0], Span::Images(c as u64)),
@@ -803,11 +830,10 @@ impl Op for MeanPool {
         record_global(
             rec,
             self.name(),
-            &reduce_spec(Global::Mean.define()),
+            Kernel::Reduce("MEAN"),
             &ops,
             &inputs[0].shape,
             0.0,
-            per_image(h as u64, c as u64),
         )
     }
     fn backward(
@@ -885,7 +911,7 @@ impl Op for GeMPool {
         inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
-        let [_, h, w, c] = self.check(&[&inputs[0].shape, &inputs[1].shape])?;
+        let [_, _, w, c] = self.check(&[&inputs[0].shape, &inputs[1].shape])?;
         let ops = [
             (inputs[0], Span::Rows((w * c) as u64)),
             (inputs[1], Span::Scalar),
@@ -894,11 +920,10 @@ impl Op for GeMPool {
         record_global(
             rec,
             self.name(),
-            &reduce_spec(Global::Gem.define()),
+            Kernel::Reduce("GEM"),
             &ops,
             &inputs[0].shape,
             self.eps,
-            per_image(h as u64, c as u64),
         )
     }
     fn backward(
@@ -962,7 +987,7 @@ impl Op for AttentionPool {
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
         expect_attention(self.name(), &inputs[0].shape, &inputs[1].shape)?;
-        let [_, h, w, c] = inputs[0].shape.nhwc(self.name())?;
+        let [_, _, w, c] = inputs[0].shape.nhwc(self.name())?;
         let ops = [
             (inputs[0], Span::Rows((w * c) as u64)),
             (inputs[1], Span::Rows(w as u64)),
@@ -971,11 +996,10 @@ impl Op for AttentionPool {
         record_global(
             rec,
             self.name(),
-            &reduce_spec(Global::Attention.define()),
+            Kernel::Reduce("ATTN"),
             &ops,
             &inputs[0].shape,
             0.0,
-            per_image(h as u64, c as u64),
         )
     }
     fn backward(
@@ -1148,22 +1172,13 @@ impl Op for GlobalPoolGrad {
     ) -> Result<()> {
         let [n, h, w, c] = self.map_dims(&inputs.iter().map(|t| &t.shape).collect::<Vec<_>>())?;
         let map = Shape::new(&[n, h, w, c]);
-        let (w, c, h) = (w as u64, c as u64, h as u64);
+        let (w, c) = (w as u64, c as u64);
         let (row, img) = (Span::Rows(w * c), Span::Images(c));
-        let all_threads = move |r0: u64, r1: u64| (r1 - r0) * w * c;
         let name = self.name();
         match self {
             GlobalPoolGrad::Mean { .. } => {
                 let ops = [(inputs[0], img), (outputs[0], row)];
-                record_global(
-                    rec,
-                    name,
-                    &spread_spec(Global::Mean.define()),
-                    &ops,
-                    &map,
-                    0.0,
-                    all_threads,
-                )
+                record_global(rec, name, Kernel::Spread("MEAN"), &ops, &map, 0.0)
             }
             GlobalPoolGrad::AttentionX => {
                 let ops = [
@@ -1171,15 +1186,7 @@ impl Op for GlobalPoolGrad {
                     (inputs[1], img),
                     (outputs[0], row),
                 ];
-                record_global(
-                    rec,
-                    name,
-                    &spread_spec(Global::Attention.define()),
-                    &ops,
-                    &map,
-                    0.0,
-                    all_threads,
-                )
+                record_global(rec, name, Kernel::Spread("ATTN"), &ops, &map, 0.0)
             }
             GlobalPoolGrad::AttentionA => {
                 let ops = [
@@ -1187,15 +1194,7 @@ impl Op for GlobalPoolGrad {
                     (inputs[1], img),
                     (outputs[0], Span::Rows(w)),
                 ];
-                record_global(
-                    rec,
-                    name,
-                    &attn_grad_spec(),
-                    &ops,
-                    &map,
-                    0.0,
-                    move |r0, r1| (r1 - r0) * w,
-                )
+                record_global(rec, name, Kernel::AttnGrad, &ops, &map, 0.0)
             }
             GlobalPoolGrad::GemX { eps } => {
                 let ops = [
@@ -1205,15 +1204,7 @@ impl Op for GlobalPoolGrad {
                     (inputs[3], img),
                     (outputs[0], row),
                 ];
-                record_global(
-                    rec,
-                    name,
-                    &spread_spec(Global::Gem.define()),
-                    &ops,
-                    &map,
-                    *eps,
-                    all_threads,
-                )
+                record_global(rec, name, Kernel::Spread("GEM"), &ops, &map, *eps)
             }
             GlobalPoolGrad::GemP { eps } => {
                 let ops = [
@@ -1223,15 +1214,7 @@ impl Op for GlobalPoolGrad {
                     (inputs[3], img),
                     (outputs[0], img),
                 ];
-                record_global(
-                    rec,
-                    name,
-                    &reduce_spec("GEM_DP"),
-                    &ops,
-                    &map,
-                    *eps,
-                    per_image(h, c),
-                )
+                record_global(rec, name, Kernel::Reduce("GEM_DP"), &ops, &map, *eps)
             }
         }
     }
@@ -1270,8 +1253,8 @@ impl Op for SumAll {
         let gpu = rec.gpu();
         let (v, out) = (inputs[0], outputs[0]);
         let total = out.whole(gpu)?;
-        // One workgroup per chunk, in order: later chunks add to the first's sum.
-        for chunk in crate::gpu::chunks(v.numel(), window_limit(gpu)) {
+        // One workgroup of 64 per chunk, in order: later chunks add to the first's sum.
+        for chunk in crate::gpu::chunks(v.numel(), window_limit(gpu).min(64 * LOOP_BUDGET)) {
             let win = v.window(gpu, chunk.start, chunk.end - chunk.start)?;
             let params = Params {
                 row0: chunk.start as u32,
@@ -1509,6 +1492,65 @@ pub(crate) mod tests {
         });
     }
 
+    /// The real binding limit (128 MiB on lavapipe) with a 135 MB map: slow
+    /// on a CPU driver, so run on demand with `--ignored`.
+    #[test]
+    #[ignore]
+    fn beyond_one_binding() {
+        let shape = [1, 1030, 1024, 32];
+        let (oh, ow) = (515, 512);
+        check_op(&OpCase::new(MaxPool::padded(3, 2, 1)).input(shape, -1.0, 1.0));
+        let grad = MaxPoolGrad {
+            pool: MaxPool::padded(3, 2, 1),
+            h: 1030,
+            w: 1024,
+        };
+        check_op(
+            &OpCase::new(grad)
+                .input(shape, -1.0, 1.0)
+                .input([1, oh, ow, 32], -1.0, 1.0),
+        );
+        check_op(&OpCase::new(Subsample { stride: 2 }).input(shape, -1.0, 1.0));
+        check_op(&OpCase::new(MeanPool).input(shape, -1.0, 1.0));
+        check_op(
+            &OpCase::new(GeMPool { eps: 1e-6 })
+                .input(shape, -1.0, 1.0)
+                .tensor(power(3.0)),
+        );
+        check_op(&OpCase::new(AttentionPool).input(shape, -1.0, 1.0).input(
+            [1, 1030, 1024, 1],
+            0.0,
+            2.0,
+        ));
+        check_op(&OpCase::new(GlobalPoolGrad::Mean { h: 1030, w: 1024 }).input([1, 32], -1.0, 1.0));
+        let resize = crate::ops::resize::ResizeBilinear {
+            out_h: oh,
+            out_w: ow,
+        };
+        check_op(&OpCase::new(resize).input(shape, -1.0, 1.0));
+        for axis in [crate::ops::resize::Axis::H, crate::ops::resize::Axis::W] {
+            let resize_grad = crate::ops::resize::ResizeBilinearGrad { axis, size: 515 };
+            check_op(&OpCase::new(resize_grad).input(shape, -1.0, 1.0));
+        }
+    }
+
+    /// Reductions longer than llvmpipe's 65535-iteration loop limit (which
+    /// would end them early, silently) come out complete.
+    #[test]
+    fn long_reductions_are_complete() {
+        let ones = |shape: &[usize]| Tensor {
+            shape: Shape::new(shape),
+            data: vec![1.0f32; shape.iter().product()],
+        };
+        check_op(&OpCase::new(MeanPool).tensor(ones(&[1, 300, 300, 2])));
+        check_op(
+            &OpCase::new(GeMPool { eps: 1e-6 })
+                .tensor(ones(&[1, 300, 300, 1]))
+                .tensor(power(3.0)),
+        );
+        check_op(&OpCase::new(SumAll).tensor(ones(&[2_100_000])));
+    }
+
     #[test]
     fn row_chunks_cover_and_fit() {
         let pool = POOLS[1];
@@ -1519,7 +1561,7 @@ pub(crate) mod tests {
                 10,
             )]
         };
-        let chunks = row_chunks("test", 3 * oh, 40, &spans).unwrap();
+        let chunks = row_chunks("test", 3 * oh, u64::MAX, 40, &spans).unwrap();
         assert!(chunks.len() > 3);
         assert_eq!(chunks.first().unwrap().start, 0);
         assert_eq!(chunks.last().unwrap().end, 3 * oh);
@@ -1529,7 +1571,7 @@ pub(crate) mod tests {
         assert!(chunks
             .iter()
             .all(|c| spans(c.start, c.end)[0].clone().count() <= 40));
-        let err = row_chunks("test", 3 * oh, 20, &spans).unwrap_err();
+        let err = row_chunks("test", 3 * oh, u64::MAX, 20, &spans).unwrap_err();
         assert!(matches!(err, Error::LimitExceeded { .. }), "{err}");
     }
 

@@ -177,6 +177,7 @@ impl Op for ResizeBilinear {
             spec: &forward_spec(),
             operands: &[inputs[0], outputs[0]],
             rows: d.n as u64 * oh,
+            max_rows: u64::MAX,
         }
         .record(
             rec,
@@ -210,9 +211,24 @@ impl Op for ResizeBilinear {
             return Ok(vec![None]);
         };
         let [_, h, w, _] = g.shape(inputs[0]).nhwc(self.name())?;
-        Ok(vec![Some(
-            g.apply1(ResizeBilinearGrad { in_h: h, in_w: w }, &[dy])?,
-        )])
+        let (along_h, along_w) = (
+            ResizeBilinearGrad {
+                axis: Axis::H,
+                size: h,
+            },
+            ResizeBilinearGrad {
+                axis: Axis::W,
+                size: w,
+            },
+        );
+        // The axis that shrinks the intermediate more goes first.
+        let (first, second) = if self.out_h * w <= h * self.out_w {
+            (along_w, along_h)
+        } else {
+            (along_h, along_w)
+        };
+        let mid = g.apply1(first, &[dy])?;
+        Ok(vec![Some(g.apply1(second, &[mid])?)])
     }
     fn flops(&self, inputs: &[&Shape]) -> u64 {
         let [n, _, _, c] = inputs[0].nhwc(self.name()).unwrap_or_default();
@@ -220,22 +236,62 @@ impl Op for ResizeBilinear {
     }
 }
 
-/// Gradient of `ResizeBilinear`: dy [N,OH,OW,C] → dx [N,in_h,in_w,C].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Axis {
+    H,
+    W,
+}
+
+/// Gradient of `ResizeBilinear` along one axis (the gradient is separable):
+/// dy [N,A,B,C] → [N,size,B,C] for `Axis::H`, [N,A,size,C] for `Axis::W`,
+/// where `size` is the input extent of that axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResizeBilinearGrad {
-    pub in_h: usize,
-    pub in_w: usize,
+    pub axis: Axis,
+    pub size: usize,
+}
+
+/// dy viewed as [outer, n_out, inner] along the differentiated axis.
+#[derive(Clone, Copy, Debug)]
+struct AxisDims {
+    outer: usize,
+    n_in: usize,
+    n_out: usize,
+    inner: usize,
 }
 
 impl ResizeBilinearGrad {
-    fn dims(&self, dy: &Shape) -> Result<Dims> {
-        let [n, oh, ow, c] = dy.nhwc(self.name())?;
-        check(
-            self.name(),
-            &Shape::new(&[n, self.in_h, self.in_w, c]),
-            oh,
-            ow,
-        )
+    fn dims(&self, dy: &Shape) -> Result<(AxisDims, Shape)> {
+        let [n, a, b, c] = dy.nhwc(self.name())?;
+        if self.size == 0 || a * b == 0 {
+            return Err(Error::shape(
+                self.name(),
+                format!(
+                    "cannot resize between {dy:?} and an extent of {}",
+                    self.size
+                ),
+            ));
+        }
+        Ok(match self.axis {
+            Axis::H => (
+                AxisDims {
+                    outer: n,
+                    n_in: self.size,
+                    n_out: a,
+                    inner: b * c,
+                },
+                Shape::new(&[n, self.size, b, c]),
+            ),
+            Axis::W => (
+                AxisDims {
+                    outer: n * a,
+                    n_in: self.size,
+                    n_out: b,
+                    inner: c,
+                },
+                Shape::new(&[n, a, self.size, c]),
+            ),
+        })
     }
 }
 
@@ -245,14 +301,23 @@ impl Op for ResizeBilinearGrad {
     }
     fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
         expect_inputs(self.name(), inputs, 1)?;
-        let d = self.dims(inputs[0])?;
-        Ok(vec![Shape::new(&[d.n, d.h, d.w, d.c])])
+        Ok(vec![self.dims(inputs[0])?.1])
     }
     fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
-        let d = self.dims(&inputs[0].shape)?;
-        let mut dx = vec![0.0; d.n * d.h * d.w * d.c];
-        for_each_term(&d, |i, o, wt| dx[i] += wt * inputs[0].data[o]);
-        Ok(vec![Tensor::new([d.n, d.h, d.w, d.c], dx)?])
+        let (d, shape) = self.dims(&inputs[0].shape)?;
+        let sc = scale(d.n_in, d.n_out);
+        let mut dx = vec![0.0; d.outer * d.n_in * d.inner];
+        for o in 0..d.outer {
+            for od in 0..d.n_out {
+                let (i0, i1, l) = tap(od, sc, d.n_in);
+                for k in 0..d.inner {
+                    let v = inputs[0].data[(o * d.n_out + od) * d.inner + k];
+                    dx[(o * d.n_in + i0) * d.inner + k] += (1.0 - l) * v;
+                    dx[(o * d.n_in + i1) * d.inner + k] += l * v;
+                }
+            }
+        }
+        Ok(vec![Tensor::new(shape, dx)?])
     }
     fn record(
         &self,
@@ -260,14 +325,21 @@ impl Op for ResizeBilinearGrad {
         inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
-        let d = self.dims(&inputs[0].shape)?;
-        let base = d.params();
-        let (h, w, c, oh, ow) = (d.h as u64, d.w as u64, d.c as u64, d.oh as u64, d.ow as u64);
+        let (d, _) = self.dims(&inputs[0].shape)?;
+        let sc = scale(d.n_in, d.n_out);
+        let base = Params {
+            h: d.n_in as u32,
+            oh: d.n_out as u32,
+            c: d.inner as u32,
+            scale_y: sc,
+            ..Params::default()
+        };
+        let (n_in, n_out, inner) = (d.n_in as u64, d.n_out as u64, d.inner as u64);
         let dy_rows = move |r0, r1| {
-            image_rows(r0, r1, h, oh, |a, b| {
+            image_rows(r0, r1, n_in, n_out, |a, b| {
                 (
-                    readers(a as usize, base.scale_y, d.oh).0,
-                    readers(b as usize, base.scale_y, d.oh).1,
+                    readers(a as usize, sc, d.n_out).0,
+                    readers(b as usize, sc, d.n_out).1,
                 )
             })
         };
@@ -275,12 +347,13 @@ impl Op for ResizeBilinearGrad {
             op: self.name(),
             spec: &grad_spec(),
             operands: &[inputs[0], outputs[0]],
-            rows: d.n as u64 * h,
+            rows: d.outer as u64 * n_in,
+            max_rows: u64::MAX,
         }
         .record(
             rec,
-            |r0, r1| vec![scaled(dy_rows(r0, r1), ow * c), r0 * w * c..r1 * w * c],
-            |r0, r1| (r1 - r0) * w * c,
+            |r0, r1| vec![scaled(dy_rows(r0, r1), inner), r0 * inner..r1 * inner],
+            |r0, r1| (r1 - r0) * inner,
             |r, threads, off| {
                 let bound = dy_rows(r.start, r.end);
                 let p = Params {
@@ -297,7 +370,7 @@ impl Op for ResizeBilinearGrad {
         )
     }
     fn flops(&self, inputs: &[&Shape]) -> u64 {
-        8 * inputs[0].numel() as u64
+        4 * inputs[0].numel() as u64
     }
 }
 
@@ -352,6 +425,26 @@ mod tests {
         }
     }
 
+    /// A large upsampling factor: a 2-D gather would loop 300·260 times per
+    /// input pixel, past llvmpipe's loop limit; the separable passes do not.
+    #[test]
+    fn large_upsampling_gradient() {
+        grad_check(
+            &OpCase::new(ResizeBilinear {
+                out_h: 300,
+                out_w: 260,
+            })
+            .input([1, 1, 1, 2], -1.0, 1.0),
+        );
+        grad_check(
+            &OpCase::new(ResizeBilinear {
+                out_h: 250,
+                out_w: 3,
+            })
+            .input([2, 2, 3, 1], -1.0, 1.0),
+        );
+    }
+
     #[test]
     fn chunked_resize() {
         with_window_limit(200, || {
@@ -380,6 +473,14 @@ mod tests {
         ));
         assert!(matches!(
             op.infer(&[&Shape::new(&[1, 0, 4, 2])]),
+            Err(Error::Shape { .. })
+        ));
+        let grad = ResizeBilinearGrad {
+            axis: Axis::W,
+            size: 0,
+        };
+        assert!(matches!(
+            grad.infer(&[&Shape::new(&[1, 4, 4, 2])]),
             Err(Error::Shape { .. })
         ));
         assert!(matches!(
