@@ -40,8 +40,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-#if ARGMAX
+#if MAX_POOL
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 struct Best {
     k: u32,
@@ -75,12 +76,10 @@ fn window_max(n: u32, oy: u32, ox: u32, c: u32) -> Best {
     }
     return best;
 }
-#endif
-
-#if MAX_POOL
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 // One invocation per output element; rows are global output rows n·OH + oy.
+// With INDEX the output is the argmax's window position (exact in f32), which
+// the backward pass reads instead of searching every window again.
 @compute @workgroup_size(64)
 fn max_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = linear_index(wid, nwg, lid, 64u);
@@ -90,12 +89,18 @@ fn max_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let c = t % p.c;
     let ox = (t / p.c) % p.ow;
     let g = p.row0 + t / (p.c * p.ow);
-    y[(g * p.ow + ox) * p.c + c + p.o2] = window_max(g / p.oh, g % p.oh, ox, c).v;
+    let best = window_max(g / p.oh, g % p.oh, ox, c);
+#if INDEX
+    y[(g * p.ow + ox) * p.c + c + p.o2] = f32(best.k);
+#else
+    y[(g * p.ow + ox) * p.c + c + p.o2] = best.v;
+#endif
 }
 #endif
 
 #if POOL_GRAD
-#if ARGMAX
+#if INDEXED
+@group(0) @binding(1) var<storage, read> idx: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 #else
@@ -104,15 +109,15 @@ fn max_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 #endif
 
 // One invocation per input element: sums dy over the windows that contain the
-// element and whose argmax it is. Without ARGMAX (1×1 windows) the element is
-// its window's only member, so membership alone decides.
+// element and whose argmax (position in idx) it is. Without INDEXED (1×1
+// windows) the element is its window's only member, so membership decides.
 @compute @workgroup_size(64)
 fn pool_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = linear_index(wid, nwg, lid, 64u);
     if (t >= p.threads) {
         return;
     }
-#if ARGMAX
+#if INDEXED
     let ody = p.o2;
     let odx = p.o3;
 #else
@@ -133,12 +138,13 @@ fn pool_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     var acc = 0.0;
     for (var oy = oy_lo; oy < oy_hi; oy++) {
         for (var ox = ox_lo; ox < ox_hi; ox++) {
-#if ARGMAX
-            if (window_max(n, oy, ox, c).k != (ty - oy * p.sh) * p.kw + (tx - ox * p.sw)) {
+            let o = ((n * p.oh + oy) * p.ow + ox) * p.c + c;
+#if INDEXED
+            if (u32(idx[o + p.o1]) != (ty - oy * p.sh) * p.kw + (tx - ox * p.sw)) {
                 continue;
             }
 #endif
-            acc += dy[((n * p.oh + oy) * p.ow + ox) * p.c + c + ody];
+            acc += dy[o + ody];
         }
     }
     dx[(g * p.w + ix) * p.c + c + odx] = acc;
