@@ -1,8 +1,8 @@
 //! Bilinear resize (`shaders/resize.wgsl`) of NHWC activations with
 //! half-pixel centres, as tf.image.resize (bilinear, no antialias) and
 //! PyTorch's `interpolate(mode="bilinear", align_corners=False)`: up- and
-//! downsampling, with a gathering (deterministic) backward pass. Chunked by
-//! rows like the pooling kernels, so tensors of any size run.
+//! downsampling, with a separable, gathering (deterministic) backward pass.
+//! Chunked by rows like the pooling kernels, so tensors of any size run.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -236,6 +236,7 @@ impl Op for ResizeBilinear {
     }
 }
 
+/// The axis one `ResizeBilinearGrad` pass differentiates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Axis {
     H,
