@@ -283,6 +283,16 @@ impl MaxPool {
                 format!("window and strides must be positive: {self:?}"),
             ));
         }
+        // The window search is one loop nest per invocation (see LOOP_BUDGET).
+        if self.kh as u64 * (self.kw as u64 + 2) > LOOP_BUDGET {
+            return Err(Error::unsupported(
+                op,
+                format!(
+                    "a {}×{} window exceeds the per-invocation loop budget",
+                    self.kh, self.kw
+                ),
+            ));
+        }
         // A pad as large as the window would make all-padding windows.
         if self.pad_top >= self.kh
             || self.pad_bottom >= self.kh
@@ -1643,6 +1653,10 @@ pub(crate) mod tests {
         assert!(matches!(
             MaxPool::valid(5, 1).infer(&[&x]),
             Err(Error::Shape { .. })
+        ));
+        assert!(matches!(
+            MaxPool::valid(300, 1).infer(&[&Shape::new(&[1, 300, 300, 1])]),
+            Err(Error::Unsupported { .. })
         ));
         assert!(matches!(
             MaxPool::padded(3, 2, 3).infer(&[&x]),
