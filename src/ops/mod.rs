@@ -8,6 +8,8 @@ pub mod gemm;
 pub mod loss;
 pub mod normalize;
 pub mod optim;
+pub mod pool;
+pub mod resize;
 
 use crate::gpu::ShaderSpec;
 
@@ -20,5 +22,7 @@ pub fn all_shader_specs() -> Vec<ShaderSpec> {
     specs.extend(loss::shader_specs());
     specs.extend(normalize::shader_specs());
     specs.extend(optim::shader_specs());
+    specs.extend(pool::shader_specs());
+    specs.extend(resize::shader_specs());
     specs
 }
