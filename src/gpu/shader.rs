@@ -49,7 +49,11 @@ impl ShaderSpec {
     /// subgroup builtins are what give it away).
     pub fn required_features(&self) -> Result<wgpu::Features> {
         let src = self.source()?;
-        let code: String = src.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+        let code: String = src
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
         let mut f = wgpu::Features::empty();
         if code.contains("subgroup") {
             f |= wgpu::Features::SUBGROUP;
