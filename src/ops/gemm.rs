@@ -27,6 +27,11 @@ const TILED_BLOCK: u64 = 64;
 const TEXTURE_BUDGET: u64 = 4 << 20;
 /// Reduction chunk of the subgroup kernel (B texture rows), before the budget.
 const SGB_MAX_K: u64 = 4096;
+/// Reduction chunk of the tiled kernel. llvmpipe silently ends a loop nest
+/// after ~65535 iterations per invocation (a wrong sum, no error), so no
+/// dispatch may loop over all of a long K (weight gradients reduce over
+/// millions of pixels); later chunks accumulate into C.
+const TILED_MAX_K: u64 = 16384;
 /// Rows summed per invocation and level by the column-sum tree.
 const SUM_BLOCK: u64 = 256;
 
@@ -545,6 +550,7 @@ impl Gemm<'_> {
         let Dims { m, n, k } = self.d;
         let q = [TILED_BLOCK, TILED_BLOCK, 16];
         let [mc, nc, kc] = self.fit_windows([m, n, k], q, lim.window)?;
+        let kc = kc.min(TILED_MAX_K);
         let spec = tiled_spec(self.bias.is_some());
         let gpu = rec.gpu();
         for n0 in (0..n).step_by(nc as usize) {
@@ -1250,6 +1256,17 @@ mod tests {
         assert!(BroadcastRows { shape: s(&[4, 3]) }
             .infer(&[&s(&[4])])
             .is_err());
+    }
+
+    /// Named after the llvmpipe loop cap it pins: a K of 70 000 once summed
+    /// to 45 587 in the tiled kernel.
+    #[test]
+    fn long_reductions_are_complete() {
+        for k in [70_000usize] {
+            let a = Tensor::new([k, 3], (0..k * 3).map(|i| (i % 7) as f32 - 3.0).collect()).unwrap();
+            let b = Tensor::new([k, 2], (0..k * 2).map(|i| (i % 5) as f32 - 2.0).collect()).unwrap();
+            check_op(&OpCase::new(Matmul::new(true, false)).tensor(a).tensor(b));
+        }
     }
 
     #[test]
