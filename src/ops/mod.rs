@@ -2,6 +2,7 @@
 //! binding (shape rules, dispatch), its f64 reference and its backward rules.
 
 pub mod check;
+pub mod conv2d;
 pub mod elementwise;
 
 use crate::gpu::ShaderSpec;
@@ -10,5 +11,6 @@ use crate::gpu::ShaderSpec;
 pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     specs.extend(elementwise::shader_specs());
+    specs.extend(conv2d::shader_specs());
     specs
 }

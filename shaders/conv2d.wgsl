@@ -1,0 +1,388 @@
+// 2-D convolution as an implicit GEMM, NHWC activations, HWIO weights.
+//
+// One kernel body serves the three products of a convolution, chosen by define:
+//   FWD: rows = output pixels, k = (ky, kx, c_in), cols = c_out; A gathers the input patch.
+//   DX:  rows = input pixels,  k = (ky, kx, c_out), cols = c_in; A gathers dy through the
+//        transposed geometry (a tap contributes only where the stride divides the offset),
+//        B is the weight with its last two axes swapped.
+//   DW:  rows = (ky, kx, c_in), k = output pixels,  cols = c_out; A gathers the input
+//        patch with the roles of row and k exchanged, B is dy.
+// B is always a row-major matrix [k, cols] and C a row-major [rows, cols] window.
+//
+// Variants: TILED (shared-memory block tiles, for GPUs whose workgroup memory is on
+// chip) and SGB (lavapipe: 8-lane subgroups, each lane owns 4 rows, the 8×16 slab of
+// B is loaded one row per lane and shared by subgroupBroadcast; see
+// shared/spec/lavapipe.md). SGB with TEX reads A and B as vec4 texels from read-only
+// storage textures, whose loads llvmpipe inlines branch-free; without TEX it reads
+// scalars from storage buffers and handles any channel count.
+// (No `enable subgroups;`: naga 30 rejects it; the SGB variant is only chosen
+// when the device has SUBGROUP, see MatmulVariant::supported.)
+#include "common"
+
+struct Params {
+    m: u32,           // rows of this dispatch
+    n: u32,           // columns
+    k: u32,           // reduction length of this dispatch
+    row0: u32,        // global index of the first row (a pixel for FWD and DX)
+    k0: u32,          // global index of the first k (a pixel for DW)
+    taps_x: u32,      // kernel width
+    src_h: u32,       // gathered tensor [N, src_h, src_w, src_c]
+    src_w: u32,
+    src_c: u32,
+    grid_h: u32,      // pixel grid the gather walks (output for FWD/DW, input for DX)
+    grid_w: u32,
+    div_y: u32,       // DX: source coordinate = numerator / stride when it divides
+    div_x: u32,
+    a_base: u32,      // global element index where the A window starts
+    a_shift: u32,
+    b_shift: u32,
+    c_shift: u32,
+    r_shift: u32,
+    accum: u32,       // add to C instead of overwriting (chunks of a DW reduction)
+    col_tiles: u32,
+    tex_log2: u32,    // texels per texture row, log2
+    mul_y: i32,       // source numerator = pixel·mul + off + tap·dk
+    off_y: i32,
+    dk_y: i32,
+    mul_x: i32,
+    off_x: i32,
+    dk_x: i32,
+    v_shift0: u32,    // shifts of the bias, scale and shift windows
+    v_shift1: u32,
+    v_shift2: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+#if GEMM
+#if TEX
+@group(0) @binding(1) var a_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(2) var b_tex: texture_storage_2d<rgba32float, read>;
+#else
+@group(0) @binding(1) var<storage, read> a_buf: array<f32>;
+@group(0) @binding(2) var<storage, read> b_buf: array<f32>;
+#endif
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#if BIAS
+@group(0) @binding({{BIAS_BINDING}}) var<storage, read> bias: array<f32>;
+#endif
+#if AFFINE
+@group(0) @binding({{SCALE_BINDING}}) var<storage, read> scale: array<f32>;
+@group(0) @binding({{SHIFT_BINDING}}) var<storage, read> shift: array<f32>;
+#endif
+#if RESIDUAL
+@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<f32>;
+#endif
+
+// Batch image, first source row and first source column of a pixel of the grid:
+// (n·src_h, y·mul_y + off_y, x·mul_x + off_x).
+fn pixel_origin(q: u32) -> vec3<i32> {
+    let per_image = p.grid_h * p.grid_w;
+    let n = q / per_image;
+    let r = q - n * per_image;
+    let y = r / p.grid_w;
+    let x = r - y * p.grid_w;
+    return vec3<i32>(i32(n * p.src_h), i32(y) * p.mul_y + p.off_y, i32(x) * p.mul_x + p.off_x);
+}
+
+// Window element index of channel 0 of the source pixel tap (ky, kx) reads for a
+// grid pixel, or -1 where the tap falls in the padding (or between strides for DX).
+fn source_pixel(o: vec3<i32>, ky: u32, kx: u32) -> i32 {
+    var sy = o.y + i32(ky) * p.dk_y;
+    var sx = o.z + i32(kx) * p.dk_x;
+#if DX
+    if (sy < 0 || sx < 0 || sy % i32(p.div_y) != 0 || sx % i32(p.div_x) != 0) {
+        return -1;
+    }
+    sy = sy / i32(p.div_y);
+    sx = sx / i32(p.div_x);
+#endif
+    if (sy < 0 || sx < 0 || sy >= i32(p.src_h) || sx >= i32(p.src_w)) {
+        return -1;
+    }
+    return ((o.x + sy) * i32(p.src_w) + sx) * i32(p.src_c) - i32(p.a_base) + i32(p.a_shift);
+}
+
+// Element of the source at tap t = (ky·kw + kx)·src_c + c for grid pixel q, or -1.
+fn gather_index(q: u32, t: u32) -> i32 {
+    let tap = t / p.src_c;
+    let c = t - tap * p.src_c;
+    let ky = tap / p.taps_x;
+    let e = source_pixel(pixel_origin(q), ky, tap - ky * p.taps_x);
+    return select(-1, e + i32(c), e >= 0);
+}
+
+#if TEX
+fn texel(e: u32) -> vec2<u32> {
+    let t = e >> 2u;
+    return vec2<u32>(t & ((1u << p.tex_log2) - 1u), t >> p.tex_log2);
+}
+fn a_vec(e: u32) -> vec4<f32> {
+    return textureLoad(a_tex, texel(e));
+}
+fn b_vec(e: u32) -> vec4<f32> {
+    return textureLoad(b_tex, texel(e));
+}
+#else
+// A[row, k] of this dispatch (row and k local), zero outside.
+fn a_elem(row: u32, k: u32) -> f32 {
+    if (row >= p.m || k >= p.k) {
+        return 0.0;
+    }
+#if DW
+    let e = gather_index(p.k0 + k, row);
+#else
+    let e = gather_index(p.row0 + row, k);
+#endif
+    if (e < 0) {
+        return 0.0;
+    }
+    return a_buf[e];
+}
+
+fn b_elem(k: u32, col: u32) -> f32 {
+    if (k >= p.k || col >= p.n) {
+        return 0.0;
+    }
+    return b_buf[k * p.n + col + p.b_shift];
+}
+#endif
+
+fn epilogue(row: u32, col: u32, v0: f32) {
+    if (row >= p.m || col >= p.n) {
+        return;
+    }
+    let i = row * p.n + col + p.c_shift;
+    var v = v0;
+#if BIAS
+    v += bias[col + p.v_shift0];
+#endif
+#if AFFINE
+    v = v * scale[col + p.v_shift1] + shift[col + p.v_shift2];
+#endif
+#if RESIDUAL
+    v += residual[row * p.n + col + p.r_shift];
+#endif
+#if RELU
+    v = max(v, 0.0);
+#endif
+    if (p.accum != 0u) {
+        v += out[i];
+    }
+    out[i] = v;
+}
+
+#if TILED
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+
+var<workgroup> a_tile: array<f32, 1024>; // [BK][BM]
+var<workgroup> b_tile: array<f32, 1024>; // [BK][BN]
+
+@compute @workgroup_size(256)
+fn conv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = linear_group(wid, nwg);
+    let row_tiles = (p.m + BM - 1u) / BM;
+    if (g >= row_tiles * p.col_tiles) {
+        return;
+    }
+    let r0 = (g / p.col_tiles) * BM;
+    let c0 = (g % p.col_tiles) * BN;
+    let tr = (lid / 16u) * 4u;
+    let tc = (lid % 16u) * 4u;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var i = 0u; i < 4u; i++) {
+            let e = lid + i * 256u;
+            a_tile[e] = a_elem(r0 + e % BM, k0 + e / BM);
+            b_tile[e] = b_elem(k0 + e / BN, c0 + e % BN);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a = vec4<f32>(a_tile[kk * BM + tr], a_tile[kk * BM + tr + 1u], a_tile[kk * BM + tr + 2u], a_tile[kk * BM + tr + 3u]);
+            let b = vec4<f32>(b_tile[kk * BN + tc], b_tile[kk * BN + tc + 1u], b_tile[kk * BN + tc + 2u], b_tile[kk * BN + tc + 3u]);
+            for (var m = 0u; m < 4u; m++) {
+                acc[m] += a[m] * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var m = 0u; m < 4u; m++) {
+        for (var j = 0u; j < 4u; j++) {
+            epilogue(r0 + tr + m, c0 + tc + j, acc[m][j]);
+        }
+    }
+}
+#endif
+
+#if SGB
+// Per lane: 4 rows × 16 columns of C, and the current 8-step slab of A as
+// av[kk] = (A[row0, kk], .., A[row3, kk]).
+var<private> acc: array<vec4<f32>, 16>;
+var<private> av: array<vec4<f32>, 8>;
+
+fn rank1(a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) {
+    for (var m = 0u; m < 4u; m++) {
+        acc[m * 4u] += a[m] * b0;
+        acc[m * 4u + 1u] += a[m] * b1;
+        acc[m * 4u + 2u] += a[m] * b2;
+        acc[m * 4u + 3u] += a[m] * b3;
+    }
+}
+
+// The broadcast lane must be a constant for it to compile to one shuffle, so the
+// eight steps are written out.
+fn slab(b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) {
+    rank1(av[0], subgroupBroadcast(b0, 0u), subgroupBroadcast(b1, 0u), subgroupBroadcast(b2, 0u), subgroupBroadcast(b3, 0u));
+    rank1(av[1], subgroupBroadcast(b0, 1u), subgroupBroadcast(b1, 1u), subgroupBroadcast(b2, 1u), subgroupBroadcast(b3, 1u));
+    rank1(av[2], subgroupBroadcast(b0, 2u), subgroupBroadcast(b1, 2u), subgroupBroadcast(b2, 2u), subgroupBroadcast(b3, 2u));
+    rank1(av[3], subgroupBroadcast(b0, 3u), subgroupBroadcast(b1, 3u), subgroupBroadcast(b2, 3u), subgroupBroadcast(b3, 3u));
+    rank1(av[4], subgroupBroadcast(b0, 4u), subgroupBroadcast(b1, 4u), subgroupBroadcast(b2, 4u), subgroupBroadcast(b3, 4u));
+    rank1(av[5], subgroupBroadcast(b0, 5u), subgroupBroadcast(b1, 5u), subgroupBroadcast(b2, 5u), subgroupBroadcast(b3, 5u));
+    rank1(av[6], subgroupBroadcast(b0, 6u), subgroupBroadcast(b1, 6u), subgroupBroadcast(b2, 6u), subgroupBroadcast(b3, 6u));
+    rank1(av[7], subgroupBroadcast(b0, 7u), subgroupBroadcast(b1, 7u), subgroupBroadcast(b2, 7u), subgroupBroadcast(b3, 7u));
+}
+
+#if TEX
+// Row k of B, columns col0..col0+16, as four texels (zero outside).
+fn slab_b(k: u32, col0: u32) {
+    let ok = k < p.k;
+    let e = select(0u, k, ok) * p.n + p.b_shift;
+    var b: array<vec4<f32>, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        let c = col0 + 4u * j;
+        b[j] = select(vec4<f32>(0.0), b_vec(e + min(c, p.n - 4u)), ok && c < p.n);
+    }
+    slab(b[0], b[1], b[2], b[3]);
+}
+#endif
+
+@compute @workgroup_size(64)
+fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let g = linear_group(wid, nwg);
+    let row_tiles = (p.m + 255u) / 256u;
+    if (g >= row_tiles * p.col_tiles) {
+        return;
+    }
+    // 8 subgroups × 8 lanes × 4 rows = 256 rows, 16 columns per workgroup.
+    let rbase = (g / p.col_tiles) * 256u + (lid / 8u) * 32u + lane * 4u;
+    let col0 = (g % p.col_tiles) * 16u;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+#if TEX
+#if DW
+    // This lane's 4 rows are 4 consecutive channels of one tap (src_c % 4 == 0).
+    let tap = min(rbase, p.m - 1u) / p.src_c;
+    let ch = min(rbase, p.m - 1u) - tap * p.src_c;
+    let ky = tap / p.taps_x;
+    let kx = tap - ky * p.taps_x;
+    let rows_ok = rbase < p.m;
+    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
+        for (var kk = 0u; kk < 8u; kk++) {
+            let e = source_pixel(pixel_origin(p.k0 + min(k0 + kk, p.k - 1u)), ky, kx);
+            let ok = rows_ok && e >= 0 && k0 + kk < p.k;
+            av[kk] = select(vec4<f32>(0.0), a_vec(u32(max(e, 0)) + ch), ok);
+        }
+        slab_b(k0 + lane, col0);
+    }
+#else
+    // Each 8-step of k stays inside one tap (src_c % 8 == 0): per row, two texels.
+    var origin: array<vec3<i32>, 4>;
+    for (var m = 0u; m < 4u; m++) {
+        origin[m] = pixel_origin(p.row0 + min(rbase + m, p.m - 1u));
+    }
+    let taps = p.k / p.src_c;
+    for (var tap = 0u; tap < taps; tap++) {
+        let ky = tap / p.taps_x;
+        let kx = tap - ky * p.taps_x;
+        var base: array<i32, 4>;
+        for (var m = 0u; m < 4u; m++) {
+            base[m] = select(-1, source_pixel(origin[m], ky, kx), rbase + m < p.m);
+        }
+        for (var c0 = 0u; c0 < p.src_c; c0 += 8u) {
+            var lo: array<vec4<f32>, 4>;
+            var hi: array<vec4<f32>, 4>;
+            for (var m = 0u; m < 4u; m++) {
+                let e = u32(max(base[m], 0)) + c0;
+                lo[m] = select(vec4<f32>(0.0), a_vec(e), base[m] >= 0);
+                hi[m] = select(vec4<f32>(0.0), a_vec(e + 4u), base[m] >= 0);
+            }
+            for (var kk = 0u; kk < 4u; kk++) {
+                av[kk] = vec4<f32>(lo[0][kk], lo[1][kk], lo[2][kk], lo[3][kk]);
+                av[kk + 4u] = vec4<f32>(hi[0][kk], hi[1][kk], hi[2][kk], hi[3][kk]);
+            }
+            slab_b(tap * p.src_c + c0 + lane, col0);
+        }
+    }
+#endif
+#else
+    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
+        for (var kk = 0u; kk < 8u; kk++) {
+            av[kk] = vec4<f32>(a_elem(rbase, k0 + kk), a_elem(rbase + 1u, k0 + kk), a_elem(rbase + 2u, k0 + kk), a_elem(rbase + 3u, k0 + kk));
+        }
+        var b: array<vec4<f32>, 4>;
+        for (var j = 0u; j < 4u; j++) {
+            let c = col0 + 4u * j;
+            let k = k0 + lane;
+            b[j] = vec4<f32>(b_elem(k, c), b_elem(k, c + 1u), b_elem(k, c + 2u), b_elem(k, c + 3u));
+        }
+        slab(b[0], b[1], b[2], b[3]);
+    }
+#endif
+    for (var m = 0u; m < 4u; m++) {
+        for (var j = 0u; j < 4u; j++) {
+            let v = acc[m * 4u + j];
+            for (var e = 0u; e < 4u; e++) {
+                epilogue(rbase + m, col0 + 4u * j + e, v[e]);
+            }
+        }
+    }
+}
+#endif
+#endif
+
+#if REDUCE
+// out[col] (+)= Σ rows of a [rows, cols] window: the bias gradient.
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sum: array<f32>;
+
+@compute @workgroup_size(64)
+fn column_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col = linear_index(wid, nwg, lid, 64u);
+    if (col >= p.n) {
+        return;
+    }
+    var s = 0.0;
+    for (var r = 0u; r < p.m; r++) {
+        s += src[r * p.n + col + p.a_shift];
+    }
+    if (p.accum != 0u) {
+        s += sum[col + p.c_shift];
+    }
+    sum[col + p.c_shift] = s;
+}
+#endif
+
+#if SWAP
+// [taps, m, n] -> [taps, n, m]: HWIO weights to the HWOI layout DX multiplies by.
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+@compute @workgroup_size(64)
+fn swap_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid, 64u);
+    let per = p.m * p.n;
+    if (i >= p.k * per) {
+        return;
+    }
+    let t = i / per;
+    let r = i - t * per;
+    let a = r / p.n;
+    let b = r - a * p.n;
+    dst[t * per + b * p.m + a + p.c_shift] = src[i + p.a_shift];
+}
+#endif
