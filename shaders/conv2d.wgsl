@@ -64,18 +64,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a_buf: array<f32>;
 @group(0) @binding(2) var<storage, read> b_buf: array<f32>;
 #endif
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-#if BIAS
-@group(0) @binding({{BIAS_BINDING}}) var<storage, read> bias: array<f32>;
-#endif
-#if AFFINE
-@group(0) @binding({{SCALE_BINDING}}) var<storage, read> scale: array<f32>;
-@group(0) @binding({{SHIFT_BINDING}}) var<storage, read> shift: array<f32>;
-#endif
-#if RESIDUAL
-@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<f32>;
-#endif
-
 // Batch image, first source row and first source column of a pixel of the grid:
 // (n·src_h, y·mul_y + off_y, x·mul_x + off_x).
 fn pixel_origin(q: u32) -> vec3<i32> {
@@ -150,29 +138,95 @@ fn b_elem(k: u32, col: u32) -> f32 {
 }
 #endif
 
-fn epilogue(row: u32, col: u32, v0: f32) {
-    if (row >= p.m || col >= p.n) {
-        return;
-    }
-    let i = row * p.n + col + p.c_shift;
-    var v = v0;
+// The epilogue of 4 consecutive columns of one row. llvmpipe scalarises every
+// lane-varying store into a per-lane loop, and 64 such stores per invocation
+// made its JIT take seconds per pipeline: the TEX form (n, shifts all
+// multiples of 4) stores one vec4; the scalar form reads clamped columns and
+// drops the ones past n.
+#if TEX
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 #if BIAS
-    v += bias[col + p.v_shift0];
+@group(0) @binding({{BIAS_BINDING}}) var<storage, read> bias: array<vec4<f32>>;
 #endif
 #if AFFINE
-    v = v * scale[col + p.v_shift1] + shift[col + p.v_shift2];
+@group(0) @binding({{SCALE_BINDING}}) var<storage, read> scale: array<vec4<f32>>;
+@group(0) @binding({{SHIFT_BINDING}}) var<storage, read> shift: array<vec4<f32>>;
 #endif
 #if RESIDUAL
-    v += residual[row * p.n + col + p.r_shift];
+@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<vec4<f32>>;
+#endif
+
+fn store4(row: u32, col: u32, acc4: vec4<f32>) {
+    if (row < p.m && col < p.n) {
+        var v = acc4;
+#if BIAS
+        v += bias[(col + p.v_shift0) / 4u];
+#endif
+#if AFFINE
+        v = v * scale[(col + p.v_shift1) / 4u] + shift[(col + p.v_shift2) / 4u];
+#endif
+#if RESIDUAL
+        v += residual[(row * p.n + col + p.r_shift) / 4u];
 #endif
 #if RELU
-    v = max(v, 0.0);
+        v = max(v, vec4<f32>(0.0));
 #endif
-    if (p.accum != 0u) {
-        v += out[i];
+        let io = (row * p.n + col + p.c_shift) / 4u;
+        if (p.accum != 0u) {
+            v += out[io];
+        }
+        out[io] = v;
     }
-    out[i] = v;
 }
+#else
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#if BIAS
+@group(0) @binding({{BIAS_BINDING}}) var<storage, read> bias: array<f32>;
+#endif
+#if AFFINE
+@group(0) @binding({{SCALE_BINDING}}) var<storage, read> scale: array<f32>;
+@group(0) @binding({{SHIFT_BINDING}}) var<storage, read> shift: array<f32>;
+#endif
+#if RESIDUAL
+@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<f32>;
+#endif
+
+fn gather4(base: u32, c: vec4<u32>) -> vec4<u32> {
+    return vec4<u32>(base) + c;
+}
+
+fn store4(row: u32, col: u32, acc4: vec4<f32>) {
+    if (row < p.m) {
+        let c = min(vec4<u32>(col, col + 1u, col + 2u, col + 3u), vec4<u32>(p.n - 1u));
+        var v = acc4;
+#if BIAS
+        let ib = gather4(p.v_shift0, c);
+        v += vec4<f32>(bias[ib.x], bias[ib.y], bias[ib.z], bias[ib.w]);
+#endif
+#if AFFINE
+        let isc = gather4(p.v_shift1, c);
+        let ish = gather4(p.v_shift2, c);
+        v = v * vec4<f32>(scale[isc.x], scale[isc.y], scale[isc.z], scale[isc.w]) + vec4<f32>(shift[ish.x], shift[ish.y], shift[ish.z], shift[ish.w]);
+#endif
+#if RESIDUAL
+        let ir = gather4(row * p.n + p.r_shift, c);
+        v += vec4<f32>(residual[ir.x], residual[ir.y], residual[ir.z], residual[ir.w]);
+#endif
+#if RELU
+        v = max(v, vec4<f32>(0.0));
+#endif
+        let io = gather4(row * p.n + p.c_shift, c);
+        if (p.accum != 0u) {
+            v += vec4<f32>(out[io.x], out[io.y], out[io.z], out[io.w]);
+        }
+        for (var e = 0u; e < 4u; e++) {
+            if (col + e < p.n) {
+                out[io[e]] = v[e];
+            }
+        }
+    }
+}
+#endif
 
 #if TILED
 const BM: u32 = 64u;
@@ -211,54 +265,67 @@ fn conv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         workgroupBarrier();
     }
     for (var m = 0u; m < 4u; m++) {
-        for (var j = 0u; j < 4u; j++) {
-            epilogue(r0 + tr + m, c0 + tc + j, acc[m][j]);
-        }
+        store4(r0 + tr + m, c0 + tc, acc[m]);
     }
 }
 #endif
 
 #if SGB
-// Per lane: 4 rows × 16 columns of C, and the current 8-step slab of A as
-// av[kk] = (A[row0, kk], .., A[row3, kk]).
+// Per lane: 4 rows × 4·TNV columns of C, and the current 8-step slab of A as
+// av[kk] = (A[row0, kk], .., A[row3, kk]). The scalar form keeps one vec4 of
+// columns: its loads dominate anyway, and it compiles much faster.
+#if TEX
+const TNV: u32 = 4u;
+#else
+const TNV: u32 = 1u;
+#endif
 var<private> acc: array<vec4<f32>, 16>;
 var<private> av: array<vec4<f32>, 8>;
 
-fn rank1(a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) {
+fn rank1(a: vec4<f32>, b: array<vec4<f32>, TNV>) {
     for (var m = 0u; m < 4u; m++) {
-        acc[m * 4u] += a[m] * b0;
-        acc[m * 4u + 1u] += a[m] * b1;
-        acc[m * 4u + 2u] += a[m] * b2;
-        acc[m * 4u + 3u] += a[m] * b3;
+        for (var j = 0u; j < TNV; j++) {
+            acc[m * TNV + j] += a[m] * b[j];
+        }
     }
 }
 
 // The broadcast lane must be a constant for it to compile to one shuffle, so the
 // eight steps are written out.
-fn slab(b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) {
-    rank1(av[0], subgroupBroadcast(b0, 0u), subgroupBroadcast(b1, 0u), subgroupBroadcast(b2, 0u), subgroupBroadcast(b3, 0u));
-    rank1(av[1], subgroupBroadcast(b0, 1u), subgroupBroadcast(b1, 1u), subgroupBroadcast(b2, 1u), subgroupBroadcast(b3, 1u));
-    rank1(av[2], subgroupBroadcast(b0, 2u), subgroupBroadcast(b1, 2u), subgroupBroadcast(b2, 2u), subgroupBroadcast(b3, 2u));
-    rank1(av[3], subgroupBroadcast(b0, 3u), subgroupBroadcast(b1, 3u), subgroupBroadcast(b2, 3u), subgroupBroadcast(b3, 3u));
-    rank1(av[4], subgroupBroadcast(b0, 4u), subgroupBroadcast(b1, 4u), subgroupBroadcast(b2, 4u), subgroupBroadcast(b3, 4u));
-    rank1(av[5], subgroupBroadcast(b0, 5u), subgroupBroadcast(b1, 5u), subgroupBroadcast(b2, 5u), subgroupBroadcast(b3, 5u));
-    rank1(av[6], subgroupBroadcast(b0, 6u), subgroupBroadcast(b1, 6u), subgroupBroadcast(b2, 6u), subgroupBroadcast(b3, 6u));
-    rank1(av[7], subgroupBroadcast(b0, 7u), subgroupBroadcast(b1, 7u), subgroupBroadcast(b2, 7u), subgroupBroadcast(b3, 7u));
+fn slab(b: array<vec4<f32>, TNV>) {
+    var s: array<vec4<f32>, TNV>;
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 0u); }
+    rank1(av[0], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 1u); }
+    rank1(av[1], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 2u); }
+    rank1(av[2], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 3u); }
+    rank1(av[3], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 4u); }
+    rank1(av[4], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 5u); }
+    rank1(av[5], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 6u); }
+    rank1(av[6], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 7u); }
+    rank1(av[7], s);
 }
 
-#if TEX
-// Row k of B, columns col0..col0+16, as four texels (zero outside).
+// Row k of B, this lane's share of the slab (zero outside).
 fn slab_b(k: u32, col0: u32) {
-    let ok = k < p.k;
-    let e = select(0u, k, ok) * p.n + p.b_shift;
-    var b: array<vec4<f32>, 4>;
-    for (var j = 0u; j < 4u; j++) {
+    var b: array<vec4<f32>, TNV>;
+    for (var j = 0u; j < TNV; j++) {
         let c = col0 + 4u * j;
-        b[j] = select(vec4<f32>(0.0), b_vec(e + min(c, p.n - 4u)), ok && c < p.n);
-    }
-    slab(b[0], b[1], b[2], b[3]);
-}
+#if TEX
+        let ok = k < p.k && c < p.n;
+        b[j] = select(vec4<f32>(0.0), b_vec(select(0u, k, ok) * p.n + p.b_shift + select(0u, c, ok)), ok);
+#else
+        b[j] = vec4<f32>(b_elem(k, c), b_elem(k, c + 1u), b_elem(k, c + 2u), b_elem(k, c + 3u));
 #endif
+    }
+    slab(b);
+}
 
 @compute @workgroup_size(64)
 fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
@@ -267,9 +334,9 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (g >= row_tiles * p.col_tiles) {
         return;
     }
-    // 8 subgroups × 8 lanes × 4 rows = 256 rows, 16 columns per workgroup.
+    // 8 subgroups × 8 lanes × 4 rows = 256 rows, 4·TNV columns per workgroup.
     let rbase = (g / p.col_tiles) * 256u + (lid / 8u) * 32u + lane * 4u;
-    let col0 = (g % p.col_tiles) * 16u;
+    let col0 = (g % p.col_tiles) * 4u * TNV;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
@@ -324,21 +391,12 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         for (var kk = 0u; kk < 8u; kk++) {
             av[kk] = vec4<f32>(a_elem(rbase, k0 + kk), a_elem(rbase + 1u, k0 + kk), a_elem(rbase + 2u, k0 + kk), a_elem(rbase + 3u, k0 + kk));
         }
-        var b: array<vec4<f32>, 4>;
-        for (var j = 0u; j < 4u; j++) {
-            let c = col0 + 4u * j;
-            let k = k0 + lane;
-            b[j] = vec4<f32>(b_elem(k, c), b_elem(k, c + 1u), b_elem(k, c + 2u), b_elem(k, c + 3u));
-        }
-        slab(b[0], b[1], b[2], b[3]);
+        slab_b(k0 + lane, col0);
     }
 #endif
     for (var m = 0u; m < 4u; m++) {
-        for (var j = 0u; j < 4u; j++) {
-            let v = acc[m * 4u + j];
-            for (var e = 0u; e < 4u; e++) {
-                epilogue(rbase + m, col0 + 4u * j + e, v[e]);
-            }
+        for (var j = 0u; j < TNV; j++) {
+            store4(rbase + m, col0 + 4u * j, acc[m * TNV + j]);
         }
     }
 }

@@ -411,7 +411,8 @@ impl Kernel {
     fn tile(self) -> (usize, usize) {
         match self {
             Kernel::Tiled => (64, 64),
-            _ => (256, 16),
+            Kernel::Broadcast => (256, 4),
+            Kernel::BroadcastTex => (256, 16),
         }
     }
 }
@@ -549,7 +550,7 @@ fn texture_width(gpu: &Gpu) -> u64 {
 }
 
 /// Whether the texture form applies: whole vec4 texels per 8-step (FWD/DX) or
-/// per 4 rows (DW), windows that start on a texel, and windows that fit a texture.
+/// per 4 rows (DW), every window starting on a vec4, and windows that fit a texture.
 fn texture_form_fits(gpu: &Gpu, call: &GemmCall) -> bool {
     let c = call.gather.src[2];
     let channels = match call.mode {
@@ -557,13 +558,16 @@ fn texture_form_fits(gpu: &Gpu, call: &GemmCall) -> bool {
         _ => c % 8 == 0,
     };
     let max_rows = gpu.limits.max_texture_dimension_2d as u64;
-    channels
-        && call.n % 4 == 0
-        && [&call.a, &call.b].iter().all(|w| {
-            w.shift % 4 == 0
-                && w.slice.offset % 16 == 0
-                && w.slice.size.div_ceil(16).div_ceil(texture_width(gpu)) <= max_rows
-        })
+    let textures = [&call.a, &call.b].into_iter().all(|w| {
+        w.slice.offset % 16 == 0
+            && w.slice.size.div_ceil(16).div_ceil(texture_width(gpu)) <= max_rows
+    });
+    let vec4s = [&call.a, &call.b, &call.c]
+        .into_iter()
+        .chain(call.extra)
+        .chain(&call.residual)
+        .all(|w| w.shift % 4 == 0);
+    channels && call.n % 4 == 0 && textures && vec4s
 }
 
 /// Staging buffer and texture shared by every convolution on a device: their
@@ -1359,7 +1363,9 @@ mod tests {
             left: 0,
             right: 1,
         };
-        // Scalar path: 3 and 1 input channels, odd outputs, a 1×1 output.
+        // Each distinct epilogue is a pipeline to JIT: the cases share two.
+        let full = |c: Conv2d| c.bias().scale_shift().residual().relu();
+        // Scalar path: 3, 1 and 5 input channels, odd outputs, a 1×1 output.
         check_op(&case(
             Conv2d::new([2, 2], asym).bias(),
             [2, 7, 9, 3],
@@ -1367,40 +1373,31 @@ mod tests {
             5,
         ));
         check_op(&case(
-            Conv2d::new([1, 1], Padding::default()).relu(),
+            Conv2d::new([1, 1], Padding::default()).bias(),
             [1, 3, 3, 1],
             [3, 3],
             1,
         ));
         check_op(&case(
-            Conv2d::new([1, 2], asym).dilation([2, 1]),
+            full(Conv2d::new([1, 2], asym).dilation([2, 1])),
             [3, 6, 5, 5],
             [2, 3],
             7,
         ));
-        // Texture path (c_in % 8, c_out % 4) with every epilogue, dilation 2 and 6.
+        // Texture path (c_in % 8, c_out % 4), dilation 2 and 6.
         let same = Padding::same([9, 10], [3, 3], [1, 1], [2, 2]);
         check_op(&case(
-            Conv2d::new([1, 1], same)
-                .dilation([2, 2])
-                .bias()
-                .scale_shift()
-                .residual()
-                .relu(),
+            full(Conv2d::new([1, 1], same).dilation([2, 2])),
             [2, 9, 10, 16],
             [3, 3],
             12,
         ));
+        let atrous = Conv2d::new([1, 1], Padding::symmetric(6, 6))
+            .dilation([6, 6])
+            .bias();
+        check_op(&case(atrous, [1, 13, 11, 8], [3, 3], 20));
         check_op(&case(
-            Conv2d::new([1, 1], Padding::symmetric(6, 6))
-                .dilation([6, 6])
-                .scale_shift(),
-            [1, 13, 11, 8],
-            [3, 3],
-            20,
-        ));
-        check_op(&case(
-            Conv2d::new([2, 2], asym).residual(),
+            full(Conv2d::new([2, 2], asym)),
             [2, 8, 7, 24],
             [1, 1],
             36,
@@ -1411,20 +1408,18 @@ mod tests {
     fn forward_in_chunks() {
         let op = Conv2d {
             chunk_limit: Some(3 * 7 * 16),
-            ..Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu()
+            ..Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias()
         };
         check_op(&case(op, [2, 9, 7, 16], [3, 3], 16));
+        let pad = Padding {
+            top: 0,
+            bottom: 1,
+            left: 2,
+            right: 1,
+        };
         let op = Conv2d {
             chunk_limit: Some(40),
-            ..Conv2d::new(
-                [2, 2],
-                Padding {
-                    top: 0,
-                    bottom: 1,
-                    left: 2,
-                    right: 1,
-                },
-            )
+            ..Conv2d::new([2, 2], pad).bias()
         };
         check_op(&case(op, [2, 9, 4, 3], [3, 2], 5));
     }
@@ -1445,7 +1440,7 @@ mod tests {
             5,
         ));
         grad_check(&case(
-            Conv2d::new([2, 1], asym).dilation([2, 2]).relu(),
+            Conv2d::new([2, 1], asym).dilation([2, 2]).bias().relu(),
             [1, 9, 8, 1],
             [3, 2],
             1,
@@ -1458,7 +1453,9 @@ mod tests {
             8,
         ));
         grad_check(&case(
-            Conv2d::new([1, 1], Padding::symmetric(2, 2)).dilation([2, 2]),
+            Conv2d::new([1, 1], Padding::symmetric(2, 2))
+                .dilation([2, 2])
+                .bias(),
             [1, 6, 6, 8],
             [3, 3],
             12,
