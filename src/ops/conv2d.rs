@@ -1508,6 +1508,57 @@ mod tests {
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     }
 
+    /// The aligned cases of the tests above really run the texture form.
+    #[test]
+    fn aligned_shapes_use_textures() {
+        let Some(gpu) = crate::ops::check::test_gpus()
+            .iter()
+            .find(|g| g.tuning.matmul == MatmulVariant::SubgroupBroadcast)
+        else {
+            return;
+        };
+        let labels = |op: &dyn Op, shapes: &[&[usize]]| -> Vec<String> {
+            let ins: Vec<DeviceTensor> = shapes
+                .iter()
+                .map(|s| DeviceTensor::zeros(gpu, Shape::new(s)).unwrap())
+                .collect();
+            let refs: Vec<&DeviceTensor> = ins.iter().collect();
+            let shape_refs: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
+            let out = DeviceTensor::zeros(gpu, op.infer(&shape_refs).unwrap().remove(0)).unwrap();
+            let mut rec = Recorder::new(gpu);
+            op.record(&mut rec, &refs, &[&out]).unwrap();
+            rec.finish().unwrap().labels
+        };
+        let conv = Conv2d::new(
+            [2, 2],
+            Padding {
+                top: 2,
+                bottom: 0,
+                left: 1,
+                right: 2,
+            },
+        )
+        .dilation([1, 2]);
+        let fwd = labels(&conv, &[&[2, 7, 9, 8], &[3, 3, 8, 8]]);
+        let dx = labels(
+            &Conv2dInputGrad {
+                conv: conv.clone(),
+                input_hw: [7, 9],
+            },
+            &[&[2, 4, 4, 8], &[3, 3, 8, 4]],
+        );
+        let dw = labels(
+            &Conv2dWeightGrad {
+                conv,
+                kernel: [3, 3],
+            },
+            &[&[2, 7, 9, 4], &[2, 4, 4, 8]],
+        );
+        for (what, l) in [("forward", fwd), ("dx", dx), ("dw", dw)] {
+            assert!(l.iter().all(|l| l.contains("TEX=1")), "{what}: {l:?}");
+        }
+    }
+
     #[test]
     fn flops_count_multiply_adds_twice() {
         let conv = Conv2d::new([1, 1], Padding::symmetric(1, 1));
@@ -1518,5 +1569,64 @@ mod tests {
             ]),
             2 * 64 * 64 * 256 * 9 * 256
         );
+    }
+}
+
+/// The lavapipe measurement of lavapipe.md's 3×3 convolution (256→256
+/// channels, 64×64, batch 1, pad 1), run on demand:
+/// `cargo test --lib ops::conv2d::bench -- --ignored --nocapture`.
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::ops::check::test_gpu;
+    use crate::tensor::Rng;
+
+    /// Process CPU seconds (all threads) from /proc/self/stat, in USER_HZ = 100 ticks.
+    fn cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    #[test]
+    #[ignore]
+    fn conv3x3_256() {
+        let Some(gpu) = test_gpu() else { return };
+        let mut rng = Rng::new(7);
+        let x = DeviceTensor::upload(&gpu, &rng.tensor([1, 64, 64, 256], -1.0, 1.0)).unwrap();
+        let w = DeviceTensor::upload(&gpu, &rng.tensor([3, 3, 256, 256], -0.1, 0.1)).unwrap();
+        let op = Conv2d::new([1, 1], Padding::symmetric(1, 1));
+        let y = DeviceTensor::zeros(&gpu, Shape::new(&[1, 64, 64, 256])).unwrap();
+        let mut rec = Recorder::new(&gpu);
+        op.record(&mut rec, &[&x, &w], &[&y]).unwrap();
+        let recording = rec.finish().unwrap();
+        let flops = op.flops(&[&x.shape, &w.shape]) as f64;
+        recording.submit(&gpu).unwrap();
+        gpu.wait().unwrap();
+        for rep in 0..5 {
+            let (t, c) = (std::time::Instant::now(), cpu_seconds());
+            recording.submit(&gpu).unwrap();
+            gpu.wait().unwrap();
+            let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+            eprintln!(
+                "{} rep {rep}: {:.1} ms, {:.1} GFLOP/s wall, {:.1} GFLOP per CPU-second ({:.2} cores)",
+                gpu.tuning.describe(),
+                wall * 1e3,
+                flops / wall / 1e9,
+                flops / cpu.max(0.01) / 1e9,
+                cpu / wall
+            );
+        }
     }
 }
