@@ -58,7 +58,11 @@ struct Params {
 
 #if GEMM
 #if TEX
+#if ASCALAR
+@group(0) @binding(1) var a_tex: texture_storage_2d<r32float, read>;
+#else
 @group(0) @binding(1) var a_tex: texture_storage_2d<rgba32float, read>;
+#endif
 @group(0) @binding(2) var b_tex: texture_storage_2d<rgba32float, read>;
 #else
 @group(0) @binding(1) var<storage, read> a_buf: array<f32>;
@@ -78,19 +82,17 @@ fn pixel_origin(q: u32) -> vec3<i32> {
 // Window element index of channel 0 of the source pixel tap (ky, kx) reads for a
 // grid pixel, or -1 where the tap falls in the padding (or between strides for DX).
 fn source_pixel(o: vec3<i32>, ky: u32, kx: u32) -> i32 {
+    // Branch-free: it is inlined dozens of times per k-step in the gather form.
     var sy = o.y + i32(ky) * p.dk_y;
     var sx = o.z + i32(kx) * p.dk_x;
+    var ok = sy >= 0 & sx >= 0;
 #if DX
-    if (sy < 0 || sx < 0 || sy % i32(p.div_y) != 0 || sx % i32(p.div_x) != 0) {
-        return -1;
-    }
+    ok = ok & sy % i32(p.div_y) == 0 & sx % i32(p.div_x) == 0;
     sy = sy / i32(p.div_y);
     sx = sx / i32(p.div_x);
 #endif
-    if (sy < 0 || sx < 0 || sy >= i32(p.src_h) || sx >= i32(p.src_w)) {
-        return -1;
-    }
-    return ((o.x + sy) * i32(p.src_w) + sx) * i32(p.src_c) - i32(p.a_base) + i32(p.a_shift);
+    ok = ok & sy < i32(p.src_h) & sx < i32(p.src_w);
+    return select(-1, ((o.x + sy) * i32(p.src_w) + sx) * i32(p.src_c) - i32(p.a_base) + i32(p.a_shift), ok);
 }
 
 // Element of the source at tap t = (ky·kw + kx)·src_c + c for grid pixel q, or -1.
@@ -107,9 +109,15 @@ fn texel(e: u32) -> vec2<u32> {
     let t = e >> 2u;
     return vec2<u32>(t & ((1u << p.tex_log2) - 1u), t >> p.tex_log2);
 }
+#if ASCALAR
+fn a_scalar(e: u32) -> f32 {
+    return textureLoad(a_tex, vec2<u32>(e & ((1u << p.tex_log2) - 1u), e >> p.tex_log2)).x;
+}
+#else
 fn a_vec(e: u32) -> vec4<f32> {
     return textureLoad(a_tex, texel(e));
 }
+#endif
 fn b_vec(e: u32) -> vec4<f32> {
     return textureLoad(b_tex, texel(e));
 }
@@ -357,6 +365,34 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         slab_b(k0 + lane, col0);
     }
 #else
+#if ASCALAR
+    // Any channel count: an 8-step of k may span taps, so the tap of each k is
+    // advanced incrementally (no divisions) and each lane reads single floats.
+    var origin: array<vec3<i32>, 4>;
+    for (var m = 0u; m < 4u; m++) {
+        origin[m] = select(vec3<i32>(0, -1 << 30, 0), pixel_origin(p.row0 + min(rbase + m, p.m - 1u)), rbase + m < p.m);
+    }
+    var c = 0u;
+    var kx = 0u;
+    var ky = 0u;
+    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
+        for (var kk = 0u; kk < 8u; kk++) {
+            let live = k0 + kk < p.k;
+            for (var m = 0u; m < 4u; m++) {
+                let e = source_pixel(origin[m], ky, kx);
+                av[kk][m] = select(0.0, a_scalar(u32(max(e, 0)) + c), live & e >= 0);
+            }
+            c += 1u;
+            let next_tap = c == p.src_c;
+            c = select(c, 0u, next_tap);
+            kx = select(kx, kx + 1u, next_tap);
+            let next_row = kx == p.taps_x;
+            kx = select(kx, 0u, next_row);
+            ky = select(ky, ky + 1u, next_row);
+        }
+        slab_b(k0 + lane, col0);
+    }
+#else
     // Each 8-step of k stays inside one tap (src_c % 8 == 0): per row, two texels.
     var origin: array<vec3<i32>, 4>;
     for (var m = 0u; m < 4u; m++) {
@@ -385,6 +421,7 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             slab_b(tap * p.src_c + c0 + lane, col0);
         }
     }
+#endif
 #endif
 #else
     for (var k0 = 0u; k0 < p.k; k0 += 8u) {

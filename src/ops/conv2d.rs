@@ -403,16 +403,24 @@ enum Kernel {
     Broadcast,
     /// Broadcast with A and B staged into read-only storage textures.
     BroadcastTex,
+    /// BroadcastTex for channel counts that do not fill texels: A is gathered
+    /// one float at a time from an r32float texture (FWD and DX only).
+    BroadcastTexGather,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 3] = [Kernel::Tiled, Kernel::Broadcast, Kernel::BroadcastTex];
+    const ALL: [Kernel; 4] = [
+        Kernel::Tiled,
+        Kernel::Broadcast,
+        Kernel::BroadcastTex,
+        Kernel::BroadcastTexGather,
+    ];
     /// Rows × columns of C one workgroup computes.
     fn tile(self) -> (usize, usize) {
         match self {
             Kernel::Tiled => (64, 64),
             Kernel::Broadcast => (256, 4),
-            Kernel::BroadcastTex => (256, 16),
+            Kernel::BroadcastTex | Kernel::BroadcastTexGather => (256, 16),
         }
     }
 }
@@ -430,6 +438,7 @@ fn gemm_spec(kernel: Kernel, mode: Mode, ep: Epilogue) -> ShaderSpec {
         Kernel::Tiled => spec.def("TILED", 1),
         Kernel::Broadcast => spec.def("SGB", 1),
         Kernel::BroadcastTex => spec.def("SGB", 1).def("TEX", 1),
+        Kernel::BroadcastTexGather => spec.def("SGB", 1).def("TEX", 1).def("ASCALAR", 1),
     };
     let mut next = 4;
     let mut binding = |spec: ShaderSpec, on: bool, names: &[&str]| {
@@ -468,6 +477,9 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = vec![reduce_spec(), swap_spec()];
     for kernel in Kernel::ALL {
         for mode in Mode::ALL {
+            if kernel == Kernel::BroadcastTexGather && mode == Mode::WeightGrad {
+                continue;
+            }
             if mode == Mode::Forward {
                 specs.extend(Epilogue::all().map(|ep| gemm_spec(kernel, mode, ep)));
             } else {
@@ -549,25 +561,33 @@ fn texture_width(gpu: &Gpu) -> u64 {
     4096.min(1 << max_dim.ilog2())
 }
 
-/// Whether the texture form applies: whole vec4 texels per 8-step (FWD/DX) or
-/// per 4 rows (DW), every window starting on a vec4, and windows that fit a texture.
-fn texture_form_fits(gpu: &Gpu, call: &GemmCall) -> bool {
+/// The subgroup-broadcast form for this call: textures wherever B, C and the
+/// epilogue vectors come in whole vec4s and the windows fit a texture; A as
+/// vec4 texels when an 8-step of k (FWD/DX) or 4 rows (DW) are whole texels,
+/// else gathered floats (FWD/DX) or scalar buffers for everything (DW).
+fn broadcast_form(gpu: &Gpu, call: &GemmCall) -> Kernel {
     let c = call.gather.src[2];
-    let channels = match call.mode {
-        Mode::WeightGrad => c % 4 == 0,
-        _ => c % 8 == 0,
-    };
     let max_rows = gpu.limits.max_texture_dimension_2d as u64;
-    let textures = [&call.a, &call.b].into_iter().all(|w| {
-        w.slice.offset % 16 == 0
-            && w.slice.size.div_ceil(16).div_ceil(texture_width(gpu)) <= max_rows
-    });
-    let vec4s = [&call.a, &call.b, &call.c]
+    let fits = |w: &Window, texel: u64| {
+        w.slice.offset % texel == 0
+            && w.slice.size.div_ceil(texel).div_ceil(texture_width(gpu)) <= max_rows
+    };
+    let vec4s = [&call.b, &call.c]
         .into_iter()
         .chain(call.extra)
         .chain(&call.residual)
         .all(|w| w.shift % 4 == 0);
-    channels && call.n % 4 == 0 && textures && vec4s
+    if call.n % 4 != 0 || !vec4s || !fits(&call.b, 16) {
+        return Kernel::Broadcast;
+    }
+    let a_vec4 = call.a.shift % 4 == 0 && fits(&call.a, 16);
+    match call.mode {
+        Mode::WeightGrad if c % 4 == 0 && a_vec4 => Kernel::BroadcastTex,
+        Mode::WeightGrad => Kernel::Broadcast,
+        _ if c % 8 == 0 && a_vec4 => Kernel::BroadcastTex,
+        _ if fits(&call.a, 4) => Kernel::BroadcastTexGather,
+        _ => Kernel::Broadcast,
+    }
 }
 
 /// Staging buffer and texture shared by every convolution on a device: their
@@ -578,26 +598,44 @@ struct Staging {
     texture: wgpu::Texture,
 }
 
-static STAGING: Mutex<Vec<(wgpu::Device, [Option<Staging>; 2])>> = Mutex::new(Vec::new());
+static STAGING: Mutex<Vec<(wgpu::Device, [Option<Staging>; 3])>> = Mutex::new(Vec::new());
+
+/// The staging textures: vec4 A, vec4 B, and scalar A.
+#[derive(Clone, Copy)]
+enum Slot {
+    A,
+    B,
+    AScalar,
+}
+
+impl Slot {
+    fn format(self) -> (wgpu::TextureFormat, u64) {
+        match self {
+            Slot::AScalar => (wgpu::TextureFormat::R32Float, 4),
+            _ => (wgpu::TextureFormat::Rgba32Float, 16),
+        }
+    }
+}
 
 /// Records the copy of a window into staging texture `slot` and returns its view.
-fn stage_texture(rec: &mut Recorder, slot: usize, w: &Window) -> Result<wgpu::TextureView> {
+fn stage_texture(rec: &mut Recorder, slot: Slot, w: &Window) -> Result<wgpu::TextureView> {
     let gpu = rec.gpu();
-    let texels = w.slice.size.div_ceil(16);
+    let (format, texel) = slot.format();
+    let texels = w.slice.size.div_ceil(texel);
     let width = texture_width(gpu);
     let rows = texels.div_ceil(width);
-    let bytes = rows * width * 16;
+    let bytes = rows * width * texel;
     let mut cache = STAGING
         .lock()
         .map_err(|_| Error::Graph("conv2d staging cache poisoned".into()))?;
     let pos = match cache.iter().position(|(d, _)| *d == gpu.device) {
         Some(p) => p,
         None => {
-            cache.push((gpu.device.clone(), [None, None]));
+            cache.push((gpu.device.clone(), [None, None, None]));
             cache.len() - 1
         }
     };
-    let entry = &mut cache[pos].1[slot];
+    let entry = &mut cache[pos].1[slot as usize];
     let fits = entry.as_ref().is_some_and(|s| {
         s.buffer.size() >= bytes
             && s.texture.width() as u64 == width
@@ -616,7 +654,7 @@ fn stage_texture(rec: &mut Recorder, slot: usize, w: &Window) -> Result<wgpu::Te
                 mip_level_count: 1,
                 sample_count: 1,
                 dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba32Float,
+                format,
                 usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
                 view_formats: &[],
             })
@@ -641,7 +679,7 @@ fn stage_texture(rec: &mut Recorder, slot: usize, w: &Window) -> Result<wgpu::Te
             offset: 0,
             size: bytes,
         },
-        (width * 16) as u32,
+        (width * texel) as u32,
         s.texture.clone(),
         wgpu::Extent3d {
             width: width as u32,
@@ -656,8 +694,7 @@ fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
     let gpu = rec.gpu();
     let kernel = match gpu.tuning.matmul {
         MatmulVariant::Tiled => Kernel::Tiled,
-        MatmulVariant::SubgroupBroadcast if texture_form_fits(gpu, &call) => Kernel::BroadcastTex,
-        MatmulVariant::SubgroupBroadcast => Kernel::Broadcast,
+        MatmulVariant::SubgroupBroadcast => broadcast_form(gpu, &call),
     };
     let g = &call.gather;
     let (tm, tn) = kernel.tile();
@@ -693,10 +730,14 @@ fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
         ..Default::default()
     };
     let mut bindings: Vec<Binding> = Vec::new();
-    if kernel == Kernel::BroadcastTex {
+    if let Some(a_slot) = match kernel {
+        Kernel::BroadcastTex => Some(Slot::A),
+        Kernel::BroadcastTexGather => Some(Slot::AScalar),
+        _ => None,
+    } {
         params.tex_log2 = texture_width(gpu).trailing_zeros();
-        bindings.push(Binding::Texture(stage_texture(rec, 0, &call.a)?));
-        bindings.push(Binding::Texture(stage_texture(rec, 1, &call.b)?));
+        bindings.push(Binding::Texture(stage_texture(rec, a_slot, &call.a)?));
+        bindings.push(Binding::Texture(stage_texture(rec, Slot::B, &call.b)?));
     } else {
         bindings.push((&call.a).into());
         bindings.push((&call.b).into());
@@ -1365,7 +1406,7 @@ mod tests {
         };
         // Each distinct epilogue is a pipeline to JIT: the cases share two.
         let full = |c: Conv2d| c.bias().scale_shift().residual().relu();
-        // Scalar path: 3, 1 and 5 input channels, odd outputs, a 1×1 output.
+        // Scalar and gathered-A paths: 3, 1 and 5 input channels, odd outputs, a 1×1 output.
         check_op(&case(
             Conv2d::new([2, 2], asym).bias(),
             [2, 7, 9, 3],
@@ -1382,7 +1423,7 @@ mod tests {
             full(Conv2d::new([1, 2], asym).dilation([2, 1])),
             [3, 6, 5, 5],
             [2, 3],
-            7,
+            8,
         ));
         // Texture path (c_in % 8, c_out % 4), dilation 2 and 6.
         let same = Padding::same([9, 10], [3, 3], [1, 1], [2, 2]);
@@ -1421,7 +1462,7 @@ mod tests {
             chunk_limit: Some(40),
             ..Conv2d::new([2, 2], pad).bias()
         };
-        check_op(&case(op, [2, 9, 4, 3], [3, 2], 5));
+        check_op(&case(op, [2, 9, 4, 3], [3, 2], 4));
     }
 
     #[test]
@@ -1508,7 +1549,7 @@ mod tests {
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     }
 
-    /// The aligned cases of the tests above really run the texture form.
+    /// The aligned and the odd-channel cases of the tests above run the texture forms.
     #[test]
     fn aligned_shapes_use_textures() {
         let Some(gpu) = crate::ops::check::test_gpus()
@@ -1555,8 +1596,15 @@ mod tests {
             &[&[2, 7, 9, 4], &[2, 4, 4, 8]],
         );
         for (what, l) in [("forward", fwd), ("dx", dx), ("dw", dw)] {
-            assert!(l.iter().all(|l| l.contains("TEX=1")), "{what}: {l:?}");
+            assert!(
+                l.iter()
+                    .all(|l| l.contains("TEX=1") && !l.contains("ASCALAR")),
+                "{what}: {l:?}"
+            );
         }
+        let conv = Conv2d::new([2, 2], Padding::symmetric(3, 3));
+        let stem = labels(&conv, &[&[1, 9, 9, 3], &[7, 7, 3, 8]]);
+        assert!(stem.iter().all(|l| l.contains("ASCALAR=1")), "{stem:?}");
     }
 
     #[test]
@@ -1574,7 +1622,7 @@ mod tests {
 
 /// The lavapipe measurement of lavapipe.md's 3×3 convolution (256→256
 /// channels, 64×64, batch 1, pad 1), run on demand:
-/// `cargo test --lib ops::conv2d::bench -- --ignored --nocapture`.
+/// `cargo test --lib ops::conv2d::bench -- --ignored --nocapture --test-threads 1`.
 #[cfg(test)]
 mod bench {
     use super::*;
@@ -1602,16 +1650,45 @@ mod bench {
     #[test]
     #[ignore]
     fn conv3x3_256() {
+        measure(
+            Conv2d::new([1, 1], Padding::symmetric(1, 1)),
+            [1, 64, 64, 256],
+            [3, 3, 256],
+        );
+    }
+
+    /// The ResNet stem (7×7, stride 2, 3→64 channels) at 512×512: the scalar form.
+    #[test]
+    #[ignore]
+    fn stem_512() {
+        let pad = Padding::same([512, 512], [7, 7], [2, 2], [1, 1]);
+        measure(
+            Conv2d::new([2, 2], pad).bias(),
+            [1, 512, 512, 3],
+            [7, 7, 64],
+        );
+    }
+
+    fn measure(op: Conv2d, x: [usize; 4], w: [usize; 3]) {
         let Some(gpu) = test_gpu() else { return };
         let mut rng = Rng::new(7);
-        let x = DeviceTensor::upload(&gpu, &rng.tensor([1, 64, 64, 256], -1.0, 1.0)).unwrap();
-        let w = DeviceTensor::upload(&gpu, &rng.tensor([3, 3, 256, 256], -0.1, 0.1)).unwrap();
-        let op = Conv2d::new([1, 1], Padding::symmetric(1, 1));
-        let y = DeviceTensor::zeros(&gpu, Shape::new(&[1, 64, 64, 256])).unwrap();
+        let x = DeviceTensor::upload(&gpu, &rng.tensor(x, -1.0, 1.0)).unwrap();
+        let w = DeviceTensor::upload(
+            &gpu,
+            &rng.tensor([w[0], w[1], x.shape.0[3], w[2]], -0.1, 0.1),
+        )
+        .unwrap();
+        let mut ins = vec![x, w];
+        if op.epilogue.bias {
+            ins.push(DeviceTensor::zeros(&gpu, Shape::new(&[ins[1].shape.0[3]])).unwrap());
+        }
+        let shapes: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
+        let y = DeviceTensor::zeros(&gpu, op.infer(&shapes).unwrap().remove(0)).unwrap();
+        let flops = op.flops(&shapes) as f64;
         let mut rec = Recorder::new(&gpu);
-        op.record(&mut rec, &[&x, &w], &[&y]).unwrap();
+        op.record(&mut rec, &ins.iter().collect::<Vec<_>>(), &[&y])
+            .unwrap();
         let recording = rec.finish().unwrap();
-        let flops = op.flops(&[&x.shape, &w.shape]) as f64;
         recording.submit(&gpu).unwrap();
         gpu.wait().unwrap();
         for rep in 0..5 {
