@@ -350,6 +350,40 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 #if TEX
 #if DW
+#if ASCALAR
+    // Any channel count: each of this lane's rows is its own (ky, kx, c); the
+    // grid pixel of each k is advanced incrementally (no divisions).
+    var tap_of: array<vec3<u32>, 4>;
+    var row_ok: array<bool, 4>;
+    for (var m = 0u; m < 4u; m++) {
+        let t = min(rbase + m, p.m - 1u);
+        let tap = t / p.src_c;
+        tap_of[m] = vec3<u32>(tap / p.taps_x, tap % p.taps_x, t % p.src_c);
+        row_ok[m] = rbase + m < p.m;
+    }
+    let first = pixel_origin(p.k0);
+    var img = first.x;
+    var py = (first.y - p.off_y) / p.mul_y;
+    var px = (first.z - p.off_x) / p.mul_x;
+    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
+        for (var kk = 0u; kk < 8u; kk++) {
+            let live = k0 + kk < p.k;
+            let o = vec3<i32>(img, py * p.mul_y + p.off_y, px * p.mul_x + p.off_x);
+            for (var m = 0u; m < 4u; m++) {
+                let e = source_pixel(o, tap_of[m].x, tap_of[m].y);
+                av[kk][m] = select(0.0, a_scalar(u32(max(e, 0)) + tap_of[m].z), live & row_ok[m] & e >= 0);
+            }
+            px += 1;
+            let next_row = px == i32(p.grid_w);
+            px = select(px, 0, next_row);
+            py = select(py, py + 1, next_row);
+            let next_image = py == i32(p.grid_h);
+            py = select(py, 0, next_image);
+            img = select(img, img + i32(p.src_h), next_image);
+        }
+        slab_b(k0 + lane, col0);
+    }
+#else
     // This lane's 4 rows are 4 consecutive channels of one tap (src_c % 4 == 0).
     let tap = min(rbase, p.m - 1u) / p.src_c;
     let ch = min(rbase, p.m - 1u) - tap * p.src_c;
@@ -364,6 +398,7 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         }
         slab_b(k0 + lane, col0);
     }
+#endif
 #else
 #if ASCALAR
     // Any channel count: an 8-step of k may span taps, so the tap of each k is

@@ -404,7 +404,7 @@ enum Kernel {
     /// Broadcast with A and B staged into read-only storage textures.
     BroadcastTex,
     /// BroadcastTex for channel counts that do not fill texels: A is gathered
-    /// one float at a time from an r32float texture (FWD and DX only).
+    /// one float at a time from an r32float texture.
     BroadcastTexGather,
 }
 
@@ -477,9 +477,6 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = vec![reduce_spec(), swap_spec()];
     for kernel in Kernel::ALL {
         for mode in Mode::ALL {
-            if kernel == Kernel::BroadcastTexGather && mode == Mode::WeightGrad {
-                continue;
-            }
             if mode == Mode::Forward {
                 specs.extend(Epilogue::all().map(|ep| gemm_spec(kernel, mode, ep)));
             } else {
@@ -564,7 +561,7 @@ fn texture_width(gpu: &Gpu) -> u64 {
 /// The subgroup-broadcast form for this call: textures wherever B, C and the
 /// epilogue vectors come in whole vec4s and the windows fit a texture; A as
 /// vec4 texels when an 8-step of k (FWD/DX) or 4 rows (DW) are whole texels,
-/// else gathered floats (FWD/DX) or scalar buffers for everything (DW).
+/// else gathered floats.
 fn broadcast_form(gpu: &Gpu, call: &GemmCall) -> Kernel {
     let c = call.gather.src[2];
     let max_rows = gpu.limits.max_texture_dimension_2d as u64;
@@ -581,12 +578,16 @@ fn broadcast_form(gpu: &Gpu, call: &GemmCall) -> Kernel {
         return Kernel::Broadcast;
     }
     let a_vec4 = call.a.shift % 4 == 0 && fits(&call.a, 16);
-    match call.mode {
-        Mode::WeightGrad if c % 4 == 0 && a_vec4 => Kernel::BroadcastTex,
-        Mode::WeightGrad => Kernel::Broadcast,
-        _ if c % 8 == 0 && a_vec4 => Kernel::BroadcastTex,
-        _ if fits(&call.a, 4) => Kernel::BroadcastTexGather,
-        _ => Kernel::Broadcast,
+    let whole_texels = match call.mode {
+        Mode::WeightGrad => c % 4 == 0,
+        _ => c % 8 == 0,
+    };
+    if whole_texels && a_vec4 {
+        Kernel::BroadcastTex
+    } else if fits(&call.a, 4) {
+        Kernel::BroadcastTexGather
+    } else {
+        Kernel::Broadcast
     }
 }
 
@@ -1473,12 +1474,12 @@ mod tests {
             left: 1,
             right: 2,
         };
-        // Scalar paths, stride 2, odd channels, batch 2.
+        // Gathered-A and scalar paths, stride 2, odd channels, batch 2.
         grad_check(&case(
             Conv2d::new([2, 2], asym).bias(),
             [2, 7, 6, 3],
             [3, 3],
-            5,
+            4,
         ));
         grad_check(&case(
             Conv2d::new([2, 1], asym).dilation([2, 2]).bias().relu(),
@@ -1518,7 +1519,8 @@ mod tests {
             )
             .bias()
         };
-        grad_check(&case(op, [2, 8, 4, 4], [3, 3], 8));
+        grad_check(&case(op.clone(), [2, 8, 4, 4], [3, 3], 8));
+        grad_check(&case(op, [2, 8, 4, 3], [3, 3], 8));
     }
 
     #[test]
@@ -1603,7 +1605,12 @@ mod tests {
             );
         }
         let conv = Conv2d::new([2, 2], Padding::symmetric(3, 3));
-        let stem = labels(&conv, &[&[1, 9, 9, 3], &[7, 7, 3, 8]]);
+        let mut stem = labels(&conv, &[&[1, 9, 9, 3], &[7, 7, 3, 8]]);
+        let dw = Conv2dWeightGrad {
+            conv,
+            kernel: [7, 7],
+        };
+        stem.extend(labels(&dw, &[&[1, 9, 9, 3], &[1, 5, 5, 8]]));
         assert!(stem.iter().all(|l| l.contains("ASCALAR=1")), "{stem:?}");
     }
 
