@@ -566,21 +566,21 @@ fn broadcast_form(gpu: &Gpu, call: &GemmCall) -> Kernel {
     let c = call.gather.src[2];
     let max_rows = gpu.limits.max_texture_dimension_2d as u64;
     let fits = |w: &Window, texel: u64| {
-        w.slice.offset % texel == 0
+        w.slice.offset.is_multiple_of(texel)
             && w.slice.size.div_ceil(texel).div_ceil(texture_width(gpu)) <= max_rows
     };
     let vec4s = [&call.b, &call.c]
         .into_iter()
         .chain(call.extra)
         .chain(&call.residual)
-        .all(|w| w.shift % 4 == 0);
-    if call.n % 4 != 0 || !vec4s || !fits(&call.b, 16) {
+        .all(|w| w.shift.is_multiple_of(4));
+    if !call.n.is_multiple_of(4) || !vec4s || !fits(&call.b, 16) {
         return Kernel::Broadcast;
     }
-    let a_vec4 = call.a.shift % 4 == 0 && fits(&call.a, 16);
+    let a_vec4 = call.a.shift.is_multiple_of(4) && fits(&call.a, 16);
     let whole_texels = match call.mode {
-        Mode::WeightGrad => c % 4 == 0,
-        _ => c % 8 == 0,
+        Mode::WeightGrad => c.is_multiple_of(4),
+        _ => c.is_multiple_of(8),
     };
     if whole_texels && a_vec4 {
         Kernel::BroadcastTex
