@@ -1676,6 +1676,49 @@ mod bench {
         );
     }
 
+    /// The TF stem at 2048×2048: a 256 MiB output, twice one binding, so it
+    /// runs in chunks at the real device limit. Checks sampled outputs.
+    #[test]
+    #[ignore]
+    fn stem_2048_chunked() {
+        let Some(gpu) = test_gpu() else { return };
+        let mut rng = Rng::new(11);
+        let pad = Padding::same([2048, 2048], [7, 7], [2, 2], [1, 1]);
+        let op = Conv2d::new([2, 2], pad).bias().relu();
+        let x = rng.tensor([1, 2048, 2048, 3], -1.0, 1.0);
+        let w = rng.tensor([7, 7, 3, 64], -0.2, 0.2);
+        let b = rng.tensor([64], -0.1, 0.1);
+        let t = std::time::Instant::now();
+        let y = crate::graph::exec::run_op(&gpu, std::sync::Arc::new(op.clone()), &[&x, &w, &b])
+            .unwrap()
+            .remove(0);
+        eprintln!("{:?} in {:.1} s", y.shape, t.elapsed().as_secs_f64());
+        let g = op.geom(&x.shape, &w.shape).unwrap();
+        let mut worst = 0f64;
+        for _ in 0..2000 {
+            let (oy, ox, co) = (rng.below(g.oh), rng.below(g.ow), rng.below(64));
+            let mut want = b.data[co] as f64;
+            for ky in 0..7 {
+                for kx in 0..7 {
+                    let (iy, ix) = (
+                        (oy * 2 + ky) as i64 - pad.top as i64,
+                        (ox * 2 + kx) as i64 - pad.left as i64,
+                    );
+                    if iy < 0 || ix < 0 || iy >= 2048 || ix >= 2048 {
+                        continue;
+                    }
+                    for ci in 0..3 {
+                        want += x.data[g.in_index(0, iy as usize, ix as usize) + ci] as f64
+                            * w.data[g.w_index(ky, kx) + ci * 64 + co] as f64;
+                    }
+                }
+            }
+            let got = y.data[g.out_index(0, oy, ox) + co] as f64;
+            worst = worst.max((got - want.max(0.0)).abs());
+        }
+        assert!(worst < 1e-4, "worst sampled error {worst}");
+    }
+
     fn measure(op: Conv2d, x: [usize; 4], w: [usize; 3]) {
         let Some(gpu) = test_gpu() else { return };
         let mut rng = Rng::new(7);
