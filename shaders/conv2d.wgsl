@@ -350,9 +350,9 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 #if TEX
 #if DW
-#if ASCALAR
-    // Any channel count: each of this lane's rows is its own (ky, kx, c); the
-    // grid pixel of each k is advanced incrementally (no divisions).
+    // Each of this lane's rows is a (ky, kx, c); the vec4 form needs only the
+    // first, its 4 rows being 4 channels of one tap (src_c % 4 == 0). The grid
+    // pixel of each k is advanced incrementally: a division per k cost 40 %.
     var tap_of: array<vec3<u32>, 4>;
     var row_ok: array<bool, 4>;
     for (var m = 0u; m < 4u; m++) {
@@ -369,10 +369,15 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         for (var kk = 0u; kk < 8u; kk++) {
             let live = k0 + kk < p.k;
             let o = vec3<i32>(img, py * p.mul_y + p.off_y, px * p.mul_x + p.off_x);
+#if ASCALAR
             for (var m = 0u; m < 4u; m++) {
                 let e = source_pixel(o, tap_of[m].x, tap_of[m].y);
                 av[kk][m] = select(0.0, a_scalar(u32(max(e, 0)) + tap_of[m].z), live & row_ok[m] & e >= 0);
             }
+#else
+            let e = source_pixel(o, tap_of[0].x, tap_of[0].y);
+            av[kk] = select(vec4<f32>(0.0), a_vec(u32(max(e, 0)) + tap_of[0].z), live & row_ok[0] & e >= 0);
+#endif
             px += 1;
             let next_row = px == i32(p.grid_w);
             px = select(px, 0, next_row);
@@ -383,22 +388,6 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         }
         slab_b(k0 + lane, col0);
     }
-#else
-    // This lane's 4 rows are 4 consecutive channels of one tap (src_c % 4 == 0).
-    let tap = min(rbase, p.m - 1u) / p.src_c;
-    let ch = min(rbase, p.m - 1u) - tap * p.src_c;
-    let ky = tap / p.taps_x;
-    let kx = tap - ky * p.taps_x;
-    let rows_ok = rbase < p.m;
-    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
-        for (var kk = 0u; kk < 8u; kk++) {
-            let e = source_pixel(pixel_origin(p.k0 + min(k0 + kk, p.k - 1u)), ky, kx);
-            let ok = rows_ok && e >= 0 && k0 + kk < p.k;
-            av[kk] = select(vec4<f32>(0.0), a_vec(u32(max(e, 0)) + ch), ok);
-        }
-        slab_b(k0 + lane, col0);
-    }
-#endif
 #else
 #if ASCALAR
     // Any channel count: an 8-step of k may span taps, so the tap of each k is

@@ -1657,22 +1657,31 @@ mod bench {
     #[test]
     #[ignore]
     fn conv3x3_256() {
+        let conv = Conv2d::new([1, 1], Padding::symmetric(1, 1));
+        let (act, w): (&[usize], &[usize]) = (&[1, 64, 64, 256], &[3, 3, 256, 256]);
+        measure(&conv, &[act, w]);
+        let dx = Conv2dInputGrad {
+            conv: conv.clone(),
+            input_hw: [64, 64],
+        };
+        measure(&dx, &[act, w]);
         measure(
-            Conv2d::new([1, 1], Padding::symmetric(1, 1)),
-            [1, 64, 64, 256],
-            [3, 3, 256],
+            &Conv2dWeightGrad {
+                conv,
+                kernel: [3, 3],
+            },
+            &[act, act],
         );
     }
 
-    /// The ResNet stem (7×7, stride 2, 3→64 channels) at 512×512: the scalar form.
+    /// The ResNet stem (7×7, stride 2, 3→64 channels) at 512×512: the gathered-A form.
     #[test]
     #[ignore]
     fn stem_512() {
         let pad = Padding::same([512, 512], [7, 7], [2, 2], [1, 1]);
         measure(
-            Conv2d::new([2, 2], pad).bias(),
-            [1, 512, 512, 3],
-            [7, 7, 64],
+            &Conv2d::new([2, 2], pad).bias(),
+            &[&[1, 512, 512, 3], &[7, 7, 3, 64], &[64]],
         );
     }
 
@@ -1719,19 +1728,13 @@ mod bench {
         assert!(worst < 1e-4, "worst sampled error {worst}");
     }
 
-    fn measure(op: Conv2d, x: [usize; 4], w: [usize; 3]) {
+    fn measure(op: &dyn Op, shapes: &[&[usize]]) {
         let Some(gpu) = test_gpu() else { return };
         let mut rng = Rng::new(7);
-        let x = DeviceTensor::upload(&gpu, &rng.tensor(x, -1.0, 1.0)).unwrap();
-        let w = DeviceTensor::upload(
-            &gpu,
-            &rng.tensor([w[0], w[1], x.shape.0[3], w[2]], -0.1, 0.1),
-        )
-        .unwrap();
-        let mut ins = vec![x, w];
-        if op.epilogue.bias {
-            ins.push(DeviceTensor::zeros(&gpu, Shape::new(&[ins[1].shape.0[3]])).unwrap());
-        }
+        let ins: Vec<DeviceTensor> = shapes
+            .iter()
+            .map(|s| DeviceTensor::upload(&gpu, &rng.tensor(*s, -1.0, 1.0)).unwrap())
+            .collect();
         let shapes: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
         let y = DeviceTensor::zeros(&gpu, op.infer(&shapes).unwrap().remove(0)).unwrap();
         let flops = op.flops(&shapes) as f64;
@@ -1753,7 +1756,8 @@ mod bench {
         let total: f64 = walls.iter().sum();
         walls.sort_by(f64::total_cmp);
         eprintln!(
-            "{}: median {:.1} ms = {:.1} GFLOP/s wall [{:.1}..{:.1}], {:.1} GFLOP per CPU-second, {:.2} cores",
+            "{} ({}): median {:.1} ms = {:.1} GFLOP/s wall [{:.1}..{:.1}], {:.1} GFLOP per CPU-second, {:.2} cores",
+            op.name(),
             gpu.tuning.describe(),
             walls[3] * 1e3,
             flops / walls[3] / 1e9,
