@@ -147,10 +147,17 @@ fn b_elem(k: u32, col: u32) -> f32 {
 #endif
 
 // The epilogue of 4 consecutive columns of one row. llvmpipe scalarises every
-// lane-varying store into a per-lane loop, and 64 such stores per invocation
-// made its JIT take seconds per pipeline: the TEX form (n, shifts all
-// multiples of 4) stores one vec4; the scalar form reads clamped columns and
-// drops the ones past n.
+// lane-varying access into a per-lane loop: 64 scalar stores per invocation
+// made its JIT take ~12 s per pipeline (vec4 stores: under 1 s). The column
+// terms are loaded once per column group (`columns`), loads read clamped
+// indices outside any branch, and only the store is conditional. The TEX form (n and
+// every shift multiples of 4) moves vec4s; the scalar form drops columns past n.
+// (acc + bias)·scale + shift is applied as acc·mul + add.
+struct Cols {
+    mul: vec4<f32>,
+    add: vec4<f32>,
+}
+
 #if TEX
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 #if BIAS
@@ -164,25 +171,36 @@ fn b_elem(k: u32, col: u32) -> f32 {
 @group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<vec4<f32>>;
 #endif
 
-fn store4(row: u32, col: u32, acc4: vec4<f32>) {
-    if (row < p.m && col < p.n) {
-        var v = acc4;
+fn columns(col0: u32) -> Cols {
+    let col = min(col0, p.n - 4u);
+    var c = Cols(vec4<f32>(1.0), vec4<f32>(0.0));
 #if BIAS
-        v += bias[(col + p.v_shift0) / 4u];
+    c.add = bias[(col + p.v_shift0) / 4u];
 #endif
 #if AFFINE
-        v = v * scale[(col + p.v_shift1) / 4u] + shift[(col + p.v_shift2) / 4u];
+    c.mul = scale[(col + p.v_shift1) / 4u];
+    c.add = c.add * c.mul + shift[(col + p.v_shift2) / 4u];
 #endif
+    return c;
+}
+
+fn store4(row0: u32, col0: u32, acc4: vec4<f32>, c: Cols) {
+    let row = min(row0, p.m - 1u);
+    let col = min(col0, p.n - 4u);
+    var v = acc4 * c.mul + c.add;
 #if RESIDUAL
-        v += residual[(row * p.n + col + p.r_shift) / 4u];
+    v += residual[(row * p.n + col + p.r_shift) / 4u];
 #endif
 #if RELU
-        v = max(v, vec4<f32>(0.0));
+    v = max(v, vec4<f32>(0.0));
 #endif
-        let io = (row * p.n + col + p.c_shift) / 4u;
-        if (p.accum != 0u) {
-            v += out[io];
-        }
+    let io = (row * p.n + col + p.c_shift) / 4u;
+#if DW
+    if (p.accum != 0u) {
+        v += out[io];
+    }
+#endif
+    if (row0 < p.m && col0 < p.n) {
         out[io] = v;
     }
 }
@@ -199,34 +217,43 @@ fn store4(row: u32, col: u32, acc4: vec4<f32>) {
 @group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<f32>;
 #endif
 
-fn gather4(base: u32, c: vec4<u32>) -> vec4<u32> {
-    return vec4<u32>(base) + c;
+fn clamped4(col: u32) -> vec4<u32> {
+    return min(vec4<u32>(col, col + 1u, col + 2u, col + 3u), vec4<u32>(p.n - 1u));
 }
 
-fn store4(row: u32, col: u32, acc4: vec4<f32>) {
-    if (row < p.m) {
-        let c = min(vec4<u32>(col, col + 1u, col + 2u, col + 3u), vec4<u32>(p.n - 1u));
-        var v = acc4;
+fn columns(col: u32) -> Cols {
+    let i = clamped4(col);
+    var c = Cols(vec4<f32>(1.0), vec4<f32>(0.0));
 #if BIAS
-        let ib = gather4(p.v_shift0, c);
-        v += vec4<f32>(bias[ib.x], bias[ib.y], bias[ib.z], bias[ib.w]);
+    let b = i + p.v_shift0;
+    c.add = vec4<f32>(bias[b.x], bias[b.y], bias[b.z], bias[b.w]);
 #endif
 #if AFFINE
-        let isc = gather4(p.v_shift1, c);
-        let ish = gather4(p.v_shift2, c);
-        v = v * vec4<f32>(scale[isc.x], scale[isc.y], scale[isc.z], scale[isc.w]) + vec4<f32>(shift[ish.x], shift[ish.y], shift[ish.z], shift[ish.w]);
+    let sc = i + p.v_shift1;
+    let sh = i + p.v_shift2;
+    c.mul = vec4<f32>(scale[sc.x], scale[sc.y], scale[sc.z], scale[sc.w]);
+    c.add = c.add * c.mul + vec4<f32>(shift[sh.x], shift[sh.y], shift[sh.z], shift[sh.w]);
 #endif
+    return c;
+}
+
+fn store4(row0: u32, col: u32, acc4: vec4<f32>, c: Cols) {
+    let row = min(row0, p.m - 1u);
+    var v = acc4 * c.mul + c.add;
 #if RESIDUAL
-        let ir = gather4(row * p.n + p.r_shift, c);
-        v += vec4<f32>(residual[ir.x], residual[ir.y], residual[ir.z], residual[ir.w]);
+    let r = clamped4(col) + row * p.n + p.r_shift;
+    v += vec4<f32>(residual[r.x], residual[r.y], residual[r.z], residual[r.w]);
 #endif
 #if RELU
-        v = max(v, vec4<f32>(0.0));
+    v = max(v, vec4<f32>(0.0));
 #endif
-        let io = gather4(row * p.n + p.c_shift, c);
-        if (p.accum != 0u) {
-            v += vec4<f32>(out[io.x], out[io.y], out[io.z], out[io.w]);
-        }
+    let io = clamped4(col) + row * p.n + p.c_shift;
+#if DW
+    if (p.accum != 0u) {
+        v += vec4<f32>(out[io.x], out[io.y], out[io.z], out[io.w]);
+    }
+#endif
+    if (row0 < p.m) {
         for (var e = 0u; e < 4u; e++) {
             if (col + e < p.n) {
                 out[io[e]] = v[e];
@@ -272,8 +299,9 @@ fn conv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         }
         workgroupBarrier();
     }
+    let cols = columns(c0 + tc);
     for (var m = 0u; m < 4u; m++) {
-        store4(r0 + tr + m, c0 + tc, acc[m]);
+        store4(r0 + tr + m, c0 + tc, acc[m], cols);
     }
 }
 #endif
@@ -333,6 +361,16 @@ fn slab_b(k: u32, col0: u32) {
 #endif
     }
     slab(b);
+}
+
+// Written out rather than looped: when a large epilogue stopped Mesa from
+// unrolling the store loops, acc was indexed dynamically and the JIT took ~9 s.
+fn store_group(j: u32, rbase: u32, col: u32) {
+    let cols = columns(col);
+    store4(rbase, col, acc[j], cols);
+    store4(rbase + 1u, col, acc[TNV + j], cols);
+    store4(rbase + 2u, col, acc[2u * TNV + j], cols);
+    store4(rbase + 3u, col, acc[3u * TNV + j], cols);
 }
 
 @compute @workgroup_size(64)
@@ -455,11 +493,12 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         slab_b(k0 + lane, col0);
     }
 #endif
-    for (var m = 0u; m < 4u; m++) {
-        for (var j = 0u; j < TNV; j++) {
-            store4(rbase + m, col0 + 4u * j, acc[m * TNV + j]);
-        }
-    }
+    store_group(0u, rbase, col0);
+#if TEX
+    store_group(1u, rbase, col0 + 4u);
+    store_group(2u, rbase, col0 + 8u);
+    store_group(3u, rbase, col0 + 12u);
+#endif
 }
 #endif
 #endif

@@ -1405,17 +1405,18 @@ mod tests {
             left: 0,
             right: 1,
         };
-        // Each distinct epilogue is a pipeline to JIT: the cases share two.
+        // Each distinct epilogue is a pipeline to JIT: the cases share two
+        // (bias + ReLU, and all four).
         let full = |c: Conv2d| c.bias().scale_shift().residual().relu();
         // Scalar and gathered-A paths: 3, 1 and 5 input channels, odd outputs, a 1×1 output.
         check_op(&case(
-            Conv2d::new([2, 2], asym).bias(),
+            Conv2d::new([2, 2], asym).bias().relu(),
             [2, 7, 9, 3],
             [3, 3],
             5,
         ));
         check_op(&case(
-            Conv2d::new([1, 1], Padding::default()).bias(),
+            Conv2d::new([1, 1], Padding::default()).bias().relu(),
             [1, 3, 3, 1],
             [3, 3],
             1,
@@ -1436,7 +1437,8 @@ mod tests {
         ));
         let atrous = Conv2d::new([1, 1], Padding::symmetric(6, 6))
             .dilation([6, 6])
-            .bias();
+            .bias()
+            .relu();
         check_op(&case(atrous, [1, 13, 11, 8], [3, 3], 20));
         check_op(&case(
             full(Conv2d::new([2, 2], asym)),
@@ -1450,7 +1452,7 @@ mod tests {
     fn forward_in_chunks() {
         let op = Conv2d {
             chunk_limit: Some(3 * 7 * 16),
-            ..Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias()
+            ..Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu()
         };
         check_op(&case(op, [2, 9, 7, 16], [3, 3], 16));
         let pad = Padding {
@@ -1461,7 +1463,7 @@ mod tests {
         };
         let op = Conv2d {
             chunk_limit: Some(40),
-            ..Conv2d::new([2, 2], pad).bias()
+            ..Conv2d::new([2, 2], pad).bias().relu()
         };
         check_op(&case(op, [2, 9, 4, 3], [3, 2], 4));
     }
@@ -1476,7 +1478,7 @@ mod tests {
         };
         // Gathered-A and scalar paths, stride 2, odd channels, batch 2.
         grad_check(&case(
-            Conv2d::new([2, 2], asym).bias(),
+            Conv2d::new([2, 2], asym).bias().relu(),
             [2, 7, 6, 3],
             [3, 3],
             4,
@@ -1489,7 +1491,7 @@ mod tests {
         ));
         // Texture paths: DW with c_in % 4, DX with c_out % 8.
         grad_check(&case(
-            Conv2d::new([2, 2], asym).dilation([1, 2]).bias(),
+            Conv2d::new([2, 2], asym).dilation([1, 2]).bias().relu(),
             [2, 7, 9, 4],
             [3, 3],
             8,
@@ -1497,7 +1499,8 @@ mod tests {
         grad_check(&case(
             Conv2d::new([1, 1], Padding::symmetric(2, 2))
                 .dilation([2, 2])
-                .bias(),
+                .bias()
+                .relu(),
             [1, 6, 6, 8],
             [3, 3],
             12,
@@ -1518,6 +1521,7 @@ mod tests {
                 },
             )
             .bias()
+            .relu()
         };
         grad_check(&case(op.clone(), [2, 8, 4, 4], [3, 3], 8));
         grad_check(&case(op, [2, 8, 4, 3], [3, 3], 8));
