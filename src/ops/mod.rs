@@ -3,6 +3,7 @@
 
 pub mod batchnorm;
 pub mod check;
+pub mod conv2d;
 pub mod elementwise;
 pub mod gemm;
 pub mod loss;
@@ -17,6 +18,7 @@ use crate::gpu::ShaderSpec;
 pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     specs.extend(batchnorm::shader_specs());
+    specs.extend(conv2d::shader_specs());
     specs.extend(elementwise::shader_specs());
     specs.extend(gemm::shader_specs());
     specs.extend(loss::shader_specs());

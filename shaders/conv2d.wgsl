@@ -1,0 +1,546 @@
+// 2-D convolution as an implicit GEMM, NHWC activations, HWIO weights.
+//
+// One kernel body serves the three products of a convolution, chosen by define:
+//   FWD: rows = output pixels, k = (ky, kx, c_in), cols = c_out; A gathers the input patch.
+//   DX:  rows = input pixels,  k = (ky, kx, c_out), cols = c_in; A gathers dy through the
+//        transposed geometry (a tap contributes only where the stride divides the offset),
+//        B is the weight with its last two axes swapped.
+//   DW:  rows = (ky, kx, c_in), k = output pixels,  cols = c_out; A gathers the input
+//        patch with the roles of row and k exchanged, B is dy.
+// B is always a row-major matrix [k, cols] and C a row-major [rows, cols] window.
+//
+// Variants: TILED (shared-memory block tiles, for GPUs whose workgroup memory is on
+// chip) and SGB (lavapipe: 8-lane subgroups, each lane owns 4 rows, the 8×16 slab of
+// B is loaded one row per lane and shared by subgroupBroadcast; see
+// shared/spec/lavapipe.md). SGB with TEX reads A and B as vec4 texels from read-only
+// storage textures, whose loads llvmpipe inlines branch-free; without TEX it reads
+// scalars from storage buffers and handles any channel count.
+// (No `enable subgroups;`: naga 30 rejects it; the SGB variant is only chosen
+// when the device has SUBGROUP, see MatmulVariant::supported.)
+#include "common"
+
+struct Params {
+    m: u32,           // rows of this dispatch
+    n: u32,           // columns
+    k: u32,           // reduction length of this dispatch
+    row0: u32,        // global index of the first row (a pixel for FWD and DX)
+    k0: u32,          // global index of the first k (a pixel for DW)
+    taps_x: u32,      // kernel width
+    src_h: u32,       // gathered tensor [N, src_h, src_w, src_c]
+    src_w: u32,
+    src_c: u32,
+    grid_h: u32,      // pixel grid the gather walks (output for FWD/DW, input for DX)
+    grid_w: u32,
+    div_y: u32,       // DX: source coordinate = numerator / stride when it divides
+    div_x: u32,
+    a_base: u32,      // global element index where the A window starts
+    a_shift: u32,
+    b_shift: u32,
+    c_shift: u32,
+    r_shift: u32,
+    accum: u32,       // add to C instead of overwriting (chunks of a DW reduction)
+    col_tiles: u32,
+    tex_log2: u32,    // texels per texture row, log2
+    mul_y: i32,       // source numerator = pixel·mul + off + tap·dk
+    off_y: i32,
+    dk_y: i32,
+    mul_x: i32,
+    off_x: i32,
+    dk_x: i32,
+    v_shift0: u32,    // shifts of the bias, scale and shift windows
+    v_shift1: u32,
+    v_shift2: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+#if GEMM
+#if TEX
+#if ASCALAR
+@group(0) @binding(1) var a_tex: texture_storage_2d<r32float, read>;
+#else
+@group(0) @binding(1) var a_tex: texture_storage_2d<rgba32float, read>;
+#endif
+@group(0) @binding(2) var b_tex: texture_storage_2d<rgba32float, read>;
+#else
+@group(0) @binding(1) var<storage, read> a_buf: array<f32>;
+@group(0) @binding(2) var<storage, read> b_buf: array<f32>;
+#endif
+// Batch image, first source row and first source column of a pixel of the grid:
+// (n·src_h, y·mul_y + off_y, x·mul_x + off_x).
+fn pixel_origin(q: u32) -> vec3<i32> {
+    let per_image = p.grid_h * p.grid_w;
+    let n = q / per_image;
+    let r = q - n * per_image;
+    let y = r / p.grid_w;
+    let x = r - y * p.grid_w;
+    return vec3<i32>(i32(n * p.src_h), i32(y) * p.mul_y + p.off_y, i32(x) * p.mul_x + p.off_x);
+}
+
+// Window element index of channel 0 of the source pixel tap (ky, kx) reads for a
+// grid pixel, or -1 where the tap falls in the padding (or between strides for DX).
+fn source_pixel(o: vec3<i32>, ky: u32, kx: u32) -> i32 {
+    // Branch-free: it is inlined dozens of times per k-step in the gather form.
+    var sy = o.y + i32(ky) * p.dk_y;
+    var sx = o.z + i32(kx) * p.dk_x;
+    var ok = sy >= 0 & sx >= 0;
+#if DX
+    ok = ok & sy % i32(p.div_y) == 0 & sx % i32(p.div_x) == 0;
+    sy = sy / i32(p.div_y);
+    sx = sx / i32(p.div_x);
+#endif
+    ok = ok & sy < i32(p.src_h) & sx < i32(p.src_w);
+    return select(-1, ((o.x + sy) * i32(p.src_w) + sx) * i32(p.src_c) - i32(p.a_base) + i32(p.a_shift), ok);
+}
+
+// Element of the source at tap t = (ky·kw + kx)·src_c + c for grid pixel q, or -1.
+fn gather_index(q: u32, t: u32) -> i32 {
+    let tap = t / p.src_c;
+    let c = t - tap * p.src_c;
+    let ky = tap / p.taps_x;
+    let e = source_pixel(pixel_origin(q), ky, tap - ky * p.taps_x);
+    return select(-1, e + i32(c), e >= 0);
+}
+
+#if TEX
+fn texel(e: u32) -> vec2<u32> {
+    let t = e >> 2u;
+    return vec2<u32>(t & ((1u << p.tex_log2) - 1u), t >> p.tex_log2);
+}
+#if ASCALAR
+fn a_scalar(e: u32) -> f32 {
+    return textureLoad(a_tex, vec2<u32>(e & ((1u << p.tex_log2) - 1u), e >> p.tex_log2)).x;
+}
+#else
+fn a_vec(e: u32) -> vec4<f32> {
+    return textureLoad(a_tex, texel(e));
+}
+#endif
+fn b_vec(e: u32) -> vec4<f32> {
+    return textureLoad(b_tex, texel(e));
+}
+#else
+// A[row, k] of this dispatch (row and k local), zero outside.
+fn a_elem(row: u32, k: u32) -> f32 {
+    if (row >= p.m || k >= p.k) {
+        return 0.0;
+    }
+#if DW
+    let e = gather_index(p.k0 + k, row);
+#else
+    let e = gather_index(p.row0 + row, k);
+#endif
+    if (e < 0) {
+        return 0.0;
+    }
+    return a_buf[e];
+}
+
+fn b_elem(k: u32, col: u32) -> f32 {
+    if (k >= p.k || col >= p.n) {
+        return 0.0;
+    }
+    return b_buf[k * p.n + col + p.b_shift];
+}
+#endif
+
+// The epilogue of 4 consecutive columns of one row. llvmpipe scalarises every
+// lane-varying access into a per-lane loop: 64 scalar stores per invocation
+// made its JIT take ~12 s per pipeline (vec4 stores: under 1 s). The column
+// terms are loaded once per column group (`columns`), loads read clamped
+// indices outside any branch, and only the store is conditional. The TEX form (n and
+// every shift multiples of 4) moves vec4s; the scalar form drops columns past n.
+// (acc + bias)·scale + shift is applied as acc·mul + add.
+struct Cols {
+    mul: vec4<f32>,
+    add: vec4<f32>,
+}
+
+#if TEX
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+#if BIAS
+@group(0) @binding({{BIAS_BINDING}}) var<storage, read> bias: array<vec4<f32>>;
+#endif
+#if AFFINE
+@group(0) @binding({{SCALE_BINDING}}) var<storage, read> scale: array<vec4<f32>>;
+@group(0) @binding({{SHIFT_BINDING}}) var<storage, read> shift: array<vec4<f32>>;
+#endif
+#if RESIDUAL
+@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<vec4<f32>>;
+#endif
+
+fn columns(col0: u32) -> Cols {
+    let col = min(col0, p.n - 4u);
+    var c = Cols(vec4<f32>(1.0), vec4<f32>(0.0));
+#if BIAS
+    c.add = bias[(col + p.v_shift0) / 4u];
+#endif
+#if AFFINE
+    c.mul = scale[(col + p.v_shift1) / 4u];
+    c.add = c.add * c.mul + shift[(col + p.v_shift2) / 4u];
+#endif
+    return c;
+}
+
+fn store4(row0: u32, col0: u32, acc4: vec4<f32>, c: Cols) {
+    let row = min(row0, p.m - 1u);
+    let col = min(col0, p.n - 4u);
+    var v = acc4 * c.mul + c.add;
+#if RESIDUAL
+    v += residual[(row * p.n + col + p.r_shift) / 4u];
+#endif
+#if RELU
+    v = max(v, vec4<f32>(0.0));
+#endif
+    let io = (row * p.n + col + p.c_shift) / 4u;
+#if DW
+    if (p.accum != 0u) {
+        v += out[io];
+    }
+#endif
+    if (row0 < p.m && col0 < p.n) {
+        out[io] = v;
+    }
+}
+#else
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#if BIAS
+@group(0) @binding({{BIAS_BINDING}}) var<storage, read> bias: array<f32>;
+#endif
+#if AFFINE
+@group(0) @binding({{SCALE_BINDING}}) var<storage, read> scale: array<f32>;
+@group(0) @binding({{SHIFT_BINDING}}) var<storage, read> shift: array<f32>;
+#endif
+#if RESIDUAL
+@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<f32>;
+#endif
+
+fn clamped4(col: u32) -> vec4<u32> {
+    return min(vec4<u32>(col, col + 1u, col + 2u, col + 3u), vec4<u32>(p.n - 1u));
+}
+
+fn columns(col: u32) -> Cols {
+    let i = clamped4(col);
+    var c = Cols(vec4<f32>(1.0), vec4<f32>(0.0));
+#if BIAS
+    let b = i + p.v_shift0;
+    c.add = vec4<f32>(bias[b.x], bias[b.y], bias[b.z], bias[b.w]);
+#endif
+#if AFFINE
+    let sc = i + p.v_shift1;
+    let sh = i + p.v_shift2;
+    c.mul = vec4<f32>(scale[sc.x], scale[sc.y], scale[sc.z], scale[sc.w]);
+    c.add = c.add * c.mul + vec4<f32>(shift[sh.x], shift[sh.y], shift[sh.z], shift[sh.w]);
+#endif
+    return c;
+}
+
+fn store4(row0: u32, col: u32, acc4: vec4<f32>, c: Cols) {
+    let row = min(row0, p.m - 1u);
+    var v = acc4 * c.mul + c.add;
+#if RESIDUAL
+    let r = clamped4(col) + row * p.n + p.r_shift;
+    v += vec4<f32>(residual[r.x], residual[r.y], residual[r.z], residual[r.w]);
+#endif
+#if RELU
+    v = max(v, vec4<f32>(0.0));
+#endif
+    let io = clamped4(col) + row * p.n + p.c_shift;
+#if DW
+    if (p.accum != 0u) {
+        v += vec4<f32>(out[io.x], out[io.y], out[io.z], out[io.w]);
+    }
+#endif
+    if (row0 < p.m) {
+        for (var e = 0u; e < 4u; e++) {
+            if (col + e < p.n) {
+                out[io[e]] = v[e];
+            }
+        }
+    }
+}
+#endif
+
+#if TILED
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+
+var<workgroup> a_tile: array<f32, 1024>; // [BK][BM]
+var<workgroup> b_tile: array<f32, 1024>; // [BK][BN]
+
+@compute @workgroup_size(256)
+fn conv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = linear_group(wid, nwg);
+    let row_tiles = (p.m + BM - 1u) / BM;
+    if (g >= row_tiles * p.col_tiles) {
+        return;
+    }
+    let r0 = (g / p.col_tiles) * BM;
+    let c0 = (g % p.col_tiles) * BN;
+    let tr = (lid / 16u) * 4u;
+    let tc = (lid % 16u) * 4u;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var i = 0u; i < 4u; i++) {
+            let e = lid + i * 256u;
+            a_tile[e] = a_elem(r0 + e % BM, k0 + e / BM);
+            b_tile[e] = b_elem(k0 + e / BN, c0 + e % BN);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a = vec4<f32>(a_tile[kk * BM + tr], a_tile[kk * BM + tr + 1u], a_tile[kk * BM + tr + 2u], a_tile[kk * BM + tr + 3u]);
+            let b = vec4<f32>(b_tile[kk * BN + tc], b_tile[kk * BN + tc + 1u], b_tile[kk * BN + tc + 2u], b_tile[kk * BN + tc + 3u]);
+            for (var m = 0u; m < 4u; m++) {
+                acc[m] += a[m] * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    let cols = columns(c0 + tc);
+    for (var m = 0u; m < 4u; m++) {
+        store4(r0 + tr + m, c0 + tc, acc[m], cols);
+    }
+}
+#endif
+
+#if SGB
+// Per lane: 4 rows × 4·TNV columns of C, and the current 8-step slab of A as
+// av[kk] = (A[row0, kk], .., A[row3, kk]). The scalar form keeps one vec4 of
+// columns: its loads dominate anyway, and it compiles much faster.
+#if TEX
+const TNV: u32 = 4u;
+#else
+const TNV: u32 = 1u;
+#endif
+var<private> acc: array<vec4<f32>, 16>;
+var<private> av: array<vec4<f32>, 8>;
+
+fn rank1(a: vec4<f32>, b: array<vec4<f32>, TNV>) {
+    for (var m = 0u; m < 4u; m++) {
+        for (var j = 0u; j < TNV; j++) {
+            acc[m * TNV + j] += a[m] * b[j];
+        }
+    }
+}
+
+// The broadcast lane must be a constant for it to compile to one shuffle, so the
+// eight steps are written out.
+fn slab(b: array<vec4<f32>, TNV>) {
+    var s: array<vec4<f32>, TNV>;
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 0u); }
+    rank1(av[0], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 1u); }
+    rank1(av[1], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 2u); }
+    rank1(av[2], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 3u); }
+    rank1(av[3], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 4u); }
+    rank1(av[4], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 5u); }
+    rank1(av[5], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 6u); }
+    rank1(av[6], s);
+    for (var j = 0u; j < TNV; j++) { s[j] = subgroupBroadcast(b[j], 7u); }
+    rank1(av[7], s);
+}
+
+// Row k of B, this lane's share of the slab (zero outside).
+fn slab_b(k: u32, col0: u32) {
+    var b: array<vec4<f32>, TNV>;
+    for (var j = 0u; j < TNV; j++) {
+        let c = col0 + 4u * j;
+#if TEX
+        let ok = k < p.k && c < p.n;
+        b[j] = select(vec4<f32>(0.0), b_vec(select(0u, k, ok) * p.n + p.b_shift + select(0u, c, ok)), ok);
+#else
+        b[j] = vec4<f32>(b_elem(k, c), b_elem(k, c + 1u), b_elem(k, c + 2u), b_elem(k, c + 3u));
+#endif
+    }
+    slab(b);
+}
+
+// Written out rather than looped: when a large epilogue stopped Mesa from
+// unrolling the store loops, acc was indexed dynamically and the JIT took ~9 s.
+fn store_group(j: u32, rbase: u32, col: u32) {
+    let cols = columns(col);
+    store4(rbase, col, acc[j], cols);
+    store4(rbase + 1u, col, acc[TNV + j], cols);
+    store4(rbase + 2u, col, acc[2u * TNV + j], cols);
+    store4(rbase + 3u, col, acc[3u * TNV + j], cols);
+}
+
+@compute @workgroup_size(64)
+fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let g = linear_group(wid, nwg);
+    let row_tiles = (p.m + 255u) / 256u;
+    if (g >= row_tiles * p.col_tiles) {
+        return;
+    }
+    // 8 subgroups × 8 lanes × 4 rows = 256 rows, 4·TNV columns per workgroup.
+    let rbase = (g / p.col_tiles) * 256u + (lid / 8u) * 32u + lane * 4u;
+    let col0 = (g % p.col_tiles) * 4u * TNV;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+#if TEX
+#if DW
+    // Each of this lane's rows is a (ky, kx, c); the vec4 form needs only the
+    // first, its 4 rows being 4 channels of one tap (src_c % 4 == 0). The grid
+    // pixel of each k is advanced incrementally: a division per k cost 40 %.
+    var tap_of: array<vec3<u32>, 4>;
+    var row_ok: array<bool, 4>;
+    for (var m = 0u; m < 4u; m++) {
+        let t = min(rbase + m, p.m - 1u);
+        let tap = t / p.src_c;
+        tap_of[m] = vec3<u32>(tap / p.taps_x, tap % p.taps_x, t % p.src_c);
+        row_ok[m] = rbase + m < p.m;
+    }
+    let first = pixel_origin(p.k0);
+    var img = first.x;
+    var py = (first.y - p.off_y) / p.mul_y;
+    var px = (first.z - p.off_x) / p.mul_x;
+    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
+        for (var kk = 0u; kk < 8u; kk++) {
+            let live = k0 + kk < p.k;
+            let o = vec3<i32>(img, py * p.mul_y + p.off_y, px * p.mul_x + p.off_x);
+#if ASCALAR
+            for (var m = 0u; m < 4u; m++) {
+                let e = source_pixel(o, tap_of[m].x, tap_of[m].y);
+                av[kk][m] = select(0.0, a_scalar(u32(max(e, 0)) + tap_of[m].z), live & row_ok[m] & e >= 0);
+            }
+#else
+            let e = source_pixel(o, tap_of[0].x, tap_of[0].y);
+            av[kk] = select(vec4<f32>(0.0), a_vec(u32(max(e, 0)) + tap_of[0].z), live & row_ok[0] & e >= 0);
+#endif
+            px += 1;
+            let next_row = px == i32(p.grid_w);
+            px = select(px, 0, next_row);
+            py = select(py, py + 1, next_row);
+            let next_image = py == i32(p.grid_h);
+            py = select(py, 0, next_image);
+            img = select(img, img + i32(p.src_h), next_image);
+        }
+        slab_b(k0 + lane, col0);
+    }
+#else
+#if ASCALAR
+    // Any channel count: an 8-step of k may span taps, so the tap of each k is
+    // advanced incrementally (no divisions) and each lane reads single floats.
+    var origin: array<vec3<i32>, 4>;
+    for (var m = 0u; m < 4u; m++) {
+        origin[m] = select(vec3<i32>(0, -1 << 30, 0), pixel_origin(p.row0 + min(rbase + m, p.m - 1u)), rbase + m < p.m);
+    }
+    var c = 0u;
+    var kx = 0u;
+    var ky = 0u;
+    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
+        for (var kk = 0u; kk < 8u; kk++) {
+            let live = k0 + kk < p.k;
+            for (var m = 0u; m < 4u; m++) {
+                let e = source_pixel(origin[m], ky, kx);
+                av[kk][m] = select(0.0, a_scalar(u32(max(e, 0)) + c), live & e >= 0);
+            }
+            c += 1u;
+            let next_tap = c == p.src_c;
+            c = select(c, 0u, next_tap);
+            kx = select(kx, kx + 1u, next_tap);
+            let next_row = kx == p.taps_x;
+            kx = select(kx, 0u, next_row);
+            ky = select(ky, ky + 1u, next_row);
+        }
+        slab_b(k0 + lane, col0);
+    }
+#else
+    // Each 8-step of k stays inside one tap (src_c % 8 == 0): per row, two texels.
+    var origin: array<vec3<i32>, 4>;
+    for (var m = 0u; m < 4u; m++) {
+        origin[m] = pixel_origin(p.row0 + min(rbase + m, p.m - 1u));
+    }
+    let taps = p.k / p.src_c;
+    for (var tap = 0u; tap < taps; tap++) {
+        let ky = tap / p.taps_x;
+        let kx = tap - ky * p.taps_x;
+        var base: array<i32, 4>;
+        for (var m = 0u; m < 4u; m++) {
+            base[m] = select(-1, source_pixel(origin[m], ky, kx), rbase + m < p.m);
+        }
+        for (var c0 = 0u; c0 < p.src_c; c0 += 8u) {
+            var lo: array<vec4<f32>, 4>;
+            var hi: array<vec4<f32>, 4>;
+            for (var m = 0u; m < 4u; m++) {
+                let e = u32(max(base[m], 0)) + c0;
+                lo[m] = select(vec4<f32>(0.0), a_vec(e), base[m] >= 0);
+                hi[m] = select(vec4<f32>(0.0), a_vec(e + 4u), base[m] >= 0);
+            }
+            for (var kk = 0u; kk < 4u; kk++) {
+                av[kk] = vec4<f32>(lo[0][kk], lo[1][kk], lo[2][kk], lo[3][kk]);
+                av[kk + 4u] = vec4<f32>(hi[0][kk], hi[1][kk], hi[2][kk], hi[3][kk]);
+            }
+            slab_b(tap * p.src_c + c0 + lane, col0);
+        }
+    }
+#endif
+#endif
+#else
+    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
+        for (var kk = 0u; kk < 8u; kk++) {
+            av[kk] = vec4<f32>(a_elem(rbase, k0 + kk), a_elem(rbase + 1u, k0 + kk), a_elem(rbase + 2u, k0 + kk), a_elem(rbase + 3u, k0 + kk));
+        }
+        slab_b(k0 + lane, col0);
+    }
+#endif
+    store_group(0u, rbase, col0);
+#if TEX
+    store_group(1u, rbase, col0 + 4u);
+    store_group(2u, rbase, col0 + 8u);
+    store_group(3u, rbase, col0 + 12u);
+#endif
+}
+#endif
+#endif
+
+#if REDUCE
+// out[col] (+)= Σ rows of a [rows, cols] window: the bias gradient.
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sum: array<f32>;
+
+@compute @workgroup_size(64)
+fn column_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col = linear_index(wid, nwg, lid, 64u);
+    if (col >= p.n) {
+        return;
+    }
+    var s = 0.0;
+    for (var r = 0u; r < p.m; r++) {
+        s += src[r * p.n + col + p.a_shift];
+    }
+    if (p.accum != 0u) {
+        s += sum[col + p.c_shift];
+    }
+    sum[col + p.c_shift] = s;
+}
+#endif
+
+#if SWAP
+// [taps, m, n] -> [taps, n, m]: HWIO weights to the HWOI layout DX multiplies by.
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+@compute @workgroup_size(64)
+fn swap_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid, 64u);
+    let per = p.m * p.n;
+    if (i >= p.k * per) {
+        return;
+    }
+    let t = i / per;
+    let r = i - t * per;
+    let a = r / p.n;
+    let b = r - a * p.n;
+    dst[t * per + b * p.m + a + p.c_shift] = src[i + p.a_shift];
+}
+#endif
