@@ -32,6 +32,7 @@ impl ParamStore {
 /// memory plan, every dispatch recorded once, replayed by `run`.
 pub struct Executable {
     gpu: Arc<Gpu>,
+    graph: Graph,
     tensors: HashMap<TensorId, DeviceTensor>,
     recording: Recording,
     pub schedule: Vec<usize>,
@@ -160,6 +161,7 @@ impl Executable {
         let flops = graph.flops(&schedule);
         Ok(Executable {
             gpu: gpu.clone(),
+            graph: graph.clone(),
             tensors,
             recording,
             schedule,
@@ -201,6 +203,38 @@ impl Executable {
 
     pub fn stats(&self) -> crate::gpu::RecordStats {
         self.recording.stats
+    }
+
+    /// Runs every node on its own and times it (submit + wait each), for
+    /// finding the slow kernels: `(op name, output shape, FLOPs, seconds)`
+    /// in schedule order. The results equal those of `run`.
+    pub fn profile(&self) -> Result<Vec<(String, Shape, u64, f64)>> {
+        let mut out = Vec::new();
+        for &n in &self.schedule {
+            let node = &self.graph.nodes[n];
+            let get = |t: &TensorId| self.tensor(*t);
+            let ins: Vec<&DeviceTensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
+            let outs: Vec<&DeviceTensor> = node.outputs.iter().map(get).collect::<Result<_>>()?;
+            let mut rec = Recorder::new(&self.gpu);
+            node.op.record(&mut rec, &ins, &outs)?;
+            let recording = rec.finish()?;
+            let t = std::time::Instant::now();
+            recording.submit(&self.gpu)?;
+            self.gpu.wait()?;
+            let shapes: Vec<&Shape> = node.inputs.iter().map(|t| self.graph.shape(*t)).collect();
+            let shape = node
+                .outputs
+                .first()
+                .map(|o| self.graph.shape(*o).clone())
+                .unwrap_or_default();
+            out.push((
+                node.op.name().to_string(),
+                shape,
+                node.op.flops(&shapes),
+                t.elapsed().as_secs_f64(),
+            ));
+        }
+        Ok(out)
     }
 }
 

@@ -194,6 +194,54 @@ impl Graph {
         }
     }
 
+    /// Copies `other` into this graph, feeding its inputs from `bind` (its
+    /// input → our tensor) and sharing parameters by name. Returns where each
+    /// of its tensors landed.
+    pub fn import(
+        &mut self,
+        other: &Graph,
+        bind: &[(TensorId, TensorId)],
+    ) -> Result<std::collections::HashMap<TensorId, TensorId>> {
+        let mut map: std::collections::HashMap<TensorId, TensorId> = bind.iter().copied().collect();
+        for (i, info) in other.tensors.iter().enumerate() {
+            let id = TensorId(i);
+            match info.kind {
+                TensorKind::Input if !map.contains_key(&id) => {
+                    return Err(Error::Graph(format!(
+                        "import: input '{}' is not bound",
+                        info.name
+                    )));
+                }
+                TensorKind::Param => {
+                    let existing = self
+                        .tensors
+                        .iter()
+                        .position(|t| t.kind == TensorKind::Param && t.name == info.name);
+                    let mine = match existing {
+                        Some(j) if self.tensors[j].shape == info.shape => TensorId(j),
+                        Some(_) => {
+                            return Err(Error::Graph(format!(
+                                "import: parameter '{}' exists with another shape",
+                                info.name
+                            )))
+                        }
+                        None => self.param(&info.name, info.shape.clone()),
+                    };
+                    map.insert(id, mine);
+                }
+                _ => {}
+            }
+        }
+        for node in &other.nodes {
+            let ins: Vec<TensorId> = node.inputs.iter().map(|t| map[t]).collect();
+            let outs = self.apply_arc(node.op.clone(), &ins)?;
+            for (o, n) in node.outputs.iter().zip(outs) {
+                map.insert(*o, n);
+            }
+        }
+        Ok(map)
+    }
+
     /// Nodes needed to compute `targets`, in execution order (nodes that
     /// mutate state are always kept when their inputs are available).
     pub fn live_nodes(&self, targets: &[TensorId]) -> Vec<usize> {

@@ -15,6 +15,9 @@ pub trait NpyElem: bytemuck::Pod {
 impl NpyElem for f32 {
     const DESCR: &'static str = "<f4";
 }
+impl NpyElem for f64 {
+    const DESCR: &'static str = "<f8";
+}
 impl NpyElem for i64 {
     const DESCR: &'static str = "<i8";
 }

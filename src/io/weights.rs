@@ -114,8 +114,15 @@ impl WeightFile {
     }
 
     /// Checks the file against the tensors a model expects, naming every
-    /// missing, unexpected and mis-shaped tensor in one error.
-    pub fn check(&self, path: &Path, expected: &[(String, Shape)]) -> Result<()> {
+    /// missing, unexpected and mis-shaped tensor in one error. Names starting
+    /// with one of `optional_prefixes` may be present without being expected
+    /// (e.g. training-only heads in a file used for extraction).
+    pub fn check(
+        &self,
+        path: &Path,
+        expected: &[(String, Shape)],
+        optional_prefixes: &[&str],
+    ) -> Result<()> {
         let want: BTreeMap<&str, &Shape> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
         let mut problems = Vec::new();
         for (name, shape) in &want {
@@ -129,7 +136,9 @@ impl WeightFile {
         }
         for name in self.tensors.keys() {
             // Batch counters carry no weights; torchvision state dicts include them.
-            if !want.contains_key(name.as_str()) && !name.ends_with("num_batches_tracked") {
+            let optional = name.ends_with("num_batches_tracked")
+                || optional_prefixes.iter().any(|p| name.starts_with(p));
+            if !want.contains_key(name.as_str()) && !optional {
                 problems.push(format!("unexpected '{name}'"));
             }
         }
@@ -185,7 +194,12 @@ mod tests {
             ("conv1.weight".to_string(), Shape::new(&[2, 1, 3, 3])),
             ("bn1.weight".to_string(), Shape::new(&[2])),
         ];
-        let e = r.check(&p, &expected).unwrap_err().to_string();
+        let e = r.check(&p, &expected, &[]).unwrap_err().to_string();
+        assert!(!r
+            .check(&p, &expected, &["fc."])
+            .unwrap_err()
+            .to_string()
+            .contains("fc.bias"));
         assert!(
             e.contains("missing 'bn1.weight'")
                 && e.contains("'conv1.weight' is [2×1×1×1]")
