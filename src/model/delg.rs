@@ -1,0 +1,268 @@
+//! DELG (spec §1–§2): a ResNet backbone with a global head (GeM pooling and a
+//! whitening layer over D) and a local head (attention and an autoencoder over
+//! S), as graphs for extraction and for training.
+//!
+//! Head parameter names (PyTorch layouts; see docs/weights.md):
+//! `whiten.weight` [G, C_D], `whiten.bias` [G];
+//! `attention.conv1.weight` [A, C_S, 1, 1], `attention.conv1.bias`,
+//! `attention.bn.{weight,bias,running_mean,running_var}` [A],
+//! `attention.conv2.weight` [1, A, 1, 1], `attention.conv2.bias` [1];
+//! `autoencoder.encoder.weight` [L, C_S, 1, 1], `autoencoder.encoder.bias` [L],
+//! `autoencoder.decoder.weight` [C_S, L, 1, 1], `autoencoder.decoder.bias` [C_S];
+//! training only: `arcface.weight` [classes, G],
+//! `attention_classifier.weight` [classes, C_S], `attention_classifier.bias` [classes].
+
+use serde::{Deserialize, Serialize};
+
+use super::resnet::{backbone, ConvSpec, Mode, ModelParams, NetBuilder, ResNetConfig, Role};
+use crate::error::Result;
+use crate::graph::{Graph, TensorId};
+use crate::ops::elementwise::{Binary, BinaryKind, StopGradient, Unary, UnaryKind};
+use crate::ops::gemm::Matmul;
+use crate::ops::loss::{ArcFaceLoss, MseLoss, SoftmaxCrossEntropy};
+use crate::ops::normalize::L2Normalize;
+use crate::ops::pool::{AttentionPool, GeMPool};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DelgConfig {
+    pub backbone: ResNetConfig,
+    /// GeM power (fixed in DELG: a constant, not learned).
+    pub gem_p: f32,
+    pub gem_eps: f32,
+    /// Output size of the whitening layer (the global descriptor size).
+    pub global_dim: usize,
+    /// Hidden channels of the attention module.
+    pub attention_dim: usize,
+    /// Local descriptor size (autoencoder bottleneck).
+    pub local_dim: usize,
+}
+
+impl DelgConfig {
+    pub fn new(backbone: ResNetConfig) -> Self {
+        let global_dim = backbone.d_channels();
+        DelgConfig {
+            backbone,
+            gem_p: 3.0,
+            gem_eps: 1e-6,
+            global_dim,
+            attention_dim: 512,
+            local_dim: 128,
+        }
+    }
+}
+
+/// Losses and their weights (spec §2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DelgLossConfig {
+    pub num_classes: usize,
+    pub arcface_margin: f32,
+    pub arcface_scale: f32,
+    pub attention_weight: f32,
+    pub reconstruction_weight: f32,
+}
+
+impl DelgLossConfig {
+    pub fn paper(num_classes: usize, global_dim: usize) -> Self {
+        DelgLossConfig {
+            num_classes,
+            arcface_margin: 0.1,
+            arcface_scale: (global_dim as f32).sqrt(),
+            attention_weight: 1.0,
+            reconstruction_weight: 10.0,
+        }
+    }
+}
+
+/// Extraction outputs of one image at one scale.
+pub struct DelgOutputs {
+    /// Global descriptor before L2 normalisation, [1, G].
+    pub global: TensorId,
+    /// Attention scores A = softplus(M(S)), [1, h, w, 1].
+    pub attention: TensorId,
+    /// Local descriptors L = T(S), [1, h, w, L].
+    pub local: TensorId,
+}
+
+struct Heads {
+    global: TensorId,
+    attention: TensorId,
+    local: TensorId,
+    s: TensorId,
+}
+
+fn one_by_one(
+    b: &mut NetBuilder,
+    x: TensorId,
+    name: &str,
+    bn: Option<&str>,
+    c_out: usize,
+    relu: bool,
+) -> Result<TensorId> {
+    b.conv(
+        x,
+        ConvSpec {
+            bn,
+            bias: true,
+            relu,
+            ..ConvSpec::new(name, c_out, 1)
+        },
+    )
+}
+
+fn heads(b: &mut NetBuilder, cfg: &DelgConfig, image: TensorId) -> Result<Heads> {
+    let f = backbone(b, &cfg.backbone, image)?;
+    let c_d = cfg.backbone.d_channels();
+    // GeM's p is configuration in DELG: a parameter filled at load, never trained.
+    let p = b.g.param("gem.p", [1]);
+    let pooled = b.g.apply1(GeMPool { eps: cfg.gem_eps }, &[f.d, p])?;
+    let w = b.param("whiten.weight", &[cfg.global_dim, c_d], Role::LinearWeight);
+    let bias = b.param("whiten.bias", &[cfg.global_dim], Role::Bias);
+    let global = b.g.apply1(Matmul::new(false, true), &[pooled, w, bias])?;
+
+    // The local head reads S through a stop-gradient (spec §1.4): its losses
+    // train the heads only, never the backbone.
+    let s = b.g.apply1(StopGradient, &[f.s])?;
+    let hidden = one_by_one(
+        b,
+        s,
+        "attention.conv1",
+        Some("attention.bn"),
+        cfg.attention_dim,
+        true,
+    )?;
+    let logits = one_by_one(b, hidden, "attention.conv2", None, 1, false)?;
+    let attention = b.g.apply1(Unary(UnaryKind::Softplus), &[logits])?;
+    let local = one_by_one(b, s, "autoencoder.encoder", None, cfg.local_dim, false)?;
+    Ok(Heads {
+        global,
+        attention,
+        local,
+        s,
+    })
+}
+
+/// The extraction graph for one image of `height`×`width` (normalised RGB, NHWC).
+pub fn inference_graph(
+    cfg: &DelgConfig,
+    height: usize,
+    width: usize,
+) -> Result<(Graph, TensorId, DelgOutputs, ModelParams)> {
+    let mut g = Graph::new();
+    let image = g.input("image", [1, height, width, 3]);
+    let mut b = NetBuilder::new(&mut g, Mode::Inference, cfg.backbone.bn_eps());
+    let h = heads(&mut b, cfg, image)?;
+    let params = ModelParams {
+        specs: b.specs,
+        folds: b.folds,
+    };
+    Ok((
+        g,
+        image,
+        DelgOutputs {
+            global: h.global,
+            attention: h.attention,
+            local: h.local,
+        },
+        params,
+    ))
+}
+
+/// Tensors of a training graph.
+pub struct DelgTraining {
+    pub images: TensorId,
+    pub labels: TensorId,
+    pub total_loss: TensorId,
+    pub global_loss: TensorId,
+    pub attention_loss: TensorId,
+    pub reconstruction_loss: TensorId,
+    /// Per-class cosines of the global head and logits of the attention head, for accuracy.
+    pub global_cosines: TensorId,
+    pub attention_logits: TensorId,
+    /// Attention scores [B, h, w, 1]: their median at the end of training is τ.
+    pub attention: TensorId,
+}
+
+/// The training graph for a batch of `batch` images of `size`×`size` (spec §2):
+/// ArcFace on the L2-normalised global descriptor, softmax cross-entropy on
+/// the attention-pooled reconstruction, and the reconstruction MSE.
+pub fn training_graph(
+    cfg: &DelgConfig,
+    loss: &DelgLossConfig,
+    batch: usize,
+    size: usize,
+    bn_momentum: f32,
+) -> Result<(Graph, DelgTraining, ModelParams)> {
+    let mut g = Graph::new();
+    let images = g.input("images", [batch, size, size, 3]);
+    let labels = g.input("labels", [batch]);
+    let mut b = NetBuilder::new(
+        &mut g,
+        Mode::Train {
+            momentum: bn_momentum,
+        },
+        cfg.backbone.bn_eps(),
+    );
+    let h = heads(&mut b, cfg, images)?;
+    let c_s = cfg.backbone.s_channels();
+
+    let embedding = b.g.apply1(L2Normalize::default(), &[h.global])?;
+    let class_w = b.param(
+        "arcface.weight",
+        &[loss.num_classes, cfg.global_dim],
+        Role::Other,
+    );
+    let class_w = b.g.apply1(L2Normalize::default(), &[class_w])?;
+    let cosines =
+        b.g.apply1(Matmul::new(false, true), &[embedding, class_w])?;
+    let global_loss = b.g.apply(
+        ArcFaceLoss::delg(loss.arcface_scale, loss.arcface_margin),
+        &[cosines, labels],
+    )?[0];
+
+    let decoded = one_by_one(&mut b, h.local, "autoencoder.decoder", None, c_s, true)?;
+    let target = h.s; // already behind the stop-gradient
+    let reconstruction_loss = b.g.apply(MseLoss, &[decoded, target])?[0];
+    let normalized = b.g.apply1(L2Normalize::default(), &[decoded])?;
+    let pooled = b.g.apply1(AttentionPool, &[normalized, h.attention])?;
+    let aw = b.param(
+        "attention_classifier.weight",
+        &[loss.num_classes, c_s],
+        Role::LinearWeight,
+    );
+    let ab = b.param("attention_classifier.bias", &[loss.num_classes], Role::Bias);
+    let attention_logits = b.g.apply1(Matmul::new(false, true), &[pooled, aw, ab])?;
+    let attention_loss =
+        b.g.apply(SoftmaxCrossEntropy, &[attention_logits, labels])?[0];
+
+    let weighted_a = b.g.apply1(
+        Unary(UnaryKind::Scale(loss.attention_weight)),
+        &[attention_loss],
+    )?;
+    let weighted_r = b.g.apply1(
+        Unary(UnaryKind::Scale(loss.reconstruction_weight)),
+        &[reconstruction_loss],
+    )?;
+    let sum =
+        b.g.apply1(Binary::new(BinaryKind::Add), &[global_loss, weighted_a])?;
+    let total_loss =
+        b.g.apply1(Binary::new(BinaryKind::Add), &[sum, weighted_r])?;
+    let params = ModelParams {
+        specs: b.specs,
+        folds: b.folds,
+    };
+    Ok((
+        g,
+        DelgTraining {
+            images,
+            labels,
+            total_loss,
+            global_loss,
+            attention_loss,
+            reconstruction_loss,
+            global_cosines: cosines,
+            attention_logits,
+            attention: h.attention,
+        },
+        params,
+    ))
+}

@@ -1,0 +1,230 @@
+//! Whole-model parity with the independent PyTorch re-statement of DELG in
+//! tools/torch_delg_reference.py (fixtures in tests/fixtures/delg_tiny): the
+//! extraction outputs, the three losses and every parameter gradient of a
+//! training step, and the losses of 20 SGD steps, in both backbone layouts.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use delg_gpu::graph::exec::{Executable, ParamStore};
+use delg_gpu::graph::TensorKind;
+use delg_gpu::io::npy;
+use delg_gpu::io::weights::WeightFile;
+use delg_gpu::model::delg::{inference_graph, training_graph, DelgConfig, DelgLossConfig};
+use delg_gpu::model::extractor::META_CONFIG;
+use delg_gpu::model::params::{load_params, oihw_to_hwio};
+use delg_gpu::model::resnet::Role;
+use delg_gpu::ops::check::{normalized_max_error, test_gpu};
+use delg_gpu::pipeline::train::{build_step, upload_state, Schedule, TrainConfig};
+use delg_gpu::tensor::{HostTensor, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/delg_tiny")
+        .join(name)
+}
+
+fn load(name: &str) -> HostTensor {
+    let (shape, data) = npy::read::<f32>(&fixture(name)).unwrap();
+    Tensor::new(shape, data).unwrap()
+}
+
+fn model(layout: &str) -> (WeightFile, DelgConfig) {
+    let w = WeightFile::load(&fixture(&format!("weights_{layout}.safetensors"))).unwrap();
+    let cfg: DelgConfig = serde_json::from_str(&w.metadata[META_CONFIG]).unwrap();
+    (w, cfg)
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    let err = normalized_max_error(got, &want64);
+    assert!(
+        err <= tol,
+        "{what}: normalized max error {err:.2e} > {tol:.0e}"
+    );
+}
+
+#[test]
+fn extraction_outputs_match_pytorch() {
+    let Some(gpu) = test_gpu() else { return };
+    for layout in ["delg", "torchvision"] {
+        let (file, cfg) = model(layout);
+        let image = load(&format!("infer_{layout}_image.npy"));
+        let [_, h, w, _] = image.shape.nhwc("image").unwrap();
+        let (g, input, out, params) = inference_graph(&cfg, h, w).unwrap();
+        let constants = [(
+            "gem.p".to_string(),
+            Tensor::new([1], vec![cfg.gem_p]).unwrap(),
+        )];
+        let store = load_params(
+            &gpu,
+            &fixture("w"),
+            &file,
+            &params,
+            cfg.backbone.bn_eps(),
+            &constants,
+        )
+        .unwrap();
+        let exe =
+            Executable::new(&gpu, &g, &[out.global, out.attention, out.local], &store).unwrap();
+        exe.set_input(input, &image).unwrap();
+        exe.run().unwrap();
+        for (t, name) in [
+            (out.global, "global"),
+            (out.attention, "attention"),
+            (out.local, "local"),
+        ] {
+            let want = load(&format!("infer_{layout}_{name}.npy"));
+            let got = exe.read(t).unwrap();
+            assert_eq!(got.shape, want.shape, "{layout} {name} shape");
+            close(&format!("{layout} {name}"), &got.data, &want.data, 1e-4);
+        }
+    }
+}
+
+fn train_config(cfg: DelgConfig) -> TrainConfig {
+    let loss = DelgLossConfig::paper(5, cfg.global_dim);
+    TrainConfig {
+        model: cfg,
+        loss,
+        batch: 2,
+        image_size: 64,
+        steps: 20,
+        lr: 0.01,
+        schedule: Schedule::Linear,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+        clip_norm: 1.0,
+        bn_momentum: 0.1,
+        seed: 0,
+        checkpoint_every: 0,
+        val_fraction: 0.0,
+        flip: false,
+    }
+}
+
+#[test]
+fn training_losses_and_gradients_match_pytorch() {
+    let Some(gpu) = test_gpu() else { return };
+    for layout in ["delg", "torchvision"] {
+        let (file, cfg) = model(layout);
+        let tc = train_config(cfg.clone());
+        let (mut g, t, params) = training_graph(&cfg, &tc.loss, 2, 64, 0.1).unwrap();
+        let param_ids: HashMap<String, _> = g
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.kind == TensorKind::Param)
+            .map(|(k, i)| (i.name.clone(), delg_gpu::graph::TensorId(k)))
+            .collect();
+        let grads_file =
+            WeightFile::load(&fixture(&format!("train_{layout}_grads.safetensors"))).unwrap();
+        let names: Vec<String> = grads_file.tensors.keys().cloned().collect();
+        let wrt: Vec<_> = names.iter().map(|n| param_ids[n]).collect();
+        let grads = g.grad(t.total_loss, &wrt).unwrap();
+        let mut store = ParamStore::default();
+        for s in &params.specs {
+            let v = &file.tensors[&s.name];
+            let v = if s.role == Role::ConvWeight {
+                oihw_to_hwio(v).unwrap()
+            } else {
+                v.clone()
+            };
+            store.insert(&gpu, &s.name, &v).unwrap();
+        }
+        store
+            .insert(&gpu, "gem.p", &Tensor::new([1], vec![3.0]).unwrap())
+            .unwrap();
+        let mut targets = vec![
+            t.total_loss,
+            t.global_loss,
+            t.attention_loss,
+            t.reconstruction_loss,
+        ];
+        targets.extend(grads.iter().flatten());
+        let exe = Executable::new(&gpu, &g, &targets, &store).unwrap();
+        exe.set_input(t.images, &load(&format!("train_{layout}_images.npy")))
+            .unwrap();
+        exe.set_input(t.labels, &load(&format!("train_{layout}_labels.npy")))
+            .unwrap();
+        exe.run().unwrap();
+        let (_, want_losses) =
+            npy::read::<f64>(&fixture(&format!("train_{layout}_losses.npy"))).unwrap();
+        for (i, lt) in targets[..4].iter().enumerate() {
+            let got = exe.read(*lt).unwrap().data[0] as f64;
+            let rel = (got - want_losses[i]).abs() / want_losses[i].abs().max(1e-12);
+            assert!(
+                rel <= 1e-3,
+                "{layout} loss {i}: {got} vs {} (rel {rel:.2e})",
+                want_losses[i]
+            );
+        }
+        // Biases in front of a training-mode batch norm have an exact zero
+        // gradient that both sides only approximate: errors are measured
+        // against at least 1e-3 of the largest gradient of the step.
+        let floor = 1e-3
+            * grads_file
+                .tensors
+                .values()
+                .flat_map(|t| &t.data)
+                .fold(0f32, |m, v| m.max(v.abs()));
+        for (name, gr) in names.iter().zip(&grads) {
+            let want = &grads_file.tensors[name];
+            let spec = params.specs.iter().find(|s| &s.name == name).unwrap();
+            let want = if spec.role == Role::ConvWeight {
+                oihw_to_hwio(want).unwrap()
+            } else {
+                want.clone()
+            };
+            match gr {
+                Some(gr) => {
+                    let got = exe.read(*gr).unwrap().data;
+                    let scale = want.data.iter().fold(floor, |m, v| m.max(v.abs())) as f64;
+                    let err = got
+                        .iter()
+                        .zip(&want.data)
+                        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64))
+                        / scale;
+                    assert!(
+                        err <= 1e-3,
+                        "{layout} d{name}: error {err:.2e} of the gradient scale"
+                    );
+                }
+                None => assert!(
+                    want.data.iter().all(|v| *v == 0.0),
+                    "{layout} {name}: no gradient here but PyTorch has one"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn twenty_sgd_steps_track_pytorch() {
+    let Some(gpu) = test_gpu() else { return };
+    for layout in ["delg", "torchvision"] {
+        let (file, cfg) = model(layout);
+        let tc = train_config(cfg);
+        let step = build_step(&tc).unwrap();
+        let store = upload_state(&gpu, &step, &file, &tc).unwrap();
+        let exe = Executable::new(&gpu, &step.graph, &[step.outputs[0]], &store).unwrap();
+        exe.set_input(step.images, &load(&format!("train_{layout}_images.npy")))
+            .unwrap();
+        exe.set_input(step.labels, &load(&format!("train_{layout}_labels.npy")))
+            .unwrap();
+        exe.set_input(step.lr, &Tensor::new([1], vec![0.01]).unwrap())
+            .unwrap();
+        let (_, want) =
+            npy::read::<f64>(&fixture(&format!("train_{layout}_sgd_losses.npy"))).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            exe.run().unwrap();
+            let got = exe.read(step.outputs[0]).unwrap().data[0] as f64;
+            let rel = (got - w).abs() / w.abs();
+            assert!(
+                rel <= 1e-3,
+                "{layout} step {i}: loss {got} vs {w} (rel {rel:.2e})"
+            );
+        }
+    }
+}
