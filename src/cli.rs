@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{list_adapters, Gpu, GpuOptions};
 use crate::pipeline::bench;
 
@@ -44,6 +46,38 @@ impl GpuArgs {
 pub enum Command {
     /// List adapters with backend, driver, features and the limits that matter.
     Info,
+    /// The whole pipeline on a generated image set: extract, search, re-rank and score.
+    Demo {
+        /// Folder for the generated images, features and results.
+        #[arg(long, default_value = "delg-demo")]
+        out: PathBuf,
+        /// Weights to use (default: a tiny model initialised from a fixed seed).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value_t = 4)]
+        scenes: u32,
+        /// Side of the generated images in pixels.
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+    },
+    /// Extract DELG global descriptors and local features from a folder of images.
+    Extract(ExtractArgs),
+    /// Join the outputs of sharded extractions into one feature folder.
+    Merge {
+        /// Feature folders written by `extract --shard i/N`.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a randomly initialised model (for tests, benchmarks and fine-tuning from scratch).
+    InitWeights(InitArgs),
+    /// Train DELG end to end from image-level labels.
+    Train(TrainArgs),
+    /// Rank a database for every query by global similarity, optionally re-ranked by local matching + RANSAC.
+    Search(SearchArgs),
+    /// Score retrieval on a ground truth (gnd.json): global and re-ranked, side by side.
+    Eval(EvalArgs),
     /// Measure kernels (and, later, end-to-end throughput).
     Bench {
         #[command(subcommand)]
@@ -70,10 +104,633 @@ pub enum BenchWhat {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// Folder of images (searched recursively).
+    pub input: PathBuf,
+    /// Model weights (safetensors written by delg-gpu or its converters).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Output folder (resumes an interrupted run into the same folder).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// JSON file with extraction settings (see ExtractConfig); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Largest image side after the initial resize; 0 keeps the original size.
+    #[arg(long)]
+    pub max_image_size: Option<u32>,
+    /// Attention threshold τ (default: the value stored with the weights).
+    #[arg(long)]
+    pub score_threshold: Option<f32>,
+    /// Local features kept per image.
+    #[arg(long)]
+    pub max_features: Option<usize>,
+    /// Pyramid scales, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Option<Vec<f64>>,
+    /// Indices of the scales whose global descriptors are aggregated, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub global_scales: Option<Vec<usize>>,
+    /// Also write sign-binarised local descriptors (16 bytes each).
+    #[arg(long)]
+    pub binarize: bool,
+    /// Process only shard i of N (e.g. 0/4): several machines split a collection.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RerankArgs {
+    /// Re-rank the shortlist by local-feature matching and RANSAC (DELG's second stage).
+    #[arg(long)]
+    pub rerank: bool,
+    /// Shortlist length for re-ranking.
+    #[arg(long, default_value_t = 100)]
+    pub shortlist: usize,
+    /// Descriptor distance threshold (or ratio with --ratio-test).
+    #[arg(long, default_value_t = 1.0)]
+    pub match_threshold: f32,
+    /// Lowe's ratio test instead of an absolute distance threshold.
+    #[arg(long)]
+    pub ratio_test: bool,
+    /// RANSAC with a homography instead of an affine model.
+    #[arg(long)]
+    pub homography: bool,
+    /// RANSAC inlier threshold in pixels.
+    #[arg(long, default_value_t = 20.0)]
+    pub residual_threshold: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub ransac_trials: usize,
+}
+
+impl RerankArgs {
+    pub fn params(&self) -> Option<crate::pipeline::search::RerankParams> {
+        use crate::retrieval::ransac::RansacParams;
+        self.rerank.then(|| {
+            let mut ransac = if self.homography {
+                RansacParams::homography()
+            } else {
+                RansacParams::default()
+            };
+            ransac.residual_threshold = self.residual_threshold;
+            ransac.max_trials = self.ransac_trials;
+            crate::pipeline::search::RerankParams {
+                shortlist: self.shortlist,
+                matching: crate::retrieval::matching::MatchParams {
+                    threshold: self.match_threshold,
+                    ratio_test: self.ratio_test,
+                },
+                ransac,
+            }
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Query feature folder (from `extract`).
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// Database feature folder (from `extract`).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Output folder: ranking.csv, ranks.npy, scores.npy, inliers.npy.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Results kept per query.
+    #[arg(long, default_value_t = 100)]
+    pub k: usize,
+    #[command(flatten)]
+    pub rerank: RerankArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Ground truth in the gnd.json form; images are found beside it.
+    #[arg(long)]
+    pub gnd: PathBuf,
+    /// Extract features with these weights (into --work)...
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// ...or use existing feature folders.
+    #[arg(long)]
+    pub db_features: Option<PathBuf>,
+    #[arg(long)]
+    pub query_features: Option<PathBuf>,
+    /// Folder for extracted features (reused and resumed across runs).
+    #[arg(long, default_value = "delg-eval")]
+    pub work: PathBuf,
+    /// Largest image side for extraction.
+    #[arg(long)]
+    pub max_image_size: Option<u32>,
+    /// Attention threshold τ (default: the value stored with the weights).
+    #[arg(long)]
+    pub score_threshold: Option<f32>,
+    #[command(flatten)]
+    pub rerank: RerankArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Attention threshold stored with the model.
+    #[arg(long, default_value_t = 0.0)]
+    pub score_threshold: f32,
+}
+
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Backbone depth: 50, 101, or "tiny" (one block per stage) for tests.
+    #[arg(long, default_value = "50")]
+    pub depth: String,
+    /// delg (the official TF layout) or torchvision.
+    #[arg(long, default_value = "delg")]
+    pub layout: String,
+    /// Stem width (64 for standard ResNets).
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub global_dim: Option<usize>,
+    #[arg(long)]
+    pub attention_dim: Option<usize>,
+    #[arg(long)]
+    pub local_dim: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn config(&self) -> Result<crate::model::delg::DelgConfig> {
+        use crate::model::delg::DelgConfig;
+        use crate::model::resnet::{Layout, ResNetConfig};
+        let layout = match self.layout.as_str() {
+            "delg" => Layout::Delg,
+            "torchvision" => Layout::Torchvision,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "--layout '{other}': use delg or torchvision"
+                )))
+            }
+        };
+        let mut backbone = match self.depth.as_str() {
+            "50" => ResNetConfig::resnet50(layout),
+            "101" => ResNetConfig::resnet101(layout),
+            "tiny" => ResNetConfig {
+                blocks: [1, 1, 1, 1],
+                width: 8,
+                ..ResNetConfig::resnet50(layout)
+            },
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "--depth '{other}': use 50, 101 or tiny"
+                )))
+            }
+        };
+        if let Some(w) = self.width {
+            backbone.width = w;
+        }
+        let mut model = DelgConfig::new(backbone);
+        if self.depth == "tiny" {
+            model.attention_dim = 16;
+            model.local_dim = 16;
+        }
+        model.global_dim = self.global_dim.unwrap_or(model.backbone.d_channels());
+        model.attention_dim = self.attention_dim.unwrap_or(model.attention_dim);
+        model.local_dim = self.local_dim.unwrap_or(model.local_dim);
+        Ok(model)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Training images: a folder with one sub-folder per class.
+    #[arg(long, conflicts_with = "csv")]
+    pub data: Option<PathBuf>,
+    /// Or a GLDv2-style CSV (id,landmark_id) with --images as the image root.
+    #[arg(long, requires = "images")]
+    pub csv: Option<PathBuf>,
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Run folder: config, metrics.jsonl, checkpoints, model.safetensors. Rerun to resume.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Initial weights (e.g. a converted ImageNet backbone); other tensors start random.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Square training size (the paper's is 512).
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f32,
+    /// linear (DELG) or cosine (with --warmup steps).
+    #[arg(long, default_value = "linear")]
+    pub schedule: String,
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    #[arg(long)]
+    pub nesterov: bool,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 10.0)]
+    pub clip_norm: f32,
+    #[arg(long, default_value_t = 0.1)]
+    pub arcface_margin: f32,
+    /// ArcFace scale γ (default √(global descriptor size), 45.25 for 2048).
+    #[arg(long)]
+    pub arcface_scale: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub attention_weight: f32,
+    #[arg(long, default_value_t = 10.0)]
+    pub reconstruction_weight: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Random horizontal flips (off in DELG).
+    #[arg(long)]
+    pub flip: bool,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn extract_config(a: &ExtractArgs) -> Result<crate::pipeline::extract::ExtractConfig> {
+    let mut cfg: crate::pipeline::extract::ExtractConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::File {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
+            serde_json::from_str(&text).map_err(|e| Error::File {
+                path: p.clone(),
+                reason: format!("bad extraction settings: {e}"),
+            })?
+        }
+        None => Default::default(),
+    };
+    if let Some(m) = a.max_image_size {
+        cfg.max_image_size = (m > 0).then_some(m);
+    }
+    if a.score_threshold.is_some() {
+        cfg.score_threshold = a.score_threshold;
+    }
+    if let Some(m) = a.max_features {
+        cfg.max_features = m;
+    }
+    if let Some(s) = &a.scales {
+        cfg.scales = s.clone();
+    }
+    if let Some(g) = &a.global_scales {
+        cfg.global_scales = g.clone();
+    }
+    cfg.binarize |= a.binarize;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn init_weights(a: &InitArgs) -> Result<()> {
+    use crate::model::delg::inference_graph;
+    use crate::model::extractor::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
+    let model = a.model.config()?;
+    let (_, _, _, params) = inference_graph(&model, 64, 64)?;
+    let mut file = crate::model::params::random_weights(&params.specs, a.seed);
+    file.metadata.insert(META_ARCH.into(), "delg".into());
+    file.metadata.insert(
+        META_CONFIG.into(),
+        serde_json::to_string(&model).map_err(|e| Error::InvalidArgument(e.to_string()))?,
+    );
+    file.metadata
+        .insert(META_SCORE_THRESHOLD.into(), a.score_threshold.to_string());
+    file.save(&a.out)?;
+    let n: usize = file.tensors.values().map(|t| t.data.len()).sum();
+    println!(
+        "wrote {} ({} tensors, {:.2} M parameters)",
+        a.out.display(),
+        file.tensors.len(),
+        n as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
+    use crate::pipeline::train::{run_train, DataSource, Schedule, TrainConfig, TrainJob};
+    let data = match (&a.data, &a.csv, &a.images) {
+        (Some(d), _, _) => DataSource::Folders(d.clone()),
+        (None, Some(csv), Some(root)) => DataSource::Csv {
+            csv: csv.clone(),
+            root: root.clone(),
+        },
+        _ => {
+            return Err(Error::InvalidArgument(
+                "give --data FOLDER, or --csv FILE with --images ROOT".into(),
+            ))
+        }
+    };
+    let classes = match &data {
+        DataSource::Folders(d) => crate::pipeline::dataset::Dataset::from_folders(d)?
+            .classes
+            .len(),
+        DataSource::Csv { csv, root } => crate::pipeline::dataset::Dataset::from_csv(csv, root)?
+            .classes
+            .len(),
+    };
+    let model = a.model.config()?;
+    let mut loss = crate::model::delg::DelgLossConfig::paper(classes, model.global_dim);
+    loss.arcface_margin = a.arcface_margin;
+    loss.arcface_scale = a.arcface_scale.unwrap_or(loss.arcface_scale);
+    loss.attention_weight = a.attention_weight;
+    loss.reconstruction_weight = a.reconstruction_weight;
+    let schedule = match a.schedule.as_str() {
+        "linear" => Schedule::Linear,
+        "cosine" => Schedule::Cosine { warmup: a.warmup },
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "--schedule '{other}': use linear or cosine"
+            )))
+        }
+    };
+    let bn_momentum = match model.backbone.layout {
+        crate::model::resnet::Layout::Delg => 0.01,
+        crate::model::resnet::Layout::Torchvision => 0.1,
+    };
+    let config = TrainConfig {
+        model,
+        loss,
+        batch: a.batch,
+        image_size: a.size,
+        steps: a.steps,
+        lr: a.lr,
+        schedule,
+        momentum: a.momentum,
+        nesterov: a.nesterov,
+        weight_decay: a.weight_decay,
+        clip_norm: a.clip_norm,
+        bn_momentum,
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        val_fraction: a.val_fraction,
+        flip: a.flip,
+    };
+    let gpu = Gpu::new(opts)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    // Ctrl-C asks for a checkpoint at the end of the current step, then exits.
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    let job = TrainJob {
+        data,
+        run: a.run.clone(),
+        init: a.init.clone(),
+        config,
+        quiet: a.quiet,
+    };
+    let m = run_train(&gpu, &job, &stop)?;
+    println!(
+        "step {}: loss {:.4} (global {:.4}, attention {:.4}, reconstruction {:.5}); run folder {}",
+        m.step,
+        m.loss,
+        m.global_loss,
+        m.attention_loss,
+        m.reconstruction_loss,
+        a.run.display()
+    );
+    Ok(())
+}
+
+fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
+    use crate::io::features::FeatureSet;
+    use crate::pipeline::search::{global_search, rerank};
+    let q = FeatureSet::load(&a.queries)?;
+    let db = FeatureSet::load(&a.db)?;
+    if q.global_dim != db.global_dim || (q.local_dim != db.local_dim && a.rerank.rerank) {
+        return Err(Error::File {
+            path: a.queries.clone(),
+            reason: format!(
+                "holds {}-d global / {}-d local features but the database {}-d / {}-d: extract both with the same model",
+                q.global_dim, q.local_dim, db.global_dim, db.local_dim
+            ),
+        });
+    }
+    let gpu = Gpu::new(opts)?;
+    let t = std::time::Instant::now();
+    let k = a.k.min(db.len());
+    let mut hits = global_search(&gpu, &q.global, &db.global, db.global_dim, k)?;
+    let global_s = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    if let Some(p) = a.rerank.params() {
+        for (i, h) in hits.iter_mut().enumerate() {
+            *h = rerank(&q.image(i), &db, h, &|_| false, &p)?;
+        }
+    }
+    let rerank_s = t.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::File {
+        path: a.out.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut csv = String::from("query,db,rank,global_score,inliers\n");
+    let (mut ranks, mut scores, mut inliers) = (Vec::new(), Vec::new(), Vec::new());
+    for (qi, h) in hits.iter().enumerate() {
+        for (r, x) in h.iter().enumerate() {
+            csv.push_str(&format!(
+                "{},{},{},{},{}\n",
+                q.ids[qi],
+                db.ids[x.db],
+                r + 1,
+                x.score,
+                x.inliers
+            ));
+            ranks.push(x.db as i64);
+            scores.push(x.score);
+            inliers.push(x.inliers as i64);
+        }
+    }
+    use crate::io::npy;
+    npy::write_atomic(&a.out.join("ranking.csv"), csv.as_bytes())?;
+    npy::write(&a.out.join("ranks.npy"), &[q.len(), k], &ranks)?;
+    npy::write(&a.out.join("scores.npy"), &[q.len(), k], &scores)?;
+    npy::write(&a.out.join("inliers.npy"), &[q.len(), k], &inliers)?;
+    println!(
+        "{} queries against {} images: global search {:.3} s, re-ranking {:.2} s; results in {}",
+        q.len(),
+        db.len(),
+        global_s,
+        rerank_s,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn merge(inputs: &[PathBuf], out: &std::path::Path) -> Result<()> {
+    use crate::io::features::{write_feature_set, FeatureSet};
+    let mut all = Vec::new();
+    let mut dims = None;
+    let mut seen = std::collections::HashSet::new();
+    for dir in inputs {
+        let set = FeatureSet::load(dir)?;
+        let d = (set.global_dim, set.local_dim);
+        if *dims.get_or_insert(d) != d {
+            return Err(Error::File {
+                path: dir.clone(),
+                reason: format!("has descriptor sizes {d:?}, the first folder {:?}", dims),
+            });
+        }
+        for i in 0..set.len() {
+            let f = set.image(i);
+            if !seen.insert(f.id.clone()) {
+                return Err(Error::File {
+                    path: dir.clone(),
+                    reason: format!("'{}' also appears in another folder: shards overlap", f.id),
+                });
+            }
+            all.push(f);
+        }
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    let local_dim = dims.map(|d| d.1).unwrap_or(0);
+    let binarized = inputs
+        .iter()
+        .all(|d| d.join("local_descriptors_bin.npy").exists());
+    write_feature_set(out, &all, local_dim, binarized)?;
+    println!(
+        "merged {} images from {} folders into {}",
+        all.len(),
+        inputs.len(),
+        out.display()
+    );
+    Ok(())
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let opts = cli.gpu.options();
     match cli.command {
         Command::Info => info(&opts),
+        Command::InitWeights(a) => init_weights(&a),
+        Command::Demo {
+            out,
+            weights,
+            scenes,
+            size,
+        } => {
+            use crate::pipeline::eval::{print_report, run_eval, EvalJob};
+            crate::pipeline::demo::write_dataset(&out, scenes, size)?;
+            let weights = match weights {
+                Some(w) => w,
+                None => {
+                    let w = out.join("tiny-seed0.safetensors");
+                    let model = ModelArgs {
+                        depth: "tiny".into(),
+                        layout: "delg".into(),
+                        width: None,
+                        global_dim: None,
+                        attention_dim: None,
+                        local_dim: None,
+                    };
+                    init_weights(&InitArgs {
+                        out: w.clone(),
+                        seed: 0,
+                        model,
+                        score_threshold: 0.0,
+                    })?;
+                    w
+                }
+            };
+            println!(
+                "{} images of {scenes} scenes in {}",
+                scenes * 4,
+                out.join("jpg").display()
+            );
+            let gpu = Gpu::new(&opts)?;
+            let job = EvalJob {
+                gnd: out.join("gnd.json"),
+                weights: Some(weights),
+                db_features: None,
+                query_features: None,
+                work: out.join("features"),
+                extract: Default::default(),
+                rerank: Some(Default::default()),
+            };
+            print_report(&run_eval(&gpu, &job)?);
+            Ok(())
+        }
+        Command::Train(a) => train(&opts, &a),
+        Command::Search(a) => search(&opts, &a),
+        Command::Eval(a) => {
+            use crate::pipeline::eval::{print_report, run_eval, EvalJob};
+            let mut extract = crate::pipeline::extract::ExtractConfig::default();
+            if let Some(m) = a.max_image_size {
+                extract.max_image_size = (m > 0).then_some(m);
+            }
+            extract.score_threshold = a.score_threshold;
+            let gpu = Gpu::new(&opts)?;
+            let job = EvalJob {
+                gnd: a.gnd.clone(),
+                weights: a.weights.clone(),
+                db_features: a.db_features.clone(),
+                query_features: a.query_features.clone(),
+                work: a.work.clone(),
+                extract,
+                rerank: a.rerank.params(),
+            };
+            let report = run_eval(&gpu, &job)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print_report(&report);
+            }
+            Ok(())
+        }
+        Command::Merge { inputs, out } => merge(&inputs, &out),
+        Command::Extract(a) => {
+            let config = extract_config(&a)?;
+            let gpu = Gpu::new(&opts)?;
+            let job = crate::pipeline::extract::ExtractJob {
+                input: a.input.clone(),
+                out: a.out.clone(),
+                weights: a.weights.clone(),
+                config,
+                shard: a
+                    .shard
+                    .as_deref()
+                    .map(crate::pipeline::collection::Shard::parse)
+                    .transpose()?,
+                only: None,
+                crops: Default::default(),
+                quiet: a.quiet,
+            };
+            let s = crate::pipeline::extract::run_extract(&gpu, &job)?;
+            println!(
+                "extracted {} images ({} resumed, {} skipped: see {}), {} local features, {:.1} s, {:.2} images/s",
+                s.extracted_now,
+                s.resumed,
+                s.failed,
+                a.out.join("errors.txt").display(),
+                s.local_features,
+                s.seconds,
+                s.extracted_now as f64 / s.seconds.max(1e-9)
+            );
+            Ok(())
+        }
         Command::Bench {
             what:
                 BenchWhat::Kernels {

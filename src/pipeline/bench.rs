@@ -127,21 +127,84 @@ pub fn variant_devices(opts: &GpuOptions) -> Result<Vec<Arc<Gpu>>> {
     Ok(gpus)
 }
 
-/// The kernel cases: elementwise at activation sizes of ResNet-50 on a 1024-px image.
+/// The kernel cases: every distinct convolution of ResNet-50 (torchvision
+/// layout) on a 1024×1024 image, the GEMMs of the acceptance figures, and the
+/// memory-bound ops at activation sizes of the same network.
 pub fn kernel_cases() -> Vec<BenchCase> {
+    use crate::ops::batchnorm::BatchNormTrain;
+    use crate::ops::conv2d::{Conv2d, Padding};
     use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
-    vec![
+    use crate::ops::gemm::Matmul;
+    use crate::ops::pool::MaxPool;
+    let mut cases = vec![
         BenchCase::new(
-            "relu 1x256x256x256",
-            Unary(UnaryKind::Relu),
-            &[&[1, 256, 256, 256]],
+            "gemm 1024x1024x1024",
+            Matmul::new(false, false),
+            &[&[1024, 1024], &[1024, 1024]],
         ),
         BenchCase::new(
-            "add 1x256x256x256",
-            Binary::new(BinaryKind::Add),
-            &[&[1, 256, 256, 256], &[1, 256, 256, 256]],
+            "gemm 2048x2048x2048",
+            Matmul::new(false, false),
+            &[&[2048, 2048], &[2048, 2048]],
         ),
-    ]
+    ];
+    // (input size, c_in, c_out, kernel, stride)
+    let convs: &[(usize, usize, usize, usize, usize)] = &[
+        (1024, 3, 64, 7, 2),
+        (256, 64, 64, 1, 1),
+        (256, 64, 64, 3, 1),
+        (256, 64, 256, 1, 1),
+        (256, 256, 64, 1, 1),
+        (256, 256, 128, 1, 1),
+        (256, 128, 128, 3, 2),
+        (256, 256, 512, 1, 2),
+        (128, 128, 512, 1, 1),
+        (128, 512, 128, 1, 1),
+        (128, 128, 128, 3, 1),
+        (128, 512, 256, 1, 1),
+        (128, 256, 256, 3, 2),
+        (128, 512, 1024, 1, 2),
+        (64, 256, 1024, 1, 1),
+        (64, 1024, 256, 1, 1),
+        (64, 256, 256, 3, 1),
+        (64, 1024, 512, 1, 1),
+        (64, 512, 512, 3, 2),
+        (64, 1024, 2048, 1, 2),
+        (32, 512, 2048, 1, 1),
+        (32, 2048, 512, 1, 1),
+        (32, 512, 512, 3, 1),
+    ];
+    for &(hw, ci, co, k, s) in convs {
+        let op = Conv2d::new([s, s], Padding::symmetric(k / 2, k / 2));
+        let name = format!("conv {k}x{k}/{s} {ci}->{co} {hw}x{hw}");
+        cases.push(BenchCase::new(
+            name,
+            op,
+            &[&[1, hw, hw, ci], &[k, k, ci, co]],
+        ));
+    }
+    let act: &[usize] = &[1, 256, 256, 256];
+    cases.push(BenchCase::new(
+        "batchnorm train 1x256x256x256",
+        BatchNormTrain { eps: 1e-5 },
+        &[act, &[256], &[256]],
+    ));
+    cases.push(BenchCase::new(
+        "relu 1x256x256x256",
+        Unary(UnaryKind::Relu),
+        &[act],
+    ));
+    cases.push(BenchCase::new(
+        "add 1x256x256x256",
+        Binary::new(BinaryKind::Add),
+        &[act, act],
+    ));
+    cases.push(BenchCase::new(
+        "maxpool 3x3/2 1x512x512x64",
+        MaxPool::valid(3, 2),
+        &[&[1, 512, 512, 64]],
+    ));
+    cases
 }
 
 pub fn print_header(gpu: &Gpu) {

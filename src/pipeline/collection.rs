@@ -85,12 +85,13 @@ impl Shard {
 }
 
 /// Decodes (and prepares) images on CPU threads ahead of the consumer, in
-/// order, keeping at most `ahead` ready; `prepare` runs on rayon's pool.
+/// order, keeping at most `ahead` ready; `prepare(relative, full path)` runs
+/// on rayon's pool.
 pub fn prefetch<T: Send + 'static>(
     root: PathBuf,
     paths: Vec<String>,
     ahead: usize,
-    prepare: impl Fn(&Path) -> Result<T> + Send + Sync + 'static,
+    prepare: impl Fn(&str, &Path) -> Result<T> + Send + Sync + 'static,
 ) -> Receiver<(String, Result<T>)> {
     let (tx, rx) = sync_channel(ahead.max(1));
     let batch = rayon::current_num_threads().max(1) * 2;
@@ -98,7 +99,7 @@ pub fn prefetch<T: Send + 'static>(
         for chunk in paths.chunks(batch) {
             let done: Vec<(String, Result<T>)> = chunk
                 .par_iter()
-                .map(|rel| (rel.clone(), prepare(&root.join(rel))))
+                .map(|rel| (rel.clone(), prepare(rel, &root.join(rel))))
                 .collect();
             for item in done {
                 if tx.send(item).is_err() {
@@ -153,7 +154,7 @@ mod tests {
     #[test]
     fn prefetch_keeps_order_and_reports_failures() {
         let paths: Vec<String> = (0..20).map(|i| i.to_string()).collect();
-        let rx = prefetch(PathBuf::from("/"), paths.clone(), 3, |p: &Path| {
+        let rx = prefetch(PathBuf::from("/"), paths.clone(), 3, |_: &str, p: &Path| {
             let n: usize = p
                 .file_name()
                 .and_then(|s| s.to_str())

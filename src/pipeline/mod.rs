@@ -3,4 +3,9 @@
 
 pub mod bench;
 pub mod collection;
+pub mod dataset;
+pub mod demo;
+pub mod eval;
 pub mod extract;
+pub mod search;
+pub mod train;

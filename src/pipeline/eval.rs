@@ -1,0 +1,347 @@
+//! `delg-gpu eval`: scores retrieval on a ground truth in the `gnd.json`
+//! form, globally and after DELG re-ranking, side by side, with the time of
+//! each stage. Revisited Oxford/Paris-style queries get Easy/Medium/Hard
+//! mAP and mP@k (spec §7.1), re-ranked once per protocol with that
+//! protocol's junk skipped in the shortlist; UKBench-style groups get the
+//! N-S score, recall@4 and mAP.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::io::features::{FeatureSet, ImageFeatures};
+use crate::io::groundtruth::{GroundTruth, QueryKind};
+use crate::pipeline::extract::{run_extract, ExtractConfig, ExtractJob};
+use crate::pipeline::search::{global_search, rerank, Hit, RerankParams};
+use crate::retrieval::metrics::{evaluate_groups, evaluate_rankings, Protocol, REVISITOP_KS};
+
+pub struct EvalJob {
+    pub gnd: PathBuf,
+    /// Extract with these weights into `work/db` and `work/queries`...
+    pub weights: Option<PathBuf>,
+    /// ...or use feature folders written by `extract`.
+    pub db_features: Option<PathBuf>,
+    pub query_features: Option<PathBuf>,
+    pub work: PathBuf,
+    pub extract: ExtractConfig,
+    pub rerank: Option<RerankParams>,
+}
+
+/// One row of the report: a protocol's metrics before and after re-ranking.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalRow {
+    pub protocol: String,
+    pub queries: usize,
+    pub global_map: Option<f64>,
+    pub global_precision: Option<Vec<f64>>,
+    pub reranked_map: Option<f64>,
+    pub reranked_precision: Option<Vec<f64>>,
+    /// UKBench's N-S score (groups only).
+    pub global_ns: Option<f64>,
+    pub reranked_ns: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub name: String,
+    pub rows: Vec<EvalRow>,
+    pub seconds_extract: f64,
+    pub seconds_global: f64,
+    pub seconds_rerank: f64,
+}
+
+/// The feature row of every database name, by file stem of the stored ids.
+fn rows_by_name(set: &FeatureSet, names: &[String], what: &Path) -> Result<Vec<usize>> {
+    let by_stem: HashMap<&str, usize> = set
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                Path::new(id)
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or(id),
+                i,
+            )
+        })
+        .collect();
+    names
+        .iter()
+        .map(|n| {
+            by_stem.get(n.as_str()).copied().ok_or_else(|| Error::File {
+                path: what.to_path_buf(),
+                reason: format!("has no features for '{n}', which the ground truth names; extract that image too"),
+            })
+        })
+        .collect()
+}
+
+fn reorder(set: &FeatureSet, rows: &[usize]) -> Vec<ImageFeatures> {
+    rows.iter().map(|&r| set.image(r)).collect()
+}
+
+fn as_set(images: &[ImageFeatures], global_dim: usize, local_dim: usize) -> FeatureSet {
+    let mut s = FeatureSet {
+        global_dim,
+        local_dim,
+        offsets: vec![0],
+        ..Default::default()
+    };
+    for f in images {
+        s.ids.push(f.id.clone());
+        s.global.extend_from_slice(&f.global);
+        s.descriptors.extend_from_slice(&f.descriptors);
+        s.locations.extend_from_slice(&f.locations);
+        s.scales.extend_from_slice(&f.scales);
+        s.attention.extend_from_slice(&f.attention);
+        s.offsets.push(s.scales.len() as i64);
+    }
+    s
+}
+
+pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
+    let gt = GroundTruth::load(&job.gnd)?;
+    let root = job.gnd.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let rel = |name: &str| format!("{}/{name}{}", gt.image_dir, gt.image_ext);
+    let t0 = Instant::now();
+
+    // Database features in ground-truth order.
+    let db_dir = match (&job.db_features, &job.weights) {
+        (Some(d), _) => d.clone(),
+        (None, Some(w)) => {
+            let out = job.work.join("db");
+            let only = gt.db.iter().map(|n| rel(n)).collect();
+            let ej = ExtractJob {
+                input: root.clone(),
+                out: out.clone(),
+                weights: w.clone(),
+                config: job.extract.clone(),
+                shard: None,
+                only: Some(only),
+                crops: HashMap::new(),
+                quiet: false,
+            };
+            run_extract(gpu, &ej)?;
+            out
+        }
+        (None, None) => {
+            return Err(Error::InvalidArgument(
+                "give --weights to extract, or --db-features".into(),
+            ))
+        }
+    };
+    let db_set = FeatureSet::load(&db_dir)?;
+    let db_rows = rows_by_name(&db_set, &gt.db, &db_dir)?;
+    let db = as_set(
+        &reorder(&db_set, &db_rows),
+        db_set.global_dim,
+        db_set.local_dim,
+    );
+
+    // Queries: database rows for full-image queries of database images,
+    // cropped extractions for the others.
+    let needs_crop =
+        |q: &crate::io::groundtruth::Query| q.bbox.is_some() || q.image_db_index.is_none();
+    let cropped: Vec<&crate::io::groundtruth::Query> =
+        gt.queries.iter().filter(|q| needs_crop(q)).collect();
+    let query_set = if cropped.is_empty() {
+        None
+    } else {
+        let dir = match (&job.query_features, &job.weights) {
+            (Some(d), _) => d.clone(),
+            (None, Some(w)) => {
+                let out = job.work.join("queries");
+                let mut crops = HashMap::new();
+                for q in &cropped {
+                    if let Some(b) = q.bbox {
+                        if crops.insert(rel(&q.image), b).is_some_and(|prev| prev != b) {
+                            return Err(Error::unsupported(
+                                "eval",
+                                format!("image '{}' is a query with two different boxes", q.image),
+                            ));
+                        }
+                    }
+                }
+                let only: Vec<String> = crops
+                    .keys()
+                    .cloned()
+                    .chain(
+                        cropped
+                            .iter()
+                            .filter(|q| q.bbox.is_none())
+                            .map(|q| rel(&q.image)),
+                    )
+                    .collect();
+                let ej = ExtractJob {
+                    input: root.clone(),
+                    out: out.clone(),
+                    weights: w.clone(),
+                    config: job.extract.clone(),
+                    shard: None,
+                    only: Some(only),
+                    crops,
+                    quiet: false,
+                };
+                run_extract(gpu, &ej)?;
+                out
+            }
+            (None, None) => {
+                return Err(Error::InvalidArgument(
+                    "this ground truth has cropped queries: give --weights or --query-features"
+                        .into(),
+                ))
+            }
+        };
+        Some((FeatureSet::load(&dir)?, dir))
+    };
+    let mut queries = Vec::new();
+    for q in &gt.queries {
+        let f = match (&query_set, needs_crop(q), q.image_db_index) {
+            (Some((set, dir)), true, _) => {
+                set.image(rows_by_name(set, std::slice::from_ref(&q.image), dir)?[0])
+            }
+            (_, false, Some(i)) => db.image(i),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "query '{}' has no features",
+                    q.id
+                )))
+            }
+        };
+        if f.global.len() != db.global_dim
+            || (f.num_local() > 0 && f.descriptors.len() / f.num_local() != db.local_dim)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "query '{}' features have other sizes than the database's: different models?",
+                q.id
+            )));
+        }
+        queries.push(f);
+    }
+    let seconds_extract = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let qg: Vec<f32> = queries
+        .iter()
+        .flat_map(|f| f.global.iter().copied())
+        .collect();
+    let hits = global_search(gpu, &qg, &db.global, db.global_dim, db.len())?;
+    let seconds_global = t1.elapsed().as_secs_f64();
+    let ranking = |h: &[Vec<Hit>]| -> Vec<Vec<usize>> {
+        h.iter().map(|r| r.iter().map(|x| x.db).collect()).collect()
+    };
+
+    let t2 = Instant::now();
+    let groups_only = gt.queries.iter().all(|q| q.kind == QueryKind::Group);
+    let mut rows = Vec::new();
+    let rerun = |skip_of: &dyn Fn(usize) -> Vec<usize>| -> Result<Option<Vec<Vec<Hit>>>> {
+        let Some(p) = &job.rerank else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for (qi, (q, h)) in queries.iter().zip(&hits).enumerate() {
+            let junk: std::collections::HashSet<usize> = skip_of(qi).into_iter().collect();
+            out.push(rerank(q, &db, h, &|i| junk.contains(&i), p)?);
+        }
+        Ok(Some(out))
+    };
+    if groups_only {
+        let groups = gt.groups();
+        let g = evaluate_groups(&ranking(&hits), &groups, db.len())?;
+        let r = rerun(&|_| Vec::new())?
+            .map(|h| evaluate_groups(&ranking(&h), &groups, db.len()))
+            .transpose()?;
+        rows.push(EvalRow {
+            protocol: "groups".into(),
+            queries: groups.len(),
+            global_map: g.ranking.map,
+            global_precision: g.ranking.mean_precision.clone(),
+            reranked_map: r.as_ref().and_then(|r| r.ranking.map),
+            reranked_precision: r.as_ref().and_then(|r| r.ranking.mean_precision.clone()),
+            global_ns: Some(g.ns_score),
+            reranked_ns: r.map(|r| r.ns_score),
+        });
+    } else {
+        let gts = gt.query_gt();
+        for p in Protocol::ALL {
+            let rel: Vec<_> = gts.iter().map(|g| g.relevance(p)).collect();
+            let g = evaluate_rankings(&ranking(&hits), &rel, db.len(), &REVISITOP_KS)?;
+            let r = rerun(&|qi| rel[qi].junk.clone())?
+                .map(|h| evaluate_rankings(&ranking(&h), &rel, db.len(), &REVISITOP_KS))
+                .transpose()?;
+            rows.push(EvalRow {
+                protocol: p.name().into(),
+                queries: g.n_valid(),
+                global_map: g.map,
+                global_precision: g.mean_precision.clone(),
+                reranked_map: r.as_ref().and_then(|r| r.map),
+                reranked_precision: r.and_then(|r| r.mean_precision),
+                global_ns: None,
+                reranked_ns: None,
+            });
+        }
+    }
+    Ok(EvalReport {
+        name: gt.name.clone(),
+        rows,
+        seconds_extract,
+        seconds_global,
+        seconds_rerank: t2.elapsed().as_secs_f64(),
+    })
+}
+
+pub fn print_report(r: &EvalReport) {
+    let pct = |v: Option<f64>| {
+        v.map(|v| format!("{:.2}", v * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let ps = |v: &Option<Vec<f64>>| {
+        v.as_ref()
+            .map(|v| {
+                v.iter()
+                    .map(|x| format!("{:.1}", x * 100.0))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("{}", r.name);
+    println!(
+        "{:<8} {:>7} {:>10} {:>16} {:>10} {:>16} {:>8} {:>8}",
+        "protocol",
+        "queries",
+        "global mAP",
+        "global mP@k",
+        "rerank mAP",
+        "rerank mP@k",
+        "N-S",
+        "N-S rr"
+    );
+    for row in &r.rows {
+        println!(
+            "{:<8} {:>7} {:>10} {:>16} {:>10} {:>16} {:>8} {:>8}",
+            row.protocol,
+            row.queries,
+            pct(row.global_map),
+            ps(&row.global_precision),
+            pct(row.reranked_map),
+            ps(&row.reranked_precision),
+            row.global_ns
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            row.reranked_ns
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    println!(
+        "time: extraction {:.1} s, global search {:.3} s, re-ranking {:.2} s",
+        r.seconds_extract, r.seconds_global, r.seconds_rerank
+    );
+}

@@ -1,0 +1,223 @@
+//! Retrieval (spec §5): global search as GPU matrix products over database
+//! chunks with a top-k merge on the host, then DELG's re-ranking of the
+//! shortlist by local matching and RANSAC, final order by (inliers, global
+//! similarity).
+
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::graph::exec::{Executable, ParamStore};
+use crate::graph::{Graph, TensorId};
+use crate::io::features::FeatureSet;
+use crate::ops::gemm::Matmul;
+use crate::retrieval::matching::{match_descriptors, MatchParams};
+use crate::retrieval::ransac::{verify, RansacParams};
+use crate::tensor::Tensor;
+
+/// One database image in a query's ranking.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hit {
+    pub db: usize,
+    pub score: f32,
+    /// RANSAC inliers (0 when not verified).
+    pub inliers: usize,
+}
+
+/// Min-heap entry: the worst kept hit on top.
+#[derive(PartialEq)]
+struct Worst(f32, usize);
+impl Eq for Worst {}
+impl PartialOrd for Worst {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Worst {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Higher score is better; on ties the lower index is better.
+        o.0.total_cmp(&self.0).then(self.1.cmp(&o.1))
+    }
+}
+
+/// Scores queries against database chunks on the device, keeping each
+/// query's best `k`. One executable per chunk size, reused across chunks.
+pub struct GlobalSearch {
+    gpu: Arc<Gpu>,
+    queries: Tensor<f32>,
+    dim: usize,
+    k: usize,
+    heaps: Vec<BinaryHeap<Worst>>,
+    plans: HashMap<usize, (Executable, TensorId, TensorId, TensorId)>,
+    seen: usize,
+}
+
+impl GlobalSearch {
+    /// `queries` is [nq, dim] row-major.
+    pub fn new(gpu: &Arc<Gpu>, queries: &[f32], dim: usize, k: usize) -> Result<GlobalSearch> {
+        if dim == 0 || queries.len() % dim != 0 {
+            return Err(Error::shape(
+                "search",
+                format!("{} query values are not rows of {dim}", queries.len()),
+            ));
+        }
+        let nq = queries.len() / dim;
+        Ok(GlobalSearch {
+            gpu: gpu.clone(),
+            queries: Tensor::new([nq, dim], queries.to_vec())?,
+            dim,
+            k,
+            heaps: (0..nq).map(|_| BinaryHeap::new()).collect(),
+            plans: HashMap::new(),
+            seen: 0,
+        })
+    }
+
+    /// Rows per chunk so that the chunk and the score block each fit one
+    /// storage binding with room to spare.
+    pub fn chunk_rows(&self) -> usize {
+        let max = (self.gpu.max_window_elems() / 2) as usize;
+        (max / self.dim).min(max / self.heaps.len().max(1)).max(1)
+    }
+
+    /// Scores the next `chunk` of database rows ([c, dim]).
+    pub fn push(&mut self, chunk: &[f32]) -> Result<()> {
+        if chunk.len() % self.dim != 0 {
+            return Err(Error::shape(
+                "search",
+                format!(
+                    "database chunk of {} values is not rows of {}",
+                    chunk.len(),
+                    self.dim
+                ),
+            ));
+        }
+        let c = chunk.len() / self.dim;
+        if c == 0 {
+            return Ok(());
+        }
+        if !self.plans.contains_key(&c) {
+            let mut g = Graph::new();
+            let q = g.input("queries", self.queries.shape.clone());
+            let d = g.input("database", [c, self.dim]);
+            let s = g.apply1(Matmul::new(false, true), &[q, d])?;
+            let exe = Executable::new(&self.gpu, &g, &[s], &ParamStore::default())?;
+            exe.set_input(q, &self.queries)?;
+            self.plans.insert(c, (exe, q, d, s));
+        }
+        let (exe, _, d, s) = &self.plans[&c];
+        exe.set_input(*d, &Tensor::new([c, self.dim], chunk.to_vec())?)?;
+        exe.run()?;
+        let scores = exe.read(*s)?.data;
+        let base = self.seen;
+        let k = self.k;
+        self.heaps
+            .par_iter_mut()
+            .zip(scores.par_chunks(c))
+            .for_each(|(heap, row)| {
+                for (j, &v) in row.iter().enumerate() {
+                    let w = Worst(v, base + j);
+                    if heap.len() < k {
+                        heap.push(w);
+                    } else if heap.peek().is_some_and(|top| w < *top) {
+                        heap.pop();
+                        heap.push(w);
+                    }
+                }
+            });
+        self.seen += c;
+        Ok(())
+    }
+
+    /// Each query's hits, best first.
+    pub fn finish(self) -> Vec<Vec<Hit>> {
+        self.heaps
+            .into_iter()
+            .map(|h| {
+                h.into_sorted_vec()
+                    .into_iter()
+                    .map(|Worst(score, db)| Hit {
+                        db,
+                        score,
+                        inliers: 0,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Global search of every query against a whole in-memory database.
+pub fn global_search(
+    gpu: &Arc<Gpu>,
+    queries: &[f32],
+    db: &[f32],
+    dim: usize,
+    k: usize,
+) -> Result<Vec<Vec<Hit>>> {
+    let mut s = GlobalSearch::new(gpu, queries, dim, k)?;
+    let rows = s.chunk_rows();
+    for chunk in db.chunks(rows * dim) {
+        s.push(chunk)?;
+    }
+    Ok(s.finish())
+}
+
+/// Re-ranking settings (spec §5 defaults).
+#[derive(Clone, Copy, Debug)]
+pub struct RerankParams {
+    pub shortlist: usize,
+    pub matching: MatchParams,
+    pub ransac: RansacParams,
+}
+
+impl Default for RerankParams {
+    fn default() -> Self {
+        RerankParams {
+            shortlist: 100,
+            matching: MatchParams::default(),
+            ransac: RansacParams::default(),
+        }
+    }
+}
+
+/// Verifies the first `shortlist` hits not in `skip` (the protocol's junk)
+/// and orders the whole ranking by (inliers, global score), descending.
+pub fn rerank(
+    query: &crate::io::features::ImageFeatures,
+    db: &FeatureSet,
+    hits: &[Hit],
+    skip: &dyn Fn(usize) -> bool,
+    p: &RerankParams,
+) -> Result<Vec<Hit>> {
+    let dim = db.local_dim;
+    let picked: Vec<usize> = hits
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !skip(h.db))
+        .map(|(i, _)| i)
+        .take(p.shortlist)
+        .collect();
+    let scores: Vec<Result<(usize, usize)>> = picked
+        .par_iter()
+        .map(|&i| {
+            let d = db.image(hits[i].db);
+            let matches = match_descriptors(&query.descriptors, &d.descriptors, dim, &p.matching)?;
+            Ok((
+                i,
+                verify(&query.locations, &d.locations, &matches, &p.ransac)?.score,
+            ))
+        })
+        .collect();
+    let mut out = hits.to_vec();
+    for s in scores {
+        let (i, inliers) = s?;
+        out[i].inliers = inliers;
+    }
+    // Stable: unverified hits (0 inliers) keep their global order.
+    out.sort_by(|a, b| b.inliers.cmp(&a.inliers).then(b.score.total_cmp(&a.score)));
+    Ok(out)
+}
