@@ -250,7 +250,7 @@ pub fn write_feature_set(
     npy::write(&dir.join("local_scales.npy"), &[m], &scl)?;
     npy::write(&dir.join("local_attention.npy"), &[m], &att)?;
     if binarized {
-        let packed = pack_signs(&desc, local_dim);
+        let packed = crate::retrieval::matching::binarize(&desc, local_dim)?;
         npy::write(
             &dir.join("local_descriptors_bin.npy"),
             &[m, local_dim.div_ceil(8)],
@@ -259,22 +259,6 @@ pub fn write_feature_set(
     }
     let ids: String = images.iter().map(|f| format!("{}\n", f.id)).collect();
     npy::write_atomic(&dir.join("ids.txt"), ids.as_bytes())
-}
-
-/// Sign-binarises rows of `dim` values (bit = value > 0) and packs them
-/// big-endian within each byte, as `np.packbits`: dimension 0 is the MSB of byte 0.
-pub fn pack_signs(values: &[f32], dim: usize) -> Vec<u8> {
-    let bytes_per_row = dim.div_ceil(8);
-    let rows = values.len() / dim.max(1);
-    let mut out = vec![0u8; rows * bytes_per_row];
-    for r in 0..rows {
-        for d in 0..dim {
-            if values[r * dim + d] > 0.0 {
-                out[r * bytes_per_row + d / 8] |= 0x80 >> (d % 8);
-            }
-        }
-    }
-    out
 }
 
 /// A feature folder read back (for search, eval and merge).
@@ -422,12 +406,5 @@ mod tests {
             vec![3, 1]
         );
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn packbits_order_matches_numpy() {
-        // np.packbits([1,0,0,0,0,0,0,1, 1]) == [129, 128]
-        let v = [1.0, -1.0, 0.0, -2.0, -1.0, -1.0, -1.0, 3.0, 0.5];
-        assert_eq!(pack_signs(&v, 9), vec![129, 128]);
     }
 }

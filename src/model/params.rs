@@ -22,25 +22,37 @@ pub const TRAINING_ONLY: &[&str] = &[
     "optimizer.",
 ];
 
-/// OIHW → HWIO.
-pub fn oihw_to_hwio(t: &HostTensor) -> Result<HostTensor> {
-    let &[o, i, h, w] = t.shape.dims() else {
-        return Err(Error::shape(
-            "conv weight",
-            format!("expected OIHW, got {:?}", t.shape),
-        ));
-    };
-    let mut out = vec![0f32; t.data.len()];
-    for oo in 0..o {
-        for ii in 0..i {
-            for y in 0..h {
-                for x in 0..w {
-                    out[((y * w + x) * i + ii) * o + oo] = t.data[((oo * i + ii) * h + y) * w + x];
+/// Reorders the axes of a 4-D tensor: output axis k is input axis `perm[k]`.
+pub fn permute4(t: &HostTensor, perm: [usize; 4]) -> Result<HostTensor> {
+    let d: [usize; 4] = t
+        .shape
+        .dims()
+        .try_into()
+        .map_err(|_| Error::shape("permute", format!("expected 4 dimensions, got {:?}", t.shape)))?;
+    let out_dims = perm.map(|p| d[p]);
+    let in_strides = [d[1] * d[2] * d[3], d[2] * d[3], d[3], 1];
+    let s = perm.map(|p| in_strides[p]);
+    let mut out = Vec::with_capacity(t.data.len());
+    for a in 0..out_dims[0] {
+        for b in 0..out_dims[1] {
+            for c in 0..out_dims[2] {
+                for e in 0..out_dims[3] {
+                    out.push(t.data[a * s[0] + b * s[1] + c * s[2] + e * s[3]]);
                 }
             }
         }
     }
-    Tensor::new([h, w, i, o], out)
+    Tensor::new(out_dims, out)
+}
+
+/// PyTorch's OIHW convolution weight → the device's HWIO.
+pub fn oihw_to_hwio(t: &HostTensor) -> Result<HostTensor> {
+    permute4(t, [2, 3, 1, 0])
+}
+
+/// The device's HWIO convolution weight → PyTorch's OIHW.
+pub fn hwio_to_oihw(t: &HostTensor) -> Result<HostTensor> {
+    permute4(t, [3, 2, 0, 1])
 }
 
 fn get<'a>(
@@ -155,5 +167,6 @@ mod tests {
         assert_eq!(h.shape, Shape::new(&[1, 2, 3, 2]));
         // w[o=1, i=2, y=0, x=1] = ((1·3+2)·1+0)·2+1 = 11 lands at [0, 1, 2, 1].
         assert_eq!(h.data[((0 * 2 + 1) * 3 + 2) * 2 + 1], 11.0);
+        assert_eq!(hwio_to_oihw(&h).unwrap(), t, "the two transposes are inverses");
     }
 }

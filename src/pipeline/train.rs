@@ -23,7 +23,7 @@ use crate::graph::{Graph, TensorId};
 use crate::io::weights::WeightFile;
 use crate::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use crate::model::extractor::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
-use crate::model::params::{oihw_to_hwio, random_weights};
+use crate::model::params::{hwio_to_oihw, oihw_to_hwio, random_weights};
 use crate::model::resnet::{ParamSpec, Role};
 use crate::ops::optim::{GlobalNormClip, SgdStep};
 use crate::pipeline::dataset::{make_batch, Augment, Batch, Dataset};
@@ -243,26 +243,6 @@ pub fn upload_state(
     }
     store.insert(gpu, "gem.p", &Tensor::new([1], vec![cfg.model.gem_p])?)?;
     Ok(store)
-}
-
-fn hwio_to_oihw(t: &HostTensor) -> Result<HostTensor> {
-    let &[h, w, i, o] = t.shape.dims() else {
-        return Err(Error::shape(
-            "conv weight",
-            format!("expected HWIO, got {:?}", t.shape),
-        ));
-    };
-    let mut out = vec![0f32; t.data.len()];
-    for y in 0..h {
-        for x in 0..w {
-            for ii in 0..i {
-                for oo in 0..o {
-                    out[((oo * i + ii) * h + y) * w + x] = t.data[((y * w + x) * i + ii) * o + oo];
-                }
-            }
-        }
-    }
-    Tensor::new([o, i, h, w], out)
 }
 
 /// Reads the device state back into a weight file in PyTorch layouts.
