@@ -504,24 +504,30 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 #endif
 
 #if REDUCE
-// out[col] (+)= Σ rows of a [rows, cols] window: the bias gradient.
+// sum[split, col] (+)= Σ of rows [split·k0, (split+1)·k0) ∩ [0, m) of a [m, n]
+// window: the bias gradient, in row splits so every core gets work, then
+// once more over the splits.
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sum: array<f32>;
 
 @compute @workgroup_size(64)
 fn column_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let col = linear_index(wid, nwg, lid, 64u);
-    if (col >= p.n) {
+    let g = linear_group(wid, nwg);
+    let split = g / p.col_tiles;
+    let col = (g % p.col_tiles) * 64u + lid;
+    let first = split * p.k0;
+    if (col >= p.n || first >= p.m) {
         return;
     }
     var s = 0.0;
-    for (var r = 0u; r < p.m; r++) {
+    for (var r = first; r < min(first + p.k0, p.m); r++) {
         s += src[r * p.n + col + p.a_shift];
     }
+    let o = split * p.n + col + p.c_shift;
     if (p.accum != 0u) {
-        s += sum[col + p.c_shift];
+        s += sum[o];
     }
-    sum[col + p.c_shift] = s;
+    sum[o] = s;
 }
 #endif
 

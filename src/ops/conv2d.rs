@@ -1180,6 +1180,9 @@ impl Op for Conv2dWeightGrad {
     }
 }
 
+/// Rows one invocation of the bias-gradient sum adds up.
+const REDUCE_ROWS: u64 = 1024;
+
 /// db of a convolution: the sum of dy [.., C_out] over every pixel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BiasGrad {
@@ -1219,27 +1222,35 @@ impl Op for BiasGrad {
         });
         let per_chunk = (limit / cols as u64).max(1);
         let db = outputs[0].whole(gpu)?;
-        for (i, range) in crate::gpu::chunks(rows as u64, per_chunk).enumerate() {
-            let src = inputs[0].window(
-                gpu,
-                range.start * cols as u64,
-                (range.end - range.start) * cols as u64,
-            )?;
-            let params = Params {
-                m: u32_of(range.end - range.start, "rows")?,
-                n: u32_of(cols, "columns")?,
-                a_shift: src.shift,
-                c_shift: db.shift,
-                accum: (i > 0) as u32,
-                ..Default::default()
+        let splits = (rows as u64).min(per_chunk).div_ceil(REDUCE_ROWS);
+        let partial = gpu.storage_buffer("conv2d bias partial sums", splits * cols as u64 * 4)?;
+        let partial = gpu.window(&partial, 0, splits * cols as u64)?;
+        let col_tiles = (cols as u64).div_ceil(64);
+        let sum =
+            |rec: &mut Recorder, src: &Window, dst: &Window, rows: u64, per: u64, accum: bool| {
+                let params = Params {
+                    m: u32_of(rows, "rows")?,
+                    n: u32_of(cols, "columns")?,
+                    k0: u32_of(per, "rows per split")?,
+                    col_tiles: u32_of(col_tiles, "column groups")?,
+                    a_shift: src.shift,
+                    c_shift: dst.shift,
+                    accum: accum as u32,
+                    ..Default::default()
+                };
+                let groups = rows.div_ceil(per) * col_tiles;
+                rec.dispatch_groups(
+                    &reduce_spec(),
+                    bytemuck::bytes_of(&params),
+                    vec![src.into(), dst.into()],
+                    groups,
+                )
             };
-            let bindings = vec![Binding::from(&src), Binding::from(&db)];
-            rec.dispatch_groups(
-                &reduce_spec(),
-                bytemuck::bytes_of(&params),
-                bindings,
-                (cols as u64).div_ceil(64),
-            )?;
+        for (i, range) in crate::gpu::chunks(rows as u64, per_chunk).enumerate() {
+            let n = range.end - range.start;
+            let src = inputs[0].window(gpu, range.start * cols as u64, n * cols as u64)?;
+            sum(rec, &src, &partial, n, REDUCE_ROWS, false)?;
+            sum(rec, &partial, &db, n.div_ceil(REDUCE_ROWS), splits, i > 0)?;
         }
         Ok(())
     }
@@ -1525,6 +1536,13 @@ mod tests {
         };
         grad_check(&case(op.clone(), [2, 8, 4, 4], [3, 3], 8));
         grad_check(&case(op, [2, 8, 4, 3], [3, 3], 8));
+    }
+
+    #[test]
+    fn bias_grad_in_splits_and_chunks() {
+        for chunk_limit in [None, Some(5 * 1100)] {
+            check_op(&OpCase::new(BiasGrad { chunk_limit }).input([3, 40, 11, 5], -1.0, 1.0));
+        }
     }
 
     #[test]
