@@ -24,11 +24,12 @@ pub const TRAINING_ONLY: &[&str] = &[
 
 /// Reorders the axes of a 4-D tensor: output axis k is input axis `perm[k]`.
 pub fn permute4(t: &HostTensor, perm: [usize; 4]) -> Result<HostTensor> {
-    let d: [usize; 4] = t
-        .shape
-        .dims()
-        .try_into()
-        .map_err(|_| Error::shape("permute", format!("expected 4 dimensions, got {:?}", t.shape)))?;
+    let d: [usize; 4] = t.shape.dims().try_into().map_err(|_| {
+        Error::shape(
+            "permute",
+            format!("expected 4 dimensions, got {:?}", t.shape),
+        )
+    })?;
     let out_dims = perm.map(|p| d[p]);
     let in_strides = [d[1] * d[2] * d[3], d[2] * d[3], d[3], 1];
     let s = perm.map(|p| in_strides[p]);
@@ -167,6 +168,10 @@ mod tests {
         assert_eq!(h.shape, Shape::new(&[1, 2, 3, 2]));
         // w[o=1, i=2, y=0, x=1] = ((1·3+2)·1+0)·2+1 = 11 lands at [0, 1, 2, 1].
         assert_eq!(h.data[((0 * 2 + 1) * 3 + 2) * 2 + 1], 11.0);
-        assert_eq!(hwio_to_oihw(&h).unwrap(), t, "the two transposes are inverses");
+        assert_eq!(
+            hwio_to_oihw(&h).unwrap(),
+            t,
+            "the two transposes are inverses"
+        );
     }
 }
