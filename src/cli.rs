@@ -230,6 +230,12 @@ pub struct EvalArgs {
     /// Attention threshold τ (default: the value stored with the weights).
     #[arg(long)]
     pub score_threshold: Option<f32>,
+    /// Pyramid scales, comma-separated (default: DELG's seven).
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Option<Vec<f64>>,
+    /// Indices of the scales aggregated into the global descriptor.
+    #[arg(long, value_delimiter = ',')]
+    pub global_scales: Option<Vec<usize>>,
     #[command(flatten)]
     pub rerank: RerankArgs,
     /// Print the report as JSON.
@@ -314,8 +320,11 @@ impl ModelArgs {
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Training images: a folder with one sub-folder per class.
-    #[arg(long, conflicts_with = "csv")]
+    #[arg(long, conflicts_with_all = ["csv", "gnd"])]
     pub data: Option<PathBuf>,
+    /// Or the labelled images of a gnd.json ground truth (its "labels" map).
+    #[arg(long, conflicts_with = "csv")]
+    pub gnd: Option<PathBuf>,
     /// Or a GLDv2-style CSV (id,landmark_id) with --images as the image root.
     #[arg(long, requires = "images")]
     pub csv: Option<PathBuf>,
@@ -433,26 +442,13 @@ fn init_weights(a: &InitArgs) -> Result<()> {
 
 fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
     use crate::pipeline::train::{run_train, DataSource, Schedule, TrainConfig, TrainJob};
-    let data = match (&a.data, &a.csv, &a.images) {
-        (Some(d), _, _) => DataSource::Folders(d.clone()),
-        (None, Some(csv), Some(root)) => DataSource::Csv {
-            csv: csv.clone(),
-            root: root.clone(),
-        },
-        _ => {
-            return Err(Error::InvalidArgument(
-                "give --data FOLDER, or --csv FILE with --images ROOT".into(),
-            ))
-        }
+    let data = match (&a.data, &a.gnd, &a.csv, &a.images) {
+        (Some(d), _, _, _) => DataSource::Folders(d.clone()),
+        (None, Some(g), _, _) => DataSource::Gnd(g.clone()),
+        (None, None, Some(csv), Some(root)) => DataSource::Csv { csv: csv.clone(), root: root.clone() },
+        _ => return Err(Error::InvalidArgument("give --data FOLDER, --gnd gnd.json, or --csv FILE with --images ROOT".into())),
     };
-    let classes = match &data {
-        DataSource::Folders(d) => crate::pipeline::dataset::Dataset::from_folders(d)?
-            .classes
-            .len(),
-        DataSource::Csv { csv, root } => crate::pipeline::dataset::Dataset::from_csv(csv, root)?
-            .classes
-            .len(),
-    };
+    let classes = data.load()?.classes.len();
     let model = a.model.config()?;
     let mut loss = crate::model::delg::DelgLossConfig::paper(classes, model.global_dim);
     loss.arcface_margin = a.arcface_margin;
@@ -679,6 +675,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 extract.max_image_size = (m > 0).then_some(m);
             }
             extract.score_threshold = a.score_threshold;
+            if let Some(sc) = &a.scales {
+                extract.scales = sc.clone();
+            }
+            if let Some(gs) = &a.global_scales {
+                extract.global_scales = gs.clone();
+            }
+            extract.validate()?;
             let gpu = Gpu::new(&opts)?;
             let job = EvalJob {
                 gnd: a.gnd.clone(),

@@ -81,6 +81,8 @@ impl TrainConfig {
 #[derive(Clone, Debug)]
 pub enum DataSource {
     Folders(PathBuf),
+    /// The labelled images of a `gnd.json` ground truth.
+    Gnd(PathBuf),
     Csv { csv: PathBuf, root: PathBuf },
 }
 
@@ -297,6 +299,16 @@ fn median(mut v: Vec<f32>) -> f32 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+impl DataSource {
+    pub fn load(&self) -> Result<Dataset> {
+        match self {
+            DataSource::Folders(root) => Dataset::from_folders(root),
+            DataSource::Gnd(gnd) => Dataset::from_gnd(gnd),
+            DataSource::Csv { csv, root } => Dataset::from_csv(csv, root),
+        }
+    }
+}
+
 /// Trains, resuming from `run/checkpoint.safetensors` when it exists.
 pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<StepMetrics> {
     let cfg = &job.config;
@@ -305,10 +317,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         reason: e.to_string(),
     };
     std::fs::create_dir_all(&job.run).map_err(|e| io_err(&job.run, e))?;
-    let data = match &job.data {
-        DataSource::Folders(root) => Dataset::from_folders(root)?,
-        DataSource::Csv { csv, root } => Dataset::from_csv(csv, root)?,
-    };
+    let data = job.data.load()?;
     if data.classes.len() != cfg.loss.num_classes {
         return Err(Error::InvalidArgument(format!(
             "the data has {} classes but the configuration {}",
