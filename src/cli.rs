@@ -445,8 +445,15 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
     let data = match (&a.data, &a.gnd, &a.csv, &a.images) {
         (Some(d), _, _, _) => DataSource::Folders(d.clone()),
         (None, Some(g), _, _) => DataSource::Gnd(g.clone()),
-        (None, None, Some(csv), Some(root)) => DataSource::Csv { csv: csv.clone(), root: root.clone() },
-        _ => return Err(Error::InvalidArgument("give --data FOLDER, --gnd gnd.json, or --csv FILE with --images ROOT".into())),
+        (None, None, Some(csv), Some(root)) => DataSource::Csv {
+            csv: csv.clone(),
+            root: root.clone(),
+        },
+        _ => {
+            return Err(Error::InvalidArgument(
+                "give --data FOLDER, --gnd gnd.json, or --csv FILE with --images ROOT".into(),
+            ))
+        }
     };
     let classes = data.load()?.classes.len();
     let model = a.model.config()?;

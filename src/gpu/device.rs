@@ -224,7 +224,9 @@ impl Gpu {
 
     /// Largest byte range one storage binding may cover.
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Offsets of bound sub-ranges must be multiples of this.

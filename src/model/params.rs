@@ -167,7 +167,7 @@ mod tests {
         let h = oihw_to_hwio(&t).unwrap();
         assert_eq!(h.shape, Shape::new(&[1, 2, 3, 2]));
         // w[o=1, i=2, y=0, x=1] = ((1·3+2)·1+0)·2+1 = 11 lands at [0, 1, 2, 1].
-        assert_eq!(h.data[((0 * 2 + 1) * 3 + 2) * 2 + 1], 11.0);
+        assert_eq!(h.data[(3 + 2) * 2 + 1], 11.0);
         assert_eq!(
             hwio_to_oihw(&h).unwrap(),
             t,

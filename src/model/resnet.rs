@@ -294,7 +294,7 @@ pub struct Features {
 /// Adds the backbone for input `x` [N, H, W, 3].
 pub fn backbone(b: &mut NetBuilder, cfg: &ResNetConfig, x: TensorId) -> Result<Features> {
     let delg = cfg.layout == Layout::Delg;
-    if cfg.blocks.iter().any(|&n| n == 0) || cfg.width == 0 {
+    if cfg.blocks.contains(&0) || cfg.width == 0 {
         return Err(Error::InvalidArgument(format!(
             "every ResNet stage needs a block and a width, got {cfg:?}"
         )));

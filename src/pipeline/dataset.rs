@@ -68,18 +68,34 @@ impl Dataset {
     pub fn from_gnd(gnd: &Path) -> Result<Dataset> {
         let gt = crate::io::groundtruth::GroundTruth::load(gnd)?;
         let root = gnd.parent().unwrap_or(Path::new("."));
-        let mut classes: Vec<String> = gt.labels.values().filter_map(|l| l.first().cloned()).collect();
+        let mut classes: Vec<String> = gt
+            .labels
+            .values()
+            .filter_map(|l| l.first().cloned())
+            .collect();
         classes.sort();
         classes.dedup();
-        let index: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+        let index: BTreeMap<&str, usize> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i))
+            .collect();
         let mut samples: Vec<Sample> = gt
             .labels
             .iter()
-            .filter_map(|(name, l)| l.first().map(|c| Sample { path: gt.image_path(root, name), label: index[c.as_str()] }))
+            .filter_map(|(name, l)| {
+                l.first().map(|c| Sample {
+                    path: gt.image_path(root, name),
+                    label: index[c.as_str()],
+                })
+            })
             .collect();
         samples.sort_by(|a, b| a.path.cmp(&b.path));
         if samples.is_empty() {
-            return Err(file_err(gnd, "has no labelled images (its \"labels\" map is empty)"));
+            return Err(file_err(
+                gnd,
+                "has no labelled images (its \"labels\" map is empty)",
+            ));
         }
         Ok(Dataset { samples, classes })
     }

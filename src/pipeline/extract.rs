@@ -37,7 +37,10 @@ impl Default for ExtractConfig {
     fn default() -> Self {
         ExtractConfig {
             max_image_size: Some(1024),
-            scales: vec![0.25, 0.353_553_38, 0.5, 0.707_106_77, 1.0, 1.414_213_5, 2.0],
+            // The reference's f32 constants: 2^(k/2) for k = -4..2, rounded to f32.
+            scales: (-4..=2)
+                .map(|k| 2f64.powf(k as f64 / 2.0) as f32 as f64)
+                .collect(),
             global_scales: vec![3, 4, 5],
             score_threshold: None,
             max_features: 1000,

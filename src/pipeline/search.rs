@@ -58,7 +58,7 @@ pub struct GlobalSearch {
 impl GlobalSearch {
     /// `queries` is [nq, dim] row-major.
     pub fn new(gpu: &Arc<Gpu>, queries: &[f32], dim: usize, k: usize) -> Result<GlobalSearch> {
-        if dim == 0 || queries.len() % dim != 0 {
+        if dim == 0 || !queries.len().is_multiple_of(dim) {
             return Err(Error::shape(
                 "search",
                 format!("{} query values are not rows of {dim}", queries.len()),
@@ -85,7 +85,7 @@ impl GlobalSearch {
 
     /// Scores the next `chunk` of database rows ([c, dim]).
     pub fn push(&mut self, chunk: &[f32]) -> Result<()> {
-        if chunk.len() % self.dim != 0 {
+        if !chunk.len().is_multiple_of(self.dim) {
             return Err(Error::shape(
                 "search",
                 format!(

@@ -83,7 +83,10 @@ pub enum DataSource {
     Folders(PathBuf),
     /// The labelled images of a `gnd.json` ground truth.
     Gnd(PathBuf),
-    Csv { csv: PathBuf, root: PathBuf },
+    Csv {
+        csv: PathBuf,
+        root: PathBuf,
+    },
 }
 
 pub struct TrainJob {
