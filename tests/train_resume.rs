@@ -1,0 +1,143 @@
+//! A training run interrupted and resumed ends with exactly the weights of an
+//! uninterrupted run with the same seed; and the stop-gradient keeps the
+//! local losses out of the backbone.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+
+use delg_gpu::graph::TensorKind;
+use delg_gpu::io::weights::WeightFile;
+use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
+use delg_gpu::model::resnet::{Layout, ResNetConfig};
+use delg_gpu::ops::check::test_gpu;
+use delg_gpu::pipeline::demo::render_scene;
+use delg_gpu::pipeline::train::{run_train, DataSource, Schedule, TrainConfig, TrainJob};
+
+fn tiny() -> DelgConfig {
+    let mut m = DelgConfig::new(ResNetConfig {
+        blocks: [1, 1, 1, 1],
+        width: 8,
+        ..ResNetConfig::resnet50(Layout::Delg)
+    });
+    m.attention_dim = 8;
+    m.local_dim = 8;
+    m
+}
+
+fn config(classes: usize) -> TrainConfig {
+    let model = tiny();
+    let loss = DelgLossConfig::paper(classes, model.global_dim);
+    TrainConfig {
+        model,
+        loss,
+        batch: 4,
+        image_size: 48,
+        steps: 5,
+        lr: 0.01,
+        schedule: Schedule::Cosine { warmup: 2 },
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 1e-4,
+        clip_norm: 10.0,
+        bn_momentum: 0.1,
+        seed: 3,
+        checkpoint_every: 0,
+        val_fraction: 0.0,
+        flip: true,
+    }
+}
+
+#[test]
+fn resumed_run_ends_where_an_uninterrupted_run_ends() {
+    let Some(gpu) = test_gpu() else { return };
+    let root = std::env::temp_dir().join(format!("delg-resume-{}", std::process::id()));
+    let data = root.join("data");
+    for class in 0..3u64 {
+        let dir = data.join(format!("class{class}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for view in 0..3 {
+            render_scene(class, view, 64)
+                .save(dir.join(format!("{view}.png")))
+                .unwrap();
+        }
+    }
+    let job = |run: &str| TrainJob {
+        data: DataSource::Folders(data.clone()),
+        run: root.join(run),
+        init: None,
+        config: config(3),
+        quiet: true,
+    };
+
+    run_train(&gpu, &job("straight"), &AtomicBool::new(false)).unwrap();
+    // Ctrl-C before the first step ends: one step, a checkpoint, return.
+    let interrupted = run_train(&gpu, &job("resumed"), &AtomicBool::new(true)).unwrap();
+    assert_eq!(interrupted.step, 1);
+    let resumed = run_train(&gpu, &job("resumed"), &AtomicBool::new(false)).unwrap();
+    assert_eq!(resumed.step, 5);
+
+    let a = WeightFile::load(&root.join("straight/checkpoint.safetensors")).unwrap();
+    let b = WeightFile::load(&root.join("resumed/checkpoint.safetensors")).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (name, t) in &a.tensors {
+        assert_eq!(
+            Some(t),
+            b.tensors.get(name),
+            "'{name}' differs after resuming"
+        );
+    }
+    let metrics = std::fs::read_to_string(root.join("resumed/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 5, "each step logged once");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn local_losses_never_reach_the_backbone() {
+    let model = tiny();
+    let loss = DelgLossConfig::paper(4, model.global_dim);
+    let (mut g, t, params) = training_graph(&model, &loss, 2, 32, 0.1).unwrap();
+    let ids: HashMap<String, _> = g
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.kind == TensorKind::Param)
+        .map(|(k, i)| (i.name.clone(), delg_gpu::graph::TensorId(k)))
+        .collect();
+    let backbone: Vec<_> = params
+        .specs
+        .iter()
+        .filter(|s| {
+            s.name.starts_with("layer") || s.name.starts_with("conv1") || s.name.starts_with("bn1.")
+        })
+        .map(|s| ids[&s.name])
+        .collect();
+    let heads: Vec<_> = [
+        "attention.conv1.weight",
+        "autoencoder.encoder.weight",
+        "autoencoder.decoder.weight",
+        "attention_classifier.weight",
+    ]
+    .iter()
+    .map(|n| ids[*n])
+    .collect();
+    // The local losses alone give the heads gradients and the backbone none.
+    let local = g
+        .apply1(
+            delg_gpu::ops::elementwise::Binary::new(delg_gpu::ops::elementwise::BinaryKind::Add),
+            &[t.attention_loss, t.reconstruction_loss],
+        )
+        .unwrap();
+    let grads = g.grad(local, &[backbone.clone(), heads].concat()).unwrap();
+    let (bb, hd) = grads.split_at(backbone.len());
+    assert!(
+        bb.iter().all(Option::is_none),
+        "a backbone parameter gets gradient from the local losses"
+    );
+    assert!(
+        hd.iter().all(Option::is_some),
+        "every local head parameter learns from the local losses"
+    );
+    // The global loss does reach every backbone parameter with a gradient path.
+    let grads = g.grad(t.global_loss, &backbone).unwrap();
+    assert!(grads.iter().filter(|g| g.is_some()).count() > backbone.len() / 2);
+}
