@@ -27,6 +27,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     if meta.len() == 0 {
         return Err(file_err(path, "empty file"));
     }
+    check_jpeg_complete(path)?;
     let reader = ImageReader::open(path)
         .map_err(|e| file_err(path, e))?
         .with_guessed_format()
@@ -50,6 +51,32 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         return Err(file_err(path, "image has no pixels"));
     }
     Ok(img.to_rgb8())
+}
+
+/// A JPEG cut short (an interrupted copy or download) still decodes, with
+/// the missing rows filled in; the end-of-image marker near its end is what
+/// tells it apart. Trailing data after the marker is tolerated.
+fn check_jpeg_complete(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
+    let mut head = [0u8; 2];
+    if f.read_exact(&mut head).is_err() || head != [0xFF, 0xD8] {
+        return Ok(());
+    }
+    let len = f.metadata().map_err(|e| file_err(path, e))?.len();
+    let tail_len = len.min(4096);
+    f.seek(SeekFrom::Start(len - tail_len))
+        .map_err(|e| file_err(path, e))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    f.read_exact(&mut tail).map_err(|e| file_err(path, e))?;
+    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(file_err(
+            path,
+            "truncated JPEG (no end-of-image marker): the file was cut short",
+        ))
+    }
 }
 
 /// Python's `round` (half to even), as numpy and the reference extractor round sizes.

@@ -1,0 +1,215 @@
+//! `extract` on real collections: bad files are reported and skipped while
+//! every valid image is extracted, a run killed midway resumes to outputs
+//! identical to an uninterrupted run, and real photos from ../shared/data
+//! extract with a small model.
+
+use std::path::{Path, PathBuf};
+
+use delg_gpu::io::features::FeatureSet;
+use delg_gpu::model::delg::{inference_graph, DelgConfig};
+use delg_gpu::model::extractor::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
+use delg_gpu::model::params::random_weights;
+use delg_gpu::model::resnet::{Layout, ResNetConfig};
+use delg_gpu::ops::check::test_gpu;
+use delg_gpu::pipeline::demo::render_scene;
+use delg_gpu::pipeline::extract::{run_extract, ExtractConfig, ExtractJob};
+
+fn tiny_weights(path: &Path) {
+    let mut model = DelgConfig::new(ResNetConfig {
+        blocks: [1, 1, 1, 1],
+        width: 8,
+        ..ResNetConfig::resnet50(Layout::Delg)
+    });
+    model.attention_dim = 8;
+    model.local_dim = 16;
+    let (_, _, _, params) = inference_graph(&model, 64, 64).unwrap();
+    let mut w = random_weights(&params.specs, 5);
+    w.metadata.insert(META_ARCH.into(), "delg".into());
+    w.metadata
+        .insert(META_CONFIG.into(), serde_json::to_string(&model).unwrap());
+    w.metadata.insert(META_SCORE_THRESHOLD.into(), "0".into());
+    w.save(path).unwrap();
+}
+
+fn small_config() -> ExtractConfig {
+    ExtractConfig {
+        max_image_size: Some(96),
+        scales: vec![0.5, 1.0, 1.5],
+        global_scales: vec![1],
+        max_features: 50,
+        binarize: true,
+        ..Default::default()
+    }
+}
+
+fn job(input: &Path, out: &Path, weights: &Path) -> ExtractJob {
+    ExtractJob {
+        input: input.to_path_buf(),
+        out: out.to_path_buf(),
+        weights: weights.to_path_buf(),
+        config: small_config(),
+        shard: None,
+        only: None,
+        crops: Default::default(),
+        quiet: true,
+    }
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("delg-extract-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn bad_files_are_reported_and_a_killed_run_resumes_to_identical_outputs() {
+    let Some(gpu) = test_gpu() else { return };
+    let root = temp("bad");
+    let imgs = root.join("imgs");
+    std::fs::create_dir_all(imgs.join("sub")).unwrap();
+    for i in 0..4 {
+        render_scene(i, 0, 80)
+            .save(imgs.join(format!("scene{i}.jpg")))
+            .unwrap();
+    }
+    render_scene(9, 1, 120)
+        .save(imgs.join("sub/nested.png"))
+        .unwrap();
+    // A 16-bit PNG with alpha.
+    let wide = image::ImageBuffer::<image::Rgba<u16>, _>::from_fn(70, 50, |x, y| {
+        image::Rgba([(x * 900) as u16, (y * 1200) as u16, 30000, 65535])
+    });
+    wide.save(imgs.join("sixteen_bit.png")).unwrap();
+    // Bad ones: truncated JPEG, empty file, text named .jpg, a 1×1 image.
+    let jpeg = std::fs::read(imgs.join("scene0.jpg")).unwrap();
+    std::fs::write(imgs.join("truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+    std::fs::write(imgs.join("empty.jpg"), b"").unwrap();
+    std::fs::write(imgs.join("notes.jpg"), b"this is a text file").unwrap();
+    image::RgbImage::new(1, 1)
+        .save(imgs.join("tiny.png"))
+        .unwrap();
+    let weights = root.join("w.safetensors");
+    tiny_weights(&weights);
+
+    let straight = root.join("straight");
+    let s = run_extract(&gpu, &job(&imgs, &straight, &weights)).unwrap();
+    let errors = std::fs::read_to_string(straight.join("errors.txt")).unwrap();
+    for bad in ["truncated.jpg", "empty.jpg", "notes.jpg", "tiny.png"] {
+        assert!(
+            errors.contains(bad),
+            "{bad} is not reported in errors.txt:\n{errors}"
+        );
+    }
+    assert_eq!((s.images, s.extracted_now, s.failed), (10, 6, 4), "{s:?}");
+    let set = FeatureSet::load(&straight).unwrap();
+    assert_eq!(
+        set.ids,
+        vec![
+            "scene0.jpg",
+            "scene1.jpg",
+            "scene2.jpg",
+            "scene3.jpg",
+            "sixteen_bit.png",
+            "sub/nested.png"
+        ]
+    );
+    assert_eq!(set.global_dim, 256);
+    assert!(
+        set.offsets
+            .windows(2)
+            .all(|w| (1..=50).contains(&(w[1] - w[0]))),
+        "every image keeps 1..=50 features at τ = 0: {:?}",
+        set.offsets
+    );
+
+    // A run killed after three images, mid-write of the fourth: a torn journal and no final files.
+    let killed = root.join("killed");
+    run_extract(&gpu, &job(&imgs, &killed, &weights)).unwrap();
+    let journal = std::fs::read(killed.join("journal.bin")).unwrap();
+    let set_k = FeatureSet::load(&killed).unwrap();
+    let per_image = journal.len() / set_k.len();
+    std::fs::write(
+        killed.join("journal.bin"),
+        &journal[..per_image * 3 + per_image / 2],
+    )
+    .unwrap();
+    for f in [
+        "global.npy",
+        "ids.txt",
+        "local_offsets.npy",
+        "local_descriptors.npy",
+    ] {
+        std::fs::remove_file(killed.join(f)).unwrap();
+    }
+    let resumed = run_extract(&gpu, &job(&imgs, &killed, &weights)).unwrap();
+    assert_eq!(
+        (resumed.resumed, resumed.extracted_now, resumed.failed),
+        (3, 3, 4),
+        "failed images are retried, finished ones are not: {resumed:?}"
+    );
+    for f in [
+        "global.npy",
+        "ids.txt",
+        "local_offsets.npy",
+        "local_descriptors.npy",
+        "local_locations.npy",
+        "local_scales.npy",
+        "local_attention.npy",
+        "local_descriptors_bin.npy",
+    ] {
+        assert_eq!(
+            std::fs::read(straight.join(f)).unwrap(),
+            std::fs::read(killed.join(f)).unwrap(),
+            "{f} differs after resuming"
+        );
+    }
+    // Another model or configuration must not mix into the same folder.
+    let mut other = job(&imgs, &killed, &weights);
+    other.config.max_features = 10;
+    assert!(run_extract(&gpu, &other)
+        .unwrap_err()
+        .to_string()
+        .contains("different model or configuration"));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn real_photos_extract_with_a_small_model() {
+    let Some(gpu) = test_gpu() else { return };
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/instance_retrieval_dev/ukbench/jpg");
+    if !data.is_dir() {
+        eprintln!("skipped: {} is absent", data.display());
+        return;
+    }
+    let root = temp("real");
+    let weights = root.join("w.safetensors");
+    tiny_weights(&weights);
+    let mut j = job(&data, &root.join("out"), &weights);
+    j.only = Some(vec![
+        "ukbench00000.jpg".into(),
+        "ukbench00001.jpg".into(),
+        "ukbench00008.jpg".into(),
+    ]);
+    let s = run_extract(&gpu, &j).unwrap();
+    assert_eq!((s.extracted_now, s.failed), (3, 0));
+    let set = FeatureSet::load(&root.join("out")).unwrap();
+    // Locations are in original pixels (640×480), though images were capped at 96 px.
+    assert!(set
+        .locations
+        .chunks(2)
+        .all(|p| (0.0..=480.0).contains(&p[0]) && (0.0..=640.0).contains(&p[1])));
+    assert!(
+        set.locations.chunks(2).any(|p| p[1] > 300.0),
+        "keypoints span the original width"
+    );
+    let g = &set.global;
+    let dot = |a: usize, b: usize| {
+        (0..256)
+            .map(|k| g[a * 256 + k] * g[b * 256 + k])
+            .sum::<f32>()
+    };
+    assert!((dot(0, 0) - 1.0).abs() < 1e-5);
+    std::fs::remove_dir_all(&root).unwrap();
+}
