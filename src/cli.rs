@@ -87,6 +87,19 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
+    /// End-to-end extraction throughput (full DELG recipe) with a random model.
+    Extract {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Width of the generated test images.
+        #[arg(long, default_value_t = 1024)]
+        image_width: u32,
+        #[arg(long, default_value_t = 768)]
+        image_height: u32,
+        /// Timed images after one warm-up image.
+        #[arg(long, default_value_t = 2)]
+        images: usize,
+    },
     /// Every kernel at the shapes that matter, every matmul variant side by side.
     Kernels {
         /// Only cases whose name contains this text.
@@ -740,6 +753,26 @@ pub fn run(cli: Cli) -> Result<()> {
                 s.extracted_now as f64 / s.seconds.max(1e-9)
             );
             Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Extract {
+                    model,
+                    image_width,
+                    image_height,
+                    images,
+                },
+        } => {
+            let gpu = Gpu::new(&opts)?;
+            bench::print_adapter(&gpu);
+            bench::bench_extract(
+                &gpu,
+                &model.config()?,
+                image_width,
+                image_height,
+                images.max(1),
+            )
+            .map(|_| ())
         }
         Command::Bench {
             what:

@@ -63,8 +63,17 @@ pub struct Extracted {
 impl DelgExtractor {
     /// Loads a DELG weight file; the model configuration comes from its metadata.
     pub fn load(gpu: &Arc<Gpu>, path: &Path, extract: ExtractConfig) -> Result<DelgExtractor> {
+        Self::from_weights(gpu, &WeightFile::load(path)?, path, extract)
+    }
+
+    /// A DELG model from weights in memory (`path` names them in errors).
+    pub fn from_weights(
+        gpu: &Arc<Gpu>,
+        file: &WeightFile,
+        path: &Path,
+        extract: ExtractConfig,
+    ) -> Result<DelgExtractor> {
         extract.validate()?;
-        let file = WeightFile::load(path)?;
         let bad = |reason: String| Error::File {
             path: path.to_path_buf(),
             reason,
@@ -93,7 +102,7 @@ impl DelgExtractor {
         // Any input size gives the same parameter list; a small one builds fast.
         let (_, _, _, mp) = inference_graph(&model, 64, 64)?;
         let constants = [("gem.p".to_string(), Tensor::new([1], vec![model.gem_p])?)];
-        let params = load_params(gpu, path, &file, &mp, model.backbone.bn_eps(), &constants)?;
+        let params = load_params(gpu, path, file, &mp, model.backbone.bn_eps(), &constants)?;
         Ok(DelgExtractor {
             gpu: gpu.clone(),
             model,
@@ -158,6 +167,14 @@ impl DelgExtractor {
             .ok_or_else(|| Error::Graph("plan cache".into()))?;
         plan.last_used = clock;
         Ok(plan)
+    }
+
+    /// FLOPs of one image through every pyramid level (after `extract` ran on its size).
+    pub fn flops_per_image(&self, height: usize, width: usize) -> u64 {
+        (0..self.extract.scales.len())
+            .filter_map(|l| self.plans.get(&(height, width, l)))
+            .map(|p| p.exe.flops)
+            .sum()
     }
 
     /// Global descriptor and local features of one prepared image.

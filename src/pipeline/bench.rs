@@ -207,7 +207,8 @@ pub fn kernel_cases() -> Vec<BenchCase> {
     cases
 }
 
-pub fn print_header(gpu: &Gpu) {
+/// The adapter line of every report.
+pub fn print_adapter(gpu: &Gpu) {
     println!(
         "adapter: {} | backend: {:?} | type: {:?} | driver: {} {}",
         gpu.facts.name,
@@ -216,6 +217,10 @@ pub fn print_header(gpu: &Gpu) {
         gpu.facts.driver,
         gpu.facts.driver_info
     );
+}
+
+pub fn print_header(gpu: &Gpu) {
+    print_adapter(gpu);
     println!(
         "{:<44} {:<28} {:>5} {:>10} {:>9} {:>11} {:>8}",
         "kernel", "variant", "reps", "ms", "GFLOP/s", "GFLOP/CPU-s", "GB/s"
@@ -231,4 +236,66 @@ pub fn print_row(r: &BenchResult) {
         "{:<44} {:<28} {:>5} {:>10.3} {:>9.2} {:>11} {:>8.2}",
         r.name, r.variant, r.reps, r.ms, r.gflops, cpu, r.gbytes
     );
+}
+
+/// End-to-end extraction throughput: a randomly initialised DELG model of the
+/// given depth over generated `width`×`height` images with the full recipe
+/// (7-scale pyramid, global + local), after one warm-up image that pays the
+/// pipeline compilation.
+pub fn bench_extract(
+    gpu: &Arc<Gpu>,
+    model: &crate::model::delg::DelgConfig,
+    width: u32,
+    height: u32,
+    images: usize,
+) -> Result<(f64, f64)> {
+    use crate::model::extractor::{DelgExtractor, PreparedImage};
+    let (_, _, _, params) = crate::model::delg::inference_graph(model, 64, 64)?;
+    let mut file = crate::model::params::random_weights(&params.specs, 0);
+    file.metadata
+        .insert(crate::model::extractor::META_ARCH.into(), "delg".into());
+    file.metadata.insert(
+        crate::model::extractor::META_CONFIG.into(),
+        serde_json::to_string(model).unwrap_or_default(),
+    );
+    let cfg = crate::pipeline::extract::ExtractConfig {
+        score_threshold: Some(0.0),
+        ..Default::default()
+    };
+    let mut ex =
+        DelgExtractor::from_weights(gpu, &file, std::path::Path::new("<random weights>"), cfg)?;
+    let prepared = |i: u64| -> Result<PreparedImage> {
+        let img = crate::pipeline::demo::render_scene(i, 0, width.max(height));
+        let img = image::imageops::crop_imm(&img, 0, 0, width, height).to_image();
+        let data = img
+            .as_raw()
+            .iter()
+            .map(|&v| (v as f32 - 128.0) / 128.0)
+            .collect();
+        Ok(PreparedImage {
+            pixels: crate::tensor::Tensor::new([1, height as usize, width as usize, 3], data)?,
+            resize_factor: (1.0, 1.0),
+        })
+    };
+    ex.extract(&prepared(0)?)?;
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    for i in 0..images {
+        ex.extract(&prepared(i as u64 + 1)?)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let gflop = ex.flops_per_image(height as usize, width as usize) as f64 / 1e9;
+    let cpu = cpu_time().zip(cpu0).map(|(a, b)| (a - b).as_secs_f64());
+    println!(
+        "extract {}x{} DELG-R{}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
+        width,
+        height,
+        if model.backbone.blocks[2] == 23 { 101 } else { 50 },
+        images as f64 / secs,
+        secs / images as f64,
+        gflop,
+        gflop * images as f64 / secs,
+        cpu.map(|c| format!(", {:.2} GFLOP per CPU-second", gflop * images as f64 / c)).unwrap_or_default()
+    );
+    Ok((images as f64 / secs, gflop))
 }
