@@ -15,6 +15,7 @@ use delg_gpu::model::extractor::META_CONFIG;
 use delg_gpu::model::params::{load_params, oihw_to_hwio};
 use delg_gpu::model::resnet::Role;
 use delg_gpu::ops::check::{normalized_max_error, test_gpu};
+use delg_gpu::pipeline::extract::{select_local, ExtractConfig, LevelOutput};
 use delg_gpu::pipeline::train::{build_step, upload_state, Schedule, TrainConfig};
 use delg_gpu::tensor::{HostTensor, Tensor};
 
@@ -69,6 +70,7 @@ fn extraction_outputs_match_pytorch() {
             Executable::new(&gpu, &g, &[out.global, out.attention, out.local], &store).unwrap();
         exe.set_input(input, &image).unwrap();
         exe.run().unwrap();
+        let mut maps = HashMap::new();
         for (t, name) in [
             (out.global, "global"),
             (out.attention, "attention"),
@@ -78,7 +80,45 @@ fn extraction_outputs_match_pytorch() {
             let got = exe.read(t).unwrap();
             assert_eq!(got.shape, want.shape, "{layout} {name} shape");
             close(&format!("{layout} {name}"), &got.data, &want.data, 1e-4);
+            maps.insert(name, (got, want));
         }
+        // The global descriptor points the same way.
+        let (g, w) = &maps["global"];
+        let dot: f64 = g
+            .data
+            .iter()
+            .zip(&w.data)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let cosine = dot / norm(&g.data) / norm(&w.data);
+        assert!(cosine >= 0.99999, "{layout}: global cosine {cosine}");
+        // The same keypoints are selected from both attention maps (τ = their median).
+        let (a, aw) = &maps["attention"];
+        let (l, lw) = &maps["local"];
+        let [_, mh, mw, _] = a.shape.nhwc("attention").unwrap();
+        let mut sorted = aw.data.clone();
+        sorted.sort_by(f32::total_cmp);
+        let tau = sorted[sorted.len() / 2];
+        let sel = ExtractConfig {
+            max_features: 4,
+            ..Default::default()
+        };
+        let level = |att: &HostTensor, loc: &HostTensor| LevelOutput {
+            scale: 1.0,
+            height: mh,
+            width: mw,
+            global: vec![],
+            attention: att.data.clone(),
+            descriptors: loc.data.clone(),
+        };
+        let ours = select_local(&[level(a, l)], tau, &sel, (1.0, 1.0), cfg.local_dim);
+        let theirs = select_local(&[level(aw, lw)], tau, &sel, (1.0, 1.0), cfg.local_dim);
+        assert!(!theirs.locations.is_empty());
+        assert_eq!(
+            ours.locations, theirs.locations,
+            "{layout}: different keypoints"
+        );
     }
 }
 
