@@ -170,6 +170,10 @@ pub struct RerankArgs {
     /// Lowe's ratio test instead of an absolute distance threshold.
     #[arg(long)]
     pub ratio_test: bool,
+    /// Match sign-binarised descriptors by Hamming distance below this many bits
+    /// (DELG's binarised variant), instead of float descriptors by L2.
+    #[arg(long)]
+    pub hamming: Option<u32>,
     /// RANSAC with a homography instead of an affine model.
     #[arg(long)]
     pub homography: bool,
@@ -194,10 +198,14 @@ impl RerankArgs {
             crate::pipeline::search::RerankParams {
                 shortlist: self.shortlist,
                 matching: crate::retrieval::matching::MatchParams {
-                    threshold: self.match_threshold,
+                    threshold: self
+                        .hamming
+                        .map(|h| h as f32)
+                        .unwrap_or(self.match_threshold),
                     ratio_test: self.ratio_test,
                 },
                 ransac,
+                binary: self.hamming.is_some(),
             }
         })
     }

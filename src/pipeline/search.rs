@@ -14,7 +14,7 @@ use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
 use crate::io::features::FeatureSet;
 use crate::ops::gemm::Matmul;
-use crate::retrieval::matching::{match_descriptors, MatchParams};
+use crate::retrieval::matching::{binarize, match_binary, match_descriptors, MatchParams};
 use crate::retrieval::ransac::{verify, RansacParams};
 use crate::tensor::Tensor;
 
@@ -172,6 +172,9 @@ pub struct RerankParams {
     pub shortlist: usize,
     pub matching: MatchParams,
     pub ransac: RansacParams,
+    /// Match sign-binarised descriptors by Hamming distance (the threshold in
+    /// `matching` is then in bits) instead of float descriptors by L2.
+    pub binary: bool,
 }
 
 impl Default for RerankParams {
@@ -180,6 +183,7 @@ impl Default for RerankParams {
             shortlist: 100,
             matching: MatchParams::default(),
             ransac: RansacParams::default(),
+            binary: false,
         }
     }
 }
@@ -205,7 +209,15 @@ pub fn rerank(
         .par_iter()
         .map(|&i| {
             let d = db.image(hits[i].db);
-            let matches = match_descriptors(&query.descriptors, &d.descriptors, dim, &p.matching)?;
+            let matches = if p.binary {
+                let (qb, db_bits) = (
+                    binarize(&query.descriptors, dim)?,
+                    binarize(&d.descriptors, dim)?,
+                );
+                match_binary(&qb, &db_bits, dim.div_ceil(8), &p.matching)?
+            } else {
+                match_descriptors(&query.descriptors, &d.descriptors, dim, &p.matching)?
+            };
             Ok((
                 i,
                 verify(&query.locations, &d.locations, &matches, &p.ransac)?.score,
