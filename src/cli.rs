@@ -87,6 +87,17 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
+    /// Global search of random descriptors at scale (database generated in chunks).
+    Search {
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        db: usize,
+        #[arg(long, default_value_t = 2048)]
+        dim: usize,
+        #[arg(long, default_value_t = 100)]
+        k: usize,
+    },
     /// End-to-end extraction throughput (full DELG recipe) with a random model.
     Extract {
         #[command(flatten)]
@@ -761,6 +772,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 s.extracted_now as f64 / s.seconds.max(1e-9)
             );
             Ok(())
+        }
+        Command::Bench { what: BenchWhat::Search { queries, db, dim, k } } => {
+            let gpu = Gpu::new(&opts)?;
+            bench::print_adapter(&gpu);
+            bench::bench_search(&gpu, queries, db, dim, k).map(|_| ())
         }
         Command::Bench {
             what:
