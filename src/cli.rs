@@ -162,6 +162,14 @@ pub struct ExtractArgs {
     /// Process only shard i of N (e.g. 0/4): several machines split a collection.
     #[arg(long)]
     pub shard: Option<String>,
+    /// Extract the queries of this ground truth (gnd.json) instead of the whole
+    /// folder, each cropped to its box at the scale it has in the full image.
+    #[arg(long, conflicts_with = "boxes")]
+    pub queries_of: Option<PathBuf>,
+    /// Extract only the images of this CSV (path,x1,y1,x2,y2 per line, paths
+    /// relative to the folder), each cropped to its box.
+    #[arg(long)]
+    pub boxes: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -446,6 +454,64 @@ fn extract_config(a: &ExtractArgs) -> Result<crate::pipeline::extract::ExtractCo
     cfg.binarize |= a.binarize;
     cfg.validate()?;
     Ok(cfg)
+}
+
+type Selection = (
+    Option<Vec<String>>,
+    std::collections::HashMap<String, crate::pipeline::extract::CropBox>,
+);
+
+/// The images and crop boxes `--queries-of` or `--boxes` ask for.
+fn query_selection(a: &ExtractArgs) -> Result<Selection> {
+    let mut crops = std::collections::HashMap::new();
+    let mut only = Vec::new();
+    if let Some(gnd) = &a.queries_of {
+        let gt = crate::io::groundtruth::GroundTruth::load(gnd)?;
+        for q in &gt.queries {
+            let rel = format!("{}/{}{}", gt.image_dir, q.image, gt.image_ext);
+            if let Some(b) = q.bbox {
+                if crops.insert(rel.clone(), b).is_some_and(|prev| prev != b) {
+                    return Err(Error::unsupported(
+                        "extract",
+                        format!("image '{}' is a query with two different boxes", q.image),
+                    ));
+                }
+            }
+            if !only.contains(&rel) {
+                only.push(rel);
+            }
+        }
+    } else if let Some(csv) = &a.boxes {
+        let text = std::fs::read_to_string(csv).map_err(|e| Error::File {
+            path: csv.clone(),
+            reason: e.to_string(),
+        })?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            let nums: Option<Vec<f64>> = f
+                .get(1..5)
+                .map(|v| v.iter().filter_map(|x| x.parse().ok()).collect());
+            match (f.first(), nums) {
+                (Some(path), Some(b)) if b.len() == 4 => {
+                    crops.insert(path.to_string(), [b[0], b[1], b[2], b[3]]);
+                    only.push(path.to_string());
+                }
+                _ => {
+                    return Err(Error::File {
+                        path: csv.clone(),
+                        reason: format!("line {}: expected path,x1,y1,x2,y2", n + 1),
+                    })
+                }
+            }
+        }
+    } else {
+        return Ok((None, crops));
+    }
+    Ok((Some(only), crops))
 }
 
 fn init_weights(a: &InitArgs) -> Result<()> {
@@ -760,6 +826,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 crops: Default::default(),
                 quiet: a.quiet,
             };
+            let (only, crops) = query_selection(&a)?;
+            let job = crate::pipeline::extract::ExtractJob { only, crops, ..job };
             let s = crate::pipeline::extract::run_extract(&gpu, &job)?;
             println!(
                 "extracted {} images ({} resumed, {} skipped: see {}), {} local features, {:.1} s, {:.2} images/s",
@@ -773,7 +841,15 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Bench { what: BenchWhat::Search { queries, db, dim, k } } => {
+        Command::Bench {
+            what:
+                BenchWhat::Search {
+                    queries,
+                    db,
+                    dim,
+                    k,
+                },
+        } => {
             let gpu = Gpu::new(&opts)?;
             bench::print_adapter(&gpu);
             bench::bench_search(&gpu, queries, db, dim, k).map(|_| ())

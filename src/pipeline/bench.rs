@@ -304,9 +304,17 @@ pub fn bench_extract(
 /// random unit descriptors of `dim` dimensions, generated chunk by chunk so
 /// the database never has to fit in memory (1 000 000 × 2048 is 8 GiB),
 /// keeping the top `k` per query. Returns seconds.
-pub fn bench_search(gpu: &Arc<Gpu>, queries: usize, db: usize, dim: usize, k: usize) -> Result<f64> {
+pub fn bench_search(
+    gpu: &Arc<Gpu>,
+    queries: usize,
+    db: usize,
+    dim: usize,
+    k: usize,
+) -> Result<f64> {
     let unit_rows = |rng: &mut Rng, rows: usize| -> Vec<f32> {
-        let mut v: Vec<f32> = (0..rows * dim).map(|_| rng.range(-1.0, 1.0) as f32).collect();
+        let mut v: Vec<f32> = (0..rows * dim)
+            .map(|_| rng.range(-1.0, 1.0) as f32)
+            .collect();
         for r in v.chunks_mut(dim) {
             crate::pipeline::extract::l2_normalize(r);
         }
