@@ -182,6 +182,69 @@ pub struct DelgTraining {
     pub attention: TensorId,
 }
 
+/// The training-only heads: cosines to the L2-normalised class weights, the
+/// reconstruction S′, and the attention classifier's logits on the
+/// attention-pooled, L2-normalised S′.
+struct Classifiers {
+    cosines: TensorId,
+    decoded: TensorId,
+    attention_logits: TensorId,
+}
+
+fn classifiers(
+    b: &mut NetBuilder,
+    cfg: &DelgConfig,
+    loss: &DelgLossConfig,
+    h: &Heads,
+) -> Result<Classifiers> {
+    let c_s = cfg.backbone.s_channels();
+    let embedding = b.g.apply1(L2Normalize::default(), &[h.global])?;
+    let class_w = b.param(
+        "arcface.weight",
+        &[loss.num_classes, cfg.global_dim],
+        Role::Other,
+    );
+    let class_w = b.g.apply1(L2Normalize::default(), &[class_w])?;
+    let cosines =
+        b.g.apply1(Matmul::new(false, true), &[embedding, class_w])?;
+    let decoded = one_by_one(b, h.local, "autoencoder.decoder", None, c_s, true)?;
+    let normalized = b.g.apply1(L2Normalize::default(), &[decoded])?;
+    let pooled = b.g.apply1(AttentionPool, &[normalized, h.attention])?;
+    let aw = b.param(
+        "attention_classifier.weight",
+        &[loss.num_classes, c_s],
+        Role::LinearWeight,
+    );
+    let ab = b.param("attention_classifier.bias", &[loss.num_classes], Role::Bias);
+    let attention_logits = b.g.apply1(Matmul::new(false, true), &[pooled, aw, ab])?;
+    Ok(Classifiers {
+        cosines,
+        decoded,
+        attention_logits,
+    })
+}
+
+/// Validation: both classifiers in inference mode (batch norms folded, no
+/// margin), for accuracy on held-out images. Returns the graph, its image
+/// input, the global cosines and the attention logits.
+pub fn validation_graph(
+    cfg: &DelgConfig,
+    loss: &DelgLossConfig,
+    batch: usize,
+    size: usize,
+) -> Result<(Graph, TensorId, TensorId, TensorId, ModelParams)> {
+    let mut g = Graph::new();
+    let images = g.input("images", [batch, size, size, 3]);
+    let mut b = NetBuilder::new(&mut g, Mode::Inference, cfg.backbone.bn_eps());
+    let h = heads(&mut b, cfg, images)?;
+    let c = classifiers(&mut b, cfg, loss, &h)?;
+    let params = ModelParams {
+        specs: b.specs,
+        folds: b.folds,
+    };
+    Ok((g, images, c.cosines, c.attention_logits, params))
+}
+
 /// The training graph for a batch of `batch` images of `size`×`size` (spec §2):
 /// ArcFace on the L2-normalised global descriptor, softmax cross-entropy on
 /// the attention-pooled reconstruction, and the reconstruction MSE.
@@ -203,34 +266,15 @@ pub fn training_graph(
         cfg.backbone.bn_eps(),
     );
     let h = heads(&mut b, cfg, images)?;
-    let c_s = cfg.backbone.s_channels();
 
-    let embedding = b.g.apply1(L2Normalize::default(), &[h.global])?;
-    let class_w = b.param(
-        "arcface.weight",
-        &[loss.num_classes, cfg.global_dim],
-        Role::Other,
-    );
-    let class_w = b.g.apply1(L2Normalize::default(), &[class_w])?;
-    let cosines =
-        b.g.apply1(Matmul::new(false, true), &[embedding, class_w])?;
+    let c = classifiers(&mut b, cfg, loss, &h)?;
+    let (cosines, attention_logits) = (c.cosines, c.attention_logits);
     let global_loss = b.g.apply(
         ArcFaceLoss::delg(loss.arcface_scale, loss.arcface_margin),
         &[cosines, labels],
     )?[0];
-
-    let decoded = one_by_one(&mut b, h.local, "autoencoder.decoder", None, c_s, true)?;
     let target = h.s; // already behind the stop-gradient
-    let reconstruction_loss = b.g.apply(MseLoss, &[decoded, target])?[0];
-    let normalized = b.g.apply1(L2Normalize::default(), &[decoded])?;
-    let pooled = b.g.apply1(AttentionPool, &[normalized, h.attention])?;
-    let aw = b.param(
-        "attention_classifier.weight",
-        &[loss.num_classes, c_s],
-        Role::LinearWeight,
-    );
-    let ab = b.param("attention_classifier.bias", &[loss.num_classes], Role::Bias);
-    let attention_logits = b.g.apply1(Matmul::new(false, true), &[pooled, aw, ab])?;
+    let reconstruction_loss = b.g.apply(MseLoss, &[c.decoded, target])?[0];
     let attention_loss =
         b.g.apply(SoftmaxCrossEntropy, &[attention_logits, labels])?[0];
 

@@ -312,6 +312,81 @@ impl DataSource {
     }
 }
 
+/// Accuracy of both classifiers on the validation images, in inference mode
+/// (batch norms folded from the current running statistics, no margin);
+/// images are resized whole to the training size.
+fn validate(
+    gpu: &Arc<Gpu>,
+    cfg: &TrainConfig,
+    val: &Dataset,
+    sg: &StepGraph,
+    store: &ParamStore,
+) -> Result<Option<(f32, f32)>> {
+    if val.samples.is_empty() {
+        return Ok(None);
+    }
+    let file = download_state(gpu, sg, store, false)?;
+    let batch = cfg.batch.min(val.samples.len());
+    let (g, images, cosines, logits, params) =
+        crate::model::delg::validation_graph(&cfg.model, &cfg.loss, batch, cfg.image_size)?;
+    let constants = [(
+        "gem.p".to_string(),
+        Tensor::new([1], vec![cfg.model.gem_p])?,
+    )];
+    let store = crate::model::params::load_params(
+        gpu,
+        Path::new("<training state>"),
+        &file,
+        &params,
+        cfg.model.backbone.bn_eps(),
+        &constants,
+    )?;
+    let exe = Executable::new(gpu, &g, &[cosines, logits], &store)?;
+    let aug = Augment {
+        size: cfg.image_size,
+        random_crop: false,
+        flip: false,
+    };
+    let (mut hits_g, mut hits_a, mut n) = (0.0f32, 0.0f32, 0usize);
+    for chunk in val.samples.chunks(batch) {
+        let mut px = Vec::with_capacity(batch * cfg.image_size * cfg.image_size * 3);
+        let mut labels = Vec::new();
+        for s in chunk {
+            // An unreadable validation image is left out of the accuracy.
+            if let Ok(p) =
+                crate::pipeline::dataset::load_sample(&s.path, aug, &mut crate::tensor::Rng::new(0))
+            {
+                px.extend(p);
+                labels.push(s.label as f32);
+            }
+        }
+        let real = labels.len();
+        if real == 0 {
+            continue;
+        }
+        // Pad a short last batch with copies of its first image; only real rows count.
+        let one = px[..cfg.image_size * cfg.image_size * 3].to_vec();
+        while labels.len() < batch {
+            px.extend_from_slice(&one);
+            labels.push(labels[0]);
+        }
+        exe.set_input(
+            images,
+            &Tensor::new([batch, cfg.image_size, cfg.image_size, 3], px)?,
+        )?;
+        exe.run()?;
+        let lab = Tensor::new([real], labels[..real].to_vec())?;
+        let rows = |t: HostTensor| -> Result<HostTensor> {
+            let c = t.shape.dims()[1];
+            Tensor::new([real, c], t.data[..real * c].to_vec())
+        };
+        hits_g += argmax_accuracy(&rows(exe.read(cosines)?)?, &lab) * real as f32;
+        hits_a += argmax_accuracy(&rows(exe.read(logits)?)?, &lab) * real as f32;
+        n += real;
+    }
+    Ok((n > 0).then(|| (hits_g / n as f32, hits_a / n as f32)))
+}
+
 /// Trains, resuming from `run/checkpoint.safetensors` when it exists.
 pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<StepMetrics> {
     let cfg = &job.config;
@@ -328,7 +403,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
             cfg.loss.num_classes
         )));
     }
-    let (train, _val) = data.split(cfg.val_fraction, cfg.seed);
+    let (train, val) = data.split(cfg.val_fraction, cfg.seed);
     let step_graph = build_step(cfg)?;
 
     let checkpoint = job.run.join("checkpoint.safetensors");
@@ -490,6 +565,16 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
             || stop.load(Ordering::SeqCst)
         {
             save(step + 1, &store)?;
+            if !stop.load(Ordering::SeqCst) {
+                if let Some((g, a)) = validate(gpu, cfg, &val, sg, &store)? {
+                    let line = serde_json::json!({"step": step + 1, "val_global_accuracy": g, "val_attention_accuracy": a});
+                    writeln!(metrics, "{line}").map_err(|e| io_err(&metrics_path, e))?;
+                    bar.println(format!(
+                        "step {}: validation accuracy global {g:.3}, attention {a:.3}",
+                        step + 1
+                    ));
+                }
+            }
             if stop.load(Ordering::SeqCst) && !done {
                 bar.abandon_with_message(format!(
                     "interrupted: checkpoint at step {} written; rerun the same command to resume",
