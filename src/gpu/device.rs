@@ -61,7 +61,21 @@ pub fn parse_backend(name: &str) -> Result<wgpu::Backends> {
     }
 }
 
-fn no_adapter_hint() -> String {
+fn no_adapter_hint(backend: Option<&str>) -> String {
+    let requested = backend.map(|b| b.to_ascii_lowercase());
+    let native = if cfg!(target_os = "windows") {
+        ["dx12", "d3d12", "vulkan", "vk", "gl", "gles", "opengl"].as_slice()
+    } else if cfg!(target_os = "macos") {
+        ["metal", "mtl", "vulkan", "vk"].as_slice()
+    } else {
+        ["vulkan", "vk", "gl", "gles", "opengl"].as_slice()
+    };
+    if let Some(b) = requested.filter(|b| b != "all" && !native.contains(&b.as_str())) {
+        return format!(
+            "{b} is not available on this operating system; try --backend {}",
+            native[0]
+        );
+    }
     if cfg!(target_os = "linux") {
         "install a Vulkan driver for your GPU, or the CPU driver lavapipe with \
          `apt-get install mesa-vulkan-drivers libvulkan1` (Debian/Ubuntu)"
@@ -112,7 +126,7 @@ fn pick_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
     if adapters.is_empty() {
         return Err(Error::NoAdapter {
             backend: opts.backend.clone(),
-            hint: no_adapter_hint(),
+            hint: no_adapter_hint(opts.backend.as_deref()),
         });
     }
     let wanted = opts
