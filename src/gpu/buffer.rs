@@ -148,6 +148,43 @@ impl Gpu {
     }
 }
 
+/// One dispatch's share of a chunk for kernels with a VEC4 variant: `n` and
+/// `shifts` are in units of the kernel's element (vec4 or f32).
+pub struct Piece {
+    pub vec4: bool,
+    pub n: u64,
+    pub shifts: Vec<u32>,
+}
+
+/// Splits a chunk of `count` elements, whose windows start at element
+/// `shifts`, into a vec4 piece over whole vec4s (when every window starts on
+/// 16 bytes) and a scalar piece for the rest. A window's vec4 view ends at its
+/// last whole vec4, which the vec4 piece never passes.
+pub fn vec4_pieces(shifts: &[u32], count: u64) -> Vec<Piece> {
+    let whole = if shifts.iter().all(|s| s % 4 == 0) {
+        count / 4
+    } else {
+        0
+    };
+    let mut pieces = Vec::new();
+    if whole > 0 {
+        pieces.push(Piece {
+            vec4: true,
+            n: whole,
+            shifts: shifts.iter().map(|s| s / 4).collect(),
+        });
+    }
+    let done = whole * 4;
+    if done < count {
+        pieces.push(Piece {
+            vec4: false,
+            n: count - done,
+            shifts: shifts.iter().map(|s| s + done as u32).collect(),
+        });
+    }
+    pieces
+}
+
 /// Splits `total` items into consecutive chunks of at most `per_chunk` items.
 pub fn chunks(total: u64, per_chunk: u64) -> impl Iterator<Item = std::ops::Range<u64>> {
     let per = per_chunk.max(1);

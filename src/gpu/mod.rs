@@ -7,7 +7,7 @@ pub mod recorder;
 pub mod shader;
 pub mod tuning;
 
-pub use buffer::{chunks, BufSlice, DeviceTensor, Window};
+pub use buffer::{chunks, vec4_pieces, BufSlice, DeviceTensor, Piece, Window};
 pub use device::{list_adapters, AdapterFacts, Gpu, GpuOptions};
 pub use recorder::{Binding, RecordStats, Recorder, Recording};
 pub use shader::ShaderSpec;

@@ -6,7 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{chunks, DeviceTensor, Recorder, ShaderSpec};
+use crate::gpu::{chunks, vec4_pieces, Binding, DeviceTensor, Recorder, ShaderSpec};
 use crate::graph::{Graph, Op, TensorId};
 use crate::tensor::{RefTensor, Shape, Tensor};
 
@@ -48,9 +48,8 @@ fn fill_spec(vec4: bool) -> ShaderSpec {
 }
 
 /// Records `spec(vec4)` over consecutive windows of the `operands` (all of
-/// the same length; the output last). Each window runs as vec4 over its
-/// largest multiple of four when every operand's window starts 16-byte
-/// aligned, and element by element over the rest.
+/// the same length; the output last), as vec4 over whole vec4s where every
+/// window starts 16-byte aligned and element by element over the rest.
 fn record_windows(
     rec: &mut Recorder,
     spec: fn(bool) -> ShaderSpec,
@@ -61,69 +60,37 @@ fn record_windows(
     let gpu = rec.gpu();
     let n = operands.last().map(|t| t.numel()).unwrap_or(0);
     for range in chunks(n, gpu.max_window_elems()) {
-        let mut start = range.start;
-        let probe = operands
+        let count = range.end - range.start;
+        let windows = operands
             .iter()
-            .map(|t| t.window(gpu, start, 1))
+            .map(|t| t.window(gpu, range.start, count))
             .collect::<Result<Vec<_>>>()?;
-        let aligned = probe.iter().all(|w| w.shift % 4 == 0);
-        let quads = if aligned { (range.end - start) / 4 } else { 0 };
-        if quads > 0 {
-            dispatch(rec, &spec(true), operands, start, quads * 4, 4, kind, alpha)?;
-            start += quads * 4;
-        }
-        if start < range.end {
-            dispatch(
-                rec,
-                &spec(false),
-                operands,
-                start,
-                range.end - start,
-                1,
+        let shifts: Vec<u32> = windows.iter().map(|w| w.shift).collect();
+        let bindings: Vec<Binding> = windows.iter().map(Into::into).collect();
+        for piece in vec4_pieces(&shifts, count) {
+            let last = piece.shifts.len() - 1;
+            let params = Params {
+                n: piece.n as u32,
                 kind,
+                shift_x: piece.shifts[0],
+                shift_y: if windows.len() == 3 {
+                    piece.shifts[1]
+                } else {
+                    0
+                },
+                shift_out: piece.shifts[last],
                 alpha,
+                _pad: [0; 2],
+            };
+            rec.dispatch_groups(
+                &spec(piece.vec4),
+                bytemuck::bytes_of(&params),
+                bindings.clone(),
+                piece.n.div_ceil(WG),
             )?;
         }
     }
     Ok(())
-}
-
-/// One dispatch over `count` elements from `start`, `width` elements per invocation.
-#[allow(clippy::too_many_arguments)]
-fn dispatch(
-    rec: &mut Recorder,
-    spec: &ShaderSpec,
-    operands: &[&DeviceTensor],
-    start: u64,
-    count: u64,
-    width: u64,
-    kind: u32,
-    alpha: f32,
-) -> Result<()> {
-    let gpu = rec.gpu();
-    let windows = operands
-        .iter()
-        .map(|t| t.window(gpu, start, count))
-        .collect::<Result<Vec<_>>>()?;
-    let shift = |i: usize| windows.get(i).map(|w| w.shift / width as u32).unwrap_or(0);
-    let last = windows.len() - 1;
-    let params = Params {
-        n: (count / width) as u32,
-        kind,
-        shift_x: shift(0),
-        shift_y: if windows.len() == 3 { shift(1) } else { 0 },
-        shift_out: shift(last),
-        alpha,
-        _pad: [0; 2],
-    };
-    // With aligned shifts and whole quads, each window covers whole vec4s.
-    let bindings = windows.iter().map(Into::into).collect();
-    rec.dispatch_groups(
-        spec,
-        bytemuck::bytes_of(&params),
-        bindings,
-        (count / width).div_ceil(WG),
-    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -11,7 +11,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{chunks, Binding, DeviceTensor, Recorder, ShaderSpec};
+use crate::gpu::{chunks, vec4_pieces, Binding, DeviceTensor, Recorder, ShaderSpec};
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::expect_inputs;
 use crate::tensor::{RefTensor, Shape, Tensor};
@@ -69,43 +69,6 @@ pub(crate) trait RecordWindowed: Op {
         outputs: &[&DeviceTensor],
         window: u64,
     ) -> Result<()>;
-}
-
-/// One dispatch's share of a chunk for kernels with a VEC4 variant: `n` and
-/// `shifts` are in units of the kernel's element (vec4 or f32).
-pub(crate) struct Piece {
-    pub vec4: bool,
-    pub n: u64,
-    pub shifts: Vec<u32>,
-}
-
-/// Splits a chunk of `count` elements, whose windows start at element
-/// `shifts`, into a vec4 piece over whole vec4s (when every window starts on
-/// 16 bytes) and a scalar piece for the rest. A window's vec4 view ends at its
-/// last whole vec4, which the vec4 piece never passes.
-pub(crate) fn vec4_pieces(shifts: &[u32], count: u64) -> Vec<Piece> {
-    let whole = if shifts.iter().all(|s| s % 4 == 0) {
-        count / 4
-    } else {
-        0
-    };
-    let mut pieces = Vec::new();
-    if whole > 0 {
-        pieces.push(Piece {
-            vec4: true,
-            n: whole,
-            shifts: shifts.iter().map(|s| s / 4).collect(),
-        });
-    }
-    let done = whole * 4;
-    if done < count {
-        pieces.push(Piece {
-            vec4: false,
-            n: count - done,
-            shifts: shifts.iter().map(|s| s + done as u32).collect(),
-        });
-    }
-    pieces
 }
 
 fn scalar_shape() -> Shape {

@@ -7,10 +7,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{chunks, Binding, DeviceTensor, Recorder, ShaderSpec};
+use crate::gpu::{chunks, vec4_pieces, Binding, DeviceTensor, Recorder, ShaderSpec};
 use crate::graph::Op;
 use crate::ops::elementwise::expect_inputs;
-use crate::ops::loss::{expect_scalar, vec4_pieces, RecordWindowed, SquareSums};
+use crate::ops::loss::{expect_scalar, RecordWindowed, SquareSums};
 use crate::tensor::{RefTensor, Shape, Tensor};
 
 const WG: u64 = 256;
