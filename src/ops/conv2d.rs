@@ -1658,22 +1658,11 @@ mod bench {
     use crate::ops::check::test_gpu;
     use crate::tensor::Rng;
 
-    /// Process CPU seconds (all threads) from /proc/self/stat, in USER_HZ = 100 ticks.
+    /// Process CPU time in seconds (all threads, lavapipe's included).
     fn cpu_seconds() -> f64 {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        crate::pipeline::bench::cpu_time()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
     }
 
     #[test]

@@ -1282,24 +1282,11 @@ mod tests {
         );
     }
 
-    /// User + system CPU seconds of this process (lavapipe's threads included),
-    /// from /proc/self/stat at the usual 100 ticks per second.
+    /// Process CPU time in seconds (all threads, lavapipe's included).
     fn cpu_seconds() -> f64 {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let tick = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        (tick(11) + tick(12)) / 100.0
+        crate::pipeline::bench::cpu_time()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
     }
 
     /// The subgroup-broadcast GEMM's throughput at 1024³ and 2048³ (packing
