@@ -3,8 +3,10 @@
 
 pub mod batchnorm;
 pub mod check;
+pub mod concat;
 pub mod conv2d;
 pub mod elementwise;
+pub mod fusion;
 pub mod gemm;
 pub mod loss;
 pub mod normalize;
@@ -18,8 +20,10 @@ use crate::gpu::ShaderSpec;
 pub fn all_shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     specs.extend(batchnorm::shader_specs());
+    specs.extend(concat::shader_specs());
     specs.extend(conv2d::shader_specs());
     specs.extend(elementwise::shader_specs());
+    specs.extend(fusion::shader_specs());
     specs.extend(gemm::shader_specs());
     specs.extend(loss::shader_specs());
     specs.extend(normalize::shader_specs());
