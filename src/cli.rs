@@ -135,6 +135,10 @@ pub struct ExtractArgs {
     /// Model weights (safetensors written by delg-gpu or its converters).
     #[arg(long)]
     pub weights: PathBuf,
+    /// Check that the weights hold this architecture (delg or dolg); the
+    /// weights' metadata decides the model and the default settings.
+    #[arg(long)]
+    pub arch: Option<String>,
     /// Output folder (resumes an interrupted run into the same folder).
     #[arg(long)]
     pub out: PathBuf,
@@ -298,6 +302,9 @@ pub struct InitArgs {
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
+    /// Architecture: delg or dolg (DOLG always uses the torchvision layout).
+    #[arg(long, default_value = "delg")]
+    pub arch: String,
     /// Backbone depth: 50, 101, or "tiny" (one block per stage) for tests.
     #[arg(long, default_value = "50")]
     pub depth: String,
@@ -313,9 +320,44 @@ pub struct ModelArgs {
     pub attention_dim: Option<usize>,
     #[arg(long)]
     pub local_dim: Option<usize>,
+    /// DOLG: add the multi-atrous block in front of the local branch.
+    #[arg(long)]
+    pub multi_atrous: bool,
+    /// DOLG: dilation rates of the multi-atrous block (3,6,9 as the paper's re-implementations).
+    #[arg(long, value_delimiter = ',', default_value = "6,12,18")]
+    pub dilations: Vec<usize>,
+    /// DOLG: size of the final descriptor.
+    #[arg(long)]
+    pub output_dim: Option<usize>,
 }
 
 impl ModelArgs {
+    /// The model these flags describe.
+    pub fn model_config(&self) -> Result<crate::model::ModelConfig> {
+        use crate::model::dolg::{DolgConfig, MultiAtrous};
+        use crate::model::ModelConfig;
+        match self.arch.as_str() {
+            "delg" => Ok(ModelConfig::Delg(self.config()?)),
+            "dolg" => {
+                let delg = self.config()?;
+                let mut model = DolgConfig::new(delg.backbone);
+                model.output_dim = self.output_dim.unwrap_or(model.output_dim);
+                if self.multi_atrous {
+                    model.multi_atrous = Some(MultiAtrous {
+                        dilations: self.dilations.clone(),
+                        branch_dim: if self.depth == "tiny" { 16 } else { 512 },
+                    });
+                }
+                model.validate()?;
+                Ok(ModelConfig::Dolg(model))
+            }
+            other => Err(Error::InvalidArgument(format!(
+                "--arch '{other}': use delg or dolg"
+            ))),
+        }
+    }
+
+    /// The DELG configuration of these flags (DOLG takes its backbone from it).
     pub fn config(&self) -> Result<crate::model::delg::DelgConfig> {
         use crate::model::delg::DelgConfig;
         use crate::model::resnet::{Layout, ResNetConfig};
@@ -422,7 +464,30 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+/// The architecture in a weight file and the paper's extraction settings for it.
+fn extract_defaults(
+    weights: &std::path::Path,
+) -> Result<(&'static str, crate::pipeline::extract::ExtractConfig)> {
+    let meta = crate::io::weights::WeightFile::read_metadata(weights)?;
+    let arch = crate::model::ModelConfig::from_metadata(&meta, weights)?.arch();
+    Ok((
+        arch,
+        crate::pipeline::extract::ExtractConfig::for_arch(arch),
+    ))
+}
+
 fn extract_config(a: &ExtractArgs) -> Result<crate::pipeline::extract::ExtractConfig> {
+    let (stored, defaults) = extract_defaults(&a.weights)?;
+    if let Some(arch) = &a.arch {
+        if arch != stored {
+            return Err(Error::File {
+                path: a.weights.clone(),
+                reason: format!(
+                    "holds a '{stored}' model, not '{arch}': drop --arch or pass other weights"
+                ),
+            });
+        }
+    }
     let mut cfg: crate::pipeline::extract::ExtractConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| Error::File {
@@ -434,7 +499,7 @@ fn extract_config(a: &ExtractArgs) -> Result<crate::pipeline::extract::ExtractCo
                 reason: format!("bad extraction settings: {e}"),
             })?
         }
-        None => Default::default(),
+        None => defaults,
     };
     if let Some(m) = a.max_image_size {
         cfg.max_image_size = (m > 0).then_some(m);
@@ -515,18 +580,18 @@ fn query_selection(a: &ExtractArgs) -> Result<Selection> {
 }
 
 fn init_weights(a: &InitArgs) -> Result<()> {
-    use crate::model::delg::inference_graph;
-    use crate::model::extractor::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
-    let model = a.model.config()?;
-    let (_, _, _, params) = inference_graph(&model, 64, 64)?;
+    use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
+    let model = a.model.model_config()?;
+    let params = match &model {
+        ModelConfig::Delg(cfg) => crate::model::delg::inference_graph(cfg, 64, 64)?.3,
+        ModelConfig::Dolg(cfg) => crate::model::dolg::inference_graph(cfg, 1, 64, 64)?.3,
+    };
     let mut file = crate::model::params::random_weights(&params.specs, a.seed);
-    file.metadata.insert(META_ARCH.into(), "delg".into());
-    file.metadata.insert(
-        META_CONFIG.into(),
-        serde_json::to_string(&model).map_err(|e| Error::InvalidArgument(e.to_string()))?,
-    );
-    file.metadata
-        .insert(META_SCORE_THRESHOLD.into(), a.score_threshold.to_string());
+    file.metadata.extend(model.metadata()?);
+    if let ModelConfig::Delg(_) = model {
+        file.metadata
+            .insert(META_SCORE_THRESHOLD.into(), a.score_threshold.to_string());
+    }
     file.save(&a.out)?;
     let n: usize = file.tensors.values().map(|t| t.data.len()).sum();
     println!(
@@ -737,6 +802,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 None => {
                     let w = out.join("tiny-seed0.safetensors");
                     let model = ModelArgs {
+                        arch: "delg".into(),
+                        multi_atrous: false,
+                        dilations: vec![6, 12, 18],
+                        output_dim: None,
                         depth: "tiny".into(),
                         layout: "delg".into(),
                         width: None,
@@ -775,7 +844,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Search(a) => search(&opts, &a),
         Command::Eval(a) => {
             use crate::pipeline::eval::{print_report, run_eval, EvalJob};
-            let mut extract = crate::pipeline::extract::ExtractConfig::default();
+            let mut extract = match &a.weights {
+                Some(w) => extract_defaults(w)?.1,
+                None => Default::default(),
+            };
             if let Some(m) = a.max_image_size {
                 extract.max_image_size = (m > 0).then_some(m);
             }

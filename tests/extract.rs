@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use delg_gpu::io::features::FeatureSet;
 use delg_gpu::model::delg::{inference_graph, DelgConfig};
-use delg_gpu::model::extractor::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
 use delg_gpu::model::params::random_weights;
 use delg_gpu::model::resnet::{Layout, ResNetConfig};
+use delg_gpu::model::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
 use delg_gpu::ops::check::test_gpu;
 use delg_gpu::pipeline::demo::render_scene;
 use delg_gpu::pipeline::extract::{run_extract, ExtractConfig, ExtractJob};

@@ -93,6 +93,37 @@ impl WeightFile {
         Ok(WeightFile { tensors, metadata })
     }
 
+    /// Only the metadata of a safetensors file, from its header.
+    pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len)
+            .map_err(|_| file_err(path, "too short for a safetensors file"))?;
+        let len = u64::from_le_bytes(len);
+        // safetensors caps headers at 100 MB; a larger length means another format.
+        if len > 100_000_000 {
+            return Err(file_err(
+                path,
+                "not a safetensors file (header length out of range)",
+            ));
+        }
+        let mut header = vec![0u8; len as usize];
+        f.read_exact(&mut header)
+            .map_err(|_| file_err(path, "truncated safetensors header"))?;
+        let json: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| file_err(path, format!("not a safetensors file ({e})")))?;
+        Ok(json
+            .get("__metadata__")
+            .and_then(|m| m.as_object())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Writes all tensors as f32 with the metadata, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let views: Vec<(String, safetensors::tensor::TensorView)> = self

@@ -1,13 +1,13 @@
-//! Runs a DELG model over an image pyramid on the device: one planned,
-//! recorded executable per (image size, pyramid level), kept in a small
-//! cache because collections repeat sizes.
+//! Runs a DELG or DOLG model over an image pyramid on the device: one
+//! planned, recorded executable per (image size, pyramid level), kept in a
+//! small cache because collections repeat sizes.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::delg::{inference_graph, DelgConfig};
 use super::params::load_params;
+use super::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::exec::{Executable, ParamStore};
@@ -19,27 +19,23 @@ use crate::pipeline::extract::{
 };
 use crate::tensor::{HostTensor, Tensor};
 
-/// Metadata keys of a DELG weight file.
-pub const META_ARCH: &str = "delg_gpu.arch";
-pub const META_CONFIG: &str = "delg_gpu.config";
-pub const META_SCORE_THRESHOLD: &str = "delg_gpu.score_threshold";
-
 const PLAN_CACHE: usize = 24;
 
 struct Plan {
     exe: Executable,
     image: TensorId,
     global: Option<TensorId>,
-    attention: TensorId,
-    local: TensorId,
+    /// DELG's attention and local descriptors; DOLG has no local features.
+    local: Option<(TensorId, TensorId)>,
     map_hw: (usize, usize),
     last_used: u64,
 }
 
-pub struct DelgExtractor {
+pub struct Extractor {
     gpu: Arc<Gpu>,
-    pub model: DelgConfig,
+    pub model: ModelConfig,
     pub extract: ExtractConfig,
+    /// DELG's attention threshold (unused by DOLG).
     pub tau: f32,
     params: ParamStore,
     plans: HashMap<(usize, usize, usize), Plan>,
@@ -60,50 +56,49 @@ pub struct Extracted {
     pub local: LocalFeatures,
 }
 
-impl DelgExtractor {
-    /// Loads a DELG weight file; the model configuration comes from its metadata.
-    pub fn load(gpu: &Arc<Gpu>, path: &Path, extract: ExtractConfig) -> Result<DelgExtractor> {
+impl Extractor {
+    /// Loads a weight file; the model comes from its metadata.
+    pub fn load(gpu: &Arc<Gpu>, path: &Path, extract: ExtractConfig) -> Result<Extractor> {
         Self::from_weights(gpu, &WeightFile::load(path)?, path, extract)
     }
 
-    /// A DELG model from weights in memory (`path` names them in errors).
+    /// A model from weights in memory (`path` names them in errors).
     pub fn from_weights(
         gpu: &Arc<Gpu>,
         file: &WeightFile,
         path: &Path,
         extract: ExtractConfig,
-    ) -> Result<DelgExtractor> {
+    ) -> Result<Extractor> {
         extract.validate()?;
-        let bad = |reason: String| Error::File {
-            path: path.to_path_buf(),
-            reason,
+        let model = ModelConfig::from_metadata(&file.metadata, path)?;
+        let (params, tau) = match &model {
+            ModelConfig::Delg(cfg) => {
+                let tau = match extract.score_threshold {
+                    Some(t) => t,
+                    None => file
+                        .metadata
+                        .get(META_SCORE_THRESHOLD)
+                        .and_then(|v| v.parse::<f32>().ok())
+                        .ok_or_else(|| Error::File {
+                            path: path.to_path_buf(),
+                            reason: "stores no attention threshold; pass --score-threshold".into(),
+                        })?,
+                };
+                // Any input size gives the same parameter list; a small one builds fast.
+                let (_, _, _, mp) = super::delg::inference_graph(cfg, 64, 64)?;
+                let constants = [("gem.p".to_string(), Tensor::new([1], vec![cfg.gem_p])?)];
+                let store = load_params(gpu, path, file, &mp, cfg.backbone.bn_eps(), &constants)?;
+                (store, tau)
+            }
+            ModelConfig::Dolg(cfg) => {
+                let (_, _, _, mp) = super::dolg::inference_graph(cfg, 1, 64, 64)?;
+                (
+                    load_params(gpu, path, file, &mp, cfg.backbone.bn_eps(), &[])?,
+                    0.0,
+                )
+            }
         };
-        match file.metadata.get(META_ARCH).map(String::as_str) {
-            Some("delg") => {}
-            Some(other) => return Err(bad(format!("holds a '{other}' model; this command needs a DELG model (or pass --arch {other})"))),
-            None => return Err(bad(format!("has no '{META_ARCH}' metadata: convert it with the tools/ scripts or `delg-gpu init-weights`"))),
-        }
-        let model: DelgConfig = serde_json::from_str(
-            file.metadata
-                .get(META_CONFIG)
-                .ok_or_else(|| bad(format!("has no '{META_CONFIG}' metadata")))?,
-        )
-        .map_err(|e| bad(format!("bad model configuration in metadata: {e}")))?;
-        let tau = match extract.score_threshold {
-            Some(t) => t,
-            None => file
-                .metadata
-                .get(META_SCORE_THRESHOLD)
-                .and_then(|v| v.parse::<f32>().ok())
-                .ok_or_else(|| {
-                    bad("stores no attention threshold; pass --score-threshold".into())
-                })?,
-        };
-        // Any input size gives the same parameter list; a small one builds fast.
-        let (_, _, _, mp) = inference_graph(&model, 64, 64)?;
-        let constants = [("gem.p".to_string(), Tensor::new([1], vec![model.gem_p])?)];
-        let params = load_params(gpu, path, file, &mp, model.backbone.bn_eps(), &constants)?;
-        Ok(DelgExtractor {
+        Ok(Extractor {
             gpu: gpu.clone(),
             model,
             extract,
@@ -112,6 +107,14 @@ impl DelgExtractor {
             plans: HashMap::new(),
             clock: 0,
         })
+    }
+
+    /// Size of the stored local descriptors (0: the model has none).
+    pub fn local_dim(&self) -> usize {
+        match &self.model {
+            ModelConfig::Delg(cfg) => cfg.local_dim,
+            ModelConfig::Dolg(_) => 0,
+        }
     }
 
     fn plan(&mut self, height: usize, width: usize, level: usize) -> Result<&Plan> {
@@ -129,33 +132,49 @@ impl DelgExtractor {
                 }
             }
             let (lh, lw) = self.extract.level_sizes(height as u32, width as u32)[level];
+            let (lh, lw) = (lh as usize, lw as usize);
             let mut g = Graph::new();
             let image = g.input("image", [1, height, width, 3]);
-            let (net, net_image, out, _) = inference_graph(&self.model, lh as usize, lw as usize)?;
             let resized = g.apply1(
                 ResizeBilinear {
-                    out_h: lh as usize,
-                    out_w: lw as usize,
+                    out_h: lh,
+                    out_w: lw,
                 },
                 &[image],
             )?;
-            let map = g.import(&net, &[(net_image, resized)])?;
             let wants_global = self.extract.global_scales.contains(&level);
-            let (attention, local) = (map[&out.attention], map[&out.local]);
-            let global = wants_global.then(|| map[&out.global]);
-            let mut targets = vec![attention, local];
+            let (global, local) = match &self.model {
+                ModelConfig::Delg(cfg) => {
+                    let (net, net_image, out, _) = super::delg::inference_graph(cfg, lh, lw)?;
+                    let map = g.import(&net, &[(net_image, resized)])?;
+                    let global = wants_global.then(|| map[&out.global]);
+                    (global, Some((map[&out.attention], map[&out.local])))
+                }
+                ModelConfig::Dolg(cfg) => {
+                    let (net, net_image, descriptor, _) =
+                        super::dolg::inference_graph(cfg, 1, lh, lw)?;
+                    let map = g.import(&net, &[(net_image, resized)])?;
+                    (Some(map[&descriptor]), None)
+                }
+            };
+            let mut targets: Vec<TensorId> = local.iter().flat_map(|&(a, l)| [a, l]).collect();
             targets.extend(global);
             let exe = Executable::new(&self.gpu, &g, &targets, &self.params)?;
-            let [_, mh, mw, _] = g.shape(attention).nhwc("attention")?;
+            let map_hw = match local {
+                Some((attention, _)) => {
+                    let [_, mh, mw, _] = g.shape(attention).nhwc("attention")?;
+                    (mh, mw)
+                }
+                None => (0, 0),
+            };
             self.plans.insert(
                 key,
                 Plan {
                     exe,
                     image,
                     global,
-                    attention,
                     local,
-                    map_hw: (mh, mw),
+                    map_hw,
                     last_used: 0,
                 },
             );
@@ -182,7 +201,11 @@ impl DelgExtractor {
         let [_, h, w, _] = img.pixels.shape.nhwc("image")?;
         let mut levels = Vec::new();
         let mut globals = Vec::new();
+        let global_only = self.local_dim() == 0;
         for level in 0..self.extract.scales.len() {
+            if global_only && !self.extract.global_scales.contains(&level) {
+                continue;
+            }
             let scale = self.extract.scales[level];
             let plan = self.plan(h, w, level)?;
             plan.exe.set_input(plan.image, &img.pixels)?;
@@ -190,29 +213,32 @@ impl DelgExtractor {
                 print_profile(&format!("level {level} ({scale})"), &plan.exe.profile()?);
             }
             plan.exe.run()?;
-            let (mh, mw) = plan.map_hw;
             if let Some(gt) = plan.global {
                 globals.push(plan.exe.read(gt)?.data);
             }
-            let attention = plan.exe.read(plan.attention)?.data;
-            let descriptors = plan.exe.read(plan.local)?.data;
-            levels.push(LevelOutput {
-                scale,
-                height: mh,
-                width: mw,
-                global: Vec::new(),
-                attention,
-                descriptors,
-            });
+            if let Some((attention, local)) = plan.local {
+                let (mh, mw) = plan.map_hw;
+                levels.push(LevelOutput {
+                    scale,
+                    height: mh,
+                    width: mw,
+                    global: Vec::new(),
+                    attention: plan.exe.read(attention)?.data,
+                    descriptors: plan.exe.read(local)?.data,
+                });
+            }
         }
         let global = aggregate_global(&globals.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
-        let local = select_local(
-            &levels,
-            self.tau,
-            &self.extract,
-            img.resize_factor,
-            self.model.local_dim,
-        );
+        let local = match &self.model {
+            ModelConfig::Delg(cfg) => select_local(
+                &levels,
+                self.tau,
+                &self.extract,
+                img.resize_factor,
+                cfg.local_dim,
+            ),
+            ModelConfig::Dolg(_) => LocalFeatures::default(),
+        };
         Ok(Extracted { global, local })
     }
 }

@@ -19,6 +19,7 @@ pub const TRAINING_ONLY: &[&str] = &[
     "autoencoder.decoder.",
     "arcface.",
     "attention_classifier.",
+    "desc_cls.",
     "optimizer.",
 ];
 
@@ -145,6 +146,7 @@ pub fn random_weights(specs: &[ParamSpec], seed: u64) -> WeightFile {
             }
             Role::Bias | Role::BnBias | Role::BnMean => vec![0.0; n],
             Role::BnWeight | Role::BnVar => vec![1.0; n],
+            Role::GemPower => vec![3.0; n],
         };
         file.tensors.insert(
             s.name.clone(),

@@ -94,7 +94,9 @@ pub enum Role {
     BnBias,
     BnMean,
     BnVar,
-    /// Any other learnable tensor (GeM p, class weights, ...).
+    /// A learnable GeM power, initialised to 3.
+    GemPower,
+    /// Any other learnable tensor (class weights, ...).
     Other,
 }
 

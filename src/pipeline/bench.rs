@@ -249,13 +249,13 @@ pub fn bench_extract(
     height: u32,
     images: usize,
 ) -> Result<(f64, f64)> {
-    use crate::model::extractor::{DelgExtractor, PreparedImage};
+    use crate::model::extractor::{Extractor, PreparedImage};
     let (_, _, _, params) = crate::model::delg::inference_graph(model, 64, 64)?;
     let mut file = crate::model::params::random_weights(&params.specs, 0);
     file.metadata
-        .insert(crate::model::extractor::META_ARCH.into(), "delg".into());
+        .insert(crate::model::META_ARCH.into(), "delg".into());
     file.metadata.insert(
-        crate::model::extractor::META_CONFIG.into(),
+        crate::model::META_CONFIG.into(),
         serde_json::to_string(model).unwrap_or_default(),
     );
     let cfg = crate::pipeline::extract::ExtractConfig {
@@ -263,7 +263,7 @@ pub fn bench_extract(
         ..Default::default()
     };
     let mut ex =
-        DelgExtractor::from_weights(gpu, &file, std::path::Path::new("<random weights>"), cfg)?;
+        Extractor::from_weights(gpu, &file, std::path::Path::new("<random weights>"), cfg)?;
     let prepared = |i: u64| -> Result<PreparedImage> {
         let img = crate::pipeline::demo::render_scene(i, 0, width.max(height));
         let img = image::imageops::crop_imm(&img, 0, 0, width, height).to_image();

@@ -31,6 +31,36 @@ pub struct ExtractConfig {
     /// receptive-field centre: cell (i, j) sits at (stride·i + offset, stride·j + offset).
     pub feature_stride: f64,
     pub center_offset: f64,
+    /// How pixels are normalised for the network.
+    pub pixel_norm: PixelNorm,
+}
+
+/// Pixel normalisation a model was trained with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelNorm {
+    /// DELG: (v − 128) / 128.
+    #[default]
+    Delg,
+    /// ImageNet mean and standard deviation on [0, 1] RGB. DOLG's official
+    /// code feeds BGR with the statistics reversed; its converter flips the
+    /// first convolution's input channels instead, so every model reads RGB.
+    Imagenet,
+}
+
+impl PixelNorm {
+    pub fn apply(self, rgb: &[u8]) -> Vec<f32> {
+        const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+        const STD: [f32; 3] = [0.229, 0.224, 0.225];
+        match self {
+            PixelNorm::Delg => rgb.iter().map(|&v| (v as f32 - 128.0) / 128.0).collect(),
+            PixelNorm::Imagenet => rgb
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (v as f32 / 255.0 - MEAN[i % 3]) / STD[i % 3])
+                .collect(),
+        }
+    }
 }
 
 impl Default for ExtractConfig {
@@ -49,6 +79,28 @@ impl Default for ExtractConfig {
             // DELG's export hardcodes rf 291, stride 32, padding 145: centre = 32·i.
             feature_stride: 32.0,
             center_offset: 0.0,
+            pixel_norm: PixelNorm::Delg,
+        }
+    }
+}
+
+/// DOLG's five scales of the original image (spec §8.7).
+pub const DOLG_SCALES: [f64; 5] = [0.3535, 0.5, 0.7071, 1.0, 1.4142];
+
+impl ExtractConfig {
+    /// The paper's settings for a model architecture ("delg" or "dolg").
+    pub fn for_arch(arch: &str) -> ExtractConfig {
+        match arch {
+            "dolg" => ExtractConfig {
+                // No size cap: scales apply to the original image.
+                max_image_size: None,
+                scales: DOLG_SCALES.to_vec(),
+                global_scales: (0..DOLG_SCALES.len()).collect(),
+                max_features: 0,
+                pixel_norm: PixelNorm::Imagenet,
+                ..Default::default()
+            },
+            _ => ExtractConfig::default(),
         }
     }
 }
@@ -303,11 +355,7 @@ pub fn prepare_image(
             ),
         });
     }
-    let data = img
-        .as_raw()
-        .iter()
-        .map(|&v| (v as f32 - 128.0) / 128.0)
-        .collect();
+    let data = cfg.pixel_norm.apply(img.as_raw());
     let pixels = crate::tensor::Tensor::new([1, nh as usize, nw as usize, 3], data)?;
     Ok(crate::model::extractor::PreparedImage {
         pixels,
@@ -356,7 +404,7 @@ pub fn run_extract(
     job: &ExtractJob,
 ) -> Result<ExtractSummary> {
     use crate::io::features::{write_feature_set, ImageFeatures, Journal};
-    use crate::model::extractor::DelgExtractor;
+    use crate::model::extractor::Extractor;
     use std::io::Write;
 
     let start = std::time::Instant::now();
@@ -365,7 +413,7 @@ pub fn run_extract(
         reason: e.to_string(),
     };
     std::fs::create_dir_all(&job.out).map_err(|e| file_err(&job.out, e))?;
-    let mut extractor = DelgExtractor::load(gpu, &job.weights, job.config.clone())?;
+    let mut extractor = Extractor::load(gpu, &job.weights, job.config.clone())?;
     let record = RunRecord {
         weights: job.weights.display().to_string(),
         weights_bytes: std::fs::metadata(&job.weights)
@@ -467,7 +515,7 @@ pub fn run_extract(
     write_feature_set(
         &job.out,
         &ordered,
-        extractor.model.local_dim,
+        extractor.local_dim(),
         job.config.binarize,
     )?;
     summary.seconds = start.elapsed().as_secs_f64();
