@@ -3,46 +3,36 @@
 //! extraction outputs, the three losses and every parameter gradient of a
 //! training step, and the losses of 20 SGD steps, in both backbone layouts.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
 
-use delg_gpu::graph::exec::{Executable, ParamStore};
-use delg_gpu::graph::TensorKind;
+use std::collections::HashMap;
+
+use common::{check_gradients, close, cosine, gradients_of, upload_unfolded};
+use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::model::delg::{inference_graph, training_graph, DelgConfig, DelgLossConfig};
-use delg_gpu::model::params::{load_params, oihw_to_hwio};
-use delg_gpu::model::resnet::Role;
+use delg_gpu::model::params::load_params;
 use delg_gpu::model::META_CONFIG;
-use delg_gpu::ops::check::{normalized_max_error, test_gpu};
+use delg_gpu::ops::check::test_gpu;
 use delg_gpu::pipeline::extract::{select_local, ExtractConfig, LevelOutput};
 use delg_gpu::pipeline::train::{build_step, upload_state, Schedule, TrainConfig};
 use delg_gpu::tensor::{HostTensor, Tensor};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/delg_tiny")
-        .join(name)
+const DIR: &str = "delg_tiny";
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    common::fixture(DIR, name)
 }
 
 fn load(name: &str) -> HostTensor {
-    let (shape, data) = npy::read::<f32>(&fixture(name)).unwrap();
-    Tensor::new(shape, data).unwrap()
+    common::load(DIR, name)
 }
 
 fn model(layout: &str) -> (WeightFile, DelgConfig) {
     let w = WeightFile::load(&fixture(&format!("weights_{layout}.safetensors"))).unwrap();
     let cfg: DelgConfig = serde_json::from_str(&w.metadata[META_CONFIG]).unwrap();
     (w, cfg)
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
-    let err = normalized_max_error(got, &want64);
-    assert!(
-        err <= tol,
-        "{what}: normalized max error {err:.2e} > {tol:.0e}"
-    );
 }
 
 #[test]
@@ -84,14 +74,7 @@ fn extraction_outputs_match_pytorch() {
         }
         // The global descriptor points the same way.
         let (g, w) = &maps["global"];
-        let dot: f64 = g
-            .data
-            .iter()
-            .zip(&w.data)
-            .map(|(a, b)| *a as f64 * *b as f64)
-            .sum();
-        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let cosine = dot / norm(&g.data) / norm(&w.data);
+        let cosine = cosine(&g.data, &w.data);
         assert!(cosine >= 0.99999, "{layout}: global cosine {cosine}");
         // The same keypoints are selected from both attention maps (τ = their median).
         let (a, aw) = &maps["attention"];
@@ -151,28 +134,10 @@ fn training_losses_and_gradients_match_pytorch() {
         let (file, cfg) = model(layout);
         let tc = train_config(cfg.clone());
         let (mut g, t, params) = training_graph(&cfg, &tc.loss, 2, 64, 0.1).unwrap();
-        let param_ids: HashMap<String, _> = g
-            .tensors
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.kind == TensorKind::Param)
-            .map(|(k, i)| (i.name.clone(), delg_gpu::graph::TensorId(k)))
-            .collect();
         let grads_file =
             WeightFile::load(&fixture(&format!("train_{layout}_grads.safetensors"))).unwrap();
-        let names: Vec<String> = grads_file.tensors.keys().cloned().collect();
-        let wrt: Vec<_> = names.iter().map(|n| param_ids[n]).collect();
-        let grads = g.grad(t.total_loss, &wrt).unwrap();
-        let mut store = ParamStore::default();
-        for s in &params.specs {
-            let v = &file.tensors[&s.name];
-            let v = if s.role == Role::ConvWeight {
-                oihw_to_hwio(v).unwrap()
-            } else {
-                v.clone()
-            };
-            store.insert(&gpu, &s.name, &v).unwrap();
-        }
+        let grads = gradients_of(&mut g, t.total_loss, &grads_file);
+        let mut store = upload_unfolded(&gpu, &params.specs, &file);
         store
             .insert(&gpu, "gem.p", &Tensor::new([1], vec![3.0]).unwrap())
             .unwrap();
@@ -200,43 +165,7 @@ fn training_losses_and_gradients_match_pytorch() {
                 want_losses[i]
             );
         }
-        // Biases in front of a training-mode batch norm have an exact zero
-        // gradient that both sides only approximate: errors are measured
-        // against at least 1e-3 of the largest gradient of the step.
-        let floor = 1e-3
-            * grads_file
-                .tensors
-                .values()
-                .flat_map(|t| &t.data)
-                .fold(0f32, |m, v| m.max(v.abs()));
-        for (name, gr) in names.iter().zip(&grads) {
-            let want = &grads_file.tensors[name];
-            let spec = params.specs.iter().find(|s| &s.name == name).unwrap();
-            let want = if spec.role == Role::ConvWeight {
-                oihw_to_hwio(want).unwrap()
-            } else {
-                want.clone()
-            };
-            match gr {
-                Some(gr) => {
-                    let got = exe.read(*gr).unwrap().data;
-                    let scale = want.data.iter().fold(floor, |m, v| m.max(v.abs())) as f64;
-                    let err = got
-                        .iter()
-                        .zip(&want.data)
-                        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64))
-                        / scale;
-                    assert!(
-                        err <= 1e-3,
-                        "{layout} d{name}: error {err:.2e} of the gradient scale"
-                    );
-                }
-                None => assert!(
-                    want.data.iter().all(|v| *v == 0.0),
-                    "{layout} {name}: no gradient here but PyTorch has one"
-                ),
-            }
-        }
+        check_gradients(layout, &exe, &params.specs, &grads_file, &grads);
     }
 }
 
