@@ -28,6 +28,14 @@ fn sq(d: V) -> f32 {
 
 var<workgroup> red: array<f32, 256>;
 
+// Labels are class ids stored as f32. The host cannot see them, so a label
+// outside [0, cols) is clamped to the nearest class instead of reading out of
+// bounds (TF's DELG clips corrupt labels too); a NaN picks an unspecified
+// class in range.
+fn class_of(l: f32, cols: u32) -> u32 {
+    return min(u32(max(floor(l + 0.5), 0.0)), cols - 1u);
+}
+
 // Sums red[0..256) into red[0]; every invocation must call it.
 fn reduce_sum(lid: u32, v: f32) -> f32 {
     red[lid] = v;
@@ -61,13 +69,17 @@ struct Params {
     sin_m: f32,
     threshold: f32,
     penalty: f32,
-    _pad0: u32,
+    shift_t: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<f32>;
 @group(0) @binding(3) var<storage, read_write> grad: array<f32>;
+#if CURRICULAR
+// DOLG's CurricularFace statistic t (already updated for this batch).
+@group(0) @binding({{T_BINDING}}) var<storage, read> curricular_t: array<f32>;
+#endif
 // [row losses (batch) | row dL/dγ·B (batch)], summed by `sum_partials`.
 @group(0) @binding(4) var<storage, read_write> rows: array<f32>;
 #if GAMMA_INPUT
@@ -98,6 +110,18 @@ fn margin_target(c: f32) -> vec2<f32> {
     return vec2<f32>(cc - p.penalty, 1.0);
 }
 
+// A non-target cosine and its derivative. With CURRICULAR, a hard negative
+// (above the target's cos(θ + m), `hard`) becomes c·(t + c), as DOLG's
+// official head re-weights it; otherwise it is left alone.
+fn negative(c: f32, hard: f32, t: f32) -> vec2<f32> {
+#if CURRICULAR
+    if (c > hard) {
+        return vec2<f32>(c * (t + c), t + 2.0 * c);
+    }
+#endif
+    return vec2<f32>(c, 1.0);
+}
+
 // log(1 + q) for q ≥ 0, accurate for small q where log(1 + q) loses the low
 // bits of q (and the driver's log has an absolute, not relative, error bound).
 fn log1p_pos(q: f32) -> f32 {
@@ -112,13 +136,6 @@ fn log1p_pos(q: f32) -> f32 {
     return q * acc;
 }
 
-// Labels are class ids stored as f32. The host cannot see them, so a label
-// outside [0, cols) is clamped to the nearest class instead of reading out of
-// bounds (TF's DELG clips corrupt labels too); a NaN picks an unspecified
-// class in range.
-fn class_of(l: f32) -> u32 {
-    return min(u32(max(floor(l + 0.5), 0.0)), p.cols - 1u);
-}
 
 @compute @workgroup_size(256)
 fn softmax_xent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -130,13 +147,22 @@ fn softmax_xent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let rr = min(r, p.rows - 1u);
     let base = p.shift_x + rr * p.cols;
     let gbase = p.shift_grad + rr * p.cols;
-    let y = class_of(labels[p.shift_labels + rr]);
+    let y = class_of(labels[p.shift_labels + rr], p.cols);
 #if GAMMA_INPUT
     let gamma = gamma_in[p.shift_gamma];
 #else
     let gamma = p.gamma;
 #endif
     let ty = margin_target(x[base + y]);
+    // cos(θ_y + m) by the same formula on both sides of π − m (the official
+    // head's hard-negative threshold), and t; unused without CURRICULAR.
+    let cy = clamp(x[base + y], -1.0, 1.0);
+    let hard = cy * p.cos_m - sqrt(max(1.0 - cy * cy, 0.0)) * p.sin_m;
+#if CURRICULAR
+    let t = curricular_t[p.shift_t];
+#else
+    let t = 0.0;
+#endif
 
     // Pass 1: online max and sum of exponentials over the non-target logits,
     // one exp per element. The target joins afterwards, so that the loss and
@@ -144,7 +170,7 @@ fn softmax_xent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var m = NEG_BIG;
     var s = 0.0;
     for (var j = lid; j < cols; j = j + WG) {
-        let v = select(gamma * x[base + j], NEG_BIG, j == y);
+        let v = select(gamma * negative(x[base + j], hard, t).x, NEG_BIG, j == y);
         if (v > m) {
             s = s * exp(m - v) + 1.0;
             m = v;
@@ -182,16 +208,73 @@ fn softmax_xent(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var dg = 0.0;
     for (var j = lid; j < cols; j = j + WG) {
         let is_y = j == y;
-        let c = select(x[base + j], ty.x, is_y);
+        let neg = negative(x[base + j], hard, t);
+        let c = select(neg.x, ty.x, is_y);
         // p_y - 1 = -rest / Σ, without the cancellation.
         let d = select(exp(gamma * c - mx), -rest, is_y) * inv_sum;
-        grad[gbase + j] = d * gamma * select(1.0, ty.y, is_y) * p.inv_batch;
+        grad[gbase + j] = d * gamma * select(neg.y, ty.y, is_y) * p.inv_batch;
         dg = dg + d * c;
     }
     let dgamma = reduce_sum(lid, dg);
     if (lid == 0u && live) {
         rows[p.row0 + r] = row_loss;
         rows[p.batch + p.row0 + r] = dgamma;
+    }
+}
+#endif
+
+#if GATHER_TARGETS
+// targets[r] = clamp(x[r, y_r], -1, 1): the target cosines CurricularFace's
+// statistic averages, one invocation per row of a window.
+struct Params {
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    shift_x: u32,
+    shift_labels: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> labels: array<f32>;
+@group(0) @binding(3) var<storage, read_write> targets: array<f32>;
+
+@compute @workgroup_size(256)
+fn gather_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = linear_index(wid, nwg, lid, WG);
+    if (r >= p.rows) {
+        return;
+    }
+    let y = class_of(labels[p.shift_labels + r], p.cols);
+    targets[p.row0 + r] = clamp(x[p.shift_x + r * p.cols + y], -1.0, 1.0);
+}
+#endif
+
+#if CURRICULAR_EMA
+// t ← rate·mean(targets) + (1 − rate)·t, in one workgroup.
+struct Params {
+    n: u32,
+    shift_in: u32,
+    shift_t: u32,
+    rate: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> targets: array<f32>;
+@group(0) @binding(2) var<storage, read_write> t_state: array<f32>;
+
+@compute @workgroup_size(256)
+fn curricular_ema(@builtin(local_invocation_index) lid: u32) {
+    var acc = 0.0;
+    for (var i = lid; i < p.n; i = i + WG) {
+        acc = acc + targets[p.shift_in + i];
+    }
+    let total = reduce_sum(lid, acc);
+    if (lid == 0u) {
+        t_state[p.shift_t] = p.rate * total / f32(p.n) + (1.0 - p.rate) * t_state[p.shift_t];
     }
 }
 #endif

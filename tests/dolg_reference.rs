@@ -13,6 +13,7 @@ use delg_gpu::model::dolg::{inference_graph, training_graph, DolgConfig, DolgLos
 use delg_gpu::model::params::load_params;
 use delg_gpu::model::META_CONFIG;
 use delg_gpu::ops::check::test_gpu;
+use delg_gpu::tensor::Tensor;
 
 const DIR: &str = "dolg_tiny";
 
@@ -53,12 +54,24 @@ fn dolg_descriptor_matches_pytorch() {
 #[test]
 fn dolg_training_loss_and_gradients_match_pytorch() {
     let Some(gpu) = test_gpu() else { return };
-    for variant in ["plain", "ma"] {
-        let (file, cfg) = model(variant);
-        let loss_cfg = DolgLossConfig::official(5);
+    for (variant, head) in [("plain", ""), ("ma", ""), ("plain", "_curricular")] {
+        let (mut file, cfg) = model(variant);
+        let mut loss_cfg = DolgLossConfig::official(5);
+        let (_, record) =
+            npy::read::<f64>(&fixture(DIR, &format!("train_{variant}{head}_loss.npy"))).unwrap();
+        if let [_, t0, _] = record[..] {
+            loss_cfg.curricular = true;
+            file.tensors.insert(
+                "desc_cls.t".into(),
+                Tensor::new([1], vec![t0 as f32]).unwrap(),
+            );
+        }
         let (mut g, t, params) = training_graph(&cfg, &loss_cfg, 2, 96, 0.1).unwrap();
-        let grads_file =
-            WeightFile::load(&fixture(DIR, &format!("train_{variant}_grads.safetensors"))).unwrap();
+        let grads_file = WeightFile::load(&fixture(
+            DIR,
+            &format!("train_{variant}{head}_grads.safetensors"),
+        ))
+        .unwrap();
         let grads = gradients_of(&mut g, t.loss, &grads_file);
         let store = upload_unfolded(&gpu, &params.specs, &file);
         let mut targets = vec![t.loss];
@@ -69,15 +82,31 @@ fn dolg_training_loss_and_gradients_match_pytorch() {
         exe.set_input(t.labels, &load(DIR, &format!("train_{variant}_labels.npy")))
             .unwrap();
         exe.run().unwrap();
-        let (_, want) =
-            npy::read::<f64>(&fixture(DIR, &format!("train_{variant}_loss.npy"))).unwrap();
         let got = exe.read(t.loss).unwrap().data[0] as f64;
-        let rel = (got - want[0]).abs() / want[0].abs();
+        let rel = (got - record[0]).abs() / record[0].abs();
         assert!(
             rel <= 1e-3,
-            "{variant} loss {got} vs {} (rel {rel:.2e})",
-            want[0]
+            "{variant}{head} loss {got} vs {} (rel {rel:.2e})",
+            record[0]
         );
-        check_gradients(variant, &exe, &params.specs, &grads_file, &grads);
+        check_gradients(
+            &format!("{variant}{head}"),
+            &exe,
+            &params.specs,
+            &grads_file,
+            &grads,
+        );
+        if let [_, _, t_new] = record[..] {
+            let got = store
+                .get("desc_cls.t")
+                .unwrap()
+                .download(&gpu)
+                .unwrap()
+                .data[0] as f64;
+            assert!(
+                (got - t_new).abs() < 1e-6,
+                "CurricularFace t {got} vs {t_new}"
+            );
+        }
     }
 }

@@ -159,15 +159,25 @@ class Dolg:
         fo = (fl - proj).mean(dim=(2, 3))
         return F.linear(torch.cat([fg, fo], 1), p["fc.weight"], p["fc.bias"])
 
-    def loss(self, img, labels):
+    def loss(self, img, labels, curricular_t=None):
+        """ArcFace (m, s of spec §8.5, fixed penalty past π − m). With
+        curricular_t, the official head's re-weighting: t is first moved 1%
+        towards the batch's mean target cosine, then every non-target cosine
+        above cos(θ_y + m) becomes c·(t + c). Returns the loss and the new t."""
         d = self.descriptor(img, True)
         cos = F.normalize(d, dim=1) @ F.normalize(self.p["desc_cls.weight"], dim=1).t()
         c = cos.clamp(-1.0, 1.0)
-        target = torch.where(c >= -math.cos(MARGIN),
-                             torch.cos(torch.acos(c) + MARGIN),
-                             c - MARGIN * math.sin(MARGIN))
         onehot = F.one_hot(labels, CLASSES).bool()
-        return F.cross_entropy(SCALE * torch.where(onehot, target, cos), labels)
+        cy = c[onehot]
+        cos_ym = cy * math.cos(MARGIN) - torch.sqrt(1 - cy * cy) * math.sin(MARGIN)
+        target = torch.where(cy >= -math.cos(MARGIN), cos_ym, cy - MARGIN * math.sin(MARGIN))
+        others = cos
+        t = None
+        if curricular_t is not None:
+            t = 0.01 * cy.detach().mean() + 0.99 * curricular_t
+            others = torch.where(cos > cos_ym[:, None].detach(), cos * (t + cos), cos)
+        logits = SCALE * torch.where(onehot, target[:, None].expand_as(cos), others)
+        return F.cross_entropy(logits, labels), t
 
 
 def nhwc(t):
@@ -201,14 +211,19 @@ def main():
         labels = torch.tensor([4, 1])
         np.save(OUT / f"train_{variant}_images.npy", nhwc(batch))
         np.save(OUT / f"train_{variant}_labels.npy", labels.numpy().astype(np.float32))
-        loss = net.loss(batch, labels)
         trainable = [n for n in net.order if net.p[n].requires_grad]
-        grads = torch.autograd.grad(loss, [net.p[n] for n in trainable], allow_unused=True)
-        np.save(OUT / f"train_{variant}_loss.npy", np.array([loss.item()], dtype=np.float64))
-        save_file({n: (gr if gr is not None else torch.zeros_like(net.p[n])).to(torch.float32).contiguous()
-                   for n, gr in zip(trainable, grads)},
-                  str(OUT / f"train_{variant}_grads.safetensors"))
-        print(variant, "loss", round(loss.item(), 6), "descriptor norm", round(d.norm().item(), 6))
+        # The multi-atrous model checks plain ArcFace; the plain one also the
+        # CurricularFace option, from t = 0.3 (t_0 is stored with the loss).
+        heads = [("", None)] + ([("_curricular", 0.3)] if not ma else [])
+        for suffix, t0 in heads:
+            loss, t = net.loss(batch, labels, curricular_t=t0)
+            grads = torch.autograd.grad(loss, [net.p[n] for n in trainable], allow_unused=True)
+            record = [loss.item()] + ([t0, t.item()] if t0 is not None else [])
+            np.save(OUT / f"train_{variant}{suffix}_loss.npy", np.array(record, dtype=np.float64))
+            save_file({n: (gr if gr is not None else torch.zeros_like(net.p[n])).to(torch.float32).contiguous()
+                       for n, gr in zip(trainable, grads)},
+                      str(OUT / f"train_{variant}{suffix}_grads.safetensors"))
+            print(variant + suffix, "loss", round(loss.item(), 6), "descriptor norm", round(d.norm().item(), 6))
 
 
 if __name__ == "__main__":

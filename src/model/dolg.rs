@@ -27,7 +27,7 @@ use crate::ops::concat::ChannelConcat;
 use crate::ops::elementwise::{Reshape, Unary, UnaryKind};
 use crate::ops::fusion::OrthogonalFusion;
 use crate::ops::gemm::Matmul;
-use crate::ops::loss::{ArcFaceLoss, ArcFaceScale, MarginFallback};
+use crate::ops::loss::{ArcFaceLoss, ArcFaceScale, CurricularUpdate, MarginFallback};
 use crate::ops::normalize::L2Normalize;
 use crate::ops::pool::{AttentionPool, GeMPool, MeanPool};
 use crate::ops::resize::ResizeBilinear;
@@ -305,8 +305,17 @@ pub fn training_graph(
         scale: ArcFaceScale::Fixed(loss.scale),
         margin: loss.margin,
         fallback: MarginFallback::Penalty,
+        curricular: loss.curricular,
     };
-    let total = b.g.apply(arcface, &[cos, labels])?[0];
+    let mut ins = vec![cos, labels];
+    if loss.curricular {
+        // The statistic t is state, like batch-norm running statistics: updated
+        // from this batch's target cosines, then read by the loss.
+        let t = b.param("desc_cls.t", &[1], Role::CurricularState);
+        b.g.apply(CurricularUpdate { rate: 0.01 }, &[cos, labels, t])?;
+        ins.push(t);
+    }
+    let total = b.g.apply(arcface, &ins)?[0];
     let params = model_params(b);
     Ok((
         g,

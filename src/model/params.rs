@@ -144,7 +144,7 @@ pub fn random_weights(specs: &[ParamSpec], seed: u64) -> WeightFile {
                 let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
                 (0..n).map(|_| rng.range(-limit, limit) as f32).collect()
             }
-            Role::Bias | Role::BnBias | Role::BnMean => vec![0.0; n],
+            Role::Bias | Role::BnBias | Role::BnMean | Role::CurricularState => vec![0.0; n],
             Role::BnWeight | Role::BnVar => vec![1.0; n],
             Role::GemPower => vec![3.0; n],
         };

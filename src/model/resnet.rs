@@ -96,6 +96,9 @@ pub enum Role {
     BnVar,
     /// A learnable GeM power, initialised to 3.
     GemPower,
+    /// Non-learned training state other than batch-norm statistics (DOLG's
+    /// CurricularFace t), initialised to 0.
+    CurricularState,
     /// Any other learnable tensor (class weights, ...).
     Other,
 }

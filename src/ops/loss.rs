@@ -24,8 +24,12 @@ const SIN_FLOOR: f64 = 1e-4;
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
     vec![
-        xent_spec(false),
-        xent_spec(true),
+        xent_spec(false, false),
+        xent_spec(true, false),
+        xent_spec(false, true),
+        xent_spec(true, true),
+        gather_targets_spec(),
+        curricular_ema_spec(),
         sum_spec(false),
         sum_spec(true),
         sq_spec(false, false),
@@ -37,10 +41,18 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
     ]
 }
 
-fn xent_spec(gamma_input: bool) -> ShaderSpec {
+fn xent_spec(gamma_input: bool, curricular: bool) -> ShaderSpec {
     ShaderSpec::new("loss", "softmax_xent")
         .def("SOFTMAX_XENT", 1)
         .def("GAMMA_INPUT", gamma_input as u32)
+        .def("CURRICULAR", curricular as u32)
+        .def("T_BINDING", 5 + gamma_input as u32)
+}
+fn gather_targets_spec() -> ShaderSpec {
+    ShaderSpec::new("loss", "gather_targets").def("GATHER_TARGETS", 1)
+}
+fn curricular_ema_spec() -> ShaderSpec {
+    ShaderSpec::new("loss", "curricular_ema").def("CURRICULAR_EMA", 1)
 }
 fn sum_spec(norm: bool) -> ShaderSpec {
     ShaderSpec::new("loss", "sum_partials")
@@ -363,7 +375,9 @@ pub enum ArcFaceScale {
 /// weight⟩ [B, C] with labels [B] (class ids as f32): the label cosine becomes
 /// cos(θ + m) where θ + m ≤ π, logits = γ·cos', softmax cross-entropy summed
 /// and divided by B. Outputs: loss [1], dL/dcos [B, C] (and dL/dγ [1] with
-/// `ArcFaceScale::Input`). Labels are rounded to the nearest id (exact in f32
+/// `ArcFaceScale::Input`). With `curricular`, a last input t [1] (DOLG's
+/// statistic, updated by `CurricularUpdate` first) re-weights every hard
+/// negative c > cos(θ_y + m) to c·(t + c); t gets no gradient. Labels are rounded to the nearest id (exact in f32
 /// up to 2^24 classes); ids outside [0, C) are clamped into range on the device
 /// (which cannot report them), and the reference does the same.
 #[derive(Clone, Copy, Debug)]
@@ -371,6 +385,7 @@ pub struct ArcFaceLoss {
     pub scale: ArcFaceScale,
     pub margin: f32,
     pub fallback: MarginFallback,
+    pub curricular: bool,
 }
 
 impl ArcFaceLoss {
@@ -380,6 +395,7 @@ impl ArcFaceLoss {
             scale: ArcFaceScale::Fixed(scale),
             margin,
             fallback: MarginFallback::Keep,
+            curricular: false,
         }
     }
 
@@ -404,7 +420,120 @@ impl ArcFaceLoss {
         Ok(RowXent {
             gamma,
             margin: Some((m, self.fallback)),
+            curricular: self.curricular,
         })
+    }
+}
+
+/// DOLG's CurricularFace statistic: t ← rate·mean_b clamp(cos[b, y_b]) +
+/// (1 − rate)·t, in place, from the cosines [B, C] and labels [B] of a batch
+/// (no gradient). Record it before the `ArcFaceLoss` that reads t.
+#[derive(Clone, Copy, Debug)]
+pub struct CurricularUpdate {
+    /// 0.01 in the official code.
+    pub rate: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct GatherParams {
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    shift_x: u32,
+    shift_labels: u32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct EmaParams {
+    n: u32,
+    shift_in: u32,
+    shift_t: u32,
+    rate: f32,
+}
+
+impl Op for CurricularUpdate {
+    fn name(&self) -> &'static str {
+        "curricular_update"
+    }
+    fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
+        if !(0.0..=1.0).contains(&self.rate) {
+            return Err(Error::unsupported(
+                self.name(),
+                format!("rate {} is outside [0, 1]", self.rate),
+            ));
+        }
+        expect_inputs(self.name(), inputs, 3)?;
+        PLAIN_XENT.infer(self.name(), &inputs[..2])?;
+        expect_scalar(self.name(), "t", inputs[2])?;
+        Ok(vec![])
+    }
+    fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
+        let (b, c) = inputs[0].shape.matrix(self.name())?;
+        let mean = (0..b)
+            .map(|r| inputs[0].data[r * c + class_of(inputs[1].data[r], c)].clamp(-1.0, 1.0))
+            .sum::<f64>()
+            / b as f64;
+        let rate = self.rate as f64;
+        Ok(vec![Tensor {
+            shape: scalar_shape(),
+            data: vec![rate * mean + (1.0 - rate) * inputs[2].data[0]],
+        }])
+    }
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        _outputs: &[&DeviceTensor],
+    ) -> Result<()> {
+        let gpu = rec.gpu();
+        let (x, labels, t) = (inputs[0], inputs[1], inputs[2]);
+        let (b, c) = x.shape.matrix(self.name())?;
+        let (b, c) = (b as u64, c as u64);
+        let targets = DeviceTensor::zeros(gpu, Shape::new(&[b as usize]))?;
+        let tw = targets.whole(gpu)?;
+        let rows_per_chunk =
+            crate::ops::batchnorm::rows_per_window(c, crate::ops::batchnorm::window_elems(gpu))?;
+        for range in chunks(b, rows_per_chunk) {
+            let n = range.end - range.start;
+            let xw = x.window(gpu, range.start * c, n * c)?;
+            let lw = labels.window(gpu, range.start, n)?;
+            let p = GatherParams {
+                rows: n as u32,
+                cols: c as u32,
+                row0: (tw.shift as u64 + range.start) as u32,
+                shift_x: xw.shift,
+                shift_labels: lw.shift,
+                _pad: [0; 3],
+            };
+            rec.dispatch_groups(
+                &gather_targets_spec(),
+                bytemuck::bytes_of(&p),
+                vec![(&xw).into(), (&lw).into(), (&tw).into()],
+                n.div_ceil(WG),
+            )?;
+        }
+        let state = t.window(gpu, 0, 1)?;
+        let p = EmaParams {
+            n: b as u32,
+            shift_in: tw.shift,
+            shift_t: state.shift,
+            rate: self.rate,
+        };
+        rec.dispatch(
+            &curricular_ema_spec(),
+            bytemuck::bytes_of(&p),
+            vec![(&tw).into(), (&state).into()],
+            [1, 1, 1],
+        )
+    }
+    fn mutates(&self) -> &'static [usize] {
+        &[2]
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        inputs[1].numel() as u64
     }
 }
 
@@ -417,6 +546,7 @@ pub struct SoftmaxCrossEntropy;
 const PLAIN_XENT: RowXent = RowXent {
     gamma: Some(1.0),
     margin: None,
+    curricular: false,
 };
 
 /// The row kernel's configuration, shared by both cross-entropies: plain
@@ -426,6 +556,8 @@ struct RowXent {
     /// None: γ is the third input.
     gamma: Option<f32>,
     margin: Option<(f32, MarginFallback)>,
+    /// A last input t re-weights hard negatives (ArcFace only).
+    curricular: bool,
 }
 
 #[repr(C)]
@@ -446,7 +578,7 @@ struct XentParams {
     sin_m: f32,
     threshold: f32,
     penalty: f32,
-    _pad: u32,
+    shift_t: u32,
 }
 
 /// Same rule as `class_of` in loss.wgsl.
@@ -456,10 +588,20 @@ fn class_of(label: f64, cols: usize) -> usize {
 
 impl RowXent {
     fn inputs(&self) -> usize {
-        if self.gamma.is_some() {
-            2
+        2 + self.gamma.is_none() as usize + self.curricular as usize
+    }
+
+    /// Input index of CurricularFace's t.
+    fn t_input(&self) -> usize {
+        2 + self.gamma.is_none() as usize
+    }
+
+    /// A non-target cosine and its derivative (mirrors `negative` in loss.wgsl).
+    fn negative(&self, c: f64, hard: f64, t: f64) -> (f64, f64) {
+        if self.curricular && c > hard {
+            (c * (t + c), t + 2.0 * c)
         } else {
-            3
+            (c, 1.0)
         }
     }
 
@@ -488,6 +630,9 @@ impl RowXent {
         if self.gamma.is_none() {
             expect_scalar(op, "the scale γ", inputs[2])?;
             out.push(scalar_shape());
+        }
+        if self.curricular {
+            expect_scalar(op, "CurricularFace's t", inputs[self.t_input()])?;
         }
         Ok(out)
     }
@@ -532,6 +677,12 @@ impl RowXent {
             .gamma
             .map(f64::from)
             .unwrap_or_else(|| inputs[2].data[0]);
+        let t_stat = if self.curricular {
+            inputs[self.t_input()].data[0]
+        } else {
+            0.0
+        };
+        let [cos_m, sin_m, ..] = self.margin_consts();
         let mut loss = 0.0;
         let mut dgamma = 0.0;
         let mut grad = vec![0.0; b * c];
@@ -539,7 +690,13 @@ impl RowXent {
             let row = &x.data[r * c..(r + 1) * c];
             let y = class_of(inputs[1].data[r], c);
             let (t, dt) = self.target(row[y]);
-            let cos = |j: usize| if j == y { t } else { row[j] };
+            let cy = row[y].clamp(-1.0, 1.0);
+            let hard = cy * cos_m - (1.0 - cy * cy).max(0.0).sqrt() * sin_m;
+            let neg: Vec<(f64, f64)> = row
+                .iter()
+                .map(|&v| self.negative(v, hard, t_stat))
+                .collect();
+            let cos = |j: usize| if j == y { t } else { neg[j].0 };
             let mx = (0..c)
                 .map(|j| gamma * cos(j))
                 .fold(f64::NEG_INFINITY, f64::max);
@@ -547,7 +704,7 @@ impl RowXent {
             loss += sum.ln() + mx - gamma * t;
             for j in 0..c {
                 let d = (gamma * cos(j) - mx).exp() / sum - if j == y { 1.0 } else { 0.0 };
-                grad[r * c + j] = d * gamma * if j == y { dt } else { 1.0 } / b as f64;
+                grad[r * c + j] = d * gamma * if j == y { dt } else { neg[j].1 } / b as f64;
                 dgamma += d * cos(j);
             }
         }
@@ -593,7 +750,14 @@ impl RowXent {
         // Per-row losses, then per-row Σ (p − onehot)·cos' for dL/dγ.
         let rows = DeviceTensor::zeros(gpu, Shape::new(&[2 * b as usize]))?;
         let rows_win = rows.whole(gpu)?;
-        let gamma = inputs.get(2).map(|g| g.window(gpu, 0, 1)).transpose()?;
+        let gamma = match self.gamma {
+            None => Some(inputs[2].window(gpu, 0, 1)?),
+            Some(_) => None,
+        };
+        let t_stat = match self.curricular {
+            true => Some(inputs[self.t_input()].window(gpu, 0, 1)?),
+            false => None,
+        };
         let [cos_m, sin_m, threshold, penalty] = self.margin_consts();
         for range in chunks(b, rows_per_chunk) {
             let n = range.end - range.start;
@@ -616,14 +780,12 @@ impl RowXent {
                 sin_m: sin_m as f32,
                 threshold: threshold as f32,
                 penalty: penalty as f32,
-                _pad: 0,
+                shift_t: t_stat.as_ref().map_or(0, |t| t.shift),
             };
             let mut bindings = vec![(&xw).into(), (&lw).into(), (&gw).into(), (&rows_win).into()];
-            if let Some(g) = &gamma {
-                bindings.push(g.into());
-            }
+            bindings.extend(gamma.iter().chain(&t_stat).map(Into::into));
             rec.dispatch_groups(
-                &xent_spec(gamma.is_some()),
+                &xent_spec(gamma.is_some(), self.curricular),
                 bytemuck::bytes_of(&params),
                 bindings,
                 n,
@@ -905,16 +1067,23 @@ pub(crate) mod tests {
         scale: ArcFaceScale::Fixed(45.25),
         margin: 0.1,
         fallback: MarginFallback::Keep,
+        curricular: false,
     };
     const DOLG: ArcFaceLoss = ArcFaceLoss {
         scale: ArcFaceScale::Fixed(30.0),
         margin: 0.15,
         fallback: MarginFallback::Penalty,
+        curricular: false,
+    };
+    const CURRICULAR: ArcFaceLoss = ArcFaceLoss {
+        curricular: true,
+        ..DOLG
     };
     const LEARNED: ArcFaceLoss = ArcFaceLoss {
         scale: ArcFaceScale::Input,
         margin: 0.1,
         fallback: MarginFallback::Keep,
+        curricular: false,
     };
 
     fn gamma(v: f32) -> HostTensor {
@@ -960,6 +1129,59 @@ pub(crate) mod tests {
         for v in [1.0, -1.0, 1.000_001, -1.000_001] {
             check_op(&xent_case(DELG, 2, 6, 6, Some(v)));
         }
+    }
+
+    #[test]
+    fn curricular_face_matches_reference() {
+        for (b, c, t) in [(1, 1, 0.3), (3, 7, 0.0), (5, 300, 0.6), (2, 81313, 0.2)] {
+            check_op(&xent_case(CURRICULAR, b, c, 21, None).tensor(gamma(t)));
+        }
+        // With a learned scale, t comes after γ.
+        let both = ArcFaceLoss {
+            scale: ArcFaceScale::Input,
+            ..CURRICULAR
+        };
+        check_op(
+            &xent_case(both, 3, 9, 22, None)
+                .tensor(gamma(20.0))
+                .tensor(gamma(0.4)),
+        );
+        // Labels with a low cosine make most negatives hard: the re-weighting changes the loss.
+        let (x, l) = cosines(3, 9, 23, Some(-0.2));
+        let plain = DOLG.reference(&[&x.to_ref(), &l.to_ref()]).unwrap();
+        let curr = CURRICULAR
+            .reference(&[&x.to_ref(), &l.to_ref(), &gamma(0.5).to_ref()])
+            .unwrap();
+        assert!((plain[0].data[0] - curr[0].data[0]).abs() > 1e-3);
+        check_op(
+            &OpCase::new(CURRICULAR)
+                .tensor(x)
+                .tensor(l)
+                .tensor(gamma(0.5)),
+        );
+    }
+
+    #[test]
+    fn curricular_update_matches_reference() {
+        for (b, c) in [(1, 1), (7, 13), (300, 5)] {
+            let (x, l) = cosines(b, c, 24, None);
+            check_op(
+                &OpCase::new(CurricularUpdate { rate: 0.01 })
+                    .tensor(x)
+                    .tensor(l)
+                    .tensor(gamma(0.25)),
+            );
+        }
+        // Rows over several windows.
+        crate::ops::batchnorm::tests::with_small_windows(40, || {
+            let (x, l) = cosines(9, 13, 25, None);
+            check_op(
+                &OpCase::new(CurricularUpdate { rate: 0.3 })
+                    .tensor(x)
+                    .tensor(l)
+                    .tensor(gamma(-0.5)),
+            );
+        });
     }
 
     #[test]
@@ -1058,6 +1280,12 @@ pub(crate) mod tests {
         grad_check(&xent_case(DELG, 3, 11, 10, None).seed_outputs(&[0]));
         grad_check(&xent_case(DOLG, 1, 1, 11, None).seed_outputs(&[0]));
         grad_check(
+            &xent_case(CURRICULAR, 3, 8, 14, Some(0.1))
+                .tensor(gamma(0.4))
+                .only_grads(&[0])
+                .seed_outputs(&[0]),
+        );
+        grad_check(
             &xent_case(LEARNED, 4, 6, 12, None)
                 .tensor(gamma(7.0))
                 .seed_outputs(&[0]),
@@ -1068,6 +1296,7 @@ pub(crate) mod tests {
                 scale: ArcFaceScale::Fixed(16.0),
                 margin: 0.5,
                 fallback,
+                curricular: false,
             };
             grad_check(&xent_case(op, 3, 5, 13, Some(-0.93)).seed_outputs(&[0]));
         }
