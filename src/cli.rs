@@ -939,7 +939,7 @@ pub fn run(cli: Cli) -> Result<()> {
             bench::print_adapter(&gpu);
             bench::bench_extract(
                 &gpu,
-                &model.config()?,
+                &model.model_config()?,
                 image_width,
                 image_height,
                 images.max(1),

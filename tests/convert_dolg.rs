@@ -20,8 +20,8 @@ fn converted_official_checkpoint_matches_its_source_model() {
         global_scales: vec![0],
         ..ExtractConfig::for_arch("dolg")
     };
-    let mut extractor = Extractor::load(&gpu, &fixture(dir, "weights.safetensors"), cfg.clone())
-        .unwrap();
+    let mut extractor =
+        Extractor::load(&gpu, &fixture(dir, "weights.safetensors"), cfg.clone()).unwrap();
     let image = prepare_image(&fixture(dir, "image.png"), &cfg, None).unwrap();
     let got = extractor.extract(&image).unwrap().global;
     let mut want = common::load(dir, "descriptor.npy").data;

@@ -238,40 +238,42 @@ pub fn print_row(r: &BenchResult) {
     );
 }
 
-/// End-to-end extraction throughput: a randomly initialised DELG model of the
-/// given depth over generated `width`×`height` images with the full recipe
-/// (7-scale pyramid, global + local), after one warm-up image that pays the
-/// pipeline compilation.
+/// End-to-end extraction throughput: a randomly initialised DELG or DOLG
+/// model over generated `width`×`height` images with the full recipe of its
+/// paper (DELG: 7-scale pyramid, global + local; DOLG: 5 global scales),
+/// after one warm-up image that pays the pipeline compilation.
 pub fn bench_extract(
     gpu: &Arc<Gpu>,
-    model: &crate::model::delg::DelgConfig,
+    model: &crate::model::ModelConfig,
     width: u32,
     height: u32,
     images: usize,
 ) -> Result<(f64, f64)> {
     use crate::model::extractor::{Extractor, PreparedImage};
-    let (_, _, _, params) = crate::model::delg::inference_graph(model, 64, 64)?;
+    use crate::model::ModelConfig;
+    let (params, backbone) = match model {
+        ModelConfig::Delg(m) => (
+            crate::model::delg::inference_graph(m, 64, 64)?.3,
+            &m.backbone,
+        ),
+        ModelConfig::Dolg(m) => (
+            crate::model::dolg::inference_graph(m, 1, 64, 64)?.3,
+            &m.backbone,
+        ),
+    };
     let mut file = crate::model::params::random_weights(&params.specs, 0);
-    file.metadata
-        .insert(crate::model::META_ARCH.into(), "delg".into());
-    file.metadata.insert(
-        crate::model::META_CONFIG.into(),
-        serde_json::to_string(model).unwrap_or_default(),
-    );
+    file.metadata.extend(model.metadata()?);
     let cfg = crate::pipeline::extract::ExtractConfig {
         score_threshold: Some(0.0),
-        ..Default::default()
+        ..crate::pipeline::extract::ExtractConfig::for_arch(model.arch())
     };
+    let norm = cfg.pixel_norm;
     let mut ex =
         Extractor::from_weights(gpu, &file, std::path::Path::new("<random weights>"), cfg)?;
     let prepared = |i: u64| -> Result<PreparedImage> {
         let img = crate::pipeline::demo::render_scene(i, 0, width.max(height));
         let img = image::imageops::crop_imm(&img, 0, 0, width, height).to_image();
-        let data = img
-            .as_raw()
-            .iter()
-            .map(|&v| (v as f32 - 128.0) / 128.0)
-            .collect();
+        let data = norm.apply(img.as_raw());
         Ok(PreparedImage {
             pixels: crate::tensor::Tensor::new([1, height as usize, width as usize, 3], data)?,
             resize_factor: (1.0, 1.0),
@@ -287,15 +289,21 @@ pub fn bench_extract(
     let gflop = ex.flops_per_image(height as usize, width as usize) as f64 / 1e9;
     let cpu = cpu_time().zip(cpu0).map(|(a, b)| (a - b).as_secs_f64());
     println!(
-        "extract {}x{} DELG-R{}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
+        "extract {}x{} {}-{}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
         width,
         height,
-        if model.backbone.blocks[2] == 23 { 101 } else { 50 },
+        model.arch().to_uppercase(),
+        match backbone.blocks {
+            [3, 4, 6, 3] => "R50".to_string(),
+            [3, 4, 23, 3] => "R101".to_string(),
+            b => format!("ResNet{b:?}w{}", backbone.width),
+        },
         images as f64 / secs,
         secs / images as f64,
         gflop,
         gflop * images as f64 / secs,
-        cpu.map(|c| format!(", {:.2} GFLOP per CPU-second", gflop * images as f64 / c)).unwrap_or_default()
+        cpu.map(|c| format!(", {:.2} GFLOP per CPU-second", gflop * images as f64 / c))
+            .unwrap_or_default()
     );
     Ok((images as f64 / secs, gflop))
 }
