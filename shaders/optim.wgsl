@@ -1,5 +1,6 @@
-// Optimiser steps. The learning rate and the clip factor are one-element
-// tensors, so a schedule or global-norm clipping changes them between runs
+// Optimiser steps and gradient accumulation. The learning rate, the clip
+// factor and the accumulation flag are one-element tensors, so a schedule,
+// global-norm clipping or the micro-batch index changes them between runs
 // without re-recording.
 #include "common"
 
@@ -14,6 +15,7 @@ alias V = vec4<f32>;
 alias V = f32;
 #endif
 
+#if SGD
 struct Params {
     n: u32,
     shift_param: u32,
@@ -51,3 +53,36 @@ fn sgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let step = select(v, g + p.momentum * v, p.nesterov != 0u);
     param[p.shift_param + i] = w - lr[p.shift_lr] * step;
 }
+#endif
+
+#if ACCUMULATE
+struct Params {
+    n: u32,
+    shift_sum: u32,
+    shift_grad: u32,
+    shift_keep: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> sum: array<V>;
+@group(0) @binding(2) var<storage, read> grad: array<V>;
+@group(0) @binding(3) var<storage, read> keep: array<f32>;
+
+// The first micro-batch of a step overwrites the sum (keep = 0) instead of
+// adding to it, so no separate zeroing pass is needed and a stale sum never
+// leaks into the next step.
+@compute @workgroup_size(256)
+fn grad_accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid, 256u);
+    if (i >= p.n) {
+        return;
+    }
+    let g = p.scale * grad[p.shift_grad + i];
+    let s = sum[p.shift_sum + i];
+    sum[p.shift_sum + i] = select(g, s + g, keep[p.shift_keep] != 0.0);
+}
+#endif

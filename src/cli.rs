@@ -420,8 +420,13 @@ pub struct TrainArgs {
     pub init: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Images per micro-batch: what one forward and backward pass holds in device memory.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Micro-batches averaged into one SGD step (effective batch = batch × accumulate);
+    /// batch norm statistics stay per micro-batch.
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: usize,
     /// Square training size (the paper's is 512).
     #[arg(long, default_value_t = 512)]
     pub size: usize,
@@ -618,7 +623,8 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
             ))
         }
     };
-    let classes = data.load()?.classes.len();
+    let data = data.load()?;
+    let classes = data.classes.len();
     let model = a.model.config()?;
     let mut loss = crate::model::delg::DelgLossConfig::paper(classes, model.global_dim);
     loss.arcface_margin = a.arcface_margin;
@@ -642,6 +648,7 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
         model,
         loss,
         batch: a.batch,
+        accumulate: a.accumulate,
         image_size: a.size,
         steps: a.steps,
         lr: a.lr,

@@ -111,6 +111,7 @@ fn train_config(cfg: DelgConfig) -> TrainConfig {
         model: cfg,
         loss,
         batch: 2,
+        accumulate: 1,
         image_size: 64,
         steps: 20,
         lr: 0.01,
@@ -177,17 +178,21 @@ fn twenty_sgd_steps_track_pytorch() {
         let tc = train_config(cfg);
         let step = build_step(&tc).unwrap();
         let store = upload_state(&gpu, &step, &file, &tc).unwrap();
-        let exe = Executable::new(&gpu, &step.graph, &[step.outputs[0]], &store).unwrap();
+        let (exe, update) = step.executables(&gpu, &store).unwrap();
         exe.set_input(step.images, &load(&format!("train_{layout}_images.npy")))
             .unwrap();
         exe.set_input(step.labels, &load(&format!("train_{layout}_labels.npy")))
             .unwrap();
-        exe.set_input(step.lr, &Tensor::new([1], vec![0.01]).unwrap())
+        exe.set_input(step.keep, &Tensor::new([1], vec![0.0]).unwrap())
+            .unwrap();
+        update
+            .set_input(step.lr, &Tensor::new([1], vec![0.01]).unwrap())
             .unwrap();
         let (_, want) =
             npy::read::<f64>(&fixture(&format!("train_{layout}_sgd_losses.npy"))).unwrap();
         for (i, w) in want.iter().enumerate() {
             exe.run().unwrap();
+            update.run().unwrap();
             let got = exe.read(step.outputs[0]).unwrap().data[0] as f64;
             let rel = (got - w).abs() / w.abs();
             assert!(

@@ -2,16 +2,20 @@
 //! uninterrupted run with the same seed; and the stop-gradient keeps the
 //! local losses out of the backbone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
 
 use delg_gpu::graph::TensorKind;
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
+use delg_gpu::model::params::random_weights;
 use delg_gpu::model::resnet::{Layout, ResNetConfig};
 use delg_gpu::ops::check::test_gpu;
 use delg_gpu::pipeline::demo::render_scene;
-use delg_gpu::pipeline::train::{run_train, DataSource, Schedule, TrainConfig, TrainJob};
+use delg_gpu::pipeline::train::{
+    build_step, run_train, upload_state, DataSource, Schedule, TrainConfig, TrainJob, GRAD_SUM,
+};
+use delg_gpu::tensor::{HostTensor, Rng, Tensor};
 
 fn tiny() -> DelgConfig {
     let mut m = DelgConfig::new(ResNetConfig {
@@ -31,6 +35,7 @@ fn config(classes: usize) -> TrainConfig {
         model,
         loss,
         batch: 4,
+        accumulate: 1,
         image_size: 48,
         steps: 5,
         lr: 0.01,
@@ -47,10 +52,12 @@ fn config(classes: usize) -> TrainConfig {
     }
 }
 
-#[test]
-fn resumed_run_ends_where_an_uninterrupted_run_ends() {
+/// Resumes at step 1 of 5; with accumulation, each step is `accumulate`
+/// micro-batches of 4 / `accumulate` images.
+fn resume_ends_where_an_uninterrupted_run_ends(accumulate: usize) {
     let Some(gpu) = test_gpu() else { return };
-    let root = std::env::temp_dir().join(format!("delg-resume-{}", std::process::id()));
+    let root =
+        std::env::temp_dir().join(format!("delg-resume-{}-{accumulate}", std::process::id()));
     let data = root.join("data");
     for class in 0..3u64 {
         let dir = data.join(format!("class{class}"));
@@ -62,10 +69,14 @@ fn resumed_run_ends_where_an_uninterrupted_run_ends() {
         }
     }
     let job = |run: &str| TrainJob {
-        data: DataSource::Folders(data.clone()),
+        data: DataSource::Folders(data.clone()).load().unwrap(),
         run: root.join(run),
         init: None,
-        config: config(3),
+        config: TrainConfig {
+            batch: 4 / accumulate,
+            accumulate,
+            ..config(3)
+        },
         quiet: true,
     };
 
@@ -89,6 +100,74 @@ fn resumed_run_ends_where_an_uninterrupted_run_ends() {
     let metrics = std::fs::read_to_string(root.join("resumed/metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 5, "each step logged once");
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn resumed_run_ends_where_an_uninterrupted_run_ends() {
+    resume_ends_where_an_uninterrupted_run_ends(1);
+}
+
+#[test]
+fn resumed_run_with_accumulation_ends_where_an_uninterrupted_run_ends() {
+    resume_ends_where_an_uninterrupted_run_ends(2);
+}
+
+#[test]
+fn accumulated_gradient_is_the_mean_of_the_micro_batch_gradients() {
+    let Some(gpu) = test_gpu() else { return };
+    let cfg = TrainConfig {
+        batch: 2,
+        accumulate: 2,
+        ..config(3)
+    };
+    let step = build_step(&cfg).unwrap();
+    let file = random_weights(&step.specs, 5);
+    let store = upload_state(&gpu, &step, &file, &cfg).unwrap();
+    let (micro, _) = step.executables(&gpu, &store).unwrap();
+    let mut rng = Rng::new(9);
+    let batches: Vec<_> = [[0.0, 1.0], [2.0, 0.0]]
+        .into_iter()
+        .map(|labels| {
+            let s = cfg.image_size;
+            let images = rng.tensor([2, s, s, 3], -1.0, 1.0);
+            (images, Tensor::new([2], labels.to_vec()).unwrap())
+        })
+        .collect();
+    let sums = || -> BTreeMap<String, Vec<f32>> {
+        store
+            .tensors
+            .iter()
+            .filter(|(n, _)| n.starts_with(GRAD_SUM))
+            .map(|(n, t)| (n.clone(), t.download(&gpu).unwrap().data))
+            .collect()
+    };
+    let run = |(images, labels): &(HostTensor, HostTensor), keep: f32| {
+        micro.set_input(step.images, images).unwrap();
+        micro.set_input(step.labels, labels).unwrap();
+        micro
+            .set_input(step.keep, &Tensor::new([1], vec![keep]).unwrap())
+            .unwrap();
+        micro.run().unwrap();
+    };
+    // Each micro-batch alone (keep = 0 starts a new sum): g_i / 2.
+    run(&batches[0], 0.0);
+    let first = sums();
+    run(&batches[1], 0.0);
+    let second = sums();
+    // Both into one sum: g_0 / 2 + g_1 / 2, the gradient of the 4-image mean loss.
+    run(&batches[0], 0.0);
+    run(&batches[1], 1.0);
+    let both = sums();
+    assert!(!both.is_empty());
+    for (name, got) in &both {
+        let want: Vec<f32> = first[name]
+            .iter()
+            .zip(&second[name])
+            .map(|(a, b)| a + b)
+            .collect();
+        assert_eq!(got, &want, "'{name}': the sum is not g_0/2 + g_1/2");
+    }
+    assert_ne!(first, second, "both micro-batches gave one gradient");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Optimiser ops (`shaders/optim.wgsl`): the SGD step (momentum, Nesterov,
-//! weight decay) and global-norm gradient clipping. Learning rate and clip
+//! weight decay), global-norm gradient clipping, and gradient accumulation
+//! over micro-batches. Learning rate and clip
 //! factor are one-element tensors, so schedules and clipping change them
 //! without re-recording. Clipping reduces with the loss family's two-level
 //! sum of squares (`loss::SquareSums`).
@@ -19,11 +20,22 @@ const WG: u64 = 256;
 pub const CLIP_EPS: f64 = 1e-6;
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
-    vec![sgd_spec(false), sgd_spec(true)]
+    [false, true]
+        .into_iter()
+        .flat_map(|v| [sgd_spec(v), accumulate_spec(v)])
+        .collect()
 }
 
 fn sgd_spec(vec4: bool) -> ShaderSpec {
-    ShaderSpec::new("optim", "sgd_step").def("VEC4", vec4 as u32)
+    ShaderSpec::new("optim", "sgd_step")
+        .def("SGD", 1)
+        .def("VEC4", vec4 as u32)
+}
+
+fn accumulate_spec(vec4: bool) -> ShaderSpec {
+    ShaderSpec::new("optim", "grad_accumulate")
+        .def("ACCUMULATE", 1)
+        .def("VEC4", vec4 as u32)
 }
 
 /// One SGD step with PyTorch's semantics (dampening 0), in place. Inputs:
@@ -176,6 +188,112 @@ impl RecordWindowed for SgdStep {
     }
 }
 
+/// Gradient accumulation over micro-batches, in place. Inputs: sum, grad
+/// (same shape), keep [1]. sum ← scale·grad when keep = 0 (the first
+/// micro-batch of a step), sum ← sum + scale·grad otherwise. With scale =
+/// 1/N over N micro-batches the sum is the mean gradient the optimiser steps
+/// on. No outputs; the sum is mutated.
+#[derive(Clone, Copy, Debug)]
+pub struct GradAccumulate {
+    pub scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AccumulateParams {
+    n: u32,
+    shift_sum: u32,
+    shift_grad: u32,
+    shift_keep: u32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+
+impl Op for GradAccumulate {
+    fn name(&self) -> &'static str {
+        "grad_accumulate"
+    }
+    fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
+        expect_inputs(self.name(), inputs, 3)?;
+        if !self.scale.is_finite() {
+            return Err(Error::unsupported(
+                self.name(),
+                format!("scale {} must be finite", self.scale),
+            ));
+        }
+        if inputs[1] != inputs[0] {
+            return Err(Error::shape(
+                self.name(),
+                format!(
+                    "sum {:?} and grad {:?} must have one shape",
+                    inputs[0], inputs[1]
+                ),
+            ));
+        }
+        expect_scalar(self.name(), "the keep flag", inputs[2])?;
+        Ok(vec![])
+    }
+    fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
+        let keep = inputs[2].data[0] != 0.0;
+        let mut sum = inputs[0].clone();
+        for (s, &g) in sum.data.iter_mut().zip(&inputs[1].data) {
+            let g = self.scale as f64 * g;
+            *s = if keep { *s + g } else { g };
+        }
+        Ok(vec![sum])
+    }
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        outputs: &[&DeviceTensor],
+    ) -> Result<()> {
+        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        2 * inputs[0].numel() as u64
+    }
+    fn mutates(&self) -> &'static [usize] {
+        &[0]
+    }
+}
+
+impl RecordWindowed for GradAccumulate {
+    fn record_windowed(
+        &self,
+        rec: &mut Recorder,
+        inputs: &[&DeviceTensor],
+        _outputs: &[&DeviceTensor],
+        window: u64,
+    ) -> Result<()> {
+        let gpu = rec.gpu();
+        let keep = inputs[2].window(gpu, 0, 1)?;
+        for range in chunks(inputs[0].numel(), window) {
+            let count = range.end - range.start;
+            let sum = inputs[0].window(gpu, range.start, count)?;
+            let grad = inputs[1].window(gpu, range.start, count)?;
+            let bindings: Vec<Binding> = [&sum, &grad, &keep].into_iter().map(Into::into).collect();
+            for piece in vec4_pieces(&[sum.shift, grad.shift], count) {
+                let params = AccumulateParams {
+                    n: piece.n as u32,
+                    shift_sum: piece.shifts[0],
+                    shift_grad: piece.shifts[1],
+                    shift_keep: keep.shift,
+                    scale: self.scale,
+                    _pad: [0; 3],
+                };
+                rec.dispatch_groups(
+                    &accumulate_spec(piece.vec4),
+                    bytemuck::bytes_of(&params),
+                    bindings.clone(),
+                    piece.n.div_ceil(WG),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Global L2 norm of any number of gradient tensors and the clip factor
 /// min(1, max_norm / (norm + 1e-6)) to feed `SgdStep`: the coefficient of
 /// torch.nn.utils.clip_grad_norm_ with its epsilon (TF's clip_by_global_norm
@@ -297,6 +415,27 @@ mod tests {
         // of 699 do not (scalar kernel only).
         for window in [700, 699] {
             check_op(&sgd_case(Windowed(DOLG, window), &[5001], 0.1, 0.3));
+        }
+    }
+
+    #[test]
+    fn grad_accumulate_matches_reference() {
+        for keep in [0.0, 1.0] {
+            for shape in [&[1usize][..], &[3, 5, 7], &[4099]] {
+                let s = shape.to_vec();
+                let case = OpCase::new(GradAccumulate { scale: 0.25 })
+                    .input(s.clone(), -1.0, 1.0)
+                    .input(s, -1.0, 1.0)
+                    .input([1], keep, keep);
+                check_op(&case);
+            }
+        }
+        for window in [700, 699] {
+            let case = OpCase::new(Windowed(GradAccumulate { scale: 0.5 }, window))
+                .input([5001], -1.0, 1.0)
+                .input([5001], -1.0, 1.0)
+                .input([1], 1.0, 1.0);
+            check_op(&case);
         }
     }
 

@@ -25,7 +25,7 @@ use crate::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use crate::model::params::{hwio_to_oihw, oihw_to_hwio, random_weights};
 use crate::model::resnet::{ParamSpec, Role};
 use crate::model::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
-use crate::ops::optim::{GlobalNormClip, SgdStep};
+use crate::ops::optim::{GlobalNormClip, GradAccumulate, SgdStep};
 use crate::pipeline::dataset::{make_batch, Augment, Batch, Dataset};
 use crate::tensor::{HostTensor, Tensor};
 
@@ -42,7 +42,12 @@ pub enum Schedule {
 pub struct TrainConfig {
     pub model: DelgConfig,
     pub loss: DelgLossConfig,
+    /// Images per micro-batch (one forward and backward pass on the device).
     pub batch: usize,
+    /// Micro-batches whose mean gradient makes one SGD step: the effective
+    /// batch is batch × accumulate. Batch norm sees each micro-batch alone.
+    #[serde(default = "one")]
+    pub accumulate: usize,
     pub image_size: usize,
     pub steps: u64,
     pub lr: f32,
@@ -57,6 +62,10 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     pub val_fraction: f64,
     pub flip: bool,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainConfig {
@@ -90,7 +99,8 @@ pub enum DataSource {
 }
 
 pub struct TrainJob {
-    pub data: DataSource,
+    /// The whole labelled set; the run splits off its validation part.
+    pub data: Dataset,
     pub run: PathBuf,
     /// Initial weights (e.g. converted ImageNet weights); missing head tensors are initialised.
     pub init: Option<PathBuf>,
@@ -113,22 +123,31 @@ pub struct StepMetrics {
 }
 
 const VELOCITY: &str = "optimizer.velocity.";
+pub const GRAD_SUM: &str = "optimizer.gradient_sum.";
 const META_STEP: &str = "delg_gpu.step";
 const META_TRAIN: &str = "delg_gpu.train_config";
 
-/// The training graph plus the optimiser: gradients of the total loss for
-/// every trainable parameter, global-norm clipping, and one SGD step each.
+/// One training step as two graphs. `graph` runs once per micro-batch: the
+/// forward pass, the gradients of the total loss for every trainable
+/// parameter, and their accumulation into `optimizer.gradient_sum.*` (scaled
+/// by 1/accumulate, so after the last micro-batch the sums hold the mean
+/// gradient). `update` runs once per step: global-norm clipping of the sums
+/// and one SGD step each. The sums only matter within a step (the first
+/// micro-batch overwrites them), so checkpoints never store them.
 pub struct StepGraph {
     pub graph: Graph,
     pub images: TensorId,
     pub labels: TensorId,
-    pub lr: TensorId,
-    /// Total, global, attention and reconstruction losses.
+    /// 0 for the first micro-batch of a step (start new sums), 1 after.
+    pub keep: TensorId,
+    /// Total, global, attention and reconstruction losses of the micro-batch.
     pub outputs: [TensorId; 4],
-    pub grad_norm: TensorId,
     pub cosines: TensorId,
     pub logits: TensorId,
     pub attention: TensorId,
+    pub update: Graph,
+    pub lr: TensorId,
+    pub grad_norm: TensorId,
     pub specs: Vec<ParamSpec>,
 }
 
@@ -137,6 +156,11 @@ fn trainable(s: &ParamSpec) -> bool {
 }
 
 pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
+    if cfg.accumulate == 0 {
+        return Err(Error::InvalidArgument(
+            "--accumulate must be at least 1 (micro-batches per step)".into(),
+        ));
+    }
     let (mut g, t, params) = training_graph(
         &cfg.model,
         &cfg.loss,
@@ -159,45 +183,80 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
         .collect();
     let wrt: Vec<TensorId> = train.iter().map(|(_, t)| *t).collect();
     let grads = g.grad(t.total_loss, &wrt)?;
-    let present: Vec<(String, TensorId, TensorId)> = train
-        .iter()
-        .zip(&grads)
-        .filter_map(|((n, p), gr)| gr.map(|gr| (n.clone(), *p, gr)))
-        .collect();
-    let lr = g.input("lr", [1]);
-    let clip = g.apply(
+    let keep = g.input("keep", [1]);
+    let accumulate = GradAccumulate {
+        scale: 1.0 / cfg.accumulate as f32,
+    };
+    let mut update = Graph::new();
+    let lr = update.input("lr", [1]);
+    let mut sums = Vec::new();
+    let mut steps = Vec::new();
+    for ((name, p), gr) in train.iter().zip(&grads) {
+        let Some(gr) = gr else { continue };
+        let shape = g.shape(*p).clone();
+        let sum = g.param(&format!("{GRAD_SUM}{name}"), shape.clone());
+        g.apply(accumulate, &[sum, *gr, keep])?;
+        let p = update.param(name, shape.clone());
+        let sum = update.param(&format!("{GRAD_SUM}{name}"), shape.clone());
+        let v = update.param(&format!("{VELOCITY}{name}"), shape);
+        sums.push(sum);
+        steps.push([p, sum, v]);
+    }
+    let clip = update.apply(
         GlobalNormClip {
             max_norm: cfg.clip_norm,
         },
-        &present.iter().map(|x| x.2).collect::<Vec<_>>(),
+        &sums,
     )?;
     let sgd = SgdStep {
         momentum: cfg.momentum,
         nesterov: cfg.nesterov,
         weight_decay: cfg.weight_decay,
     };
-    for (name, p, gr) in &present {
-        let shape = g.shape(*p).clone();
-        let v = g.param(&format!("{VELOCITY}{name}"), shape);
-        g.apply(sgd, &[*p, *gr, v, lr, clip[1]])?;
+    for [p, sum, v] in steps {
+        update.apply(sgd, &[p, sum, v, lr, clip[1]])?;
     }
     Ok(StepGraph {
         graph: g,
         images: t.images,
         labels: t.labels,
-        lr,
+        keep,
         outputs: [
             t.total_loss,
             t.global_loss,
             t.attention_loss,
             t.reconstruction_loss,
         ],
-        grad_norm: clip[0],
         cosines: t.global_cosines,
         logits: t.attention_logits,
         attention: t.attention,
+        update,
+        lr,
+        grad_norm: clip[0],
         specs,
     })
+}
+
+impl StepGraph {
+    /// Targets of the micro-batch graph: losses, classifier scores, attention.
+    pub fn targets(&self) -> Vec<TensorId> {
+        [
+            self.outputs.as_slice(),
+            &[self.cosines, self.logits, self.attention],
+        ]
+        .concat()
+    }
+
+    /// The two executables of a step, sharing the parameters in `store`.
+    pub fn executables(
+        &self,
+        gpu: &Arc<Gpu>,
+        store: &ParamStore,
+    ) -> Result<(Executable, Executable)> {
+        let micro = Executable::new(gpu, &self.graph, &self.targets(), store)?;
+        let update = Executable::new(gpu, &self.update, &[self.grad_norm], store)?;
+        Ok((micro, update))
+    }
 }
 
 /// Device tensors for every parameter of the step graph, from a weight file
@@ -230,8 +289,10 @@ pub fn upload_state(
         };
         store.insert(gpu, &s.name, &device)?;
     }
-    for info in &step.graph.tensors {
-        if let Some(name) = info.name.strip_prefix(VELOCITY) {
+    for info in &step.update.tensors {
+        if info.name.starts_with(GRAD_SUM) {
+            store.insert(gpu, &info.name, &Tensor::zeros(info.shape.clone()))?;
+        } else if let Some(name) = info.name.strip_prefix(VELOCITY) {
             let v = match file.tensors.get(&info.name) {
                 Some(v) => {
                     let spec = step.specs.iter().find(|s| s.name == name);
@@ -266,7 +327,7 @@ fn download_state(
         .collect();
     for (name, t) in &store.tensors {
         let base = name.strip_prefix(VELOCITY);
-        if name == "gem.p" || (base.is_some() && !with_optimizer) {
+        if name == "gem.p" || name.starts_with(GRAD_SUM) || (base.is_some() && !with_optimizer) {
             continue;
         }
         let host = t.download(gpu)?;
@@ -395,7 +456,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         reason: e.to_string(),
     };
     std::fs::create_dir_all(&job.run).map_err(|e| io_err(&job.run, e))?;
-    let data = job.data.load()?;
+    let data = &job.data;
     if data.classes.len() != cfg.loss.num_classes {
         return Err(Error::InvalidArgument(format!(
             "the data has {} classes but the configuration {}",
@@ -453,13 +514,9 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     crate::io::npy::write_atomic(&config_path, config_json.as_bytes())?;
 
     let store = upload_state(gpu, &step_graph, &file, cfg)?;
+    drop(file);
     let sg = &step_graph;
-    let targets = [
-        sg.outputs.as_slice(),
-        &[sg.grad_norm, sg.cosines, sg.logits, sg.attention],
-    ]
-    .concat();
-    let exe = Executable::new(gpu, &sg.graph, &targets, &store)?;
+    let (exe, update) = sg.executables(gpu, &store)?;
 
     let metrics_path = job.run.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -481,10 +538,16 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
     {
-        let (train, seed, batch, steps) = (train.clone(), cfg.seed, cfg.batch, cfg.steps);
+        let (train, seed, batch) = (train.clone(), cfg.seed, cfg.batch);
+        let micro = cfg.accumulate as u64;
+        let (first, end) = (start * micro, cfg.steps * micro);
         std::thread::spawn(move || {
-            for step in start..steps {
-                if tx.send(make_batch(&train, batch, aug, seed, step)).is_err() {
+            // Micro-batch k of step s is batch s·accumulate + k of the data order.
+            for index in first..end {
+                if tx
+                    .send(make_batch(&train, batch, aug, seed, index))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -508,30 +571,41 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     };
     let mut last_attention = Vec::new();
     for step in start..cfg.steps {
-        let batch = rx
-            .recv()
-            .map_err(|_| Error::Graph("the data loader stopped".into()))??;
-        for (path, why) in &batch.skipped {
-            bar.println(format!("skipped {}: {why}", path.display()));
-        }
         let t0 = std::time::Instant::now();
+        // Sums over the micro-batches: four losses, two accuracies.
+        let mut sums = [0f32; 6];
+        for k in 0..cfg.accumulate {
+            let batch = rx
+                .recv()
+                .map_err(|_| Error::Graph("the data loader stopped".into()))??;
+            for (path, why) in &batch.skipped {
+                bar.println(format!("skipped {}: {why}", path.display()));
+            }
+            exe.set_input(sg.images, &batch.images)?;
+            exe.set_input(sg.labels, &batch.labels)?;
+            exe.set_input(sg.keep, &Tensor::new([1], vec![(k > 0) as u8 as f32])?)?;
+            exe.run()?;
+            for (sum, t) in sums.iter_mut().zip(sg.outputs) {
+                *sum += exe.read(t)?.data[0];
+            }
+            sums[4] += argmax_accuracy(&exe.read(sg.cosines)?, &batch.labels);
+            sums[5] += argmax_accuracy(&exe.read(sg.logits)?, &batch.labels);
+        }
         let lr = cfg.learning_rate(step);
-        exe.set_input(sg.images, &batch.images)?;
-        exe.set_input(sg.labels, &batch.labels)?;
-        exe.set_input(sg.lr, &Tensor::new([1], vec![lr])?)?;
-        exe.run()?;
-        let scalar = |t: TensorId| exe.read(t).map(|v| v.data[0]);
+        update.set_input(sg.lr, &Tensor::new([1], vec![lr])?)?;
+        update.run()?;
+        let mean = sums.map(|v| v / cfg.accumulate as f32);
         last = StepMetrics {
             step: step + 1,
-            loss: scalar(sg.outputs[0])?,
-            global_loss: scalar(sg.outputs[1])?,
-            attention_loss: scalar(sg.outputs[2])?,
-            reconstruction_loss: scalar(sg.outputs[3])?,
+            loss: mean[0],
+            global_loss: mean[1],
+            attention_loss: mean[2],
+            reconstruction_loss: mean[3],
             lr,
-            grad_norm: scalar(sg.grad_norm)?,
-            global_accuracy: argmax_accuracy(&exe.read(sg.cosines)?, &batch.labels),
-            attention_accuracy: argmax_accuracy(&exe.read(sg.logits)?, &batch.labels),
-            images_per_s: cfg.batch as f64 / t0.elapsed().as_secs_f64(),
+            grad_norm: update.read(sg.grad_norm)?.data[0],
+            global_accuracy: mean[4],
+            attention_accuracy: mean[5],
+            images_per_s: (cfg.batch * cfg.accumulate) as f64 / t0.elapsed().as_secs_f64(),
         };
         if !last.loss.is_finite() {
             return Err(Error::Graph(format!(
