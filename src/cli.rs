@@ -434,24 +434,33 @@ pub struct TrainArgs {
     pub steps: u64,
     #[arg(long, default_value_t = 0.01)]
     pub lr: f32,
-    /// linear (DELG) or cosine (with --warmup steps).
-    #[arg(long, default_value = "linear")]
-    pub schedule: String,
-    #[arg(long, default_value_t = 0)]
-    pub warmup: u64,
+    /// linear or cosine (with --warmup steps). Default: linear for DELG,
+    /// cosine with a warm-up over the first 5% of the steps for DOLG.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    #[arg(long)]
+    pub warmup: Option<u64>,
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f32,
+    /// Nesterov momentum (default: off for DELG, on for DOLG).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub nesterov: Option<bool>,
+    /// Default: 0 for DELG, 1e-4 for DOLG.
     #[arg(long)]
-    pub nesterov: bool,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    #[arg(long, default_value_t = 10.0)]
-    pub clip_norm: f32,
-    #[arg(long, default_value_t = 0.1)]
-    pub arcface_margin: f32,
-    /// ArcFace scale γ (default √(global descriptor size), 45.25 for 2048).
+    pub weight_decay: Option<f32>,
+    /// Gradient clipping by global norm; 0 turns it off. Default: 10 for DELG, off for DOLG.
+    #[arg(long)]
+    pub clip_norm: Option<f32>,
+    /// ArcFace margin (default: 0.1 for DELG, 0.15 for DOLG).
+    #[arg(long)]
+    pub arcface_margin: Option<f32>,
+    /// ArcFace scale γ (default: √(global descriptor size), 45.25 for 2048, for
+    /// DELG; 30 for DOLG).
     #[arg(long)]
     pub arcface_scale: Option<f32>,
+    /// DOLG: the official head's CurricularFace-style re-weighting of hard negatives.
+    #[arg(long)]
+    pub curricular: bool,
     #[arg(long, default_value_t = 1.0)]
     pub attention_weight: f32,
     #[arg(long, default_value_t = 10.0)]
@@ -462,9 +471,9 @@ pub struct TrainArgs {
     pub checkpoint_every: u64,
     #[arg(long, default_value_t = 0.2)]
     pub val_fraction: f64,
-    /// Random horizontal flips (off in DELG).
-    #[arg(long)]
-    pub flip: bool,
+    /// Random horizontal flips (default: off for DELG, on for DOLG).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub flip: Option<bool>,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -609,7 +618,9 @@ fn init_weights(a: &InitArgs) -> Result<()> {
 }
 
 fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
-    use crate::pipeline::train::{run_train, DataSource, Schedule, TrainConfig, TrainJob};
+    use crate::pipeline::train::{
+        run_train, DataSource, Schedule, TrainConfig, TrainJob, TrainModel,
+    };
     let data = match (&a.data, &a.gnd, &a.csv, &a.images) {
         (Some(d), _, _, _) => DataSource::Folders(d.clone()),
         (None, Some(g), _, _) => DataSource::Gnd(g.clone()),
@@ -625,28 +636,57 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
     };
     let data = data.load()?;
     let classes = data.classes.len();
-    let model = a.model.config()?;
-    let mut loss = crate::model::delg::DelgLossConfig::paper(classes, model.global_dim);
-    loss.arcface_margin = a.arcface_margin;
-    loss.arcface_scale = a.arcface_scale.unwrap_or(loss.arcface_scale);
-    loss.attention_weight = a.attention_weight;
-    loss.reconstruction_weight = a.reconstruction_weight;
-    let schedule = match a.schedule.as_str() {
+    let model = a.model.model_config()?;
+    let dolg = model.arch() == "dolg";
+    let net = match model {
+        crate::model::ModelConfig::Delg(model) => {
+            let mut loss = crate::model::delg::DelgLossConfig::paper(classes, model.global_dim);
+            loss.arcface_margin = a.arcface_margin.unwrap_or(loss.arcface_margin);
+            loss.arcface_scale = a.arcface_scale.unwrap_or(loss.arcface_scale);
+            loss.attention_weight = a.attention_weight;
+            loss.reconstruction_weight = a.reconstruction_weight;
+            TrainModel::Delg { model, loss }
+        }
+        crate::model::ModelConfig::Dolg(model) => {
+            let mut loss = crate::model::dolg::DolgLossConfig::official(classes);
+            loss.margin = a.arcface_margin.unwrap_or(loss.margin);
+            loss.scale = a.arcface_scale.unwrap_or(loss.scale);
+            loss.curricular = a.curricular;
+            TrainModel::Dolg { model, loss }
+        }
+    };
+    if a.curricular && !dolg {
+        return Err(Error::InvalidArgument(
+            "--curricular is DOLG's head option: add --arch dolg".into(),
+        ));
+    }
+    // The recipes differ (spec §3 and §8.6): DOLG uses Nesterov momentum,
+    // weight decay, a cosine schedule with warm-up, flips and no clipping.
+    let schedule_name = a
+        .schedule
+        .clone()
+        .unwrap_or_else(|| if dolg { "cosine" } else { "linear" }.into());
+    let schedule = match schedule_name.as_str() {
         "linear" => Schedule::Linear,
-        "cosine" => Schedule::Cosine { warmup: a.warmup },
+        "cosine" => Schedule::Cosine {
+            warmup: a.warmup.unwrap_or(if dolg { a.steps / 20 } else { 0 }),
+        },
         other => {
             return Err(Error::InvalidArgument(format!(
                 "--schedule '{other}': use linear or cosine"
             )))
         }
     };
-    let bn_momentum = match model.backbone.layout {
+    let layout = match &net {
+        TrainModel::Delg { model, .. } => model.backbone.layout,
+        TrainModel::Dolg { model, .. } => model.backbone.layout,
+    };
+    let bn_momentum = match layout {
         crate::model::resnet::Layout::Delg => 0.01,
         crate::model::resnet::Layout::Torchvision => 0.1,
     };
     let config = TrainConfig {
-        model,
-        loss,
+        net,
         batch: a.batch,
         accumulate: a.accumulate,
         image_size: a.size,
@@ -654,14 +694,14 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
         lr: a.lr,
         schedule,
         momentum: a.momentum,
-        nesterov: a.nesterov,
-        weight_decay: a.weight_decay,
-        clip_norm: a.clip_norm,
+        nesterov: a.nesterov.unwrap_or(dolg),
+        weight_decay: a.weight_decay.unwrap_or(if dolg { 1e-4 } else { 0.0 }),
+        clip_norm: a.clip_norm.unwrap_or(if dolg { 0.0 } else { 10.0 }),
         bn_momentum,
         seed: a.seed,
         checkpoint_every: a.checkpoint_every,
         val_fraction: a.val_fraction,
-        flip: a.flip,
+        flip: a.flip.unwrap_or(dolg),
     };
     let gpu = Gpu::new(opts)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -676,13 +716,17 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
         quiet: a.quiet,
     };
     let m = run_train(&gpu, &job, &stop)?;
+    let parts = match (m.attention_loss, m.reconstruction_loss) {
+        (Some(at), Some(r)) => format!(
+            " (global {:.4}, attention {at:.4}, reconstruction {r:.5})",
+            m.global_loss
+        ),
+        _ => String::new(),
+    };
     println!(
-        "step {}: loss {:.4} (global {:.4}, attention {:.4}, reconstruction {:.5}); run folder {}",
+        "step {}: loss {:.4}{parts}; run folder {}",
         m.step,
         m.loss,
-        m.global_loss,
-        m.attention_loss,
-        m.reconstruction_loss,
         a.run.display()
     );
     Ok(())

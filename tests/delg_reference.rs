@@ -16,7 +16,7 @@ use delg_gpu::model::params::load_params;
 use delg_gpu::model::META_CONFIG;
 use delg_gpu::ops::check::test_gpu;
 use delg_gpu::pipeline::extract::{select_local, ExtractConfig, LevelOutput};
-use delg_gpu::pipeline::train::{build_step, upload_state, Schedule, TrainConfig};
+use delg_gpu::pipeline::train::{build_step, upload_state, Schedule, TrainConfig, TrainModel};
 use delg_gpu::tensor::{HostTensor, Tensor};
 
 const DIR: &str = "delg_tiny";
@@ -108,8 +108,7 @@ fn extraction_outputs_match_pytorch() {
 fn train_config(cfg: DelgConfig) -> TrainConfig {
     let loss = DelgLossConfig::paper(5, cfg.global_dim);
     TrainConfig {
-        model: cfg,
-        loss,
+        net: TrainModel::Delg { model: cfg, loss },
         batch: 2,
         accumulate: 1,
         image_size: 64,
@@ -133,8 +132,8 @@ fn training_losses_and_gradients_match_pytorch() {
     let Some(gpu) = test_gpu() else { return };
     for layout in ["delg", "torchvision"] {
         let (file, cfg) = model(layout);
-        let tc = train_config(cfg.clone());
-        let (mut g, t, params) = training_graph(&cfg, &tc.loss, 2, 64, 0.1).unwrap();
+        let loss = DelgLossConfig::paper(5, cfg.global_dim);
+        let (mut g, t, params) = training_graph(&cfg, &loss, 2, 64, 0.1).unwrap();
         let grads_file =
             WeightFile::load(&fixture(&format!("train_{layout}_grads.safetensors"))).unwrap();
         let grads = gradients_of(&mut g, t.total_loss, &grads_file);

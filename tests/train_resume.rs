@@ -8,12 +8,15 @@ use std::sync::atomic::AtomicBool;
 use delg_gpu::graph::TensorKind;
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
+use delg_gpu::model::dolg::{DolgConfig, DolgLossConfig, MultiAtrous};
+use delg_gpu::model::extractor::{Extractor, PreparedImage};
 use delg_gpu::model::params::random_weights;
 use delg_gpu::model::resnet::{Layout, ResNetConfig};
 use delg_gpu::ops::check::test_gpu;
 use delg_gpu::pipeline::demo::render_scene;
 use delg_gpu::pipeline::train::{
-    build_step, run_train, upload_state, DataSource, Schedule, TrainConfig, TrainJob, GRAD_SUM,
+    build_step, run_train, upload_state, DataSource, Schedule, TrainConfig, TrainJob, TrainModel,
+    GRAD_SUM,
 };
 use delg_gpu::tensor::{HostTensor, Rng, Tensor};
 
@@ -32,8 +35,7 @@ fn config(classes: usize) -> TrainConfig {
     let model = tiny();
     let loss = DelgLossConfig::paper(classes, model.global_dim);
     TrainConfig {
-        model,
-        loss,
+        net: TrainModel::Delg { model, loss },
         batch: 4,
         accumulate: 1,
         image_size: 48,
@@ -52,12 +54,28 @@ fn config(classes: usize) -> TrainConfig {
     }
 }
 
+/// A tiny DOLG with the multi-atrous block and the CurricularFace head, whose
+/// statistic t is state a resumed run must restore.
+fn tiny_dolg(classes: usize) -> TrainModel {
+    let mut model = DolgConfig::new(tiny().backbone);
+    model.output_dim = 16;
+    model.multi_atrous = Some(MultiAtrous {
+        dilations: vec![1, 2, 3],
+        branch_dim: 8,
+    });
+    let mut loss = DolgLossConfig::official(classes);
+    loss.curricular = true;
+    TrainModel::Dolg { model, loss }
+}
+
 /// Resumes at step 1 of 5; with accumulation, each step is `accumulate`
 /// micro-batches of 4 / `accumulate` images.
-fn resume_ends_where_an_uninterrupted_run_ends(accumulate: usize) {
+fn resume_ends_where_an_uninterrupted_run_ends(accumulate: usize, dolg: bool) {
     let Some(gpu) = test_gpu() else { return };
-    let root =
-        std::env::temp_dir().join(format!("delg-resume-{}-{accumulate}", std::process::id()));
+    let root = std::env::temp_dir().join(format!(
+        "delg-resume-{}-{accumulate}-{dolg}",
+        std::process::id()
+    ));
     let data = root.join("data");
     for class in 0..3u64 {
         let dir = data.join(format!("class{class}"));
@@ -75,6 +93,7 @@ fn resume_ends_where_an_uninterrupted_run_ends(accumulate: usize) {
         config: TrainConfig {
             batch: 4 / accumulate,
             accumulate,
+            net: if dolg { tiny_dolg(3) } else { config(3).net },
             ..config(3)
         },
         quiet: true,
@@ -99,17 +118,40 @@ fn resume_ends_where_an_uninterrupted_run_ends(accumulate: usize) {
     }
     let metrics = std::fs::read_to_string(root.join("resumed/metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 5, "each step logged once");
+    if dolg {
+        assert!(
+            a.tensors["desc_cls.t"].data[0] != 0.0,
+            "CurricularFace t never moved"
+        );
+    }
+    // The trained model loads straight into the extractor.
+    let model = root.join("resumed/model.safetensors");
+    let mut extractor = Extractor::load(&gpu, &model, Default::default()).unwrap();
+    let (h, w) = (40, 56);
+    let pixels = Rng::new(1).tensor([1, h, w, 3], -1.0, 1.0);
+    let out = extractor
+        .extract(&PreparedImage {
+            pixels,
+            resize_factor: (1.0, 1.0),
+        })
+        .unwrap();
+    assert!(out.global.iter().all(|v| v.is_finite()));
     std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
 fn resumed_run_ends_where_an_uninterrupted_run_ends() {
-    resume_ends_where_an_uninterrupted_run_ends(1);
+    resume_ends_where_an_uninterrupted_run_ends(1, false);
 }
 
 #[test]
 fn resumed_run_with_accumulation_ends_where_an_uninterrupted_run_ends() {
-    resume_ends_where_an_uninterrupted_run_ends(2);
+    resume_ends_where_an_uninterrupted_run_ends(2, false);
+}
+
+#[test]
+fn resumed_dolg_run_ends_where_an_uninterrupted_run_ends() {
+    resume_ends_where_an_uninterrupted_run_ends(1, true);
 }
 
 #[test]

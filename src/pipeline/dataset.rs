@@ -291,9 +291,11 @@ pub struct Augment {
     /// Random resized crop (training) or a plain resize of the whole image (validation).
     pub random_crop: bool,
     pub flip: bool,
+    /// The model's pixel normalisation.
+    pub norm: crate::pipeline::extract::PixelNorm,
 }
 
-/// One image as the network sees it: cropped, resized, normalised to [−1, 1).
+/// One image as the network sees it: cropped, resized, normalised.
 pub fn load_sample(path: &Path, aug: Augment, rng: &mut Rng) -> Result<Vec<f32>> {
     let img = load_rgb(path)?;
     let (w, h) = img.dimensions();
@@ -312,7 +314,7 @@ pub fn load_sample(path: &Path, aug: Augment, rng: &mut Rng) -> Result<Vec<f32>>
             }
         }
     }
-    px.iter_mut().for_each(|v| *v = (*v - 128.0) / 128.0);
+    aug.norm.normalize(&mut px);
     Ok(px)
 }
 

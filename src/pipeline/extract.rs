@@ -49,17 +49,23 @@ pub enum PixelNorm {
 }
 
 impl PixelNorm {
-    pub fn apply(self, rgb: &[u8]) -> Vec<f32> {
+    /// Normalises interleaved RGB values in [0, 255] in place.
+    pub fn normalize(self, rgb: &mut [f32]) {
         const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
         const STD: [f32; 3] = [0.229, 0.224, 0.225];
         match self {
-            PixelNorm::Delg => rgb.iter().map(|&v| (v as f32 - 128.0) / 128.0).collect(),
+            PixelNorm::Delg => rgb.iter_mut().for_each(|v| *v = (*v - 128.0) / 128.0),
             PixelNorm::Imagenet => rgb
-                .iter()
+                .iter_mut()
                 .enumerate()
-                .map(|(i, &v)| (v as f32 / 255.0 - MEAN[i % 3]) / STD[i % 3])
-                .collect(),
+                .for_each(|(i, v)| *v = (*v / 255.0 - MEAN[i % 3]) / STD[i % 3]),
         }
+    }
+
+    pub fn apply(self, rgb: &[u8]) -> Vec<f32> {
+        let mut px: Vec<f32> = rgb.iter().map(|&v| v as f32).collect();
+        self.normalize(&mut px);
+        px
     }
 }
 

@@ -1,6 +1,7 @@
-//! `delg-gpu train`: DELG trained end to end on the device (spec §1.4, §2,
-//! §3): the three losses, autodiff through the whole network, global-norm
-//! clipping and SGD with momentum in one recorded graph per step.
+//! `delg-gpu train`: DELG (spec §1.4, §2, §3: three losses, the local head
+//! behind a stop-gradient) or DOLG (spec §8.5, §8.6: one margin loss, end to
+//! end) trained on the device: autodiff through the whole network, global-norm
+//! clipping and SGD with momentum in recorded graphs.
 //!
 //! A run folder holds `config.json`, `metrics.jsonl` (one line per step),
 //! `checkpoint.safetensors` (weights, optimiser velocities, BN statistics,
@@ -21,12 +22,14 @@ use crate::gpu::Gpu;
 use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
 use crate::io::weights::WeightFile;
-use crate::model::delg::{training_graph, DelgConfig, DelgLossConfig};
+use crate::model::delg::{DelgConfig, DelgLossConfig};
+use crate::model::dolg::{DolgConfig, DolgLossConfig};
 use crate::model::params::{hwio_to_oihw, oihw_to_hwio, random_weights};
-use crate::model::resnet::{ParamSpec, Role};
-use crate::model::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
+use crate::model::resnet::{ModelParams, ParamSpec, Role};
+use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::ops::optim::{GlobalNormClip, GradAccumulate, SgdStep};
 use crate::pipeline::dataset::{make_batch, Augment, Batch, Dataset};
+use crate::pipeline::extract::PixelNorm;
 use crate::tensor::{HostTensor, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,10 +41,148 @@ pub enum Schedule {
     Cosine { warmup: u64 },
 }
 
+/// The model being trained and its loss.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "lowercase")]
+pub enum TrainModel {
+    Delg {
+        model: DelgConfig,
+        loss: DelgLossConfig,
+    },
+    Dolg {
+        model: DolgConfig,
+        loss: DolgLossConfig,
+    },
+}
+
+/// Tensors of a training graph, whatever the architecture.
+struct TrainTensors {
+    images: TensorId,
+    labels: TensorId,
+    /// The total loss first, then its parts (DELG: global, attention, reconstruction).
+    losses: Vec<TensorId>,
+    cosines: TensorId,
+    /// DELG's attention-head logits.
+    logits: Option<TensorId>,
+    attention: TensorId,
+}
+
+impl TrainModel {
+    pub fn num_classes(&self) -> usize {
+        match self {
+            TrainModel::Delg { loss, .. } => loss.num_classes,
+            TrainModel::Dolg { loss, .. } => loss.num_classes,
+        }
+    }
+
+    pub fn model_config(&self) -> ModelConfig {
+        match self {
+            TrainModel::Delg { model, .. } => ModelConfig::Delg(model.clone()),
+            TrainModel::Dolg { model, .. } => ModelConfig::Dolg(model.clone()),
+        }
+    }
+
+    fn bn_eps(&self) -> f32 {
+        match self {
+            TrainModel::Delg { model, .. } => model.backbone.bn_eps(),
+            TrainModel::Dolg { model, .. } => model.backbone.bn_eps(),
+        }
+    }
+
+    fn pixel_norm(&self) -> PixelNorm {
+        match self {
+            TrainModel::Delg { .. } => PixelNorm::Delg,
+            TrainModel::Dolg { .. } => PixelNorm::Imagenet,
+        }
+    }
+
+    /// Device tensors that are configuration, not file contents (DELG's fixed GeM p).
+    fn constants(&self) -> Result<Vec<(String, HostTensor)>> {
+        Ok(match self {
+            TrainModel::Delg { model, .. } => {
+                vec![("gem.p".to_string(), Tensor::new([1], vec![model.gem_p])?)]
+            }
+            TrainModel::Dolg { .. } => Vec::new(),
+        })
+    }
+
+    fn training_graph(
+        &self,
+        batch: usize,
+        size: usize,
+        bn_momentum: f32,
+    ) -> Result<(Graph, TrainTensors, ModelParams)> {
+        Ok(match self {
+            TrainModel::Delg { model, loss } => {
+                let (g, t, p) =
+                    crate::model::delg::training_graph(model, loss, batch, size, bn_momentum)?;
+                let tensors = TrainTensors {
+                    images: t.images,
+                    labels: t.labels,
+                    losses: vec![
+                        t.total_loss,
+                        t.global_loss,
+                        t.attention_loss,
+                        t.reconstruction_loss,
+                    ],
+                    cosines: t.global_cosines,
+                    logits: Some(t.attention_logits),
+                    attention: t.attention,
+                };
+                (g, tensors, p)
+            }
+            TrainModel::Dolg { model, loss } => {
+                let (g, t, p) =
+                    crate::model::dolg::training_graph(model, loss, batch, size, bn_momentum)?;
+                let tensors = TrainTensors {
+                    images: t.images,
+                    labels: t.labels,
+                    losses: vec![t.loss],
+                    cosines: t.cosines,
+                    logits: None,
+                    attention: t.attention,
+                };
+                (g, tensors, p)
+            }
+        })
+    }
+
+    /// Inference-mode classifier scores for validation: the image input and
+    /// the score tensors (cosines, then DELG's attention logits).
+    fn validation_graph(
+        &self,
+        batch: usize,
+        size: usize,
+    ) -> Result<(Graph, TensorId, Vec<TensorId>, ModelParams)> {
+        Ok(match self {
+            TrainModel::Delg { model, loss } => {
+                let (g, images, cosines, logits, p) =
+                    crate::model::delg::validation_graph(model, loss, batch, size)?;
+                (g, images, vec![cosines, logits], p)
+            }
+            TrainModel::Dolg { model, loss } => {
+                let (g, images, cosines, p) =
+                    crate::model::dolg::validation_graph(model, loss.num_classes, batch, size)?;
+                (g, images, vec![cosines], p)
+            }
+        })
+    }
+
+    /// Parameters of the extraction model.
+    fn inference_specs(&self) -> Result<Vec<ParamSpec>> {
+        Ok(match self {
+            TrainModel::Delg { model, .. } => crate::model::delg::inference_graph(model, 64, 64)?.3,
+            TrainModel::Dolg { model, .. } => {
+                crate::model::dolg::inference_graph(model, 1, 64, 64)?.3
+            }
+        }
+        .specs)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    pub model: DelgConfig,
-    pub loss: DelgLossConfig,
+    pub net: TrainModel,
     /// Images per micro-batch (one forward and backward pass on the device).
     pub batch: usize,
     /// Micro-batches whose mean gradient makes one SGD step: the effective
@@ -55,6 +196,7 @@ pub struct TrainConfig {
     pub momentum: f32,
     pub nesterov: bool,
     pub weight_decay: f32,
+    /// Global-norm clipping threshold; 0 turns clipping off (DOLG).
     pub clip_norm: f32,
     /// PyTorch convention (weight of the new batch); DELG's Keras 0.99 is 0.01.
     pub bn_momentum: f32,
@@ -112,13 +254,18 @@ pub struct TrainJob {
 pub struct StepMetrics {
     pub step: u64,
     pub loss: f32,
+    /// The margin loss on the global descriptor (DOLG's only loss).
     pub global_loss: f32,
-    pub attention_loss: f32,
-    pub reconstruction_loss: f32,
+    /// DELG's local-head losses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_loss: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconstruction_loss: Option<f32>,
     pub lr: f32,
     pub grad_norm: f32,
     pub global_accuracy: f32,
-    pub attention_accuracy: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_accuracy: Option<f32>,
     pub images_per_s: f64,
 }
 
@@ -140,10 +287,12 @@ pub struct StepGraph {
     pub labels: TensorId,
     /// 0 for the first micro-batch of a step (start new sums), 1 after.
     pub keep: TensorId,
-    /// Total, global, attention and reconstruction losses of the micro-batch.
-    pub outputs: [TensorId; 4],
+    /// The micro-batch's total loss, then its parts (DELG: global, attention,
+    /// reconstruction).
+    pub outputs: Vec<TensorId>,
     pub cosines: TensorId,
-    pub logits: TensorId,
+    /// DELG's attention-head logits.
+    pub logits: Option<TensorId>,
     pub attention: TensorId,
     pub update: Graph,
     pub lr: TensorId,
@@ -152,7 +301,7 @@ pub struct StepGraph {
 }
 
 fn trainable(s: &ParamSpec) -> bool {
-    !matches!(s.role, Role::BnMean | Role::BnVar)
+    !matches!(s.role, Role::BnMean | Role::BnVar | Role::CurricularState)
 }
 
 pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
@@ -161,13 +310,9 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
             "--accumulate must be at least 1 (micro-batches per step)".into(),
         ));
     }
-    let (mut g, t, params) = training_graph(
-        &cfg.model,
-        &cfg.loss,
-        cfg.batch,
-        cfg.image_size,
-        cfg.bn_momentum,
-    )?;
+    let (mut g, t, params) = cfg
+        .net
+        .training_graph(cfg.batch, cfg.image_size, cfg.bn_momentum)?;
     let specs = params.specs;
     let ids: BTreeMap<&str, TensorId> = g
         .tensors
@@ -182,7 +327,7 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
         .map(|s| (s.name.clone(), ids[s.name.as_str()]))
         .collect();
     let wrt: Vec<TensorId> = train.iter().map(|(_, t)| *t).collect();
-    let grads = g.grad(t.total_loss, &wrt)?;
+    let grads = g.grad(t.losses[0], &wrt)?;
     let keep = g.input("keep", [1]);
     let accumulate = GradAccumulate {
         scale: 1.0 / cfg.accumulate as f32,
@@ -202,12 +347,13 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
         sums.push(sum);
         steps.push([p, sum, v]);
     }
-    let clip = update.apply(
-        GlobalNormClip {
-            max_norm: cfg.clip_norm,
-        },
-        &sums,
-    )?;
+    // Without clipping the op still measures the norm for the metrics.
+    let max_norm = if cfg.clip_norm > 0.0 {
+        cfg.clip_norm
+    } else {
+        f32::MAX
+    };
+    let clip = update.apply(GlobalNormClip { max_norm }, &sums)?;
     let sgd = SgdStep {
         momentum: cfg.momentum,
         nesterov: cfg.nesterov,
@@ -221,14 +367,9 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
         images: t.images,
         labels: t.labels,
         keep,
-        outputs: [
-            t.total_loss,
-            t.global_loss,
-            t.attention_loss,
-            t.reconstruction_loss,
-        ],
-        cosines: t.global_cosines,
-        logits: t.attention_logits,
+        outputs: t.losses,
+        cosines: t.cosines,
+        logits: t.logits,
         attention: t.attention,
         update,
         lr,
@@ -240,11 +381,11 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
 impl StepGraph {
     /// Targets of the micro-batch graph: losses, classifier scores, attention.
     pub fn targets(&self) -> Vec<TensorId> {
-        [
-            self.outputs.as_slice(),
-            &[self.cosines, self.logits, self.attention],
-        ]
-        .concat()
+        let mut targets = self.outputs.clone();
+        targets.push(self.cosines);
+        targets.extend(self.logits);
+        targets.push(self.attention);
+        targets
     }
 
     /// The two executables of a step, sharing the parameters in `store`.
@@ -307,7 +448,9 @@ pub fn upload_state(
             store.insert(gpu, &info.name, &v)?;
         }
     }
-    store.insert(gpu, "gem.p", &Tensor::new([1], vec![cfg.model.gem_p])?)?;
+    for (name, value) in cfg.net.constants()? {
+        store.insert(gpu, &name, &value)?;
+    }
     Ok(store)
 }
 
@@ -373,42 +516,40 @@ impl DataSource {
     }
 }
 
-/// Accuracy of both classifiers on the validation images, in inference mode
-/// (batch norms folded from the current running statistics, no margin);
-/// images are resized whole to the training size.
+/// Accuracy of the classifiers (the global head, and DELG's attention head) on
+/// the validation images, in inference mode (batch norms folded from the
+/// current running statistics, no margin); images are resized whole to the
+/// training size.
 fn validate(
     gpu: &Arc<Gpu>,
     cfg: &TrainConfig,
     val: &Dataset,
     sg: &StepGraph,
     store: &ParamStore,
-) -> Result<Option<(f32, f32)>> {
+) -> Result<Option<Vec<f32>>> {
     if val.samples.is_empty() {
         return Ok(None);
     }
     let file = download_state(gpu, sg, store, false)?;
     let batch = cfg.batch.min(val.samples.len());
-    let (g, images, cosines, logits, params) =
-        crate::model::delg::validation_graph(&cfg.model, &cfg.loss, batch, cfg.image_size)?;
-    let constants = [(
-        "gem.p".to_string(),
-        Tensor::new([1], vec![cfg.model.gem_p])?,
-    )];
+    let (g, images, scores, params) = cfg.net.validation_graph(batch, cfg.image_size)?;
     let store = crate::model::params::load_params(
         gpu,
         Path::new("<training state>"),
         &file,
         &params,
-        cfg.model.backbone.bn_eps(),
-        &constants,
+        cfg.net.bn_eps(),
+        &cfg.net.constants()?,
     )?;
-    let exe = Executable::new(gpu, &g, &[cosines, logits], &store)?;
+    let exe = Executable::new(gpu, &g, &scores, &store)?;
     let aug = Augment {
         size: cfg.image_size,
         random_crop: false,
         flip: false,
+        norm: cfg.net.pixel_norm(),
     };
-    let (mut hits_g, mut hits_a, mut n) = (0.0f32, 0.0f32, 0usize);
+    let mut hits = vec![0f32; scores.len()];
+    let mut n = 0usize;
     for chunk in val.samples.chunks(batch) {
         let mut px = Vec::with_capacity(batch * cfg.image_size * cfg.image_size * 3);
         let mut labels = Vec::new();
@@ -441,11 +582,12 @@ fn validate(
             let c = t.shape.dims()[1];
             Tensor::new([real, c], t.data[..real * c].to_vec())
         };
-        hits_g += argmax_accuracy(&rows(exe.read(cosines)?)?, &lab) * real as f32;
-        hits_a += argmax_accuracy(&rows(exe.read(logits)?)?, &lab) * real as f32;
+        for (h, &t) in hits.iter_mut().zip(&scores) {
+            *h += argmax_accuracy(&rows(exe.read(t)?)?, &lab) * real as f32;
+        }
         n += real;
     }
-    Ok((n > 0).then(|| (hits_g / n as f32, hits_a / n as f32)))
+    Ok((n > 0).then(|| hits.iter().map(|h| h / n as f32).collect()))
 }
 
 /// Trains, resuming from `run/checkpoint.safetensors` when it exists.
@@ -457,11 +599,11 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     };
     std::fs::create_dir_all(&job.run).map_err(|e| io_err(&job.run, e))?;
     let data = &job.data;
-    if data.classes.len() != cfg.loss.num_classes {
+    if data.classes.len() != cfg.net.num_classes() {
         return Err(Error::InvalidArgument(format!(
             "the data has {} classes but the configuration {}",
             data.classes.len(),
-            cfg.loss.num_classes
+            cfg.net.num_classes()
         )));
     }
     let (train, val) = data.split(cfg.val_fraction, cfg.seed);
@@ -535,6 +677,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         size: cfg.image_size,
         random_crop: true,
         flip: cfg.flip,
+        norm: cfg.net.pixel_norm(),
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
     {
@@ -572,8 +715,9 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     let mut last_attention = Vec::new();
     for step in start..cfg.steps {
         let t0 = std::time::Instant::now();
-        // Sums over the micro-batches: four losses, two accuracies.
-        let mut sums = [0f32; 6];
+        // Sums over the micro-batches: the losses, then the accuracies.
+        let losses = sg.outputs.len();
+        let mut sums = vec![0f32; losses + 2];
         for k in 0..cfg.accumulate {
             let batch = rx
                 .recv()
@@ -585,26 +729,29 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
             exe.set_input(sg.labels, &batch.labels)?;
             exe.set_input(sg.keep, &Tensor::new([1], vec![(k > 0) as u8 as f32])?)?;
             exe.run()?;
-            for (sum, t) in sums.iter_mut().zip(sg.outputs) {
+            for (sum, &t) in sums.iter_mut().zip(&sg.outputs) {
                 *sum += exe.read(t)?.data[0];
             }
-            sums[4] += argmax_accuracy(&exe.read(sg.cosines)?, &batch.labels);
-            sums[5] += argmax_accuracy(&exe.read(sg.logits)?, &batch.labels);
+            sums[losses] += argmax_accuracy(&exe.read(sg.cosines)?, &batch.labels);
+            if let Some(logits) = sg.logits {
+                sums[losses + 1] += argmax_accuracy(&exe.read(logits)?, &batch.labels);
+            }
         }
         let lr = cfg.learning_rate(step);
         update.set_input(sg.lr, &Tensor::new([1], vec![lr])?)?;
         update.run()?;
-        let mean = sums.map(|v| v / cfg.accumulate as f32);
+        let mean: Vec<f32> = sums.iter().map(|v| v / cfg.accumulate as f32).collect();
+        let delg = sg.logits.is_some();
         last = StepMetrics {
             step: step + 1,
             loss: mean[0],
-            global_loss: mean[1],
-            attention_loss: mean[2],
-            reconstruction_loss: mean[3],
+            global_loss: if delg { mean[1] } else { mean[0] },
+            attention_loss: delg.then(|| mean[2]),
+            reconstruction_loss: delg.then(|| mean[3]),
             lr,
             grad_norm: update.read(sg.grad_norm)?.data[0],
-            global_accuracy: mean[4],
-            attention_accuracy: mean[5],
+            global_accuracy: mean[losses],
+            attention_accuracy: delg.then(|| mean[losses + 1]),
             images_per_s: (cfg.batch * cfg.accumulate) as f64 / t0.elapsed().as_secs_f64(),
         };
         if !last.loss.is_finite() {
@@ -621,14 +768,13 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         )
         .map_err(|e| io_err(&metrics_path, e))?;
         bar.set_position(step + 1);
+        let parts = match (last.attention_loss, last.reconstruction_loss) {
+            (Some(a), Some(r)) => format!(" (g {:.3} a {a:.3} r {r:.4})", last.global_loss),
+            _ => String::new(),
+        };
         bar.set_message(format!(
-            "loss {:.4} (g {:.3} a {:.3} r {:.4})  lr {:.2e}  {:.2} img/s",
-            last.loss,
-            last.global_loss,
-            last.attention_loss,
-            last.reconstruction_loss,
-            lr,
-            last.images_per_s
+            "loss {:.4}{parts}  lr {:.2e}  {:.2} img/s",
+            last.loss, lr, last.images_per_s
         ));
         let done = step + 1 == cfg.steps;
         if done {
@@ -640,13 +786,16 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         {
             save(step + 1, &store)?;
             if !stop.load(Ordering::SeqCst) {
-                if let Some((g, a)) = validate(gpu, cfg, &val, sg, &store)? {
-                    let line = serde_json::json!({"step": step + 1, "val_global_accuracy": g, "val_attention_accuracy": a});
+                if let Some(acc) = validate(gpu, cfg, &val, sg, &store)? {
+                    let mut line =
+                        serde_json::json!({"step": step + 1, "val_global_accuracy": acc[0]});
+                    let mut text = format!("global {:.3}", acc[0]);
+                    if let Some(a) = acc.get(1) {
+                        line["val_attention_accuracy"] = serde_json::json!(a);
+                        text += &format!(", attention {a:.3}");
+                    }
                     writeln!(metrics, "{line}").map_err(|e| io_err(&metrics_path, e))?;
-                    bar.println(format!(
-                        "step {}: validation accuracy global {g:.3}, attention {a:.3}",
-                        step + 1
-                    ));
+                    bar.println(format!("step {}: validation accuracy {text}", step + 1));
                 }
             }
             if stop.load(Ordering::SeqCst) && !done {
@@ -660,22 +809,19 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     }
     bar.finish_and_clear();
 
-    // The extraction model: no optimiser state, no training-only heads, τ =
-    // the median attention of the last batch (the paper's rule).
+    // The extraction model: no optimiser state, no training-only heads; for
+    // DELG, τ = the median attention of the last batch (the paper's rule).
     let mut model = download_state(gpu, sg, &store, false)?;
-    let (_, _, _, inference) = crate::model::delg::inference_graph(&cfg.model, 64, 64)?;
-    let keep: std::collections::HashSet<&str> =
-        inference.specs.iter().map(|s| s.name.as_str()).collect();
+    let inference = cfg.net.inference_specs()?;
+    let keep: std::collections::HashSet<&str> = inference.iter().map(|s| s.name.as_str()).collect();
     model.tensors.retain(|n, _| keep.contains(n.as_str()));
-    model.metadata.insert(META_ARCH.into(), "delg".into());
-    model.metadata.insert(
-        META_CONFIG.into(),
-        serde_json::to_string(&cfg.model).unwrap_or_default(),
-    );
-    model.metadata.insert(
-        META_SCORE_THRESHOLD.into(),
-        median(last_attention).to_string(),
-    );
+    model.metadata.extend(cfg.net.model_config().metadata()?);
+    if let TrainModel::Delg { .. } = cfg.net {
+        model.metadata.insert(
+            META_SCORE_THRESHOLD.into(),
+            median(last_attention).to_string(),
+        );
+    }
     model.save(&job.run.join("model.safetensors"))?;
     Ok(last)
 }
