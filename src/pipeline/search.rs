@@ -198,6 +198,11 @@ pub fn rerank(
     p: &RerankParams,
 ) -> Result<Vec<Hit>> {
     let dim = db.local_dim;
+    if dim == 0 {
+        return Err(Error::InvalidArgument(
+            "the features hold no local descriptors (a global-only model such as DOLG): re-ranking needs DELG features; drop --rerank".into(),
+        ));
+    }
     let picked: Vec<usize> = hits
         .iter()
         .enumerate()
