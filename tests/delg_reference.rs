@@ -3,18 +3,22 @@
 //! extraction outputs, the three losses and every parameter gradient of a
 //! training step, and the losses of 20 SGD steps, in both backbone layouts.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+use common::{close, cosine, run_delg};
 
 use delg_gpu::graph::exec::{Executable, ParamStore};
 use delg_gpu::graph::TensorKind;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
-use delg_gpu::model::delg::{inference_graph, training_graph, DelgConfig, DelgLossConfig};
+use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use delg_gpu::model::extractor::META_CONFIG;
-use delg_gpu::model::params::{load_params, oihw_to_hwio};
+use delg_gpu::model::params::oihw_to_hwio;
 use delg_gpu::model::resnet::Role;
-use delg_gpu::ops::check::{normalized_max_error, test_gpu};
+use delg_gpu::ops::check::test_gpu;
 use delg_gpu::pipeline::extract::{select_local, ExtractConfig, LevelOutput};
 use delg_gpu::pipeline::train::{build_step, upload_state, Schedule, TrainConfig};
 use delg_gpu::tensor::{HostTensor, Tensor};
@@ -36,62 +40,22 @@ fn model(layout: &str) -> (WeightFile, DelgConfig) {
     (w, cfg)
 }
 
-fn close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
-    let err = normalized_max_error(got, &want64);
-    assert!(
-        err <= tol,
-        "{what}: normalized max error {err:.2e} > {tol:.0e}"
-    );
-}
-
 #[test]
 fn extraction_outputs_match_pytorch() {
     let Some(gpu) = test_gpu() else { return };
     for layout in ["delg", "torchvision"] {
         let (file, cfg) = model(layout);
         let image = load(&format!("infer_{layout}_image.npy"));
-        let [_, h, w, _] = image.shape.nhwc("image").unwrap();
-        let (g, input, out, params) = inference_graph(&cfg, h, w).unwrap();
-        let constants = [(
-            "gem.p".to_string(),
-            Tensor::new([1], vec![cfg.gem_p]).unwrap(),
-        )];
-        let store = load_params(
-            &gpu,
-            &fixture("w"),
-            &file,
-            &params,
-            cfg.backbone.bn_eps(),
-            &constants,
-        )
-        .unwrap();
-        let exe =
-            Executable::new(&gpu, &g, &[out.global, out.attention, out.local], &store).unwrap();
-        exe.set_input(input, &image).unwrap();
-        exe.run().unwrap();
+        let outputs = run_delg(&gpu, &fixture("w"), &file, &cfg, &image);
         let mut maps = HashMap::new();
-        for (t, name) in [
-            (out.global, "global"),
-            (out.attention, "attention"),
-            (out.local, "local"),
-        ] {
+        for (got, name) in outputs.into_iter().zip(["global", "attention", "local"]) {
             let want = load(&format!("infer_{layout}_{name}.npy"));
-            let got = exe.read(t).unwrap();
-            assert_eq!(got.shape, want.shape, "{layout} {name} shape");
-            close(&format!("{layout} {name}"), &got.data, &want.data, 1e-4);
+            close(&format!("{layout} {name}"), &got, &want, 1e-4);
             maps.insert(name, (got, want));
         }
         // The global descriptor points the same way.
         let (g, w) = &maps["global"];
-        let dot: f64 = g
-            .data
-            .iter()
-            .zip(&w.data)
-            .map(|(a, b)| *a as f64 * *b as f64)
-            .sum();
-        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let cosine = dot / norm(&g.data) / norm(&w.data);
+        let cosine = cosine(&g.data, &w.data);
         assert!(cosine >= 0.99999, "{layout}: global cosine {cosine}");
         // The same keypoints are selected from both attention maps (τ = their median).
         let (a, aw) = &maps["attention"];
