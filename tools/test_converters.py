@@ -140,6 +140,9 @@ class TorchDelg(nn.Module):
                 if isinstance(m, nn.Conv2d):
                     fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
                     m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_out))
+                if isinstance(m, nn.Linear):
+                    limit = math.sqrt(6.0 / (m.in_features + m.out_features))
+                    m.weight.copy_((torch.rand(m.weight.shape, generator=g) * 2 - 1) * limit)
                 if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                     m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
                 if isinstance(m, nn.BatchNorm2d):
@@ -334,6 +337,8 @@ def test_tf2(tmp, image):
         shape, name = v.shape.as_list(), v.name
         if "kernel" in name and len(shape) == 4:
             val = rng.normal(0, math.sqrt(2.0 / (shape[0] * shape[1] * shape[3])), shape)
+        elif "kernel" in name or "cosine_weights" in name:
+            val = rng.uniform(-1, 1, shape) * math.sqrt(6.0 / sum(shape))
         elif "gamma" in name:
             val = rng.uniform(0.9, 1.1, shape)
         elif "moving_variance" in name:
@@ -350,7 +355,9 @@ def test_tf2(tmp, image):
     model.save_weights(str(tmp / "w" / "delf-weights"))
 
     class Export(tf.Module):
-        def __init__(self):
+        """export_local_and_global_model.py's module: the model under `_model`."""
+
+        def __init__(self, model):
             super().__init__()
             self._model = model
 
@@ -358,14 +365,19 @@ def test_tf2(tmp, image):
         def extract(self, x):
             return self._model(x)[:3]
 
-    tf.saved_model.save(Export(), str(tmp / "saved"))
+    tf.saved_model.save(Export(model), str(tmp / "saved"))
+    # As the official export does it: an unbuilt model restored with
+    # load_weights, so Keras saves it without its own variable lists.
+    unbuilt = keras_delg(blocks, WIDTH)
+    unbuilt.load_weights(str(tmp / "w" / "delf-weights"))
+    tf.saved_model.save(Export(unbuilt), str(tmp / "exported"))
 
     out = OUT / "tf2_weights.safetensors"
     convert_delg_tf2.main([str(tmp / "ckpt"), str(out), "--depth", "auto"])
     conv = load_file(str(out))
     cfg = json.loads(metadata(out)[dw.META_CONFIG])
     assert cfg == dw.config("delg", blocks, WIDTH, GLOBAL, ATT, LOC), cfg
-    for other in (tmp / "w" / "delf-weights", tmp / "saved"):
+    for other in (tmp / "w" / "delf-weights", tmp / "saved", tmp / "exported"):
         convert_delg_tf2.main([str(other), str(tmp / "o.safetensors")])
         o = load_file(str(tmp / "o.safetensors"))
         assert o.keys() == conv.keys() and all(np.array_equal(o[k], conv[k]) for k in o), other
