@@ -71,7 +71,11 @@ def checkpoint_prefix(path):
             raise dw.ConversionError(f"{p}: a directory with neither saved_model.pb nor a 'checkpoint' file")
         return latest
     m = re.match(r"^(.*)\.(index|data-\d+-of-\d+)$", str(p))
-    return m.group(1) if m else str(p)
+    prefix = m.group(1) if m else str(p)
+    if not pathlib.Path(prefix + ".index").exists():
+        raise dw.ConversionError(f"{path}: no checkpoint there (expected a prefix with a .index file beside it, "
+                                 "a checkpoint directory or a SavedModel directory)")
+    return prefix
 
 
 def object_paths(graph):
@@ -132,8 +136,9 @@ def our_name(path):
     return f"{LAYER[layer]}.{VARIABLE[var]}", ("dense" if dense and var == "kernel" else var)
 
 
-def convert(variables, depth="auto", gem_p=3.0):
-    """(tensors, config, skipped paths) of a delg-gpu file from checkpoint variables."""
+def convert(variables, depth="auto", gem_p=3.0, source="the checkpoint"):
+    """(tensors, config, skipped paths) of a delg-gpu file from checkpoint
+    variables (`source` names them in errors)."""
     anchors = [k for k in variables if k == "backbone/conv1/kernel" or k.endswith("/backbone/conv1/kernel")]
     if len(anchors) != 1:
         sample = ", ".join(sorted(variables)[:8])
@@ -172,10 +177,10 @@ def convert(variables, depth="auto", gem_p=3.0):
                        ("attention.conv1.weight", "attention model"),
                        ("autoencoder.encoder.weight", "autoencoder (trained without use_autoencoder?)")):
         if name not in shapes:
-            raise dw.ConversionError(f"the checkpoint has no {what}: '{name}' has no source variable")
+            raise dw.ConversionError(f"{source} has no {what}: '{name}' has no source variable")
     cfg = dw.config("delg", blocks, width, shapes["whiten.weight"][0], shapes["attention.conv1.weight"][0],
                     shapes["autoencoder.encoder.weight"][0], gem_p=gem_p)
-    dw.validate(tensors, cfg, "the checkpoint")
+    dw.validate(tensors, cfg, source)
     return tensors, cfg, skipped
 
 
@@ -190,7 +195,7 @@ def main(argv=None):
                     help="attention threshold τ of the model (its delg config's score_threshold)")
     a = ap.parse_args(argv)
     try:
-        tensors, cfg, skipped = convert(read_checkpoint(a.src), a.depth, a.gem_p)
+        tensors, cfg, skipped = convert(read_checkpoint(a.src), a.depth, a.gem_p, a.src)
     except dw.ConversionError as e:
         sys.exit(f"error: {e}")
     if skipped:

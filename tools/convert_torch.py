@@ -65,8 +65,9 @@ def load_state_dict(path):
 
 
 def convert(src, layout="auto", depth="auto", heads="auto", seed=0, global_dim=None, attention_dim=512,
-            local_dim=128, s_stride32=None, gem_p=3.0):
-    """(tensors, config, dropped names) of a delg-gpu file from a state dict."""
+            local_dim=128, s_stride32=None, gem_p=3.0, source="the source"):
+    """(tensors, config, dropped names) of a delg-gpu file from a state dict
+    (`source` names it in errors)."""
     dropped = sorted(n for n in src if n.startswith("fc.") or n.endswith("num_batches_tracked"))
     tensors = {n: t for n, t in src.items() if n not in dropped}
     shapes = {n: t.shape for n, t in tensors.items()}
@@ -90,7 +91,7 @@ def convert(src, layout="auto", depth="auto", heads="auto", seed=0, global_dim=N
                                      "use --heads model to keep them")
         cfg = dw.config(layout, blocks, width, global_dim or width * 32, attention_dim, local_dim, s_stride32, gem_p)
         tensors.update(dw.glorot_heads(cfg, seed))
-    dw.validate(tensors, cfg, "the source")
+    dw.validate(tensors, cfg, source)
     return tensors, cfg, dropped
 
 
@@ -116,7 +117,7 @@ def main(argv=None):
     try:
         src = load_state_dict(a.src)
         tensors, cfg, dropped = convert(src, a.layout, a.depth, a.heads, a.seed, a.global_dim, a.attention_dim,
-                                        a.local_dim, a.s_stride32 or None, a.gem_p)
+                                        a.local_dim, a.s_stride32 or None, a.gem_p, a.src)
     except dw.ConversionError as e:
         sys.exit(f"error: {e}")
     if dropped:

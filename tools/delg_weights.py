@@ -3,7 +3,7 @@ DELG weight file holds (docs/weights.md), the model configuration stored in its
 metadata, one validation that names every problem at once, Keras-default head
 initialisation, and the atomic safetensors writer.
 
-Needs numpy and safetensors only; the framework each converter reads is
+Needs numpy only; the framework each converter reads is
 imported by that converter.
 """
 import json
@@ -11,7 +11,6 @@ import os
 import pathlib
 
 import numpy as np
-from safetensors.numpy import save_file
 
 META_ARCH = "delg_gpu.arch"
 META_CONFIG = "delg_gpu.config"
@@ -157,15 +156,28 @@ def glorot_heads(cfg, seed):
     return out
 
 
+def safetensors_bytes(arrays, metadata):
+    """A safetensors file with its header in sorted order, so that the same
+    tensors always give the same bytes (the library orders metadata by hash)."""
+    header, offset = {"__metadata__": dict(sorted(metadata.items()))}, 0
+    for name, a in sorted(arrays.items()):
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    data = b"".join(a.astype("<f4").tobytes() for _, a in sorted(arrays.items()))
+    return len(text).to_bytes(8, "little") + text + data
+
+
 def write(path, tensors, cfg, score_threshold=None):
     """f32 safetensors with the delg-gpu metadata, written atomically."""
     path = pathlib.Path(path)
     meta = {META_ARCH: "delg", META_CONFIG: json.dumps(cfg)}
     if score_threshold is not None:
         meta[META_SCORE_THRESHOLD] = repr(float(score_threshold))
-    arrays = {n: np.ascontiguousarray(t, dtype=np.float32) for n, t in sorted(tensors.items())}
+    arrays = {n: np.ascontiguousarray(t, dtype=np.float32) for n, t in tensors.items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(arrays, str(tmp), metadata=meta)
+    tmp.write_bytes(safetensors_bytes(arrays, meta))
     os.replace(tmp, path)
     n = sum(a.size for a in arrays.values())
     print(f"wrote {path} ({len(arrays)} tensors, {n / 1e6:.2f} M parameters, {cfg['backbone']['layout']} layout, "
