@@ -173,36 +173,24 @@ def convert(variables, depth="auto", gem_p=3.0, source="the checkpoint"):
     shapes = {n: t.shape for n, t in tensors.items()}
     blocks, width = dw.infer_backbone(tensors, shapes)
     dw.check_depth(depth, blocks)
-    for name, what in (("whiten.weight", "embedding layer (a DELF, not DELG, model?)"),
-                       ("attention.conv1.weight", "attention model"),
-                       ("autoencoder.encoder.weight", "autoencoder (trained without use_autoencoder?)")):
-        if name not in shapes:
-            raise dw.ConversionError(f"{source} has no {what}: '{name}' has no source variable")
-    cfg = dw.config("delg", blocks, width, shapes["whiten.weight"][0], shapes["attention.conv1.weight"][0],
-                    shapes["autoencoder.encoder.weight"][0], gem_p=gem_p)
+    hints = {"whiten.weight": ": no embedding layer, a DELF rather than DELG model?",
+             "autoencoder.encoder.weight": ": no autoencoder, trained with use_autoencoder=False?"}
+    cfg = dw.model_config("delg", blocks, width, shapes, source, hints, gem_p=gem_p)
     dw.validate(tensors, cfg, source)
     return tensors, cfg, skipped
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", help="checkpoint prefix, checkpoint directory or SavedModel directory")
-    ap.add_argument("out", help="the delg-gpu .safetensors to write")
-    ap.add_argument("--depth", choices=["auto", "50", "101"], default="auto",
-                    help="check the block counts (auto: any)")
-    ap.add_argument("--gem-p", type=float, default=3.0, help="GeM power the model was trained with (delg_gem_power)")
-    ap.add_argument("--score-threshold", type=float,
-                    help="attention threshold τ of the model (its delg config's score_threshold)")
+    dw.add_common_args(ap, "checkpoint prefix, checkpoint directory or SavedModel directory")
     a = ap.parse_args(argv)
-    try:
-        tensors, cfg, skipped = convert(read_checkpoint(a.src), a.depth, a.gem_p, a.src)
-    except dw.ConversionError as e:
-        sys.exit(f"error: {e}")
-    if skipped:
-        print(f"skipped {len(skipped)} variables that are not network weights "
-              f"(optimizer state, counters, ArcFace scale)")
-    dw.write(a.out, tensors, cfg, a.score_threshold)
 
+    def produce():
+        tensors, cfg, skipped = convert(read_checkpoint(a.src), a.depth, a.gem_p, a.src)
+        note = f"skipped {len(skipped)} variables that are not network weights (optimizer state, counters, ArcFace scale)"
+        return tensors, cfg, note if skipped else None
+
+    dw.run(produce, a.out, a.score_threshold)
 
 if __name__ == "__main__":
     main()

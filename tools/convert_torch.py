@@ -78,11 +78,8 @@ def convert(src, layout="auto", depth="auto", heads="auto", seed=0, global_dim=N
     if heads == "auto":
         heads = "model" if "whiten.weight" in tensors else "init"
     if heads == "model":
-        for name in ("whiten.weight", "attention.conv1.weight", "autoencoder.encoder.weight"):
-            if name not in tensors:
-                raise dw.ConversionError(f"--heads model needs '{name}' (docs/weights.md); for a backbone use --heads init")
-        cfg = dw.config(layout, blocks, width, shapes["whiten.weight"][0], shapes["attention.conv1.weight"][0],
-                        shapes["autoencoder.encoder.weight"][0], s_stride32, gem_p)
+        hint = ": for a backbone use --heads init"
+        cfg = dw.model_config(layout, blocks, width, shapes, source, {"whiten.weight": hint}, s_stride32, gem_p)
     else:
         head_names = [n for n in tensors if n.split(".")[0] in ("whiten", "attention", "autoencoder", "arcface",
                                                                "attention_classifier")]
@@ -97,12 +94,9 @@ def convert(src, layout="auto", depth="auto", heads="auto", seed=0, global_dim=N
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", help=".pth/.pt/.safetensors state dict or checkpoint")
-    ap.add_argument("out", help="the delg-gpu .safetensors to write")
+    dw.add_common_args(ap, ".pth/.pt/.safetensors state dict or checkpoint")
     ap.add_argument("--layout", choices=["auto", "torchvision", "delg"], default="auto",
                     help="backbone layout; auto: delg when the convolutions have biases")
-    ap.add_argument("--depth", choices=["auto", "50", "101"], default="auto",
-                    help="check the source is a ResNet-50/101 (auto: any block counts)")
     ap.add_argument("--heads", choices=["auto", "init", "model"], default="auto")
     ap.add_argument("--seed", type=int, default=0, help="seed of the initialised heads")
     ap.add_argument("--global-dim", type=int, help="whitening output size for --heads init (default C_D)")
@@ -110,21 +104,16 @@ def main(argv=None):
     ap.add_argument("--local-dim", type=int, default=128, help="descriptor size for --heads init")
     ap.add_argument("--s-stride32", action="store_true",
                     help="torchvision layout: subsample S (conv4) to stride 32 like the delg layout")
-    ap.add_argument("--gem-p", type=float, default=3.0)
-    ap.add_argument("--score-threshold", type=float,
-                    help="attention threshold τ stored in the file (extract needs it or --score-threshold)")
     a = ap.parse_args(argv)
-    try:
-        src = load_state_dict(a.src)
-        tensors, cfg, dropped = convert(src, a.layout, a.depth, a.heads, a.seed, a.global_dim, a.attention_dim,
-                                        a.local_dim, a.s_stride32 or None, a.gem_p, a.src)
-    except dw.ConversionError as e:
-        sys.exit(f"error: {e}")
-    if dropped:
-        print(f"dropped {len(dropped)} tensors delg-gpu does not use: {', '.join(dropped[:6])}"
-              f"{' ...' if len(dropped) > 6 else ''}")
-    dw.write(a.out, tensors, cfg, a.score_threshold)
 
+    def produce():
+        tensors, cfg, dropped = convert(load_state_dict(a.src), a.layout, a.depth, a.heads, a.seed, a.global_dim,
+                                        a.attention_dim, a.local_dim, a.s_stride32 or None, a.gem_p, a.src)
+        more = " ..." if len(dropped) > 6 else ""
+        note = f"dropped {len(dropped)} tensors delg-gpu does not use: {', '.join(dropped[:6])}{more}"
+        return tensors, cfg, note if dropped else None
+
+    dw.run(produce, a.out, a.score_threshold)
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ imported by that converter.
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 
@@ -104,6 +105,40 @@ def infer_backbone(names, shapes):
 def check_depth(depth, blocks):
     if depth != "auto" and DEPTHS[depth] != blocks:
         raise ConversionError(f"--depth {depth} means blocks {DEPTHS[depth]}, the source has {blocks}")
+
+
+def model_config(layout, blocks, width, shapes, source, hints=None, s_stride32=None, gem_p=3.0):
+    """The configuration of a whole DELG model, head sizes read from its
+    heads; `hints` says per head tensor what its absence may mean."""
+    hints = hints or {}
+    for name in ("whiten.weight", "attention.conv1.weight", "autoencoder.encoder.weight"):
+        if name not in shapes:
+            raise ConversionError(f"{source} has no '{name}' (docs/weights.md){hints.get(name, '')}")
+    return config(layout, blocks, width, shapes["whiten.weight"][0], shapes["attention.conv1.weight"][0],
+                  shapes["autoencoder.encoder.weight"][0], s_stride32, gem_p)
+
+
+def run(produce, out, score_threshold):
+    """Writes what `produce()` converts — (tensors, config, a note for the
+    user or None) — or ends the program with the ConversionError's message."""
+    try:
+        tensors, cfg, note = produce()
+    except ConversionError as e:
+        sys.exit(f"error: {e}")
+    if note:
+        print(note)
+    write(out, tensors, cfg, score_threshold)
+
+
+def add_common_args(ap, src_help):
+    """The arguments both converters take."""
+    ap.add_argument("src", help=src_help)
+    ap.add_argument("out", help="the delg-gpu .safetensors to write")
+    ap.add_argument("--depth", choices=["auto", "50", "101"], default="auto",
+                    help="check the block counts of a ResNet-50/101 (auto: any)")
+    ap.add_argument("--gem-p", type=float, default=3.0, help="GeM power the model uses (DELG: 3)")
+    ap.add_argument("--score-threshold", type=float,
+                    help="attention threshold τ stored in the file (extract needs it or --score-threshold)")
 
 
 def num_classes(shapes):

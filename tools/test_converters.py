@@ -404,7 +404,7 @@ def test_tf2(tmp, image):
 
     variables = convert_delg_tf2.read_checkpoint(tmp / "ckpt")
     broken = {k: v for k, v in variables.items() if "embedding_layer" not in k}
-    expect_error(lambda: convert_delg_tf2.convert(broken), "has no embedding layer")
+    expect_error(lambda: convert_delg_tf2.convert(broken), "no embedding layer")
     odd = dict(variables, **{"model/backbone/l4c/conv9/kernel": np.zeros((1, 1, 2, 2))})
     expect_error(lambda: convert_delg_tf2.convert(odd), "model/backbone/l4c/conv9/kernel")
     print("tf2: ok")
