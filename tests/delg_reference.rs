@@ -7,12 +7,11 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{check_gradients, close, cosine, gradients_of, upload_unfolded};
+use common::{check_gradients, close_tensors, cosine, gradients_of, run_delg, upload_unfolded};
 use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
-use delg_gpu::model::delg::{inference_graph, training_graph, DelgConfig, DelgLossConfig};
-use delg_gpu::model::params::load_params;
+use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use delg_gpu::model::META_CONFIG;
 use delg_gpu::ops::check::test_gpu;
 use delg_gpu::pipeline::extract::{select_local, ExtractConfig, LevelOutput};
@@ -41,35 +40,11 @@ fn extraction_outputs_match_pytorch() {
     for layout in ["delg", "torchvision"] {
         let (file, cfg) = model(layout);
         let image = load(&format!("infer_{layout}_image.npy"));
-        let [_, h, w, _] = image.shape.nhwc("image").unwrap();
-        let (g, input, out, params) = inference_graph(&cfg, h, w).unwrap();
-        let constants = [(
-            "gem.p".to_string(),
-            Tensor::new([1], vec![cfg.gem_p]).unwrap(),
-        )];
-        let store = load_params(
-            &gpu,
-            &fixture("w"),
-            &file,
-            &params,
-            cfg.backbone.bn_eps(),
-            &constants,
-        )
-        .unwrap();
-        let exe =
-            Executable::new(&gpu, &g, &[out.global, out.attention, out.local], &store).unwrap();
-        exe.set_input(input, &image).unwrap();
-        exe.run().unwrap();
+        let outputs = run_delg(&gpu, &fixture("w"), &file, &cfg, &image);
         let mut maps = HashMap::new();
-        for (t, name) in [
-            (out.global, "global"),
-            (out.attention, "attention"),
-            (out.local, "local"),
-        ] {
+        for (got, name) in outputs.into_iter().zip(["global", "attention", "local"]) {
             let want = load(&format!("infer_{layout}_{name}.npy"));
-            let got = exe.read(t).unwrap();
-            assert_eq!(got.shape, want.shape, "{layout} {name} shape");
-            close(&format!("{layout} {name}"), &got.data, &want.data, 1e-4);
+            close_tensors(&format!("{layout} {name}"), &got, &want, 1e-4);
             maps.insert(name, (got, want));
         }
         // The global descriptor points the same way.

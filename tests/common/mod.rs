@@ -1,4 +1,5 @@
-//! Helpers shared by the whole-model parity tests against the PyTorch fixtures.
+//! Helpers shared by the whole-model parity tests against reference fixtures
+//! (PyTorch re-statements and converted checkpoints).
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::HashMap;
@@ -9,7 +10,8 @@ use delg_gpu::graph::exec::{Executable, ParamStore};
 use delg_gpu::graph::{Graph, TensorId, TensorKind};
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
-use delg_gpu::model::params::oihw_to_hwio;
+use delg_gpu::model::delg::{inference_graph, DelgConfig};
+use delg_gpu::model::params::{load_params, oihw_to_hwio};
 use delg_gpu::model::resnet::{ParamSpec, Role};
 use delg_gpu::ops::check::normalized_max_error;
 use delg_gpu::tensor::{HostTensor, Tensor};
@@ -33,6 +35,36 @@ pub fn close(what: &str, got: &[f32], want: &[f32], tol: f64) {
         err <= tol,
         "{what}: normalized max error {err:.2e} > {tol:.0e}"
     );
+}
+
+/// `close` for whole tensors, shapes included.
+pub fn close_tensors(what: &str, got: &HostTensor, want: &HostTensor, tol: f64) {
+    assert_eq!(got.shape, want.shape, "{what} shape");
+    close(what, &got.data, &want.data, tol);
+}
+
+/// Global descriptor [1, G], attention [1, h, w, 1] and local descriptors
+/// [1, h, w, L] of `image` [1, H, W, 3] through a DELG weight file's
+/// extraction graph (`path` names the weights in errors).
+pub fn run_delg(
+    gpu: &std::sync::Arc<Gpu>,
+    path: &std::path::Path,
+    file: &WeightFile,
+    cfg: &DelgConfig,
+    image: &HostTensor,
+) -> [HostTensor; 3] {
+    let [_, h, w, _] = image.shape.nhwc("image").unwrap();
+    let (g, input, out, params) = inference_graph(cfg, h, w).unwrap();
+    let constants = [(
+        "gem.p".to_string(),
+        Tensor::new([1], vec![cfg.gem_p]).unwrap(),
+    )];
+    let store = load_params(gpu, path, file, &params, cfg.backbone.bn_eps(), &constants).unwrap();
+    let targets = [out.global, out.attention, out.local];
+    let exe = Executable::new(gpu, &g, &targets, &store).unwrap();
+    exe.set_input(input, image).unwrap();
+    exe.run().unwrap();
+    targets.map(|t| exe.read(t).unwrap())
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
