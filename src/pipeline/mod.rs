@@ -7,5 +7,6 @@ pub mod dataset;
 pub mod demo;
 pub mod eval;
 pub mod extract;
+pub mod pair;
 pub mod search;
 pub mod train;
