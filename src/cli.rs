@@ -104,6 +104,20 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 100)]
         k: usize,
     },
+    /// Local-descriptor neighbour search of one query against a re-ranking
+    /// shortlist: the CPU path and the GPU matrix-product path side by side.
+    Match {
+        /// Descriptors of the query image.
+        #[arg(long, default_value_t = 1000)]
+        rows: usize,
+        /// Descriptors of each shortlist image.
+        #[arg(long, default_value_t = 1000)]
+        db_rows: usize,
+        #[arg(long, default_value_t = 100)]
+        shortlist: usize,
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+    },
     /// End-to-end extraction throughput (full DELG recipe) with a random model.
     Extract {
         #[command(flatten)]
@@ -207,12 +221,17 @@ pub struct RerankArgs {
     pub residual_threshold: f64,
     #[arg(long, default_value_t = 1000)]
     pub ransac_trials: usize,
+    /// Where descriptor nearest neighbours are computed: auto (the faster
+    /// for this adapter, as measured), cpu or gpu.
+    #[arg(long, default_value = "auto")]
+    pub match_on: String,
 }
 
 impl RerankArgs {
-    pub fn params(&self) -> Option<crate::pipeline::search::RerankParams> {
+    pub fn params(&self) -> Result<Option<crate::pipeline::search::RerankParams>> {
         use crate::retrieval::ransac::RansacParams;
-        self.rerank.then(|| {
+        let match_on = crate::pipeline::local_match::MatchOn::parse(&self.match_on)?;
+        Ok(self.rerank.then(|| {
             let mut ransac = if self.homography {
                 RansacParams::homography()
             } else {
@@ -231,8 +250,9 @@ impl RerankArgs {
                 },
                 ransac,
                 binary: self.hamming.is_some(),
+                match_on,
             }
-        })
+        }))
     }
 }
 
@@ -747,6 +767,7 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
 fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
     use crate::io::features::FeatureSet;
     use crate::pipeline::search::{global_search, rerank};
+    let rerank_params = a.rerank.params()?;
     let q = FeatureSet::load(&a.queries)?;
     let db = FeatureSet::load(&a.db)?;
     if q.global_dim != db.global_dim || (q.local_dim != db.local_dim && a.rerank.rerank) {
@@ -764,9 +785,10 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
     let mut hits = global_search(&gpu, &q.global, &db.global, db.global_dim, k)?;
     let global_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
-    if let Some(p) = a.rerank.params() {
+    if let Some(p) = rerank_params {
+        let mut matcher = crate::pipeline::local_match::LocalMatcher::new(&gpu, p.match_on);
         for (i, h) in hits.iter_mut().enumerate() {
-            *h = rerank(&q.image(i), &db, h, &|_| false, &p)?;
+            *h = rerank(&q.image(i), &db, h, &|_| false, &p, &mut matcher)?;
         }
     }
     let rerank_s = t.elapsed().as_secs_f64();
@@ -937,7 +959,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 query_features: a.query_features.clone(),
                 work: a.work.clone(),
                 extract,
-                rerank: a.rerank.params(),
+                rerank: a.rerank.params()?,
             };
             let report = run_eval(&gpu, &job)?;
             if a.json {
@@ -996,6 +1018,19 @@ pub fn run(cli: Cli) -> Result<()> {
             let gpu = Gpu::new(&opts)?;
             bench::print_adapter(&gpu);
             bench::bench_search(&gpu, queries, db, dim, k).map(|_| ())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Match {
+                    rows,
+                    db_rows,
+                    shortlist,
+                    dim,
+                },
+        } => {
+            let gpu = Gpu::new(&opts)?;
+            bench::print_adapter(&gpu);
+            bench::bench_local_matching(&gpu, rows, db_rows, shortlist, dim)
         }
         Command::Bench {
             what:
