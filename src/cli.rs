@@ -59,6 +59,10 @@ pub enum Command {
         /// Side of the generated images in pixels.
         #[arg(long, default_value_t = 256)]
         size: u32,
+        /// Only write a generated scene, a warped copy and their homography
+        /// (inputs for `match`), instead of running the pipeline.
+        #[arg(long)]
+        pair: bool,
     },
     /// Extract DELG global descriptors and local features from a folder of images.
     Extract(ExtractArgs),
@@ -78,6 +82,8 @@ pub enum Command {
     Search(SearchArgs),
     /// Score retrieval on a ground truth (gnd.json): global and re-ranked, side by side.
     Eval(EvalArgs),
+    /// Match two images: local features, RANSAC, and a picture of the correspondences.
+    Match(MatchArgs),
     /// Measure kernels (and, later, end-to-end throughput).
     Bench {
         #[command(subcommand)]
@@ -97,6 +103,20 @@ pub enum BenchWhat {
         dim: usize,
         #[arg(long, default_value_t = 100)]
         k: usize,
+    },
+    /// Local-descriptor neighbour search of one query against a re-ranking
+    /// shortlist: the CPU path and the GPU matrix-product path side by side.
+    Match {
+        /// Descriptors of the query image.
+        #[arg(long, default_value_t = 1000)]
+        rows: usize,
+        /// Descriptors of each shortlist image.
+        #[arg(long, default_value_t = 1000)]
+        db_rows: usize,
+        #[arg(long, default_value_t = 100)]
+        shortlist: usize,
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
     },
     /// End-to-end extraction throughput (full DELG recipe) with a random model.
     Extract {
@@ -205,12 +225,17 @@ pub struct RerankArgs {
     pub residual_threshold: f64,
     #[arg(long, default_value_t = 1000)]
     pub ransac_trials: usize,
+    /// Where descriptor nearest neighbours are computed: auto (the faster
+    /// for this adapter, as measured), cpu or gpu.
+    #[arg(long, default_value = "auto")]
+    pub match_on: String,
 }
 
 impl RerankArgs {
-    pub fn params(&self) -> Option<crate::pipeline::search::RerankParams> {
+    pub fn params(&self) -> Result<Option<crate::pipeline::search::RerankParams>> {
         use crate::retrieval::ransac::RansacParams;
-        self.rerank.then(|| {
+        let match_on = crate::pipeline::local_match::MatchOn::parse(&self.match_on)?;
+        Ok(self.rerank.then(|| {
             let mut ransac = if self.homography {
                 RansacParams::homography()
             } else {
@@ -229,8 +254,9 @@ impl RerankArgs {
                 },
                 ransac,
                 binary: self.hamming.is_some(),
+                match_on,
             }
-        })
+        }))
     }
 }
 
@@ -285,6 +311,128 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MatchArgs {
+    /// First image (DELG's database side: the transform maps A onto B).
+    pub a: PathBuf,
+    /// Second image (DELG's query side).
+    pub b: PathBuf,
+    /// Model weights (safetensors written by delg-gpu or its converters).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Write the picture here (PNG).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the matches and the transform as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw outlier matches, faint.
+    #[arg(long)]
+    pub dim_outliers: bool,
+    /// RANSAC model: affine (DELG's) or homography.
+    #[arg(long, default_value = "affine")]
+    pub model: String,
+    /// A true A→B homography (nine numbers, Oxford "H1to2p" form): report the corner error.
+    #[arg(long)]
+    pub gt_homography: Option<PathBuf>,
+    /// Descriptor distance threshold (or ratio with --ratio-test).
+    #[arg(long, default_value_t = 1.0)]
+    pub match_threshold: f32,
+    /// Lowe's ratio test instead of an absolute distance threshold.
+    #[arg(long)]
+    pub ratio_test: bool,
+    /// RANSAC inlier threshold in pixels.
+    #[arg(long, default_value_t = 20.0)]
+    pub residual_threshold: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub ransac_trials: usize,
+    /// Largest image side for extraction; 0 keeps the original size.
+    #[arg(long)]
+    pub max_image_size: Option<u32>,
+    /// Attention threshold τ (default: the value stored with the weights).
+    #[arg(long)]
+    pub score_threshold: Option<f32>,
+    /// Local features kept per image.
+    #[arg(long)]
+    pub max_features: Option<usize>,
+    /// Pyramid scales, comma-separated (default: DELG's seven).
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Option<Vec<f64>>,
+}
+
+fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
+    use crate::pipeline::pair;
+    use crate::retrieval::ransac::RansacParams;
+    if a.out.is_none() && !a.json {
+        return Err(Error::InvalidArgument(
+            "match: give --out pair.png, --json, or both".into(),
+        ));
+    }
+    let mut ransac = match a.model.as_str() {
+        "affine" => RansacParams::default(),
+        "homography" => RansacParams::homography(),
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "--model '{other}': use affine or homography"
+            )))
+        }
+    };
+    ransac.residual_threshold = a.residual_threshold;
+    ransac.max_trials = a.ransac_trials;
+    let mut extract = crate::pipeline::extract::ExtractConfig::default();
+    if let Some(m) = a.max_image_size {
+        extract.max_image_size = (m > 0).then_some(m);
+    }
+    extract.score_threshold = a.score_threshold;
+    if let Some(m) = a.max_features {
+        extract.max_features = m;
+    }
+    if let Some(s) = &a.scales {
+        extract.scales = s.clone();
+        // The global descriptor is not used here; any valid level will do.
+        extract.global_scales = vec![0];
+    }
+    extract.validate()?;
+    // Read the ground truth before the slow extraction, so a typo fails fast.
+    let truth = a
+        .gt_homography
+        .as_deref()
+        .map(pair::read_homography)
+        .transpose()?;
+    let job = pair::PairJob {
+        a: a.a.clone(),
+        b: a.b.clone(),
+        weights: a.weights.clone(),
+        extract,
+        matching: crate::retrieval::matching::MatchParams {
+            threshold: a.match_threshold,
+            ratio_test: a.ratio_test,
+        },
+        ransac,
+    };
+    let gpu = Gpu::new(opts)?;
+    let r = pair::match_pair(&gpu, &job)?;
+    let caption = pair::caption(&r, truth.as_ref());
+    if let Some(out) = &a.out {
+        let render = pair::RenderOptions {
+            dim_outliers: a.dim_outliers,
+            ..Default::default()
+        };
+        pair::write_picture(&r, &caption, &render, out)?;
+    }
+    if a.json {
+        println!("{}", pair::to_json(&r, truth.as_ref()));
+    } else {
+        for l in &caption {
+            println!("{l}");
+        }
+        if let Some(out) = &a.out {
+            println!("picture: {}", out.display());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -735,6 +883,7 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
 fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
     use crate::io::features::FeatureSet;
     use crate::pipeline::search::{global_search, rerank};
+    let rerank_params = a.rerank.params()?;
     let q = FeatureSet::load(&a.queries)?;
     let db = FeatureSet::load(&a.db)?;
     if q.global_dim != db.global_dim || (q.local_dim != db.local_dim && a.rerank.rerank) {
@@ -752,9 +901,10 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
     let mut hits = global_search(&gpu, &q.global, &db.global, db.global_dim, k)?;
     let global_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
-    if let Some(p) = a.rerank.params() {
+    if let Some(p) = rerank_params {
+        let mut matcher = crate::pipeline::local_match::LocalMatcher::new(&gpu, p.match_on);
         for (i, h) in hits.iter_mut().enumerate() {
-            *h = rerank(&q.image(i), &db, h, &|_| false, &p)?;
+            *h = rerank(&q.image(i), &db, h, &|_| false, &p, &mut matcher)?;
         }
     }
     let rerank_s = t.elapsed().as_secs_f64();
@@ -845,8 +995,22 @@ pub fn run(cli: Cli) -> Result<()> {
             weights,
             scenes,
             size,
+            pair,
         } => {
             use crate::pipeline::eval::{print_report, run_eval, EvalJob};
+            if pair {
+                let p = crate::pipeline::demo::write_pair(&out, size)?;
+                println!(
+                    "wrote {}, {} and the true homography {}; try:\n  delg-gpu match {} {} --weights W --out pair.png --gt-homography {}",
+                    p.scene.display(),
+                    p.warped.display(),
+                    p.homography.display(),
+                    p.scene.display(),
+                    p.warped.display(),
+                    p.homography.display()
+                );
+                return Ok(());
+            }
             crate::pipeline::demo::write_dataset(&out, scenes, size)?;
             let weights = match weights {
                 Some(w) => w,
@@ -918,7 +1082,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 query_features: a.query_features.clone(),
                 work: a.work.clone(),
                 extract,
-                rerank: a.rerank.params(),
+                rerank: a.rerank.params()?,
             };
             let report = run_eval(&gpu, &job)?;
             if a.json {
@@ -931,6 +1095,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Match(a) => match_pair(&opts, &a),
         Command::Merge { inputs, out } => merge(&inputs, &out),
         Command::Extract(a) => {
             let config = extract_config(&a)?;
@@ -976,6 +1141,19 @@ pub fn run(cli: Cli) -> Result<()> {
             let gpu = Gpu::new(&opts)?;
             bench::print_adapter(&gpu);
             bench::bench_search(&gpu, queries, db, dim, k).map(|_| ())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Match {
+                    rows,
+                    db_rows,
+                    shortlist,
+                    dim,
+                },
+        } => {
+            let gpu = Gpu::new(&opts)?;
+            bench::print_adapter(&gpu);
+            bench::bench_local_matching(&gpu, rows, db_rows, shortlist, dim)
         }
         Command::Bench {
             what:

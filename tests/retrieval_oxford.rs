@@ -49,22 +49,8 @@ fn size(meta: &serde_json::Value, seq: &str, img: usize) -> [f64; 2] {
     [s[0].as_f64().unwrap(), s[1].as_f64().unwrap()]
 }
 
-/// The estimated model works in DELG's (y, x) order; the ground truth in
-/// (u, v) = (x, y).
-fn map_uv(model_yx: &Transform, p: [f64; 2]) -> [f64; 2] {
-    let q = model_yx.apply([p[1], p[0]]);
-    [q[1], q[0]]
-}
-
 fn corner_error(truth: &Transform, model_yx: &Transform, w: f64, h: f64) -> f64 {
-    [[0.0, 0.0], [w, 0.0], [0.0, h], [w, h]]
-        .iter()
-        .map(|&c| {
-            let (a, b) = (truth.apply(c), map_uv(model_yx, c));
-            (a[0] - b[0]).hypot(a[1] - b[1])
-        })
-        .sum::<f64>()
-        / 4.0
+    truth.corner_error(&model_yx.swap_axes(), w, h)
 }
 
 struct Pair {
@@ -126,7 +112,7 @@ fn ransac_recovers_ground_truth_homographies() {
             let h_err = corner_error(&truth, &hom.model, w, h);
             // How far the best affine map is from the truth at the corners,
             // fitted to the noise-free correspondences.
-            let truth_yx = Transform(yx(&truth));
+            let truth_yx = truth.swap_axes();
             let exact: Vec<[f64; 2]> = pair.src[..pair.inliers]
                 .iter()
                 .map(|&p| truth_yx.apply(p))
@@ -158,16 +144,4 @@ fn ransac_recovers_ground_truth_homographies() {
     }
     assert!(near_affine >= 25, "only {near_affine} near-affine pairs");
     assert!(failures.is_empty(), "{failures:?}");
-}
-
-/// The same homography expressed on (y, x) coordinates: swap rows and columns.
-fn yx(t: &Transform) -> [[f64; 3]; 3] {
-    let p = [1, 0, 2];
-    let mut m = [[0.0; 3]; 3];
-    for i in 0..3 {
-        for k in 0..3 {
-            m[i][k] = t.0[p[i]][p[k]];
-        }
-    }
-    m
 }

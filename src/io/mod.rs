@@ -1,6 +1,7 @@
 //! Files in and out: images, NumPy arrays, weights, feature sets, ground
 //! truth and challenge files.
 
+pub mod draw;
 pub mod features;
 pub mod gldv2;
 pub mod groundtruth;

@@ -312,6 +312,53 @@ pub fn bench_extract(
 /// random unit descriptors of `dim` dimensions, generated chunk by chunk so
 /// the database never has to fit in memory (1 000 000 × 2048 is 8 GiB),
 /// keeping the top `k` per query. Returns seconds.
+/// Times one query's neighbour search against a shortlist on both paths
+/// (the GPU one after a warm-up call that builds its executable) and
+/// checks they found the same nearest neighbours.
+pub fn bench_local_matching(
+    gpu: &Arc<Gpu>,
+    rows: usize,
+    db_rows: usize,
+    shortlist: usize,
+    dim: usize,
+) -> Result<()> {
+    use crate::pipeline::local_match::{LocalMatcher, MatchOn};
+    let mut rng = Rng::new(11);
+    let mut unit = |n: usize| {
+        let mut v: Vec<f32> = (0..n * dim).map(|_| rng.range(-1.0, 1.0) as f32).collect();
+        v.chunks_mut(dim)
+            .for_each(crate::pipeline::extract::l2_normalize);
+        v
+    };
+    let query = unit(rows);
+    let dbs: Vec<Vec<f32>> = (0..shortlist).map(|_| unit(db_rows)).collect();
+    let views: Vec<&[f32]> = dbs.iter().map(Vec::as_slice).collect();
+    let mut results = Vec::new();
+    for on in [MatchOn::Cpu, MatchOn::Gpu] {
+        let mut m = LocalMatcher::new(gpu, on);
+        if on == MatchOn::Gpu {
+            m.nearest_two(&query, &views[..1], dim)?;
+        }
+        let t = Instant::now();
+        let n = m.nearest_two(&query, &views, dim)?;
+        let s = t.elapsed().as_secs_f64();
+        let flops = 2.0 * (rows * db_rows * shortlist * dim) as f64;
+        println!(
+            "{on:?}: {rows} x {shortlist} x {db_rows} descriptors of {dim}: {s:.3} s ({:.1} GFLOP/s)",
+            flops / s / 1e9
+        );
+        results.push(n);
+    }
+    let differ = results[0]
+        .iter()
+        .flatten()
+        .zip(results[1].iter().flatten())
+        .filter(|(a, b)| a.nearest != b.nearest)
+        .count();
+    println!("nearest neighbours that differ between the paths: {differ}");
+    Ok(())
+}
+
 pub fn bench_search(
     gpu: &Arc<Gpu>,
     queries: usize,

@@ -5,12 +5,13 @@
 //! loaded (or, without `--weights`, initialised from a fixed seed), every
 //! image is extracted, and retrieval is scored globally and re-ranked.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::retrieval::ransac::{Model, Transform};
 use crate::tensor::Rng;
 
 /// Draws scene `seed` as seen through `view` (0 = reference view).
@@ -125,9 +126,107 @@ pub fn write_dataset(dir: &Path, scenes: u32, size: u32) -> Result<()> {
     crate::io::npy::write_atomic(&dir.join("gnd.json"), gnd.to_string().as_bytes())
 }
 
+/// Resamples `img` through the homography `h` (mapping its (x, y) pixels to
+/// the output's) bilinearly; output pixels from outside `img` are dark grey.
+pub fn warp(img: &RgbImage, h: &Transform) -> Result<RgbImage> {
+    let inv = h
+        .inverse()
+        .ok_or_else(|| Error::InvalidArgument(format!("warp: singular homography {:?}", h.0)))?;
+    let (w, ht) = img.dimensions();
+    let px = |x: i64, y: i64| -> Option<[f64; 3]> {
+        (x >= 0 && y >= 0 && x < w as i64 && y < ht as i64)
+            .then(|| img.get_pixel(x as u32, y as u32).0.map(f64::from))
+    };
+    let mut out = RgbImage::new(w, ht);
+    for (x, y, p) in out.enumerate_pixels_mut() {
+        // Pixel centres at +0.5, so the map acts on the continuous image.
+        let [sx, sy] = inv.apply([x as f64 + 0.5, y as f64 + 0.5]);
+        let (fx, fy) = (sx - 0.5, sy - 0.5);
+        let (x0, y0) = (fx.floor() as i64, fy.floor() as i64);
+        let (tx, ty) = (fx - x0 as f64, fy - y0 as f64);
+        let corners = [
+            (px(x0, y0), (1.0 - tx) * (1.0 - ty)),
+            (px(x0 + 1, y0), tx * (1.0 - ty)),
+            (px(x0, y0 + 1), (1.0 - tx) * ty),
+            (px(x0 + 1, y0 + 1), tx * ty),
+        ];
+        let mut c = [40.0; 3];
+        if corners.iter().all(|(v, _)| v.is_some()) {
+            c = [0.0; 3];
+            for (v, wgt) in corners {
+                let v = v.unwrap_or_default();
+                (0..3).for_each(|k| c[k] += v[k] * wgt);
+            }
+        }
+        *p = Rgb(c.map(|v| v.round().clamp(0.0, 255.0) as u8));
+    }
+    Ok(out)
+}
+
+/// Files of a generated matching pair (`delg-gpu demo --pair`).
+pub struct DemoPair {
+    pub scene: PathBuf,
+    pub warped: PathBuf,
+    /// The true homography scene → warped, (x, y) pixels, nine numbers.
+    pub homography: PathBuf,
+}
+
+/// Writes a generated scene, a perspective-warped copy of it and the
+/// homography between them, for `delg-gpu match` (images anyone may
+/// redistribute, with ground truth).
+pub fn write_pair(dir: &Path, size: u32) -> Result<DemoPair> {
+    let file_err = |path: &Path, e: &dyn std::fmt::Display| Error::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, &e))?;
+    // The unit square's corners go to a rotated, shrunk, tilted quad.
+    let s = size as f64;
+    let from = [[0.0, 0.0], [s, 0.0], [s, s], [0.0, s]];
+    let to = [[0.14, 0.05], [0.93, 0.17], [0.82, 0.96], [0.04, 0.80]].map(|[x, y]| [x * s, y * s]);
+    let h = Transform::estimate(Model::Homography, &from, &to)?
+        .ok_or_else(|| Error::Graph("demo pair: degenerate corner quad".into()))?;
+    let scene = render_scene(2024, 0, size);
+    let pair = DemoPair {
+        scene: dir.join("scene.png"),
+        warped: dir.join("warped.png"),
+        homography: dir.join("scene_to_warped.txt"),
+    };
+    scene
+        .save(&pair.scene)
+        .map_err(|e| file_err(&pair.scene, &e))?;
+    let warped = warp(&scene, &h)?;
+    warped
+        .save(&pair.warped)
+        .map_err(|e| file_err(&pair.warped, &e))?;
+    let text: String =
+        h.0.iter()
+            .map(|r| format!("{:.12e} {:.12e} {:.12e}\n", r[0], r[1], r[2]))
+            .collect();
+    crate::io::npy::write_atomic(&pair.homography, text.as_bytes())?;
+    Ok(pair)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warp_moves_pixels_where_the_homography_sends_them() {
+        let mut img = RgbImage::from_pixel(40, 30, Rgb([10, 10, 10]));
+        img.put_pixel(5, 7, Rgb([250, 0, 0]));
+        let shift = Transform([[1.0, 0.0, 6.0], [0.0, 1.0, 2.0], [0.0, 0.0, 1.0]]);
+        let out = warp(&img, &shift).unwrap();
+        assert_eq!(*out.get_pixel(11, 9), Rgb([250, 0, 0]));
+        assert_eq!(*out.get_pixel(12, 12), Rgb([10, 10, 10]));
+        assert_eq!(
+            *out.get_pixel(2, 0),
+            Rgb([40, 40, 40]),
+            "outside the source"
+        );
+        let flat = Transform([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]);
+        assert!(warp(&img, &flat).is_err());
+    }
 
     #[test]
     fn views_differ_but_scenes_are_deterministic() {

@@ -17,6 +17,7 @@ use crate::gpu::Gpu;
 use crate::io::features::{FeatureSet, ImageFeatures};
 use crate::io::groundtruth::{GroundTruth, QueryKind};
 use crate::pipeline::extract::{run_extract, ExtractConfig, ExtractJob};
+use crate::pipeline::local_match::LocalMatcher;
 use crate::pipeline::search::{global_search, rerank, Hit, RerankParams};
 use crate::retrieval::metrics::{evaluate_groups, evaluate_rankings, Protocol, REVISITOP_KS};
 
@@ -245,9 +246,10 @@ pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
             return Ok(None);
         };
         let mut out = Vec::new();
+        let mut matcher = LocalMatcher::new(gpu, p.match_on);
         for (qi, (q, h)) in queries.iter().zip(&hits).enumerate() {
             let junk: std::collections::HashSet<usize> = skip_of(qi).into_iter().collect();
-            out.push(rerank(q, &db, h, &|i| junk.contains(&i), p)?);
+            out.push(rerank(q, &db, h, &|i| junk.contains(&i), p, &mut matcher)?);
         }
         Ok(Some(out))
     };

@@ -7,5 +7,7 @@ pub mod dataset;
 pub mod demo;
 pub mod eval;
 pub mod extract;
+pub mod local_match;
+pub mod pair;
 pub mod search;
 pub mod train;

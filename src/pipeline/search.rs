@@ -14,7 +14,10 @@ use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
 use crate::io::features::FeatureSet;
 use crate::ops::gemm::Matmul;
-use crate::retrieval::matching::{binarize, match_binary, match_descriptors, MatchParams};
+use crate::pipeline::local_match::{LocalMatcher, MatchOn};
+use crate::retrieval::matching::{
+    binarize, check_threshold, match_binary, select_matches, MatchParams,
+};
 use crate::retrieval::ransac::{verify, RansacParams};
 use crate::tensor::Tensor;
 
@@ -175,6 +178,8 @@ pub struct RerankParams {
     /// Match sign-binarised descriptors by Hamming distance (the threshold in
     /// `matching` is then in bits) instead of float descriptors by L2.
     pub binary: bool,
+    /// Where float descriptors find their neighbours.
+    pub match_on: MatchOn,
 }
 
 impl Default for RerankParams {
@@ -184,18 +189,22 @@ impl Default for RerankParams {
             matching: MatchParams::default(),
             ransac: RansacParams::default(),
             binary: false,
+            match_on: MatchOn::Auto,
         }
     }
 }
 
 /// Verifies the first `shortlist` hits not in `skip` (the protocol's junk)
 /// and orders the whole ranking by (inliers, global score), descending.
+/// `matcher` finds float-descriptor neighbours (made once per run from
+/// `p.match_on`, so its device plans are reused across queries).
 pub fn rerank(
     query: &crate::io::features::ImageFeatures,
     db: &FeatureSet,
     hits: &[Hit],
     skip: &dyn Fn(usize) -> bool,
     p: &RerankParams,
+    matcher: &mut LocalMatcher,
 ) -> Result<Vec<Hit>> {
     let dim = db.local_dim;
     if dim == 0 {
@@ -203,6 +212,7 @@ pub fn rerank(
             "the features hold no local descriptors (a global-only model such as DOLG): re-ranking needs DELG features; drop --rerank".into(),
         ));
     }
+    check_threshold(&p.matching)?;
     let picked: Vec<usize> = hits
         .iter()
         .enumerate()
@@ -210,29 +220,36 @@ pub fn rerank(
         .map(|(i, _)| i)
         .take(p.shortlist)
         .collect();
-    let scores: Vec<Result<(usize, usize)>> = picked
+    let images: Vec<_> = picked.iter().map(|&i| db.image(hits[i].db)).collect();
+    let matches = if p.binary {
+        let qb = binarize(&query.descriptors, dim)?;
+        images
+            .par_iter()
+            .map(|d| {
+                match_binary(
+                    &qb,
+                    &binarize(&d.descriptors, dim)?,
+                    dim.div_ceil(8),
+                    &p.matching,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        let views: Vec<&[f32]> = images.iter().map(|d| d.descriptors.as_slice()).collect();
+        matcher
+            .nearest_two(&query.descriptors, &views, dim)?
+            .iter()
+            .map(|n| select_matches(n, &p.matching))
+            .collect()
+    };
+    let scores: Vec<Result<usize>> = images
         .par_iter()
-        .map(|&i| {
-            let d = db.image(hits[i].db);
-            let matches = if p.binary {
-                let (qb, db_bits) = (
-                    binarize(&query.descriptors, dim)?,
-                    binarize(&d.descriptors, dim)?,
-                );
-                match_binary(&qb, &db_bits, dim.div_ceil(8), &p.matching)?
-            } else {
-                match_descriptors(&query.descriptors, &d.descriptors, dim, &p.matching)?
-            };
-            Ok((
-                i,
-                verify(&query.locations, &d.locations, &matches, &p.ransac)?.score,
-            ))
-        })
+        .zip(&matches)
+        .map(|(d, m)| Ok(verify(&query.locations, &d.locations, m, &p.ransac)?.score))
         .collect();
     let mut out = hits.to_vec();
-    for s in scores {
-        let (i, inliers) = s?;
-        out[i].inliers = inliers;
+    for (&i, s) in picked.iter().zip(scores) {
+        out[i].inliers = s?;
     }
     // Stable: unverified hits (0 inliers) keep their global order.
     out.sort_by(|a, b| b.inliers.cmp(&a.inliers).then(b.score.total_cmp(&a.score)));

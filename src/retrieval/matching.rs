@@ -37,7 +37,7 @@ pub struct Neighbours {
 }
 
 impl Neighbours {
-    const NONE: Neighbours = Neighbours {
+    pub const NONE: Neighbours = Neighbours {
         nearest: None,
         distance: f32::INFINITY,
         second: None,
@@ -46,7 +46,7 @@ impl Neighbours {
 
     /// Ties keep the lower index (strict `<`): a fixed rule that a GPU
     /// path can reproduce exactly.
-    fn offer(&mut self, index: usize, distance: f32) {
+    pub fn offer(&mut self, index: usize, distance: f32) {
         if distance < self.distance {
             self.second = self.nearest;
             self.second_distance = self.distance;
@@ -100,6 +100,26 @@ fn check_rows(op: &str, name: &str, len: usize, width: usize) -> Result<usize> {
     Ok(len / width)
 }
 
+/// Squared norm of every `dim`-wide row, the |x|² terms of the ranking
+/// proxy (shared by the CPU and GPU paths so both rank alike).
+pub fn row_norms(rows: &[f32], dim: usize) -> Vec<f32> {
+    rows.chunks_exact(dim).map(|r| dot(r, r)).collect()
+}
+
+/// Replaces the proxy distances of `slot` (ranked for query row `q`) by
+/// exact f64 Euclidean distances to its rows of `db`, reordering the two
+/// if the proxy had swapped nearly equidistant rows.
+pub fn settle(slot: &mut Neighbours, q: &[f32], db: &[f32], dim: usize) {
+    let exact =
+        |j: Option<usize>| j.map_or(f32::INFINITY, |j| exact_distance(q, &db[j * dim..][..dim]));
+    slot.distance = exact(slot.nearest);
+    slot.second_distance = exact(slot.second);
+    if slot.second_distance < slot.distance {
+        std::mem::swap(&mut slot.nearest, &mut slot.second);
+        std::mem::swap(&mut slot.distance, &mut slot.second_distance);
+    }
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent accumulators let the compiler vectorise the loop.
     let mut acc = [0f32; 8];
@@ -141,7 +161,7 @@ pub fn nearest_two(query: &[f32], db: &[f32], dim: usize) -> Result<Vec<Neighbou
     const OP: &str = "nearest_two";
     let nq = check_rows(OP, "query", query.len(), dim)?;
     let nd = check_rows(OP, "database", db.len(), dim)?;
-    let db_norms: Vec<f32> = db.chunks_exact(dim).map(|d| dot(d, d)).collect();
+    let db_norms = row_norms(db, dim);
     let mut out = vec![Neighbours::NONE; nq];
     out.par_chunks_mut(QUERY_BLOCK)
         .enumerate()
@@ -149,7 +169,7 @@ pub fn nearest_two(query: &[f32], db: &[f32], dim: usize) -> Result<Vec<Neighbou
             let q0 = block * QUERY_BLOCK;
             let rows = &query[q0 * dim..(q0 + out.len()) * dim];
             // Slots first rank by the squared-distance proxy.
-            let q_norms: Vec<f32> = rows.chunks_exact(dim).map(|q| dot(q, q)).collect();
+            let q_norms = row_norms(rows, dim);
             for d0 in (0..nd).step_by(DB_BLOCK) {
                 let d1 = (d0 + DB_BLOCK).min(nd);
                 for ((q, q_norm), slot) in rows.chunks_exact(dim).zip(&q_norms).zip(out.iter_mut())
@@ -161,17 +181,7 @@ pub fn nearest_two(query: &[f32], db: &[f32], dim: usize) -> Result<Vec<Neighbou
                 }
             }
             for (q, slot) in rows.chunks_exact(dim).zip(out.iter_mut()) {
-                let exact = |j: Option<usize>| {
-                    j.map_or(f32::INFINITY, |j| exact_distance(q, &db[j * dim..][..dim]))
-                };
-                slot.distance = exact(slot.nearest);
-                slot.second_distance = exact(slot.second);
-                // The proxy can swap two nearly equidistant rows; the exact
-                // distances decide.
-                if slot.second_distance < slot.distance {
-                    std::mem::swap(&mut slot.nearest, &mut slot.second);
-                    std::mem::swap(&mut slot.distance, &mut slot.second_distance);
-                }
+                settle(slot, q, db, dim);
             }
         });
     Ok(out)
@@ -282,7 +292,8 @@ pub fn match_binary(
     ))
 }
 
-fn check_threshold(params: &MatchParams) -> Result<()> {
+/// Rejects a negative or NaN threshold (one message for every matching path).
+pub fn check_threshold(params: &MatchParams) -> Result<()> {
     if params.threshold.is_nan() || params.threshold < 0.0 {
         return Err(Error::InvalidArgument(format!(
             "match threshold must be a non-negative number, got {}",

@@ -81,6 +81,46 @@ impl Transform {
         ]
     }
 
+    /// The same map on points with their two coordinates swapped ((y, x)
+    /// instead of (x, y) or back): rows and columns 0 and 1 exchanged.
+    pub fn swap_axes(&self) -> Transform {
+        let p = [1, 0, 2];
+        Transform(std::array::from_fn(|i| {
+            std::array::from_fn(|k| self.0[p[i]][p[k]])
+        }))
+    }
+
+    /// The inverse map, `None` when singular.
+    pub fn inverse(&self) -> Option<Transform> {
+        let m = &self.0;
+        // Adjugate (transposed cofactors) over the determinant.
+        let c = |r0: usize, r1: usize, c0: usize, c1: usize| {
+            m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0]
+        };
+        let adj = [
+            [c(1, 2, 1, 2), -c(0, 2, 1, 2), c(0, 1, 1, 2)],
+            [-c(1, 2, 0, 2), c(0, 2, 0, 2), -c(0, 1, 0, 2)],
+            [c(1, 2, 0, 1), -c(0, 2, 0, 1), c(0, 1, 0, 1)],
+        ];
+        let det = m[0][0] * adj[0][0] + m[0][1] * adj[1][0] + m[0][2] * adj[2][0];
+        (det.abs() > f64::EPSILON * m.iter().flatten().map(|v| v.abs()).fold(0.0, f64::max))
+            .then(|| Transform(adj.map(|row| row.map(|v| v / det))))
+    }
+
+    /// Mean distance between where `self` and `other` send the four
+    /// corners of a `width`×`height` image (both in (x, y) order): the
+    /// usual accuracy measure of a fitted homography against the truth.
+    pub fn corner_error(&self, other: &Transform, width: f64, height: f64) -> f64 {
+        [[0.0, 0.0], [width, 0.0], [0.0, height], [width, height]]
+            .iter()
+            .map(|&c| {
+                let (a, b) = (self.apply(c), other.apply(c));
+                (a[0] - b[0]).hypot(a[1] - b[1])
+            })
+            .sum::<f64>()
+            / 4.0
+    }
+
     /// Euclidean distance between the mapped `src` and `dst`.
     pub fn residual(&self, src: [f64; 2], dst: [f64; 2]) -> f64 {
         let q = self.apply(src);
@@ -496,6 +536,26 @@ mod tests {
         [-0.18, 0.94, 122.5],
         [2.5e-4, -2.0e-5, 1.0],
     ]);
+
+    #[test]
+    fn inverse_swap_and_corner_error() {
+        let inv = HOMOGRAPHY.inverse().unwrap();
+        for p in [[0.0, 0.0], [120.0, -40.0], [300.0, 500.0]] {
+            let q = inv.apply(HOMOGRAPHY.apply(p));
+            assert!((q[0] - p[0]).abs() < 1e-9 && (q[1] - p[1]).abs() < 1e-9);
+            let s = AFFINE.swap_axes().apply([p[1], p[0]]);
+            let t = AFFINE.apply(p);
+            assert_eq!([s[1], s[0]], t);
+        }
+        assert!(
+            Transform([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
+                .inverse()
+                .is_none()
+        );
+        let shifted = Transform([[1.0, 0.0, 3.0], [0.0, 1.0, 4.0], [0.0, 0.0, 1.0]]);
+        let id = Transform([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
+        assert_eq!(id.corner_error(&shifted, 10.0, 20.0), 5.0);
+    }
 
     fn assert_close(a: &Transform, b: &Transform, tol: f64) {
         for (x, y) in a.0.iter().flatten().zip(b.0.iter().flatten()) {
