@@ -327,6 +327,11 @@ def keras_delg(blocks, width):
 
 
 def test_tf2(tmp, image):
+    import importlib.util
+
+    # tf.keras must be Keras 2, as in the official code.
+    if importlib.util.find_spec("tf_keras") is None:
+        sys.exit("the TF2 test restates Keras 2 code: pip install tf-keras (same version as tensorflow)")
     import tensorflow as tf
 
     blocks = [2, 1, 3, 1]
