@@ -23,12 +23,16 @@ momentum slots), with `save_weights`, and as a SavedModel.
     pip install torch safetensors numpy tensorflow-cpu tf-keras
     python3 tools/test_converters.py
 """
+import argparse
+import importlib.util
 import json
 import math
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # the official code is Keras 2 (tf.keras before Keras 3)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -50,13 +54,18 @@ OUT = HERE.parent / "tests" / "fixtures" / "convert"
 WIDTH, ATT, LOC, GLOBAL = 4, 8, 8, 64
 
 
-def fixed_image():
+def fixed_u8(h, w):
+    """A deterministic RGB image: smooth structure on top of noise, so maps are not flat."""
     rng = np.random.default_rng(2024)
-    u8 = rng.integers(0, 256, (64, 96, 3)).astype(np.float64)
-    # Smooth structure on top of noise so maps are not flat.
-    y, x = np.mgrid[0:64, 0:96]
-    u8 = np.clip(0.5 * u8 + 60 * np.sin(x / 9.0)[..., None] + 50 * np.cos(y / 7.0)[..., None] + 64, 0, 255).round()
-    return ((u8 - 128.0) / 128.0)[None].astype(np.float32)
+    noise = rng.integers(0, 256, (h, w, 3)).astype(np.float64)
+    y, x = np.mgrid[0:h, 0:w]
+    img = 0.5 * noise + 60 * np.sin(x / 9.0)[..., None] + 50 * np.cos(y / 7.0)[..., None] + 64
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def normalized(u8):
+    """DELG's input, NHWC: (x − 128)/128."""
+    return ((u8.astype(np.float32) - 128.0) / 128.0)[None]
 
 
 def metadata(path):
@@ -225,7 +234,7 @@ def test_torch(tmp, image):
 
 
 # --- TensorFlow 2 / Keras ------------------------------------------------------
-def keras_delg(blocks, width):
+def keras_delg(blocks, width, global_dim=GLOBAL, att=ATT, loc=LOC):
     """The official Keras DELG classes, restated at reduced width: the same
     attribute names (object paths in checkpoints) and layer names."""
     import tensorflow as tf
@@ -271,7 +280,7 @@ def keras_delg(blocks, width):
                     setattr(self, f"l{stage}{letter}", Block([f, f, 4 * f], stage, letter, strides, b == 0))
                     self.names.append((stage, f"l{stage}{letter}"))
             self.subsampling_layer = layers.MaxPooling2D((1, 1), strides=(2, 2))
-            self.embedding_layer = layers.Dense(GLOBAL, name="embedding_layer")
+            self.embedding_layer = layers.Dense(global_dim, name="embedding_layer")
 
         def call(self, x, training=False):
             x = tf.nn.relu(self.bn_conv1(self.conv1(x), training=training))
@@ -287,7 +296,7 @@ def keras_delg(blocks, width):
     class Attention(tf.keras.Model):
         def __init__(self):
             super().__init__(name="attention")
-            self.conv1 = layers.Conv2D(ATT, 1, padding="same", name="attn_conv1")
+            self.conv1 = layers.Conv2D(att, 1, padding="same", name="attn_conv1")
             self.bn_conv1 = layers.BatchNormalization(axis=3, name="bn_conv1")
             self.conv2 = layers.Conv2D(1, 1, padding="same", name="attn_conv2")
             self.activation_layer = layers.Activation("softplus")
@@ -298,7 +307,7 @@ def keras_delg(blocks, width):
     class Autoencoder(tf.keras.Model):
         def __init__(self, c_s):
             super().__init__(name="autoencoder")
-            self.conv1 = layers.Conv2D(LOC, 1, padding="same", name="autoenc_conv1")
+            self.conv1 = layers.Conv2D(loc, 1, padding="same", name="autoenc_conv1")
             self.conv2 = layers.Conv2D(c_s, 1, activation="relu", padding="same", name="autoenc_conv2")
 
         def call(self, x):
@@ -311,9 +320,9 @@ def keras_delg(blocks, width):
             self.backbone = Backbone()
             self.attention = Attention()
             self.autoencoder = Autoencoder(width * 16)
-            self.cosine_weights = tf.Variable(tf.keras.initializers.GlorotUniform()([GLOBAL, classes]),
+            self.cosine_weights = tf.Variable(tf.keras.initializers.GlorotUniform()([global_dim, classes]),
                                               name="cosine_weights")
-            self.scale_factor = tf.Variable(math.sqrt(GLOBAL), name="scale_factor", trainable=False)
+            self.scale_factor = tf.Variable(math.sqrt(global_dim), name="scale_factor", trainable=False)
             self.attn_classification = layers.Dense(classes, name="att_fc")
 
         def call(self, x, training=False):
@@ -326,13 +335,16 @@ def keras_delg(blocks, width):
     return Delg()
 
 
-def test_tf2(tmp, image):
-    import tensorflow as tf
+def require_tf_keras():
+    # tf.keras must be Keras 2, as in the official code.
+    if importlib.util.find_spec("tf_keras") is None:
+        sys.exit("the TF2 tests restate Keras 2 code: pip install tf-keras (same version as tensorflow)")
 
-    blocks = [2, 1, 3, 1]
-    model = keras_delg(blocks, WIDTH)
-    model(tf.constant(image))
-    rng = np.random.default_rng(13)
+
+def randomize_keras(model, seed):
+    """He-normal convolutions, Glorot-uniform dense kernels, small biases,
+    batch norms away from identity."""
+    rng = np.random.default_rng(seed)
     for v in model.variables:
         shape, name = v.shape.as_list(), v.name
         if "kernel" in name and len(shape) == 4:
@@ -348,6 +360,16 @@ def test_tf2(tmp, image):
         else:
             continue
         v.assign(val.astype(np.float32))
+
+
+def test_tf2(tmp, image):
+    require_tf_keras()
+    import tensorflow as tf
+
+    blocks = [2, 1, 3, 1]
+    model = keras_delg(blocks, WIDTH)
+    model(tf.constant(image))
+    randomize_keras(model, 13)
     opt = tf.keras.optimizers.SGD(0.01, momentum=0.9)
     # Zero gradients create the momentum slots without moving a weight.
     opt.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
@@ -410,11 +432,56 @@ def test_tf2(tmp, image):
     print("tf2: ok")
 
 
+def check_r50(tmp):
+    """Full size, not a fixture: the official ResNet-50 DELG (random weights)
+    converted and run by `delg-gpu extract` at scale 1 against Keras."""
+    require_tf_keras()
+    import tensorflow as tf
+    from PIL import Image
+
+    u8 = fixed_u8(224, 320)
+    (tmp / "img").mkdir()
+    Image.fromarray(u8).save(tmp / "img" / "a.png")
+    image = normalized(u8)
+    model = keras_delg([3, 4, 6, 3], 64, 2048, 512, 128)
+    model(tf.constant(image))
+    randomize_keras(model, 5)
+    tf.train.Checkpoint(model=model).save(str(tmp / "ckpt" / "ckpt"))
+    start = time.perf_counter()
+    convert_delg_tf2.main([str(tmp / "ckpt"), str(tmp / "r50.safetensors"), "--depth", "50"])
+    print(f"conversion: {time.perf_counter() - start:.1f} s")
+    g, a, l, _ = (t.numpy()[0] for t in model(tf.constant(image)))
+    a = a[..., 0]
+    tau = float(np.quantile(a, 0.5))
+    out = tmp / "out"
+    subprocess.run(["cargo", "run", "--release", "-q", "--", "extract", str(tmp / "img"), "--weights",
+                    str(tmp / "r50.safetensors"), "--out", str(out), "--scales", "1", "--global-scales", "0",
+                    "--max-image-size", "0", "--score-threshold", repr(tau), "--quiet"],
+                   cwd=HERE.parent, check=True)
+    cos = float(np.load(out / "global.npy")[0] @ (g / np.linalg.norm(g)))
+    cell = np.round(np.load(out / "local_locations.npy") / 32).astype(int)  # scale 1: centres at 32·(i, j)
+    att = np.load(out / "local_attention.npy")
+    err = float(np.abs(att - a[cell[:, 0], cell[:, 1]]).max() / np.abs(a).max())
+    want = l[cell[:, 0], cell[:, 1]]
+    desc = float((np.load(out / "local_descriptors.npy") * want / np.linalg.norm(want, axis=1, keepdims=True))
+                 .sum(1).min())
+    print(f"R50 {a.shape[0]}x{a.shape[1]} map: global cosine {cos:.8f}; {len(att)} features (Keras: "
+          f"{int((a >= tau).sum())} ≥ τ); attention error {err:.1e}; descriptor cosine ≥ {desc:.8f}")
+    assert cos >= 0.99999 and err <= 1e-4 and desc >= 0.9999
+
+
 def main():
-    OUT.mkdir(parents=True, exist_ok=True)
-    image = fixed_image()
-    np.save(OUT / "image.npy", image)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--r50", action="store_true",
+                    help="instead: a full-size ResNet-50 DELG through the TF2 converter and `delg-gpu extract`")
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory() as t:
+        if args.r50:
+            check_r50(pathlib.Path(t))
+            return
+        OUT.mkdir(parents=True, exist_ok=True)
+        image = normalized(fixed_u8(64, 96))
+        np.save(OUT / "image.npy", image)
         test_torch(pathlib.Path(t), image)
         test_tf2(pathlib.Path(t), image)
     total = sum(p.stat().st_size for p in OUT.iterdir())
