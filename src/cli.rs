@@ -886,15 +886,7 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
     let rerank_params = a.rerank.params()?;
     let q = FeatureSet::load(&a.queries)?;
     let db = FeatureSet::load(&a.db)?;
-    if q.global_dim != db.global_dim || (q.local_dim != db.local_dim && a.rerank.rerank) {
-        return Err(Error::File {
-            path: a.queries.clone(),
-            reason: format!(
-                "holds {}-d global / {}-d local features but the database {}-d / {}-d: extract both with the same model",
-                q.global_dim, q.local_dim, db.global_dim, db.local_dim
-            ),
-        });
-    }
+    q.check_same_model(&a.queries, &db, &a.db)?;
     let gpu = Gpu::new(opts)?;
     let t = std::time::Instant::now();
     let k = a.k.min(db.len());
@@ -948,16 +940,12 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
 fn merge(inputs: &[PathBuf], out: &std::path::Path) -> Result<()> {
     use crate::io::features::{write_feature_set, FeatureSet};
     let mut all = Vec::new();
-    let mut dims = None;
+    let mut first: Option<(FeatureSet, &PathBuf)> = None;
     let mut seen = std::collections::HashSet::new();
     for dir in inputs {
         let set = FeatureSet::load(dir)?;
-        let d = (set.global_dim, set.local_dim);
-        if *dims.get_or_insert(d) != d {
-            return Err(Error::File {
-                path: dir.clone(),
-                reason: format!("has descriptor sizes {d:?}, the first folder {:?}", dims),
-            });
+        if let Some((f, fdir)) = &first {
+            set.check_same_model(dir, f, fdir)?;
         }
         for i in 0..set.len() {
             let f = set.image(i);
@@ -969,13 +957,24 @@ fn merge(inputs: &[PathBuf], out: &std::path::Path) -> Result<()> {
             }
             all.push(f);
         }
+        first.get_or_insert((set, dir));
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
-    let local_dim = dims.map(|d| d.1).unwrap_or(0);
+    let local_dim = first.as_ref().map_or(0, |(f, _)| f.local_dim);
     let binarized = inputs
         .iter()
         .all(|d| d.join("local_descriptors_bin.npy").exists());
     write_feature_set(out, &all, local_dim, binarized)?;
+    // The shards' settings and model, for search and eval to check.
+    if let Some((_, dir)) = first {
+        if let Ok(text) = std::fs::read_to_string(dir.join("config.json")) {
+            if let Ok(mut record) = serde_json::from_str::<serde_json::Value>(&text) {
+                record["shard"] = serde_json::Value::Null;
+                let text = serde_json::to_string_pretty(&record).unwrap_or(text);
+                crate::io::npy::write_atomic(&out.join("config.json"), text.as_bytes())?;
+            }
+        }
+    }
     println!(
         "merged {} images from {} folders into {}",
         all.len(),

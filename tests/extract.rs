@@ -15,6 +15,10 @@ use delg_gpu::pipeline::demo::render_scene;
 use delg_gpu::pipeline::extract::{run_extract, ExtractConfig, ExtractJob};
 
 fn tiny_weights(path: &Path) {
+    tiny_weights_seeded(path, 5);
+}
+
+fn tiny_weights_seeded(path: &Path, seed: u64) {
     let mut model = DelgConfig::new(ResNetConfig {
         blocks: [1, 1, 1, 1],
         width: 8,
@@ -23,7 +27,7 @@ fn tiny_weights(path: &Path) {
     model.attention_dim = 8;
     model.local_dim = 16;
     let (_, _, _, params) = inference_graph(&model, 64, 64).unwrap();
-    let mut w = random_weights(&params.specs, 5);
+    let mut w = random_weights(&params.specs, seed);
     w.metadata.insert(META_ARCH.into(), "delg".into());
     w.metadata
         .insert(META_CONFIG.into(), serde_json::to_string(&model).unwrap());
@@ -171,6 +175,39 @@ fn bad_files_are_reported_and_a_killed_run_resumes_to_identical_outputs() {
         .unwrap_err()
         .to_string()
         .contains("different model or configuration"));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn feature_folders_of_different_models_do_not_mix() {
+    let Some(gpu) = test_gpu() else { return };
+    let root = temp("models");
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..2 {
+        render_scene(i, 0, 80)
+            .save(images.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let mut sets = Vec::new();
+    for seed in [5, 6] {
+        let weights = root.join(format!("w{seed}.safetensors"));
+        tiny_weights_seeded(&weights, seed);
+        let out = root.join(format!("out{seed}"));
+        run_extract(&gpu, &job(&images, &out, &weights)).unwrap();
+        sets.push((FeatureSet::load(&out).unwrap(), out));
+    }
+    let [(a, da), (b, db)] = &sets[..] else {
+        unreachable!()
+    };
+    assert!(a.model_id.is_some() && a.model_id != b.model_id);
+    a.check_same_model(da, a, da).unwrap();
+    // Same sizes, other weights: refused, naming both folders.
+    let err = a.check_same_model(da, b, db).unwrap_err().to_string();
+    assert!(
+        err.contains("other weights") && err.contains(&db.display().to_string()),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -51,7 +51,7 @@ fn file_err(path: &Path, reason: impl ToString) -> Error {
 
 const RECORD_MAGIC: u32 = 0xDE16_F00D;
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
@@ -273,6 +273,9 @@ pub struct FeatureSet {
     pub locations: Vec<f32>,
     pub scales: Vec<f32>,
     pub attention: Vec<f32>,
+    /// Fingerprint of the weights that produced the features (`model_id` in
+    /// the folder's config.json), when recorded.
+    pub model_id: Option<String>,
 }
 
 impl FeatureSet {
@@ -317,7 +320,12 @@ impl FeatureSet {
                 "feature files disagree in their sizes (mixed or partially copied folder?)",
             ));
         }
+        let model_id = fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("model_id")?.as_str().map(str::to_string));
         Ok(FeatureSet {
+            model_id,
             ids,
             global_dim: gs[1],
             global,
@@ -328,6 +336,37 @@ impl FeatureSet {
             scales,
             attention,
         })
+    }
+
+    /// Errors unless `other` (from `other_dir`) comes from the same model as
+    /// this set (from `dir`): the same weights where both folders record
+    /// them, else at least the same descriptor sizes.
+    pub fn check_same_model(&self, dir: &Path, other: &FeatureSet, other_dir: &Path) -> Result<()> {
+        if let (Some(a), Some(b)) = (&self.model_id, &other.model_id) {
+            if a != b {
+                return Err(file_err(
+                    dir,
+                    format!(
+                        "was extracted with other weights than {} (model {a} vs {b}): extract both with the same model",
+                        other_dir.display()
+                    ),
+                ));
+            }
+        }
+        if (self.global_dim, self.local_dim) != (other.global_dim, other.local_dim) {
+            return Err(file_err(
+                dir,
+                format!(
+                    "holds {}-d global / {}-d local features but {} holds {}-d / {}-d: extract both with the same model",
+                    self.global_dim,
+                    self.local_dim,
+                    other_dir.display(),
+                    other.global_dim,
+                    other.local_dim
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn image(&self, i: usize) -> ImageFeatures {

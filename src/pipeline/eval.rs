@@ -199,7 +199,9 @@ pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
                 ))
             }
         };
-        Some((FeatureSet::load(&dir)?, dir))
+        let set = FeatureSet::load(&dir)?;
+        set.check_same_model(&dir, &db_set, &db_dir)?;
+        Some((set, dir))
     };
     let mut queries = Vec::new();
     for q in &gt.queries {

@@ -399,6 +399,9 @@ pub struct ExtractSummary {
 struct RunRecord {
     weights: String,
     weights_bytes: u64,
+    /// FNV-1a of the weight file's bytes: search and eval refuse to mix
+    /// feature folders of different models.
+    model_id: String,
     tau: f32,
     shard: Option<String>,
     extract: ExtractConfig,
@@ -420,11 +423,11 @@ pub fn run_extract(
     };
     std::fs::create_dir_all(&job.out).map_err(|e| file_err(&job.out, e))?;
     let mut extractor = Extractor::load(gpu, &job.weights, job.config.clone())?;
+    let weight_bytes = std::fs::read(&job.weights).map_err(|e| file_err(&job.weights, e))?;
     let record = RunRecord {
         weights: job.weights.display().to_string(),
-        weights_bytes: std::fs::metadata(&job.weights)
-            .map(|m| m.len())
-            .unwrap_or(0),
+        weights_bytes: weight_bytes.len() as u64,
+        model_id: format!("{:016x}", crate::io::features::fnv1a(&weight_bytes)),
         tau: extractor.tau,
         shard: job.shard.map(|s| format!("{}/{}", s.index, s.count)),
         extract: job.config.clone(),
