@@ -33,6 +33,9 @@ pub struct ExtractConfig {
     pub center_offset: f64,
     /// How pixels are normalised for the network.
     pub pixel_norm: PixelNorm,
+    /// Query boxes cast to integers by truncation (DOLG's `int(bbx)`) rather
+    /// than rounded (DELG's PIL crop).
+    pub truncate_boxes: bool,
 }
 
 /// Pixel normalisation a model was trained with.
@@ -86,6 +89,7 @@ impl Default for ExtractConfig {
             feature_stride: 32.0,
             center_offset: 0.0,
             pixel_norm: PixelNorm::Delg,
+            truncate_boxes: false,
         }
     }
 }
@@ -104,6 +108,7 @@ impl ExtractConfig {
                 global_scales: (0..DOLG_SCALES.len()).collect(),
                 max_features: 0,
                 pixel_norm: PixelNorm::Imagenet,
+                truncate_boxes: true,
                 ..Default::default()
             },
             _ => ExtractConfig::default(),
@@ -248,6 +253,23 @@ pub fn select_local(
 mod tests {
     use super::*;
 
+    #[test]
+    fn query_boxes_are_rounded_for_delg_and_truncated_for_dolg() {
+        let path = std::env::temp_dir().join(format!("delg-box-{}.png", std::process::id()));
+        image::RgbImage::from_pixel(40, 30, image::Rgb([9, 99, 199]))
+            .save(&path)
+            .unwrap();
+        let box_ = Some([1.4, 2.6, 20.6, 18.4]);
+        let size = |cfg: &ExtractConfig| {
+            let p = prepare_image(&path, cfg, box_).unwrap();
+            let [_, h, w, _] = p.pixels.shape.nhwc("image").unwrap();
+            (w, h)
+        };
+        assert_eq!(size(&ExtractConfig::default()), (20, 15)); // x 1..21, y 3..18
+        assert_eq!(size(&ExtractConfig::for_arch("dolg")), (19, 16)); // x 1..20, y 2..18
+        std::fs::remove_file(&path).unwrap();
+    }
+
     fn level(scale: f64, h: usize, w: usize, att: Vec<f32>) -> LevelOutput {
         let descriptors = (0..h * w * 2).map(|k| (k % 5) as f32 + 1.0).collect();
         LevelOutput {
@@ -332,12 +354,20 @@ pub fn prepare_image(
     let (ow, oh) = img.dimensions();
     let mut max_side = cfg.max_image_size;
     if let Some([x1, y1, x2, y2]) = crop {
-        // Integer box as PIL crops it; the crop keeps the scale it has inside
-        // the capped full image (spec §4.1 step 2).
-        let (x1, y1) = (x1.round().max(0.0) as u32, y1.round().max(0.0) as u32);
+        // An integer box (rounded as DELG's PIL crop, or truncated as DOLG's
+        // int()); the crop keeps the scale it has inside the capped full
+        // image (spec §4.1 step 2).
+        let int = |v: f64| {
+            if cfg.truncate_boxes {
+                v.trunc()
+            } else {
+                v.round()
+            }
+        };
+        let (x1, y1) = (int(x1).max(0.0) as u32, int(y1).max(0.0) as u32);
         let (x2, y2) = (
-            x2.round().min(ow as f64) as u32,
-            y2.round().min(oh as f64) as u32,
+            int(x2).min(ow as f64).max(0.0) as u32,
+            int(y2).min(oh as f64).max(0.0) as u32,
         );
         if x2 <= x1 || y2 <= y1 {
             return Err(Error::File {
