@@ -624,6 +624,9 @@ pub struct TrainArgs {
     pub flip: Option<bool>,
     #[arg(long)]
     pub quiet: bool,
+    /// Print the planned device memory of a step by category and exit (no device needed).
+    #[arg(long)]
+    pub plan_only: bool,
 }
 
 /// The architecture in a weight file and the paper's extraction settings for it.
@@ -851,6 +854,25 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
         val_fraction: a.val_fraction,
         flip: a.flip.unwrap_or(dolg),
     };
+    if a.plan_only {
+        let rows = crate::pipeline::train::planned_memory(&config)?;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "planned device memory, batch {} × {} micro-batches, {}², {} classes:",
+            config.batch, config.accumulate, config.image_size, classes
+        );
+        for (what, bytes) in &rows {
+            println!("  {what:<40} {:>10.1} MiB", mib(*bytes));
+        }
+        let total: u64 = rows.iter().map(|r| r.1).sum();
+        println!(
+            "  {:<40} {:>10.1} MiB ({:.2} GiB; kernel scratch and driver memory come on top)",
+            "total",
+            mib(total),
+            total as f64 / (1u64 << 30) as f64
+        );
+        return Ok(());
+    }
     let gpu = Gpu::new(opts)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();

@@ -1,6 +1,8 @@
 //! A training run interrupted and resumed ends with exactly the weights of an
-//! uninterrupted run with the same seed; and the stop-gradient keeps the
-//! local losses out of the backbone.
+//! uninterrupted run with the same seed, with and without gradient
+//! accumulation; accumulated gradients are the mean of the micro-batch
+//! gradients; `train --plan-only` reports what the executables allocate; and
+//! the stop-gradient keeps the local losses out of the backbone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
@@ -15,8 +17,8 @@ use delg_gpu::model::resnet::{Layout, ResNetConfig};
 use delg_gpu::ops::check::test_gpu;
 use delg_gpu::pipeline::demo::render_scene;
 use delg_gpu::pipeline::train::{
-    build_step, run_train, upload_state, DataSource, Schedule, TrainConfig, TrainJob, TrainModel,
-    GRAD_SUM,
+    build_step, planned_memory, run_train, upload_state, DataSource, Schedule, TrainConfig,
+    TrainJob, TrainModel, GRAD_SUM,
 };
 use delg_gpu::tensor::{HostTensor, Rng, Tensor};
 
@@ -261,4 +263,42 @@ fn local_losses_never_reach_the_backbone() {
     // The global loss does reach every backbone parameter with a gradient path.
     let grads = g.grad(t.global_loss, &backbone).unwrap();
     assert!(grads.iter().filter(|g| g.is_some()).count() > backbone.len() / 2);
+}
+
+#[test]
+fn planned_memory_is_what_the_executables_allocate() {
+    let Some(gpu) = test_gpu() else { return };
+    let cfg = TrainConfig {
+        accumulate: 2,
+        ..config(3)
+    };
+    let rows: HashMap<&str, u64> = planned_memory(&cfg).unwrap().into_iter().collect();
+    let step = build_step(&cfg).unwrap();
+    let store = upload_state(&gpu, &step, &random_weights(&step.specs, 1), &cfg).unwrap();
+    let (micro, update) = step.executables(&gpu, &store).unwrap();
+    assert_eq!(
+        rows["activations and gradients (planned)"],
+        micro.memory.total_bytes()
+    );
+    assert_eq!(
+        rows["clipping and SGD (planned)"],
+        update.memory.total_bytes()
+    );
+    let stored = |prefix: &str| -> u64 {
+        store
+            .tensors
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, t)| t.shape.bytes())
+            .sum()
+    };
+    assert_eq!(rows["gradient sums"], stored(GRAD_SUM));
+    assert_eq!(rows["SGD velocities"], stored("optimizer.velocity."));
+    let all: u64 = store.tensors.values().map(|t| t.shape.bytes()).sum();
+    assert_eq!(
+        rows["weights and batch-norm statistics"],
+        all - stored(GRAD_SUM) - stored("optimizer.velocity.")
+    );
+    let bigger = planned_memory(&TrainConfig { batch: 8, ..cfg }).unwrap();
+    assert!(bigger[4].1 > rows["activations and gradients (planned)"]);
 }

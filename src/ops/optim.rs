@@ -8,7 +8,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{chunks, vec4_pieces, Binding, DeviceTensor, Recorder, ShaderSpec};
+use crate::gpu::{chunks, vec4_pieces, Binding, DeviceTensor, Recorder, ShaderSpec, Window};
 use crate::graph::Op;
 use crate::ops::elementwise::expect_inputs;
 use crate::ops::loss::{expect_scalar, RecordWindowed, SquareSums};
@@ -151,41 +151,63 @@ impl RecordWindowed for SgdStep {
         window: u64,
     ) -> Result<()> {
         self.validate()?;
-        let gpu = rec.gpu();
-        let lr = inputs[3].window(gpu, 0, 1)?;
-        let clip = inputs[4].window(gpu, 0, 1)?;
-        for range in chunks(inputs[0].numel(), window) {
-            let count = range.end - range.start;
-            let [param, grad, velocity] =
-                [0, 1, 2].map(|i| inputs[i].window(gpu, range.start, count));
-            let (param, grad, velocity) = (param?, grad?, velocity?);
-            let bindings: Vec<Binding> = [&param, &grad, &velocity, &lr, &clip]
-                .into_iter()
-                .map(Into::into)
-                .collect();
-            for piece in vec4_pieces(&[param.shift, grad.shift, velocity.shift], count) {
-                let params = SgdParams {
-                    n: piece.n as u32,
-                    shift_param: piece.shifts[0],
-                    shift_grad: piece.shifts[1],
-                    shift_velocity: piece.shifts[2],
-                    shift_lr: lr.shift,
-                    shift_clip: clip.shift,
-                    nesterov: self.nesterov as u32,
-                    momentum: self.momentum,
-                    weight_decay: self.weight_decay,
-                    _pad: [0; 3],
-                };
-                rec.dispatch_groups(
-                    &sgd_spec(piece.vec4),
-                    bytemuck::bytes_of(&params),
-                    bindings.clone(),
-                    piece.n.div_ceil(WG),
-                )?;
-            }
-        }
-        Ok(())
+        record_in_place(rec, sgd_spec, inputs, 3, window, |n, shifts| SgdParams {
+            n,
+            shift_param: shifts[0],
+            shift_grad: shifts[1],
+            shift_velocity: shifts[2],
+            shift_lr: shifts[3],
+            shift_clip: shifts[4],
+            nesterov: self.nesterov as u32,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            _pad: [0; 3],
+        })
     }
+}
+
+/// Records `spec(vec4)` over consecutive windows of an optimiser op's inputs:
+/// the first `per_element` have one length and are split into windows (vec4
+/// where all start 16-byte aligned), the rest are one-element tensors bound
+/// whole. `params(n, shifts)` builds the uniform from a piece's length and the
+/// element shift of every input, in input order.
+fn record_in_place<P: Pod>(
+    rec: &mut Recorder,
+    spec: fn(bool) -> ShaderSpec,
+    inputs: &[&DeviceTensor],
+    per_element: usize,
+    window: u64,
+    params: impl Fn(u32, &[u32]) -> P,
+) -> Result<()> {
+    let gpu = rec.gpu();
+    let scalars: Vec<Window> = inputs[per_element..]
+        .iter()
+        .map(|t| t.window(gpu, 0, 1))
+        .collect::<Result<_>>()?;
+    for range in chunks(inputs[0].numel(), window) {
+        let count = range.end - range.start;
+        let windows: Vec<Window> = inputs[..per_element]
+            .iter()
+            .map(|t| t.window(gpu, range.start, count))
+            .collect::<Result<_>>()?;
+        let bindings: Vec<Binding> = windows.iter().chain(&scalars).map(Into::into).collect();
+        let shifts: Vec<u32> = windows.iter().map(|w| w.shift).collect();
+        for piece in vec4_pieces(&shifts, count) {
+            let all: Vec<u32> = piece
+                .shifts
+                .iter()
+                .copied()
+                .chain(scalars.iter().map(|s| s.shift))
+                .collect();
+            rec.dispatch_groups(
+                &spec(piece.vec4),
+                bytemuck::bytes_of(&params(piece.n as u32, &all)),
+                bindings.clone(),
+                piece.n.div_ceil(WG),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Gradient accumulation over micro-batches, in place. Inputs: sum, grad
@@ -266,31 +288,16 @@ impl RecordWindowed for GradAccumulate {
         _outputs: &[&DeviceTensor],
         window: u64,
     ) -> Result<()> {
-        let gpu = rec.gpu();
-        let keep = inputs[2].window(gpu, 0, 1)?;
-        for range in chunks(inputs[0].numel(), window) {
-            let count = range.end - range.start;
-            let sum = inputs[0].window(gpu, range.start, count)?;
-            let grad = inputs[1].window(gpu, range.start, count)?;
-            let bindings: Vec<Binding> = [&sum, &grad, &keep].into_iter().map(Into::into).collect();
-            for piece in vec4_pieces(&[sum.shift, grad.shift], count) {
-                let params = AccumulateParams {
-                    n: piece.n as u32,
-                    shift_sum: piece.shifts[0],
-                    shift_grad: piece.shifts[1],
-                    shift_keep: keep.shift,
-                    scale: self.scale,
-                    _pad: [0; 3],
-                };
-                rec.dispatch_groups(
-                    &accumulate_spec(piece.vec4),
-                    bytemuck::bytes_of(&params),
-                    bindings.clone(),
-                    piece.n.div_ceil(WG),
-                )?;
+        record_in_place(rec, accumulate_spec, inputs, 2, window, |n, shifts| {
+            AccumulateParams {
+                n,
+                shift_sum: shifts[0],
+                shift_grad: shifts[1],
+                shift_keep: shifts[2],
+                scale: self.scale,
+                _pad: [0; 3],
             }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -601,6 +608,17 @@ mod tests {
         let err = GlobalNormClip { max_norm: 1.0 }.infer(&[]).unwrap_err();
         assert!(matches!(err, Error::Shape { .. }), "{err}");
         let err = GlobalNormClip { max_norm: 0.0 }.infer(&[&p]).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        let acc = GradAccumulate { scale: 0.5 };
+        let err = acc.infer(&[&p, &s(&[3, 4]), &one]).unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
+        let err = acc.infer(&[&p, &p, &p]).unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
+        let err = GradAccumulate {
+            scale: f32::INFINITY,
+        }
+        .infer(&[&p, &p, &one])
+        .unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     }
 }

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::graph::exec::{Executable, ParamStore};
-use crate::graph::{Graph, TensorId};
+use crate::graph::exec::{plan_storages, Executable, ParamStore};
+use crate::graph::{Graph, TensorId, TensorKind};
 use crate::io::weights::WeightFile;
 use crate::model::delg::{DelgConfig, DelgLossConfig};
 use crate::model::dolg::{DolgConfig, DolgLossConfig};
@@ -318,7 +318,7 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
         .tensors
         .iter()
         .enumerate()
-        .filter(|(_, i)| i.kind == crate::graph::TensorKind::Param)
+        .filter(|(_, i)| i.kind == TensorKind::Param)
         .map(|(k, i)| (i.name.as_str(), TensorId(k)))
         .collect();
     let train: Vec<(String, TensorId)> = specs
@@ -398,6 +398,57 @@ impl StepGraph {
         let update = Executable::new(gpu, &self.update, &[self.grad_norm], store)?;
         Ok((micro, update))
     }
+}
+
+/// Device memory a run plans for, by category, in bytes: what the memory
+/// planner and the parameter shapes fix before any kernel is recorded.
+/// Kernel scratch (convolution staging, GEMM operand textures, reduction
+/// partials) and the driver's own allocations come on top.
+pub fn planned_memory(cfg: &TrainConfig) -> Result<Vec<(&'static str, u64)>> {
+    let sg = build_step(cfg)?;
+    let mut params: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut inputs = 0;
+    for info in sg.graph.tensors.iter().chain(&sg.update.tensors) {
+        match info.kind {
+            TensorKind::Param => {
+                params.insert(&info.name, info.shape.bytes());
+            }
+            TensorKind::Input => inputs += info.shape.bytes(),
+            TensorKind::Computed => {}
+        }
+    }
+    let category = |prefix: &str| -> u64 {
+        params
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, b)| b)
+            .sum()
+    };
+    let (velocity, sums) = (category(VELOCITY), category(GRAD_SUM));
+    let weights = params.values().sum::<u64>() - velocity - sums;
+    let micro = plan_storages(&sg.graph, &sg.targets()).memory.total_bytes();
+    let update = plan_storages(&sg.update, &[sg.grad_norm])
+        .memory
+        .total_bytes();
+    // Validation builds its own folded copy of the weights and an inference
+    // plan while the training executables stay alive.
+    let (g, _, scores, _) = cfg.net.validation_graph(cfg.batch, cfg.image_size)?;
+    let validation = g
+        .tensors
+        .iter()
+        .filter(|i| i.kind != TensorKind::Computed)
+        .map(|i| i.shape.bytes())
+        .sum::<u64>()
+        + plan_storages(&g, &scores).memory.total_bytes();
+    Ok(vec![
+        ("weights and batch-norm statistics", weights),
+        ("SGD velocities", velocity),
+        ("gradient sums", sums),
+        ("step inputs (images, labels, lr)", inputs),
+        ("activations and gradients (planned)", micro),
+        ("clipping and SGD (planned)", update),
+        ("validation (folded weights + plan)", validation),
+    ])
 }
 
 /// Device tensors for every parameter of the step graph, from a weight file
