@@ -327,6 +327,9 @@ pub struct MatchArgs {
     /// Also draw outlier matches, faint.
     #[arg(long)]
     pub dim_outliers: bool,
+    /// Draw lines for at most this many inliers (dots for all), for dense matches.
+    #[arg(long)]
+    pub max_lines: Option<usize>,
     /// RANSAC model: affine (DELG's) or homography.
     #[arg(long, default_value = "affine")]
     pub model: String,
@@ -414,6 +417,7 @@ fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
     if let Some(out) = &a.out {
         let render = pair::RenderOptions {
             dim_outliers: a.dim_outliers,
+            max_lines: a.max_lines,
             ..Default::default()
         };
         pair::write_picture(&r, &caption, &render, out)?;

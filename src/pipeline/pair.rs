@@ -222,6 +222,10 @@ pub fn caption(r: &PairResult, truth: Option<&Transform>) -> Vec<String> {
 pub struct RenderOptions {
     /// Also draw outliers, as faint grey lines.
     pub dim_outliers: bool,
+    /// Draw lines for at most this many inliers (evenly spread over them;
+    /// every inlier still gets its dots), for readable pictures of dense
+    /// matches.
+    pub max_lines: Option<usize>,
     /// Height both images are scaled to (clamped to this range from the
     /// taller image's height).
     pub min_height: u32,
@@ -232,6 +236,7 @@ impl Default for RenderOptions {
     fn default() -> Self {
         RenderOptions {
             dim_outliers: false,
+            max_lines: None,
             min_height: 320,
             max_height: 720,
         }
@@ -299,7 +304,13 @@ pub fn render(
         }
     }
     let inliers: Vec<&PairMatch> = r.matches.iter().filter(|m| m.inlier).collect();
-    for (k, m) in inliers.iter().enumerate() {
+    let lines = opts.max_lines.unwrap_or(usize::MAX);
+    let every = inliers.len().div_ceil(lines.max(1)).max(1);
+    for (k, m) in inliers
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| k % every == 0 && k / every < lines)
+    {
         draw::line(
             &mut canvas,
             at_a(m.a),
@@ -420,6 +431,16 @@ mod tests {
             },
         );
         assert_eq!(*plain.get_pixel(20, 40), Rgb([0, 0, 255]));
+        // The inlier's line passes mid-way unless lines are capped at zero.
+        let mid = |p: &RgbImage| *p.get_pixel(114, 25);
+        assert_ne!(mid(&pic), Rgb([0, 0, 255]));
+        let no_lines = RenderOptions {
+            max_lines: Some(0),
+            ..opts
+        };
+        let bare = render(&a, &b, &r, &cap, &no_lines);
+        assert_eq!(mid(&bare), Rgb([0, 0, 255]));
+        assert_eq!(*bare.get_pixel(20, 40), draw::palette(0), "dots stay");
         assert_ne!(*dimmed.get_pixel(20, 40), Rgb([0, 0, 255]));
     }
 
