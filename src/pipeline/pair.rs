@@ -243,7 +243,8 @@ impl Default for RenderOptions {
     }
 }
 
-/// A and B side by side at the same height, correspondences drawn on top,
+/// A and B (decoded like extraction decodes them, so keypoints are in their
+/// pixels) side by side at the same height, correspondences drawn on top,
 /// `caption` lines in a panel below.
 pub fn render(
     a: &RgbImage,
@@ -264,20 +265,14 @@ pub fn render(
         (resize_pil_bilinear(img, w, height), s)
     };
     let ((a_img, sa), (b_img, sb)) = (scaled(a), scaled(b));
-    // Keypoints are in original-file pixels, the images may have been decoded
-    // at another size (EXIF rotation aside, they match).
-    let (sa, sb) = (
-        sa * a.width() as f64 / r.a.width.max(1) as f64,
-        sb * b.width() as f64 / r.b.width.max(1) as f64,
-    );
     let b_x0 = (a_img.width() + GAP) as f64;
     let width = a_img.width() + GAP + b_img.width();
-    let longest = caption.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u32;
-    let scale = if draw::text_width(&"x".repeat(longest as usize), 2) + 16 <= width {
-        2
-    } else {
-        1
-    };
+    let longest = caption
+        .iter()
+        .map(|l| draw::text_width(l, 2))
+        .max()
+        .unwrap_or(0);
+    let scale = if longest + 16 <= width { 2 } else { 1 };
     let line_h = draw::GLYPH_H * scale;
     let panel = caption.len() as u32 * line_h + 16;
     let mut canvas = RgbImage::from_pixel(width, height + panel, BACKGROUND);
