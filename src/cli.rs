@@ -207,12 +207,8 @@ pub struct RerankArgs {
     /// Shortlist length for re-ranking.
     #[arg(long, default_value_t = 100)]
     pub shortlist: usize,
-    /// Descriptor distance threshold (or ratio with --ratio-test).
-    #[arg(long, default_value_t = 1.0)]
-    pub match_threshold: f32,
-    /// Lowe's ratio test instead of an absolute distance threshold.
-    #[arg(long)]
-    pub ratio_test: bool,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
     /// Match sign-binarised descriptors by Hamming distance below this many bits
     /// (DELG's binarised variant), instead of float descriptors by L2.
     #[arg(long)]
@@ -220,39 +216,65 @@ pub struct RerankArgs {
     /// RANSAC with a homography instead of an affine model.
     #[arg(long)]
     pub homography: bool,
-    /// RANSAC inlier threshold in pixels.
-    #[arg(long, default_value_t = 20.0)]
-    pub residual_threshold: f64,
-    #[arg(long, default_value_t = 1000)]
-    pub ransac_trials: usize,
     /// Where descriptor nearest neighbours are computed: auto (the faster
     /// for this adapter, as measured), cpu or gpu.
     #[arg(long, default_value = "auto")]
     pub match_on: String,
 }
 
+/// Descriptor matching and RANSAC settings shared by re-ranking and `match`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Descriptor distance threshold (or ratio with --ratio-test).
+    #[arg(long, default_value_t = 1.0)]
+    pub match_threshold: f32,
+    /// Lowe's ratio test instead of an absolute distance threshold.
+    #[arg(long)]
+    pub ratio_test: bool,
+    /// RANSAC inlier threshold in pixels.
+    #[arg(long, default_value_t = 20.0)]
+    pub residual_threshold: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub ransac_trials: usize,
+}
+
+impl VerifyArgs {
+    fn matching(&self) -> crate::retrieval::matching::MatchParams {
+        crate::retrieval::matching::MatchParams {
+            threshold: self.match_threshold,
+            ratio_test: self.ratio_test,
+        }
+    }
+
+    /// DELG's RANSAC for `homography` false, else the homography variant,
+    /// with these flags' threshold and trials.
+    fn ransac(&self, homography: bool) -> crate::retrieval::ransac::RansacParams {
+        use crate::retrieval::ransac::RansacParams;
+        let base = if homography {
+            RansacParams::homography()
+        } else {
+            RansacParams::default()
+        };
+        RansacParams {
+            residual_threshold: self.residual_threshold,
+            max_trials: self.ransac_trials,
+            ..base
+        }
+    }
+}
+
 impl RerankArgs {
     pub fn params(&self) -> Result<Option<crate::pipeline::search::RerankParams>> {
-        use crate::retrieval::ransac::RansacParams;
         let match_on = crate::pipeline::local_match::MatchOn::parse(&self.match_on)?;
         Ok(self.rerank.then(|| {
-            let mut ransac = if self.homography {
-                RansacParams::homography()
-            } else {
-                RansacParams::default()
-            };
-            ransac.residual_threshold = self.residual_threshold;
-            ransac.max_trials = self.ransac_trials;
+            let mut matching = self.verify.matching();
+            if let Some(h) = self.hamming {
+                matching.threshold = h as f32;
+            }
             crate::pipeline::search::RerankParams {
                 shortlist: self.shortlist,
-                matching: crate::retrieval::matching::MatchParams {
-                    threshold: self
-                        .hamming
-                        .map(|h| h as f32)
-                        .unwrap_or(self.match_threshold),
-                    ratio_test: self.ratio_test,
-                },
-                ransac,
+                matching,
+                ransac: self.verify.ransac(self.homography),
                 binary: self.hamming.is_some(),
                 match_on,
             }
@@ -331,23 +353,17 @@ pub struct MatchArgs {
     /// Also draw outlier matches, faint.
     #[arg(long)]
     pub dim_outliers: bool,
+    /// Draw lines for at most this many inliers (dots for all), for dense matches.
+    #[arg(long)]
+    pub max_lines: Option<usize>,
     /// RANSAC model: affine (DELG's) or homography.
     #[arg(long, default_value = "affine")]
     pub model: String,
     /// A true A→B homography (nine numbers, Oxford "H1to2p" form): report the corner error.
     #[arg(long)]
     pub gt_homography: Option<PathBuf>,
-    /// Descriptor distance threshold (or ratio with --ratio-test).
-    #[arg(long, default_value_t = 1.0)]
-    pub match_threshold: f32,
-    /// Lowe's ratio test instead of an absolute distance threshold.
-    #[arg(long)]
-    pub ratio_test: bool,
-    /// RANSAC inlier threshold in pixels.
-    #[arg(long, default_value_t = 20.0)]
-    pub residual_threshold: f64,
-    #[arg(long, default_value_t = 1000)]
-    pub ransac_trials: usize,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
     /// Largest image side for extraction; 0 keeps the original size.
     #[arg(long)]
     pub max_image_size: Option<u32>,
@@ -364,23 +380,20 @@ pub struct MatchArgs {
 
 fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
     use crate::pipeline::pair;
-    use crate::retrieval::ransac::RansacParams;
     if a.out.is_none() && !a.json {
         return Err(Error::InvalidArgument(
             "match: give --out pair.png, --json, or both".into(),
         ));
     }
-    let mut ransac = match a.model.as_str() {
-        "affine" => RansacParams::default(),
-        "homography" => RansacParams::homography(),
+    let ransac = match a.model.as_str() {
+        "affine" => a.verify.ransac(false),
+        "homography" => a.verify.ransac(true),
         other => {
             return Err(Error::InvalidArgument(format!(
                 "--model '{other}': use affine or homography"
             )))
         }
     };
-    ransac.residual_threshold = a.residual_threshold;
-    ransac.max_trials = a.ransac_trials;
     let mut extract = crate::pipeline::extract::ExtractConfig::default();
     if let Some(m) = a.max_image_size {
         extract.max_image_size = (m > 0).then_some(m);
@@ -406,10 +419,7 @@ fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
         b: a.b.clone(),
         weights: a.weights.clone(),
         extract,
-        matching: crate::retrieval::matching::MatchParams {
-            threshold: a.match_threshold,
-            ratio_test: a.ratio_test,
-        },
+        matching: a.verify.matching(),
         ransac,
     };
     let gpu = Gpu::new(opts)?;
@@ -418,6 +428,7 @@ fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
     if let Some(out) = &a.out {
         let render = pair::RenderOptions {
             dim_outliers: a.dim_outliers,
+            max_lines: a.max_lines,
             ..Default::default()
         };
         pair::write_picture(&r, &caption, &render, out)?;

@@ -261,6 +261,6 @@ mod tests {
         assert_eq!(*img.get_pixel(0, 0), BLACK);
         let colours: std::collections::HashSet<_> = (0..12).map(palette).collect();
         assert_eq!(colours.len(), 12);
-        assert!((0..12).all(|i| palette(i).0.iter().any(|&c| c == 255)));
+        assert!((0..12).all(|i| palette(i).0.contains(&255)));
     }
 }

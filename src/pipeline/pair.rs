@@ -230,6 +230,10 @@ pub fn caption(r: &PairResult, truth: Option<&Transform>) -> Vec<String> {
 pub struct RenderOptions {
     /// Also draw outliers, as faint grey lines.
     pub dim_outliers: bool,
+    /// Draw lines for at most this many inliers (evenly spread over them;
+    /// every inlier still gets its dots), for readable pictures of dense
+    /// matches.
+    pub max_lines: Option<usize>,
     /// Height both images are scaled to (clamped to this range from the
     /// taller image's height).
     pub min_height: u32,
@@ -240,13 +244,15 @@ impl Default for RenderOptions {
     fn default() -> Self {
         RenderOptions {
             dim_outliers: false,
+            max_lines: None,
             min_height: 320,
             max_height: 720,
         }
     }
 }
 
-/// A and B side by side at the same height, correspondences drawn on top,
+/// A and B (decoded like extraction decodes them, so keypoints are in their
+/// pixels) side by side at the same height, correspondences drawn on top,
 /// `caption` lines in a panel below.
 pub fn render(
     a: &RgbImage,
@@ -267,20 +273,14 @@ pub fn render(
         (resize_pil_bilinear(img, w, height), s)
     };
     let ((a_img, sa), (b_img, sb)) = (scaled(a), scaled(b));
-    // Keypoints are in original-file pixels, the images may have been decoded
-    // at another size (EXIF rotation aside, they match).
-    let (sa, sb) = (
-        sa * a.width() as f64 / r.a.width.max(1) as f64,
-        sb * b.width() as f64 / r.b.width.max(1) as f64,
-    );
     let b_x0 = (a_img.width() + GAP) as f64;
     let width = a_img.width() + GAP + b_img.width();
-    let longest = caption.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u32;
-    let scale = if draw::text_width(&"x".repeat(longest as usize), 2) + 16 <= width {
-        2
-    } else {
-        1
-    };
+    let longest = caption
+        .iter()
+        .map(|l| draw::text_width(l, 2))
+        .max()
+        .unwrap_or(0);
+    let scale = if longest + 16 <= width { 2 } else { 1 };
     let line_h = draw::GLYPH_H * scale;
     let panel = caption.len() as u32 * line_h + 16;
     let mut canvas = RgbImage::from_pixel(width, height + panel, BACKGROUND);
@@ -307,7 +307,13 @@ pub fn render(
         }
     }
     let inliers: Vec<&PairMatch> = r.matches.iter().filter(|m| m.inlier).collect();
-    for (k, m) in inliers.iter().enumerate() {
+    let lines = opts.max_lines.unwrap_or(usize::MAX);
+    let every = inliers.len().div_ceil(lines.max(1)).max(1);
+    for (k, m) in inliers
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| k % every == 0 && k / every < lines)
+    {
         draw::line(
             &mut canvas,
             at_a(m.a),
@@ -428,6 +434,16 @@ mod tests {
             },
         );
         assert_eq!(*plain.get_pixel(20, 40), Rgb([0, 0, 255]));
+        // The inlier's line passes mid-way unless lines are capped at zero.
+        let mid = |p: &RgbImage| *p.get_pixel(114, 25);
+        assert_ne!(mid(&pic), Rgb([0, 0, 255]));
+        let no_lines = RenderOptions {
+            max_lines: Some(0),
+            ..opts
+        };
+        let bare = render(&a, &b, &r, &cap, &no_lines);
+        assert_eq!(mid(&bare), Rgb([0, 0, 255]));
+        assert_eq!(*bare.get_pixel(20, 40), draw::palette(0), "dots stay");
         assert_ne!(*dimmed.get_pixel(20, 40), Rgb([0, 0, 255]));
     }
 
