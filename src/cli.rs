@@ -165,21 +165,8 @@ pub struct ExtractArgs {
     /// JSON file with extraction settings (see ExtractConfig); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Largest image side after the initial resize; 0 keeps the original size.
-    #[arg(long)]
-    pub max_image_size: Option<u32>,
-    /// Attention threshold τ (default: the value stored with the weights).
-    #[arg(long)]
-    pub score_threshold: Option<f32>,
-    /// Local features kept per image.
-    #[arg(long)]
-    pub max_features: Option<usize>,
-    /// Pyramid scales, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub scales: Option<Vec<f64>>,
-    /// Indices of the scales whose global descriptors are aggregated, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub global_scales: Option<Vec<usize>>,
+    #[command(flatten)]
+    pub settings: ExtractFlags,
     /// Also write sign-binarised local descriptors (16 bytes each).
     #[arg(long)]
     pub binarize: bool,
@@ -316,18 +303,8 @@ pub struct EvalArgs {
     /// Folder for extracted features (reused and resumed across runs).
     #[arg(long, default_value = "delg-eval")]
     pub work: PathBuf,
-    /// Largest image side for extraction.
-    #[arg(long)]
-    pub max_image_size: Option<u32>,
-    /// Attention threshold τ (default: the value stored with the weights).
-    #[arg(long)]
-    pub score_threshold: Option<f32>,
-    /// Pyramid scales, comma-separated (default: DELG's seven).
-    #[arg(long, value_delimiter = ',')]
-    pub scales: Option<Vec<f64>>,
-    /// Indices of the scales aggregated into the global descriptor.
-    #[arg(long, value_delimiter = ',')]
-    pub global_scales: Option<Vec<usize>>,
+    #[command(flatten)]
+    pub settings: ExtractFlags,
     #[command(flatten)]
     pub rerank: RerankArgs,
     /// Print the report as JSON.
@@ -364,7 +341,15 @@ pub struct MatchArgs {
     pub gt_homography: Option<PathBuf>,
     #[command(flatten)]
     pub verify: VerifyArgs,
-    /// Largest image side for extraction; 0 keeps the original size.
+    #[command(flatten)]
+    pub settings: ExtractFlags,
+}
+
+/// Extraction settings every extracting command can override; the defaults
+/// are the paper's for the model in the weights.
+#[derive(Args, Debug)]
+pub struct ExtractFlags {
+    /// Largest image side after the initial resize; 0 keeps the original size.
     #[arg(long)]
     pub max_image_size: Option<u32>,
     /// Attention threshold τ (default: the value stored with the weights).
@@ -373,9 +358,39 @@ pub struct MatchArgs {
     /// Local features kept per image.
     #[arg(long)]
     pub max_features: Option<usize>,
-    /// Pyramid scales, comma-separated (default: DELG's seven).
+    /// Pyramid scales, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub scales: Option<Vec<f64>>,
+    /// Indices of the scales whose global descriptors are aggregated, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub global_scales: Option<Vec<usize>>,
+}
+
+impl ExtractFlags {
+    /// Overrides `cfg` with the flags given, then validates it.
+    pub fn apply(&self, cfg: &mut crate::pipeline::extract::ExtractConfig) -> Result<()> {
+        if let Some(m) = self.max_image_size {
+            cfg.max_image_size = (m > 0).then_some(m);
+        }
+        if self.score_threshold.is_some() {
+            cfg.score_threshold = self.score_threshold;
+        }
+        if let Some(m) = self.max_features {
+            cfg.max_features = m;
+        }
+        if let Some(s) = &self.scales {
+            cfg.scales = s.clone();
+            if self.global_scales.is_none() {
+                // New scales invalidate the default indices: the middle one
+                // (scale 1 in a symmetric pyramid) unless told otherwise.
+                cfg.global_scales = vec![s.len() / 2];
+            }
+        }
+        if let Some(g) = &self.global_scales {
+            cfg.global_scales = g.clone();
+        }
+        cfg.validate()
+    }
 }
 
 fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
@@ -395,19 +410,7 @@ fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
         }
     };
     let mut extract = crate::pipeline::extract::ExtractConfig::default();
-    if let Some(m) = a.max_image_size {
-        extract.max_image_size = (m > 0).then_some(m);
-    }
-    extract.score_threshold = a.score_threshold;
-    if let Some(m) = a.max_features {
-        extract.max_features = m;
-    }
-    if let Some(s) = &a.scales {
-        extract.scales = s.clone();
-        // The global descriptor is not used here; any valid level will do.
-        extract.global_scales = vec![0];
-    }
-    extract.validate()?;
+    a.settings.apply(&mut extract)?;
     // Read the ground truth before the slow extraction, so a typo fails fast.
     let truth = a
         .gt_homography
@@ -677,23 +680,8 @@ fn extract_config(a: &ExtractArgs) -> Result<crate::pipeline::extract::ExtractCo
         }
         None => defaults,
     };
-    if let Some(m) = a.max_image_size {
-        cfg.max_image_size = (m > 0).then_some(m);
-    }
-    if a.score_threshold.is_some() {
-        cfg.score_threshold = a.score_threshold;
-    }
-    if let Some(m) = a.max_features {
-        cfg.max_features = m;
-    }
-    if let Some(s) = &a.scales {
-        cfg.scales = s.clone();
-    }
-    if let Some(g) = &a.global_scales {
-        cfg.global_scales = g.clone();
-    }
     cfg.binarize |= a.binarize;
-    cfg.validate()?;
+    a.settings.apply(&mut cfg)?;
     Ok(cfg)
 }
 
@@ -1095,17 +1083,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Some(w) => extract_defaults(w)?.1,
                 None => Default::default(),
             };
-            if let Some(m) = a.max_image_size {
-                extract.max_image_size = (m > 0).then_some(m);
-            }
-            extract.score_threshold = a.score_threshold;
-            if let Some(sc) = &a.scales {
-                extract.scales = sc.clone();
-            }
-            if let Some(gs) = &a.global_scales {
-                extract.global_scales = gs.clone();
-            }
-            extract.validate()?;
+            a.settings.apply(&mut extract)?;
             let gpu = Gpu::new(&opts)?;
             let job = EvalJob {
                 gnd: a.gnd.clone(),

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::resnet::{backbone, ConvSpec, Mode, ModelParams, NetBuilder, ResNetConfig, Role};
+use super::resnet::{backbone, Mode, ModelParams, NetBuilder, ResNetConfig, Role};
 use crate::error::Result;
 use crate::graph::{Graph, TensorId};
 use crate::ops::elementwise::{Binary, BinaryKind, StopGradient, Unary, UnaryKind};
@@ -90,25 +90,6 @@ struct Heads {
     s: TensorId,
 }
 
-fn one_by_one(
-    b: &mut NetBuilder,
-    x: TensorId,
-    name: &str,
-    bn: Option<&str>,
-    c_out: usize,
-    relu: bool,
-) -> Result<TensorId> {
-    b.conv(
-        x,
-        ConvSpec {
-            bn,
-            bias: true,
-            relu,
-            ..ConvSpec::new(name, c_out, 1)
-        },
-    )
-}
-
 fn heads(b: &mut NetBuilder, cfg: &DelgConfig, image: TensorId) -> Result<Heads> {
     let f = backbone(b, &cfg.backbone, image)?;
     let c_d = cfg.backbone.d_channels();
@@ -122,17 +103,16 @@ fn heads(b: &mut NetBuilder, cfg: &DelgConfig, image: TensorId) -> Result<Heads>
     // The local head reads S through a stop-gradient (spec §1.4): its losses
     // train the heads only, never the backbone.
     let s = b.g.apply1(StopGradient, &[f.s])?;
-    let hidden = one_by_one(
-        b,
+    let hidden = b.conv1x1(
         s,
         "attention.conv1",
         Some("attention.bn"),
         cfg.attention_dim,
         true,
     )?;
-    let logits = one_by_one(b, hidden, "attention.conv2", None, 1, false)?;
+    let logits = b.conv1x1(hidden, "attention.conv2", None, 1, false)?;
     let attention = b.g.apply1(Unary(UnaryKind::Softplus), &[logits])?;
-    let local = one_by_one(b, s, "autoencoder.encoder", None, cfg.local_dim, false)?;
+    let local = b.conv1x1(s, "autoencoder.encoder", None, cfg.local_dim, false)?;
     Ok(Heads {
         global,
         attention,
@@ -207,7 +187,7 @@ fn classifiers(
     let class_w = b.g.apply1(L2Normalize::default(), &[class_w])?;
     let cosines =
         b.g.apply1(Matmul::new(false, true), &[embedding, class_w])?;
-    let decoded = one_by_one(b, h.local, "autoencoder.decoder", None, c_s, true)?;
+    let decoded = b.conv1x1(h.local, "autoencoder.decoder", None, c_s, true)?;
     let normalized = b.g.apply1(L2Normalize::default(), &[decoded])?;
     let pooled = b.g.apply1(AttentionPool, &[normalized, h.attention])?;
     let aw = b.param(

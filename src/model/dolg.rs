@@ -123,25 +123,6 @@ impl DolgLossConfig {
     }
 }
 
-fn conv1x1(
-    b: &mut NetBuilder,
-    x: TensorId,
-    name: &str,
-    bn: Option<&str>,
-    c_out: usize,
-    relu: bool,
-) -> Result<TensorId> {
-    b.conv(
-        x,
-        ConvSpec {
-            bn,
-            bias: true,
-            relu,
-            ..ConvSpec::new(name, c_out, 1)
-        },
-    )
-}
-
 /// The multi-atrous block: image-pool branch (upsampled back to the map's
 /// size), a 1×1 branch and one dilated 3×3 branch per rate, concatenated in
 /// that order, then 1×1 + ReLU back to the input width.
@@ -154,8 +135,7 @@ fn multi_atrous(b: &mut NetBuilder, ma: &MultiAtrous, x: TensorId) -> Result<Ten
         },
         &[pooled],
     )?;
-    let pooled = conv1x1(
-        b,
+    let pooled = b.conv1x1(
         pooled,
         "localmodel.aspp.im_pool.1",
         None,
@@ -165,14 +145,7 @@ fn multi_atrous(b: &mut NetBuilder, ma: &MultiAtrous, x: TensorId) -> Result<Ten
     let mut branches = vec![b
         .g
         .apply1(ResizeBilinear { out_h: h, out_w: w }, &[pooled])?];
-    branches.push(conv1x1(
-        b,
-        x,
-        "localmodel.aspp.aspp.0",
-        None,
-        ma.branch_dim,
-        false,
-    )?);
+    branches.push(b.conv1x1(x, "localmodel.aspp.aspp.0", None, ma.branch_dim, false)?);
     for (i, &d) in ma.dilations.iter().enumerate() {
         let name = format!("localmodel.aspp.aspp.{}", i + 1);
         let spec = ConvSpec {
@@ -183,7 +156,7 @@ fn multi_atrous(b: &mut NetBuilder, ma: &MultiAtrous, x: TensorId) -> Result<Ten
         branches.push(b.conv(x, spec)?);
     }
     let joined = b.g.apply1(ChannelConcat, &branches)?;
-    conv1x1(b, joined, "localmodel.aspp.conv_after.0", None, c, true)
+    b.conv1x1(joined, "localmodel.aspp.conv_after.0", None, c, true)
 }
 
 /// Tensors of the forward pass shared by extraction and training.
@@ -208,8 +181,7 @@ fn forward(b: &mut NetBuilder, cfg: &DolgConfig, image: TensorId) -> Result<Forw
     if let Some(ma) = &cfg.multi_atrous {
         s = multi_atrous(b, ma, s)?;
     }
-    let x = conv1x1(
-        b,
+    let x = b.conv1x1(
         s,
         "localmodel.conv1",
         Some("localmodel.bn"),
@@ -218,7 +190,7 @@ fn forward(b: &mut NetBuilder, cfg: &DolgConfig, image: TensorId) -> Result<Forw
     )?;
     let normalized = b.g.apply1(L2Normalize::default(), &[x])?;
     let hidden = b.relu(x)?;
-    let logits = conv1x1(b, hidden, "localmodel.conv2", None, 1, false)?;
+    let logits = b.conv1x1(hidden, "localmodel.conv2", None, 1, false)?;
     let attention = b.g.apply1(Unary(UnaryKind::Softplus), &[logits])?;
     // mean_hw(a·f_norm): pooling before the projection is exact (it is linear).
     let local = b.g.apply1(AttentionPool, &[normalized, attention])?;

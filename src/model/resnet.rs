@@ -192,6 +192,26 @@ impl<'g> NetBuilder<'g> {
         self.g.apply1(Unary(UnaryKind::Relu), &[x])
     }
 
+    /// A head's 1×1 convolution with bias (→ [batch norm] → [ReLU]).
+    pub fn conv1x1(
+        &mut self,
+        x: TensorId,
+        name: &str,
+        bn: Option<&str>,
+        c_out: usize,
+        relu: bool,
+    ) -> Result<TensorId> {
+        self.conv(
+            x,
+            ConvSpec {
+                bn,
+                bias: true,
+                relu,
+                ..ConvSpec::new(name, c_out, 1)
+            },
+        )
+    }
+
     /// conv → [bias] → [batch norm] → [+ residual] → [ReLU].
     pub fn conv(&mut self, x: TensorId, s: ConvSpec) -> Result<TensorId> {
         let [_, h, w, c_in] = self.g.shape(x).nhwc("conv")?;
