@@ -169,6 +169,8 @@ struct Forward {
 
 fn forward(b: &mut NetBuilder, cfg: &DolgConfig, image: TensorId) -> Result<Forward> {
     cfg.validate()?;
+    // pycls initialises every convolution He-normal, heads included.
+    b.head_conv = Role::ConvWeight;
     let f = backbone(b, &cfg.backbone, image)?;
     let c_d = cfg.backbone.d_channels();
     let p = b.param("pool_g.p", &[1], Role::GemPower);

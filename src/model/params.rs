@@ -88,7 +88,7 @@ pub fn load_params(
     let mut store = ParamStore::default();
     for s in &model.specs {
         let t = get(&file.tensors, &s.name, path)?;
-        let device = if s.role == Role::ConvWeight {
+        let device = if s.role.is_conv() {
             oihw_to_hwio(t)?
         } else {
             t.clone()
@@ -125,8 +125,8 @@ pub fn load_params(
 }
 
 /// A randomly initialised weight file for `specs`: He-normal convolutions
-/// (fan-out, as torchvision), Glorot-uniform linear and class weights, zero
-/// biases, identity batch norms.
+/// (fan-out, as torchvision), Glorot-uniform head convolutions, linear and
+/// class weights (Keras's default), zero biases, identity batch norms.
 pub fn random_weights(specs: &[ParamSpec], seed: u64) -> WeightFile {
     let mut rng = Rng::new(seed);
     let mut file = WeightFile::default();
@@ -138,6 +138,12 @@ pub fn random_weights(specs: &[ParamSpec], seed: u64) -> WeightFile {
                 let fan_out = dims[0] * dims[2..].iter().product::<usize>();
                 let std = (2.0 / fan_out as f64).sqrt();
                 (0..n).map(|_| (rng.normal() * std) as f32).collect()
+            }
+            Role::HeadConvWeight => {
+                let field = dims[2..].iter().product::<usize>();
+                let (fan_out, fan_in) = (dims[0] * field, dims[1] * field);
+                let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                (0..n).map(|_| rng.range(-limit, limit) as f32).collect()
             }
             Role::LinearWeight | Role::Other => {
                 let (fan_out, fan_in) = (dims[0], dims[1..].iter().product::<usize>());

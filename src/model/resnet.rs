@@ -85,8 +85,12 @@ pub enum Mode {
 /// What a model's weight file must hold, in PyTorch layouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// OIHW convolution weight (stored HWIO on the device).
+    /// OIHW convolution weight (stored HWIO on the device), He-normal
+    /// (fan-out) at initialisation as torchvision and pycls.
     ConvWeight,
+    /// A head's OIHW convolution weight, Glorot-uniform at initialisation
+    /// (the Keras default DELG's heads start from, spec §3).
+    HeadConvWeight,
     /// `[out, in]` linear weight (used as is: the GEMM reads it transposed).
     LinearWeight,
     Bias,
@@ -101,6 +105,13 @@ pub enum Role {
     CurricularState,
     /// Any other learnable tensor (class weights, ...).
     Other,
+}
+
+impl Role {
+    /// OIHW in files, HWIO on the device.
+    pub fn is_conv(self) -> bool {
+        matches!(self, Role::ConvWeight | Role::HeadConvWeight)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +137,9 @@ pub struct NetBuilder<'g> {
     /// Inference only: batch norms folded into convolutions (conv, bn, conv has bias).
     pub folds: Vec<(String, String, bool)>,
     pub bn_eps: f32,
+    /// How `conv1x1` head weights initialise: DELG's Keras heads are
+    /// `HeadConvWeight`, DOLG's pycls heads `ConvWeight`.
+    pub head_conv: Role,
 }
 
 /// One convolution (+ batch norm) with its epilogue.
@@ -140,6 +154,8 @@ pub struct ConvSpec<'a> {
     pub tf_same: bool,
     pub relu: bool,
     pub residual: Option<TensorId>,
+    /// The weight's role (its initialisation).
+    pub role: Role,
 }
 
 impl<'a> ConvSpec<'a> {
@@ -155,6 +171,7 @@ impl<'a> ConvSpec<'a> {
             tf_same: false,
             relu: false,
             residual: None,
+            role: Role::ConvWeight,
         }
     }
 }
@@ -167,6 +184,7 @@ impl<'g> NetBuilder<'g> {
             specs: Vec::new(),
             folds: Vec::new(),
             bn_eps,
+            head_conv: Role::HeadConvWeight,
         }
     }
 
@@ -177,8 +195,8 @@ impl<'g> NetBuilder<'g> {
             role,
         });
         // Conv weights live on the device as HWIO.
-        let device_shape = match (role, shape) {
-            (Role::ConvWeight, &[o, i, h, w]) => vec![h, w, i, o],
+        let device_shape = match shape {
+            &[o, i, h, w] if role.is_conv() => vec![h, w, i, o],
             _ => shape.to_vec(),
         };
         self.g.param(name, device_shape)
@@ -207,6 +225,7 @@ impl<'g> NetBuilder<'g> {
                 bn,
                 bias: true,
                 relu,
+                role: self.head_conv,
                 ..ConvSpec::new(name, c_out, 1)
             },
         )
@@ -230,7 +249,7 @@ impl<'g> NetBuilder<'g> {
         let weight = self.param(
             &format!("{}.weight", s.conv),
             &[s.c_out, c_in, k, k],
-            Role::ConvWeight,
+            s.role,
         );
         let bias = s
             .bias

@@ -474,7 +474,7 @@ pub fn upload_state(
                 ),
             ));
         }
-        let device = if s.role == Role::ConvWeight {
+        let device = if s.role.is_conv() {
             oihw_to_hwio(t)?
         } else {
             t.clone()
@@ -488,7 +488,7 @@ pub fn upload_state(
             let v = match file.tensors.get(&info.name) {
                 Some(v) => {
                     let spec = step.specs.iter().find(|s| s.name == name);
-                    if spec.is_some_and(|s| s.role == Role::ConvWeight) {
+                    if spec.is_some_and(|s| s.role.is_conv()) {
                         oihw_to_hwio(v)?
                     } else {
                         v.clone()
@@ -516,7 +516,7 @@ fn download_state(
     let conv: std::collections::HashSet<&str> = step
         .specs
         .iter()
-        .filter(|s| s.role == Role::ConvWeight)
+        .filter(|s| s.role.is_conv())
         .map(|s| s.name.as_str())
         .collect();
     for (name, t) in &store.tensors {

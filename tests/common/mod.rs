@@ -75,7 +75,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// A file tensor in the device layout its role asks for.
 fn device_layout(spec: &ParamSpec, t: &HostTensor) -> HostTensor {
-    if spec.role == Role::ConvWeight {
+    if spec.role.is_conv() {
         oihw_to_hwio(t).unwrap()
     } else {
         t.clone()
