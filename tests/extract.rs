@@ -212,6 +212,59 @@ fn feature_folders_of_different_models_do_not_mix() {
 }
 
 #[test]
+fn dolg_features_extract_and_search_like_delg_ones() {
+    use delg_gpu::model::dolg::{self, DolgConfig};
+    use delg_gpu::model::ModelConfig;
+    use delg_gpu::pipeline::search::global_search;
+    let Some(gpu) = test_gpu() else { return };
+    let root = temp("dolg");
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for (scene, view) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        render_scene(scene, view, 72)
+            .save(images.join(format!("{scene}_{view}.png")))
+            .unwrap();
+    }
+    let mut model = DolgConfig::new(ResNetConfig {
+        blocks: [1, 1, 1, 1],
+        width: 8,
+        ..ResNetConfig::resnet50(Layout::Torchvision)
+    });
+    model.output_dim = 24;
+    let (_, _, _, params) = dolg::inference_graph(&model, 1, 64, 64).unwrap();
+    let mut w = random_weights(&params.specs, 3);
+    w.metadata
+        .extend(ModelConfig::Dolg(model).metadata().unwrap());
+    let weights = root.join("dolg.safetensors");
+    w.save(&weights).unwrap();
+    let out = root.join("out");
+    let summary = run_extract(
+        &gpu,
+        &ExtractJob {
+            config: ExtractConfig::for_arch("dolg"),
+            ..job(&images, &out, &weights)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            summary.extracted_now,
+            summary.failed,
+            summary.local_features
+        ),
+        (4, 0, 0)
+    );
+    let set = FeatureSet::load(&out).unwrap();
+    assert_eq!((set.len(), set.global_dim, set.local_dim), (4, 24, 0));
+    let hits = global_search(&gpu, &set.global, &set.global, 24, 4).unwrap();
+    for (q, h) in hits.iter().enumerate() {
+        assert_eq!(h[0].db, q, "an image is its own nearest neighbour");
+        assert!((h[0].score - 1.0).abs() < 1e-4);
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn real_photos_extract_with_a_small_model() {
     let Some(gpu) = test_gpu() else { return };
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
