@@ -26,7 +26,11 @@ const TILED_BLOCK: u64 = 64;
 /// tens of workgroups (a 2048³ product is one chunk).
 const TEXTURE_BUDGET: u64 = 4 << 20;
 /// Reduction chunk of the subgroup kernel (B texture rows), before the budget.
-const SGB_MAX_K: u64 = 4096;
+/// Chunks of K accumulate into C; 512 keeps a workgroup's A and B panels
+/// (128×512 and 512×256 floats) in a core's cache and measured 1.17× faster
+/// per CPU-second than one 2048-deep pass at 2048³ on lavapipe (256: 1.05×,
+/// 1024: 1.03×; BENCHMARKS.md).
+const SGB_MAX_K: u64 = 512;
 /// Reduction chunk of the tiled kernel. llvmpipe silently ends a loop nest
 /// after ~65535 iterations per invocation (a wrong sum, no error), so no
 /// dispatch may loop over all of a long K (weight gradients reduce over
