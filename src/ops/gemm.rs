@@ -27,7 +27,7 @@ const TILED_BLOCK: u64 = 64;
 const TEXTURE_BUDGET: u64 = 4 << 20;
 /// Reduction chunk of the subgroup kernel (B texture rows), before the budget.
 /// Chunks of K accumulate into C; 512 keeps a workgroup's A and B panels
-/// (128×512 and 512×256 floats) in a core's cache and measured 1.17× faster
+/// (128×512 and 512×256 floats) in a core's cache and measured ≈1.15× faster
 /// per CPU-second than one 2048-deep pass at 2048³ on lavapipe (256: 1.05×,
 /// 1024: 1.03×; BENCHMARKS.md).
 const SGB_MAX_K: u64 = 512;
