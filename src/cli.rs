@@ -667,16 +667,23 @@ fn extract_config(a: &ExtractArgs) -> Result<crate::pipeline::extract::ExtractCo
             });
         }
     }
-    let mut cfg: crate::pipeline::extract::ExtractConfig = match &a.config {
+    let mut cfg = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::File {
+            let bad = |reason: String| Error::File {
                 path: p.clone(),
-                reason: e.to_string(),
-            })?;
-            serde_json::from_str(&text).map_err(|e| Error::File {
-                path: p.clone(),
-                reason: format!("bad extraction settings: {e}"),
-            })?
+                reason,
+            };
+            let text = std::fs::read_to_string(p).map_err(|e| bad(e.to_string()))?;
+            // The file overrides the model's defaults key by key, so a partial
+            // file keeps the DOLG recipe for a DOLG model.
+            let given: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+                .map_err(|e| bad(format!("bad extraction settings: {e}")))?;
+            let mut merged = serde_json::to_value(&defaults).map_err(|e| bad(e.to_string()))?;
+            if let Some(fields) = merged.as_object_mut() {
+                fields.extend(given);
+            }
+            serde_json::from_value(merged)
+                .map_err(|e| bad(format!("bad extraction settings: {e}")))?
         }
         None => defaults,
     };
