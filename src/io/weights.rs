@@ -15,6 +15,9 @@ use crate::tensor::{HostTensor, Shape, Tensor};
 pub struct WeightFile {
     pub tensors: BTreeMap<String, HostTensor>,
     pub metadata: BTreeMap<String, String>,
+    /// FNV-1a of the file's bytes, as hex, when read from disk: feature
+    /// folders record it to tell models apart.
+    pub fingerprint: Option<String>,
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> Error {
@@ -90,7 +93,11 @@ impl WeightFile {
                 },
             );
         }
-        Ok(WeightFile { tensors, metadata })
+        Ok(WeightFile {
+            tensors,
+            metadata,
+            fingerprint: Some(format!("{:016x}", crate::io::features::fnv1a(&bytes))),
+        })
     }
 
     /// Only the metadata of a safetensors file, from its header.

@@ -37,6 +37,8 @@ pub struct Extractor {
     pub extract: ExtractConfig,
     /// DELG's attention threshold (unused by DOLG).
     pub tau: f32,
+    /// The weight file's fingerprint (None for weights built in memory).
+    pub model_id: Option<String>,
     params: ParamStore,
     plans: HashMap<(usize, usize, usize), Plan>,
     clock: u64,
@@ -103,6 +105,7 @@ impl Extractor {
             model,
             extract,
             tau,
+            model_id: file.fingerprint.clone(),
             params,
             plans: HashMap::new(),
             clock: 0,

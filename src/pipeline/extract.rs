@@ -453,11 +453,12 @@ pub fn run_extract(
     };
     std::fs::create_dir_all(&job.out).map_err(|e| file_err(&job.out, e))?;
     let mut extractor = Extractor::load(gpu, &job.weights, job.config.clone())?;
-    let weight_bytes = std::fs::read(&job.weights).map_err(|e| file_err(&job.weights, e))?;
     let record = RunRecord {
         weights: job.weights.display().to_string(),
-        weights_bytes: weight_bytes.len() as u64,
-        model_id: format!("{:016x}", crate::io::features::fnv1a(&weight_bytes)),
+        weights_bytes: std::fs::metadata(&job.weights)
+            .map(|m| m.len())
+            .unwrap_or(0),
+        model_id: extractor.model_id.clone().unwrap_or_default(),
         tau: extractor.tau,
         shard: job.shard.map(|s| format!("{}/{}", s.index, s.count)),
         extract: job.config.clone(),
