@@ -44,6 +44,7 @@ enum Command {
         src: BufSlice,
         bytes_per_row: u32,
         texture: wgpu::Texture,
+        first_row: u32,
         extent: wgpu::Extent3d,
     },
     Clear {
@@ -79,6 +80,7 @@ enum Step {
         src: BufSlice,
         bytes_per_row: u32,
         texture: wgpu::Texture,
+        first_row: u32,
         extent: wgpu::Extent3d,
     },
     Clear {
@@ -168,17 +170,20 @@ impl<'g> Recorder<'g> {
         self.commands.push(Command::Copy { src, dst });
     }
 
+    /// Copies rows of texels from a buffer into `texture`, starting at its row `first_row`.
     pub fn copy_to_texture(
         &mut self,
         src: BufSlice,
         bytes_per_row: u32,
         texture: wgpu::Texture,
+        first_row: u32,
         extent: wgpu::Extent3d,
     ) {
         self.commands.push(Command::CopyToTexture {
             src,
             bytes_per_row,
             texture,
+            first_row,
             extent,
         });
     }
@@ -268,6 +273,7 @@ impl<'g> Recorder<'g> {
                         src,
                         bytes_per_row,
                         texture,
+                        first_row,
                         extent,
                     } => {
                         stats.copies += 1;
@@ -276,6 +282,7 @@ impl<'g> Recorder<'g> {
                             src,
                             bytes_per_row,
                             texture,
+                            first_row,
                             extent,
                         }
                     }
@@ -345,6 +352,7 @@ impl Recording {
                         src,
                         bytes_per_row,
                         texture,
+                        first_row,
                         extent,
                     } => enc.copy_buffer_to_texture(
                         wgpu::TexelCopyBufferInfo {
@@ -355,7 +363,14 @@ impl Recording {
                                 rows_per_image: None,
                             },
                         },
-                        texture.as_image_copy(),
+                        wgpu::TexelCopyTextureInfo {
+                            origin: wgpu::Origin3d {
+                                x: 0,
+                                y: *first_row,
+                                z: 0,
+                            },
+                            ..texture.as_image_copy()
+                        },
                         *extent,
                     ),
                     Step::Clear { slice } => {

@@ -591,11 +591,12 @@ fn broadcast_form(gpu: &Gpu, call: &GemmCall) -> Kernel {
     }
 }
 
-/// Staging buffer and texture shared by every convolution on a device: their
-/// copies and dispatches are recorded in order on one queue, so one pair per
-/// operand serves all ops without ever being live twice.
+/// Staging texture shared by every convolution on a device, and the buffer
+/// that stages windows a texture copy cannot read in place: their copies and
+/// dispatches are recorded in order on one queue, so one per operand serves
+/// all ops without ever being live twice.
 struct Staging {
-    buffer: wgpu::Buffer,
+    buffer: Option<wgpu::Buffer>,
     texture: wgpu::Texture,
 }
 
@@ -625,7 +626,7 @@ fn stage_texture(rec: &mut Recorder, slot: Slot, w: &Window) -> Result<wgpu::Tex
     let texels = w.slice.size.div_ceil(texel);
     let width = texture_width(gpu);
     let rows = texels.div_ceil(width);
-    let bytes = rows * width * texel;
+    let row_bytes = width * texel;
     let mut cache = STAGING
         .lock()
         .map_err(|_| Error::Graph("conv2d staging cache poisoned".into()))?;
@@ -637,13 +638,10 @@ fn stage_texture(rec: &mut Recorder, slot: Slot, w: &Window) -> Result<wgpu::Tex
         }
     };
     let entry = &mut cache[pos].1[slot as usize];
-    let fits = entry.as_ref().is_some_and(|s| {
-        s.buffer.size() >= bytes
-            && s.texture.width() as u64 == width
-            && s.texture.height() as u64 >= rows
-    });
+    let fits = entry
+        .as_ref()
+        .is_some_and(|s| s.texture.width() as u64 == width && s.texture.height() as u64 >= rows);
     if !fits {
-        let buffer = gpu.storage_buffer("conv2d staging", bytes)?;
         let texture = gpu.scoped("allocating a conv2d staging texture", || {
             gpu.device.create_texture(&wgpu::TextureDescriptor {
                 label: Some("conv2d staging"),
@@ -660,34 +658,79 @@ fn stage_texture(rec: &mut Recorder, slot: Slot, w: &Window) -> Result<wgpu::Tex
                 view_formats: &[],
             })
         })?;
+        let buffer = entry.take().and_then(|s| s.buffer);
         *entry = Some(Staging { buffer, texture });
     }
     let s = entry
-        .as_ref()
+        .as_mut()
         .ok_or_else(|| Error::Graph("conv2d staging missing".into()))?;
-    // Texture copies need whole rows of the source; the staging buffer has them.
-    rec.copy(
-        w.slice.clone(),
-        BufSlice {
-            buffer: s.buffer.clone(),
-            offset: 0,
-            size: w.slice.size,
-        },
-    );
-    rec.copy_to_texture(
-        BufSlice {
-            buffer: s.buffer.clone(),
+    let extent = |width: u64, height: u64| wgpu::Extent3d {
+        width: width as u32,
+        height: height as u32,
+        depth_or_array_layers: 1,
+    };
+    let whole_texels = w.slice.offset + texels * texel <= w.slice.buffer.size();
+    if whole_texels {
+        // Straight from the tensor: its whole rows, then the last partial row.
+        let (full, tail) = (texels / width, texels % width);
+        let at = |offset: u64, size: u64| BufSlice {
+            buffer: w.slice.buffer.clone(),
+            offset: w.slice.offset + offset,
+            size,
+        };
+        if full > 0 {
+            let src = at(0, full * row_bytes);
+            rec.copy_to_texture(
+                src,
+                row_bytes as u32,
+                s.texture.clone(),
+                0,
+                extent(width, full),
+            );
+        }
+        if tail > 0 {
+            let src = at(full * row_bytes, tail * texel);
+            let row = u32_of(full, "texture rows")?;
+            rec.copy_to_texture(
+                src,
+                row_bytes as u32,
+                s.texture.clone(),
+                row,
+                extent(tail, 1),
+            );
+        }
+    } else {
+        // The window ends inside a texel at the end of its buffer: copy it to
+        // a buffer with whole rows first.
+        let bytes = rows * row_bytes;
+        if s.buffer.as_ref().is_none_or(|b| b.size() < bytes) {
+            s.buffer = Some(gpu.storage_buffer("conv2d staging", bytes)?);
+        }
+        let buffer = s
+            .buffer
+            .clone()
+            .ok_or_else(|| Error::Graph("conv2d staging buffer missing".into()))?;
+        rec.copy(
+            w.slice.clone(),
+            BufSlice {
+                buffer: buffer.clone(),
+                offset: 0,
+                size: w.slice.size,
+            },
+        );
+        let src = BufSlice {
+            buffer,
             offset: 0,
             size: bytes,
-        },
-        (width * texel) as u32,
-        s.texture.clone(),
-        wgpu::Extent3d {
-            width: width as u32,
-            height: rows as u32,
-            depth_or_array_layers: 1,
-        },
-    );
+        };
+        rec.copy_to_texture(
+            src,
+            row_bytes as u32,
+            s.texture.clone(),
+            0,
+            extent(width, rows),
+        );
+    }
     Ok(s.texture.create_view(&Default::default()))
 }
 

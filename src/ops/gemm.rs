@@ -742,7 +742,7 @@ impl Pack {
                 height: self.rows as u32,
                 depth_or_array_layers: 1,
             };
-            rec.copy_to_texture(slice, (block.ld * 4) as u32, dst.texture.clone(), extent);
+            rec.copy_to_texture(slice, (block.ld * 4) as u32, dst.texture.clone(), 0, extent);
             return Ok(());
         }
         let w = src.window(rec.gpu(), block.start, block.span)?;
