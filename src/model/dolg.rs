@@ -91,7 +91,7 @@ impl DolgConfig {
             ));
         }
         if let Some(ma) = &self.multi_atrous {
-            if ma.branch_dim == 0 || ma.dilations.iter().any(|&d| d == 0) {
+            if ma.branch_dim == 0 || ma.dilations.contains(&0) {
                 return Err(Error::InvalidArgument(format!(
                     "multi-atrous branches need positive widths and dilations, got {ma:?}"
                 )));

@@ -94,7 +94,9 @@ impl Default for ExtractConfig {
     }
 }
 
-/// DOLG's five scales of the original image (spec §8.7).
+/// DOLG's five scales of the original image (spec §8.7), the official
+/// code's four-digit literals rather than exact powers of √2.
+#[allow(clippy::approx_constant)]
 pub const DOLG_SCALES: [f64; 5] = [0.3535, 0.5, 0.7071, 1.0, 1.4142];
 
 impl ExtractConfig {
