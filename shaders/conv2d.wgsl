@@ -68,6 +68,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a_buf: array<f32>;
 @group(0) @binding(2) var<storage, read> b_buf: array<f32>;
 #endif
+#endif
+
 // Batch image, first source row and first source column of a pixel of the grid:
 // (n·src_h, y·mul_y + off_y, x·mul_x + off_x).
 fn pixel_origin(q: u32) -> vec3<i32> {
@@ -104,16 +106,20 @@ fn gather_index(q: u32, t: u32) -> i32 {
     return select(-1, e + i32(c), e >= 0);
 }
 
+#if ASCALAR
+// Element e of the source staged in the r32float texture a_tex.
+fn a_scalar(e: u32) -> f32 {
+    return textureLoad(a_tex, vec2<u32>(e & ((1u << p.tex_log2) - 1u), e >> p.tex_log2)).x;
+}
+#endif
+
+#if GEMM
 #if TEX
 fn texel(e: u32) -> vec2<u32> {
     let t = e >> 2u;
     return vec2<u32>(t & ((1u << p.tex_log2) - 1u), t >> p.tex_log2);
 }
-#if ASCALAR
-fn a_scalar(e: u32) -> f32 {
-    return textureLoad(a_tex, vec2<u32>(e & ((1u << p.tex_log2) - 1u), e >> p.tex_log2)).x;
-}
-#else
+#if !ASCALAR
 fn a_vec(e: u32) -> vec4<f32> {
     return textureLoad(a_tex, texel(e));
 }
@@ -549,6 +555,50 @@ fn column_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         s += sum[o];
     }
     sum[o] = s;
+}
+#endif
+
+#if UNFOLD
+// The forward A written out row by row, [m, n] with n a multiple of 8: element
+// (row, t) is the input gather_index(row0 + row, t) reads for t < k, zero past k.
+// Channel counts that do not fill texels (the RGB stem) then take the vec4
+// texture form as a 1×1 product instead of one scalar load per element.
+// The source is staged in an r32float texture: its loads are the bulk of the work.
+@group(0) @binding(1) var a_tex: texture_storage_2d<r32float, read>;
+@group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;
+
+// One invocation per row: the walk over k is then the same in every lane, so
+// its divisions leave the loop and only the loads and stores vary per lane.
+@compute @workgroup_size(64)
+fn unfold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = linear_index(wid, nwg, lid, 64u);
+    if (row >= p.m) {
+        return;
+    }
+    let o = pixel_origin(p.row0 + row);
+    let per_row = p.n / 4u;
+    var ky = 0u;
+    var kx = 0u;
+    var c = 0u;
+    for (var t4 = 0u; t4 < per_row; t4++) {
+        var v = vec4<f32>(0.0);
+        for (var j = 0u; j < 4u; j++) {
+            let e = source_pixel(o, ky, kx);
+            if (t4 * 4u + j < p.k && e >= 0) {
+                v[j] = a_scalar(u32(e) + c);
+            }
+            c += 1u;
+            if (c == p.src_c) {
+                c = 0u;
+                kx += 1u;
+                if (kx == p.taps_x) {
+                    kx = 0u;
+                    ky += 1u;
+                }
+            }
+        }
+        dst[row * per_row + t4 + p.c_shift / 4u] = v;
+    }
 }
 #endif
 

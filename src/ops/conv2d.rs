@@ -301,6 +301,20 @@ struct Gather {
 }
 
 impl Gather {
+    /// The rows of a row-major matrix [m, width] as a 1×1 gather over one image
+    /// one pixel high.
+    fn rows(m: usize, width: usize) -> Self {
+        Gather {
+            src: [1, m, width],
+            grid: [1, m],
+            taps: [1, 1],
+            mul: [1, 1],
+            off: [0, 0],
+            dk: [1, 1],
+            div: [1, 1],
+        }
+    }
+
     /// First and last source row (inclusive) any tap of grid row `y` reads.
     fn source_rows(&self, y: usize) -> Option<(usize, usize)> {
         let mut span: Option<(usize, usize)> = None;
@@ -466,6 +480,12 @@ fn gemm_spec(kernel: Kernel, mode: Mode, ep: Epilogue) -> ShaderSpec {
     spec
 }
 
+fn unfold_spec() -> ShaderSpec {
+    ShaderSpec::new("conv2d", "unfold")
+        .def("UNFOLD", 1)
+        .def("ASCALAR", 1)
+}
+
 fn reduce_spec() -> ShaderSpec {
     ShaderSpec::new("conv2d", "column_sum").def("REDUCE", 1)
 }
@@ -474,7 +494,7 @@ fn swap_spec() -> ShaderSpec {
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
-    let mut specs = vec![reduce_spec(), swap_spec()];
+    let mut specs = vec![unfold_spec(), reduce_spec(), swap_spec()];
     for kernel in Kernel::ALL {
         for mode in Mode::ALL {
             if mode == Mode::Forward {
@@ -592,15 +612,52 @@ fn broadcast_form(gpu: &Gpu, call: &GemmCall) -> Kernel {
 }
 
 /// Staging texture shared by every convolution on a device, and the buffer
-/// that stages windows a texture copy cannot read in place: their copies and
-/// dispatches are recorded in order on one queue, so one per operand serves
-/// all ops without ever being live twice.
+/// that stages windows a texture copy cannot read in place.
 struct Staging {
     buffer: Option<wgpu::Buffer>,
     texture: wgpu::Texture,
 }
 
-static STAGING: Mutex<Vec<(wgpu::Device, [Option<Staging>; 3])>> = Mutex::new(Vec::new());
+/// A device's scratch memory for convolutions: the staging textures and the
+/// buffers of the unfolded forward product (its A, and B padded to whole
+/// 8-steps of k). Their copies and dispatches are recorded in order on one
+/// queue, so one of each serves all ops without ever being live twice.
+#[derive(Default)]
+struct Scratch {
+    staging: [Option<Staging>; 3],
+    unfolded_a: Option<wgpu::Buffer>,
+    padded_b: Option<wgpu::Buffer>,
+}
+
+static SCRATCH: Mutex<Vec<(wgpu::Device, Scratch)>> = Mutex::new(Vec::new());
+
+fn with_scratch<T>(gpu: &Gpu, f: impl FnOnce(&mut Scratch) -> Result<T>) -> Result<T> {
+    let mut cache = SCRATCH
+        .lock()
+        .map_err(|_| Error::Graph("conv2d scratch cache poisoned".into()))?;
+    let pos = match cache.iter().position(|(d, _)| *d == gpu.device) {
+        Some(p) => p,
+        None => {
+            cache.push((gpu.device.clone(), Scratch::default()));
+            cache.len() - 1
+        }
+    };
+    f(&mut cache[pos].1)
+}
+
+/// The buffer in `slot`, reallocated when it holds fewer than `bytes`.
+fn grown(
+    gpu: &Gpu,
+    slot: &mut Option<wgpu::Buffer>,
+    label: &str,
+    bytes: u64,
+) -> Result<wgpu::Buffer> {
+    if slot.as_ref().is_none_or(|b| b.size() < bytes) {
+        *slot = Some(gpu.storage_buffer(label, bytes)?);
+    }
+    slot.clone()
+        .ok_or_else(|| Error::Graph(format!("{label} missing")))
+}
 
 /// The staging textures: vec4 A, vec4 B, and scalar A.
 #[derive(Clone, Copy)]
@@ -627,128 +684,102 @@ fn stage_texture(rec: &mut Recorder, slot: Slot, w: &Window) -> Result<wgpu::Tex
     let width = texture_width(gpu);
     let rows = texels.div_ceil(width);
     let row_bytes = width * texel;
-    let mut cache = STAGING
-        .lock()
-        .map_err(|_| Error::Graph("conv2d staging cache poisoned".into()))?;
-    let pos = match cache.iter().position(|(d, _)| *d == gpu.device) {
-        Some(p) => p,
-        None => {
-            cache.push((gpu.device.clone(), [None, None, None]));
-            cache.len() - 1
+    with_scratch(gpu, |scratch| {
+        let entry = &mut scratch.staging[slot as usize];
+        let fits = entry.as_ref().is_some_and(|s| {
+            s.texture.width() as u64 == width && s.texture.height() as u64 >= rows
+        });
+        if !fits {
+            let texture = gpu.scoped("allocating a conv2d staging texture", || {
+                gpu.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some("conv2d staging"),
+                    size: wgpu::Extent3d {
+                        width: width as u32,
+                        height: rows as u32,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                })
+            })?;
+            let buffer = entry.take().and_then(|s| s.buffer);
+            *entry = Some(Staging { buffer, texture });
         }
-    };
-    let entry = &mut cache[pos].1[slot as usize];
-    let fits = entry
-        .as_ref()
-        .is_some_and(|s| s.texture.width() as u64 == width && s.texture.height() as u64 >= rows);
-    if !fits {
-        let texture = gpu.scoped("allocating a conv2d staging texture", || {
-            gpu.device.create_texture(&wgpu::TextureDescriptor {
-                label: Some("conv2d staging"),
-                size: wgpu::Extent3d {
-                    width: width as u32,
-                    height: rows as u32,
-                    depth_or_array_layers: 1,
-                },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format,
-                usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
-                view_formats: &[],
-            })
-        })?;
-        let buffer = entry.take().and_then(|s| s.buffer);
-        *entry = Some(Staging { buffer, texture });
-    }
-    let s = entry
-        .as_mut()
-        .ok_or_else(|| Error::Graph("conv2d staging missing".into()))?;
-    let extent = |width: u64, height: u64| wgpu::Extent3d {
-        width: width as u32,
-        height: height as u32,
-        depth_or_array_layers: 1,
-    };
-    let whole_texels = w.slice.offset + texels * texel <= w.slice.buffer.size();
-    if whole_texels {
-        // Straight from the tensor: its whole rows, then the last partial row.
-        let (full, tail) = (texels / width, texels % width);
-        let at = |offset: u64, size: u64| BufSlice {
-            buffer: w.slice.buffer.clone(),
-            offset: w.slice.offset + offset,
-            size,
+        let s = entry
+            .as_mut()
+            .ok_or_else(|| Error::Graph("conv2d staging missing".into()))?;
+        let extent = |width: u64, height: u64| wgpu::Extent3d {
+            width: width as u32,
+            height: height as u32,
+            depth_or_array_layers: 1,
         };
-        if full > 0 {
-            let src = at(0, full * row_bytes);
+        let whole_texels = w.slice.offset + texels * texel <= w.slice.buffer.size();
+        if whole_texels {
+            // Straight from the tensor: its whole rows, then the last partial row.
+            let (full, tail) = (texels / width, texels % width);
+            let at = |offset: u64, size: u64| BufSlice {
+                buffer: w.slice.buffer.clone(),
+                offset: w.slice.offset + offset,
+                size,
+            };
+            if full > 0 {
+                let src = at(0, full * row_bytes);
+                rec.copy_to_texture(
+                    src,
+                    row_bytes as u32,
+                    s.texture.clone(),
+                    0,
+                    extent(width, full),
+                );
+            }
+            if tail > 0 {
+                let src = at(full * row_bytes, tail * texel);
+                let row = u32_of(full, "texture rows")?;
+                rec.copy_to_texture(
+                    src,
+                    row_bytes as u32,
+                    s.texture.clone(),
+                    row,
+                    extent(tail, 1),
+                );
+            }
+        } else {
+            // The window ends inside a texel at the end of its buffer: copy it to
+            // a buffer with whole rows first.
+            let bytes = rows * row_bytes;
+            let buffer = grown(gpu, &mut s.buffer, "conv2d staging", bytes)?;
+            rec.copy(
+                w.slice.clone(),
+                BufSlice {
+                    buffer: buffer.clone(),
+                    offset: 0,
+                    size: w.slice.size,
+                },
+            );
+            let src = BufSlice {
+                buffer,
+                offset: 0,
+                size: bytes,
+            };
             rec.copy_to_texture(
                 src,
                 row_bytes as u32,
                 s.texture.clone(),
                 0,
-                extent(width, full),
+                extent(width, rows),
             );
         }
-        if tail > 0 {
-            let src = at(full * row_bytes, tail * texel);
-            let row = u32_of(full, "texture rows")?;
-            rec.copy_to_texture(
-                src,
-                row_bytes as u32,
-                s.texture.clone(),
-                row,
-                extent(tail, 1),
-            );
-        }
-    } else {
-        // The window ends inside a texel at the end of its buffer: copy it to
-        // a buffer with whole rows first.
-        let bytes = rows * row_bytes;
-        if s.buffer.as_ref().is_none_or(|b| b.size() < bytes) {
-            s.buffer = Some(gpu.storage_buffer("conv2d staging", bytes)?);
-        }
-        let buffer = s
-            .buffer
-            .clone()
-            .ok_or_else(|| Error::Graph("conv2d staging buffer missing".into()))?;
-        rec.copy(
-            w.slice.clone(),
-            BufSlice {
-                buffer: buffer.clone(),
-                offset: 0,
-                size: w.slice.size,
-            },
-        );
-        let src = BufSlice {
-            buffer,
-            offset: 0,
-            size: bytes,
-        };
-        rec.copy_to_texture(
-            src,
-            row_bytes as u32,
-            s.texture.clone(),
-            0,
-            extent(width, rows),
-        );
-    }
-    Ok(s.texture.create_view(&Default::default()))
+        Ok(s.texture.create_view(&Default::default()))
+    })
 }
 
-fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
-    let gpu = rec.gpu();
-    let kernel = match gpu.tuning.matmul {
-        MatmulVariant::Tiled => Kernel::Tiled,
-        MatmulVariant::SubgroupBroadcast => broadcast_form(gpu, &call),
-    };
-    let g = &call.gather;
-    let (tm, tn) = kernel.tile();
-    let col_tiles = call.n.div_ceil(tn);
-    let mut params = Params {
-        m: u32_of(call.m, "rows")?,
-        n: u32_of(call.n, "columns")?,
-        k: u32_of(call.k, "reduction")?,
-        row0: u32_of(call.row0, "row offset")?,
-        k0: u32_of(call.k0, "k offset")?,
+/// The parameters that describe how A walks its source.
+fn gather_params(g: &Gather) -> Result<Params> {
+    Ok(Params {
         taps_x: u32_of(g.taps[1], "kernel width")?,
         src_h: u32_of(g.src[0], "height")?,
         src_w: u32_of(g.src[1], "width")?,
@@ -757,6 +788,123 @@ fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
         grid_w: u32_of(g.grid[1], "width")?,
         div_y: u32_of(g.div[0] as u64, "stride")?,
         div_x: u32_of(g.div[1] as u64, "stride")?,
+        mul_y: i32_of(g.mul[0])?,
+        off_y: i32_of(g.off[0])?,
+        dk_y: i32_of(g.dk[0])?,
+        mul_x: i32_of(g.mul[1])?,
+        off_x: i32_of(g.off[1])?,
+        dk_x: i32_of(g.dk[1])?,
+        ..Default::default()
+    })
+}
+
+/// The row width of the unfolded forward A, where the product is unfolded
+/// before it is multiplied: on the broadcast kernels an input whose channels
+/// do not fill whole 8-steps of k (the RGB stem) would otherwise be gathered
+/// one scalar at a time, while its unfolded rows, padded to a multiple of 8,
+/// take the vec4 texture form. Not where one grid row of it exceeds `limit`,
+/// nor where a source window of `limit` floats would not fit the r32float
+/// texture the unfold reads it from.
+fn unfolded_width(gpu: &Gpu, g: &Geom, limit: u64) -> Option<usize> {
+    let width = (g.kh * g.kw * g.cin).next_multiple_of(8);
+    let texture_rows = limit.div_ceil(texture_width(gpu));
+    (gpu.tuning.matmul == MatmulVariant::SubgroupBroadcast
+        && !g.cin.is_multiple_of(8)
+        && g.cout.is_multiple_of(4)
+        && (g.ow * width) as u64 <= limit
+        && texture_rows <= gpu.limits.max_texture_dimension_2d as u64)
+        .then_some(width)
+}
+
+/// Records the unfold of `rows` rows of the forward A, from grid pixel `row0`
+/// of the input window `src` (which starts at global element `src_base`),
+/// into the device's scratch buffer, `width` floats per row with zeros past
+/// `k`, and returns that matrix.
+#[allow(clippy::too_many_arguments)]
+fn record_unfold(
+    rec: &mut Recorder,
+    gather: &Gather,
+    src: &Window,
+    src_base: u64,
+    row0: usize,
+    rows: usize,
+    k: usize,
+    width: usize,
+) -> Result<Window> {
+    let gpu = rec.gpu();
+    let elems = (rows * width) as u64;
+    let buffer = with_scratch(gpu, |s| {
+        grown(gpu, &mut s.unfolded_a, "conv2d unfolded input", elems * 4)
+    })?;
+    let dst = gpu.window(&buffer, 0, elems)?;
+    let params = Params {
+        m: u32_of(rows, "rows")?,
+        n: u32_of(width, "columns")?,
+        k: u32_of(k, "reduction")?,
+        row0: u32_of(row0, "row offset")?,
+        a_base: u32_of(src_base, "input offset")?,
+        a_shift: src.shift,
+        tex_log2: texture_width(gpu).trailing_zeros(),
+        ..gather_params(gather)?
+    };
+    let staged = stage_texture(rec, Slot::AScalar, src)?;
+    rec.dispatch_groups(
+        &unfold_spec(),
+        bytemuck::bytes_of(&params),
+        vec![Binding::Texture(staged), (&dst).into()],
+        rows.div_ceil(64) as u64,
+    )?;
+    Ok(dst)
+}
+
+/// Records a copy of the row-major matrix `b` [k, n] with zero rows appended
+/// up to `rows`, in the device's scratch buffer, and returns it.
+fn record_padded_rows(
+    rec: &mut Recorder,
+    b: &Window,
+    k: usize,
+    n: usize,
+    rows: usize,
+) -> Result<Window> {
+    let gpu = rec.gpu();
+    let (bytes, padded) = ((k * n * 4) as u64, (rows * n * 4) as u64);
+    let buffer = with_scratch(gpu, |s| {
+        grown(gpu, &mut s.padded_b, "conv2d padded weights", padded)
+    })?;
+    rec.copy(
+        BufSlice {
+            buffer: b.slice.buffer.clone(),
+            offset: b.slice.offset + b.shift as u64 * 4,
+            size: bytes,
+        },
+        BufSlice {
+            buffer: buffer.clone(),
+            offset: 0,
+            size: bytes,
+        },
+    );
+    rec.clear(BufSlice {
+        buffer: buffer.clone(),
+        offset: bytes,
+        size: padded - bytes,
+    });
+    gpu.window(&buffer, 0, (rows * n) as u64)
+}
+
+fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
+    let gpu = rec.gpu();
+    let kernel = match gpu.tuning.matmul {
+        MatmulVariant::Tiled => Kernel::Tiled,
+        MatmulVariant::SubgroupBroadcast => broadcast_form(gpu, &call),
+    };
+    let (tm, tn) = kernel.tile();
+    let col_tiles = call.n.div_ceil(tn);
+    let mut params = Params {
+        m: u32_of(call.m, "rows")?,
+        n: u32_of(call.n, "columns")?,
+        k: u32_of(call.k, "reduction")?,
+        row0: u32_of(call.row0, "row offset")?,
+        k0: u32_of(call.k0, "k offset")?,
         a_base: u32_of(call.a_base, "input offset")?,
         a_shift: call.a.shift,
         b_shift: call.b.shift,
@@ -764,14 +912,8 @@ fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
         r_shift: call.residual.as_ref().map_or(0, |r| r.shift),
         accum: call.accum as u32,
         col_tiles: u32_of(col_tiles, "column tiles")?,
-        mul_y: i32_of(g.mul[0])?,
-        off_y: i32_of(g.off[0])?,
-        dk_y: i32_of(g.dk[0])?,
-        mul_x: i32_of(g.mul[1])?,
-        off_x: i32_of(g.off[1])?,
-        dk_x: i32_of(g.dk[1])?,
         v_shift: [0, 1, 2].map(|i| call.extra.get(i).map_or(0, |w| w.shift)),
-        ..Default::default()
+        ..gather_params(&call.gather)?
     };
     let mut bindings: Vec<Binding> = Vec::new();
     if let Some(a_slot) = match kernel {
@@ -901,9 +1043,28 @@ impl Op for Conv2d {
             .collect::<Result<Vec<_>>>()?;
         let residual = self.epilogue.residual.then(|| inputs[vectors]);
         let (out_row, in_row) = ((g.ow * g.cout) as u64, (g.w * g.cin) as u64);
-        for chunk in plan_chunks(&gather, g.n, out_row, in_row, self.window_limit(gpu))? {
+        let k = g.kh * g.kw * g.cin;
+        let limit = self.window_limit(gpu);
+        let unfold = unfolded_width(gpu, &g, limit);
+        let (k_rows, dest_row, b) = match unfold {
+            Some(k_rows) => {
+                let b = record_padded_rows(rec, &weights, k, g.cout, k_rows)?;
+                (k_rows, out_row.max((g.ow * k_rows) as u64), b)
+            }
+            None => (k, out_row, weights),
+        };
+        for chunk in plan_chunks(&gather, g.n, dest_row, in_row, limit)? {
             let rows = chunk.rows.len() as u64;
-            let a_base = chunk.src.start as u64 * in_row;
+            let pixels = chunk.rows.len() * g.ow;
+            let src_base = chunk.src.start as u64 * in_row;
+            let src = x.window(gpu, src_base, chunk.src.len() as u64 * in_row)?;
+            let row0 = chunk.rows.start * g.ow;
+            let (gather, a, a_base, row0) = if unfold.is_some() {
+                let a = record_unfold(rec, &gather, &src, src_base, row0, pixels, k, k_rows)?;
+                (Gather::rows(pixels, k_rows), a, 0, 0)
+            } else {
+                (gather, src, src_base, row0)
+            };
             let c_start = chunk.rows.start as u64 * out_row;
             record_gemm(
                 rec,
@@ -911,14 +1072,14 @@ impl Op for Conv2d {
                     mode: Mode::Forward,
                     epilogue: self.epilogue,
                     gather,
-                    m: chunk.rows.len() * g.ow,
+                    m: pixels,
                     n: g.cout,
-                    k: g.kh * g.kw * g.cin,
-                    row0: chunk.rows.start * g.ow,
+                    k: k_rows,
+                    row0,
                     k0: 0,
-                    a: x.window(gpu, a_base, chunk.src.len() as u64 * in_row)?,
+                    a,
                     a_base,
-                    b: weights.clone(),
+                    b: b.clone(),
                     c: out.window(gpu, c_start, rows * out_row)?,
                     extra: &extra,
                     residual: residual
@@ -1520,6 +1681,12 @@ mod tests {
             ..Conv2d::new([2, 2], pad).bias().relu()
         };
         check_op(&case(op, [2, 9, 4, 3], [3, 2], 4));
+        // Unfolded RGB-like input, three grid rows of 7 × 32 per chunk.
+        let op = Conv2d {
+            chunk_limit: Some(3 * 7 * 32),
+            ..Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu()
+        };
+        check_op(&case(op, [2, 9, 7, 3], [3, 3], 8));
     }
 
     #[test]
@@ -1669,14 +1836,23 @@ mod tests {
                 "{what}: {l:?}"
             );
         }
+        // The RGB stem: the forward product unfolded, then vec4 texels; its
+        // weight gradient gathers scalars.
         let conv = Conv2d::new([2, 2], Padding::symmetric(3, 3));
-        let mut stem = labels(&conv, &[&[1, 9, 9, 3], &[7, 7, 3, 8]]);
+        let stem = labels(&conv, &[&[1, 9, 9, 3], &[7, 7, 3, 8]]);
+        assert!(stem[0].contains("unfold"), "{stem:?}");
+        assert!(
+            stem[1..]
+                .iter()
+                .all(|l| l.contains("TEX=1") && !l.contains("ASCALAR")),
+            "{stem:?}"
+        );
         let dw = Conv2dWeightGrad {
             conv,
             kernel: [7, 7],
         };
-        stem.extend(labels(&dw, &[&[1, 9, 9, 3], &[1, 5, 5, 8]]));
-        assert!(stem.iter().all(|l| l.contains("ASCALAR=1")), "{stem:?}");
+        let dw = labels(&dw, &[&[1, 9, 9, 3], &[1, 5, 5, 8]]);
+        assert!(dw.iter().all(|l| l.contains("ASCALAR=1")), "{dw:?}");
     }
 
     #[test]
@@ -1728,7 +1904,7 @@ mod bench {
         );
     }
 
-    /// The ResNet stem (7×7, stride 2, 3→64 channels) at 512×512: the gathered-A form.
+    /// The ResNet stem (7×7, stride 2, 3→64 channels) at 512×512: the unfolded form.
     #[test]
     #[ignore]
     fn stem_512() {
