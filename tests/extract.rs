@@ -303,3 +303,42 @@ fn real_photos_extract_with_a_small_model() {
     assert!((dot(0, 0) - 1.0).abs() < 1e-5);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn timing_by_stage_names_every_stage_and_changes_no_output() {
+    use delg_gpu::model::extractor::Extractor;
+    use delg_gpu::pipeline::extract::prepare_image;
+    let Some(gpu) = test_gpu() else { return };
+    let dir = temp("timing");
+    let weights = dir.join("tiny.safetensors");
+    tiny_weights(&weights);
+    let image = dir.join("scene.png");
+    render_scene(4, 0, 80).save(&image).unwrap();
+    let cfg = small_config();
+    let prepared = prepare_image(&image, &cfg, None).unwrap();
+    let mut ex = Extractor::load(&gpu, &weights, cfg).unwrap();
+    let plain = ex.extract(&prepared).unwrap();
+    ex.timing = Some(Default::default());
+    let timed = ex.extract(&prepared).unwrap();
+    let times = ex.timing.take().unwrap();
+    assert_eq!(times.images, 1);
+    let stages: Vec<&str> = times.seconds.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        stages,
+        [
+            "pyramid (upload, resize)",
+            "backbone at scale 0.500",
+            "heads",
+            "readback",
+            "backbone at scale 1.000",
+            "backbone at scale 1.500",
+            "selection, global aggregation"
+        ]
+    );
+    assert!(times.seconds.iter().all(|(_, s)| *s >= 0.0));
+    assert_eq!(plain.global, timed.global);
+    assert_eq!(plain.local.descriptors, timed.local.descriptors);
+    assert_eq!(plain.local.locations, timed.local.locations);
+    assert!(ex.device_bytes() > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -129,3 +129,36 @@ fn missing_parameters_and_bad_inputs_are_typed_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("expected"), "{err}");
 }
+
+#[test]
+fn stages_survive_import_and_run_one_submission_each() {
+    let mut inner = Graph::new();
+    let a = inner.input("a", [3, 5]);
+    inner.begin_stage("first");
+    let r = inner.apply1(Unary(UnaryKind::Relu), &[a]).unwrap();
+    inner.begin_stage("second");
+    let s = inner.apply1(Unary(UnaryKind::Scale(2.0)), &[r]).unwrap();
+    let y = inner.apply1(Unary(UnaryKind::Scale(-0.5)), &[s]).unwrap();
+
+    let mut g = Graph::new();
+    let x = g.input("x", [3, 5]);
+    g.begin_stage("outer");
+    let pre = g.apply1(Unary(UnaryKind::Scale(3.0)), &[x]).unwrap();
+    let map = g.import(&inner, &[(a, pre)]).unwrap();
+    let out = map[&y];
+    let names: Vec<&str> = (0..g.nodes.len()).map(|n| g.stage_of(n)).collect();
+    assert_eq!(names, ["outer", "first", "second", "second"]);
+
+    let Some(gpu) = test_gpus().first() else {
+        return;
+    };
+    let exe = Executable::new(gpu, &g, &[out], &ParamStore::default()).unwrap();
+    let xv = Rng::new(3).tensor([3, 5], -1.0, 1.0);
+    exe.set_input(x, &xv).unwrap();
+    let stages = exe.run_stages().unwrap();
+    let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["outer", "first", "second"]);
+    let mut values = HashMap::from([(x, xv.to_ref())]);
+    eval_reference(&g, &[out], &mut values).unwrap();
+    assert_close("staged run", &exe.read(out).unwrap(), &values[&out], 1e-6);
+}

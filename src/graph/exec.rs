@@ -171,19 +171,7 @@ impl Executable {
             }
         }
 
-        let mut rec = Recorder::new(gpu);
-        for &n in &schedule {
-            let node = &graph.nodes[n];
-            let get = |t: &TensorId| {
-                tensors
-                    .get(t)
-                    .ok_or_else(|| Error::Graph(format!("tensor {t:?} has no buffer")))
-            };
-            let ins: Vec<&DeviceTensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
-            let outs: Vec<&DeviceTensor> = node.outputs.iter().map(get).collect::<Result<_>>()?;
-            node.op.record(&mut rec, &ins, &outs)?;
-        }
-        let recording = rec.finish()?;
+        let recording = record_nodes(gpu, graph, &tensors, &schedule)?;
         let unplanned_bytes = life_list.iter().map(|l| l.bytes).sum();
         let flops = graph.flops(&schedule);
         Ok(Executable {
@@ -224,6 +212,42 @@ impl Executable {
         self.gpu.wait()
     }
 
+    /// Runs like `run`, one submission per stage of the graph (see
+    /// `Graph::begin_stage`), and returns each stage's wall-clock seconds in
+    /// order. Recording the stages is not timed.
+    pub fn run_stages(&self) -> Result<Vec<(String, f64)>> {
+        let mut stages: Vec<(&str, Vec<usize>)> = Vec::new();
+        for &n in &self.schedule {
+            let name = self.graph.stage_of(n);
+            match stages.last_mut() {
+                Some((last, nodes)) if *last == name => nodes.push(n),
+                _ => stages.push((name, vec![n])),
+            }
+        }
+        let mut out = Vec::new();
+        for (name, nodes) in stages {
+            let recording = record_nodes(&self.gpu, &self.graph, &self.tensors, &nodes)?;
+            let t = std::time::Instant::now();
+            recording.submit(&self.gpu)?;
+            self.gpu.wait()?;
+            out.push((name.to_string(), t.elapsed().as_secs_f64()));
+        }
+        Ok(out)
+    }
+
+    /// Device bytes this plan holds: its activation slots and its inputs
+    /// (parameters are shared and not counted).
+    pub fn device_bytes(&self) -> u64 {
+        let inputs: u64 = self
+            .graph
+            .tensors
+            .iter()
+            .filter(|t| t.kind == TensorKind::Input)
+            .map(|t| t.shape.bytes())
+            .sum();
+        self.memory.slot_bytes.iter().sum::<u64>() + inputs
+    }
+
     pub fn read(&self, t: TensorId) -> Result<HostTensor> {
         self.tensor(t)?.download(&self.gpu)
     }
@@ -239,12 +263,7 @@ impl Executable {
         let mut out = Vec::new();
         for &n in &self.schedule {
             let node = &self.graph.nodes[n];
-            let get = |t: &TensorId| self.tensor(*t);
-            let ins: Vec<&DeviceTensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
-            let outs: Vec<&DeviceTensor> = node.outputs.iter().map(get).collect::<Result<_>>()?;
-            let mut rec = Recorder::new(&self.gpu);
-            node.op.record(&mut rec, &ins, &outs)?;
-            let recording = rec.finish()?;
+            let recording = record_nodes(&self.gpu, &self.graph, &self.tensors, &[n])?;
             let t = std::time::Instant::now();
             recording.submit(&self.gpu)?;
             self.gpu.wait()?;
@@ -263,6 +282,28 @@ impl Executable {
         }
         Ok(out)
     }
+}
+
+/// Records the dispatches of `nodes`, in order, over the tensors' buffers.
+fn record_nodes(
+    gpu: &Gpu,
+    graph: &Graph,
+    tensors: &HashMap<TensorId, DeviceTensor>,
+    nodes: &[usize],
+) -> Result<Recording> {
+    let mut rec = Recorder::new(gpu);
+    for &n in nodes {
+        let node = &graph.nodes[n];
+        let get = |t: &TensorId| {
+            tensors
+                .get(t)
+                .ok_or_else(|| Error::Graph(format!("tensor {t:?} has no buffer")))
+        };
+        let ins: Vec<&DeviceTensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
+        let outs: Vec<&DeviceTensor> = node.outputs.iter().map(get).collect::<Result<_>>()?;
+        node.op.record(&mut rec, &ins, &outs)?;
+    }
+    rec.finish()
 }
 
 /// Evaluates the nodes needed for `targets` with the f64 references. `values`

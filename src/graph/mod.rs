@@ -101,11 +101,29 @@ pub struct Node {
 pub struct Graph {
     pub tensors: Vec<TensorInfo>,
     pub nodes: Vec<Node>,
+    /// Named stages (the pyramid, the backbone, the heads) and the index of
+    /// the first node added in each: a node belongs to the last stage begun
+    /// before it. Only for reporting time by stage.
+    pub stages: Vec<(String, usize)>,
 }
 
 impl Graph {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Starts stage `name`: the nodes added from now on belong to it.
+    pub fn begin_stage(&mut self, name: &str) {
+        self.stages.push((name.to_string(), self.nodes.len()));
+    }
+
+    /// Name of the stage node `n` belongs to ("" before the first stage).
+    pub fn stage_of(&self, n: usize) -> &str {
+        self.stages
+            .iter()
+            .rev()
+            .find(|(_, first)| *first <= n)
+            .map_or("", |(name, _)| name.as_str())
     }
 
     fn add_tensor(
@@ -232,6 +250,13 @@ impl Graph {
                 _ => {}
             }
         }
+        let first = self.nodes.len();
+        self.stages.extend(
+            other
+                .stages
+                .iter()
+                .map(|(name, n)| (name.clone(), first + n)),
+        );
         for node in &other.nodes {
             let ins: Vec<TensorId> = node.inputs.iter().map(|t| map[t]).collect();
             let outs = self.apply_arc(node.op.clone(), &ins)?;

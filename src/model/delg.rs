@@ -92,6 +92,7 @@ struct Heads {
 
 fn heads(b: &mut NetBuilder, cfg: &DelgConfig, image: TensorId) -> Result<Heads> {
     let f = backbone(b, &cfg.backbone, image)?;
+    b.g.begin_stage("heads");
     let c_d = cfg.backbone.d_channels();
     // GeM's p is configuration in DELG: a parameter filled at load, never trained.
     let p = b.g.param("gem.p", [1]);

@@ -172,6 +172,7 @@ fn forward(b: &mut NetBuilder, cfg: &DolgConfig, image: TensorId) -> Result<Forw
     // pycls initialises every convolution He-normal, heads included.
     b.head_conv = Role::ConvWeight;
     let f = backbone(b, &cfg.backbone, image)?;
+    b.g.begin_stage("heads");
     let c_d = cfg.backbone.d_channels();
     let p = b.param("pool_g.p", &[1], Role::GemPower);
     let pooled = b.g.apply1(GeMPool { eps: cfg.gem_eps }, &[f.d, p])?;

@@ -42,6 +42,26 @@ pub struct Extractor {
     params: ParamStore,
     plans: HashMap<(usize, usize, usize), Plan>,
     clock: u64,
+    /// Time by stage, accumulated while Some (each stage then waits for the
+    /// device on its own, so timing slows extraction a little).
+    pub timing: Option<StageTimes>,
+}
+
+/// Seconds spent per stage over the images extracted while timing was on.
+#[derive(Clone, Debug, Default)]
+pub struct StageTimes {
+    pub images: usize,
+    /// (stage, seconds), in the order the stages first ran.
+    pub seconds: Vec<(String, f64)>,
+}
+
+impl StageTimes {
+    pub fn add(&mut self, stage: &str, seconds: f64) {
+        match self.seconds.iter_mut().find(|(s, _)| s == stage) {
+            Some((_, total)) => *total += seconds,
+            None => self.seconds.push((stage.to_string(), seconds)),
+        }
+    }
 }
 
 /// An image ready for the network: normalised RGB in NHWC, with the factors
@@ -109,6 +129,7 @@ impl Extractor {
             params,
             plans: HashMap::new(),
             clock: 0,
+            timing: None,
         })
     }
 
@@ -138,6 +159,7 @@ impl Extractor {
             let (lh, lw) = (lh as usize, lw as usize);
             let mut g = Graph::new();
             let image = g.input("image", [1, height, width, 3]);
+            g.begin_stage("pyramid");
             let resized = g.apply1(
                 ResizeBilinear {
                     out_h: lh,
@@ -199,12 +221,27 @@ impl Extractor {
             .sum()
     }
 
+    pub fn plans_cached(&self) -> usize {
+        self.plans.len()
+    }
+
+    /// Device bytes the model holds: parameters, every cached plan's
+    /// activations and inputs, and the convolutions' scratch memory. Nothing
+    /// is freed between images, so after a run this is its peak.
+    pub fn device_bytes(&self) -> u64 {
+        let params: u64 = self.params.tensors.values().map(|t| t.shape.bytes()).sum();
+        let plans: u64 = self.plans.values().map(|p| p.exe.device_bytes()).sum();
+        params + plans + crate::ops::conv2d::scratch_bytes(&self.gpu)
+    }
+
     /// Global descriptor and local features of one prepared image.
     pub fn extract(&mut self, img: &PreparedImage) -> Result<Extracted> {
         let [_, h, w, _] = img.pixels.shape.nhwc("image")?;
         let mut levels = Vec::new();
         let mut globals = Vec::new();
         let global_only = self.local_dim() == 0;
+        let timed = self.timing.is_some();
+        let mut spent: Vec<(String, f64)> = Vec::new();
         for level in 0..self.extract.scales.len() {
             if global_only && !self.extract.global_scales.contains(&level) {
                 continue;
@@ -215,7 +252,19 @@ impl Extractor {
             if std::env::var_os("DELG_PROFILE").is_some() {
                 print_profile(&format!("level {level} ({scale})"), &plan.exe.profile()?);
             }
-            plan.exe.run()?;
+            if timed {
+                for (stage, secs) in plan.exe.run_stages()? {
+                    let stage = match stage.as_str() {
+                        "backbone" => format!("backbone at scale {scale:.3}"),
+                        "pyramid" => "pyramid (upload, resize)".into(),
+                        _ => stage,
+                    };
+                    spent.push((stage, secs));
+                }
+            } else {
+                plan.exe.run()?;
+            }
+            let readback = std::time::Instant::now();
             if let Some(gt) = plan.global {
                 globals.push(plan.exe.read(gt)?.data);
             }
@@ -230,7 +279,9 @@ impl Extractor {
                     descriptors: plan.exe.read(local)?.data,
                 });
             }
+            spent.push(("readback".into(), readback.elapsed().as_secs_f64()));
         }
+        let selection = std::time::Instant::now();
         let global = aggregate_global(&globals.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
         let local = match &self.model {
             ModelConfig::Delg(cfg) => select_local(
@@ -242,6 +293,16 @@ impl Extractor {
             ),
             ModelConfig::Dolg(_) => LocalFeatures::default(),
         };
+        if let Some(times) = &mut self.timing {
+            spent.push((
+                "selection, global aggregation".into(),
+                selection.elapsed().as_secs_f64(),
+            ));
+            times.images += 1;
+            for (stage, secs) in spent {
+                times.add(&stage, secs);
+            }
+        }
         Ok(Extracted { global, local })
     }
 }

@@ -337,6 +337,7 @@ pub struct Features {
 
 /// Adds the backbone for input `x` [N, H, W, 3].
 pub fn backbone(b: &mut NetBuilder, cfg: &ResNetConfig, x: TensorId) -> Result<Features> {
+    b.g.begin_stage("backbone");
     let delg = cfg.layout == Layout::Delg;
     if cfg.blocks.contains(&0) || cfg.width == 0 {
         return Err(Error::InvalidArgument(format!(

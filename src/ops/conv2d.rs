@@ -645,6 +645,31 @@ fn with_scratch<T>(gpu: &Gpu, f: impl FnOnce(&mut Scratch) -> Result<T>) -> Resu
     f(&mut cache[pos].1)
 }
 
+/// Device bytes the convolutions' scratch memory holds on `gpu`.
+pub fn scratch_bytes(gpu: &Gpu) -> u64 {
+    let Ok(cache) = SCRATCH.lock() else {
+        return 0;
+    };
+    let size = |b: &Option<wgpu::Buffer>| b.as_ref().map_or(0, |b| b.size());
+    cache
+        .iter()
+        .filter(|(d, _)| *d == gpu.device)
+        .map(|(_, s)| {
+            let staging: u64 = s
+                .staging
+                .iter()
+                .flatten()
+                .map(|st| {
+                    let texel = st.texture.format().block_copy_size(None).unwrap_or(16) as u64;
+                    st.texture.width() as u64 * st.texture.height() as u64 * texel
+                        + size(&st.buffer)
+                })
+                .sum();
+            staging + size(&s.unfolded_a) + size(&s.padded_b)
+        })
+        .sum()
+}
+
 /// The buffer in `slot`, reallocated when it holds fewer than `bytes`.
 fn grown(
     gpu: &Gpu,

@@ -1372,7 +1372,9 @@ pub(crate) mod tests {
             nesterov: true,
             weight_decay: 1e-4,
         };
-        let cases: [(&str, Box<dyn Op>, Vec<Vec<usize>>); 4] = [
+        /// A labelled op and the shapes of its inputs.
+        type Case = (&'static str, Box<dyn Op>, Vec<Vec<usize>>);
+        let cases: [Case; 4] = [
             (
                 "arcface 32x81313",
                 Box::new(DELG),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptions, MatmulVariant, Tuning};
 use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, Op};
@@ -241,7 +241,9 @@ pub fn print_row(r: &BenchResult) {
 /// End-to-end extraction throughput: a randomly initialised DELG or DOLG
 /// model over generated `width`×`height` images with the full recipe of its
 /// paper (DELG: 7-scale pyramid, global + local; DOLG: 5 global scales),
-/// after one warm-up image that pays the pipeline compilation.
+/// after one warm-up image that pays the pipeline compilation. Then the same
+/// number of images again, from JPEG files through the real decoding path,
+/// with time by stage, and the device memory the model holds.
 pub fn bench_extract(
     gpu: &Arc<Gpu>,
     model: &crate::model::ModelConfig,
@@ -268,8 +270,12 @@ pub fn bench_extract(
         ..crate::pipeline::extract::ExtractConfig::for_arch(model.arch())
     };
     let norm = cfg.pixel_norm;
-    let mut ex =
-        Extractor::from_weights(gpu, &file, std::path::Path::new("<random weights>"), cfg)?;
+    let mut ex = Extractor::from_weights(
+        gpu,
+        &file,
+        std::path::Path::new("<random weights>"),
+        cfg.clone(),
+    )?;
     let prepared = |i: u64| -> Result<PreparedImage> {
         let img = crate::pipeline::demo::render_scene(i, 0, width.max(height));
         let img = image::imageops::crop_imm(&img, 0, 0, width, height).to_image();
@@ -305,7 +311,78 @@ pub fn bench_extract(
         cpu.map(|c| format!(", {:.2} GFLOP per CPU-second", gflop * images as f64 / c))
             .unwrap_or_default()
     );
+    let dir = std::env::temp_dir().join(format!("delg-gpu-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::File {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let staged = time_stages(&mut ex, &cfg, &dir, width, height, images);
+    let _ = std::fs::remove_dir_all(&dir);
+    let times = staged?;
+    println!("by stage, ms per image (each stage waits for the device on its own):");
+    let total: f64 = times.seconds.iter().map(|(_, s)| s).sum();
+    for (stage, secs) in &times.seconds {
+        println!(
+            "  {stage:<36} {:>10.1}  {:>5.1} %",
+            secs * 1e3 / times.images as f64,
+            100.0 * secs / total
+        );
+    }
+    println!(
+        "  {:<36} {:>10.1}",
+        "total",
+        total * 1e3 / times.images as f64
+    );
+    println!(
+        "device memory held (parameters, {} cached plans, conv scratch): {:.1} MiB",
+        ex.plans_cached(),
+        ex.device_bytes() as f64 / (1u64 << 20) as f64
+    );
     Ok((images as f64 / secs, gflop))
+}
+
+/// Extracts `images` generated images written as JPEG files into `dir`,
+/// decoding them as `extract` does, with the extractor's time by stage on.
+fn time_stages(
+    ex: &mut crate::model::extractor::Extractor,
+    cfg: &crate::pipeline::extract::ExtractConfig,
+    dir: &std::path::Path,
+    width: u32,
+    height: u32,
+    images: usize,
+) -> Result<crate::model::extractor::StageTimes> {
+    ex.timing = Some(Default::default());
+    let mut decode = 0.0;
+    for i in 0..images {
+        let img = crate::pipeline::demo::render_scene(i as u64 + 100, 0, width.max(height));
+        let img = image::imageops::crop_imm(&img, 0, 0, width, height).to_image();
+        let path = dir.join(format!("{i}.jpg"));
+        img.save(&path).map_err(|e| Error::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let t = Instant::now();
+        let prepared = crate::pipeline::extract::prepare_image(&path, cfg, None)?;
+        decode += t.elapsed().as_secs_f64();
+        ex.extract(&prepared)?;
+    }
+    let mut times = ex.timing.take().unwrap_or_default();
+    times
+        .seconds
+        .insert(0, ("decode (JPEG), resize, normalise".into(), decode));
+    // Pipeline order; the backbone's levels keep theirs (the sort is stable).
+    let order = [
+        "decode",
+        "pyramid",
+        "backbone",
+        "heads",
+        "readback",
+        "selection",
+    ];
+    times
+        .seconds
+        .sort_by_key(|(stage, _)| order.iter().position(|o| stage.starts_with(o)));
+    Ok(times)
 }
 
 /// Global search at scale: `queries` random unit descriptors against `db`
