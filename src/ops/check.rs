@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use crate::gpu::{Gpu, GpuOptions, MatmulVariant, Tuning};
+use crate::gpu::{DeviceTensor, Gpu, GpuOptions, MatmulVariant, Recorder, Tuning};
 use crate::graph::exec::{eval_reference, run_op, Executable, ParamStore};
 use crate::graph::{Graph, Op, TensorId};
 use crate::tensor::{HostTensor, RefTensor, Rng, Shape};
@@ -133,6 +133,21 @@ pub fn assert_close(what: &str, got: &HostTensor, want: &RefTensor, tol: f64) {
 }
 
 /// Runs the op on every test device and compares every output with the reference.
+/// The shader labels of the dispatches `op` records for zero inputs of
+/// `shapes`: which kernel variant it chose.
+pub fn dispatch_labels(gpu: &Gpu, op: &dyn Op, shapes: &[&[usize]]) -> Vec<String> {
+    let ins: Vec<DeviceTensor> = shapes
+        .iter()
+        .map(|s| DeviceTensor::zeros(gpu, Shape::new(s)).unwrap())
+        .collect();
+    let refs: Vec<&DeviceTensor> = ins.iter().collect();
+    let shape_refs: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
+    let out = DeviceTensor::zeros(gpu, op.infer(&shape_refs).unwrap().remove(0)).unwrap();
+    let mut rec = Recorder::new(gpu);
+    op.record(&mut rec, &refs, &[&out]).unwrap();
+    rec.finish().unwrap().labels
+}
+
 pub fn check_op(case: &OpCase) {
     let refs: Vec<RefTensor> = case.inputs.iter().map(|t| t.to_ref()).collect();
     let want = case

@@ -1817,18 +1817,8 @@ mod tests {
         else {
             return;
         };
-        let labels = |op: &dyn Op, shapes: &[&[usize]]| -> Vec<String> {
-            let ins: Vec<DeviceTensor> = shapes
-                .iter()
-                .map(|s| DeviceTensor::zeros(gpu, Shape::new(s)).unwrap())
-                .collect();
-            let refs: Vec<&DeviceTensor> = ins.iter().collect();
-            let shape_refs: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
-            let out = DeviceTensor::zeros(gpu, op.infer(&shape_refs).unwrap().remove(0)).unwrap();
-            let mut rec = Recorder::new(gpu);
-            op.record(&mut rec, &refs, &[&out]).unwrap();
-            rec.finish().unwrap().labels
-        };
+        let labels =
+            |op: &dyn Op, shapes: &[&[usize]]| crate::ops::check::dispatch_labels(gpu, op, shapes);
         let conv = Conv2d::new(
             [2, 2],
             Padding {

@@ -45,8 +45,9 @@ struct Params {
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = vec![
-        max_pool_spec(false),
-        max_pool_spec(true),
+        max_pool_spec(false, false),
+        max_pool_spec(false, true),
+        max_pool_spec(true, false),
         pool_grad_spec(true),
         pool_grad_spec(false),
         attn_grad_spec(),
@@ -60,10 +61,11 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
     specs
 }
 
-fn max_pool_spec(index: bool) -> ShaderSpec {
+fn max_pool_spec(index: bool, vec4: bool) -> ShaderSpec {
     ShaderSpec::new("pool", "max_pool")
         .def("MAX_POOL", 1)
         .def("INDEX", index as u32)
+        .def("VEC4", vec4 as u32)
 }
 fn pool_grad_spec(indexed: bool) -> ShaderSpec {
     ShaderSpec::new("pool", "pool_grad")
@@ -422,9 +424,16 @@ impl MaxPool {
         let d = self.dims(op, &x.shape)?;
         let base = self.params(&d);
         let (h, w, c, oh, ow) = (d.h as u64, d.w as u64, d.c as u64, d.oh as u64, d.ow as u64);
+        // Values (not the argmax) of whole vec4s of channels: every window's
+        // offset is then a multiple of 4 elements too.
+        let vec4 = !index
+            && c.is_multiple_of(4)
+            && x.base().is_multiple_of(4)
+            && y.base().is_multiple_of(4);
+        let lanes = if vec4 { 4 } else { 1 };
         RowLaunch {
             op,
-            spec: &max_pool_spec(index),
+            spec: &max_pool_spec(index, vec4),
             operands: &[x, y],
             rows: d.n as u64 * oh,
             max_rows: u64::MAX,
@@ -440,13 +449,19 @@ impl MaxPool {
                     r0 * ow * c..r1 * ow * c,
                 ]
             },
-            |r0, r1| (r1 - r0) * ow * c,
+            |r0, r1| (r1 - r0) * ow * c / lanes,
             |r, threads, off| {
+                // Offsets wrap below zero: divide them as signed numbers.
+                let off: Vec<u32> = off
+                    .iter()
+                    .map(|&o| (o as i32 / lanes as i32) as u32)
+                    .collect();
                 bytemuck::bytes_of(&Params {
                     threads,
                     row0: r.start as u32,
                     row_end: r.end as u32,
-                    off: offsets5(off),
+                    c: (c / lanes) as u32,
+                    off: offsets5(&off),
                     ..base
                 })
                 .to_vec()
@@ -1342,7 +1357,7 @@ pub(crate) mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::ops::check::{check_op, grad_check, OpCase};
+    use crate::ops::check::{check_op, dispatch_labels, grad_check, test_gpu, OpCase};
 
     thread_local! {
         pub(crate) static WINDOW_LIMIT: Cell<Option<u64>> = const { Cell::new(None) };
@@ -1417,7 +1432,14 @@ pub(crate) mod tests {
     #[test]
     fn max_pool_matches_reference() {
         for pool in POOLS {
-            for shape in [[2, 9, 7, 3], [1, 6, 5, 1], [2, 3, 3, 5]] {
+            // 3, 1 and 5 channels take the scalar kernel, 8 and 4 the vec4 one.
+            for shape in [
+                [2, 9, 7, 3],
+                [1, 6, 5, 1],
+                [2, 3, 3, 5],
+                [2, 9, 7, 8],
+                [1, 5, 6, 4],
+            ] {
                 check_op(&OpCase::new(pool).input(shape, -2.0, 2.0));
             }
             check_op(&OpCase::new(pool).tensor(tied([2, 7, 9, 3])));
@@ -1433,6 +1455,21 @@ pub(crate) mod tests {
                 .unwrap()[0],
             Shape::new(&[1, 4, 3, 4])
         );
+    }
+
+    #[test]
+    fn whole_vec4s_of_channels_take_the_vec4_kernel() {
+        let Some(gpu) = test_gpu() else { return };
+        let labels = |op: &dyn Op, c: usize| dispatch_labels(&gpu, op, &[&[1, 7, 6, c]]);
+        for pool in POOLS {
+            assert!(labels(&pool, 8).iter().all(|l| l.contains("VEC4=1")));
+            assert!(labels(&pool, 6).iter().all(|l| l.contains("VEC4=0")));
+            let argmax = MaxPoolArgmax { pool };
+            assert!(labels(&argmax, 8).iter().all(|l| l.contains("VEC4=0")));
+        }
+        assert!(labels(&Subsample { stride: 2 }, 4)
+            .iter()
+            .all(|l| l.contains("VEC4=1")));
     }
 
     #[test]
@@ -1518,7 +1555,9 @@ pub(crate) mod tests {
             for pool in POOLS {
                 grad_check(&OpCase::new(pool).input([2, 9, 7, 3], -2.0, 2.0));
                 grad_check(&OpCase::new(pool).input([3, 7, 9, 1], -2.0, 2.0));
+                check_op(&OpCase::new(pool).input([2, 9, 7, 4], -2.0, 2.0));
             }
+            check_op(&OpCase::new(Subsample { stride: 2 }).input([3, 7, 9, 8], -1.0, 1.0));
             grad_check(&OpCase::new(MeanPool).input([3, 7, 5, 3], -2.0, 2.0));
             grad_check(
                 &OpCase::new(AttentionPool)
