@@ -43,46 +43,24 @@ struct Params {
 #if MAX_POOL
 #if VEC4
 // Four channels per invocation (c and the offsets in vec4s): a quarter of the
-// lane-varying loads and index arithmetic, which llvmpipe pays per lane.
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
-
-fn window_max4(n: u32, oy: u32, ox: u32, c: u32) -> vec4<f32> {
-    var best = vec4<f32>(0.0);
-    var found = false;
-    let y0 = i32(oy * p.sh) - i32(p.pt);
-    let x0 = i32(ox * p.sw) - i32(p.pl);
-    for (var ky = 0u; ky < p.kh; ky++) {
-        let iy = y0 + i32(ky);
-        if (iy < 0 || iy >= i32(p.h)) {
-            continue;
-        }
-        let row = (n * p.h + u32(iy)) * p.w;
-        for (var kx = 0u; kx < p.kw; kx++) {
-            let ix = x0 + i32(kx);
-            if (ix < 0 || ix >= i32(p.w)) {
-                continue;
-            }
-            let v = x[(row + u32(ix)) * p.c + c + p.o1];
-            best = select(max(best, v), v, !found);
-            found = true;
-        }
-    }
-    return best;
-}
+// lane-varying loads and index arithmetic, which llvmpipe pays per lane. Only
+// values: the argmax is per channel.
+alias Elem = vec4<f32>;
 #else
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+alias Elem = f32;
+#endif
+@group(0) @binding(1) var<storage, read> x: array<Elem>;
+@group(0) @binding(2) var<storage, read_write> y: array<Elem>;
 
 struct Best {
     k: u32,
-    v: f32,
+    v: Elem,
 }
 
-// Maximum of one pooling window and its position ky·kw + kx. Padding is
-// skipped, so it never wins; ties keep the first element in scan order.
+// Maximum of one pooling window and (scalar form) its position ky·kw + kx.
+// Padding is skipped, so it never wins; ties keep the first element in scan order.
 fn window_max(n: u32, oy: u32, ox: u32, c: u32) -> Best {
-    var best = Best(0u, 0.0);
+    var best = Best(0u, Elem(0.0));
     var found = false;
     let y0 = i32(oy * p.sh) - i32(p.pt);
     let x0 = i32(ox * p.sw) - i32(p.pl);
@@ -98,15 +76,19 @@ fn window_max(n: u32, oy: u32, ox: u32, c: u32) -> Best {
                 continue;
             }
             let v = x[(row + u32(ix)) * p.c + c + p.o1];
+#if VEC4
+            best.v = select(max(best.v, v), v, !found);
+            found = true;
+#else
             if (!found || v > best.v) {
                 best = Best(ky * p.kw + kx, v);
                 found = true;
             }
+#endif
         }
     }
     return best;
 }
-#endif
 
 // One invocation per output element; rows are global output rows n·OH + oy.
 // With INDEX the output is the argmax's window position (exact in f32), which
@@ -120,15 +102,11 @@ fn max_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let c = t % p.c;
     let ox = (t / p.c) % p.ow;
     let g = p.row0 + t / (p.c * p.ow);
-#if VEC4
-    y[(g * p.ow + ox) * p.c + c + p.o2] = window_max4(g / p.oh, g % p.oh, ox, c);
-#else
     let best = window_max(g / p.oh, g % p.oh, ox, c);
 #if INDEX
     y[(g * p.ow + ox) * p.c + c + p.o2] = f32(best.k);
 #else
     y[(g * p.ow + ox) * p.c + c + p.o2] = best.v;
-#endif
 #endif
 }
 #endif
