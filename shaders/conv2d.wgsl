@@ -558,7 +558,8 @@ fn column_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 // (row, t) is the input gather_index(row0 + row, t) reads for t < k, zero past k.
 // Channel counts that do not fill texels (the RGB stem) then take the vec4
 // texture form as a 1×1 product instead of one scalar load per element.
-// The source is staged in an r32float texture: its loads are the bulk of the work.
+// The source is staged in an r32float texture (its loads are the bulk of the
+// work); the destination is a scratch buffer of its own, starting at element 0.
 @group(0) @binding(1) var a_tex: texture_storage_2d<r32float, read>;
 @group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;
 
@@ -592,7 +593,7 @@ fn unfold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 }
             }
         }
-        dst[row * per_row + t4 + p.c_shift / 4u] = v;
+        dst[row * per_row + t4] = v;
     }
 }
 #endif

@@ -132,7 +132,6 @@ pub fn assert_close(what: &str, got: &HostTensor, want: &RefTensor, tol: f64) {
     }
 }
 
-/// Runs the op on every test device and compares every output with the reference.
 /// The shader labels of the dispatches `op` records for zero inputs of
 /// `shapes`: which kernel variant it chose.
 pub fn dispatch_labels(gpu: &Gpu, op: &dyn Op, shapes: &[&[usize]]) -> Vec<String> {
@@ -148,6 +147,7 @@ pub fn dispatch_labels(gpu: &Gpu, op: &dyn Op, shapes: &[&[usize]]) -> Vec<Strin
     rec.finish().unwrap().labels
 }
 
+/// Runs the op on every test device and compares every output with the reference.
 pub fn check_op(case: &OpCase) {
     let refs: Vec<RefTensor> = case.inputs.iter().map(|t| t.to_ref()).collect();
     let want = case

@@ -385,10 +385,6 @@ fn time_stages(
     Ok(times)
 }
 
-/// Global search at scale: `queries` random unit descriptors against `db`
-/// random unit descriptors of `dim` dimensions, generated chunk by chunk so
-/// the database never has to fit in memory (1 000 000 × 2048 is 8 GiB),
-/// keeping the top `k` per query. Returns seconds.
 /// Times one query's neighbour search against a shortlist on both paths
 /// (the GPU one after a warm-up call that builds its executable) and
 /// checks they found the same nearest neighbours.
@@ -436,6 +432,10 @@ pub fn bench_local_matching(
     Ok(())
 }
 
+/// Global search at scale: `queries` random unit descriptors against `db`
+/// random unit descriptors of `dim` dimensions, generated chunk by chunk so
+/// the database never has to fit in memory (1 000 000 × 2048 is 8 GiB),
+/// keeping the top `k` per query. Returns seconds.
 pub fn bench_search(
     gpu: &Arc<Gpu>,
     queries: usize,
