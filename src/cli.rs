@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::{Error, Result};
 use crate::gpu::{list_adapters, Gpu, GpuOptions};
-use crate::pipeline::bench;
+use crate::jobs::bench;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -251,14 +251,14 @@ impl VerifyArgs {
 }
 
 impl RerankArgs {
-    pub fn params(&self) -> Result<Option<crate::pipeline::search::RerankParams>> {
-        let match_on = crate::pipeline::local_match::MatchOn::parse(&self.match_on)?;
+    pub fn params(&self) -> Result<Option<crate::jobs::search::RerankParams>> {
+        let match_on = crate::jobs::local_match::MatchOn::parse(&self.match_on)?;
         Ok(self.rerank.then(|| {
             let mut matching = self.verify.matching();
             if let Some(h) = self.hamming {
                 matching.threshold = h as f32;
             }
-            crate::pipeline::search::RerankParams {
+            crate::jobs::search::RerankParams {
                 shortlist: self.shortlist,
                 matching,
                 ransac: self.verify.ransac(self.homography),
@@ -368,7 +368,7 @@ pub struct ExtractFlags {
 
 impl ExtractFlags {
     /// Overrides `cfg` with the flags given, then validates it.
-    pub fn apply(&self, cfg: &mut crate::pipeline::extract::ExtractConfig) -> Result<()> {
+    pub fn apply(&self, cfg: &mut crate::jobs::extract::ExtractConfig) -> Result<()> {
         if let Some(m) = self.max_image_size {
             cfg.max_image_size = (m > 0).then_some(m);
         }
@@ -394,7 +394,7 @@ impl ExtractFlags {
 }
 
 fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
-    use crate::pipeline::pair;
+    use crate::jobs::pair;
     if a.out.is_none() && !a.json {
         return Err(Error::InvalidArgument(
             "match: give --out pair.png, --json, or both".into(),
@@ -409,7 +409,7 @@ fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
             )))
         }
     };
-    let mut extract = crate::pipeline::extract::ExtractConfig::default();
+    let mut extract = crate::jobs::extract::ExtractConfig::default();
     a.settings.apply(&mut extract)?;
     // Read the ground truth before the slow extraction, so a typo fails fast.
     let truth = a
@@ -646,16 +646,16 @@ pub struct TrainArgs {
 /// The architecture in a weight file and the paper's extraction settings for it.
 fn extract_defaults(
     weights: &std::path::Path,
-) -> Result<(&'static str, crate::pipeline::extract::ExtractConfig)> {
+) -> Result<(&'static str, crate::jobs::extract::ExtractConfig)> {
     let meta = crate::io::weights::WeightFile::read_metadata(weights)?;
     let arch = crate::model::ModelConfig::from_metadata(&meta, weights)?.arch();
     Ok((
         arch,
-        crate::pipeline::extract::ExtractConfig::for_arch(arch),
+        crate::jobs::extract::ExtractConfig::for_arch(arch),
     ))
 }
 
-fn extract_config(a: &ExtractArgs) -> Result<crate::pipeline::extract::ExtractConfig> {
+fn extract_config(a: &ExtractArgs) -> Result<crate::jobs::extract::ExtractConfig> {
     let (stored, defaults) = extract_defaults(&a.weights)?;
     if let Some(arch) = &a.arch {
         if arch != stored {
@@ -694,7 +694,7 @@ fn extract_config(a: &ExtractArgs) -> Result<crate::pipeline::extract::ExtractCo
 
 type Selection = (
     Option<Vec<String>>,
-    std::collections::HashMap<String, crate::pipeline::extract::CropBox>,
+    std::collections::HashMap<String, crate::jobs::extract::CropBox>,
 );
 
 /// The images and crop boxes `--queries-of` or `--boxes` ask for.
@@ -775,7 +775,7 @@ fn init_weights(a: &InitArgs) -> Result<()> {
 }
 
 fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
-    use crate::pipeline::train::{
+    use crate::jobs::train::{
         run_train, DataSource, Schedule, TrainConfig, TrainJob, TrainModel,
     };
     let data = match (&a.data, &a.gnd, &a.csv, &a.images) {
@@ -861,7 +861,7 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
         flip: a.flip.unwrap_or(dolg),
     };
     if a.plan_only {
-        let rows = crate::pipeline::train::planned_memory(&config)?;
+        let rows = crate::jobs::train::planned_memory(&config)?;
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
             "planned device memory, batch {} × {} micro-batches, {}², {} classes:",
@@ -910,7 +910,7 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
 
 fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
     use crate::io::features::FeatureSet;
-    use crate::pipeline::search::{global_search, rerank};
+    use crate::jobs::search::{global_search, rerank};
     let rerank_params = a.rerank.params()?;
     let q = FeatureSet::load(&a.queries)?;
     let db = FeatureSet::load(&a.db)?;
@@ -922,7 +922,7 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
     let global_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     if let Some(p) = rerank_params {
-        let mut matcher = crate::pipeline::local_match::LocalMatcher::new(&gpu, p.match_on);
+        let mut matcher = crate::jobs::local_match::LocalMatcher::new(&gpu, p.match_on);
         for (i, h) in hits.iter_mut().enumerate() {
             *h = rerank(&q.image(i), &db, h, &|_| false, &p, &mut matcher)?;
         }
@@ -1024,9 +1024,9 @@ pub fn run(cli: Cli) -> Result<()> {
             size,
             pair,
         } => {
-            use crate::pipeline::eval::{print_report, run_eval, EvalJob};
+            use crate::jobs::eval::{print_report, run_eval, EvalJob};
             if pair {
-                let p = crate::pipeline::demo::write_pair(&out, size)?;
+                let p = crate::jobs::demo::write_pair(&out, size)?;
                 println!(
                     "wrote {}, {} and the true homography {}; try:\n  delg-gpu match {} {} --weights W --out pair.png --gt-homography {}",
                     p.scene.display(),
@@ -1038,7 +1038,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
                 return Ok(());
             }
-            crate::pipeline::demo::write_dataset(&out, scenes, size)?;
+            crate::jobs::demo::write_dataset(&out, scenes, size)?;
             let weights = match weights {
                 Some(w) => w,
                 None => {
@@ -1085,7 +1085,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train(&opts, &a),
         Command::Search(a) => search(&opts, &a),
         Command::Eval(a) => {
-            use crate::pipeline::eval::{print_report, run_eval, EvalJob};
+            use crate::jobs::eval::{print_report, run_eval, EvalJob};
             let mut extract = match &a.weights {
                 Some(w) => extract_defaults(w)?.1,
                 None => Default::default(),
@@ -1117,7 +1117,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Extract(a) => {
             let config = extract_config(&a)?;
             let gpu = Gpu::new(&opts)?;
-            let job = crate::pipeline::extract::ExtractJob {
+            let job = crate::jobs::extract::ExtractJob {
                 input: a.input.clone(),
                 out: a.out.clone(),
                 weights: a.weights.clone(),
@@ -1125,15 +1125,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 shard: a
                     .shard
                     .as_deref()
-                    .map(crate::pipeline::collection::Shard::parse)
+                    .map(crate::jobs::collection::Shard::parse)
                     .transpose()?,
                 only: None,
                 crops: Default::default(),
                 quiet: a.quiet,
             };
             let (only, crops) = query_selection(&a)?;
-            let job = crate::pipeline::extract::ExtractJob { only, crops, ..job };
-            let s = crate::pipeline::extract::run_extract(&gpu, &job)?;
+            let job = crate::jobs::extract::ExtractJob { only, crops, ..job };
+            let s = crate::jobs::extract::run_extract(&gpu, &job)?;
             println!(
                 "extracted {} images ({} resumed, {} skipped: see {}), {} local features, {:.1} s, {:.2} images/s",
                 s.extracted_now,

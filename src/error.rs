@@ -49,8 +49,21 @@ pub enum Error {
     #[error("graph error: {0}")]
     Graph(String),
 
+    /// A broken invariant inside delg-gpu, not a user mistake: the message
+    /// asks for a bug report.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
+
     #[error("{}: {reason}", .path.display())]
     File { path: PathBuf, reason: String },
+
+    /// An operating-system error on a file, kept as the source.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -64,6 +77,20 @@ fn backend_note(backend: &Option<String>) -> String {
 }
 
 impl Error {
+    /// An I/O error on `path`, for `map_err(|e| Error::io(path, e))`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    /// A problem with the content of the file at `path`.
+    pub fn file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::File {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
     pub fn shape(op: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Shape {
             op: op.into(),

@@ -8,8 +8,10 @@ pub mod graph;
 pub mod io;
 pub mod model;
 pub mod ops;
-pub mod pipeline;
+pub mod jobs;
 pub mod retrieval;
 pub mod tensor;
+#[cfg(any(test, feature = "test-harness"))]
+pub mod testing;
 
 pub use error::{Error, Result};

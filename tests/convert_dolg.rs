@@ -7,9 +7,9 @@
 mod common;
 
 use common::{close, cosine, fixture};
-use delg_gpu::model::extractor::Extractor;
-use delg_gpu::ops::check::test_gpu;
-use delg_gpu::pipeline::extract::{l2_normalize, prepare_image, ExtractConfig};
+use delg_gpu::jobs::extract::Extractor;
+use delg_gpu::testing::test_gpu;
+use delg_gpu::jobs::extract::{l2_normalize, prepare_image, ExtractConfig};
 
 #[test]
 fn converted_official_checkpoint_matches_its_source_model() {

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 
 use common::{close_tensors, cosine, run_delg};
 use delg_gpu::io::npy;
-use delg_gpu::model::extractor::Extractor;
-use delg_gpu::ops::check::test_gpu;
-use delg_gpu::pipeline::extract::ExtractConfig;
+use delg_gpu::jobs::extract::Extractor;
+use delg_gpu::testing::test_gpu;
+use delg_gpu::jobs::extract::ExtractConfig;
 use delg_gpu::tensor::{HostTensor, Tensor};
 
 fn fixture(name: &str) -> PathBuf {

@@ -13,9 +13,9 @@ use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use delg_gpu::model::META_CONFIG;
-use delg_gpu::ops::check::test_gpu;
-use delg_gpu::pipeline::extract::{select_local, ExtractConfig, LevelOutput};
-use delg_gpu::pipeline::train::{build_step, upload_state, Schedule, TrainConfig, TrainModel};
+use delg_gpu::testing::test_gpu;
+use delg_gpu::jobs::extract::{select_local, ExtractConfig, LevelOutput};
+use delg_gpu::jobs::train::{build_step, upload_state, Schedule, TrainConfig, TrainModel};
 use delg_gpu::tensor::{HostTensor, Tensor};
 
 const DIR: &str = "delg_tiny";

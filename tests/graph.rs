@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use delg_gpu::graph::exec::{eval_reference, Executable, ParamStore};
 use delg_gpu::graph::{Graph, TensorId};
-use delg_gpu::ops::check::{assert_close, test_gpus};
+use delg_gpu::testing::{assert_close, test_gpus};
 use delg_gpu::ops::elementwise::{Binary, BinaryKind, Reshape, StopGradient, Unary, UnaryKind};
 use delg_gpu::tensor::{RefTensor, Rng, Shape};
 

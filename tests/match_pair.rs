@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use delg_gpu::ops::check::test_gpu;
+use delg_gpu::testing::test_gpu;
 
 fn delg(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_delg-gpu"))

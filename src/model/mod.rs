@@ -3,7 +3,6 @@
 
 pub mod delg;
 pub mod dolg;
-pub mod extractor;
 pub mod params;
 pub mod resnet;
 

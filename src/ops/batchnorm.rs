@@ -1080,7 +1080,7 @@ pub(crate) mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::ops::check::{check_op, grad_check, OpCase};
+    use crate::testing::{check_op, grad_check, OpCase};
     use crate::tensor::Rng;
 
     thread_local! {

@@ -225,7 +225,7 @@ impl Op for ChannelSlice {
 mod tests {
     use super::*;
     use crate::ops::batchnorm::tests::with_small_windows;
-    use crate::ops::check::{check_op, grad_check, OpCase};
+    use crate::testing::{check_op, grad_check, OpCase};
 
     fn three_way(lead: &[usize], cs: [usize; 3]) -> OpCase {
         cs.iter().fold(OpCase::new(ChannelConcat), |case, &c| {

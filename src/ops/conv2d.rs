@@ -1547,7 +1547,7 @@ impl Op for SwapLastAxes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{check_op, grad_check, OpCase};
+    use crate::testing::{check_op, grad_check, OpCase};
 
     fn case(op: Conv2d, x: [usize; 4], k: [usize; 2], cout: usize) -> OpCase {
         let g = op
@@ -1811,14 +1811,14 @@ mod tests {
     /// The aligned and the odd-channel cases of the tests above run the texture forms.
     #[test]
     fn aligned_shapes_use_textures() {
-        let Some(gpu) = crate::ops::check::test_gpus()
+        let Some(gpu) = crate::testing::test_gpus()
             .iter()
             .find(|g| g.tuning.matmul == MatmulVariant::SubgroupBroadcast)
         else {
             return;
         };
         let labels =
-            |op: &dyn Op, shapes: &[&[usize]]| crate::ops::check::dispatch_labels(gpu, op, shapes);
+            |op: &dyn Op, shapes: &[&[usize]]| crate::testing::dispatch_labels(gpu, op, shapes);
         let conv = Conv2d::new(
             [2, 2],
             Padding {
@@ -1889,12 +1889,12 @@ mod tests {
 #[cfg(test)]
 mod bench {
     use super::*;
-    use crate::ops::check::test_gpu;
+    use crate::testing::test_gpu;
     use crate::tensor::Rng;
 
     /// Process CPU time in seconds (all threads, lavapipe's included).
     fn cpu_seconds() -> f64 {
-        crate::pipeline::bench::cpu_time()
+        crate::jobs::bench::cpu_time()
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0)
     }

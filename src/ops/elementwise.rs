@@ -440,7 +440,7 @@ pub(crate) fn expect_inputs(op: &str, inputs: &[&Shape], n: usize) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{check_op, grad_check, OpCase};
+    use crate::testing::{check_op, grad_check, OpCase};
 
     #[test]
     fn unary_ops_match_reference() {

@@ -1014,7 +1014,7 @@ impl Op for BroadcastRows {
 mod tests {
     use super::*;
     use crate::gpu::RecordStats;
-    use crate::ops::check::{assert_close, check_op, grad_check, test_gpus, OpCase};
+    use crate::testing::{assert_close, check_op, grad_check, test_gpus, OpCase};
     use crate::tensor::{HostTensor, Rng};
 
     const FLAGS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
@@ -1288,13 +1288,13 @@ mod tests {
 
     /// Process CPU time in seconds (all threads, lavapipe's included).
     fn cpu_seconds() -> f64 {
-        crate::pipeline::bench::cpu_time()
+        crate::jobs::bench::cpu_time()
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0)
     }
 
     /// The subgroup-broadcast GEMM's throughput at 1024³ and 2048³ (packing
-    /// included). Run: DELG_REQUIRE_GPU=1 cargo test --lib
+    /// included). Run: cargo test --lib
     /// ops::gemm::tests::gemm_throughput -- --ignored --nocapture
     #[test]
     #[ignore]

@@ -1000,7 +1000,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::graph::exec::run_op;
-    use crate::ops::check::{check_op, grad_check, test_gpu, OpCase};
+    use crate::testing::{check_op, grad_check, test_gpu, OpCase};
     use crate::tensor::{HostTensor, Rng};
 
     /// Any `RecordWindowed` op recorded with a small window, so the split of

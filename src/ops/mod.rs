@@ -2,7 +2,6 @@
 //! binding (shape rules, dispatch), its f64 reference and its backward rules.
 
 pub mod batchnorm;
-pub mod check;
 pub mod concat;
 pub mod conv2d;
 pub mod elementwise;

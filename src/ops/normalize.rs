@@ -230,7 +230,7 @@ impl Op for L2NormalizeGrad {
 mod tests {
     use super::*;
     use crate::ops::batchnorm::tests::with_small_windows;
-    use crate::ops::check::{check_op, grad_check, OpCase};
+    use crate::testing::{check_op, grad_check, OpCase};
     use crate::tensor::Rng;
 
     #[test]

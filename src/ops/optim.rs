@@ -381,7 +381,7 @@ mod tests {
     use super::*;
     use crate::graph::exec::{eval_reference, Executable, ParamStore};
     use crate::graph::{Graph, TensorId};
-    use crate::ops::check::{assert_close, check_op, test_gpus, OpCase};
+    use crate::testing::{assert_close, check_op, test_gpus, OpCase};
     use crate::ops::loss::tests::Windowed;
     use crate::tensor::{HostTensor, Rng};
 

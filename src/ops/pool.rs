@@ -1357,7 +1357,7 @@ pub(crate) mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::ops::check::{check_op, dispatch_labels, grad_check, test_gpu, OpCase};
+    use crate::testing::{check_op, dispatch_labels, grad_check, test_gpu, OpCase};
 
     thread_local! {
         pub(crate) static WINDOW_LIMIT: Cell<Option<u64>> = const { Cell::new(None) };

@@ -378,7 +378,7 @@ impl Op for ResizeBilinearGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{check_op, grad_check, OpCase};
+    use crate::testing::{check_op, grad_check, OpCase};
     use crate::ops::pool::tests::with_window_limit;
 
     const CASES: [([usize; 4], usize, usize); 6] = [

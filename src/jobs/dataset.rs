@@ -47,7 +47,7 @@ impl Dataset {
         classes.sort();
         let mut samples = Vec::new();
         for (label, class) in classes.iter().enumerate() {
-            for rel in crate::pipeline::collection::discover(&root.join(class))? {
+            for rel in crate::jobs::collection::discover(&root.join(class))? {
                 samples.push(Sample {
                     path: root.join(class).join(rel),
                     label,
@@ -292,7 +292,7 @@ pub struct Augment {
     pub random_crop: bool,
     pub flip: bool,
     /// The model's pixel normalisation.
-    pub norm: crate::pipeline::extract::PixelNorm,
+    pub norm: crate::jobs::extract::PixelNorm,
 }
 
 /// One image as the network sees it: cropped, resized, normalised.

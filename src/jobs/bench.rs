@@ -251,7 +251,7 @@ pub fn bench_extract(
     height: u32,
     images: usize,
 ) -> Result<(f64, f64)> {
-    use crate::model::extractor::{Extractor, PreparedImage};
+    use crate::jobs::extract::{Extractor, PreparedImage};
     use crate::model::ModelConfig;
     let (params, backbone) = match model {
         ModelConfig::Delg(m) => (
@@ -265,9 +265,9 @@ pub fn bench_extract(
     };
     let mut file = crate::model::params::random_weights(&params.specs, 0);
     file.metadata.extend(model.metadata()?);
-    let cfg = crate::pipeline::extract::ExtractConfig {
+    let cfg = crate::jobs::extract::ExtractConfig {
         score_threshold: Some(0.0),
-        ..crate::pipeline::extract::ExtractConfig::for_arch(model.arch())
+        ..crate::jobs::extract::ExtractConfig::for_arch(model.arch())
     };
     let norm = cfg.pixel_norm;
     let mut ex = Extractor::from_weights(
@@ -277,7 +277,7 @@ pub fn bench_extract(
         cfg.clone(),
     )?;
     let prepared = |i: u64| -> Result<PreparedImage> {
-        let img = crate::pipeline::demo::render_scene(i, 0, width.max(height));
+        let img = crate::jobs::demo::render_scene(i, 0, width.max(height));
         let img = image::imageops::crop_imm(&img, 0, 0, width, height).to_image();
         let data = norm.apply(img.as_raw());
         Ok(PreparedImage {
@@ -344,17 +344,17 @@ pub fn bench_extract(
 /// Extracts `images` generated images written as JPEG files into `dir`,
 /// decoding them as `extract` does, with the extractor's time by stage on.
 fn time_stages(
-    ex: &mut crate::model::extractor::Extractor,
-    cfg: &crate::pipeline::extract::ExtractConfig,
+    ex: &mut crate::jobs::extract::Extractor,
+    cfg: &crate::jobs::extract::ExtractConfig,
     dir: &std::path::Path,
     width: u32,
     height: u32,
     images: usize,
-) -> Result<crate::model::extractor::StageTimes> {
+) -> Result<crate::jobs::extract::StageTimes> {
     ex.timing = Some(Default::default());
     let mut decode = 0.0;
     for i in 0..images {
-        let img = crate::pipeline::demo::render_scene(i as u64 + 100, 0, width.max(height));
+        let img = crate::jobs::demo::render_scene(i as u64 + 100, 0, width.max(height));
         let img = image::imageops::crop_imm(&img, 0, 0, width, height).to_image();
         let path = dir.join(format!("{i}.jpg"));
         img.save(&path).map_err(|e| Error::File {
@@ -362,7 +362,7 @@ fn time_stages(
             reason: e.to_string(),
         })?;
         let t = Instant::now();
-        let prepared = crate::pipeline::extract::prepare_image(&path, cfg, None)?;
+        let prepared = crate::jobs::extract::prepare_image(&path, cfg, None)?;
         decode += t.elapsed().as_secs_f64();
         ex.extract(&prepared)?;
     }
@@ -395,12 +395,12 @@ pub fn bench_local_matching(
     shortlist: usize,
     dim: usize,
 ) -> Result<()> {
-    use crate::pipeline::local_match::{LocalMatcher, MatchOn};
+    use crate::jobs::local_match::{LocalMatcher, MatchOn};
     let mut rng = Rng::new(11);
     let mut unit = |n: usize| {
         let mut v: Vec<f32> = (0..n * dim).map(|_| rng.range(-1.0, 1.0) as f32).collect();
         v.chunks_mut(dim)
-            .for_each(crate::pipeline::extract::l2_normalize);
+            .for_each(crate::jobs::extract::l2_normalize);
         v
     };
     let query = unit(rows);
@@ -448,13 +448,13 @@ pub fn bench_search(
             .map(|_| rng.range(-1.0, 1.0) as f32)
             .collect();
         for r in v.chunks_mut(dim) {
-            crate::pipeline::extract::l2_normalize(r);
+            crate::jobs::extract::l2_normalize(r);
         }
         v
     };
     let mut rng = Rng::new(7);
     let q = unit_rows(&mut rng, queries);
-    let mut search = crate::pipeline::search::GlobalSearch::new(gpu, &q, dim, k)?;
+    let mut search = crate::jobs::search::GlobalSearch::new(gpu, &q, dim, k)?;
     let rows = search.chunk_rows();
     let (mut gen_s, mut search_s) = (0.0, 0.0);
     let mut done = 0;

@@ -14,7 +14,7 @@ use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
 use crate::io::features::FeatureSet;
 use crate::ops::gemm::Matmul;
-use crate::pipeline::local_match::{LocalMatcher, MatchOn};
+use crate::jobs::local_match::{LocalMatcher, MatchOn};
 use crate::retrieval::matching::{
     binarize, check_threshold, match_binary, select_matches, MatchParams,
 };

@@ -28,8 +28,8 @@ use crate::model::params::{hwio_to_oihw, oihw_to_hwio, random_weights};
 use crate::model::resnet::{ModelParams, ParamSpec, Role};
 use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::ops::optim::{GlobalNormClip, GradAccumulate, SgdStep};
-use crate::pipeline::dataset::{make_batch, Augment, Batch, Dataset};
-use crate::pipeline::extract::PixelNorm;
+use crate::jobs::dataset::{make_batch, Augment, Batch, Dataset};
+use crate::jobs::extract::PixelNorm;
 use crate::tensor::{HostTensor, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -607,7 +607,7 @@ fn validate(
         for s in chunk {
             // An unreadable validation image is left out of the accuracy.
             if let Ok(p) =
-                crate::pipeline::dataset::load_sample(&s.path, aug, &mut crate::tensor::Rng::new(0))
+                crate::jobs::dataset::load_sample(&s.path, aug, &mut crate::tensor::Rng::new(0))
             {
                 px.extend(p);
                 labels.push(s.label as f32);

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::draw;
 use crate::io::images::{load_rgb, resize_pil_bilinear};
-use crate::model::extractor::Extractor;
-use crate::pipeline::extract::{prepare_image, ExtractConfig};
+use crate::jobs::extract::Extractor;
+use crate::jobs::extract::{prepare_image, ExtractConfig};
 use crate::retrieval::matching::{match_descriptors, MatchParams};
 use crate::retrieval::ransac::{verify, Model, RansacParams, Transform};
 

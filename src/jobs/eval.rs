@@ -16,9 +16,9 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::features::{FeatureSet, ImageFeatures};
 use crate::io::groundtruth::{GroundTruth, QueryKind};
-use crate::pipeline::extract::{run_extract, ExtractConfig, ExtractJob};
-use crate::pipeline::local_match::LocalMatcher;
-use crate::pipeline::search::{global_search, rerank, Hit, RerankParams};
+use crate::jobs::extract::{run_extract, ExtractConfig, ExtractJob};
+use crate::jobs::local_match::LocalMatcher;
+use crate::jobs::search::{global_search, rerank, Hit, RerankParams};
 use crate::retrieval::metrics::{evaluate_groups, evaluate_rankings, Protocol, REVISITOP_KS};
 
 pub struct EvalJob {

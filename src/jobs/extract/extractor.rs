@@ -6,17 +6,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::params::load_params;
-use super::{ModelConfig, META_SCORE_THRESHOLD};
+use super::recipe::{aggregate_global, select_local, ExtractConfig, LevelOutput, LocalFeatures};
+use crate::model::params::load_params;
+use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
 use crate::io::weights::WeightFile;
 use crate::ops::resize::ResizeBilinear;
-use crate::pipeline::extract::{
-    aggregate_global, select_local, ExtractConfig, LevelOutput, LocalFeatures,
-};
 use crate::tensor::{HostTensor, Tensor};
 
 const PLAN_CACHE: usize = 24;
@@ -107,13 +105,13 @@ impl Extractor {
                         })?,
                 };
                 // Any input size gives the same parameter list; a small one builds fast.
-                let (_, _, _, mp) = super::delg::inference_graph(cfg, 64, 64)?;
+                let (_, _, _, mp) = crate::model::delg::inference_graph(cfg, 64, 64)?;
                 let constants = [("gem.p".to_string(), Tensor::new([1], vec![cfg.gem_p])?)];
                 let store = load_params(gpu, path, file, &mp, cfg.backbone.bn_eps(), &constants)?;
                 (store, tau)
             }
             ModelConfig::Dolg(cfg) => {
-                let (_, _, _, mp) = super::dolg::inference_graph(cfg, 1, 64, 64)?;
+                let (_, _, _, mp) = crate::model::dolg::inference_graph(cfg, 1, 64, 64)?;
                 (
                     load_params(gpu, path, file, &mp, cfg.backbone.bn_eps(), &[])?,
                     0.0,
@@ -170,14 +168,14 @@ impl Extractor {
             let wants_global = self.extract.global_scales.contains(&level);
             let (global, local) = match &self.model {
                 ModelConfig::Delg(cfg) => {
-                    let (net, net_image, out, _) = super::delg::inference_graph(cfg, lh, lw)?;
+                    let (net, net_image, out, _) = crate::model::delg::inference_graph(cfg, lh, lw)?;
                     let map = g.import(&net, &[(net_image, resized)])?;
                     let global = wants_global.then(|| map[&out.global]);
                     (global, Some((map[&out.attention], map[&out.local])))
                 }
                 ModelConfig::Dolg(cfg) => {
                     let (net, net_image, descriptor, _) =
-                        super::dolg::inference_graph(cfg, 1, lh, lw)?;
+                        crate::model::dolg::inference_graph(cfg, 1, lh, lw)?;
                     let map = g.import(&net, &[(net_image, resized)])?;
                     (Some(map[&descriptor]), None)
                 }

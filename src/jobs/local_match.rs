@@ -226,7 +226,7 @@ impl GpuNeighbours {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::test_gpu;
+    use crate::testing::test_gpu;
     use crate::retrieval::matching::{select_matches, MatchParams};
     use crate::tensor::Rng;
 
@@ -235,7 +235,7 @@ mod tests {
             .map(|_| rng.range(-1.0, 1.0) as f32)
             .collect();
         v.chunks_mut(dim)
-            .for_each(crate::pipeline::extract::l2_normalize);
+            .for_each(crate::jobs::extract::l2_normalize);
         v
     }
 

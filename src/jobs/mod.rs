@@ -1,5 +1,5 @@
-//! The jobs users run: benchmarks now; extraction, training, search and
-//! evaluation build on the same engine.
+//! The jobs users run (extraction, training, search, evaluation, matching,
+//! benchmarks), each built on the model and engine layers below it.
 
 pub mod bench;
 pub mod collection;
