@@ -12,8 +12,8 @@ use delg_gpu::io::weights::WeightFile;
 use delg_gpu::model::dolg::{inference_graph, training_graph, DolgConfig, DolgLossConfig};
 use delg_gpu::model::params::load_params;
 use delg_gpu::model::META_CONFIG;
-use delg_gpu::testing::test_gpu;
 use delg_gpu::tensor::Tensor;
+use delg_gpu::testing::test_gpu;
 
 const DIR: &str = "dolg_tiny";
 

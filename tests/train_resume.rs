@@ -9,18 +9,18 @@ use std::sync::atomic::AtomicBool;
 
 use delg_gpu::graph::TensorKind;
 use delg_gpu::io::weights::WeightFile;
-use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
-use delg_gpu::model::dolg::{DolgConfig, DolgLossConfig, MultiAtrous};
-use delg_gpu::jobs::extract::{Extractor, PreparedImage};
-use delg_gpu::model::params::random_weights;
-use delg_gpu::model::resnet::{Layout, ResNetConfig};
-use delg_gpu::testing::test_gpu;
 use delg_gpu::jobs::demo::render_scene;
+use delg_gpu::jobs::extract::{Extractor, PreparedImage};
 use delg_gpu::jobs::train::{
     build_step, planned_memory, run_train, upload_state, DataSource, Schedule, TrainConfig,
     TrainJob, TrainModel, GRAD_SUM,
 };
+use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
+use delg_gpu::model::dolg::{DolgConfig, DolgLossConfig, MultiAtrous};
+use delg_gpu::model::params::random_weights;
+use delg_gpu::model::resnet::{Layout, ResNetConfig};
 use delg_gpu::tensor::{HostTensor, Rng, Tensor};
+use delg_gpu::testing::test_gpu;
 
 fn tiny() -> DelgConfig {
     let mut m = DelgConfig::new(ResNetConfig {

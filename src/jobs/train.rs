@@ -22,14 +22,14 @@ use crate::gpu::Gpu;
 use crate::graph::exec::{plan_storages, Executable, ParamStore};
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::io::weights::WeightFile;
+use crate::jobs::dataset::{make_batch, Augment, Batch, Dataset};
+use crate::jobs::extract::PixelNorm;
 use crate::model::delg::{DelgConfig, DelgLossConfig};
 use crate::model::dolg::{DolgConfig, DolgLossConfig};
 use crate::model::params::{hwio_to_oihw, oihw_to_hwio, random_weights};
 use crate::model::resnet::{ModelParams, ParamSpec, Role};
 use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::ops::optim::{GlobalNormClip, GradAccumulate, SgdStep};
-use crate::jobs::dataset::{make_batch, Augment, Batch, Dataset};
-use crate::jobs::extract::PixelNorm;
 use crate::tensor::{HostTensor, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

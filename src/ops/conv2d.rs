@@ -9,13 +9,12 @@
 //! one binding (`plan_chunks`).
 
 use std::ops::Range;
-use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{
-    Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ShaderSpec, Window,
+    Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ShaderSpec, TextureNeed, Window,
 };
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Binary, BinaryKind};
@@ -95,9 +94,6 @@ pub struct Conv2d {
     pub dilation: [usize; 2],
     pub padding: Padding,
     pub epilogue: Epilogue,
-    /// Caps the f32 elements of each bound window below the device limit, so
-    /// tests can exercise the chunked path on small tensors (None: device limit).
-    pub chunk_limit: Option<u64>,
 }
 
 impl Conv2d {
@@ -107,7 +103,6 @@ impl Conv2d {
             dilation: [1, 1],
             padding,
             epilogue: Epilogue::default(),
-            chunk_limit: None,
         }
     }
     pub fn dilation(mut self, d: [usize; 2]) -> Self {
@@ -224,11 +219,6 @@ impl Conv2d {
             dk: [-(self.dilation[0] as i64), -(self.dilation[1] as i64)],
             div: [self.stride[0] as i64, self.stride[1] as i64],
         }
-    }
-
-    fn window_limit(&self, gpu: &Gpu) -> u64 {
-        let device = gpu.max_window_elems();
-        self.chunk_limit.map_or(device, |c| c.clamp(1, device))
     }
 
     /// Calls `f(n, oy, ox, iy, ix, ky, kx)` for every tap that reads a real
@@ -611,79 +601,6 @@ fn broadcast_form(gpu: &Gpu, call: &GemmCall) -> Kernel {
     }
 }
 
-/// Staging texture shared by every convolution on a device, and the buffer
-/// that stages windows a texture copy cannot read in place.
-struct Staging {
-    buffer: Option<wgpu::Buffer>,
-    texture: wgpu::Texture,
-}
-
-/// A device's scratch memory for convolutions: the staging textures and the
-/// buffers of the unfolded forward product (its A, and B padded to whole
-/// 8-steps of k). Their copies and dispatches are recorded in order on one
-/// queue, so one of each serves all ops without ever being live twice.
-#[derive(Default)]
-struct Scratch {
-    staging: [Option<Staging>; 3],
-    unfolded_a: Option<wgpu::Buffer>,
-    padded_b: Option<wgpu::Buffer>,
-}
-
-static SCRATCH: Mutex<Vec<(wgpu::Device, Scratch)>> = Mutex::new(Vec::new());
-
-fn with_scratch<T>(gpu: &Gpu, f: impl FnOnce(&mut Scratch) -> Result<T>) -> Result<T> {
-    let mut cache = SCRATCH
-        .lock()
-        .map_err(|_| Error::Graph("conv2d scratch cache poisoned".into()))?;
-    let pos = match cache.iter().position(|(d, _)| *d == gpu.device) {
-        Some(p) => p,
-        None => {
-            cache.push((gpu.device.clone(), Scratch::default()));
-            cache.len() - 1
-        }
-    };
-    f(&mut cache[pos].1)
-}
-
-/// Device bytes the convolutions' scratch memory holds on `gpu`.
-pub fn scratch_bytes(gpu: &Gpu) -> u64 {
-    let Ok(cache) = SCRATCH.lock() else {
-        return 0;
-    };
-    let size = |b: &Option<wgpu::Buffer>| b.as_ref().map_or(0, |b| b.size());
-    cache
-        .iter()
-        .filter(|(d, _)| *d == gpu.device)
-        .map(|(_, s)| {
-            let staging: u64 = s
-                .staging
-                .iter()
-                .flatten()
-                .map(|st| {
-                    let texel = st.texture.format().block_copy_size(None).unwrap_or(16) as u64;
-                    st.texture.width() as u64 * st.texture.height() as u64 * texel
-                        + size(&st.buffer)
-                })
-                .sum();
-            staging + size(&s.unfolded_a) + size(&s.padded_b)
-        })
-        .sum()
-}
-
-/// The buffer in `slot`, reallocated when it holds fewer than `bytes`.
-fn grown(
-    gpu: &Gpu,
-    slot: &mut Option<wgpu::Buffer>,
-    label: &str,
-    bytes: u64,
-) -> Result<wgpu::Buffer> {
-    if slot.as_ref().is_none_or(|b| b.size() < bytes) {
-        *slot = Some(gpu.storage_buffer(label, bytes)?);
-    }
-    slot.clone()
-        .ok_or_else(|| Error::Graph(format!("{label} missing")))
-}
-
 /// The staging textures: vec4 A, vec4 B, and scalar A.
 #[derive(Clone, Copy)]
 enum Slot {
@@ -693,6 +610,13 @@ enum Slot {
 }
 
 impl Slot {
+    fn purpose(self) -> &'static str {
+        match self {
+            Slot::A => "conv2d staging A",
+            Slot::B => "conv2d staging B",
+            Slot::AScalar => "conv2d staging scalar A",
+        }
+    }
     fn format(self) -> (wgpu::TextureFormat, u64) {
         match self {
             Slot::AScalar => (wgpu::TextureFormat::R32Float, 4),
@@ -709,34 +633,15 @@ fn stage_texture(rec: &mut Recorder, slot: Slot, w: &Window) -> Result<wgpu::Tex
     let width = texture_width(gpu);
     let rows = texels.div_ceil(width);
     let row_bytes = width * texel;
-    with_scratch(gpu, |scratch| {
-        let entry = &mut scratch.staging[slot as usize];
-        let fits = entry.as_ref().is_some_and(|s| {
-            s.texture.width() as u64 == width && s.texture.height() as u64 >= rows
-        });
-        if !fits {
-            let texture = gpu.scoped("allocating a conv2d staging texture", || {
-                gpu.device.create_texture(&wgpu::TextureDescriptor {
-                    label: Some("conv2d staging"),
-                    size: wgpu::Extent3d {
-                        width: width as u32,
-                        height: rows as u32,
-                        depth_or_array_layers: 1,
-                    },
-                    mip_level_count: 1,
-                    sample_count: 1,
-                    dimension: wgpu::TextureDimension::D2,
-                    format,
-                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
-                    view_formats: &[],
-                })
-            })?;
-            let buffer = entry.take().and_then(|s| s.buffer);
-            *entry = Some(Staging { buffer, texture });
-        }
-        let s = entry
-            .as_mut()
-            .ok_or_else(|| Error::Graph("conv2d staging missing".into()))?;
+    let texture = gpu.scratch_texture(
+        slot.purpose(),
+        TextureNeed {
+            format,
+            width: u32_of(width, "texture width")?,
+            rows: u32_of(rows, "texture rows")?,
+        },
+    )?;
+    {
         let extent = |width: u64, height: u64| wgpu::Extent3d {
             width: width as u32,
             height: height as u32,
@@ -756,7 +661,7 @@ fn stage_texture(rec: &mut Recorder, slot: Slot, w: &Window) -> Result<wgpu::Tex
                 rec.copy_to_texture(
                     src,
                     row_bytes as u32,
-                    s.texture.clone(),
+                    texture.clone(),
                     0,
                     extent(width, full),
                 );
@@ -764,19 +669,13 @@ fn stage_texture(rec: &mut Recorder, slot: Slot, w: &Window) -> Result<wgpu::Tex
             if tail > 0 {
                 let src = at(full * row_bytes, tail * texel);
                 let row = u32_of(full, "texture rows")?;
-                rec.copy_to_texture(
-                    src,
-                    row_bytes as u32,
-                    s.texture.clone(),
-                    row,
-                    extent(tail, 1),
-                );
+                rec.copy_to_texture(src, row_bytes as u32, texture.clone(), row, extent(tail, 1));
             }
         } else {
             // The window ends inside a texel at the end of its buffer: copy it to
             // a buffer with whole rows first.
             let bytes = rows * row_bytes;
-            let buffer = grown(gpu, &mut s.buffer, "conv2d staging", bytes)?;
+            let buffer = gpu.scratch_buffer(slot.purpose(), bytes)?;
             rec.copy(
                 w.slice.clone(),
                 BufSlice {
@@ -793,13 +692,13 @@ fn stage_texture(rec: &mut Recorder, slot: Slot, w: &Window) -> Result<wgpu::Tex
             rec.copy_to_texture(
                 src,
                 row_bytes as u32,
-                s.texture.clone(),
+                texture.clone(),
                 0,
                 extent(width, rows),
             );
         }
-        Ok(s.texture.create_view(&Default::default()))
-    })
+    }
+    Ok(texture.create_view(&Default::default()))
 }
 
 /// The parameters that describe how A walks its source.
@@ -858,9 +757,7 @@ fn record_unfold(
 ) -> Result<Window> {
     let gpu = rec.gpu();
     let elems = (rows * width) as u64;
-    let buffer = with_scratch(gpu, |s| {
-        grown(gpu, &mut s.unfolded_a, "conv2d unfolded input", elems * 4)
-    })?;
+    let buffer = gpu.scratch_buffer("conv2d unfolded input", elems * 4)?;
     let dst = gpu.window(&buffer, 0, elems)?;
     let params = Params {
         m: u32_of(rows, "rows")?,
@@ -893,9 +790,7 @@ fn record_padded_rows(
 ) -> Result<Window> {
     let gpu = rec.gpu();
     let (bytes, padded) = ((k * n * 4) as u64, (rows * n * 4) as u64);
-    let buffer = with_scratch(gpu, |s| {
-        grown(gpu, &mut s.padded_b, "conv2d padded weights", padded)
-    })?;
+    let buffer = gpu.scratch_buffer("conv2d padded weights", padded)?;
     rec.copy(
         BufSlice {
             buffer: b.slice.buffer.clone(),
@@ -1069,7 +964,7 @@ impl Op for Conv2d {
         let residual = self.epilogue.residual.then(|| inputs[vectors]);
         let (out_row, in_row) = ((g.ow * g.cout) as u64, (g.w * g.cin) as u64);
         let k = g.kh * g.kw * g.cin;
-        let limit = self.window_limit(gpu);
+        let limit = gpu.max_window_elems();
         let unfold = unfolded_width(gpu, &g, limit);
         let (k_rows, dest_row, b) = match unfold {
             Some(k_rows) => {
@@ -1173,12 +1068,7 @@ impl Op for Conv2d {
         )?;
         let mut out = vec![Some(dx), Some(dw)];
         if self.epilogue.bias {
-            out.push(Some(g.apply1(
-                BiasGrad {
-                    chunk_limit: self.chunk_limit,
-                },
-                &[dy],
-            )?));
+            out.push(Some(g.apply1(BiasGrad, &[dy])?));
         }
         Ok(out)
     }
@@ -1269,7 +1159,7 @@ impl Op for Conv2dInputGrad {
         let (dy, dx) = (inputs[0], outputs[0]);
         let weights = inputs[1].whole(gpu)?;
         let (dx_row, dy_row) = ((g.w * g.cin) as u64, (g.ow * g.cout) as u64);
-        for chunk in plan_chunks(&gather, g.n, dx_row, dy_row, self.conv.window_limit(gpu))? {
+        for chunk in plan_chunks(&gather, g.n, dx_row, dy_row, gpu.max_window_elems())? {
             let a_base = chunk.src.start as u64 * dy_row;
             record_gemm(
                 rec,
@@ -1374,7 +1264,7 @@ impl Op for Conv2dWeightGrad {
         let (x, dy) = (inputs[0], inputs[1]);
         let dw = outputs[0].whole(gpu)?;
         let (dy_row, x_row) = ((g.ow * g.cout) as u64, (g.w * g.cin) as u64);
-        let chunks = plan_chunks(&gather, g.n, dy_row, x_row, self.conv.window_limit(gpu))?;
+        let chunks = plan_chunks(&gather, g.n, dy_row, x_row, gpu.max_window_elems())?;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let a_base = chunk.src.start as u64 * x_row;
             record_gemm(
@@ -1414,9 +1304,7 @@ const REDUCE_ROWS: u64 = 1024;
 
 /// db of a convolution: the sum of dy [.., C_out] over every pixel.
 #[derive(Clone, Debug, PartialEq)]
-pub struct BiasGrad {
-    pub chunk_limit: Option<u64>,
-}
+pub struct BiasGrad;
 
 impl Op for BiasGrad {
     fn name(&self) -> &'static str {
@@ -1446,9 +1334,7 @@ impl Op for BiasGrad {
     ) -> Result<()> {
         let gpu = rec.gpu();
         let (rows, cols) = inputs[0].shape.matrix(self.name())?;
-        let limit = self.chunk_limit.map_or(gpu.max_window_elems(), |c| {
-            c.clamp(1, gpu.max_window_elems())
-        });
+        let limit = gpu.max_window_elems();
         let per_chunk = (limit / cols as u64).max(1);
         let db = outputs[0].whole(gpu)?;
         let splits = (rows as u64).min(per_chunk).div_ceil(REDUCE_ROWS);
@@ -1690,28 +1576,19 @@ mod tests {
 
     #[test]
     fn forward_in_chunks() {
-        let op = Conv2d {
-            chunk_limit: Some(3 * 7 * 16),
-            ..Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu()
-        };
-        check_op(&case(op, [2, 9, 7, 16], [3, 3], 16));
+        let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
+        check_op(&case(op, [2, 9, 7, 16], [3, 3], 16).windows(3 * 7 * 16));
         let pad = Padding {
             top: 0,
             bottom: 1,
             left: 2,
             right: 1,
         };
-        let op = Conv2d {
-            chunk_limit: Some(40),
-            ..Conv2d::new([2, 2], pad).bias().relu()
-        };
-        check_op(&case(op, [2, 9, 4, 3], [3, 2], 4));
+        let op = Conv2d::new([2, 2], pad).bias().relu();
+        check_op(&case(op, [2, 9, 4, 3], [3, 2], 4).windows(40));
         // Unfolded RGB-like input, three grid rows of 7 × 32 per chunk.
-        let op = Conv2d {
-            chunk_limit: Some(3 * 7 * 32),
-            ..Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu()
-        };
-        check_op(&case(op, [2, 9, 7, 3], [3, 3], 8));
+        let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
+        check_op(&case(op, [2, 9, 7, 3], [3, 3], 8).windows(3 * 7 * 32));
     }
 
     #[test]
@@ -1755,29 +1632,26 @@ mod tests {
 
     #[test]
     fn gradients_in_chunks() {
-        let op = Conv2d {
-            chunk_limit: Some(64),
-            ..Conv2d::new(
-                [2, 1],
-                Padding {
-                    top: 1,
-                    bottom: 0,
-                    left: 1,
-                    right: 1,
-                },
-            )
-            .bias()
-            .relu()
-        };
-        grad_check(&case(op.clone(), [2, 8, 4, 4], [3, 3], 8));
-        grad_check(&case(op, [2, 8, 4, 3], [3, 3], 8));
+        let op = Conv2d::new(
+            [2, 1],
+            Padding {
+                top: 1,
+                bottom: 0,
+                left: 1,
+                right: 1,
+            },
+        )
+        .bias()
+        .relu();
+        grad_check(&case(op.clone(), [2, 8, 4, 4], [3, 3], 8).windows(64));
+        grad_check(&case(op, [2, 8, 4, 3], [3, 3], 8).windows(64));
     }
 
     #[test]
     fn bias_grad_in_splits_and_chunks() {
-        for chunk_limit in [None, Some(5 * 1100)] {
-            check_op(&OpCase::new(BiasGrad { chunk_limit }).input([3, 40, 11, 5], -1.0, 1.0));
-        }
+        let case = OpCase::new(BiasGrad).input([3, 40, 11, 5], -1.0, 1.0);
+        check_op(&case);
+        check_op(&case.windows(5 * 1100));
     }
 
     #[test]
@@ -1881,62 +1755,16 @@ mod tests {
             2 * 64 * 64 * 256 * 9 * 256
         );
     }
-}
-
-/// The lavapipe measurement of lavapipe.md's 3×3 convolution (256→256
-/// channels, 64×64, batch 1, pad 1), run on demand:
-/// `cargo test --lib ops::conv2d::bench -- --ignored --nocapture --test-threads 1`.
-#[cfg(test)]
-mod bench {
-    use super::*;
-    use crate::testing::test_gpu;
-    use crate::tensor::Rng;
-
-    /// Process CPU time in seconds (all threads, lavapipe's included).
-    fn cpu_seconds() -> f64 {
-        crate::jobs::bench::cpu_time()
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0)
-    }
-
-    #[test]
-    #[ignore]
-    fn conv3x3_256() {
-        let conv = Conv2d::new([1, 1], Padding::symmetric(1, 1));
-        let (act, w): (&[usize], &[usize]) = (&[1, 64, 64, 256], &[3, 3, 256, 256]);
-        measure(&conv, &[act, w]);
-        let dx = Conv2dInputGrad {
-            conv: conv.clone(),
-            input_hw: [64, 64],
-        };
-        measure(&dx, &[act, w]);
-        measure(
-            &Conv2dWeightGrad {
-                conv,
-                kernel: [3, 3],
-            },
-            &[act, act],
-        );
-    }
-
-    /// The ResNet stem (7×7, stride 2, 3→64 channels) at 512×512: the unfolded form.
-    #[test]
-    #[ignore]
-    fn stem_512() {
-        let pad = Padding::same([512, 512], [7, 7], [2, 2], [1, 1]);
-        measure(
-            &Conv2d::new([2, 2], pad).bias(),
-            &[&[1, 512, 512, 3], &[7, 7, 3, 64], &[64]],
-        );
-    }
 
     /// The TF stem at 2048×2048: a 256 MiB output, twice one binding, so it
     /// runs in chunks at the real device limit. Checks sampled outputs.
     #[test]
     #[ignore]
     fn stem_2048_chunked() {
-        let Some(gpu) = test_gpu() else { return };
-        let mut rng = Rng::new(11);
+        let Some(gpu) = crate::testing::test_gpu() else {
+            return;
+        };
+        let mut rng = crate::tensor::Rng::new(11);
         let pad = Padding::same([2048, 2048], [7, 7], [2, 2], [1, 1]);
         let op = Conv2d::new([2, 2], pad).bias().relu();
         let x = rng.tensor([1, 2048, 2048, 3], -1.0, 1.0);
@@ -1971,45 +1799,5 @@ mod bench {
             worst = worst.max((got - want.max(0.0)).abs());
         }
         assert!(worst < 1e-4, "worst sampled error {worst}");
-    }
-
-    fn measure(op: &dyn Op, shapes: &[&[usize]]) {
-        let Some(gpu) = test_gpu() else { return };
-        let mut rng = Rng::new(7);
-        let ins: Vec<DeviceTensor> = shapes
-            .iter()
-            .map(|s| DeviceTensor::upload(&gpu, &rng.tensor(*s, -1.0, 1.0)).unwrap())
-            .collect();
-        let shapes: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
-        let y = DeviceTensor::zeros(&gpu, op.infer(&shapes).unwrap().remove(0)).unwrap();
-        let flops = op.flops(&shapes) as f64;
-        let mut rec = Recorder::new(&gpu);
-        op.record(&mut rec, &ins.iter().collect::<Vec<_>>(), &[&y])
-            .unwrap();
-        let recording = rec.finish().unwrap();
-        recording.submit(&gpu).unwrap();
-        gpu.wait().unwrap();
-        // /proc/self/stat ticks at 100 Hz: CPU time is summed over all reps.
-        let (mut walls, cpu0) = (Vec::new(), cpu_seconds());
-        for _ in 0..7 {
-            let t = std::time::Instant::now();
-            recording.submit(&gpu).unwrap();
-            gpu.wait().unwrap();
-            walls.push(t.elapsed().as_secs_f64());
-        }
-        let cpu = cpu_seconds() - cpu0;
-        let total: f64 = walls.iter().sum();
-        walls.sort_by(f64::total_cmp);
-        eprintln!(
-            "{} ({}): median {:.1} ms = {:.1} GFLOP/s wall [{:.1}..{:.1}], {:.1} GFLOP per CPU-second, {:.2} cores",
-            op.name(),
-            gpu.tuning.describe(),
-            walls[3] * 1e3,
-            flops / walls[3] / 1e9,
-            flops / walls[6] / 1e9,
-            flops / walls[0] / 1e9,
-            flops * 7.0 / cpu.max(0.01) / 1e9,
-            cpu / total
-        );
     }
 }

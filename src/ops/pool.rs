@@ -13,7 +13,7 @@ use std::ops::Range;
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{DeviceTensor, Gpu, Recorder, ShaderSpec};
+use crate::gpu::{row_chunks, DeviceTensor, Recorder, ShaderSpec};
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::expect_inputs;
 use crate::tensor::{RefTensor, Shape, Tensor};
@@ -92,61 +92,6 @@ fn sum_all_spec() -> ShaderSpec {
 // ---------------------------------------------------------------------------
 // Chunking by rows (shared with `resize`).
 
-/// Elements one window may hold: the device limit, lowered by tests so that
-/// small tensors take the chunked path.
-fn window_limit(gpu: &Gpu) -> u64 {
-    #[cfg(test)]
-    if let Some(limit) = tests::WINDOW_LIMIT.with(std::cell::Cell::get) {
-        return limit.min(gpu.max_window_elems());
-    }
-    gpu.max_window_elems()
-}
-
-/// Splits rows [0, rows) into the fewest consecutive chunks of at most
-/// `max_rows` rows whose operand spans (element ranges, from `spans`, growing
-/// with the chunk) each fit in `limit` elements.
-fn row_chunks(
-    op: &str,
-    rows: u64,
-    max_rows: u64,
-    limit: u64,
-    spans: &impl Fn(u64, u64) -> Vec<Range<u64>>,
-) -> Result<Vec<Range<u64>>> {
-    let widest = |a: u64, b: u64| {
-        spans(a, b)
-            .iter()
-            .map(|s| s.end.saturating_sub(s.start))
-            .max()
-            .unwrap_or(0)
-    };
-    let mut out = Vec::new();
-    let mut r0 = 0;
-    while r0 < rows {
-        let one = widest(r0, r0 + 1);
-        if one > limit {
-            return Err(Error::LimitExceeded {
-                what: format!("{op} on a single row"),
-                needed: one * 4,
-                limit: limit * 4,
-                name: "max_storage_buffer_binding_size",
-                fix: "use a narrower image or fewer channels".into(),
-            });
-        }
-        let (mut lo, mut hi) = (r0 + 1, rows.min(r0.saturating_add(max_rows.max(1))));
-        while lo < hi {
-            let mid = lo + (hi - lo).div_ceil(2);
-            if widest(r0, mid) <= limit {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        out.push(r0..lo);
-        r0 = lo;
-    }
-    Ok(out)
-}
-
 /// Global rows of another row space (`other` rows per image) that global
 /// rows [r0, r1) of this one (`per` rows per image) need, where `need(a, b)`
 /// gives the rows [lo, hi) one image needs for its rows a..=b.
@@ -196,7 +141,7 @@ impl RowLaunch<'_> {
     ) -> Result<()> {
         let (op, spec, operands) = (self.op, self.spec, self.operands);
         let gpu = rec.gpu();
-        for chunk in row_chunks(op, self.rows, self.max_rows, window_limit(gpu), &spans)? {
+        for chunk in row_chunks(op, self.rows, self.max_rows, gpu.max_window_elems(), &spans)? {
             let mut windows = Vec::with_capacity(operands.len());
             let mut offsets = Vec::with_capacity(operands.len());
             for (t, span) in operands.iter().zip(spans(chunk.start, chunk.end)) {
@@ -1327,7 +1272,7 @@ impl Op for SumAll {
         let (v, out) = (inputs[0], outputs[0]);
         let total = out.whole(gpu)?;
         // One workgroup of 64 per chunk, in order: later chunks add to the first's sum.
-        for chunk in crate::gpu::chunks(v.numel(), window_limit(gpu).min(64 * LOOP_BUDGET)) {
+        for chunk in crate::gpu::chunks(v.numel(), gpu.max_window_elems().min(64 * LOOP_BUDGET)) {
             let win = v.window(gpu, chunk.start, chunk.end - chunk.start)?;
             let params = Params {
                 row0: chunk.start as u32,
@@ -1354,22 +1299,8 @@ impl Op for SumAll {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::cell::Cell;
-
     use super::*;
     use crate::testing::{check_op, dispatch_labels, grad_check, test_gpu, OpCase};
-
-    thread_local! {
-        pub(crate) static WINDOW_LIMIT: Cell<Option<u64>> = const { Cell::new(None) };
-    }
-
-    /// Runs `f` with windows of at most `limit` elements, so that tiny
-    /// tensors exercise the chunked path of every kernel.
-    pub(crate) fn with_window_limit(limit: u64, f: impl FnOnce()) {
-        WINDOW_LIMIT.with(|l| l.set(Some(limit)));
-        f();
-        WINDOW_LIMIT.with(|l| l.set(None));
-    }
 
     /// p as a [1] input.
     fn power(v: f32) -> crate::tensor::HostTensor {
@@ -1551,44 +1482,65 @@ pub(crate) mod tests {
     fn chunked_paths_match_reference() {
         // Windows of 128 elements: every kernel runs on several chunks, some
         // of which split an image's rows and some of which span images.
-        with_window_limit(128, || {
-            for pool in POOLS {
-                grad_check(&OpCase::new(pool).input([2, 9, 7, 3], -2.0, 2.0));
-                grad_check(&OpCase::new(pool).input([3, 7, 9, 1], -2.0, 2.0));
-                check_op(&OpCase::new(pool).input([2, 9, 7, 4], -2.0, 2.0));
-            }
-            check_op(&OpCase::new(Subsample { stride: 2 }).input([3, 7, 9, 8], -1.0, 1.0));
-            grad_check(&OpCase::new(MeanPool).input([3, 7, 5, 3], -2.0, 2.0));
+        for pool in POOLS {
             grad_check(
-                &OpCase::new(AttentionPool)
-                    .input([3, 7, 5, 3], -2.0, 2.0)
-                    .input([3, 7, 5, 1], 0.0, 3.0),
+                &OpCase::new(pool)
+                    .input([2, 9, 7, 3], -2.0, 2.0)
+                    .windows(128),
             );
             grad_check(
-                &OpCase::new(GeMPool { eps: 1e-6 })
-                    .input([3, 7, 5, 3], -0.5, 2.0)
-                    .input([1], 2.0, 4.0),
+                &OpCase::new(pool)
+                    .input([3, 7, 9, 1], -2.0, 2.0)
+                    .windows(128),
             );
             check_op(
-                &OpCase::new(GeMPool { eps: 1e-6 })
-                    .input([2, 9, 4, 3], 100.0, 5000.0)
-                    .tensor(power(12.0)),
+                &OpCase::new(pool)
+                    .input([2, 9, 7, 4], -2.0, 2.0)
+                    .windows(128),
             );
-            check_op(&OpCase::new(SumAll).input([700], -1.0, 1.0));
-        });
+        }
+        check_op(
+            &OpCase::new(Subsample { stride: 2 })
+                .input([3, 7, 9, 8], -1.0, 1.0)
+                .windows(128),
+        );
+        grad_check(
+            &OpCase::new(MeanPool)
+                .input([3, 7, 5, 3], -2.0, 2.0)
+                .windows(128),
+        );
+        grad_check(
+            &OpCase::new(AttentionPool)
+                .input([3, 7, 5, 3], -2.0, 2.0)
+                .input([3, 7, 5, 1], 0.0, 3.0)
+                .windows(128),
+        );
+        grad_check(
+            &OpCase::new(GeMPool { eps: 1e-6 })
+                .input([3, 7, 5, 3], -0.5, 2.0)
+                .input([1], 2.0, 4.0)
+                .windows(128),
+        );
+        check_op(
+            &OpCase::new(GeMPool { eps: 1e-6 })
+                .input([2, 9, 4, 3], 100.0, 5000.0)
+                .tensor(power(12.0))
+                .windows(128),
+        );
+        check_op(&OpCase::new(SumAll).input([700], -1.0, 1.0).windows(128));
         // Three or more chunks per image: GeM merges partial results in log space.
-        with_window_limit(16, || {
-            check_op(
-                &OpCase::new(GeMPool { eps: 1e-6 })
-                    .input([2, 13, 1, 3], 100.0, 5000.0)
-                    .tensor(power(12.0)),
-            );
-            grad_check(
-                &OpCase::new(GeMPool { eps: 1e-6 })
-                    .input([2, 13, 1, 3], -0.5, 2.0)
-                    .input([1], 2.0, 4.0),
-            );
-        });
+        check_op(
+            &OpCase::new(GeMPool { eps: 1e-6 })
+                .input([2, 13, 1, 3], 100.0, 5000.0)
+                .tensor(power(12.0))
+                .windows(16),
+        );
+        grad_check(
+            &OpCase::new(GeMPool { eps: 1e-6 })
+                .input([2, 13, 1, 3], -0.5, 2.0)
+                .input([1], 2.0, 4.0)
+                .windows(16),
+        );
     }
 
     /// The real binding limit (128 MiB on lavapipe) with a 135 MB map: slow

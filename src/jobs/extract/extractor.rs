@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::recipe::{aggregate_global, select_local, ExtractConfig, LevelOutput, LocalFeatures};
-use crate::model::params::load_params;
-use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
 use crate::io::weights::WeightFile;
+use crate::model::params::load_params;
+use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::ops::resize::ResizeBilinear;
 use crate::tensor::{HostTensor, Tensor};
 
@@ -168,7 +168,8 @@ impl Extractor {
             let wants_global = self.extract.global_scales.contains(&level);
             let (global, local) = match &self.model {
                 ModelConfig::Delg(cfg) => {
-                    let (net, net_image, out, _) = crate::model::delg::inference_graph(cfg, lh, lw)?;
+                    let (net, net_image, out, _) =
+                        crate::model::delg::inference_graph(cfg, lh, lw)?;
                     let map = g.import(&net, &[(net_image, resized)])?;
                     let global = wants_global.then(|| map[&out.global]);
                     (global, Some((map[&out.attention], map[&out.local])))
@@ -229,7 +230,7 @@ impl Extractor {
     pub fn device_bytes(&self) -> u64 {
         let params: u64 = self.params.tensors.values().map(|t| t.shape.bytes()).sum();
         let plans: u64 = self.plans.values().map(|p| p.exe.device_bytes()).sum();
-        params + plans + crate::ops::conv2d::scratch_bytes(&self.gpu)
+        params + plans + self.gpu.scratch_bytes()
     }
 
     /// Global descriptor and local features of one prepared image.
