@@ -15,4 +15,7 @@ pub use recorder::{Binding, RecordStats, Recorder, Recording};
 pub use scratch::TextureNeed;
 pub use shader::ShaderSpec;
 pub use tuning::{MatmulVariant, Tuning};
-pub use window::{chunks, row_chunks, rows_per_window, vec4_pieces, BufSlice, Piece, Window};
+pub use window::{
+    chunks, image_rows, row_chunks, rows_per_window, scaled, vec4_pieces, BufSlice, Piece,
+    RowLaunch, Window,
+};

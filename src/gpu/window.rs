@@ -6,7 +6,10 @@
 
 use std::ops::Range;
 
+use super::buffer::DeviceTensor;
 use super::device::Gpu;
+use super::recorder::Recorder;
+use super::shader::ShaderSpec;
 use crate::error::{Error, Result};
 
 /// A byte range of a buffer bound as one storage binding.
@@ -158,4 +161,80 @@ pub fn row_chunks(
         r0 = lo;
     }
     Ok(out)
+}
+
+/// The workgroup size of every row-chunked kernel (pool, global_pool, resize).
+pub const ROW_KERNEL_WORKGROUP: u64 = 64;
+
+/// Global rows of another row space (`other` rows per image) that global
+/// rows [r0, r1) of this one (`per` rows per image) need, where `need(a, b)`
+/// gives the rows [lo, hi) one image needs for its rows a..=b.
+pub fn image_rows(
+    r0: u64,
+    r1: u64,
+    per: u64,
+    other: u64,
+    need: impl Fn(u64, u64) -> (u64, u64),
+) -> Range<u64> {
+    let (n0, n1) = (r0 / per, (r1 - 1) / per);
+    if n0 == n1 {
+        let (lo, hi) = need(r0 % per, (r1 - 1) % per);
+        n0 * other + lo..n0 * other + hi.max(lo)
+    } else {
+        n0 * other + need(r0 % per, per - 1).0..n1 * other + need(0, (r1 - 1) % per).1
+    }
+}
+
+/// A row range scaled to elements, `k` per row.
+pub fn scaled(r: Range<u64>, k: u64) -> Range<u64> {
+    r.start * k..r.end * k
+}
+
+/// A kernel launched over rows [0, rows) of its thread space, chunked so that
+/// each operand's span fits in one window.
+pub struct RowLaunch<'a> {
+    pub op: &'a str,
+    pub spec: &'a ShaderSpec,
+    /// In the order of the bindings after the uniform block.
+    pub operands: &'a [&'a DeviceTensor],
+    pub rows: u64,
+    /// Rows per dispatch at most (bounds the loops of reducing kernels).
+    pub max_rows: u64,
+}
+
+impl RowLaunch<'_> {
+    /// `spans` gives each operand's element range for a chunk of rows;
+    /// `params` builds the uniform block of a chunk from its rows, its
+    /// invocation count and the operands' index offsets (window shift minus
+    /// span start, wrapping: kernels add it to tensor-relative indices).
+    pub fn record(
+        &self,
+        rec: &mut Recorder,
+        spans: impl Fn(u64, u64) -> Vec<Range<u64>>,
+        threads: impl Fn(u64, u64) -> u64,
+        params: impl Fn(Range<u64>, u32, &[u32]) -> Vec<u8>,
+    ) -> Result<()> {
+        let (op, spec, operands) = (self.op, self.spec, self.operands);
+        let gpu = rec.gpu();
+        for chunk in row_chunks(op, self.rows, self.max_rows, gpu.max_window_elems(), &spans)? {
+            let mut windows = Vec::with_capacity(operands.len());
+            let mut offsets = Vec::with_capacity(operands.len());
+            for (t, span) in operands.iter().zip(spans(chunk.start, chunk.end)) {
+                // An empty span still needs a valid binding; the kernel reads none of it.
+                let start = span.start.min(t.numel().saturating_sub(1));
+                let w = t.window(gpu, start, span.end.saturating_sub(start).max(1))?;
+                offsets.push(w.shift.wrapping_sub(start as u32));
+                windows.push(w);
+            }
+            let n = threads(chunk.start, chunk.end);
+            let bytes = params(chunk, n as u32, &offsets);
+            rec.dispatch_groups(
+                spec,
+                &bytes,
+                windows.iter().map(Into::into).collect(),
+                n.div_ceil(ROW_KERNEL_WORKGROUP),
+            )?;
+        }
+        Ok(())
+    }
 }

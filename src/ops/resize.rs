@@ -7,10 +7,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
+use crate::gpu::{image_rows, scaled, RowLaunch};
 use crate::gpu::{DeviceTensor, Recorder, ShaderSpec};
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::expect_inputs;
-use crate::ops::pool::{image_rows, scaled, RowLaunch};
 use crate::tensor::{RefTensor, Shape, Tensor};
 
 #[repr(C)]
