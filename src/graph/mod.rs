@@ -1,12 +1,12 @@
-//! The graph scheduler: ops as nodes (this file), reverse-mode autodiff
-//! (`autodiff`), memory planning by liveness (`plan`), and execution on the
-//! GPU or on the plain-Rust references (`exec`). Building, differentiating,
-//! planning and running are separate stages; all but the GPU run work without
-//! a device, so they are unit-tested anywhere.
+//! The graph scheduler: ops as nodes (this file), memory planning by liveness
+//! (`plan`), execution on the GPU (`exec`) and on the f64 references
+//! (`reference`). Building, planning and running are separate stages; all
+//! but the GPU run work without a device, so they are unit-tested anywhere.
+//! Reverse-mode differentiation adds ordinary nodes (`ops::autodiff`).
 
-pub mod autodiff;
 pub mod exec;
 pub mod plan;
+pub mod reference;
 
 use std::fmt::Debug;
 use std::sync::Arc;

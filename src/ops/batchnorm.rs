@@ -33,19 +33,20 @@ const MIN_BLOCK_ROWS: u64 = 64;
 /// ...and at most this many partials per plane (for wide tensors).
 const PARTIAL_BUDGET: u64 = 1 << 23;
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    c: u32,
-    row_block: u32,
-    g0: u32,
-    ntiles: u32,
-    nblocks: u32,
-    alpha: f32,
-    beta: f32,
-    /// Element shift of binding k + 1.
-    shifts: [u32; 12],
+crate::uniform! {
+    #[derive(Clone, Copy, Default, Pod, Zeroable)]
+    struct Params {
+        n: u32,
+        c: u32,
+        row_block: u32,
+        g0: u32,
+        ntiles: u32,
+        nblocks: u32,
+        alpha: f32,
+        beta: f32,
+        /// Element shift of binding k + 1.
+        shifts: [u32; 12],
+    }
 }
 
 /// Records one dispatch whose bindings are `windows` in order, their shifts in the params.
@@ -271,6 +272,11 @@ fn apply_spec(t: Terms) -> ShaderSpec {
         }
     }
     spec
+}
+
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
+    Some(<Params as crate::gpu::Uniform>::shape())
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
@@ -1258,7 +1264,7 @@ pub(crate) mod tests {
             values.insert(t, rng.tensor(shape, 0.5, 1.5).to_ref());
         }
         let before = values[&rv].clone();
-        crate::graph::exec::eval_reference(&g, &[out[0]], &mut values).unwrap();
+        crate::graph::reference::eval_reference(&g, &[out[0]], &mut values).unwrap();
         let (_, var) = ref_moments(&values[&x]);
         let want = 0.9 * before.data[1] + 0.1 * var[1] * 4.0 / 3.0;
         // The momentum is an f32: 0.1 is off by ~1e-9.

@@ -44,6 +44,18 @@ pub fn matmul_flops(m: usize, n: usize, k: usize) -> u64 {
     2 * m as u64 * n as u64 * k as u64
 }
 
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(entry: &str) -> Option<crate::gpu::UniformShape> {
+    use crate::gpu::Uniform;
+    Some(match entry {
+        "gemm_tiled" | "gemm_sgb" => GemmParams::shape(),
+        "pack" => PackParams::shape(),
+        "column_sum" => SumParams::shape(),
+        "broadcast_rows" => BroadcastParams::shape(),
+        _ => return None,
+    })
+}
+
 pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     for bias in [false, true] {
@@ -115,58 +127,62 @@ impl Limits {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct GemmParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    shift_a: u32,
-    shift_b: u32,
-    shift_c: u32,
-    shift_bias: u32,
-    trans_a: u32,
-    trans_b: u32,
-    accumulate: u32,
-    groups_m: u32,
-    _pad: [u32; 2],
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct GemmParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        lda: u32,
+        ldb: u32,
+        ldc: u32,
+        shift_a: u32,
+        shift_b: u32,
+        shift_c: u32,
+        shift_bias: u32,
+        trans_a: u32,
+        trans_b: u32,
+        accumulate: u32,
+        groups_m: u32,
+        _pad: [u32; 2],
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct PackParams {
-    rows: u32,
-    cols: u32,
-    ld: u32,
-    shift: u32,
-    trans: u32,
-    width: u32,
-    height: u32,
-    _pad: u32,
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct PackParams {
+        rows: u32,
+        cols: u32,
+        ld: u32,
+        shift: u32,
+        trans: u32,
+        width: u32,
+        height: u32,
+        _pad: u32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SumParams {
-    rows: u32,
-    cols: u32,
-    block: u32,
-    shift_x: u32,
-    shift_out: u32,
-    out_row0: u32,
-    _pad: [u32; 2],
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct SumParams {
+        rows: u32,
+        cols: u32,
+        block: u32,
+        shift_x: u32,
+        shift_out: u32,
+        out_row0: u32,
+        _pad: [u32; 2],
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct BroadcastParams {
-    count: u32,
-    cols: u32,
-    shift_x: u32,
-    shift_out: u32,
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct BroadcastParams {
+        count: u32,
+        cols: u32,
+        shift_x: u32,
+        shift_out: u32,
+    }
 }
 
 fn round_up(x: u64, q: u64) -> u64 {

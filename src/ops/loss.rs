@@ -22,6 +22,20 @@ const SQ_PER_GROUP: u64 = WG * 16;
 /// Mirrors SIN_FLOOR in loss.wgsl: bounds d cos(θ+m)/d cos θ only where θ = 0 exactly.
 const SIN_FLOOR: f64 = 1e-4;
 
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(entry: &str) -> Option<crate::gpu::UniformShape> {
+    use crate::gpu::Uniform;
+    Some(match entry {
+        "softmax_xent" => XentParams::shape(),
+        "gather_targets" => GatherParams::shape(),
+        "curricular_ema" => EmaParams::shape(),
+        "sum_partials" => SumParams::shape(),
+        "sq_partials" => SqParams::shape(),
+        "scale_by" => ScaleParams::shape(),
+        _ => return None,
+    })
+}
+
 pub fn shader_specs() -> Vec<ShaderSpec> {
     vec![
         xent_spec(false, false),
@@ -85,16 +99,17 @@ pub(crate) fn expect_scalar(op: &str, what: &str, s: &Shape) -> Result<()> {
     Ok(())
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SumParams {
-    n: u32,
-    shift_in: u32,
-    shift_out: u32,
-    shift_clip: u32,
-    alpha: f32,
-    max_norm: f32,
-    _pad: [u32; 2],
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct SumParams {
+        n: u32,
+        shift_in: u32,
+        shift_out: u32,
+        shift_clip: u32,
+        alpha: f32,
+        max_norm: f32,
+        _pad: [u32; 2],
+    }
 }
 
 /// out = alpha · Σ src[start..start+n] in one workgroup; with `norm = (max_norm, clip)`,
@@ -135,16 +150,17 @@ fn record_sum(
     )
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SqParams {
-    n: u32,
-    shift_x: u32,
-    shift_y: u32,
-    shift_grad: u32,
-    shift_part: u32,
-    alpha: f32,
-    _pad: [u32; 2],
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct SqParams {
+        n: u32,
+        shift_x: u32,
+        shift_y: u32,
+        shift_grad: u32,
+        shift_part: u32,
+        alpha: f32,
+        _pad: [u32; 2],
+    }
 }
 
 /// Σ d² over any number of tensors, two-level: `add` writes one partial per
@@ -238,13 +254,14 @@ impl SquareSums {
 #[derive(Clone, Copy, Debug)]
 pub struct ScaleByScalar;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct ScaleParams {
-    n: u32,
-    shift_x: u32,
-    shift_s: u32,
-    shift_out: u32,
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct ScaleParams {
+        n: u32,
+        shift_x: u32,
+        shift_s: u32,
+        shift_out: u32,
+    }
 }
 
 impl Op for ScaleByScalar {
@@ -411,24 +428,26 @@ pub struct CurricularUpdate {
     pub rate: f32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct GatherParams {
-    rows: u32,
-    cols: u32,
-    row0: u32,
-    shift_x: u32,
-    shift_labels: u32,
-    _pad: [u32; 3],
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct GatherParams {
+        rows: u32,
+        cols: u32,
+        row0: u32,
+        shift_x: u32,
+        shift_labels: u32,
+        _pad: [u32; 3],
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct EmaParams {
-    n: u32,
-    shift_in: u32,
-    shift_t: u32,
-    rate: f32,
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct EmaParams {
+        n: u32,
+        shift_in: u32,
+        shift_t: u32,
+        rate: f32,
+    }
 }
 
 impl Op for CurricularUpdate {
@@ -536,25 +555,26 @@ struct RowXent {
     curricular: bool,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct XentParams {
-    rows: u32,
-    cols: u32,
-    row0: u32,
-    batch: u32,
-    shift_x: u32,
-    shift_labels: u32,
-    shift_grad: u32,
-    shift_gamma: u32,
-    arcface: u32,
-    gamma: f32,
-    inv_batch: f32,
-    cos_m: f32,
-    sin_m: f32,
-    threshold: f32,
-    penalty: f32,
-    shift_t: u32,
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct XentParams {
+        rows: u32,
+        cols: u32,
+        row0: u32,
+        batch: u32,
+        shift_x: u32,
+        shift_labels: u32,
+        shift_grad: u32,
+        shift_gamma: u32,
+        arcface: u32,
+        gamma: f32,
+        inv_batch: f32,
+        cos_m: f32,
+        sin_m: f32,
+        threshold: f32,
+        penalty: f32,
+        shift_t: u32,
+    }
 }
 
 /// Same rule as `class_of` in loss.wgsl.

@@ -1,12 +1,14 @@
 //! Reverse-mode autodiff: walks the forward nodes backwards and asks each op
 //! to add the nodes of its gradient, summing contributions that meet at a
 //! tensor. The backward pass is ordinary graph nodes, so it is planned,
-//! recorded and checked like the forward pass.
+//! recorded and checked like the forward pass. It lives with the kernels, not
+//! in `graph/`, because seeding a loss and summing gradients are kernels
+//! themselves: the graph layer knows no op.
 
 use std::collections::HashMap;
 
-use super::{Graph, TensorId};
 use crate::error::{Error, Result};
+use crate::graph::{Graph, TensorId};
 use crate::ops::elementwise::{Binary, BinaryKind, Fill};
 
 impl Graph {
