@@ -57,7 +57,7 @@ impl Executable {
             match info.kind {
                 TensorKind::Param => {
                     let p = params.get(&info.name).ok_or_else(|| {
-                        Error::Graph(format!("parameter '{}' was not loaded", info.name))
+                        Error::Internal(format!("parameter '{}' was not loaded", info.name))
                     })?;
                     if p.shape != info.shape {
                         return Err(Error::shape(
@@ -178,7 +178,7 @@ impl Executable {
     fn tensor(&self, t: TensorId) -> Result<&DeviceTensor> {
         self.tensors
             .get(&t)
-            .ok_or_else(|| Error::Graph(format!("tensor {t:?} is not part of this plan")))
+            .ok_or_else(|| Error::Internal(format!("tensor {t:?} is not part of this plan")))
     }
 
     pub fn set_input(&self, t: TensorId, value: &HostTensor) -> Result<()> {
@@ -315,7 +315,7 @@ fn record_nodes(
         let get = |t: &TensorId| {
             tensors
                 .get(t)
-                .ok_or_else(|| Error::Graph(format!("tensor {t:?} has no buffer")))
+                .ok_or_else(|| Error::Internal(format!("tensor {t:?} has no buffer")))
         };
         let ins: Vec<&DeviceTensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
         let outs: Vec<&DeviceTensor> = node.outputs.iter().map(get).collect::<Result<_>>()?;

@@ -21,15 +21,15 @@ pub fn eval_reference(
             .inputs
             .iter()
             .map(|t| {
-                values
-                    .get(t)
-                    .ok_or_else(|| Error::Graph(format!("no value for '{}'", graph.info(*t).name)))
+                values.get(t).ok_or_else(|| {
+                    Error::Internal(format!("no value for '{}'", graph.info(*t).name))
+                })
             })
             .collect::<Result<_>>()?;
         let mut outs = node.op.reference(&ins)?;
         let mutated = node.op.mutates();
         if outs.len() != node.outputs.len() + mutated.len() {
-            return Err(Error::Graph(format!(
+            return Err(Error::Internal(format!(
                 "{} reference returned {} tensors",
                 node.op.name(),
                 outs.len()

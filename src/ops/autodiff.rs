@@ -16,7 +16,7 @@ impl Graph {
     /// does not influence the loss).
     pub fn grad(&mut self, loss: TensorId, wrt: &[TensorId]) -> Result<Vec<Option<TensorId>>> {
         if self.shape(loss).numel() != 1 {
-            return Err(Error::Graph(format!(
+            return Err(Error::Internal(format!(
                 "grad needs a scalar loss, got shape {:?}",
                 self.shape(loss)
             )));
@@ -39,7 +39,7 @@ impl Graph {
     ) -> Result<Vec<Option<TensorId>>> {
         for (out, seed) in seeds {
             if self.shape(*out) != self.shape(*seed) {
-                return Err(Error::Graph(format!(
+                return Err(Error::Internal(format!(
                     "seed shape {:?} differs from output shape {:?}",
                     self.shape(*seed),
                     self.shape(*out)
@@ -77,7 +77,7 @@ impl Graph {
                 .op
                 .backward(self, &node.inputs, &node.outputs, &out_grads)?;
             if in_grads.len() != node.inputs.len() {
-                return Err(Error::Graph(format!(
+                return Err(Error::Internal(format!(
                     "{} backward returned {} gradients for {} inputs",
                     node.op.name(),
                     in_grads.len(),
@@ -88,7 +88,7 @@ impl Graph {
                 if let Some(g) = g {
                     if depends[input.0] {
                         if self.shape(g) != self.shape(*input) {
-                            return Err(Error::Graph(format!(
+                            return Err(Error::Internal(format!(
                                 "{} backward gave a gradient of shape {:?} for an input of shape {:?}",
                                 node.op.name(),
                                 self.shape(g),

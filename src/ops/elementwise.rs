@@ -273,7 +273,7 @@ impl Op for Binary {
                 Some(g.apply1(Binary::new(BinaryKind::Mul), &[dy, inputs[0]])?),
             ]),
             // Gradients of gradient ops are not needed for first-order training.
-            _ => Err(Error::Graph(format!(
+            _ => Err(Error::Internal(format!(
                 "{} has no backward pass",
                 self.name()
             ))),
