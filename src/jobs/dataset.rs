@@ -293,11 +293,13 @@ pub struct Augment {
     pub flip: bool,
     /// The model's pixel normalisation.
     pub norm: crate::jobs::extract::PixelNorm,
+    /// Larger images fail before decoding (see `load_rgb`).
+    pub max_pixels: u64,
 }
 
 /// One image as the network sees it: cropped, resized, normalised.
 pub fn load_sample(path: &Path, aug: Augment, rng: &mut Rng) -> Result<Vec<f32>> {
-    let img = load_rgb(path)?;
+    let img = load_rgb(path, aug.max_pixels)?;
     let (w, h) = img.dimensions();
     let crop = if aug.random_crop {
         random_crop(w, h, rng)
