@@ -183,9 +183,13 @@ pub struct ExtractArgs {
     /// relative to the folder), each cropped to its box.
     #[arg(long)]
     pub boxes: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress bar (the line of each skipped image is still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Fail (exit code 1) when any image could not be extracted, instead of
+    /// exit code 3.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -930,6 +934,17 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
     let rerank_params = a.rerank.params()?;
     let q = FeatureSet::load(&a.queries)?;
     let db = FeatureSet::load(&a.db)?;
+    for (set, dir) in [(&q, &a.queries), (&db, &a.db)] {
+        if set.is_empty() {
+            return Err(Error::file(
+                dir,
+                "holds no images: its extraction skipped every image (reasons in its errors.txt)",
+            ));
+        }
+    }
+    if a.out.is_file() {
+        return Err(Error::file(&a.out, "is a file: --out takes a folder"));
+    }
     q.check_same_model(&a.queries, &db, &a.db)?;
     let gpu = Gpu::new(opts)?;
     let t = std::time::Instant::now();
@@ -944,10 +959,7 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
         }
     }
     let rerank_s = t.elapsed().as_secs_f64();
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::File {
-        path: a.out.clone(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let mut csv = String::from("query,db,rank,global_score,inliers\n");
     let (mut ranks, mut scores, mut inliers) = (Vec::new(), Vec::new(), Vec::new());
     for (qi, h) in hits.iter().enumerate() {
@@ -982,55 +994,88 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
 }
 
 fn merge(inputs: &[PathBuf], out: &std::path::Path) -> Result<()> {
-    use crate::io::features::{write_feature_set, FeatureSet};
-    let mut all = Vec::new();
-    let mut first: Option<(FeatureSet, &PathBuf)> = None;
-    let mut seen = std::collections::HashSet::new();
-    for dir in inputs {
-        let set = FeatureSet::load(dir)?;
-        if let Some((f, fdir)) = &first {
-            set.check_same_model(dir, f, fdir)?;
-        }
-        for i in 0..set.len() {
-            let f = set.image(i);
-            if !seen.insert(f.id.clone()) {
-                return Err(Error::File {
-                    path: dir.clone(),
-                    reason: format!("'{}' also appears in another folder: shards overlap", f.id),
-                });
-            }
-            all.push(f);
-        }
-        first.get_or_insert((set, dir));
-    }
-    all.sort_by(|a, b| a.id.cmp(&b.id));
-    let local_dim = first.as_ref().map_or(0, |(f, _)| f.local_dim);
-    let binarized = inputs
-        .iter()
-        .all(|d| d.join("local_descriptors_bin.npy").exists());
-    write_feature_set(out, &all, local_dim, binarized)?;
-    // The shards' settings and model, for search and eval to check.
-    if let Some((_, dir)) = first {
-        if let Ok(text) = std::fs::read_to_string(dir.join("config.json")) {
-            if let Ok(mut record) = serde_json::from_str::<serde_json::Value>(&text) {
-                record["shard"] = serde_json::Value::Null;
-                let text = serde_json::to_string_pretty(&record).unwrap_or(text);
-                crate::io::npy::write_atomic(&out.join("config.json"), text.as_bytes())?;
-            }
-        }
-    }
+    let s = crate::jobs::merge::merge_shards(inputs, out)?;
     println!(
-        "merged {} images from {} folders into {}",
-        all.len(),
-        inputs.len(),
-        out.display()
+        "merged {} images from {} shards into {} ({} lines in errors.txt)",
+        s.images,
+        s.shards,
+        out.display(),
+        s.failed
     );
     Ok(())
 }
 
-pub fn run(cli: Cli) -> Result<()> {
-    let opts = cli.gpu.options();
+/// How a command that finished ended; errors are the `Err` of `run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for was done.
+    Complete,
+    /// The run finished but some images were skipped (listed in errors.txt).
+    SomeFailed,
+}
+
+impl Outcome {
+    /// The process exit code (README, "Exit codes"): 0 complete, 3 some
+    /// images skipped; errors exit with 1 and bad arguments with 2 (clap).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Complete => 0,
+            Outcome::SomeFailed => 3,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
+        Command::Extract(a) => extract(&cli.gpu.options(), &a),
+        command => run_command(&cli.gpu.options(), command).map(|()| Outcome::Complete),
+    }
+}
+
+fn extract(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
+    let config = extract_config(a)?;
+    let (only, crops) = query_selection(a)?;
+    let gpu = Gpu::new(opts)?;
+    let job = crate::jobs::extract::ExtractJob {
+        input: a.input.clone(),
+        out: a.out.clone(),
+        weights: a.weights.clone(),
+        config,
+        shard: a
+            .shard
+            .as_deref()
+            .map(crate::jobs::collection::Shard::parse)
+            .transpose()?,
+        only,
+        crops,
+        quiet: a.quiet,
+    };
+    let s = crate::jobs::extract::run_extract(&gpu, &job)?;
+    let errors = a.out.join("errors.txt");
+    println!(
+        "{} images: {} extracted, {} resumed, {} failed{}; {} local features, {:.1} s, {:.2} images/s",
+        s.images,
+        s.extracted_now,
+        s.resumed,
+        s.failed,
+        if s.failed > 0 { format!(" (reasons in {})", errors.display()) } else { String::new() },
+        s.local_features,
+        s.seconds,
+        s.extracted_now as f64 / s.seconds.max(1e-9)
+    );
+    match (s.failed, a.strict) {
+        (0, _) => Ok(Outcome::Complete),
+        (n, true) => Err(Error::file(
+            &a.input,
+            format!("{n} images could not be extracted and --strict is set: see {}", errors.display()),
+        )),
+        _ => Ok(Outcome::SomeFailed),
+    }
+}
+
+fn run_command(opts: &GpuOptions, command: Command) -> Result<()> {
+    let opts = opts.clone();
+    match command {
         Command::Info => info(&opts),
         Command::InitWeights(a) => init_weights(&a),
         Command::Demo {
@@ -1130,38 +1175,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Match(a) => match_pair(&opts, &a),
         Command::Merge { inputs, out } => merge(&inputs, &out),
-        Command::Extract(a) => {
-            let config = extract_config(&a)?;
-            let gpu = Gpu::new(&opts)?;
-            let job = crate::jobs::extract::ExtractJob {
-                input: a.input.clone(),
-                out: a.out.clone(),
-                weights: a.weights.clone(),
-                config,
-                shard: a
-                    .shard
-                    .as_deref()
-                    .map(crate::jobs::collection::Shard::parse)
-                    .transpose()?,
-                only: None,
-                crops: Default::default(),
-                quiet: a.quiet,
-            };
-            let (only, crops) = query_selection(&a)?;
-            let job = crate::jobs::extract::ExtractJob { only, crops, ..job };
-            let s = crate::jobs::extract::run_extract(&gpu, &job)?;
-            println!(
-                "extracted {} images ({} resumed, {} skipped: see {}), {} local features, {:.1} s, {:.2} images/s",
-                s.extracted_now,
-                s.resumed,
-                s.failed,
-                a.out.join("errors.txt").display(),
-                s.local_features,
-                s.seconds,
-                s.extracted_now as f64 / s.seconds.max(1e-9)
-            );
-            Ok(())
-        }
+        Command::Extract(a) => extract(&opts, &a).map(|_| ()),
         Command::Bench {
             what:
                 BenchWhat::Search {

@@ -174,7 +174,7 @@ fn bad_files_are_reported_and_a_killed_run_resumes_to_identical_outputs() {
     assert!(run_extract(&gpu, &other)
         .unwrap_err()
         .to_string()
-        .contains("different model or configuration"));
+        .contains("different extraction settings"));
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -85,6 +85,15 @@ impl WeightFile {
                     format!("tensor '{name}' has unsupported dtype {:?}", view.dtype()),
                 )
             })?;
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "tensor '{name}' holds {} at element {i}: the weights are corrupt (a diverged training run?); use another checkpoint",
+                        data[i]
+                    ),
+                ));
+            }
             tensors.insert(
                 name,
                 Tensor {

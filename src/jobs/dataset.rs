@@ -47,7 +47,14 @@ impl Dataset {
         classes.sort();
         let mut samples = Vec::new();
         for (label, class) in classes.iter().enumerate() {
-            for rel in crate::jobs::collection::discover(&root.join(class))? {
+            let found = crate::jobs::collection::discover(
+                &root.join(class),
+                &indicatif::ProgressBar::hidden(),
+            )?;
+            for (path, reason) in &found.problems {
+                eprintln!("skipped {class}/{path}: {reason}");
+            }
+            for rel in found.images {
                 samples.push(Sample {
                     path: root.join(class).join(rel),
                     label,
