@@ -37,10 +37,17 @@ pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
-    if reader.format().is_none() {
+    // The content decides, not the name: text saved as .png is not a PNG.
+    let mut head = Vec::with_capacity(32);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open(path).map_err(|e| Error::io(path, e))?, 32),
+        &mut head,
+    )
+    .map_err(|e| Error::io(path, e))?;
+    if image::guess_format(&head).is_err() || reader.format().is_none() {
         return Err(Error::file(
             path,
-            "not a recognised image format (jpg, png, webp, bmp, tiff, gif)",
+            "content is not a recognised image format (jpg, png, webp, bmp, tiff, gif), whatever its name says",
         ));
     }
     // The crate's allocation limit covers the decoders' internal buffers

@@ -23,7 +23,8 @@ pub struct Discovery {
 
 /// Image files below `dir` (recursively). Symbolic links to folders are
 /// followed, but a link back into its own ancestry (a loop) is not, and a
-/// file reached through two routes is listed once. An unreadable folder or
+/// file reached through two routes is listed once, by its route without
+/// links when it has one. An unreadable folder or
 /// a name that ids.txt cannot hold becomes a problem, not a failure.
 /// `progress` counts the images found, for large trees.
 pub fn discover(dir: &Path, progress: &indicatif::ProgressBar) -> Result<Discovery> {
@@ -31,7 +32,9 @@ pub fn discover(dir: &Path, progress: &indicatif::ProgressBar) -> Result<Discove
         return Err(Error::file(dir, "not a folder of images"));
     }
     let mut found = Discovery::default();
-    let mut seen = std::collections::HashSet::new();
+    // File identity → index of its id in `found.images`.
+    let mut seen = std::collections::HashMap::new();
+    let real_dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
     let walker = walkdir::WalkDir::new(dir)
         .follow_links(true)
         .sort_by_file_name();
@@ -46,16 +49,27 @@ pub fn discover(dir: &Path, progress: &indicatif::ProgressBar) -> Result<Discove
         if entry.file_type().is_dir() || !has_image_extension(entry.path()) {
             continue;
         }
-        if !seen.insert(file_identity(&entry)) {
-            continue; // the same file through another link
-        }
         let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
-        match relative_id(rel) {
-            Ok(id) => {
+        let id = match relative_id(rel) {
+            Ok(id) => id,
+            Err(reason) => {
+                found.problems.push((shown(rel), reason));
+                continue;
+            }
+        };
+        match seen.entry(file_identity(&entry)) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                // The same file through another link: keep the direct route.
+                let direct = std::fs::canonicalize(entry.path()).is_ok_and(|p| p == real_dir.join(rel));
+                if direct {
+                    found.images[*first.get()] = id;
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(found.images.len());
                 found.images.push(id);
                 progress.set_position(found.images.len() as u64);
             }
-            Err(reason) => found.problems.push((shown(rel), reason)),
         }
     }
     found.images.sort();
