@@ -737,31 +737,9 @@ fn query_selection(a: &ExtractArgs) -> Result<Selection> {
             }
         }
     } else if let Some(csv) = &a.boxes {
-        let text = std::fs::read_to_string(csv).map_err(|e| Error::File {
-            path: csv.clone(),
-            reason: e.to_string(),
-        })?;
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let f: Vec<&str> = line.split(',').map(str::trim).collect();
-            let nums: Option<Vec<f64>> = f
-                .get(1..5)
-                .map(|v| v.iter().filter_map(|x| x.parse().ok()).collect());
-            match (f.first(), nums) {
-                (Some(path), Some(b)) if b.len() == 4 => {
-                    crops.insert(path.to_string(), [b[0], b[1], b[2], b[3]]);
-                    only.push(path.to_string());
-                }
-                _ => {
-                    return Err(Error::File {
-                        path: csv.clone(),
-                        reason: format!("line {}: expected path,x1,y1,x2,y2", n + 1),
-                    })
-                }
-            }
+        for (path, b) in crate::jobs::collection::read_box_list(csv)? {
+            crops.insert(path.clone(), b);
+            only.push(path);
         }
     } else {
         return Ok((None, crops));

@@ -117,8 +117,10 @@ impl WeightFile {
         f.read_exact(&mut len)
             .map_err(|_| file_err(path, "too short for a safetensors file"))?;
         let len = u64::from_le_bytes(len);
-        // safetensors caps headers at 100 MB; a larger length means another format.
-        if len > 100_000_000 {
+        let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        // safetensors caps headers at 100 MB; a larger length, or one past
+        // the end of the file, means another format (checked before allocating).
+        if len > 100_000_000 || len > file_len.saturating_sub(8) {
             return Err(file_err(
                 path,
                 "not a safetensors file (header length out of range)",

@@ -148,6 +148,47 @@ fn io_reason(e: &walkdir::Error) -> String {
     e.io_error().map_or_else(|| e.to_string(), |io| io.to_string())
 }
 
+/// The images and crop boxes of a `--boxes` CSV: `path,x1,y1,x2,y2` per
+/// line, paths relative to the collection, finite boxes with x1 < x2 and
+/// y1 < y2.
+pub fn read_box_list(csv: &Path) -> Result<Vec<(String, crate::jobs::extract::CropBox)>> {
+    let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
+    let mut out = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let nums: Vec<f64> = f
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        match (&f[..], &nums[..]) {
+            ([path, _, _, _, _], &[x1, y1, x2, y2])
+                if !path.is_empty()
+                    && nums.iter().all(|v| v.is_finite())
+                    && x1 < x2
+                    && y1 < y2 =>
+            {
+                out.push((path.to_string(), [x1, y1, x2, y2]));
+            }
+            _ => {
+                return Err(Error::file(
+                    csv,
+                    format!(
+                        "line {}: expected path,x1,y1,x2,y2 with finite numbers, x1 < x2 and y1 < y2",
+                        n + 1
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A shard `i/N`: the images whose path hash falls in bucket i, so shards
 /// are disjoint, cover the collection, and stay stable when files are added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
