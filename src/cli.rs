@@ -668,10 +668,7 @@ fn extract_defaults(
 ) -> Result<(&'static str, crate::jobs::extract::ExtractConfig)> {
     let meta = crate::io::weights::WeightFile::read_metadata(weights)?;
     let arch = crate::model::ModelConfig::from_metadata(&meta, weights)?.arch();
-    Ok((
-        arch,
-        crate::jobs::extract::ExtractConfig::for_arch(arch),
-    ))
+    Ok((arch, crate::jobs::extract::ExtractConfig::for_arch(arch)))
 }
 
 fn extract_config(a: &ExtractArgs) -> Result<crate::jobs::extract::ExtractConfig> {
@@ -772,9 +769,7 @@ fn init_weights(a: &InitArgs) -> Result<()> {
 }
 
 fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
-    use crate::jobs::train::{
-        run_train, DataSource, Schedule, TrainConfig, TrainJob, TrainModel,
-    };
+    use crate::jobs::train::{run_train, DataSource, Schedule, TrainConfig, TrainJob, TrainModel};
     let data = match (&a.data, &a.gnd, &a.csv, &a.images) {
         (Some(d), _, _, _) => DataSource::Folders(d.clone()),
         (None, Some(g), _, _) => DataSource::Gnd(g.clone()),
@@ -1045,7 +1040,10 @@ fn extract(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
         (0, _) => Ok(Outcome::Complete),
         (n, true) => Err(Error::file(
             &a.input,
-            format!("{n} images could not be extracted and --strict is set: see {}", errors.display()),
+            format!(
+                "{n} images could not be extracted and --strict is set: see {}",
+                errors.display()
+            ),
         )),
         _ => Ok(Outcome::SomeFailed),
     }

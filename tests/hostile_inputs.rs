@@ -46,12 +46,30 @@ fn job(input: &Path, out: &Path, weights: &Path) -> ExtractJob {
     }
 }
 
+/// `root/imgs` with `n` rendered scenes `0.png`..., and tiny weights `root/w.safetensors`.
+fn scenes_and_weights(root: &Path, n: u64) -> (PathBuf, PathBuf) {
+    let imgs = root.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..n {
+        render_scene(i, 0, 80)
+            .save(imgs.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let weights = root.join("w.safetensors");
+    tiny_weights_seeded(&weights, 5);
+    (imgs, weights)
+}
+
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -83,8 +101,11 @@ fn png_with_header(width: u32, height: u32, color_type: u8, idat: &[u8]) -> Vec<
 fn png_bomb(side: u32) -> Vec<u8> {
     let img = image::GrayImage::new(side, side);
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .unwrap();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
     bytes
 }
 
@@ -128,13 +149,26 @@ fn write_corpus(dir: &Path) -> (Vec<&'static str>, Vec<(String, &'static str)>) 
     // A 76-byte file whose header claims 100 000 × 100 000 pixels.
     add(
         "forged_header.png",
-        &png_with_header(100_000, 100_000, 2, &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]),
+        &png_with_header(
+            100_000,
+            100_000,
+            2,
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        ),
         "(10000.0 megapixels), over the 4.0 megapixel limit",
     );
-    add("bomb.png", &png_bomb(3000), "(9.0 megapixels), over the 4.0 megapixel limit");
+    add(
+        "bomb.png",
+        &png_bomb(3000),
+        "(9.0 megapixels), over the 4.0 megapixel limit",
+    );
     let png = encoded(&scene(5), Png);
     let idat = png.windows(4).position(|w| w == b"IDAT").unwrap();
-    add("truncated_idat.png", &png[..idat + 200], "cannot decode: unexpected end of file");
+    add(
+        "truncated_idat.png",
+        &png[..idat + 200],
+        "cannot decode: unexpected end of file",
+    );
     // Header, logical screen descriptor, trailer: no frame at all.
     add(
         "zero_frames.gif",
@@ -148,7 +182,11 @@ fn write_corpus(dir: &Path) -> (Vec<&'static str>, Vec<(String, &'static str)>) 
         &[3, 1, 3, 0, 1, 0, 0, 0, 1, 0],
         &[3, 1, 3, 0, 1, 0, 0, 0, 99, 0],
     );
-    add("unsupported_compression.tif", &tiff, "compression method Unknown(99) is unsupported");
+    add(
+        "unsupported_compression.tif",
+        &tiff,
+        "compression method Unknown(99) is unsupported",
+    );
     // Every code-length count of the Huffman tables set to 255.
     let mut jpeg = encoded(&scene(7), Jpeg);
     let dht = jpeg.windows(2).position(|w| w == [0xFF, 0xC4]).unwrap();
@@ -160,7 +198,11 @@ fn write_corpus(dir: &Path) -> (Vec<&'static str>, Vec<(String, &'static str)>) 
         "below the 10 px minimum",
     );
     add("empty.jpg", b"", "empty file");
-    add("notes.png", b"plain text, not an image", "not a recognised image format");
+    add(
+        "notes.png",
+        b"plain text, not an image",
+        "not a recognised image format",
+    );
     let whole = encoded(&scene(8), Jpeg);
     add("cut.jpg", &whole[..whole.len() / 2], "truncated JPEG");
 
@@ -235,7 +277,10 @@ fn a_hostile_collection_is_extracted_and_every_bad_entry_reported() {
     j.out = root.join("none");
     j.only = Some(vec!["empty.jpg".into(), "forged_header.png".into()]);
     let e = run_extract(&gpu, &j).unwrap_err().to_string();
-    assert!(e.contains("none of its 2 images") && e.contains("errors.txt"), "{e}");
+    assert!(
+        e.contains("none of its 2 images") && e.contains("errors.txt"),
+        "{e}"
+    );
     assert_eq!(
         FeatureSet::load(&root.join("none")).unwrap().global_dim,
         256,
@@ -248,7 +293,11 @@ fn a_hostile_collection_is_extracted_and_every_bad_entry_reported() {
         use std::os::unix::fs::PermissionsExt;
         let locked = imgs.join("locked");
         std::fs::create_dir(&locked).unwrap();
-        std::fs::write(locked.join("e.jpg"), encoded(&render_scene(11, 0, 80), image::ImageFormat::Jpeg)).unwrap();
+        std::fs::write(
+            locked.join("e.jpg"),
+            encoded(&render_scene(11, 0, 80), image::ImageFormat::Jpeg),
+        )
+        .unwrap();
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
         if std::fs::read_dir(&locked).is_err() {
             bad.push(("locked".into(), "cannot list this folder"));
@@ -263,7 +312,10 @@ fn a_hostile_collection_is_extracted_and_every_bad_entry_reported() {
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
         let errors = error_lines(&out);
         for (rel, reason) in &bad {
-            assert!(errors.get(rel).is_some_and(|r| r.contains(reason)), "{rel}: {errors:?}");
+            assert!(
+                errors.get(rel).is_some_and(|r| r.contains(reason)),
+                "{rel}: {errors:?}"
+            );
         }
         assert_eq!(FeatureSet::load(&out).unwrap().ids, valid);
     }
@@ -274,13 +326,7 @@ fn a_hostile_collection_is_extracted_and_every_bad_entry_reported() {
 fn outputs_do_not_go_stale() {
     let Some(gpu) = test_gpu() else { return };
     let root = temp("stale");
-    let imgs = root.join("imgs");
-    std::fs::create_dir_all(&imgs).unwrap();
-    for i in 0..3 {
-        render_scene(i, 0, 80).save(imgs.join(format!("{i}.png"))).unwrap();
-    }
-    let weights = root.join("w.safetensors");
-    tiny_weights_seeded(&weights, 5);
+    let (imgs, weights) = scenes_and_weights(&root, 3);
     let out = root.join("out");
     run_extract(&gpu, &job(&imgs, &out, &weights)).unwrap();
     let before = FeatureSet::load(&out).unwrap();
@@ -297,16 +343,24 @@ fn outputs_do_not_go_stale() {
     assert_eq!((s.resumed, s.extracted_now), (2, 1), "{s:?}");
     let after = FeatureSet::load(&out).unwrap();
     assert_eq!(after.image(0), before.image(0));
-    assert_ne!(after.image(1).global, before.image(1).global, "1.png is stale");
+    assert_ne!(
+        after.image(1).global,
+        before.image(1).global,
+        "1.png is stale"
+    );
 
     // Other weights are refused, naming the model.
     let other = root.join("other.safetensors");
     tiny_weights_seeded(&other, 6);
-    let e = run_extract(&gpu, &job(&imgs, &out, &other)).unwrap_err().to_string();
+    let e = run_extract(&gpu, &job(&imgs, &out, &other))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("different model"), "{e}");
 
     // --out naming a file.
-    let e = run_extract(&gpu, &job(&imgs, &weights, &weights)).unwrap_err().to_string();
+    let e = run_extract(&gpu, &job(&imgs, &weights, &weights))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--out takes a folder"), "{e}");
 
     // Weights holding NaN are refused at load, naming the tensor.
@@ -316,7 +370,9 @@ fn outputs_do_not_go_stale() {
     t.data[0] = f32::NAN;
     let nan = root.join("nan.safetensors");
     file.save(&nan).unwrap();
-    let e = run_extract(&gpu, &job(&imgs, &root.join("nan"), &nan)).unwrap_err().to_string();
+    let e = run_extract(&gpu, &job(&imgs, &root.join("nan"), &nan))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(&format!("tensor '{name}' holds NaN")), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -325,14 +381,8 @@ fn outputs_do_not_go_stale() {
 fn merge_takes_only_complete_consistent_shard_sets() {
     let Some(gpu) = test_gpu() else { return };
     let root = temp("merge");
-    let imgs = root.join("imgs");
-    std::fs::create_dir_all(&imgs).unwrap();
-    for i in 0..6 {
-        render_scene(i, 0, 80).save(imgs.join(format!("{i}.png"))).unwrap();
-    }
+    let (imgs, weights) = scenes_and_weights(&root, 6);
     std::fs::write(imgs.join("empty.jpg"), b"").unwrap();
-    let weights = root.join("w.safetensors");
-    tiny_weights_seeded(&weights, 5);
     let shard = |i: usize, input: &Path, name: &str| {
         let out = root.join(name);
         let mut j = job(input, &out, &weights);
@@ -348,7 +398,12 @@ fn merge_takes_only_complete_consistent_shard_sets() {
     assert_eq!((m.images, m.failed), (6, 1));
     let whole = root.join("whole");
     run_extract(&gpu, &job(&imgs, &whole, &weights)).unwrap();
-    for f in ["global.npy", "ids.txt", "local_descriptors.npy", "errors.txt"] {
+    for f in [
+        "global.npy",
+        "ids.txt",
+        "local_descriptors.npy",
+        "errors.txt",
+    ] {
         assert_eq!(
             std::fs::read(merged.join(f)).unwrap(),
             std::fs::read(whole.join(f)).unwrap(),

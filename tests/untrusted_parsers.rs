@@ -119,8 +119,10 @@ fn sample_file(name: &str, write: impl Fn(&Path)) -> Vec<u8> {
 fn safetensors_headers() {
     let sample = sample_file("w.safetensors", |p| {
         let mut w = WeightFile::default();
-        w.tensors
-            .insert("conv.weight".into(), Tensor::new([2, 3], vec![0.5; 6]).unwrap());
+        w.tensors.insert(
+            "conv.weight".into(),
+            Tensor::new([2, 3], vec![0.5; 6]).unwrap(),
+        );
         w.tensors
             .insert("bn.bias".into(), Tensor::new([4], vec![1.0; 4]).unwrap());
         w.metadata.insert("arch".into(), "delg".into());
@@ -169,10 +171,17 @@ fn ground_truth_json() {
 fn csv_lists() {
     let boxes = b"a.jpg,1,2,30,40\nsub/b.png, 0.5, 0, 10, 12.5\n";
     assert_eq!(
-        read_box_list(&write_temp("boxes.csv", boxes)).unwrap().len(),
+        read_box_list(&write_temp("boxes.csv", boxes))
+            .unwrap()
+            .len(),
         2
     );
-    for bad in ["a.jpg,nan,0,1,1", "a.jpg,5,0,1,1", "a.jpg,1,2,3", ",0,0,1,1"] {
+    for bad in [
+        "a.jpg,nan,0,1,1",
+        "a.jpg,5,0,1,1",
+        "a.jpg,1,2,3",
+        ",0,0,1,1",
+    ] {
         let e = read_box_list(&write_temp("bad.csv", bad.as_bytes())).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{bad}: {e}");
     }
@@ -207,7 +216,14 @@ fn extraction_journal() {
                 scales: vec![1.0; n],
                 attention: vec![2.0; n],
             };
-            j.append(&f, FileStamp { size: 100 + i, modified_ns: 7 }).unwrap();
+            j.append(
+                &f,
+                FileStamp {
+                    size: 100 + i,
+                    modified_ns: 7,
+                },
+            )
+            .unwrap();
         }
         j.flush().unwrap();
     });

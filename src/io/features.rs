@@ -162,7 +162,8 @@ fn decode(payload: &[u8], stamped: bool) -> Option<JournalEntry> {
         scales: c.f32s()?,
         attention: c.f32s()?,
     };
-    c.0.is_empty().then_some(JournalEntry { features: f, stamp })
+    c.0.is_empty()
+        .then_some(JournalEntry { features: f, stamp })
 }
 
 /// The valid records at the start of a journal's bytes and their length; a
@@ -455,7 +456,6 @@ impl FeatureSet {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,7 +526,13 @@ mod tests {
     /// A record in the format before file stamps (magic, length, checksum,
     /// then the features alone).
     fn unstamped_record(f: &ImageFeatures) -> Vec<u8> {
-        let stamped = encode(f, FileStamp { size: 0, modified_ns: 0 });
+        let stamped = encode(
+            f,
+            FileStamp {
+                size: 0,
+                modified_ns: 0,
+            },
+        );
         let payload = &stamped[16..];
         let mut rec = RECORD_MAGIC_UNSTAMPED.to_le_bytes().to_vec();
         rec.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -550,7 +556,10 @@ mod tests {
     fn empty_sets_keep_their_widths_and_ids_stay_one_per_line() {
         let dir = std::env::temp_dir().join(format!("delg-empty-set-{}", std::process::id()));
         write_feature_set(&dir, &[], 128, 16, false).unwrap();
-        assert_eq!(npy::read::<f32>(&dir.join("global.npy")).unwrap().0, vec![0, 128]);
+        assert_eq!(
+            npy::read::<f32>(&dir.join("global.npy")).unwrap().0,
+            vec![0, 128]
+        );
         let set = FeatureSet::load(&dir).unwrap();
         assert_eq!((set.len(), set.global_dim, set.local_dim), (0, 128, 16));
         let e = write_feature_set(&dir, &[sample("a\nb.jpg", 0)], 4, 3, false).unwrap_err();

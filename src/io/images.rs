@@ -40,7 +40,10 @@ pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
     // The content decides, not the name: text saved as .png is not a PNG.
     let mut head = Vec::with_capacity(32);
     std::io::Read::read_to_end(
-        &mut std::io::Read::take(std::fs::File::open(path).map_err(|e| Error::io(path, e))?, 32),
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(|e| Error::io(path, e))?,
+            32,
+        ),
         &mut head,
     )
     .map_err(|e| Error::io(path, e))?;

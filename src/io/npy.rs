@@ -161,7 +161,10 @@ pub fn parse<T: NpyElem>(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<T
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .and_then(|n| Some((n, n.checked_mul(std::mem::size_of::<T>())?)));
     let Some((n, want)) = sizes else {
-        return Err(file_err(path, format!("shape {shape:?} is too large (corrupt header)")));
+        return Err(file_err(
+            path,
+            format!("shape {shape:?} is too large (corrupt header)"),
+        ));
     };
     if body.len() != want {
         return Err(file_err(

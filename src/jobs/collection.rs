@@ -60,7 +60,8 @@ pub fn discover(dir: &Path, progress: &indicatif::ProgressBar) -> Result<Discove
         match seen.entry(file_identity(&entry)) {
             std::collections::hash_map::Entry::Occupied(first) => {
                 // The same file through another link: keep the direct route.
-                let direct = std::fs::canonicalize(entry.path()).is_ok_and(|p| p == real_dir.join(rel));
+                let direct =
+                    std::fs::canonicalize(entry.path()).is_ok_and(|p| p == real_dir.join(rel));
                 if direct {
                     found.images[*first.get()] = id;
                 }
@@ -127,12 +128,20 @@ pub fn shown(path: &Path) -> String {
 fn walk_problem(dir: &Path, e: &walkdir::Error) -> Option<(String, String)> {
     let path = e.path().unwrap_or(dir);
     let rel = path.strip_prefix(dir).unwrap_or(path);
-    let shown_rel = if rel.as_os_str().is_empty() { shown(dir) } else { shown(rel) };
+    let shown_rel = if rel.as_os_str().is_empty() {
+        shown(dir)
+    } else {
+        shown(rel)
+    };
     let reason = if let Some(ancestor) = e.loop_ancestor() {
         let back = ancestor.strip_prefix(dir).unwrap_or(ancestor);
         format!(
             "symbolic link loop back to '{}': not followed",
-            if back.as_os_str().is_empty() { ".".into() } else { shown(back) }
+            if back.as_os_str().is_empty() {
+                ".".into()
+            } else {
+                shown(back)
+            }
         )
     } else if path.is_dir() {
         format!("cannot list this folder: {}", io_reason(e))
@@ -145,7 +154,8 @@ fn walk_problem(dir: &Path, e: &walkdir::Error) -> Option<(String, String)> {
 }
 
 fn io_reason(e: &walkdir::Error) -> String {
-    e.io_error().map_or_else(|| e.to_string(), |io| io.to_string())
+    e.io_error()
+        .map_or_else(|| e.to_string(), |io| io.to_string())
 }
 
 /// The images and crop boxes of a `--boxes` CSV: `path,x1,y1,x2,y2` per
@@ -168,10 +178,7 @@ pub fn read_box_list(csv: &Path) -> Result<Vec<(String, crate::jobs::extract::Cr
             .collect();
         match (&f[..], &nums[..]) {
             ([path, _, _, _, _], &[x1, y1, x2, y2])
-                if !path.is_empty()
-                    && nums.iter().all(|v| v.is_finite())
-                    && x1 < x2
-                    && y1 < y2 =>
+                if !path.is_empty() && nums.iter().all(|v| v.is_finite()) && x1 < x2 && y1 < y2 =>
             {
                 out.push((path.to_string(), [x1, y1, x2, y2]));
             }
@@ -179,7 +186,7 @@ pub fn read_box_list(csv: &Path) -> Result<Vec<(String, crate::jobs::extract::Cr
                 return Err(Error::file(
                     csv,
                     format!(
-                        "line {}: expected path,x1,y1,x2,y2 with finite numbers, x1 < x2 and y1 < y2",
+                        "line {}: expected path,x1,y1,x2,y2 (finite, x1 < x2, y1 < y2)",
                         n + 1
                     ),
                 ))

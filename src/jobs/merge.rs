@@ -37,7 +37,10 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary> {
         .iter()
         .map(|d| {
             RunRecord::read(d)?.ok_or_else(|| {
-                Error::file(d, "has no config.json: not a folder written by `delg-gpu extract --shard`")
+                Error::file(
+                    d,
+                    "has no config.json: not a folder written by `delg-gpu extract --shard`",
+                )
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -132,20 +135,34 @@ fn check_shard_set(inputs: &[PathBuf], records: &[RunRecord]) -> Result<()> {
         let shard = r
             .shard
             .as_deref()
-            .ok_or_else(|| Error::file(dir, "was extracted without --shard: merge joins the shards of one run"))
+            .ok_or_else(|| {
+                Error::file(
+                    dir,
+                    "was extracted without --shard: merge joins the shards of one run",
+                )
+            })
             .and_then(Shard::parse)?;
         let n = *count.get_or_insert(shard.count);
         if shard.count != n {
             return Err(Error::file(
                 dir,
-                format!("is shard {}/{} but {} is one of {n}", shard.index, shard.count, first_dir.display()),
+                format!(
+                    "is shard {}/{} but {} is one of {n}",
+                    shard.index,
+                    shard.count,
+                    first_dir.display()
+                ),
             ));
         }
         owner.resize(n, None);
         if let Some(other) = owner[shard.index].replace(dir) {
             return Err(Error::file(
                 dir,
-                format!("is shard {}/{n}, as is {}: give each shard once", shard.index, other.display()),
+                format!(
+                    "is shard {}/{n}, as is {}: give each shard once",
+                    shard.index,
+                    other.display()
+                ),
             ));
         }
     }

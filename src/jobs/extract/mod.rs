@@ -69,7 +69,10 @@ pub struct CollectionStamp {
 
 impl CollectionStamp {
     pub fn of(ids: &[String]) -> CollectionStamp {
-        let joined: Vec<u8> = ids.iter().flat_map(|id| [id.as_bytes(), b"\n"].concat()).collect();
+        let joined: Vec<u8> = ids
+            .iter()
+            .flat_map(|id| [id.as_bytes(), b"\n"].concat())
+            .collect();
         CollectionStamp {
             images: ids.len(),
             fingerprint: format!("{:016x}", crate::io::features::fnv1a(&joined)),
@@ -154,7 +157,10 @@ pub fn run_extract(
             let reason = "name contains a line break or another control character, which ids.txt cannot hold";
             Discovery {
                 images,
-                problems: bad.iter().map(|id| (id.escape_debug().to_string(), reason.to_string())).collect(),
+                problems: bad
+                    .iter()
+                    .map(|id| (id.escape_debug().to_string(), reason.to_string()))
+                    .collect(),
             }
         }
         None => {
@@ -163,7 +169,18 @@ pub fn run_extract(
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
-            discover(&job.input, &bar)?
+            let walk = std::time::Instant::now();
+            let found = discover(&job.input, &bar)?;
+            if !job.quiet {
+                bar.suspend(|| {
+                    eprintln!(
+                        "found {} images in {:.1} ms",
+                        found.images.len(),
+                        walk.elapsed().as_secs_f64() * 1e3
+                    )
+                });
+            }
+            found
         }
     };
     bar.disable_steady_tick();
@@ -191,7 +208,11 @@ pub fn run_extract(
     if let Some(previous) = RunRecord::read(&job.out)? {
         let differ = record.differences(&previous);
         if !differ.is_empty() || previous.shard != record.shard {
-            let what = if differ.is_empty() { vec!["shard"] } else { differ };
+            let what = if differ.is_empty() {
+                vec!["shard"]
+            } else {
+                differ
+            };
             return Err(Error::file(
                 &job.out,
                 format!(
@@ -234,8 +255,7 @@ pub fn run_extract(
     };
 
     let errors_path = job.out.join("errors.txt");
-    let mut errors =
-        std::fs::File::create(&errors_path).map_err(|e| Error::io(&errors_path, e))?;
+    let mut errors = std::fs::File::create(&errors_path).map_err(|e| Error::io(&errors_path, e))?;
     // Failures go to stderr even under --quiet, which silences progress only.
     let mut report = |rel: &str, reason: &str| -> Result<()> {
         bar.suspend(|| eprintln!("skipped {rel}: {reason}"));
@@ -261,13 +281,12 @@ pub fn run_extract(
     );
     let cfg = job.config.clone();
     let crops = job.crops.clone();
-    let rx =
-        crate::jobs::collection::prefetch(job.input.clone(), pending, 8, move |rel, path| {
-            // Stamped before reading: a file changed during the read is
-            // re-extracted by the next run.
-            let stamp = FileStamp::of(path)?;
-            Ok((prepare_image(path, &cfg, crops.get(rel).copied())?, stamp))
-        });
+    let rx = crate::jobs::collection::prefetch(job.input.clone(), pending, 8, move |rel, path| {
+        // Stamped before reading: a file changed during the read is
+        // re-extracted by the next run.
+        let stamp = FileStamp::of(path)?;
+        Ok((prepare_image(path, &cfg, crops.get(rel).copied())?, stamp))
+    });
     for (rel, prepared) in rx {
         let result = prepared.and_then(|(img, stamp)| Ok((extractor.extract(&img)?, stamp)));
         match result {
