@@ -412,7 +412,7 @@ fn merge_takes_only_complete_consistent_shard_sets() {
     }
 
     let err = |inputs: &[PathBuf], out: &Path| merge_shards(inputs, out).unwrap_err().to_string();
-    let e = err(&[s0.clone()], &root.join("m1"));
+    let e = err(std::slice::from_ref(&s0), &root.join("m1"));
     assert!(e.contains("shard 1/2 missing"), "{e}");
     let e = err(&[s0.clone(), s0.clone()], &root.join("m2"));
     assert!(e.contains("give each shard once"), "{e}");

@@ -90,6 +90,6 @@ mod tests {
         assert!(fraction("1").is_err() && fraction("0.2").is_ok());
         assert!(margin("1.6").is_err() && margin("0.1").is_ok());
         assert!(pyramid_scale("1e9").is_err() && pyramid_scale("0").is_err());
-        assert_eq!(pyramid_scale("1.4142"), Ok(1.4142));
+        assert_eq!(pyramid_scale("1.5"), Ok(1.5));
     }
 }
