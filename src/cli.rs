@@ -1041,7 +1041,7 @@ fn extract(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
         (n, true) => Err(Error::file(
             &a.input,
             format!(
-                "{n} images could not be extracted and --strict is set: see {}",
+                "{n} entries were skipped and --strict is set: see {}",
                 errors.display()
             ),
         )),
