@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{list_adapters, Gpu, GpuOptions};
 use crate::jobs::bench;
 
+mod checks;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "delg-gpu",
@@ -55,10 +57,10 @@ pub enum Command {
         /// Weights to use (default: a tiny model initialised from a fixed seed).
         #[arg(long)]
         weights: Option<PathBuf>,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, value_parser = checks::int_in::<u32, 1, 10_000>, default_value_t = 4)]
         scenes: u32,
         /// Side of the generated images in pixels.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, value_parser = checks::int_in::<u32, 32, 4096>, default_value_t = 256)]
         size: u32,
         /// Only write a generated scene, a warped copy and their homography
         /// (inputs for `match`), instead of running the pipeline.
@@ -96,27 +98,27 @@ pub enum Command {
 pub enum BenchWhat {
     /// Global search of random descriptors at scale (database generated in chunks).
     Search {
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 10_000_000>, default_value_t = 1000)]
         queries: usize,
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000_000>, default_value_t = 1_000_000)]
         db: usize,
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>, default_value_t = 2048)]
         dim: usize,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 100_000>, default_value_t = 100)]
         k: usize,
     },
     /// Local-descriptor neighbour search of one query against a re-ranking
     /// shortlist: the CPU path and the GPU matrix-product path side by side.
     Match {
         /// Descriptors of the query image.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000>, default_value_t = 1000)]
         rows: usize,
         /// Descriptors of each shortlist image.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000>, default_value_t = 1000)]
         db_rows: usize,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 100_000>, default_value_t = 100)]
         shortlist: usize,
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>, default_value_t = 128)]
         dim: usize,
     },
     /// End-to-end extraction throughput (full DELG recipe) with a random model.
@@ -124,12 +126,12 @@ pub enum BenchWhat {
         #[command(flatten)]
         model: ModelArgs,
         /// Width of the generated test images.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, value_parser = checks::int_in::<u32, 16, 16_384>, default_value_t = 1024)]
         image_width: u32,
-        #[arg(long, default_value_t = 768)]
+        #[arg(long, value_parser = checks::int_in::<u32, 16, 16_384>, default_value_t = 768)]
         image_height: u32,
         /// Timed images after one warm-up image.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 10_000>, default_value_t = 2)]
         images: usize,
     },
     /// Every kernel at the shapes that matter, every matmul variant side by side.
@@ -138,10 +140,10 @@ pub enum BenchWhat {
         #[arg(long)]
         filter: Option<String>,
         /// Minimum repetitions per case.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000>, default_value_t = 3)]
         reps: usize,
         /// Time budget per case in seconds (more reps while it lasts).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, value_parser = checks::positive_f64, default_value_t = 1.0)]
         seconds: f64,
         /// Print one JSON object per line instead of a table.
         #[arg(long)]
@@ -182,9 +184,13 @@ pub struct ExtractArgs {
     /// relative to the folder), each cropped to its box.
     #[arg(long)]
     pub boxes: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress bar (the line of each skipped image is still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Fail (exit code 1) when any image could not be extracted, instead of
+    /// exit code 3.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -193,13 +199,13 @@ pub struct RerankArgs {
     #[arg(long)]
     pub rerank: bool,
     /// Shortlist length for re-ranking.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 100_000>, default_value_t = 100)]
     pub shortlist: usize,
     #[command(flatten)]
     pub verify: VerifyArgs,
     /// Match sign-binarised descriptors by Hamming distance below this many bits
     /// (DELG's binarised variant), instead of float descriptors by L2.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<u32, 0, 4096>)]
     pub hamming: Option<u32>,
     /// RANSAC with a homography instead of an affine model.
     #[arg(long)]
@@ -214,15 +220,15 @@ pub struct RerankArgs {
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// Descriptor distance threshold (or ratio with --ratio-test).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = checks::positive, default_value_t = 1.0)]
     pub match_threshold: f32,
     /// Lowe's ratio test instead of an absolute distance threshold.
     #[arg(long)]
     pub ratio_test: bool,
     /// RANSAC inlier threshold in pixels.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, value_parser = checks::positive_f64, default_value_t = 20.0)]
     pub residual_threshold: f64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 10_000_000>, default_value_t = 1000)]
     pub ransac_trials: usize,
 }
 
@@ -282,7 +288,7 @@ pub struct SearchArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Results kept per query.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 100_000>, default_value_t = 100)]
     pub k: usize,
     #[command(flatten)]
     pub rerank: RerankArgs,
@@ -332,7 +338,7 @@ pub struct MatchArgs {
     #[arg(long)]
     pub dim_outliers: bool,
     /// Draw lines for at most this many inliers (dots for all), for dense matches.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<usize, 0, 10_000_000>)]
     pub max_lines: Option<usize>,
     /// RANSAC model: affine (DELG's) or homography.
     #[arg(long, default_value = "affine")]
@@ -351,21 +357,28 @@ pub struct MatchArgs {
 #[derive(Args, Debug)]
 pub struct ExtractFlags {
     /// Largest image side after the initial resize; 0 keeps the original size.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<u32, 0, 65_535>)]
     pub max_image_size: Option<u32>,
     /// Attention threshold τ (default: the value stored with the weights).
-    #[arg(long)]
+    #[arg(long, value_parser = checks::finite)]
     pub score_threshold: Option<f32>,
     /// Local features kept per image.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000>)]
     pub max_features: Option<usize>,
     /// Pyramid scales, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_parser = checks::pyramid_scale, value_delimiter = ',')]
     pub scales: Option<Vec<f64>>,
     /// Indices of the scales whose global descriptors are aggregated, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub global_scales: Option<Vec<usize>>,
+    /// Images with more pixels are reported and skipped before decoding
+    /// (forged headers and decompression bombs); default 100 megapixels.
+    #[arg(long, value_parser = MAX_PIXELS)]
+    pub max_pixels: Option<u64>,
 }
+
+/// `--max-pixels`: 1 pixel to 1 terapixel.
+const MAX_PIXELS: fn(&str) -> Result<u64, String> = checks::int_in::<u64, 1, 1_000_000_000_000>;
 
 impl ExtractFlags {
     /// Overrides `cfg` with the flags given, then validates it.
@@ -389,6 +402,9 @@ impl ExtractFlags {
         }
         if let Some(g) = &self.global_scales {
             cfg.global_scales = g.clone();
+        }
+        if let Some(m) = self.max_pixels {
+            cfg.max_pixels = m;
         }
         cfg.validate()
     }
@@ -435,7 +451,7 @@ fn match_pair(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
             max_lines: a.max_lines,
             ..Default::default()
         };
-        pair::write_picture(&r, &caption, &render, out)?;
+        pair::write_picture(&r, &caption, &render, job.extract.max_pixels, out)?;
     }
     if a.json {
         println!("{}", pair::to_json(&r, truth.as_ref()));
@@ -459,7 +475,7 @@ pub struct InitArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Attention threshold stored with the model.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = checks::finite, default_value_t = 0.0)]
     pub score_threshold: f32,
 }
 
@@ -475,22 +491,22 @@ pub struct ModelArgs {
     #[arg(long, default_value = "delg")]
     pub layout: String,
     /// Stem width (64 for standard ResNets).
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>)]
     pub width: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>)]
     pub global_dim: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>)]
     pub attention_dim: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>)]
     pub local_dim: Option<usize>,
     /// DOLG: add the multi-atrous block in front of the local branch.
     #[arg(long)]
     pub multi_atrous: bool,
     /// DOLG: dilation rates of the multi-atrous block (3,6,9 as the paper's re-implementations).
-    #[arg(long, value_delimiter = ',', default_value = "6,12,18")]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 256>, value_delimiter = ',', default_value = "6,12,18")]
     pub dilations: Vec<usize>,
     /// DOLG: size of the final descriptor.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>)]
     pub output_dim: Option<usize>,
 }
 
@@ -584,59 +600,62 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Images per micro-batch: what one forward and backward pass holds in device memory.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>, default_value_t = 16)]
     pub batch: usize,
     /// Micro-batches averaged into one SGD step (effective batch = batch × accumulate);
     /// batch norm statistics stay per micro-batch.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>, default_value_t = 1)]
     pub accumulate: usize,
     /// Square training size (the paper's is 512).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, value_parser = checks::int_in::<usize, 32, 4096>, default_value_t = 512)]
     pub size: usize,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = 1000)]
     pub steps: u64,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, value_parser = checks::positive, default_value_t = 0.01)]
     pub lr: f32,
     /// linear or cosine (with --warmup steps). Default: linear for DELG,
     /// cosine with a warm-up over the first 5% of the steps for DOLG.
     #[arg(long)]
     pub schedule: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = checks::int_in::<u64, 0, 1_000_000_000>)]
     pub warmup: Option<u64>,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, value_parser = checks::fraction_f32, default_value_t = 0.9)]
     pub momentum: f32,
     /// Nesterov momentum (default: off for DELG, on for DOLG).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: Option<bool>,
     /// Default: 0 for DELG, 1e-4 for DOLG.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::non_negative)]
     pub weight_decay: Option<f32>,
     /// Gradient clipping by global norm; 0 turns it off. Default: 10 for DELG, off for DOLG.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::non_negative)]
     pub clip_norm: Option<f32>,
     /// ArcFace margin (default: 0.1 for DELG, 0.15 for DOLG).
-    #[arg(long)]
+    #[arg(long, value_parser = checks::margin)]
     pub arcface_margin: Option<f32>,
     /// ArcFace scale γ (default: √(global descriptor size), 45.25 for 2048, for
     /// DELG; 30 for DOLG).
-    #[arg(long)]
+    #[arg(long, value_parser = checks::positive)]
     pub arcface_scale: Option<f32>,
     /// DOLG: the official head's CurricularFace-style re-weighting of hard negatives.
     #[arg(long)]
     pub curricular: bool,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = checks::non_negative, default_value_t = 1.0)]
     pub attention_weight: f32,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, value_parser = checks::non_negative, default_value_t = 10.0)]
     pub reconstruction_weight: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = 500)]
     pub checkpoint_every: u64,
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, value_parser = checks::fraction, default_value_t = 0.2)]
     pub val_fraction: f64,
     /// Random horizontal flips (default: off for DELG, on for DOLG).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub flip: Option<bool>,
+    /// Images with more pixels fail before decoding.
+    #[arg(long, value_parser = MAX_PIXELS, default_value_t = crate::io::images::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
     #[arg(long)]
     pub quiet: bool,
     /// Print the planned device memory of a step by category and exit (no device needed).
@@ -716,31 +735,9 @@ fn query_selection(a: &ExtractArgs) -> Result<Selection> {
             }
         }
     } else if let Some(csv) = &a.boxes {
-        let text = std::fs::read_to_string(csv).map_err(|e| Error::File {
-            path: csv.clone(),
-            reason: e.to_string(),
-        })?;
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let f: Vec<&str> = line.split(',').map(str::trim).collect();
-            let nums: Option<Vec<f64>> = f
-                .get(1..5)
-                .map(|v| v.iter().filter_map(|x| x.parse().ok()).collect());
-            match (f.first(), nums) {
-                (Some(path), Some(b)) if b.len() == 4 => {
-                    crops.insert(path.to_string(), [b[0], b[1], b[2], b[3]]);
-                    only.push(path.to_string());
-                }
-                _ => {
-                    return Err(Error::File {
-                        path: csv.clone(),
-                        reason: format!("line {}: expected path,x1,y1,x2,y2", n + 1),
-                    })
-                }
-            }
+        for (path, b) in crate::jobs::collection::read_box_list(csv)? {
+            crops.insert(path.clone(), b);
+            only.push(path);
         }
     } else {
         return Ok((None, crops));
@@ -885,6 +882,7 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
         run: a.run.clone(),
         init: a.init.clone(),
         config,
+        max_pixels: a.max_pixels,
         quiet: a.quiet,
     };
     let m = run_train(&gpu, &job, &stop)?;
@@ -910,6 +908,17 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
     let rerank_params = a.rerank.params()?;
     let q = FeatureSet::load(&a.queries)?;
     let db = FeatureSet::load(&a.db)?;
+    for (set, dir) in [(&q, &a.queries), (&db, &a.db)] {
+        if set.is_empty() {
+            return Err(Error::file(
+                dir,
+                "holds no images: its extraction skipped every image (reasons in its errors.txt)",
+            ));
+        }
+    }
+    if a.out.is_file() {
+        return Err(Error::file(&a.out, "is a file: --out takes a folder"));
+    }
     q.check_same_model(&a.queries, &db, &a.db)?;
     let gpu = Gpu::new(opts)?;
     let t = std::time::Instant::now();
@@ -924,10 +933,7 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
         }
     }
     let rerank_s = t.elapsed().as_secs_f64();
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::File {
-        path: a.out.clone(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let mut csv = String::from("query,db,rank,global_score,inliers\n");
     let (mut ranks, mut scores, mut inliers) = (Vec::new(), Vec::new(), Vec::new());
     for (qi, h) in hits.iter().enumerate() {
@@ -962,55 +968,91 @@ fn search(opts: &GpuOptions, a: &SearchArgs) -> Result<()> {
 }
 
 fn merge(inputs: &[PathBuf], out: &std::path::Path) -> Result<()> {
-    use crate::io::features::{write_feature_set, FeatureSet};
-    let mut all = Vec::new();
-    let mut first: Option<(FeatureSet, &PathBuf)> = None;
-    let mut seen = std::collections::HashSet::new();
-    for dir in inputs {
-        let set = FeatureSet::load(dir)?;
-        if let Some((f, fdir)) = &first {
-            set.check_same_model(dir, f, fdir)?;
-        }
-        for i in 0..set.len() {
-            let f = set.image(i);
-            if !seen.insert(f.id.clone()) {
-                return Err(Error::File {
-                    path: dir.clone(),
-                    reason: format!("'{}' also appears in another folder: shards overlap", f.id),
-                });
-            }
-            all.push(f);
-        }
-        first.get_or_insert((set, dir));
-    }
-    all.sort_by(|a, b| a.id.cmp(&b.id));
-    let local_dim = first.as_ref().map_or(0, |(f, _)| f.local_dim);
-    let binarized = inputs
-        .iter()
-        .all(|d| d.join("local_descriptors_bin.npy").exists());
-    write_feature_set(out, &all, local_dim, binarized)?;
-    // The shards' settings and model, for search and eval to check.
-    if let Some((_, dir)) = first {
-        if let Ok(text) = std::fs::read_to_string(dir.join("config.json")) {
-            if let Ok(mut record) = serde_json::from_str::<serde_json::Value>(&text) {
-                record["shard"] = serde_json::Value::Null;
-                let text = serde_json::to_string_pretty(&record).unwrap_or(text);
-                crate::io::npy::write_atomic(&out.join("config.json"), text.as_bytes())?;
-            }
-        }
-    }
+    let s = crate::jobs::merge::merge_shards(inputs, out)?;
     println!(
-        "merged {} images from {} folders into {}",
-        all.len(),
-        inputs.len(),
-        out.display()
+        "merged {} images from {} shards into {} ({} lines in errors.txt)",
+        s.images,
+        s.shards,
+        out.display(),
+        s.failed
     );
     Ok(())
 }
 
-pub fn run(cli: Cli) -> Result<()> {
-    let opts = cli.gpu.options();
+/// How a command that finished ended; errors are the `Err` of `run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for was done.
+    Complete,
+    /// The run finished but some images were skipped (listed in errors.txt).
+    SomeFailed,
+}
+
+impl Outcome {
+    /// The process exit code (README, "Exit codes"): 0 complete, 3 some
+    /// images skipped; errors exit with 1 and bad arguments with 2 (clap).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Complete => 0,
+            Outcome::SomeFailed => 3,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
+        Command::Extract(a) => extract(&cli.gpu.options(), &a),
+        command => run_command(&cli.gpu.options(), command).map(|()| Outcome::Complete),
+    }
+}
+
+fn extract(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
+    let config = extract_config(a)?;
+    let (only, crops) = query_selection(a)?;
+    let gpu = Gpu::new(opts)?;
+    let job = crate::jobs::extract::ExtractJob {
+        input: a.input.clone(),
+        out: a.out.clone(),
+        weights: a.weights.clone(),
+        config,
+        shard: a
+            .shard
+            .as_deref()
+            .map(crate::jobs::collection::Shard::parse)
+            .transpose()?,
+        only,
+        crops,
+        quiet: a.quiet,
+    };
+    let s = crate::jobs::extract::run_extract(&gpu, &job)?;
+    let errors = a.out.join("errors.txt");
+    println!(
+        "{} images: {} extracted, {} resumed, {} failed{}; {} local features, {:.1} s, {:.2} images/s",
+        s.images,
+        s.extracted_now,
+        s.resumed,
+        s.failed,
+        if s.failed > 0 { format!(" (reasons in {})", errors.display()) } else { String::new() },
+        s.local_features,
+        s.seconds,
+        s.extracted_now as f64 / s.seconds.max(1e-9)
+    );
+    match (s.failed, a.strict) {
+        (0, _) => Ok(Outcome::Complete),
+        (n, true) => Err(Error::file(
+            &a.input,
+            format!(
+                "{n} entries were skipped and --strict is set: see {}",
+                errors.display()
+            ),
+        )),
+        _ => Ok(Outcome::SomeFailed),
+    }
+}
+
+fn run_command(opts: &GpuOptions, command: Command) -> Result<()> {
+    let opts = opts.clone();
+    match command {
         Command::Info => info(&opts),
         Command::InitWeights(a) => init_weights(&a),
         Command::Demo {
@@ -1110,38 +1152,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Match(a) => match_pair(&opts, &a),
         Command::Merge { inputs, out } => merge(&inputs, &out),
-        Command::Extract(a) => {
-            let config = extract_config(&a)?;
-            let gpu = Gpu::new(&opts)?;
-            let job = crate::jobs::extract::ExtractJob {
-                input: a.input.clone(),
-                out: a.out.clone(),
-                weights: a.weights.clone(),
-                config,
-                shard: a
-                    .shard
-                    .as_deref()
-                    .map(crate::jobs::collection::Shard::parse)
-                    .transpose()?,
-                only: None,
-                crops: Default::default(),
-                quiet: a.quiet,
-            };
-            let (only, crops) = query_selection(&a)?;
-            let job = crate::jobs::extract::ExtractJob { only, crops, ..job };
-            let s = crate::jobs::extract::run_extract(&gpu, &job)?;
-            println!(
-                "extracted {} images ({} resumed, {} skipped: see {}), {} local features, {:.1} s, {:.2} images/s",
-                s.extracted_now,
-                s.resumed,
-                s.failed,
-                a.out.join("errors.txt").display(),
-                s.local_features,
-                s.seconds,
-                s.extracted_now as f64 / s.seconds.max(1e-9)
-            );
-            Ok(())
-        }
+        Command::Extract(a) => extract(&opts, &a).map(|_| ()),
         Command::Bench {
             what:
                 BenchWhat::Search {

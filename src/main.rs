@@ -2,8 +2,11 @@ use clap::Parser;
 
 fn main() {
     let cli = delg_gpu::cli::Cli::parse();
-    if let Err(e) = delg_gpu::cli::run(cli) {
-        eprintln!("delg-gpu: error: {e}");
-        std::process::exit(1);
+    match delg_gpu::cli::run(cli) {
+        Ok(outcome) => std::process::exit(outcome.exit_code()),
+        Err(e) => {
+            eprintln!("delg-gpu: error: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -5,34 +5,18 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
+use common::tiny_weights_seeded;
 use delg_gpu::io::features::FeatureSet;
-use delg_gpu::jobs::demo::render_scene;
-use delg_gpu::jobs::extract::{run_extract, ExtractConfig, ExtractJob};
-use delg_gpu::model::delg::{inference_graph, DelgConfig};
 use delg_gpu::model::params::random_weights;
 use delg_gpu::model::resnet::{Layout, ResNetConfig};
-use delg_gpu::model::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
+use delg_gpu::jobs::demo::render_scene;
+use delg_gpu::jobs::extract::{run_extract, ExtractConfig, ExtractJob};
 use delg_gpu::testing::test_gpu;
 
 fn tiny_weights(path: &Path) {
     tiny_weights_seeded(path, 5);
-}
-
-fn tiny_weights_seeded(path: &Path, seed: u64) {
-    let mut model = DelgConfig::new(ResNetConfig {
-        blocks: [1, 1, 1, 1],
-        width: 8,
-        ..ResNetConfig::resnet50(Layout::Delg)
-    });
-    model.attention_dim = 8;
-    model.local_dim = 16;
-    let (_, _, _, params) = inference_graph(&model, 64, 64).unwrap();
-    let mut w = random_weights(&params.specs, seed);
-    w.metadata.insert(META_ARCH.into(), "delg".into());
-    w.metadata
-        .insert(META_CONFIG.into(), serde_json::to_string(&model).unwrap());
-    w.metadata.insert(META_SCORE_THRESHOLD.into(), "0".into());
-    w.save(path).unwrap();
 }
 
 fn small_config() -> ExtractConfig {
@@ -174,7 +158,7 @@ fn bad_files_are_reported_and_a_killed_run_resumes_to_identical_outputs() {
     assert!(run_extract(&gpu, &other)
         .unwrap_err()
         .to_string()
-        .contains("different model or configuration"));
+        .contains("different extraction settings"));
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -98,6 +98,7 @@ fn resume_ends_where_an_uninterrupted_run_ends(accumulate: usize, dolg: bool) {
             net: if dolg { tiny_dolg(3) } else { config(3).net },
             ..config(3)
         },
+        max_pixels: delg_gpu::io::images::DEFAULT_MAX_PIXELS,
         quiet: true,
     };
 

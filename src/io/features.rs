@@ -11,11 +11,11 @@
 //!   when binarised descriptors are asked for, `local_descriptors_bin.npy` [M, d/8] uint8.
 //!
 //! While a run is in progress every finished image is appended to
-//! `journal.bin` as one checksummed record; a run killed at any moment
-//! resumes from the valid prefix of the journal, and the final files are
-//! written (atomically) from it at the end.
+//! `journal.bin` as one checksummed record with the image file's size and
+//! modification time; a run killed at any moment resumes from the valid
+//! prefix of the journal (re-extracting files that changed since), and the
+//! final files are written (atomically) from it at the end.
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -49,7 +49,42 @@ fn file_err(path: &Path, reason: impl ToString) -> Error {
     }
 }
 
-const RECORD_MAGIC: u32 = 0xDE16_F00D;
+/// Journal records before file stamps: the features alone.
+const RECORD_MAGIC_UNSTAMPED: u32 = 0xDE16_F00D;
+/// Records since: the file's stamp, then the features.
+const RECORD_MAGIC: u32 = 0xDE16_F00E;
+
+/// What identifies the content of an image file cheaply: a file replaced
+/// under the same path changes its size or its modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch (negative before it).
+    pub modified_ns: i64,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Result<FileStamp> {
+        let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let modified = meta.modified().map_err(|e| Error::io(path, e))?;
+        let modified_ns = match modified.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i64,
+            Err(before) => -(before.duration().as_nanos() as i64),
+        };
+        Ok(FileStamp {
+            size: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
+/// One finished image in the journal; `stamp` is `None` for records written
+/// before stamps existed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JournalEntry {
+    pub features: ImageFeatures,
+    pub stamp: Option<FileStamp>,
+}
 
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
@@ -62,8 +97,10 @@ fn put_f32s(out: &mut Vec<u8>, v: &[f32]) {
     out.extend_from_slice(bytemuck::cast_slice(v));
 }
 
-fn encode(f: &ImageFeatures) -> Vec<u8> {
+fn encode(f: &ImageFeatures, stamp: FileStamp) -> Vec<u8> {
     let mut p = Vec::new();
+    p.extend_from_slice(&stamp.size.to_le_bytes());
+    p.extend_from_slice(&stamp.modified_ns.to_le_bytes());
     p.extend_from_slice(&(f.id.len() as u64).to_le_bytes());
     p.extend_from_slice(f.id.as_bytes());
     for v in [
@@ -105,8 +142,16 @@ impl Cursor<'_> {
     }
 }
 
-fn decode(payload: &[u8]) -> Option<ImageFeatures> {
+fn decode(payload: &[u8], stamped: bool) -> Option<JournalEntry> {
     let mut c = Cursor(payload);
+    let stamp = if stamped {
+        Some(FileStamp {
+            size: c.u64()?,
+            modified_ns: c.u64()? as i64,
+        })
+    } else {
+        None
+    };
     let n = usize::try_from(c.u64()?).ok()?;
     let id = String::from_utf8(c.take(n)?.to_vec()).ok()?;
     let f = ImageFeatures {
@@ -117,7 +162,42 @@ fn decode(payload: &[u8]) -> Option<ImageFeatures> {
         scales: c.f32s()?,
         attention: c.f32s()?,
     };
-    c.0.is_empty().then_some(f)
+    c.0.is_empty()
+        .then_some(JournalEntry { features: f, stamp })
+}
+
+/// The valid records at the start of a journal's bytes and their length; a
+/// torn or corrupt record ends the valid prefix. Lengths are checked against
+/// the bytes present before anything is allocated.
+pub fn parse_journal(bytes: &[u8]) -> (Vec<JournalEntry>, usize) {
+    let mut done = Vec::new();
+    let mut valid_len = 0;
+    let mut c = Cursor(bytes);
+    loop {
+        let before = c.0.len();
+        let rec = (|| {
+            let magic = u32::from_le_bytes(c.take(4)?.try_into().ok()?);
+            let len = usize::try_from(c.u64()?).ok()?;
+            let sum = c.u64()?;
+            let payload = c.take(len)?;
+            let stamped = match magic {
+                RECORD_MAGIC => true,
+                RECORD_MAGIC_UNSTAMPED => false,
+                _ => return None,
+            };
+            (fnv1a(payload) == sum)
+                .then(|| decode(payload, stamped))
+                .flatten()
+        })();
+        match rec {
+            Some(entry) => {
+                valid_len += before - c.0.len();
+                done.push(entry);
+            }
+            None => break,
+        }
+    }
+    (done, valid_len)
 }
 
 /// Append-only, crash-safe record of finished images.
@@ -127,36 +207,20 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal, returning the images already finished.
+    /// Opens (or creates) the journal, returning the images already finished
+    /// (an image finished twice appears twice, the later entry last).
     /// A torn record at the end (the process died mid-write) is cut off.
-    pub fn open(path: &Path) -> Result<(Journal, Vec<ImageFeatures>)> {
+    pub fn open(path: &Path) -> Result<(Journal, Vec<JournalEntry>)> {
         let mut done = Vec::new();
         let mut valid_len = 0u64;
         if path.exists() {
             let mut bytes = Vec::new();
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| file_err(path, e))?;
-            let mut c = Cursor(&bytes);
-            loop {
-                let before = c.0.len();
-                let rec = (|| {
-                    let magic = u32::from_le_bytes(c.take(4)?.try_into().ok()?);
-                    let len = usize::try_from(c.u64()?).ok()?;
-                    let sum = c.u64()?;
-                    let payload = c.take(len)?;
-                    (magic == RECORD_MAGIC && fnv1a(payload) == sum)
-                        .then(|| decode(payload))
-                        .flatten()
-                })();
-                match rec {
-                    Some(f) => {
-                        valid_len += (before - c.0.len()) as u64;
-                        done.push(f);
-                    }
-                    None => break,
-                }
-            }
+                .map_err(|e| Error::io(path, e))?;
+            let (entries, len) = parse_journal(&bytes);
+            done = entries;
+            valid_len = len as u64;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -177,8 +241,8 @@ impl Journal {
         ))
     }
 
-    pub fn append(&mut self, f: &ImageFeatures) -> Result<()> {
-        let payload = encode(f);
+    pub fn append(&mut self, f: &ImageFeatures, stamp: FileStamp) -> Result<()> {
+        let payload = encode(f, stamp);
         let mut rec = Vec::with_capacity(payload.len() + 20);
         rec.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
         rec.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -199,21 +263,31 @@ impl Journal {
     }
 }
 
-/// Writes the final files of a feature folder from finished images, in the given order.
+/// Writes the final files of a feature folder from finished images, in the
+/// given order. The descriptor sizes are the model's, so an empty set still
+/// has shape (0, D).
 pub fn write_feature_set(
     dir: &Path,
     images: &[ImageFeatures],
+    gdim: usize,
     local_dim: usize,
     binarized: bool,
 ) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let n = images.len();
-    let gdim = images.first().map(|f| f.global.len()).unwrap_or(0);
+    // ids.txt holds one id per line: a line break in an id would shift every
+    // row after it (discovery refuses such names; this guards the file).
+    if let Some(bad) = images.iter().find(|f| f.id.contains(['\n', '\r'])) {
+        return Err(Error::Internal(format!(
+            "image id {:?} contains a line break and cannot go into ids.txt",
+            bad.id
+        )));
+    }
     if let Some(bad) = images.iter().find(|f| f.global.len() != gdim) {
         return Err(file_err(
             dir,
             format!(
-                "image '{}' has a {}-d global descriptor, others {gdim}-d",
+                "image '{}' has a {}-d global descriptor, the model {gdim}-d",
                 bad.id,
                 bad.global.len()
             ),
@@ -382,11 +456,6 @@ impl FeatureSet {
     }
 }
 
-/// Ids already present, for skipping finished work.
-pub fn finished_ids(done: &[ImageFeatures]) -> HashSet<String> {
-    done.iter().map(|f| f.id.clone()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,8 +479,12 @@ mod tests {
         let p = dir.join("journal.bin");
         let (mut j, done) = Journal::open(&p).unwrap();
         assert!(done.is_empty());
-        j.append(&sample("a.jpg", 2)).unwrap();
-        j.append(&sample("b/c.png", 0)).unwrap();
+        let stamp = FileStamp {
+            size: 10,
+            modified_ns: -5,
+        };
+        j.append(&sample("a.jpg", 2), stamp).unwrap();
+        j.append(&sample("b/c.png", 0), stamp).unwrap();
         j.flush().unwrap();
         drop(j);
         // Simulate a crash in the middle of a third record.
@@ -421,19 +494,22 @@ mod tests {
         bytes.extend_from_slice(&[7, 0, 0]);
         fs::write(&p, &bytes).unwrap();
         let (mut j, done) = Journal::open(&p).unwrap();
-        assert_eq!(done, vec![sample("a.jpg", 2), sample("b/c.png", 0)]);
+        let features: Vec<ImageFeatures> = done.iter().map(|e| e.features.clone()).collect();
+        assert_eq!(features, vec![sample("a.jpg", 2), sample("b/c.png", 0)]);
+        assert!(done.iter().all(|e| e.stamp == Some(stamp)));
         assert_eq!(
             fs::metadata(&p).unwrap().len() as usize,
             good,
             "torn tail cut off"
         );
-        j.append(&sample("d.jpg", 1)).unwrap();
+        j.append(&sample("d.jpg", 1), stamp).unwrap();
         j.flush().unwrap();
         drop(j);
         let (_, done) = Journal::open(&p).unwrap();
         assert_eq!(done.len(), 3);
+        let done: Vec<ImageFeatures> = done.into_iter().map(|e| e.features).collect();
 
-        write_feature_set(&dir, &done, 3, true).unwrap();
+        write_feature_set(&dir, &done, 4, 3, true).unwrap();
         let fs_ = FeatureSet::load(&dir).unwrap();
         assert_eq!(fs_.len(), 3);
         assert_eq!(fs_.offsets, vec![0, 2, 2, 3]);
@@ -444,6 +520,50 @@ mod tests {
                 .0,
             vec![3, 1]
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A record in the format before file stamps (magic, length, checksum,
+    /// then the features alone).
+    fn unstamped_record(f: &ImageFeatures) -> Vec<u8> {
+        let stamped = encode(
+            f,
+            FileStamp {
+                size: 0,
+                modified_ns: 0,
+            },
+        );
+        let payload = &stamped[16..];
+        let mut rec = RECORD_MAGIC_UNSTAMPED.to_le_bytes().to_vec();
+        rec.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        rec.extend_from_slice(&fnv1a(payload).to_le_bytes());
+        rec.extend_from_slice(payload);
+        rec
+    }
+
+    #[test]
+    fn journals_before_file_stamps_still_read() {
+        let mut bytes = unstamped_record(&sample("old.jpg", 1));
+        let (entries, len) = parse_journal(&bytes);
+        assert_eq!(len, bytes.len());
+        assert_eq!(entries[0].features, sample("old.jpg", 1));
+        assert_eq!(entries[0].stamp, None);
+        bytes[30] ^= 1; // a flipped bit fails the checksum
+        assert_eq!(parse_journal(&bytes).1, 0);
+    }
+
+    #[test]
+    fn empty_sets_keep_their_widths_and_ids_stay_one_per_line() {
+        let dir = std::env::temp_dir().join(format!("delg-empty-set-{}", std::process::id()));
+        write_feature_set(&dir, &[], 128, 16, false).unwrap();
+        assert_eq!(
+            npy::read::<f32>(&dir.join("global.npy")).unwrap().0,
+            vec![0, 128]
+        );
+        let set = FeatureSet::load(&dir).unwrap();
+        assert_eq!((set.len(), set.global_dim, set.local_dim), (0, 128, 16));
+        let e = write_feature_set(&dir, &[sample("a\nb.jpg", 0)], 4, 3, false).unwrap_err();
+        assert!(e.to_string().contains("line break"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

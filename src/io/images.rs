@@ -14,43 +14,86 @@ use image::{ImageDecoder, ImageReader, RgbImage};
 
 use crate::error::{Error, Result};
 
-fn file_err(path: &Path, reason: impl ToString) -> Error {
-    Error::File {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
+/// Default `--max-pixels`: 100 megapixels, above any camera photo, far below
+/// what a forged header can claim (100 000 × 100 000 is 10 gigapixels).
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
-/// Decodes an image file to upright 8-bit RGB.
-pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let meta = std::fs::metadata(path).map_err(|e| file_err(path, e))?;
+/// Bytes per pixel of the widest colour model a decoder produces (RGBA,
+/// 32-bit float), which bounds the decoder's own output buffer.
+const WIDEST_PIXEL_BYTES: u64 = 16;
+
+/// Decodes an image file to upright 8-bit RGB, refusing (before any pixel
+/// is decoded) an image of more than `max_pixels` pixels.
+pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::file(path, "is a folder, not an image"));
+    }
     if meta.len() == 0 {
-        return Err(file_err(path, "empty file"));
+        return Err(Error::file(path, "empty file"));
     }
     check_jpeg_complete(path)?;
-    let reader = ImageReader::open(path)
-        .map_err(|e| file_err(path, e))?
+    let mut reader = ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
-        .map_err(|e| file_err(path, e))?;
-    if reader.format().is_none() {
-        return Err(file_err(
+        .map_err(|e| Error::io(path, e))?;
+    // The content decides, not the name: text saved as .png is not a PNG.
+    let mut head = Vec::with_capacity(32);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(|e| Error::io(path, e))?,
+            32,
+        ),
+        &mut head,
+    )
+    .map_err(|e| Error::io(path, e))?;
+    if image::guess_format(&head).is_err() || reader.format().is_none() {
+        return Err(Error::file(
             path,
-            "not a recognised image format (jpg, png, webp, bmp, tiff, gif)",
+            "content is not a recognised image format (jpg, png, webp, bmp, tiff, gif), whatever its name says",
         ));
     }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| file_err(path, format!("cannot decode: {e}")))?;
+    // The crate's allocation limit covers the decoders' internal buffers
+    // (PNG chunks, TIFF strips, GIF frames); the pixel check below covers
+    // the output buffer, which `from_decoder` allocates without a check.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(WIDEST_PIXEL_BYTES));
+    reader.limits(limits);
+    let cannot_decode = |e: image::ImageError| Error::file(path, format!("cannot decode: {e}"));
+    let mut decoder = reader.into_decoder().map_err(cannot_decode)?;
+    let (width, height) = decoder.dimensions();
+    check_pixel_count(path, width, height, max_pixels)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| file_err(path, format!("cannot decode: {e}")))?;
+    // A decoder bug must cost one file, not the run.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        image::DynamicImage::from_decoder(decoder)
+    }))
+    .map_err(|_| Error::file(path, "cannot decode: the decoder crashed on this file"))?;
+    let mut img = decoded.map_err(cannot_decode)?;
     img.apply_orientation(orientation);
-    if img.width() == 0 || img.height() == 0 {
-        return Err(file_err(path, "image has no pixels"));
-    }
     Ok(img.to_rgb8())
+}
+
+/// The header's size, checked before the pixel buffer is allocated.
+fn check_pixel_count(path: &Path, width: u32, height: u32, max_pixels: u64) -> Result<()> {
+    let pixels = width as u64 * height as u64;
+    if pixels == 0 {
+        return Err(Error::file(path, "image has no pixels"));
+    }
+    if pixels > max_pixels {
+        return Err(Error::file(
+            path,
+            format!(
+                "image is {width}×{height} ({:.1} megapixels), over the {:.1} megapixel limit: \
+                 skipped without decoding; raise --max-pixels to extract it",
+                pixels as f64 / 1e6,
+                max_pixels as f64 / 1e6
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A JPEG cut short (an interrupted copy or download) still decodes, with
@@ -58,21 +101,21 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 /// tells it apart. Trailing data after the marker is tolerated.
 fn check_jpeg_complete(path: &Path) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut head = [0u8; 2];
     if f.read_exact(&mut head).is_err() || head != [0xFF, 0xD8] {
         return Ok(());
     }
-    let len = f.metadata().map_err(|e| file_err(path, e))?.len();
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let tail_len = len.min(4096);
     f.seek(SeekFrom::Start(len - tail_len))
-        .map_err(|e| file_err(path, e))?;
+        .map_err(|e| Error::io(path, e))?;
     let mut tail = vec![0u8; tail_len as usize];
-    f.read_exact(&mut tail).map_err(|e| file_err(path, e))?;
+    f.read_exact(&mut tail).map_err(|e| Error::io(path, e))?;
     if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
         Ok(())
     } else {
-        Err(file_err(
+        Err(Error::file(
             path,
             "truncated JPEG (no end-of-image marker): the file was cut short",
         ))
@@ -231,13 +274,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty.jpg");
         std::fs::write(&empty, b"").unwrap();
-        assert!(load_rgb(&empty)
+        assert!(load_rgb(&empty, DEFAULT_MAX_PIXELS)
             .unwrap_err()
             .to_string()
             .contains("empty file"));
         let junk = dir.join("junk.jpg");
         std::fs::write(&junk, b"this is not an image at all").unwrap();
-        let e = load_rgb(&junk).unwrap_err().to_string();
+        let e = load_rgb(&junk, DEFAULT_MAX_PIXELS).unwrap_err().to_string();
         assert!(e.contains("junk.jpg"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -93,11 +93,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Reads an array written by `write` (or numpy with the same dtype, C order).
 pub fn read<T: NpyElem>(path: &Path) -> Result<(Vec<usize>, Vec<T>)> {
-    let bytes = fs::read(path).map_err(|e| file_err(path, e))?;
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse(path, &bytes)
+}
+
+/// Parses the bytes of a `.npy` file (`path` names it in errors). The shape
+/// is checked against the bytes present before the array is allocated.
+pub fn parse<T: NpyElem>(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<T>)> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(file_err(path, "not a .npy file"));
     }
-    let (hlen, start) = match bytes[6] {
+    let (hlen, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 if bytes.len() >= 12 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
@@ -107,7 +113,7 @@ pub fn read<T: NpyElem>(path: &Path) -> Result<(Vec<usize>, Vec<T>)> {
     };
     let dict = std::str::from_utf8(
         bytes
-            .get(start..start + hlen)
+            .get(start..start.saturating_add(hlen))
             .ok_or_else(|| file_err(path, "truncated header"))?,
     )
     .map_err(|_| file_err(path, "header is not text"))?;
@@ -149,9 +155,17 @@ pub fn read<T: NpyElem>(path: &Path) -> Result<(Vec<usize>, Vec<T>)> {
                 .map_err(|_| file_err(path, format!("bad shape '{inner}'")))
         })
         .collect::<Result<_>>()?;
-    let n: usize = shape.iter().product();
     let body = &bytes[start + hlen..];
-    let want = n * std::mem::size_of::<T>();
+    let sizes = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| Some((n, n.checked_mul(std::mem::size_of::<T>())?)));
+    let Some((n, want)) = sizes else {
+        return Err(file_err(
+            path,
+            format!("shape {shape:?} is too large (corrupt header)"),
+        ));
+    };
     if body.len() != want {
         return Err(file_err(
             path,

@@ -85,6 +85,15 @@ impl WeightFile {
                     format!("tensor '{name}' has unsupported dtype {:?}", view.dtype()),
                 )
             })?;
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "tensor '{name}' holds {} at element {i}: the weights are corrupt (a diverged training run?); use another checkpoint",
+                        data[i]
+                    ),
+                ));
+            }
             tensors.insert(
                 name,
                 Tensor {
@@ -108,8 +117,10 @@ impl WeightFile {
         f.read_exact(&mut len)
             .map_err(|_| file_err(path, "too short for a safetensors file"))?;
         let len = u64::from_le_bytes(len);
-        // safetensors caps headers at 100 MB; a larger length means another format.
-        if len > 100_000_000 {
+        let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        // safetensors caps headers at 100 MB; a larger length, or one past
+        // the end of the file, means another format (checked before allocating).
+        if len > 100_000_000 || len > file_len.saturating_sub(8) {
             return Err(file_err(
                 path,
                 "not a safetensors file (header length out of range)",

@@ -10,43 +10,189 @@ use crate::error::{Error, Result};
 
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
 
-/// Image files below `dir` (recursively), as paths relative to `dir` with
-/// '/' separators, sorted so every run and every machine sees one order.
-pub fn discover(dir: &Path) -> Result<Vec<String>> {
+/// What a walk of a collection found.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    /// Image files as paths relative to the folder with '/' separators,
+    /// sorted so every run and every machine sees one order.
+    pub images: Vec<String>,
+    /// Entries that could not be listed or named, as (path shown to the user,
+    /// reason); they belong in errors.txt.
+    pub problems: Vec<(String, String)>,
+}
+
+/// Image files below `dir` (recursively). Symbolic links to folders are
+/// followed, but a link back into its own ancestry (a loop) is not, and a
+/// file reached through two routes is listed once, by its route without
+/// links when it has one. An unreadable folder or
+/// a name that ids.txt cannot hold becomes a problem, not a failure.
+/// `progress` counts the images found, for large trees.
+pub fn discover(dir: &Path, progress: &indicatif::ProgressBar) -> Result<Discovery> {
     if !dir.is_dir() {
-        return Err(Error::File {
-            path: dir.to_path_buf(),
-            reason: "not a folder of images".into(),
-        });
+        return Err(Error::file(dir, "not a folder of images"));
     }
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| Error::File {
-            path: d.clone(),
-            reason: e.to_string(),
-        })?;
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
-            {
-                if let Ok(rel) = p.strip_prefix(dir) {
-                    out.push(
-                        rel.components()
-                            .map(|c| c.as_os_str().to_string_lossy())
-                            .collect::<Vec<_>>()
-                            .join("/"),
-                    );
+    let mut found = Discovery::default();
+    // File identity → index of its id in `found.images`.
+    let mut seen = std::collections::HashMap::new();
+    let real_dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name();
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                found.problems.extend(walk_problem(dir, &e));
+                continue;
+            }
+        };
+        if entry.file_type().is_dir() || !has_image_extension(entry.path()) {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let id = match relative_id(rel) {
+            Ok(id) => id,
+            Err(reason) => {
+                found.problems.push((shown(rel), reason));
+                continue;
+            }
+        };
+        match seen.entry(file_identity(&entry)) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                // The same file through another link: keep the direct route.
+                let direct =
+                    std::fs::canonicalize(entry.path()).is_ok_and(|p| p == real_dir.join(rel));
+                if direct {
+                    found.images[*first.get()] = id;
                 }
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(found.images.len());
+                found.images.push(id);
+                progress.set_position(found.images.len() as u64);
             }
         }
     }
-    out.sort();
+    found.images.sort();
+    Ok(found)
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .map(|x| x.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.as_str()))
+}
+
+/// The file behind a path (device and inode on Unix), so hard and symbolic
+/// links to one file count once.
+fn file_identity(entry: &walkdir::DirEntry) -> (u64, u64, std::path::PathBuf) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = entry.metadata() {
+            return (m.dev(), m.ino(), std::path::PathBuf::new());
+        }
+    }
+    let real = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path().to_path_buf());
+    (0, 0, real)
+}
+
+/// A relative path as an id: UTF-8 with '/' separators and no control
+/// characters, since ids.txt holds one id per line and errors.txt is
+/// tab-separated.
+pub fn relative_id(rel: &Path) -> std::result::Result<String, String> {
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        let part = c.as_os_str().to_str().ok_or_else(|| {
+            "file name is not valid UTF-8, which ids.txt cannot hold: rename the file".to_string()
+        })?;
+        if part.chars().any(char::is_control) {
+            return Err(
+                "file name contains a line break or another control character, which ids.txt \
+                 cannot hold: rename the file"
+                    .into(),
+            );
+        }
+        parts.push(part);
+    }
+    Ok(parts.join("/"))
+}
+
+/// A path as one printable line (control characters and invalid UTF-8 escaped).
+pub fn shown(path: &Path) -> String {
+    path.to_string_lossy().escape_debug().to_string()
+}
+
+/// The problem a failed walk step means to the user; `None` for a broken
+/// link that would not have been an image anyway.
+fn walk_problem(dir: &Path, e: &walkdir::Error) -> Option<(String, String)> {
+    let path = e.path().unwrap_or(dir);
+    let rel = path.strip_prefix(dir).unwrap_or(path);
+    let shown_rel = if rel.as_os_str().is_empty() {
+        shown(dir)
+    } else {
+        shown(rel)
+    };
+    let reason = if let Some(ancestor) = e.loop_ancestor() {
+        let back = ancestor.strip_prefix(dir).unwrap_or(ancestor);
+        format!(
+            "symbolic link loop back to '{}': not followed",
+            if back.as_os_str().is_empty() {
+                ".".into()
+            } else {
+                shown(back)
+            }
+        )
+    } else if path.is_dir() {
+        format!("cannot list this folder: {}", io_reason(e))
+    } else if has_image_extension(path) {
+        format!("cannot read: {} (a broken link?)", io_reason(e))
+    } else {
+        return None;
+    };
+    Some((shown_rel, reason))
+}
+
+fn io_reason(e: &walkdir::Error) -> String {
+    e.io_error()
+        .map_or_else(|| e.to_string(), |io| io.to_string())
+}
+
+/// The images and crop boxes of a `--boxes` CSV: `path,x1,y1,x2,y2` per
+/// line, paths relative to the collection, finite boxes with x1 < x2 and
+/// y1 < y2.
+pub fn read_box_list(csv: &Path) -> Result<Vec<(String, crate::jobs::extract::CropBox)>> {
+    let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
+    let mut out = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let nums: Vec<f64> = f
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        match (&f[..], &nums[..]) {
+            ([path, _, _, _, _], &[x1, y1, x2, y2])
+                if !path.is_empty() && nums.iter().all(|v| v.is_finite()) && x1 < x2 && y1 < y2 =>
+            {
+                out.push((path.to_string(), [x1, y1, x2, y2]));
+            }
+            _ => {
+                return Err(Error::file(
+                    csv,
+                    format!(
+                        "line {}: expected path,x1,y1,x2,y2 (finite, x1 < x2, y1 < y2)",
+                        n + 1
+                    ),
+                ))
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -122,11 +268,14 @@ mod tests {
         for f in ["z.JPG", "a.png", "b/c/d.webp", "b/notes.txt", "b/x.tiff"] {
             std::fs::write(dir.join(f), b"x").unwrap();
         }
+        let hidden = indicatif::ProgressBar::hidden();
+        let found = discover(&dir, &hidden).unwrap();
         assert_eq!(
-            discover(&dir).unwrap(),
+            found.images,
             vec!["a.png", "b/c/d.webp", "b/x.tiff", "z.JPG"]
         );
-        assert!(discover(&dir.join("a.png")).is_err());
+        assert!(found.problems.is_empty(), "{:?}", found.problems);
+        assert!(discover(&dir.join("a.png"), &hidden).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -47,7 +47,14 @@ impl Dataset {
         classes.sort();
         let mut samples = Vec::new();
         for (label, class) in classes.iter().enumerate() {
-            for rel in crate::jobs::collection::discover(&root.join(class))? {
+            let found = crate::jobs::collection::discover(
+                &root.join(class),
+                &indicatif::ProgressBar::hidden(),
+            )?;
+            for (path, reason) in &found.problems {
+                eprintln!("skipped {class}/{path}: {reason}");
+            }
+            for rel in found.images {
                 samples.push(Sample {
                     path: root.join(class).join(rel),
                     label,
@@ -293,11 +300,13 @@ pub struct Augment {
     pub flip: bool,
     /// The model's pixel normalisation.
     pub norm: crate::jobs::extract::PixelNorm,
+    /// Larger images fail before decoding (see `load_rgb`).
+    pub max_pixels: u64,
 }
 
 /// One image as the network sees it: cropped, resized, normalised.
 pub fn load_sample(path: &Path, aug: Augment, rng: &mut Rng) -> Result<Vec<f32>> {
-    let img = load_rgb(path)?;
+    let img = load_rgb(path, aug.max_pixels)?;
     let (w, h) = img.dimensions();
     let crop = if aug.random_crop {
         random_crop(w, h, rng)

@@ -108,6 +108,17 @@ fn as_set(images: &[ImageFeatures], global_dim: usize, local_dim: usize) -> Feat
 
 pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
     let gt = GroundTruth::load(&job.gnd)?;
+    // Checked before any extraction, which would otherwise run for nothing.
+    if gt.queries.is_empty() || gt.db.is_empty() {
+        return Err(Error::file(
+            &job.gnd,
+            format!(
+                "lists {} queries and {} database images: eval needs both",
+                gt.queries.len(),
+                gt.db.len()
+            ),
+        ));
+    }
     let root = job.gnd.parent().unwrap_or(Path::new(".")).to_path_buf();
     let rel = |name: &str| format!("{}/{name}{}", gt.image_dir, gt.image_ext);
     let t0 = Instant::now();

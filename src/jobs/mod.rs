@@ -8,6 +8,7 @@ pub mod demo;
 pub mod eval;
 pub mod extract;
 pub mod local_match;
+pub mod merge;
 pub mod pair;
 pub mod search;
 pub mod train;

@@ -348,17 +348,18 @@ pub fn render(
     canvas
 }
 
-/// Decodes A and B again (the extractor keeps only the resized pixels) and
-/// writes the picture as PNG.
+/// Decodes A and B again (the extractor keeps only the resized pixels),
+/// under the same pixel limit, and writes the picture as PNG.
 pub fn write_picture(
     r: &PairResult,
     caption: &[String],
     opts: &RenderOptions,
+    max_pixels: u64,
     out: &Path,
 ) -> Result<()> {
     let picture = render(
-        &load_rgb(&r.a.path)?,
-        &load_rgb(&r.b.path)?,
+        &load_rgb(&r.a.path, max_pixels)?,
+        &load_rgb(&r.b.path, max_pixels)?,
         r,
         caption,
         opts,

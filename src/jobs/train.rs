@@ -248,6 +248,8 @@ pub struct TrainJob {
     /// Initial weights (e.g. converted ImageNet weights); missing head tensors are initialised.
     pub init: Option<PathBuf>,
     pub config: TrainConfig,
+    /// Larger images fail before decoding (`--max-pixels`).
+    pub max_pixels: u64,
     pub quiet: bool,
 }
 
@@ -578,6 +580,7 @@ fn validate(
     val: &Dataset,
     sg: &StepGraph,
     store: &ParamStore,
+    max_pixels: u64,
 ) -> Result<Option<Vec<f32>>> {
     if val.samples.is_empty() {
         return Ok(None);
@@ -599,6 +602,7 @@ fn validate(
         random_crop: false,
         flip: false,
         norm: cfg.net.pixel_norm(),
+        max_pixels,
     };
     let mut hits = vec![0f32; scores.len()];
     let mut n = 0usize;
@@ -730,6 +734,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         random_crop: true,
         flip: cfg.flip,
         norm: cfg.net.pixel_norm(),
+        max_pixels: job.max_pixels,
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
     {
@@ -838,7 +843,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         {
             save(step + 1, &store)?;
             if !stop.load(Ordering::SeqCst) {
-                if let Some(acc) = validate(gpu, cfg, &val, sg, &store)? {
+                if let Some(acc) = validate(gpu, cfg, &val, sg, &store, job.max_pixels)? {
                     let mut line =
                         serde_json::json!({"step": step + 1, "val_global_accuracy": acc[0]});
                     let mut text = format!("global {:.3}", acc[0]);

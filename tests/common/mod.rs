@@ -16,6 +16,27 @@ use delg_gpu::model::resnet::ParamSpec;
 use delg_gpu::tensor::{HostTensor, Tensor};
 use delg_gpu::testing::normalized_max_error;
 
+/// A tiny DELG model (one block per stage, width 8, 16-d local
+/// descriptors, τ = 0) with random weights from `seed`, saved at `path`.
+pub fn tiny_weights_seeded(path: &std::path::Path, seed: u64) {
+    use delg_gpu::model::resnet::{Layout, ResNetConfig};
+    use delg_gpu::model::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
+    let mut model = DelgConfig::new(ResNetConfig {
+        blocks: [1, 1, 1, 1],
+        width: 8,
+        ..ResNetConfig::resnet50(Layout::Delg)
+    });
+    model.attention_dim = 8;
+    model.local_dim = 16;
+    let (_, _, _, params) = inference_graph(&model, 64, 64).unwrap();
+    let mut w = delg_gpu::model::params::random_weights(&params.specs, seed);
+    w.metadata.insert(META_ARCH.into(), "delg".into());
+    w.metadata
+        .insert(META_CONFIG.into(), serde_json::to_string(&model).unwrap());
+    w.metadata.insert(META_SCORE_THRESHOLD.into(), "0".into());
+    w.save(path).unwrap();
+}
+
 pub fn fixture(dir: &str, name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -31,43 +31,165 @@ pub struct ExtractJob {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ExtractSummary {
+    /// Images found (after sharding and selection).
     pub images: usize,
     pub extracted_now: usize,
     pub resumed: usize,
+    /// Images and folder entries that could not be extracted (each a line
+    /// of errors.txt).
     pub failed: usize,
     pub local_features: usize,
     pub seconds: f64,
 }
 
 /// The resolved configuration written next to the features; a resumed run
-/// must match it.
+/// must match it, and `merge` checks that shards agree on it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct RunRecord {
-    weights: String,
-    weights_bytes: u64,
-    /// FNV-1a of the weight file's bytes: search and eval refuse to mix
-    /// feature folders of different models.
-    model_id: String,
-    tau: f32,
-    shard: Option<String>,
-    extract: ExtractConfig,
+pub struct RunRecord {
+    /// The weights as given (for the reader; resume compares `model_id`).
+    pub weights: String,
+    pub weights_bytes: u64,
+    /// FNV-1a of the weight file's bytes: the same model by any path or
+    /// copy; search and eval refuse to mix feature folders of different models.
+    pub model_id: String,
+    pub tau: f32,
+    pub shard: Option<String>,
+    pub extract: ExtractConfig,
+    /// FNV-1a of the sorted list of images in the collection (before
+    /// sharding) and its length: shards of one collection agree on it.
+    #[serde(default)]
+    pub collection: Option<CollectionStamp>,
 }
 
-/// Extracts every image of the job, resuming from an interrupted run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionStamp {
+    pub images: usize,
+    pub fingerprint: String,
+}
+
+impl CollectionStamp {
+    pub fn of(ids: &[String]) -> CollectionStamp {
+        let joined: Vec<u8> = ids
+            .iter()
+            .flat_map(|id| [id.as_bytes(), b"\n"].concat())
+            .collect();
+        CollectionStamp {
+            images: ids.len(),
+            fingerprint: format!("{:016x}", crate::io::features::fnv1a(&joined)),
+        }
+    }
+}
+
+impl RunRecord {
+    pub fn read(dir: &std::path::Path) -> Result<Option<RunRecord>> {
+        let path = dir.join("config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            Error::file(
+                &path,
+                format!("is not a run record of delg-gpu extract ({e}); use another --out folder or delete it"),
+            )
+        })
+    }
+
+    /// What must agree for features to belong together: the model (by
+    /// content, not path), τ and the recipe.
+    pub fn differences(&self, other: &RunRecord) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        if self.model_id != other.model_id {
+            d.push("model");
+        }
+        if self.tau != other.tau {
+            d.push("attention threshold");
+        }
+        if self.extract != other.extract {
+            d.push("extraction settings");
+        }
+        d
+    }
+}
+
+/// Size of the model's global descriptor.
+fn global_dim(model: &crate::model::ModelConfig) -> usize {
+    match model {
+        crate::model::ModelConfig::Delg(cfg) => cfg.global_dim,
+        crate::model::ModelConfig::Dolg(cfg) => cfg.output_dim,
+    }
+}
+
+/// Extracts every image of the job, resuming from an interrupted run: images
+/// in the journal whose file is unchanged (same size and modification time)
+/// are kept, the others are extracted. Every failure is one line on stderr
+/// and in errors.txt; the run fails only when no image could be extracted.
 pub fn run_extract(
     gpu: &std::sync::Arc<crate::gpu::Gpu>,
     job: &ExtractJob,
 ) -> Result<ExtractSummary> {
-    use crate::io::features::{write_feature_set, ImageFeatures, Journal};
+    use crate::io::features::{write_feature_set, FileStamp, ImageFeatures, Journal};
+    use crate::jobs::collection::{discover, Discovery};
     use std::io::Write;
 
     let start = std::time::Instant::now();
-    let file_err = |p: &std::path::Path, e: std::io::Error| Error::File {
-        path: p.to_path_buf(),
-        reason: e.to_string(),
-    };
-    std::fs::create_dir_all(&job.out).map_err(|e| file_err(&job.out, e))?;
+    if job.out.exists() && !job.out.is_dir() {
+        return Err(Error::file(
+            &job.out,
+            "is a file: --out takes a folder (created if missing)",
+        ));
+    }
+    std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
     let mut extractor = Extractor::load(gpu, &job.weights, job.config.clone())?;
+    let bar = if job.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    let found = match &job.only {
+        Some(list) => {
+            // Names from a ground truth or a CSV: the same rule as discovery.
+            let (images, bad): (Vec<String>, Vec<String>) = list
+                .iter()
+                .cloned()
+                .partition(|id| !id.chars().any(char::is_control));
+            let reason = "name contains a line break or another control character, which ids.txt cannot hold";
+            Discovery {
+                images,
+                problems: bad
+                    .iter()
+                    .map(|id| (id.escape_debug().to_string(), reason.to_string()))
+                    .collect(),
+            }
+        }
+        None => {
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("finding images: {pos} so far")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let walk = std::time::Instant::now();
+            let found = discover(&job.input, &bar)?;
+            if !job.quiet {
+                bar.suspend(|| {
+                    eprintln!(
+                        "found {} images in {:.1} ms",
+                        found.images.len(),
+                        walk.elapsed().as_secs_f64() * 1e3
+                    )
+                });
+            }
+            found
+        }
+    };
+    bar.disable_steady_tick();
+    if found.images.is_empty() && found.problems.is_empty() {
+        return Err(Error::file(
+            &job.input,
+            "holds no images (jpg, jpeg, png, webp, bmp, tif, tiff, gif, searched in sub-folders too)",
+        ));
+    }
     let record = RunRecord {
         weights: job.weights.display().to_string(),
         weights_bytes: std::fs::metadata(&job.weights)
@@ -76,34 +198,54 @@ pub fn run_extract(
         model_id: extractor.model_id.clone().unwrap_or_default(),
         tau: extractor.tau,
         shard: job.shard.map(|s| format!("{}/{}", s.index, s.count)),
-        extract: job.config.clone(),
+        extract: ExtractConfig {
+            // A guard on memory, not the recipe: a rerun may raise it and resume.
+            max_pixels: ExtractConfig::default().max_pixels,
+            ..job.config.clone()
+        },
+        collection: Some(CollectionStamp::of(&found.images)),
     };
-    let record_path = job.out.join("config.json");
-    if let Ok(text) = std::fs::read_to_string(&record_path) {
-        let previous: Option<RunRecord> = serde_json::from_str(&text).ok();
-        if previous.as_ref() != Some(&record) {
-            return Err(Error::File {
-                path: job.out.clone(),
-                reason: "holds features from a different model or configuration (config.json differs); use another --out folder or delete it".into(),
-            });
+    if let Some(previous) = RunRecord::read(&job.out)? {
+        let differ = record.differences(&previous);
+        if !differ.is_empty() || previous.shard != record.shard {
+            let what = if differ.is_empty() {
+                vec!["shard"]
+            } else {
+                differ
+            };
+            return Err(Error::file(
+                &job.out,
+                format!(
+                    "holds features of another run (different {} in config.json); use another --out folder or delete it",
+                    what.join(", ")
+                ),
+            ));
         }
     }
     let record_json =
-        serde_json::to_string_pretty(&record).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    crate::io::npy::write_atomic(&record_path, record_json.as_bytes())?;
+        serde_json::to_string_pretty(&record).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::io::npy::write_atomic(&job.out.join("config.json"), record_json.as_bytes())?;
 
-    let mut paths = match &job.only {
-        Some(list) => list.clone(),
-        None => crate::jobs::collection::discover(&job.input)?,
-    };
+    let mut paths = found.images;
     if let Some(shard) = job.shard {
         paths.retain(|p| shard.contains(p));
     }
     let (mut journal, done) = Journal::open(&job.out.join("journal.bin"))?;
-    let finished = crate::io::features::finished_ids(&done);
+    let unstamped = done.iter().filter(|e| e.stamp.is_none()).count();
+    // The last record of an id wins (a changed file is journaled again).
+    let mut finished: std::collections::HashMap<String, (ImageFeatures, Option<FileStamp>)> = done
+        .into_iter()
+        .map(|e| (e.features.id.clone(), (e.features, e.stamp)))
+        .collect();
+    let unchanged = |rel: &str, stamp: Option<FileStamp>| match stamp {
+        // Journals of older versions carry no stamp: kept as they are.
+        None => true,
+        Some(s) => FileStamp::of(&job.input.join(rel)).is_ok_and(|now| now == s),
+    };
+    finished.retain(|id, (_, stamp)| unchanged(id, *stamp));
     let pending: Vec<String> = paths
         .iter()
-        .filter(|p| !finished.contains(*p))
+        .filter(|p| !finished.contains_key(*p))
         .cloned()
         .collect();
     let mut summary = ExtractSummary {
@@ -113,12 +255,24 @@ pub fn run_extract(
     };
 
     let errors_path = job.out.join("errors.txt");
-    let mut errors = std::fs::File::create(&errors_path).map_err(|e| file_err(&errors_path, e))?;
-    let bar = if job.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(pending.len() as u64)
+    let mut errors = std::fs::File::create(&errors_path).map_err(|e| Error::io(&errors_path, e))?;
+    // Failures go to stderr even under --quiet, which silences progress only.
+    let mut report = |rel: &str, reason: &str| -> Result<()> {
+        bar.suspend(|| eprintln!("skipped {rel}: {reason}"));
+        writeln!(errors, "{rel}\t{reason}").map_err(|e| Error::io(&errors_path, e))
     };
+    if unstamped > 0 {
+        bar.suspend(|| eprintln!(
+            "note: {unstamped} journal entries from an older delg-gpu carry no file stamp and are kept; delete {} to re-extract them",
+            job.out.join("journal.bin").display()
+        ));
+    }
+    for (path, reason) in &found.problems {
+        summary.failed += 1;
+        report(path, reason)?;
+    }
+    bar.set_length(pending.len() as u64);
+    bar.set_position(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{elapsed_precise} [{bar:40}] {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
@@ -128,13 +282,15 @@ pub fn run_extract(
     let cfg = job.config.clone();
     let crops = job.crops.clone();
     let rx = crate::jobs::collection::prefetch(job.input.clone(), pending, 8, move |rel, path| {
-        prepare_image(path, &cfg, crops.get(rel).copied())
+        // Stamped before reading: a file changed during the read is
+        // re-extracted by the next run.
+        let stamp = FileStamp::of(path)?;
+        Ok((prepare_image(path, &cfg, crops.get(rel).copied())?, stamp))
     });
-    let mut new = Vec::new();
     for (rel, prepared) in rx {
-        let result = prepared.and_then(|img| extractor.extract(&img));
+        let result = prepared.and_then(|(img, stamp)| Ok((extractor.extract(&img)?, stamp)));
         match result {
-            Ok(x) => {
+            Ok((x, stamp)) => {
                 let f = ImageFeatures {
                     id: rel,
                     global: x.global,
@@ -144,34 +300,52 @@ pub fn run_extract(
                     attention: x.local.attention,
                 };
                 summary.local_features += f.num_local();
-                journal.append(&f)?;
+                journal.append(&f, stamp)?;
                 journal.flush()?;
-                new.push(f);
+                finished.insert(f.id.clone(), (f, Some(stamp)));
                 summary.extracted_now += 1;
             }
             Err(e @ (Error::DeviceLost(_) | Error::OutOfMemory { .. })) => return Err(e),
             Err(e) => {
                 summary.failed += 1;
-                writeln!(errors, "{rel}\t{e}").map_err(|e| file_err(&errors_path, e))?;
-                bar.println(format!("skipped {rel}: {e}"));
+                report(&rel, &reason_of(&e))?;
             }
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
 
-    let mut by_id: std::collections::HashMap<String, ImageFeatures> = done
-        .into_iter()
-        .chain(new)
-        .map(|f| (f.id.clone(), f))
+    let ordered: Vec<ImageFeatures> = paths
+        .iter()
+        .filter_map(|p| finished.remove(p).map(|(f, _)| f))
         .collect();
-    let ordered: Vec<ImageFeatures> = paths.iter().filter_map(|p| by_id.remove(p)).collect();
     write_feature_set(
         &job.out,
         &ordered,
+        global_dim(&extractor.model),
         extractor.local_dim(),
         job.config.binarize,
     )?;
     summary.seconds = start.elapsed().as_secs_f64();
+    if ordered.is_empty() && summary.failed > 0 {
+        return Err(Error::file(
+            &job.input,
+            format!(
+                "none of its {} images could be extracted: see {} for each reason",
+                summary.failed,
+                errors_path.display()
+            ),
+        ));
+    }
     Ok(summary)
+}
+
+/// A per-file error without the path (errors.txt and the stderr line already
+/// start with it).
+fn reason_of(e: &Error) -> String {
+    match e {
+        Error::File { reason, .. } => reason.clone(),
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
 }

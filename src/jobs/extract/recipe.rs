@@ -36,6 +36,14 @@ pub struct ExtractConfig {
     /// Query boxes cast to integers by truncation (DOLG's `int(bbx)`) rather
     /// than rounded (DELG's PIL crop).
     pub truncate_boxes: bool,
+    /// Images with more pixels are skipped before decoding. A guard on memory,
+    /// not part of the recipe: not recorded, so a rerun may raise it and resume.
+    #[serde(skip, default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+fn default_max_pixels() -> u64 {
+    crate::io::images::DEFAULT_MAX_PIXELS
 }
 
 /// Pixel normalisation a model was trained with.
@@ -90,6 +98,7 @@ impl Default for ExtractConfig {
             center_offset: 0.0,
             pixel_norm: PixelNorm::Delg,
             truncate_boxes: false,
+            max_pixels: default_max_pixels(),
         }
     }
 }
@@ -121,9 +130,10 @@ impl ExtractConfig {
 impl ExtractConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
-        if self.scales.is_empty() || self.scales.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
+        // Beyond 8 no device holds a level's activations (64× the pixels).
+        if self.scales.is_empty() || self.scales.iter().any(|&s| !(s > 0.0 && s <= 8.0)) {
             return bad(format!(
-                "scales must be positive numbers, got {:?}",
+                "scales must be numbers above 0 and at most 8, got {:?}",
                 self.scales
             ));
         }
@@ -352,7 +362,7 @@ pub fn prepare_image(
     crop: Option<CropBox>,
 ) -> Result<super::PreparedImage> {
     use crate::io::images::{capped_size, load_rgb, resize_pil_bilinear};
-    let mut img = load_rgb(path)?;
+    let mut img = load_rgb(path, cfg.max_pixels)?;
     let (ow, oh) = img.dimensions();
     let mut max_side = cfg.max_image_size;
     if let Some([x1, y1, x2, y2]) = crop {
