@@ -9,10 +9,10 @@ mod common;
 
 use common::tiny_weights_seeded;
 use delg_gpu::io::features::FeatureSet;
-use delg_gpu::model::params::random_weights;
-use delg_gpu::model::resnet::{Layout, ResNetConfig};
 use delg_gpu::jobs::demo::render_scene;
 use delg_gpu::jobs::extract::{run_extract, ExtractConfig, ExtractJob};
+use delg_gpu::model::params::random_weights;
+use delg_gpu::model::resnet::{Layout, ResNetConfig};
 use delg_gpu::testing::test_gpu;
 
 fn tiny_weights(path: &Path) {
