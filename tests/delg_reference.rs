@@ -11,12 +11,12 @@ use common::{check_gradients, close_tensors, cosine, gradients_of, run_delg, upl
 use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
-use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
-use delg_gpu::model::META_CONFIG;
-use delg_gpu::testing::test_gpu;
 use delg_gpu::jobs::extract::{select_local, ExtractConfig, LevelOutput};
 use delg_gpu::jobs::train::{build_step, upload_state, Schedule, TrainConfig, TrainModel};
+use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
+use delg_gpu::model::META_CONFIG;
 use delg_gpu::tensor::{HostTensor, Tensor};
+use delg_gpu::testing::test_gpu;
 
 const DIR: &str = "delg_tiny";
 
@@ -70,8 +70,8 @@ fn extraction_outputs_match_pytorch() {
             attention: att.data.clone(),
             descriptors: loc.data.clone(),
         };
-        let ours = select_local(&[level(a, l)], tau, &sel, (1.0, 1.0), cfg.local_dim);
-        let theirs = select_local(&[level(aw, lw)], tau, &sel, (1.0, 1.0), cfg.local_dim);
+        let ours = select_local(&[level(a, l)], tau, &sel, 32.0, (1.0, 1.0), cfg.local_dim);
+        let theirs = select_local(&[level(aw, lw)], tau, &sel, 32.0, (1.0, 1.0), cfg.local_dim);
         assert!(!theirs.locations.is_empty());
         assert_eq!(
             ours.locations, theirs.locations,
