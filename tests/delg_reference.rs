@@ -80,8 +80,17 @@ fn extraction_outputs_match_pytorch() {
     }
 }
 
+/// The reference's losses: γ = √(global size) = 16 for the tiny model, not
+/// the official 45.25 of a 2048-d descriptor.
+fn reference_loss(cfg: &DelgConfig) -> DelgLossConfig {
+    DelgLossConfig {
+        arcface_scale: (cfg.global_dim as f32).sqrt(),
+        ..DelgLossConfig::paper(5)
+    }
+}
+
 fn train_config(cfg: DelgConfig) -> TrainConfig {
-    let loss = DelgLossConfig::paper(5, cfg.global_dim);
+    let loss = reference_loss(&cfg);
     TrainConfig {
         net: TrainModel::Delg { model: cfg, loss },
         batch: 2,
@@ -107,7 +116,7 @@ fn training_losses_and_gradients_match_pytorch() {
     let Some(gpu) = test_gpu() else { return };
     for layout in ["delg", "torchvision"] {
         let (file, cfg) = model(layout);
-        let loss = DelgLossConfig::paper(5, cfg.global_dim);
+        let loss = reference_loss(&cfg);
         let (mut g, t, params) = training_graph(&cfg, &loss, 2, 64, 0.1).unwrap();
         let grads_file =
             WeightFile::load(&fixture(&format!("train_{layout}_grads.safetensors"))).unwrap();

@@ -9,18 +9,18 @@ use std::sync::atomic::AtomicBool;
 
 use delg_gpu::graph::TensorKind;
 use delg_gpu::io::weights::WeightFile;
-use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
-use delg_gpu::model::dolg::{DolgConfig, DolgLossConfig, MultiAtrous};
-use delg_gpu::jobs::extract::{Extractor, PreparedImage};
-use delg_gpu::model::params::random_weights;
-use delg_gpu::model::resnet::{Layout, ResNetConfig};
-use delg_gpu::testing::test_gpu;
 use delg_gpu::jobs::demo::render_scene;
+use delg_gpu::jobs::extract::{Extractor, PreparedImage};
 use delg_gpu::jobs::train::{
     build_step, planned_memory, run_train, upload_state, DataSource, Schedule, TrainConfig,
     TrainJob, TrainModel, GRAD_SUM,
 };
+use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
+use delg_gpu::model::dolg::{DolgConfig, DolgLossConfig, MultiAtrous};
+use delg_gpu::model::params::random_weights;
+use delg_gpu::model::resnet::{Layout, ResNetConfig};
 use delg_gpu::tensor::{HostTensor, Rng, Tensor};
+use delg_gpu::testing::test_gpu;
 
 fn tiny() -> DelgConfig {
     let mut m = DelgConfig::new(ResNetConfig {
@@ -35,7 +35,7 @@ fn tiny() -> DelgConfig {
 
 fn config(classes: usize) -> TrainConfig {
     let model = tiny();
-    let loss = DelgLossConfig::paper(classes, model.global_dim);
+    let loss = DelgLossConfig::paper(classes);
     TrainConfig {
         net: TrainModel::Delg { model, loss },
         batch: 4,
@@ -65,8 +65,8 @@ fn tiny_dolg(classes: usize) -> TrainModel {
         dilations: vec![1, 2, 3],
         branch_dim: 8,
     });
-    let mut loss = DolgLossConfig::official(classes);
-    loss.curricular = true;
+    let loss = DolgLossConfig::official(classes);
+    assert!(loss.curricular, "the official head re-weights");
     TrainModel::Dolg { model, loss }
 }
 
@@ -217,7 +217,7 @@ fn accumulated_gradient_is_the_mean_of_the_micro_batch_gradients() {
 #[test]
 fn local_losses_never_reach_the_backbone() {
     let model = tiny();
-    let loss = DelgLossConfig::paper(4, model.global_dim);
+    let loss = DelgLossConfig::paper(4);
     let (mut g, t, params) = training_graph(&model, &loss, 2, 32, 0.1).unwrap();
     let ids: HashMap<String, _> = g
         .tensors

@@ -62,11 +62,13 @@ pub struct DelgLossConfig {
 }
 
 impl DelgLossConfig {
-    pub fn paper(num_classes: usize, global_dim: usize) -> Self {
+    /// The official code's values: γ is the fixed 45.25 (≈ √2048) whatever
+    /// the descriptor size.
+    pub fn paper(num_classes: usize) -> Self {
         DelgLossConfig {
             num_classes,
             arcface_margin: 0.1,
-            arcface_scale: (global_dim as f32).sqrt(),
+            arcface_scale: 45.25,
             attention_weight: 1.0,
             reconstruction_weight: 10.0,
         }

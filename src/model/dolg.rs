@@ -112,13 +112,14 @@ pub struct DolgLossConfig {
 }
 
 impl DolgLossConfig {
-    /// The official configuration: m = 0.15, s = 30, plain ArcFace by default.
+    /// The official configuration: m = 0.15, s = 30, with the official head's
+    /// CurricularFace-style re-weighting.
     pub fn official(num_classes: usize) -> Self {
         DolgLossConfig {
             num_classes,
             margin: 0.15,
             scale: 30.0,
-            curricular: false,
+            curricular: true,
         }
     }
 }
