@@ -13,7 +13,7 @@ use delg_gpu::io::weights::WeightFile;
 use delg_gpu::model::delg::{inference_graph, DelgConfig};
 use delg_gpu::model::params::{load_params, oihw_to_hwio};
 use delg_gpu::model::resnet::ParamSpec;
-use delg_gpu::testing::normalized_max_error;
+use delg_gpu::testing::{normalized_max_error, scaled_max_error};
 use delg_gpu::tensor::{HostTensor, Tensor};
 
 pub fn fixture(dir: &str, name: &str) -> PathBuf {
@@ -134,12 +134,8 @@ pub fn check_gradients(
         match gr {
             Some(gr) => {
                 let got = exe.read(*gr).unwrap().data;
-                let scale = want.data.iter().fold(floor, |m, v| m.max(v.abs())) as f64;
-                let err = got
-                    .iter()
-                    .zip(&want.data)
-                    .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64))
-                    / scale;
+                let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+                let err = scaled_max_error(&got, &want, floor as f64);
                 assert!(
                     err <= 1e-3,
                     "{what} d{name}: error {err:.2e} of the gradient scale"
