@@ -818,7 +818,7 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
                 .into(),
         ));
     }
-    // The recipes differ (spec §3 and §8.6): DOLG uses Nesterov momentum,
+    // The recipes differ (docs/recipe.md §3 and §8.6): DOLG uses Nesterov momentum,
     // weight decay, a cosine schedule with warm-up, flips and no clipping.
     let schedule_name = a
         .schedule

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch re-statement of DELG (../shared/spec/delg-spec.md §1-§2),
+"""Independent PyTorch re-statement of DELG (docs/recipe.md §1-§2),
 written from the spec, not from delg-gpu's code. It regenerates the committed
 golden fixtures in tests/fixtures/delg_tiny/ for a tiny model (one bottleneck
 per stage, width 8) in both backbone layouts:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch re-statement of DOLG (../shared/spec/delg-spec.md §8),
+"""Independent PyTorch re-statement of DOLG (docs/recipe.md §8),
 written from the spec, not from delg-gpu's code. It regenerates the committed
 golden fixtures in tests/fixtures/dolg_tiny/ for a tiny model (one bottleneck
 per stage, width 8, torchvision layout), without and with the multi-atrous
@@ -160,7 +160,7 @@ class Dolg:
         return F.linear(torch.cat([fg, fo], 1), p["fc.weight"], p["fc.bias"])
 
     def loss(self, img, labels, curricular_t=None):
-        """ArcFace (m, s of spec §8.5, fixed penalty past π − m). With
+        """ArcFace (m, s of docs/recipe.md §8.5, fixed penalty past π − m). With
         curricular_t, the official head's re-weighting: t is first moved 1%
         towards the batch's mean target cosine, then every non-target cosine
         above cos(θ_y + m) becomes c·(t + c). Returns the loss and the new t."""

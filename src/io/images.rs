@@ -91,7 +91,7 @@ pub fn round_half_even(x: f64) -> f64 {
 
 /// Output size when the largest side is capped at `max_side` (never upscaled;
 /// `None` means no cap): each side times cap/largest, rounded half-to-even.
-/// The cap is a float because a query crop scales it (spec §4.1).
+/// The cap is a float because a query crop scales it (docs/recipe.md §4.1).
 pub fn capped_size(width: u32, height: u32, max_side: Option<f64>) -> (u32, u32) {
     match max_side {
         Some(m) if width.max(height) as f64 > m => {

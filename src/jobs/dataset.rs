@@ -1,4 +1,4 @@
-//! Training data (spec §3): a folder with one sub-folder per class or a
+//! Training data (docs/recipe.md §3): a folder with one sub-folder per class or a
 //! GLDv2-style CSV, a seeded per-class stratified train/validation split, the
 //! random-resized-crop augmentation, and batches assembled on CPU threads.
 //!
@@ -164,7 +164,7 @@ impl Dataset {
     }
 
     /// Per class, after a seeded shuffle, the first max(1, ⌊fraction·n⌋)
-    /// images go to validation and the rest to training (spec §3).
+    /// images go to validation and the rest to training (docs/recipe.md §3).
     pub fn split(&self, fraction: f64, seed: u64) -> (Dataset, Dataset) {
         let mut by_class: BTreeMap<usize, Vec<&Sample>> = BTreeMap::new();
         for s in &self.samples {
@@ -362,7 +362,7 @@ pub fn resize_bilinear(img: &RgbImage, crop: Crop, size: usize) -> Vec<f32> {
     out
 }
 
-/// AlexNet's PCA lighting noise as pycls adds it (σ = 0.1, spec §8.6): one
+/// AlexNet's PCA lighting noise as pycls adds it (σ = 0.1, docs/recipe.md §8.6): one
 /// random colour shift along the ImageNet RGB eigenvectors, on [0, 255] values.
 pub fn pca_lighting(px: &mut [f32], sigma: f64, rng: &mut Rng) {
     const EIGVAL: [f64; 3] = [0.2175, 0.0188, 0.0045];
@@ -383,7 +383,7 @@ pub fn pca_lighting(px: &mut [f32], sigma: f64, rng: &mut Rng) {
         .for_each(|(i, v)| *v += shift[i % 3]);
 }
 
-/// Which training recipe's augmentation (spec §3 for DELG, §8.6 for DOLG).
+/// Which training recipe's augmentation (docs/recipe.md §3 for DELG, §8.6 for DOLG).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AugmentRecipe {
     /// TF's distorted-box crop and "area" resize; validation: the whole

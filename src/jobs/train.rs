@@ -1,5 +1,5 @@
-//! `delg-gpu train`: DELG (spec §1.4, §2, §3: three losses, the local head
-//! behind a stop-gradient) or DOLG (spec §8.5, §8.6: one margin loss, end to
+//! `delg-gpu train`: DELG (docs/recipe.md §1.4, §2, §3: three losses, the local head
+//! behind a stop-gradient) or DOLG (docs/recipe.md §8.5, §8.6: one margin loss, end to
 //! end) trained on the device: autodiff through the whole network, global-norm
 //! clipping and SGD with momentum in recorded graphs.
 //!
@@ -232,7 +232,7 @@ impl TrainConfig {
         let lr = match self.schedule {
             Schedule::Linear => lr0 * (1.0 - t),
             // pycls, which DOLG's code runs on: the cosine spans the whole
-            // run and the warm-up multiplies it (spec §8.6).
+            // run and the warm-up multiplies it (docs/recipe.md §8.6).
             Schedule::Cosine { warmup } => {
                 let cosine = lr0 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
                 if step < warmup {

@@ -1,4 +1,4 @@
-//! The extraction recipe of DELG (spec §4): image sizes, the pyramid, global
+//! The extraction recipe of DELG (docs/recipe.md §4): image sizes, the pyramid, global
 //! descriptor aggregation over scales, and attention-based keypoint selection
 //! with receptive-field locations. The device work (the network at each
 //! scale) is the model's; this file turns its per-scale outputs into the
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::resnet::{Layout, ResNetConfig};
 
-/// Every parameter of extraction; defaults are the paper's (spec §4), and the
+/// Every parameter of extraction; defaults are the paper's (docs/recipe.md §4), and the
 /// resolved values are written next to the features.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -99,7 +99,7 @@ impl Default for ExtractConfig {
 
 /// The stride of a backbone's S map in input pixels, which places keypoints:
 /// 32 for the DELG layout and for torchvision with `s_stride32`, otherwise 16
-/// (DELG's export uses 16 × its stride factor, spec §4.3).
+/// (DELG's export uses 16 × its stride factor, docs/recipe.md §4.3).
 pub fn keypoint_stride(backbone: &ResNetConfig) -> f64 {
     if backbone.layout == Layout::Delg || backbone.s_stride32 {
         32.0
@@ -119,7 +119,7 @@ pub fn min_level_side(backbone: &ResNetConfig) -> u32 {
     }
 }
 
-/// DOLG's five scales of the original image (spec §8.7), the official
+/// DOLG's five scales of the original image (docs/recipe.md §8.7), the official
 /// code's four-digit literals rather than exact powers of √2.
 #[allow(clippy::approx_constant)]
 pub const DOLG_SCALES: [f64; 5] = [0.3535, 0.5, 0.7071, 1.0, 1.4142];
@@ -451,7 +451,7 @@ pub type CropBox = [f64; 4];
 /// Crops `img` to the query box. DELG rounds the corners half-to-even (Python's
 /// `round`) and crops with PIL, which pads the part of a box outside the image
 /// with black; DOLG truncates them (`int()`) and slices, which clamps to the
-/// image (spec §4.1, §8.7).
+/// image (docs/recipe.md §4.1, §8.7).
 fn crop_query(
     path: &std::path::Path,
     img: &image::RgbImage,
