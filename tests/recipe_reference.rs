@@ -74,7 +74,15 @@ fn max_abs(got: &[f32], want: &[f32]) -> f64 {
     max_abs_error(got, &want)
 }
 
-fn compare(what: &str, got: &ImageFeatures, stem: &str, dim: usize, worst: &mut Worst) {
+/// Checks one image; `bits` are its binarised descriptors ([n, dim/8]).
+fn compare(
+    what: &str,
+    got: &ImageFeatures,
+    bits: &[u8],
+    stem: &str,
+    dim: usize,
+    worst: &mut Worst,
+) {
     let cosine = common::cosine(&got.global, &array(&format!("{stem}_global.npy")));
     assert!(cosine >= MIN_COSINE, "{what}: global cosine {cosine}");
     worst.cosine = worst.cosine.min(cosine);
@@ -86,6 +94,10 @@ fn compare(what: &str, got: &ImageFeatures, stem: &str, dim: usize, worst: &mut 
     let locations = array(&format!("{stem}_locations.npy"));
     let descriptors = array(&format!("{stem}_descriptors.npy"));
     let attention = array(&format!("{stem}_attention.npy"));
+    let want_bits = npy::read::<u8>(&common::fixture(DIR, &format!("{stem}_bits.npy")))
+        .unwrap()
+        .1;
+    let row = dim / 8;
     assert_eq!(
         got.num_local(),
         scales.len(),
@@ -122,6 +134,18 @@ fn compare(what: &str, got: &ImageFeatures, stem: &str, dim: usize, worst: &mut 
             d <= MAX_DESCRIPTOR_ERROR,
             "{what}: keypoint {want:?} descriptor error {d:.2e}"
         );
+        // A sign may differ only where the reference component is within
+        // the descriptor tolerance of 0.
+        for bit in 0..dim {
+            let byte = |b: &[u8], i: usize| b[i * row + bit / 8] >> (7 - bit % 8) & 1;
+            if byte(bits, m) != byte(&want_bits, k) {
+                let v = descriptors[k * dim + bit];
+                assert!(
+                    (v.abs() as f64) <= MAX_DESCRIPTOR_ERROR,
+                    "{what}: keypoint {want:?} bit {bit} differs, reference component {v}"
+                );
+            }
+        }
         let a = max_abs(&got.attention[m..m + 1], &attention[k..k + 1]);
         assert!(
             a <= MAX_ATTENTION_ERROR,
@@ -143,6 +167,7 @@ fn run_case(case: &Value, manifest: &Value) -> Worst {
     if let Some(tau) = case["score_threshold"].as_f64() {
         config.score_threshold = Some(tau as f32);
         config.max_features = case["max_features"].as_u64().unwrap() as usize;
+        config.binarize = true;
     }
     let images: Vec<String> = manifest["images"]
         .as_array()
@@ -181,6 +206,13 @@ fn run_case(case: &Value, manifest: &Value) -> Worst {
         let errors = std::fs::read_to_string(out.join("errors.txt")).unwrap();
         assert_eq!(summary.failed, 0, "{name}: {errors}");
         let set = FeatureSet::load(&out).unwrap();
+        let all_bits = if set.local_dim == 0 {
+            Vec::new()
+        } else {
+            npy::read::<u8>(&out.join("local_descriptors_bin.npy"))
+                .unwrap()
+                .1
+        };
         for (i, image) in only.iter().enumerate() {
             assert_eq!(&set.ids[i], image);
             let stem = format!(
@@ -188,7 +220,21 @@ fn run_case(case: &Value, manifest: &Value) -> Worst {
                 if cropped { "query_" } else { "" },
                 image.trim_end_matches(".png")
             );
-            compare(&stem, &set.image(i), &stem, set.local_dim, &mut worst);
+            let bits = if set.local_dim == 0 {
+                Vec::new()
+            } else {
+                let (a, b) = (set.offsets[i] as usize, set.offsets[i + 1] as usize);
+                let row = set.local_dim / 8;
+                all_bits[a * row..b * row].to_vec()
+            };
+            compare(
+                &stem,
+                &set.image(i),
+                &bits,
+                &stem,
+                set.local_dim,
+                &mut worst,
+            );
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();

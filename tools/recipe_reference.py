@@ -174,6 +174,8 @@ def delg_extract(net, s_stride32, path, box, tau, max_features):
         "locations": np.array([[c[2], c[3]] for c in cands], dtype=np.float32).reshape(-1, 2),
         "scales": np.array([c[4] for c in cands], dtype=np.float32),
         "descriptors": desc.astype(np.float32),
+        # Sign bits, dimension 0 in the high bit of byte 0 (np.packbits).
+        "bits": np.packbits(desc > 0, axis=1).reshape(len(cands), dim // 8),
     }
 
 
