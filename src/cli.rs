@@ -38,6 +38,7 @@ impl GpuArgs {
         GpuOptions {
             backend: self.backend.clone(),
             adapter: self.adapter.clone(),
+            ..Default::default()
         }
     }
 }
@@ -649,10 +650,7 @@ fn extract_defaults(
 ) -> Result<(&'static str, crate::jobs::extract::ExtractConfig)> {
     let meta = crate::io::weights::WeightFile::read_metadata(weights)?;
     let arch = crate::model::ModelConfig::from_metadata(&meta, weights)?.arch();
-    Ok((
-        arch,
-        crate::jobs::extract::ExtractConfig::for_arch(arch),
-    ))
+    Ok((arch, crate::jobs::extract::ExtractConfig::for_arch(arch)))
 }
 
 fn extract_config(a: &ExtractArgs) -> Result<crate::jobs::extract::ExtractConfig> {
@@ -775,9 +773,7 @@ fn init_weights(a: &InitArgs) -> Result<()> {
 }
 
 fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
-    use crate::jobs::train::{
-        run_train, DataSource, Schedule, TrainConfig, TrainJob, TrainModel,
-    };
+    use crate::jobs::train::{run_train, DataSource, Schedule, TrainConfig, TrainJob, TrainModel};
     let data = match (&a.data, &a.gnd, &a.csv, &a.images) {
         (Some(d), _, _, _) => DataSource::Folders(d.clone()),
         (None, Some(g), _, _) => DataSource::Gnd(g.clone()),

@@ -6,9 +6,9 @@ pub mod error;
 pub mod gpu;
 pub mod graph;
 pub mod io;
+pub mod jobs;
 pub mod model;
 pub mod ops;
-pub mod jobs;
 pub mod retrieval;
 pub mod tensor;
 #[cfg(any(test, feature = "test-harness"))]

@@ -10,7 +10,7 @@
 //! through the `test-harness` feature, for its integration tests.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::gpu::{DeviceTensor, Gpu, GpuOptions, MatmulVariant, Recorder, Tuning};
 use crate::graph::exec::{eval_reference, run_op, Executable, ParamStore};
@@ -52,6 +52,32 @@ pub fn test_gpu() -> Option<Arc<Gpu>> {
     test_gpus().first().cloned()
 }
 
+/// The devices of `test_gpus`, opened again so that ops split their operands
+/// into windows of at most `elems` f32 elements: every windowed path runs on
+/// tiny tensors. Cached per size.
+pub fn windowed_gpus(elems: u64) -> Vec<Arc<Gpu>> {
+    static CACHE: Mutex<Vec<(u64, Vec<Arc<Gpu>>)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, gpus)) = cache.iter().find(|(e, _)| *e == elems) {
+        return gpus.clone();
+    }
+    let gpus: Vec<Arc<Gpu>> = test_gpus()
+        .iter()
+        .map(|g| {
+            let opts = GpuOptions {
+                max_binding_override: Some(elems * 4 + g.binding_alignment()),
+                ..Default::default()
+            };
+            let gpu =
+                Gpu::new_with_tuning(&opts, g.tuning).expect("a second device on the test adapter");
+            assert_eq!(gpu.max_window_elems(), elems, "window override");
+            gpu
+        })
+        .collect();
+    cache.push((elems, gpus.clone()));
+    gpus
+}
+
 /// An op and its inputs for a check.
 pub struct OpCase {
     pub op: Arc<dyn Op>,
@@ -63,6 +89,8 @@ pub struct OpCase {
     pub seeded_outputs: Option<Vec<usize>>,
     pub forward_tol: f64,
     pub grad_tol: f64,
+    /// Run on devices whose windows hold at most this many elements.
+    pub window: Option<u64>,
     rng: Rng,
 }
 
@@ -75,6 +103,7 @@ impl OpCase {
             seeded_outputs: None,
             forward_tol: 1e-4,
             grad_tol: 1e-3,
+            window: None,
             rng: Rng::new(0x5eed),
         }
     }
@@ -95,6 +124,17 @@ impl OpCase {
     pub fn seed_outputs(mut self, which: &[usize]) -> Self {
         self.seeded_outputs = Some(which.to_vec());
         self
+    }
+    /// Checks on devices whose windows hold at most `elems` elements.
+    pub fn windows(mut self, elems: u64) -> Self {
+        self.window = Some(elems);
+        self
+    }
+    fn gpus(&self) -> Vec<Arc<Gpu>> {
+        match self.window {
+            Some(elems) => windowed_gpus(elems),
+            None => test_gpus().to_vec(),
+        }
     }
     pub fn tol(mut self, forward: f64, grad: f64) -> Self {
         self.forward_tol = forward;
@@ -172,7 +212,7 @@ pub fn check_op(case: &OpCase) {
         .op
         .reference(&refs.iter().collect::<Vec<_>>())
         .expect("reference");
-    for gpu in test_gpus() {
+    for gpu in &case.gpus() {
         let got = run_op(
             gpu,
             case.op.clone(),
@@ -293,7 +333,7 @@ pub fn grad_check(case: &OpCase) {
     }
 
     // GPU backward against the (now proven) reference gradients.
-    for gpu in test_gpus() {
+    for gpu in &case.gpus() {
         let exe = Executable::new(gpu, &g, &targets, &ParamStore::default())
             .unwrap_or_else(|e| panic!("{name} backward on {}: {e}", gpu.tuning.describe()));
         for (t, v) in ins

@@ -8,8 +8,8 @@ mod common;
 
 use common::{close, cosine, fixture};
 use delg_gpu::jobs::extract::Extractor;
-use delg_gpu::testing::test_gpu;
 use delg_gpu::jobs::extract::{l2_normalize, prepare_image, ExtractConfig};
+use delg_gpu::testing::test_gpu;
 
 #[test]
 fn converted_official_checkpoint_matches_its_source_model() {

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 
 use common::{close_tensors, cosine, run_delg};
 use delg_gpu::io::npy;
-use delg_gpu::jobs::extract::Extractor;
-use delg_gpu::testing::test_gpu;
 use delg_gpu::jobs::extract::ExtractConfig;
+use delg_gpu::jobs::extract::Extractor;
 use delg_gpu::tensor::{HostTensor, Tensor};
+use delg_gpu::testing::test_gpu;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -6,13 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use delg_gpu::io::features::FeatureSet;
+use delg_gpu::jobs::demo::render_scene;
+use delg_gpu::jobs::extract::{run_extract, ExtractConfig, ExtractJob};
 use delg_gpu::model::delg::{inference_graph, DelgConfig};
 use delg_gpu::model::params::random_weights;
 use delg_gpu::model::resnet::{Layout, ResNetConfig};
 use delg_gpu::model::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
 use delg_gpu::testing::test_gpu;
-use delg_gpu::jobs::demo::render_scene;
-use delg_gpu::jobs::extract::{run_extract, ExtractConfig, ExtractJob};
 
 fn tiny_weights(path: &Path) {
     tiny_weights_seeded(path, 5);
@@ -213,9 +213,9 @@ fn feature_folders_of_different_models_do_not_mix() {
 
 #[test]
 fn dolg_features_extract_and_search_like_delg_ones() {
+    use delg_gpu::jobs::search::global_search;
     use delg_gpu::model::dolg::{self, DolgConfig};
     use delg_gpu::model::ModelConfig;
-    use delg_gpu::jobs::search::global_search;
     let Some(gpu) = test_gpu() else { return };
     let root = temp("dolg");
     let images = root.join("images");
@@ -306,8 +306,8 @@ fn real_photos_extract_with_a_small_model() {
 
 #[test]
 fn timing_by_stage_names_every_stage_and_changes_no_output() {
-    use delg_gpu::jobs::extract::Extractor;
     use delg_gpu::jobs::extract::prepare_image;
+    use delg_gpu::jobs::extract::Extractor;
     let Some(gpu) = test_gpu() else { return };
     let dir = temp("timing");
     let weights = dir.join("tiny.safetensors");

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use delg_gpu::graph::exec::{eval_reference, Executable, ParamStore};
 use delg_gpu::graph::{Graph, TensorId};
-use delg_gpu::testing::{assert_close, test_gpus};
 use delg_gpu::ops::elementwise::{Binary, BinaryKind, Reshape, StopGradient, Unary, UnaryKind};
 use delg_gpu::tensor::{RefTensor, Rng, Shape};
+use delg_gpu::testing::{assert_close, test_gpus};
 
 fn mul(g: &mut Graph, a: TensorId, b: TensorId) -> TensorId {
     g.apply1(Binary::new(BinaryKind::Mul), &[a, b]).unwrap()

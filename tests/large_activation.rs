@@ -8,11 +8,11 @@
 use delg_gpu::graph::exec::{Executable, ParamStore};
 use delg_gpu::graph::Graph;
 use delg_gpu::ops::batchnorm::BatchNormTrain;
-use delg_gpu::testing::test_gpu;
 use delg_gpu::ops::conv2d::{Conv2d, Padding};
 use delg_gpu::ops::elementwise::{Unary, UnaryKind};
 use delg_gpu::ops::pool::MaxPool;
 use delg_gpu::tensor::{Rng, Tensor};
+use delg_gpu::testing::test_gpu;
 
 #[test]
 #[ignore]

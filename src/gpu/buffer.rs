@@ -1,28 +1,10 @@
-//! Device buffers, uploads, readbacks and sub-range windows. A window is how a
-//! tensor larger than one storage binding (128 MiB on lavapipe and WebGPU
-//! defaults) is processed: kernels bind an aligned sub-range and add the
-//! remaining element shift themselves.
+//! Device buffers, uploads, readbacks, and tensors living in them.
 
 use wgpu::util::DeviceExt;
 
 use super::device::Gpu;
+use super::window::Window;
 use crate::error::{Error, Result};
-
-/// A byte range of a buffer bound as one storage binding.
-#[derive(Clone, Debug)]
-pub struct BufSlice {
-    pub buffer: wgpu::Buffer,
-    pub offset: u64,
-    pub size: u64,
-}
-
-/// An aligned window onto `count` f32 elements starting at element `start`;
-/// the kernel reads element i of the window at index `shift + i`.
-#[derive(Clone, Debug)]
-pub struct Window {
-    pub slice: BufSlice,
-    pub shift: u32,
-}
 
 pub const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
@@ -114,81 +96,6 @@ impl Gpu {
         staging.unmap();
         Ok(out)
     }
-
-    /// A window of `count` f32 elements from element `start` of `buffer`.
-    pub fn window(&self, buffer: &wgpu::Buffer, start: u64, count: u64) -> Result<Window> {
-        let align = self.binding_alignment();
-        let byte = start * 4;
-        let offset = byte / align * align;
-        let shift = (byte - offset) / 4;
-        let size = ((shift + count.max(1)) * 4).min(buffer.size() - offset);
-        if size > self.max_binding_bytes() {
-            return Err(Error::LimitExceeded {
-                what: format!("a window of {count} elements"),
-                needed: size,
-                limit: self.max_binding_bytes(),
-                name: "max_storage_buffer_binding_size",
-                fix: "the op must split its work into smaller chunks (a bug: please report it)"
-                    .into(),
-            });
-        }
-        Ok(Window {
-            slice: BufSlice {
-                buffer: buffer.clone(),
-                offset,
-                size,
-            },
-            shift: shift as u32,
-        })
-    }
-
-    /// Largest number of f32 elements a window is guaranteed to hold whatever its start.
-    pub fn max_window_elems(&self) -> u64 {
-        (self.max_binding_bytes() - self.binding_alignment()) / 4
-    }
-}
-
-/// One dispatch's share of a chunk for kernels with a VEC4 variant: `n` and
-/// `shifts` are in units of the kernel's element (vec4 or f32).
-pub struct Piece {
-    pub vec4: bool,
-    pub n: u64,
-    pub shifts: Vec<u32>,
-}
-
-/// Splits a chunk of `count` elements, whose windows start at element
-/// `shifts`, into a vec4 piece over whole vec4s (when every window starts on
-/// 16 bytes) and a scalar piece for the rest. A window's vec4 view ends at its
-/// last whole vec4, which the vec4 piece never passes.
-pub fn vec4_pieces(shifts: &[u32], count: u64) -> Vec<Piece> {
-    let whole = if shifts.iter().all(|s| s % 4 == 0) {
-        count / 4
-    } else {
-        0
-    };
-    let mut pieces = Vec::new();
-    if whole > 0 {
-        pieces.push(Piece {
-            vec4: true,
-            n: whole,
-            shifts: shifts.iter().map(|s| s / 4).collect(),
-        });
-    }
-    let done = whole * 4;
-    if done < count {
-        pieces.push(Piece {
-            vec4: false,
-            n: count - done,
-            shifts: shifts.iter().map(|s| s + done as u32).collect(),
-        });
-    }
-    pieces
-}
-
-/// Splits `total` items into consecutive chunks of at most `per_chunk` items.
-pub fn chunks(total: u64, per_chunk: u64) -> impl Iterator<Item = std::ops::Range<u64>> {
-    let per = per_chunk.max(1);
-    (0..total.div_ceil(per)).map(move |i| i * per..((i + 1) * per).min(total))
 }
 
 /// A tensor living in a device buffer, starting at byte `offset`.

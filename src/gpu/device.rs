@@ -14,6 +14,10 @@ pub struct GpuOptions {
     pub backend: Option<String>,
     /// Adapter name substring (case-insensitive) or index into `delg-gpu info`'s list.
     pub adapter: Option<String>,
+    /// Ops split their operands as if one storage binding held at most this
+    /// many bytes: the one knob with which tests run every windowed path on
+    /// tiny tensors. Bindings are still validated against the real limit.
+    pub max_binding_override: Option<u64>,
 }
 
 /// Facts about the chosen adapter that kernels and reports need.
@@ -37,6 +41,8 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub tuning: Tuning,
     pub(crate) pipelines: super::pipeline::PipelineCache,
+    max_binding_override: Option<u64>,
+    pub(crate) scratch: Mutex<super::scratch::Scratch>,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
 }
@@ -168,16 +174,20 @@ fn pick_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
 impl Gpu {
     /// Opens the adapter the options name (or the best one) with its real limits.
     pub fn new(opts: &GpuOptions) -> Result<Arc<Gpu>> {
-        Self::from_adapter(pick_adapter(opts)?, None)
+        Self::from_adapter(pick_adapter(opts)?, None, opts.max_binding_override)
     }
 
     /// Opens a device whose kernels use `tuning` instead of the adapter's table
     /// entry; tests use it to run every variant on one adapter.
     pub fn new_with_tuning(opts: &GpuOptions, tuning: Tuning) -> Result<Arc<Gpu>> {
-        Self::from_adapter(pick_adapter(opts)?, Some(tuning))
+        Self::from_adapter(pick_adapter(opts)?, Some(tuning), opts.max_binding_override)
     }
 
-    pub fn from_adapter(adapter: wgpu::Adapter, tuning: Option<Tuning>) -> Result<Arc<Gpu>> {
+    pub fn from_adapter(
+        adapter: wgpu::Adapter,
+        tuning: Option<Tuning>,
+        max_binding_override: Option<u64>,
+    ) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let features = adapter.features() & OPTIONAL_FEATURES;
         let limits = adapter.limits();
@@ -227,6 +237,8 @@ impl Gpu {
             limits,
             tuning,
             pipelines: Default::default(),
+            max_binding_override,
+            scratch: Default::default(),
             errors,
             lost,
         }))
@@ -236,8 +248,16 @@ impl Gpu {
         self.features.contains(f)
     }
 
-    /// Largest byte range one storage binding may cover.
+    /// Largest byte range one storage binding may cover: what ops plan
+    /// their windows with (lowered by `GpuOptions::max_binding_override`).
     pub fn max_binding_bytes(&self) -> u64 {
+        let device = self.device_binding_bytes();
+        self.max_binding_override
+            .map_or(device, |o| o.clamp(self.binding_alignment() + 4, device))
+    }
+
+    /// The device's own limit on one storage binding.
+    pub fn device_binding_bytes(&self) -> u64 {
         self.limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)

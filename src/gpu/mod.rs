@@ -4,11 +4,18 @@ pub mod buffer;
 pub mod device;
 pub mod pipeline;
 pub mod recorder;
+pub mod scratch;
 pub mod shader;
 pub mod tuning;
+pub mod window;
 
-pub use buffer::{chunks, vec4_pieces, BufSlice, DeviceTensor, Piece, Window};
+pub use buffer::DeviceTensor;
 pub use device::{list_adapters, AdapterFacts, Gpu, GpuOptions};
 pub use recorder::{Binding, RecordStats, Recorder, Recording};
+pub use scratch::TextureNeed;
 pub use shader::ShaderSpec;
 pub use tuning::{MatmulVariant, Tuning};
+pub use window::{
+    chunks, image_rows, row_chunks, rows_per_window, scaled, vec4_pieces, BufSlice, Piece,
+    RowLaunch, Window,
+};

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use super::buffer::{BufSlice, Window};
 use super::device::Gpu;
 use super::shader::ShaderSpec;
+use super::window::{BufSlice, Window};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]

@@ -29,6 +29,31 @@ impl BenchCase {
             inputs: inputs.iter().map(|d| Shape::new(d)).collect(),
         }
     }
+
+    /// The op planned and recorded on `gpu` with random inputs, run once
+    /// (pipeline JIT); also the bytes of its outputs.
+    pub fn prepare(&self, gpu: &Arc<Gpu>) -> Result<(Executable, u64)> {
+        let mut g = Graph::new();
+        let ins: Vec<_> = self
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| g.input(&format!("x{i}"), s.clone()))
+            .collect();
+        let outs = g.apply_arc(self.op.clone(), &ins)?;
+        let exe = Executable::new(gpu, &g, &outs, &ParamStore::default())?;
+        let mut rng = Rng::new(1);
+        for (t, s) in ins.iter().zip(&self.inputs) {
+            exe.set_input(*t, &rng.tensor(s.clone(), -1.0, 1.0))?;
+        }
+        exe.run()?;
+        Ok((exe, outs.iter().map(|o| g.shape(*o).bytes()).sum()))
+    }
+
+    /// GFLOPs of one run.
+    pub fn flops(&self) -> u64 {
+        self.op.flops(&self.inputs.iter().collect::<Vec<_>>())
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -73,20 +98,7 @@ pub fn run_case(
     min_reps: usize,
     budget: Duration,
 ) -> Result<BenchResult> {
-    let mut g = Graph::new();
-    let ins: Vec<_> = case
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| g.input(&format!("x{i}"), s.clone()))
-        .collect();
-    let outs = g.apply_arc(case.op.clone(), &ins)?;
-    let exe = Executable::new(gpu, &g, &outs, &ParamStore::default())?;
-    let mut rng = Rng::new(1);
-    for (t, s) in ins.iter().zip(&case.inputs) {
-        exe.set_input(*t, &rng.tensor(s.clone(), -1.0, 1.0))?;
-    }
-    exe.run()?;
+    let (exe, out_bytes) = case.prepare(gpu)?;
     let mut times = Vec::new();
     let start = Instant::now();
     let cpu0 = cpu_time();
@@ -98,10 +110,8 @@ pub fn run_case(
     let cpu = cpu_time().zip(cpu0).map(|(a, b)| (a - b).as_secs_f64());
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let shapes: Vec<&Shape> = case.inputs.iter().collect();
-    let flops = case.op.flops(&shapes) as f64;
-    let bytes: u64 = case.inputs.iter().map(|s| s.bytes()).sum::<u64>()
-        + outs.iter().map(|o| g.shape(*o).bytes()).sum::<u64>();
+    let flops = case.flops() as f64;
+    let bytes: u64 = case.inputs.iter().map(|s| s.bytes()).sum::<u64>() + out_bytes;
     Ok(BenchResult {
         name: case.name.clone(),
         variant: gpu.tuning.describe(),
@@ -132,7 +142,7 @@ pub fn variant_devices(opts: &GpuOptions) -> Result<Vec<Arc<Gpu>>> {
 /// memory-bound ops at activation sizes of the same network.
 pub fn kernel_cases() -> Vec<BenchCase> {
     use crate::ops::batchnorm::BatchNormTrain;
-    use crate::ops::conv2d::{Conv2d, Padding};
+    use crate::ops::conv2d::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, Padding};
     use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
     use crate::ops::gemm::Matmul;
     use crate::ops::pool::MaxPool;
@@ -183,6 +193,25 @@ pub fn kernel_cases() -> Vec<BenchCase> {
             &[&[1, hw, hw, ci], &[k, k, ci, co]],
         ));
     }
+    // The backward convolutions of the conv4 3×3, as a training step runs them.
+    let conv = Conv2d::new([1, 1], Padding::symmetric(1, 1));
+    let (x, w): (&[usize], &[usize]) = (&[1, 64, 64, 256], &[3, 3, 256, 256]);
+    cases.push(BenchCase::new(
+        "conv 3x3/1 256->256 64x64 input grad",
+        Conv2dInputGrad {
+            conv: conv.clone(),
+            input_hw: [64, 64],
+        },
+        &[x, w],
+    ));
+    cases.push(BenchCase::new(
+        "conv 3x3/1 256->256 64x64 weight grad",
+        Conv2dWeightGrad {
+            conv,
+            kernel: [3, 3],
+        },
+        &[x, x],
+    ));
     let act: &[usize] = &[1, 256, 256, 256];
     cases.push(BenchCase::new(
         "batchnorm train 1x256x256x256",

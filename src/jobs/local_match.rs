@@ -226,9 +226,9 @@ impl GpuNeighbours {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::test_gpu;
     use crate::retrieval::matching::{select_matches, MatchParams};
     use crate::tensor::Rng;
+    use crate::testing::test_gpu;
 
     fn unit_rows(rng: &mut Rng, rows: usize, dim: usize) -> Vec<f32> {
         let mut v: Vec<f32> = (0..rows * dim)

@@ -13,8 +13,8 @@ use crate::gpu::Gpu;
 use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
 use crate::io::features::FeatureSet;
-use crate::ops::gemm::Matmul;
 use crate::jobs::local_match::{LocalMatcher, MatchOn};
+use crate::ops::gemm::Matmul;
 use crate::retrieval::matching::{
     binarize, check_threshold, match_binary, select_matches, MatchParams,
 };

@@ -19,9 +19,9 @@ use crate::error::Result;
 use crate::graph::{Graph, TensorId};
 use crate::ops::elementwise::{Binary, BinaryKind, StopGradient, Unary, UnaryKind};
 use crate::ops::gemm::Matmul;
+use crate::ops::global_pool::{AttentionPool, GeMPool};
 use crate::ops::loss::{ArcFaceLoss, MseLoss, SoftmaxCrossEntropy};
 use crate::ops::normalize::L2Normalize;
-use crate::ops::pool::{AttentionPool, GeMPool};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DelgConfig {

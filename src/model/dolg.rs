@@ -27,9 +27,9 @@ use crate::ops::concat::ChannelConcat;
 use crate::ops::elementwise::{Reshape, Unary, UnaryKind};
 use crate::ops::fusion::OrthogonalFusion;
 use crate::ops::gemm::Matmul;
+use crate::ops::global_pool::{AttentionPool, GeMPool, MeanPool};
 use crate::ops::loss::{ArcFaceLoss, ArcFaceScale, CurricularUpdate, MarginFallback};
 use crate::ops::normalize::L2Normalize;
-use crate::ops::pool::{AttentionPool, GeMPool, MeanPool};
 use crate::ops::resize::ResizeBilinear;
 use crate::tensor::Shape;
 

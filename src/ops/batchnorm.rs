@@ -17,7 +17,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{chunks, DeviceTensor, Gpu, Recorder, ShaderSpec, Window};
+use crate::gpu::{chunks, rows_per_window, DeviceTensor, Gpu, Recorder, ShaderSpec, Window};
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Fill};
 use crate::tensor::{RefTensor, Shape, Tensor};
@@ -72,23 +72,6 @@ fn launch(
         windows.iter().map(Into::into).collect(),
         groups,
     )
-}
-
-#[cfg(not(test))]
-fn window_override() -> Option<u64> {
-    None
-}
-
-#[cfg(test)]
-fn window_override() -> Option<u64> {
-    tests::WINDOW_ELEMS.with(|w| w.get())
-}
-
-/// Elements one window of a large operand may hold. Tests lower it so the
-/// multi-window paths run on tiny tensors.
-pub(crate) fn window_elems(gpu: &Gpu) -> u64 {
-    let max = gpu.max_window_elems();
-    window_override().map_or(max, |n| n.min(max))
 }
 
 /// (rows, channels) of a [..., C] tensor; a vector is one row.
@@ -160,20 +143,6 @@ struct ColPlan {
     row_block: u64,
     nblocks: u64,
     window_rows: u64,
-}
-
-/// Whole rows of c values that fit in a window of `max_elems`.
-pub(crate) fn rows_per_window(c: u64, max_elems: u64) -> Result<u64> {
-    match max_elems / c.max(1) {
-        0 => Err(Error::LimitExceeded {
-            what: format!("a row of {c} channels"),
-            needed: c * 4,
-            limit: max_elems * 4,
-            name: "max_storage_buffer_binding_size",
-            fix: "use fewer channels".into(),
-        }),
-        fit => Ok(fit),
-    }
 }
 
 fn col_plan(rows: u64, c: u64, max_elems: u64) -> Result<ColPlan> {
@@ -330,7 +299,7 @@ struct Partials {
 impl Partials {
     fn new(gpu: &Gpu, shape: &Shape, planes: u64) -> Result<Partials> {
         let (rows, c) = rows_channels(shape);
-        let plan = col_plan(rows, c, window_elems(gpu))?;
+        let plan = col_plan(rows, c, gpu.max_window_elems())?;
         let count = plan.nblocks * c * planes;
         let buffer = gpu.storage_buffer("channel partials", count * 4)?;
         Ok(Partials {
@@ -455,7 +424,7 @@ fn record_apply(
     let lane_rows = WG_CHANNELS / c.min(WG_CHANNELS);
     let row_block = APPLY_ROWS_PER_LANE * lane_rows;
     let ntiles = c.div_ceil(WG_CHANNELS);
-    for range in chunks(rows, rows_per_window(c, window_elems(gpu))?) {
+    for range in chunks(rows, rows_per_window(c, gpu.max_window_elems())?) {
         let (start, n) = (range.start * c, (range.end - range.start) * c);
         let mut windows = vec![u.window(gpu, start, n)?, out.window(gpu, start, n)?];
         windows.extend(terms.m.clone());
@@ -1077,28 +1046,9 @@ pub fn fold_batchnorm(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::cell::Cell;
-
     use super::*;
-    use crate::testing::{check_op, grad_check, OpCase};
     use crate::tensor::Rng;
-
-    thread_local! {
-        pub(crate) static WINDOW_ELEMS: Cell<Option<u64>> = const { Cell::new(None) };
-    }
-
-    /// Runs `f` with windows of at most `elems` elements on this thread.
-    pub(crate) fn with_small_windows(elems: u64, f: impl FnOnce()) {
-        struct Reset;
-        impl Drop for Reset {
-            fn drop(&mut self) {
-                WINDOW_ELEMS.with(|w| w.set(None));
-            }
-        }
-        let _reset = Reset;
-        WINDOW_ELEMS.with(|w| w.set(Some(elems)));
-        f();
-    }
+    use crate::testing::{check_op, grad_check, OpCase};
 
     fn bn_case(shape: &[usize], lo: f64, hi: f64) -> OpCase {
         let c = *shape.last().unwrap();
@@ -1139,22 +1089,20 @@ pub(crate) mod tests {
     #[test]
     fn batchnorm_train_over_many_windows_and_blocks() {
         // Windows of 1000 elements: 5 channels → windows of 192 rows (3 blocks of 64).
-        with_small_windows(1000, || {
-            check_op(&bn_case(&[2, 19, 23, 5], 10.0, 12.0));
-            grad_check(&bn_case(&[2, 13, 11, 5], -1.0, 1.0));
-            check_op(
-                &OpCase::new(ChannelAffine::affine())
-                    .input([700, 3], -1.0, 1.0)
-                    .input([3], -2.0, 2.0)
-                    .input([3], -1.0, 1.0),
-            );
-            grad_check(
-                &OpCase::new(ChannelAffine::affine())
-                    .input([333, 5], -1.0, 1.0)
-                    .input([5], -2.0, 2.0)
-                    .input([5], -1.0, 1.0),
-            );
-        });
+        check_op(&bn_case(&[2, 19, 23, 5], 10.0, 12.0).windows(1000));
+        grad_check(&bn_case(&[2, 13, 11, 5], -1.0, 1.0).windows(1000));
+        check_op(
+            &OpCase::new(ChannelAffine::affine())
+                .input([700, 3], -1.0, 1.0)
+                .input([3], -2.0, 2.0)
+                .input([3], -1.0, 1.0),
+        );
+        grad_check(
+            &OpCase::new(ChannelAffine::affine())
+                .input([333, 5], -1.0, 1.0)
+                .input([5], -2.0, 2.0)
+                .input([5], -1.0, 1.0),
+        );
     }
 
     #[test]

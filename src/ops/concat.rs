@@ -6,9 +6,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
+use crate::gpu::rows_per_window;
 use crate::gpu::{chunks, DeviceTensor, Recorder, ShaderSpec};
 use crate::graph::{Graph, Op, TensorId};
-use crate::ops::batchnorm::{rows_channels, rows_per_window, window_elems};
+use crate::ops::batchnorm::rows_channels;
 use crate::tensor::{RefTensor, Shape, Tensor};
 
 const WG: u64 = 256;
@@ -46,7 +47,7 @@ fn record_copy(
     let gpu = rec.gpu();
     let (rows, src_stride) = rows_channels(&src.shape);
     let dst_stride = rows_channels(&dst.shape).1;
-    let per_window = rows_per_window(src_stride.max(dst_stride), window_elems(gpu))?;
+    let per_window = rows_per_window(src_stride.max(dst_stride), gpu.max_window_elems())?;
     for range in chunks(rows, per_window) {
         let n = range.end - range.start;
         let sw = src.window(gpu, range.start * src_stride, n * src_stride)?;
@@ -224,7 +225,6 @@ impl Op for ChannelSlice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::batchnorm::tests::with_small_windows;
     use crate::testing::{check_op, grad_check, OpCase};
 
     fn three_way(lead: &[usize], cs: [usize; 3]) -> OpCase {
@@ -252,10 +252,8 @@ mod tests {
     #[test]
     fn channel_concat_over_many_windows() {
         // 50-element windows hold 2 rows of the 19-channel output.
-        with_small_windows(50, || {
-            check_op(&three_way(&[3, 7], [5, 11, 3]));
-            grad_check(&three_way(&[2, 5], [2, 3, 4]));
-        });
+        check_op(&three_way(&[3, 7], [5, 11, 3]).windows(50));
+        grad_check(&three_way(&[2, 5], [2, 3, 4]).windows(50));
     }
 
     #[test]

@@ -7,9 +7,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
+use crate::gpu::rows_per_window;
 use crate::gpu::{chunks, DeviceTensor, Recorder, ShaderSpec};
 use crate::graph::{Graph, Op, TensorId};
-use crate::ops::batchnorm::{rows_per_window, window_elems};
 use crate::ops::elementwise::expect_inputs;
 use crate::tensor::{RefTensor, Shape, Tensor};
 
@@ -61,7 +61,7 @@ fn record_rows(
     operands: &[(&DeviceTensor, u64)],
 ) -> Result<()> {
     let gpu = rec.gpu();
-    for range in chunks(rows, rows_per_window(2 * c, window_elems(gpu))?) {
+    for range in chunks(rows, rows_per_window(2 * c, gpu.max_window_elems())?) {
         let windows = operands
             .iter()
             .map(|(t, k)| t.window(gpu, range.start * k * c, (range.end - range.start) * k * c))
@@ -225,9 +225,8 @@ impl Op for OrthogonalFusionGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::batchnorm::tests::with_small_windows;
-    use crate::testing::{check_op, grad_check, OpCase};
     use crate::tensor::Rng;
+    use crate::testing::{check_op, grad_check, OpCase};
 
     #[test]
     fn orthogonal_fusion_matches_reference() {
@@ -279,18 +278,18 @@ mod tests {
     #[test]
     fn orthogonal_fusion_over_many_windows() {
         // 100-element windows hold 7 rows of 2·7 channels.
-        with_small_windows(100, || {
-            check_op(
-                &OpCase::new(OrthogonalFusion)
-                    .input([23, 7], -1.0, 1.0)
-                    .input([23, 7], -1.0, 1.0),
-            );
-            grad_check(
-                &OpCase::new(OrthogonalFusion)
-                    .input([17, 7], 0.2, 1.0)
-                    .input([17, 7], -1.0, 1.0),
-            );
-        });
+        check_op(
+            &OpCase::new(OrthogonalFusion)
+                .input([23, 7], -1.0, 1.0)
+                .input([23, 7], -1.0, 1.0)
+                .windows(100),
+        );
+        grad_check(
+            &OpCase::new(OrthogonalFusion)
+                .input([17, 7], 0.2, 1.0)
+                .input([17, 7], -1.0, 1.0)
+                .windows(100),
+        );
     }
 
     #[test]

@@ -1014,8 +1014,8 @@ impl Op for BroadcastRows {
 mod tests {
     use super::*;
     use crate::gpu::RecordStats;
-    use crate::testing::{assert_close, check_op, grad_check, test_gpus, OpCase};
     use crate::tensor::{HostTensor, Rng};
+    use crate::testing::{assert_close, check_op, grad_check, test_gpus, OpCase};
 
     const FLAGS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
 
@@ -1284,69 +1284,5 @@ mod tests {
             Matmul::new(true, false).flops(&[&Shape::new(&[7, 30]), &Shape::new(&[7, 6])]),
             2 * 30 * 6 * 7
         );
-    }
-
-    /// Process CPU time in seconds (all threads, lavapipe's included).
-    fn cpu_seconds() -> f64 {
-        crate::jobs::bench::cpu_time()
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0)
-    }
-
-    /// The subgroup-broadcast GEMM's throughput at 1024³ and 2048³ (packing
-    /// included). Run: cargo test --lib
-    /// ops::gemm::tests::gemm_throughput -- --ignored --nocapture
-    #[test]
-    #[ignore]
-    fn gemm_throughput() {
-        let Some(gpu) = test_gpus()
-            .iter()
-            .find(|g| g.tuning.matmul == MatmulVariant::SubgroupBroadcast)
-        else {
-            eprintln!("no adapter runs the subgroup-broadcast variant");
-            return;
-        };
-        for size in [1024usize, 2048] {
-            let mut rng = Rng::new(1);
-            let a = rng.tensor([size, size], -1.0, 1.0);
-            let b = rng.tensor([size, size], -1.0, 1.0);
-            let da = DeviceTensor::upload(gpu, &a).unwrap();
-            let db = DeviceTensor::upload(gpu, &b).unwrap();
-            let dc = DeviceTensor::zeros(gpu, Shape::new(&[size, size])).unwrap();
-            let mut rec = Recorder::new(gpu);
-            Matmul::default()
-                .record(&mut rec, &[&da, &db], &[&dc])
-                .unwrap();
-            let recording = rec.finish().unwrap();
-            recording.submit(gpu).unwrap();
-            gpu.wait().unwrap();
-            // About a second of work per size, for the 10 ms CPU-time ticks.
-            let reps = if size <= 1024 { 10 } else { 3 };
-            let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
-            for _ in 0..reps {
-                recording.submit(gpu).unwrap();
-                gpu.wait().unwrap();
-            }
-            let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
-            let gflop = matmul_flops(size, size, size) as f64 * reps as f64 / 1e9;
-            println!(
-                "sgb gemm {size}^3: {:.1} GFLOP/s wall, {:.1} GFLOP per CPU-second ({:.3} s/rep, {:.2} cores)",
-                gflop / wall,
-                gflop / cpu,
-                wall / reps as f64,
-                cpu / wall
-            );
-            // Spot-check a few outputs against f64 dot products.
-            let c = dc.download(gpu).unwrap();
-            for (i, j) in [(0, 0), (size - 1, 7), (size / 2, size - 1)] {
-                let want: f64 = (0..size)
-                    .map(|k| a.data[i * size + k] as f64 * b.data[k * size + j] as f64)
-                    .sum();
-                assert!(
-                    (c.data[i * size + j] as f64 - want).abs() < 1e-2,
-                    "C[{i},{j}]"
-                );
-            }
-        }
     }
 }

@@ -71,18 +71,6 @@ fn scale_by_spec(vec4: bool) -> ShaderSpec {
         .def("VEC4", vec4 as u32)
 }
 
-/// Recording with an explicit window size (elements per storage binding), so
-/// tests can exercise the split of large tensors on small ones.
-pub(crate) trait RecordWindowed: Op {
-    fn record_windowed(
-        &self,
-        rec: &mut Recorder,
-        inputs: &[&DeviceTensor],
-        outputs: &[&DeviceTensor],
-        window: u64,
-    ) -> Result<()>;
-}
-
 fn scalar_shape() -> Shape {
     Shape::new(&[1])
 }
@@ -281,21 +269,7 @@ impl Op for ScaleByScalar {
         inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
-        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
-    }
-    fn flops(&self, inputs: &[&Shape]) -> u64 {
-        inputs[0].numel() as u64
-    }
-}
-
-impl RecordWindowed for ScaleByScalar {
-    fn record_windowed(
-        &self,
-        rec: &mut Recorder,
-        inputs: &[&DeviceTensor],
-        outputs: &[&DeviceTensor],
-        window: u64,
-    ) -> Result<()> {
+        let window = rec.gpu().max_window_elems();
         let gpu = rec.gpu();
         let (x, out) = (inputs[0], outputs[0]);
         let s = inputs[1].window(gpu, 0, 1)?;
@@ -320,6 +294,9 @@ impl RecordWindowed for ScaleByScalar {
             }
         }
         Ok(())
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        inputs[0].numel() as u64
     }
 }
 
@@ -494,8 +471,7 @@ impl Op for CurricularUpdate {
         let (b, c) = (b as u64, c as u64);
         let targets = DeviceTensor::zeros(gpu, Shape::new(&[b as usize]))?;
         let tw = targets.whole(gpu)?;
-        let rows_per_chunk =
-            crate::ops::batchnorm::rows_per_window(c, crate::ops::batchnorm::window_elems(gpu))?;
+        let rows_per_chunk = crate::gpu::rows_per_window(c, gpu.max_window_elems())?;
         for range in chunks(b, rows_per_chunk) {
             let n = range.end - range.start;
             let xw = x.window(gpu, range.start * c, n * c)?;
@@ -836,7 +812,9 @@ impl Op for ArcFaceLoss {
         inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
-        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
+        let window = rec.gpu().max_window_elems();
+        self.xent()?
+            .record(self.name(), rec, inputs, outputs, window)
     }
     fn backward(
         &self,
@@ -849,19 +827,6 @@ impl Op for ArcFaceLoss {
     }
     fn flops(&self, inputs: &[&Shape]) -> u64 {
         PLAIN_XENT.flops(inputs)
-    }
-}
-
-impl RecordWindowed for ArcFaceLoss {
-    fn record_windowed(
-        &self,
-        rec: &mut Recorder,
-        inputs: &[&DeviceTensor],
-        outputs: &[&DeviceTensor],
-        window: u64,
-    ) -> Result<()> {
-        self.xent()?
-            .record(self.name(), rec, inputs, outputs, window)
     }
 }
 
@@ -881,7 +846,8 @@ impl Op for SoftmaxCrossEntropy {
         inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
-        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
+        let window = rec.gpu().max_window_elems();
+        PLAIN_XENT.record(self.name(), rec, inputs, outputs, window)
     }
     fn backward(
         &self,
@@ -894,18 +860,6 @@ impl Op for SoftmaxCrossEntropy {
     }
     fn flops(&self, inputs: &[&Shape]) -> u64 {
         PLAIN_XENT.flops(inputs)
-    }
-}
-
-impl RecordWindowed for SoftmaxCrossEntropy {
-    fn record_windowed(
-        &self,
-        rec: &mut Recorder,
-        inputs: &[&DeviceTensor],
-        outputs: &[&DeviceTensor],
-        window: u64,
-    ) -> Result<()> {
-        PLAIN_XENT.record(self.name(), rec, inputs, outputs, window)
     }
 }
 
@@ -959,7 +913,15 @@ impl Op for MseLoss {
         inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
-        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
+        let window = rec.gpu().max_window_elems();
+        let n = inputs[0].numel();
+        let mut sums = SquareSums::new(rec, [n], window)?;
+        sums.add(
+            rec,
+            inputs[0],
+            Some((inputs[1], outputs[1], 2.0 / n as f32)),
+        )?;
+        sums.finish(rec, 1.0 / n as f32, outputs[0], None)
     }
     fn backward(
         &self,
@@ -975,61 +937,14 @@ impl Op for MseLoss {
     }
 }
 
-impl RecordWindowed for MseLoss {
-    fn record_windowed(
-        &self,
-        rec: &mut Recorder,
-        inputs: &[&DeviceTensor],
-        outputs: &[&DeviceTensor],
-        window: u64,
-    ) -> Result<()> {
-        let n = inputs[0].numel();
-        let mut sums = SquareSums::new(rec, [n], window)?;
-        sums.add(
-            rec,
-            inputs[0],
-            Some((inputs[1], outputs[1], 2.0 / n as f32)),
-        )?;
-        sums.finish(rec, 1.0 / n as f32, outputs[0], None)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::graph::exec::run_op;
-    use crate::testing::{check_op, grad_check, test_gpu, OpCase};
     use crate::tensor::{HostTensor, Rng};
-
-    /// Any `RecordWindowed` op recorded with a small window, so the split of
-    /// large tensors is checked on small ones.
-    #[derive(Debug)]
-    pub(crate) struct Windowed<T>(pub T, pub u64);
-
-    impl<T: RecordWindowed + 'static> Op for Windowed<T> {
-        fn name(&self) -> &'static str {
-            self.0.name()
-        }
-        fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
-            self.0.infer(inputs)
-        }
-        fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
-            self.0.reference(inputs)
-        }
-        fn record(
-            &self,
-            rec: &mut Recorder,
-            inputs: &[&DeviceTensor],
-            outputs: &[&DeviceTensor],
-        ) -> Result<()> {
-            self.0.record_windowed(rec, inputs, outputs, self.1)
-        }
-        fn mutates(&self) -> &'static [usize] {
-            self.0.mutates()
-        }
-    }
+    use crate::testing::{check_op, grad_check, test_gpu, OpCase};
 
     fn labels(rng: &mut Rng, b: usize, c: usize) -> HostTensor {
         Tensor {
@@ -1173,15 +1088,14 @@ pub(crate) mod tests {
             );
         }
         // Rows over several windows.
-        crate::ops::batchnorm::tests::with_small_windows(40, || {
-            let (x, l) = cosines(9, 13, 25, None);
-            check_op(
-                &OpCase::new(CurricularUpdate { rate: 0.3 })
-                    .tensor(x)
-                    .tensor(l)
-                    .tensor(gamma(-0.5)),
-            );
-        });
+        let (x, l) = cosines(9, 13, 25, None);
+        check_op(
+            &OpCase::new(CurricularUpdate { rate: 0.3 })
+                .tensor(x)
+                .tensor(l)
+                .tensor(gamma(-0.5))
+                .windows(40),
+        );
     }
 
     #[test]
@@ -1251,21 +1165,19 @@ pub(crate) mod tests {
         // 7 rows of 97 classes in windows of 150 elements: one row per window;
         // in windows of 250: two rows per window. 5001 elements in windows of
         // 700: 8 windows, none of them aligned to a workgroup's elements.
-        check_op(&xent_case(Windowed(LEARNED, 150), 7, 97, 8, None).tensor(gamma(20.0)));
-        check_op(&xent_case(
-            Windowed(SoftmaxCrossEntropy, 250),
-            7,
-            97,
-            9,
-            None,
-        ));
+        check_op(
+            &xent_case(LEARNED, 7, 97, 8, None)
+                .tensor(gamma(20.0))
+                .windows(150),
+        );
+        check_op(&xent_case(SoftmaxCrossEntropy, 7, 97, 9, None).windows(250));
         // Windows of 700 start on 16 bytes (vec4 kernels + scalar tails);
         // windows of 699 do not (scalar kernels only).
         for window in [700, 699] {
-            let mse = OpCase::new(Windowed(MseLoss, window)).input([5001], -1.0, 1.0);
-            check_op(&mse.input([5001], -1.0, 1.0));
-            let scale = OpCase::new(Windowed(ScaleByScalar, window)).input([5001], -1.0, 1.0);
-            check_op(&scale.input([1], -1.0, 1.0));
+            let mse = OpCase::new(MseLoss).input([5001], -1.0, 1.0);
+            check_op(&mse.input([5001], -1.0, 1.0).windows(window));
+            let scale = OpCase::new(ScaleByScalar).input([5001], -1.0, 1.0);
+            check_op(&scale.input([1], -1.0, 1.0).windows(window));
         }
     }
 
@@ -1339,10 +1251,9 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
         // A row of classes wider than one storage binding.
-        if let Some(gpu) = test_gpu() {
+        if let Some(gpu) = crate::testing::windowed_gpus(50).first() {
             let (x, l) = cosines(2, 97, 14, None);
-            let op = Arc::new(Windowed(SoftmaxCrossEntropy, 50));
-            let err = run_op(&gpu, op, &[&x, &l]).unwrap_err();
+            let err = run_op(gpu, Arc::new(SoftmaxCrossEntropy), &[&x, &l]).unwrap_err();
             assert!(matches!(err, Error::LimitExceeded { .. }), "{err}");
         }
     }

@@ -7,6 +7,7 @@ pub mod conv2d;
 pub mod elementwise;
 pub mod fusion;
 pub mod gemm;
+pub mod global_pool;
 pub mod loss;
 pub mod normalize;
 pub mod optim;
@@ -24,6 +25,7 @@ pub fn all_shader_specs() -> Vec<ShaderSpec> {
     specs.extend(elementwise::shader_specs());
     specs.extend(fusion::shader_specs());
     specs.extend(gemm::shader_specs());
+    specs.extend(global_pool::shader_specs());
     specs.extend(loss::shader_specs());
     specs.extend(normalize::shader_specs());
     specs.extend(optim::shader_specs());

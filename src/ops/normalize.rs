@@ -7,9 +7,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
+use crate::gpu::rows_per_window;
 use crate::gpu::{chunks, DeviceTensor, Recorder, ShaderSpec};
 use crate::graph::{Graph, Op, TensorId};
-use crate::ops::batchnorm::{channels, rows_channels, rows_per_window, window_elems};
+use crate::ops::batchnorm::{channels, rows_channels};
 use crate::ops::elementwise::expect_inputs;
 use crate::tensor::{RefTensor, Shape, Tensor};
 
@@ -59,7 +60,7 @@ fn record_rows(
 ) -> Result<()> {
     let gpu = rec.gpu();
     let (rows, c) = rows_channels(&operands[0].shape);
-    for range in chunks(rows, rows_per_window(c, window_elems(gpu))?) {
+    for range in chunks(rows, rows_per_window(c, gpu.max_window_elems())?) {
         let (start, n) = (range.start * c, (range.end - range.start) * c);
         let windows = operands
             .iter()
@@ -229,9 +230,8 @@ impl Op for L2NormalizeGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::batchnorm::tests::with_small_windows;
-    use crate::testing::{check_op, grad_check, OpCase};
     use crate::tensor::Rng;
+    use crate::testing::{check_op, grad_check, OpCase};
 
     #[test]
     fn l2_normalize_matches_reference() {
@@ -268,10 +268,16 @@ mod tests {
     #[test]
     fn l2_normalize_over_many_windows() {
         // Windows of 1000 elements: 7 channels → 142 rows per window.
-        with_small_windows(1000, || {
-            check_op(&OpCase::new(L2Normalize::default()).input([3, 19, 11, 7], -1.0, 1.0));
-            grad_check(&OpCase::new(L2Normalize::default()).input([613, 7], -1.0, 1.0));
-        });
+        check_op(
+            &OpCase::new(L2Normalize::default())
+                .input([3, 19, 11, 7], -1.0, 1.0)
+                .windows(1000),
+        );
+        grad_check(
+            &OpCase::new(L2Normalize::default())
+                .input([613, 7], -1.0, 1.0)
+                .windows(1000),
+        );
     }
 
     /// Larger than one 128 MiB binding (slow on lavapipe: run with --ignored).

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{chunks, vec4_pieces, Binding, DeviceTensor, Recorder, ShaderSpec, Window};
 use crate::graph::Op;
 use crate::ops::elementwise::expect_inputs;
-use crate::ops::loss::{expect_scalar, RecordWindowed, SquareSums};
+use crate::ops::loss::{expect_scalar, SquareSums};
 use crate::tensor::{RefTensor, Shape, Tensor};
 
 const WG: u64 = 256;
@@ -130,26 +130,9 @@ impl Op for SgdStep {
         &self,
         rec: &mut Recorder,
         inputs: &[&DeviceTensor],
-        outputs: &[&DeviceTensor],
-    ) -> Result<()> {
-        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
-    }
-    fn flops(&self, inputs: &[&Shape]) -> u64 {
-        8 * inputs[0].numel() as u64
-    }
-    fn mutates(&self) -> &'static [usize] {
-        &[0, 2]
-    }
-}
-
-impl RecordWindowed for SgdStep {
-    fn record_windowed(
-        &self,
-        rec: &mut Recorder,
-        inputs: &[&DeviceTensor],
         _outputs: &[&DeviceTensor],
-        window: u64,
     ) -> Result<()> {
+        let window = rec.gpu().max_window_elems();
         self.validate()?;
         record_in_place(rec, sgd_spec, inputs, 3, window, |n, shifts| SgdParams {
             n,
@@ -163,6 +146,12 @@ impl RecordWindowed for SgdStep {
             weight_decay: self.weight_decay,
             _pad: [0; 3],
         })
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        8 * inputs[0].numel() as u64
+    }
+    fn mutates(&self) -> &'static [usize] {
+        &[0, 2]
     }
 }
 
@@ -268,26 +257,9 @@ impl Op for GradAccumulate {
         &self,
         rec: &mut Recorder,
         inputs: &[&DeviceTensor],
-        outputs: &[&DeviceTensor],
-    ) -> Result<()> {
-        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
-    }
-    fn flops(&self, inputs: &[&Shape]) -> u64 {
-        2 * inputs[0].numel() as u64
-    }
-    fn mutates(&self) -> &'static [usize] {
-        &[0]
-    }
-}
-
-impl RecordWindowed for GradAccumulate {
-    fn record_windowed(
-        &self,
-        rec: &mut Recorder,
-        inputs: &[&DeviceTensor],
         _outputs: &[&DeviceTensor],
-        window: u64,
     ) -> Result<()> {
+        let window = rec.gpu().max_window_elems();
         record_in_place(rec, accumulate_spec, inputs, 2, window, |n, shifts| {
             AccumulateParams {
                 n,
@@ -298,6 +270,12 @@ impl RecordWindowed for GradAccumulate {
                 _pad: [0; 3],
             }
         })
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        2 * inputs[0].numel() as u64
+    }
+    fn mutates(&self) -> &'static [usize] {
+        &[0]
     }
 }
 
@@ -351,26 +329,15 @@ impl Op for GlobalNormClip {
         inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()> {
-        self.record_windowed(rec, inputs, outputs, rec.gpu().max_window_elems())
-    }
-    fn flops(&self, inputs: &[&Shape]) -> u64 {
-        inputs.iter().map(|s| 2 * s.numel() as u64).sum()
-    }
-}
-
-impl RecordWindowed for GlobalNormClip {
-    fn record_windowed(
-        &self,
-        rec: &mut Recorder,
-        inputs: &[&DeviceTensor],
-        outputs: &[&DeviceTensor],
-        window: u64,
-    ) -> Result<()> {
+        let window = rec.gpu().max_window_elems();
         let mut sums = SquareSums::new(rec, inputs.iter().map(|t| t.numel()), window)?;
         for t in inputs {
             sums.add(rec, t, None)?;
         }
         sums.finish(rec, 1.0, outputs[0], Some((self.max_norm, outputs[1])))
+    }
+    fn flops(&self, inputs: &[&Shape]) -> u64 {
+        inputs.iter().map(|s| 2 * s.numel() as u64).sum()
     }
 }
 
@@ -381,9 +348,8 @@ mod tests {
     use super::*;
     use crate::graph::exec::{eval_reference, Executable, ParamStore};
     use crate::graph::{Graph, TensorId};
-    use crate::testing::{assert_close, check_op, test_gpus, OpCase};
-    use crate::ops::loss::tests::Windowed;
     use crate::tensor::{HostTensor, Rng};
+    use crate::testing::{assert_close, check_op, test_gpus, OpCase};
 
     const PLAIN: SgdStep = SgdStep {
         momentum: 0.9,
@@ -421,7 +387,7 @@ mod tests {
         // Windows of 700 start on 16 bytes (vec4 kernel + scalar tails); windows
         // of 699 do not (scalar kernel only).
         for window in [700, 699] {
-            check_op(&sgd_case(Windowed(DOLG, window), &[5001], 0.1, 0.3));
+            check_op(&sgd_case(DOLG, &[5001], 0.1, 0.3).windows(window));
         }
     }
 
@@ -438,10 +404,11 @@ mod tests {
             }
         }
         for window in [700, 699] {
-            let case = OpCase::new(Windowed(GradAccumulate { scale: 0.5 }, window))
+            let case = OpCase::new(GradAccumulate { scale: 0.5 })
                 .input([5001], -1.0, 1.0)
                 .input([5001], -1.0, 1.0)
-                .input([1], 1.0, 1.0);
+                .input([1], 1.0, 1.0)
+                .windows(window);
             check_op(&case);
         }
     }
@@ -456,7 +423,7 @@ mod tests {
             check_op(&case);
         }
         for window in [700, 699] {
-            let case = OpCase::new(Windowed(GlobalNormClip { max_norm: 2.0 }, window));
+            let case = OpCase::new(GlobalNormClip { max_norm: 2.0 }).windows(window);
             check_op(&case.input([5001], -1.0, 1.0).input([33], -1.0, 1.0));
         }
     }

@@ -13,8 +13,8 @@ use delg_gpu::io::weights::WeightFile;
 use delg_gpu::model::delg::{inference_graph, DelgConfig};
 use delg_gpu::model::params::{load_params, oihw_to_hwio};
 use delg_gpu::model::resnet::ParamSpec;
-use delg_gpu::testing::{normalized_max_error, scaled_max_error};
 use delg_gpu::tensor::{HostTensor, Tensor};
+use delg_gpu::testing::{normalized_max_error, scaled_max_error};
 
 pub fn fixture(dir: &str, name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

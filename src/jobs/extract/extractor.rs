@@ -233,7 +233,7 @@ impl Extractor {
     pub fn device_bytes(&self) -> u64 {
         let params: u64 = self.params.tensors.values().map(|t| t.shape.bytes()).sum();
         let plans: u64 = self.plans.values().map(|p| p.exe.device_bytes()).sum();
-        params + plans + crate::ops::conv2d::scratch_bytes(&self.gpu)
+        params + plans + self.gpu.scratch_bytes()
     }
 
     /// Global descriptor and local features of one prepared image.

@@ -127,10 +127,9 @@ pub fn run_extract(
     );
     let cfg = job.config.clone();
     let crops = job.crops.clone();
-    let rx =
-        crate::jobs::collection::prefetch(job.input.clone(), pending, 8, move |rel, path| {
-            prepare_image(path, &cfg, crops.get(rel).copied())
-        });
+    let rx = crate::jobs::collection::prefetch(job.input.clone(), pending, 8, move |rel, path| {
+        prepare_image(path, &cfg, crops.get(rel).copied())
+    });
     let mut new = Vec::new();
     for (rel, prepared) in rx {
         let result = prepared.and_then(|img| extractor.extract(&img));

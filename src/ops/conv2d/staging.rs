@@ -1,0 +1,205 @@
+//! Staging for the texture forms of the kernel: windows copied into the
+//! device's scratch textures, and the unfolded or padded operands that let
+//! convolutions with few channels take the vec4 texture path.
+
+use super::*;
+
+/// Texels per row of the staging textures: a power of two, so the kernel
+/// splits a texel index with a mask and a shift.
+pub(super) fn texture_width(gpu: &Gpu) -> u64 {
+    let max_dim = gpu.limits.max_texture_dimension_2d.max(1) as u64;
+    4096.min(1 << max_dim.ilog2())
+}
+
+/// The staging textures: vec4 A, vec4 B, and scalar A.
+#[derive(Clone, Copy)]
+pub(super) enum Slot {
+    A,
+    B,
+    AScalar,
+}
+
+impl Slot {
+    pub(super) fn purpose(self) -> &'static str {
+        match self {
+            Slot::A => "conv2d staging A",
+            Slot::B => "conv2d staging B",
+            Slot::AScalar => "conv2d staging scalar A",
+        }
+    }
+    pub(super) fn format(self) -> (wgpu::TextureFormat, u64) {
+        match self {
+            Slot::AScalar => (wgpu::TextureFormat::R32Float, 4),
+            _ => (wgpu::TextureFormat::Rgba32Float, 16),
+        }
+    }
+}
+
+/// Records the copy of a window into staging texture `slot` and returns its view.
+pub(super) fn stage_texture(
+    rec: &mut Recorder,
+    slot: Slot,
+    w: &Window,
+) -> Result<wgpu::TextureView> {
+    let gpu = rec.gpu();
+    let (format, texel) = slot.format();
+    let texels = w.slice.size.div_ceil(texel);
+    let width = texture_width(gpu);
+    let rows = texels.div_ceil(width);
+    let row_bytes = width * texel;
+    let texture = gpu.scratch_texture(
+        slot.purpose(),
+        TextureNeed {
+            format,
+            width: u32_of(width, "texture width")?,
+            rows: u32_of(rows, "texture rows")?,
+        },
+    )?;
+    {
+        let extent = |width: u64, height: u64| wgpu::Extent3d {
+            width: width as u32,
+            height: height as u32,
+            depth_or_array_layers: 1,
+        };
+        let whole_texels = w.slice.offset + texels * texel <= w.slice.buffer.size();
+        if whole_texels {
+            // Straight from the tensor: its whole rows, then the last partial row.
+            let (full, tail) = (texels / width, texels % width);
+            let at = |offset: u64, size: u64| BufSlice {
+                buffer: w.slice.buffer.clone(),
+                offset: w.slice.offset + offset,
+                size,
+            };
+            if full > 0 {
+                let src = at(0, full * row_bytes);
+                rec.copy_to_texture(
+                    src,
+                    row_bytes as u32,
+                    texture.clone(),
+                    0,
+                    extent(width, full),
+                );
+            }
+            if tail > 0 {
+                let src = at(full * row_bytes, tail * texel);
+                let row = u32_of(full, "texture rows")?;
+                rec.copy_to_texture(src, row_bytes as u32, texture.clone(), row, extent(tail, 1));
+            }
+        } else {
+            // The window ends inside a texel at the end of its buffer: copy it to
+            // a buffer with whole rows first.
+            let bytes = rows * row_bytes;
+            let buffer = gpu.scratch_buffer(slot.purpose(), bytes)?;
+            rec.copy(
+                w.slice.clone(),
+                BufSlice {
+                    buffer: buffer.clone(),
+                    offset: 0,
+                    size: w.slice.size,
+                },
+            );
+            let src = BufSlice {
+                buffer,
+                offset: 0,
+                size: bytes,
+            };
+            rec.copy_to_texture(
+                src,
+                row_bytes as u32,
+                texture.clone(),
+                0,
+                extent(width, rows),
+            );
+        }
+    }
+    Ok(texture.create_view(&Default::default()))
+}
+
+/// The row width of the unfolded forward A, where the product is unfolded
+/// before it is multiplied: on the broadcast kernels an input whose channels
+/// do not fill whole 8-steps of k (the RGB stem) would otherwise be gathered
+/// one scalar at a time, while its unfolded rows, padded to a multiple of 8,
+/// take the vec4 texture form. Not where one grid row of it exceeds `limit`,
+/// nor where a source window of `limit` floats would not fit the r32float
+/// texture the unfold reads it from.
+pub(super) fn unfolded_width(gpu: &Gpu, g: &Geom, limit: u64) -> Option<usize> {
+    let width = (g.kh * g.kw * g.cin).next_multiple_of(8);
+    let texture_rows = limit.div_ceil(texture_width(gpu));
+    (gpu.tuning.matmul == MatmulVariant::SubgroupBroadcast
+        && !g.cin.is_multiple_of(8)
+        && g.cout.is_multiple_of(4)
+        && (g.ow * width) as u64 <= limit
+        && texture_rows <= gpu.limits.max_texture_dimension_2d as u64)
+        .then_some(width)
+}
+
+/// Records the unfold of `rows` rows of the forward A, from grid pixel `row0`
+/// of the input window `src` (which starts at global element `src_base`),
+/// into the device's scratch buffer, `width` floats per row with zeros past
+/// `k`, and returns that matrix.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record_unfold(
+    rec: &mut Recorder,
+    gather: &Gather,
+    src: &Window,
+    src_base: u64,
+    row0: usize,
+    rows: usize,
+    k: usize,
+    width: usize,
+) -> Result<Window> {
+    let gpu = rec.gpu();
+    let elems = (rows * width) as u64;
+    let buffer = gpu.scratch_buffer("conv2d unfolded input", elems * 4)?;
+    let dst = gpu.window(&buffer, 0, elems)?;
+    let params = Params {
+        m: u32_of(rows, "rows")?,
+        n: u32_of(width, "columns")?,
+        k: u32_of(k, "reduction")?,
+        row0: u32_of(row0, "row offset")?,
+        a_base: u32_of(src_base, "input offset")?,
+        a_shift: src.shift,
+        tex_log2: texture_width(gpu).trailing_zeros(),
+        ..gather_params(gather)?
+    };
+    let staged = stage_texture(rec, Slot::AScalar, src)?;
+    rec.dispatch_groups(
+        &unfold_spec(),
+        bytemuck::bytes_of(&params),
+        vec![Binding::Texture(staged), (&dst).into()],
+        rows.div_ceil(64) as u64,
+    )?;
+    Ok(dst)
+}
+
+/// Records a copy of the row-major matrix `b` [k, n] with zero rows appended
+/// up to `rows`, in the device's scratch buffer, and returns it.
+pub(super) fn record_padded_rows(
+    rec: &mut Recorder,
+    b: &Window,
+    k: usize,
+    n: usize,
+    rows: usize,
+) -> Result<Window> {
+    let gpu = rec.gpu();
+    let (bytes, padded) = ((k * n * 4) as u64, (rows * n * 4) as u64);
+    let buffer = gpu.scratch_buffer("conv2d padded weights", padded)?;
+    rec.copy(
+        BufSlice {
+            buffer: b.slice.buffer.clone(),
+            offset: b.slice.offset + b.shift as u64 * 4,
+            size: bytes,
+        },
+        BufSlice {
+            buffer: buffer.clone(),
+            offset: 0,
+            size: bytes,
+        },
+    );
+    rec.clear(BufSlice {
+        buffer: buffer.clone(),
+        offset: bytes,
+        size: padded - bytes,
+    });
+    gpu.window(&buffer, 0, (rows * n) as u64)
+}

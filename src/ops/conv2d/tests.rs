@@ -1,0 +1,366 @@
+use super::*;
+use crate::testing::{check_op, grad_check, OpCase};
+
+fn case(op: Conv2d, x: [usize; 4], k: [usize; 2], cout: usize) -> OpCase {
+    let g = op
+        .geom(&Shape::new(&x), &Shape::new(&[k[0], k[1], x[3], cout]))
+        .expect("valid test geometry");
+    let out = [g.n, g.oh, g.ow, g.cout];
+    let e = op.epilogue;
+    let mut c = OpCase::new(op)
+        .input(x, -1.0, 1.0)
+        .input([k[0], k[1], x[3], cout], -1.0, 1.0);
+    if e.bias {
+        c = c.input([cout], -0.5, 0.5);
+    }
+    if e.scale_shift {
+        c = c.input([cout], 0.5, 1.5).input([cout], -0.5, 0.5);
+    }
+    if e.residual {
+        c = c.input(out, -1.0, 1.0);
+    }
+    c
+}
+
+#[test]
+fn padding_helpers() {
+    // ResNet stem in TF: 224 → 112 with 2 on top and 3 below.
+    assert_eq!(
+        Padding::same([224, 223], [7, 7], [2, 2], [1, 1]),
+        Padding {
+            top: 2,
+            bottom: 3,
+            left: 3,
+            right: 3
+        }
+    );
+    assert_eq!(
+        Padding::same([9, 9], [3, 3], [1, 1], [6, 6]),
+        Padding::symmetric(6, 6)
+    );
+    assert_eq!(
+        Padding::same([4, 4], [1, 1], [2, 2], [1, 1]),
+        Padding::default()
+    );
+    let conv = Conv2d::new([2, 2], Padding::same([225, 7], [7, 3], [2, 2], [1, 1]));
+    assert_eq!(conv.output_hw([225, 7], [7, 3]).unwrap(), [113, 4]);
+}
+
+#[test]
+fn chunk_plan_covers_rows_within_limit() {
+    let conv = Conv2d::new(
+        [2, 1],
+        Padding {
+            top: 1,
+            bottom: 2,
+            left: 0,
+            right: 0,
+        },
+    )
+    .dilation([2, 1]);
+    let g = conv
+        .geom(&Shape::new(&[3, 11, 5, 4]), &Shape::new(&[3, 2, 4, 6]))
+        .unwrap();
+    for gather in [conv.forward_gather(&g), conv.input_grad_gather(&g)] {
+        let (dest, src) = (gather.grid[1] as u64 * 6, gather.src[1] as u64 * 6);
+        let whole = plan_chunks(&gather, 3, dest, src, u64::MAX).unwrap();
+        assert_eq!(whole.len(), 1);
+        let chunks = plan_chunks(&gather, 3, dest, src, 6 * src).unwrap();
+        assert!(chunks.len() > 3, "{chunks:?}");
+        let mut next = 0;
+        for c in &chunks {
+            assert_eq!(c.rows.start, next);
+            next = c.rows.end;
+            assert!(c.rows.len() as u64 * dest <= 6 * src && c.src.len() as u64 * src <= 6 * src);
+            for row in c.rows.clone() {
+                if let Some((lo, hi)) = gather.source_rows(row % gather.grid[0]) {
+                    let base = row / gather.grid[0] * gather.src[0];
+                    assert!(
+                        c.src.start <= base + lo && base + hi < c.src.end,
+                        "{c:?} row {row}"
+                    );
+                }
+            }
+        }
+        assert_eq!(next, 3 * gather.grid[0]);
+        assert!(plan_chunks(&gather, 3, dest, src, 2).is_err());
+    }
+}
+
+#[test]
+fn forward_matches_reference() {
+    let asym = Padding {
+        top: 1,
+        bottom: 2,
+        left: 0,
+        right: 1,
+    };
+    // Each distinct epilogue is a pipeline to JIT: the cases share two
+    // (bias + ReLU, and all four).
+    let full = |c: Conv2d| c.bias().scale_shift().residual().relu();
+    // Scalar and gathered-A paths: 3, 1 and 5 input channels, odd outputs, a 1×1 output.
+    check_op(&case(
+        Conv2d::new([2, 2], asym).bias().relu(),
+        [2, 7, 9, 3],
+        [3, 3],
+        5,
+    ));
+    check_op(&case(
+        Conv2d::new([1, 1], Padding::default()).bias().relu(),
+        [1, 3, 3, 1],
+        [3, 3],
+        1,
+    ));
+    check_op(&case(
+        full(Conv2d::new([1, 2], asym).dilation([2, 1])),
+        [3, 6, 5, 5],
+        [2, 3],
+        8,
+    ));
+    // Texture path (c_in % 8, c_out % 4), dilation 2 and 6.
+    let same = Padding::same([9, 10], [3, 3], [1, 1], [2, 2]);
+    check_op(&case(
+        full(Conv2d::new([1, 1], same).dilation([2, 2])),
+        [2, 9, 10, 16],
+        [3, 3],
+        12,
+    ));
+    let atrous = Conv2d::new([1, 1], Padding::symmetric(6, 6))
+        .dilation([6, 6])
+        .bias()
+        .relu();
+    check_op(&case(atrous, [1, 13, 11, 8], [3, 3], 20));
+    check_op(&case(
+        full(Conv2d::new([2, 2], asym)),
+        [2, 8, 7, 24],
+        [1, 1],
+        36,
+    ));
+}
+
+#[test]
+fn forward_in_chunks() {
+    let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
+    check_op(&case(op, [2, 9, 7, 16], [3, 3], 16).windows(3 * 7 * 16));
+    let pad = Padding {
+        top: 0,
+        bottom: 1,
+        left: 2,
+        right: 1,
+    };
+    let op = Conv2d::new([2, 2], pad).bias().relu();
+    check_op(&case(op, [2, 9, 4, 3], [3, 2], 4).windows(40));
+    // Unfolded RGB-like input, three grid rows of 7 × 32 per chunk.
+    let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
+    check_op(&case(op, [2, 9, 7, 3], [3, 3], 8).windows(3 * 7 * 32));
+}
+
+#[test]
+fn gradients() {
+    let asym = Padding {
+        top: 2,
+        bottom: 0,
+        left: 1,
+        right: 2,
+    };
+    // Gathered-A and scalar paths, stride 2, odd channels, batch 2.
+    grad_check(&case(
+        Conv2d::new([2, 2], asym).bias().relu(),
+        [2, 7, 6, 3],
+        [3, 3],
+        4,
+    ));
+    grad_check(&case(
+        Conv2d::new([2, 1], asym).dilation([2, 2]).bias().relu(),
+        [1, 9, 8, 1],
+        [3, 2],
+        1,
+    ));
+    // Texture paths: DW with c_in % 4, DX with c_out % 8.
+    grad_check(&case(
+        Conv2d::new([2, 2], asym).dilation([1, 2]).bias().relu(),
+        [2, 7, 9, 4],
+        [3, 3],
+        8,
+    ));
+    grad_check(&case(
+        Conv2d::new([1, 1], Padding::symmetric(2, 2))
+            .dilation([2, 2])
+            .bias()
+            .relu(),
+        [1, 6, 6, 8],
+        [3, 3],
+        12,
+    ));
+}
+
+#[test]
+fn gradients_in_chunks() {
+    let op = Conv2d::new(
+        [2, 1],
+        Padding {
+            top: 1,
+            bottom: 0,
+            left: 1,
+            right: 1,
+        },
+    )
+    .bias()
+    .relu();
+    grad_check(&case(op.clone(), [2, 8, 4, 4], [3, 3], 8).windows(64));
+    grad_check(&case(op, [2, 8, 4, 3], [3, 3], 8).windows(64));
+}
+
+#[test]
+fn bias_grad_in_splits_and_chunks() {
+    let case = OpCase::new(BiasGrad).input([3, 40, 11, 5], -1.0, 1.0);
+    check_op(&case);
+    check_op(&case.windows(5 * 1100));
+}
+
+#[test]
+fn errors_are_typed() {
+    let conv = Conv2d::new([1, 1], Padding::default());
+    let err = conv
+        .infer(&[&Shape::new(&[1, 5, 5, 3]), &Shape::new(&[3, 3, 4, 8])])
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    let err = conv
+        .infer(&[&Shape::new(&[1, 2, 5, 3]), &Shape::new(&[3, 3, 3, 8])])
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    let err = Conv2d::new([0, 1], Padding::default())
+        .infer(&[&Shape::new(&[1, 5, 5, 3]), &Shape::new(&[1, 1, 3, 8])])
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    let fused = Conv2d::new([1, 1], Padding::default()).scale_shift();
+    let mut g = Graph::new();
+    let ins = [
+        g.input("x", [1, 3, 3, 2]),
+        g.param("w", [1, 1, 2, 4]),
+        g.param("s", [4]),
+        g.param("t", [4]),
+    ];
+    let y = g.apply1(fused, &ins).unwrap();
+    let err = g.backward(&[(y, y)], &ins[..1]).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}
+
+/// The aligned and the odd-channel cases of the tests above run the texture forms.
+#[test]
+fn aligned_shapes_use_textures() {
+    let Some(gpu) = crate::testing::test_gpus()
+        .iter()
+        .find(|g| g.tuning.matmul == MatmulVariant::SubgroupBroadcast)
+    else {
+        return;
+    };
+    let labels =
+        |op: &dyn Op, shapes: &[&[usize]]| crate::testing::dispatch_labels(gpu, op, shapes);
+    let conv = Conv2d::new(
+        [2, 2],
+        Padding {
+            top: 2,
+            bottom: 0,
+            left: 1,
+            right: 2,
+        },
+    )
+    .dilation([1, 2]);
+    let fwd = labels(&conv, &[&[2, 7, 9, 8], &[3, 3, 8, 8]]);
+    let dx = labels(
+        &Conv2dInputGrad {
+            conv: conv.clone(),
+            input_hw: [7, 9],
+        },
+        &[&[2, 4, 4, 8], &[3, 3, 8, 4]],
+    );
+    let dw = labels(
+        &Conv2dWeightGrad {
+            conv,
+            kernel: [3, 3],
+        },
+        &[&[2, 7, 9, 4], &[2, 4, 4, 8]],
+    );
+    for (what, l) in [("forward", fwd), ("dx", dx), ("dw", dw)] {
+        assert!(
+            l.iter()
+                .all(|l| l.contains("TEX=1") && !l.contains("ASCALAR")),
+            "{what}: {l:?}"
+        );
+    }
+    // The RGB stem: the forward product unfolded, then vec4 texels; its
+    // weight gradient gathers scalars.
+    let conv = Conv2d::new([2, 2], Padding::symmetric(3, 3));
+    let stem = labels(&conv, &[&[1, 9, 9, 3], &[7, 7, 3, 8]]);
+    assert!(stem[0].contains("unfold"), "{stem:?}");
+    assert!(
+        stem[1..]
+            .iter()
+            .all(|l| l.contains("TEX=1") && !l.contains("ASCALAR")),
+        "{stem:?}"
+    );
+    let dw = Conv2dWeightGrad {
+        conv,
+        kernel: [7, 7],
+    };
+    let dw = labels(&dw, &[&[1, 9, 9, 3], &[1, 5, 5, 8]]);
+    assert!(dw.iter().all(|l| l.contains("ASCALAR=1")), "{dw:?}");
+}
+
+#[test]
+fn flops_count_multiply_adds_twice() {
+    let conv = Conv2d::new([1, 1], Padding::symmetric(1, 1));
+    assert_eq!(
+        conv.flops(&[
+            &Shape::new(&[1, 64, 64, 256]),
+            &Shape::new(&[3, 3, 256, 256])
+        ]),
+        2 * 64 * 64 * 256 * 9 * 256
+    );
+}
+
+/// The TF stem at 2048×2048: a 256 MiB output, twice one binding, so it
+/// runs in chunks at the real device limit. Checks sampled outputs.
+#[test]
+#[ignore]
+fn stem_2048_chunked() {
+    let Some(gpu) = crate::testing::test_gpu() else {
+        return;
+    };
+    let mut rng = crate::tensor::Rng::new(11);
+    let pad = Padding::same([2048, 2048], [7, 7], [2, 2], [1, 1]);
+    let op = Conv2d::new([2, 2], pad).bias().relu();
+    let x = rng.tensor([1, 2048, 2048, 3], -1.0, 1.0);
+    let w = rng.tensor([7, 7, 3, 64], -0.2, 0.2);
+    let b = rng.tensor([64], -0.1, 0.1);
+    let t = std::time::Instant::now();
+    let y = crate::graph::exec::run_op(&gpu, std::sync::Arc::new(op.clone()), &[&x, &w, &b])
+        .unwrap()
+        .remove(0);
+    eprintln!("{:?} in {:.1} s", y.shape, t.elapsed().as_secs_f64());
+    let g = op.geom(&x.shape, &w.shape).unwrap();
+    let mut worst = 0f64;
+    for _ in 0..2000 {
+        let (oy, ox, co) = (rng.below(g.oh), rng.below(g.ow), rng.below(64));
+        let mut want = b.data[co] as f64;
+        for ky in 0..7 {
+            for kx in 0..7 {
+                let (iy, ix) = (
+                    (oy * 2 + ky) as i64 - pad.top as i64,
+                    (ox * 2 + kx) as i64 - pad.left as i64,
+                );
+                if iy < 0 || ix < 0 || iy >= 2048 || ix >= 2048 {
+                    continue;
+                }
+                for ci in 0..3 {
+                    want += x.data[g.in_index(0, iy as usize, ix as usize) + ci] as f64
+                        * w.data[g.w_index(ky, kx) + ci * 64 + co] as f64;
+                }
+            }
+        }
+        let got = y.data[g.out_index(0, oy, ox) + co] as f64;
+        worst = worst.max((got - want.max(0.0)).abs());
+    }
+    assert!(worst < 1e-4, "worst sampled error {worst}");
+}
