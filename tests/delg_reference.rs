@@ -12,11 +12,13 @@ use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::jobs::extract::{select_local, ExtractConfig, LevelOutput};
-use delg_gpu::jobs::train::{build_step, upload_state, Schedule, TrainConfig, TrainModel};
+use delg_gpu::jobs::train::{
+    build_step, download_state, upload_state, Schedule, TrainConfig, TrainModel,
+};
 use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use delg_gpu::model::META_CONFIG;
 use delg_gpu::tensor::{HostTensor, Tensor};
-use delg_gpu::testing::test_gpu;
+use delg_gpu::testing::{scaled_max_error, test_gpu};
 
 const DIR: &str = "delg_tiny";
 
@@ -183,5 +185,23 @@ fn twenty_sgd_steps_track_pytorch() {
                 "{layout} step {i}: loss {got} vs {w} (rel {rel:.2e})"
             );
         }
+        // The state after the last step: parameters and batch-norm running
+        // statistics (PyTorch momentum 0.1, unbiased variance).
+        let state = download_state(&gpu, &step, &store, false).unwrap();
+        let want =
+            WeightFile::load(&fixture(&format!("train_{layout}_sgd_final.safetensors"))).unwrap();
+        let mut running = 0;
+        for (name, w) in &want.tensors {
+            let got = &state.tensors[name];
+            assert_eq!(got.shape, w.shape, "{layout} {name}");
+            let w64: Vec<f64> = w.data.iter().map(|&v| v as f64).collect();
+            let err = scaled_max_error(&got.data, &w64, 1.0);
+            assert!(
+                err <= 1e-3,
+                "{layout} {name} after 20 steps: error {err:.2e}"
+            );
+            running += usize::from(name.contains("running_"));
+        }
+        assert!(running > 0, "{layout}: no running statistics compared");
     }
 }

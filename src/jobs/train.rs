@@ -524,7 +524,7 @@ pub fn upload_state(
 }
 
 /// Reads the device state back into a weight file in PyTorch layouts.
-fn download_state(
+pub fn download_state(
     gpu: &Gpu,
     step: &StepGraph,
     store: &ParamStore,
