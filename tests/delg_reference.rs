@@ -7,18 +7,19 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{check_gradients, close_tensors, cosine, gradients_of, run_delg, upload_unfolded};
+use common::{
+    check_gradients, check_sgd_steps, close_tensors, cosine, gradients_of, run_delg,
+    upload_unfolded,
+};
 use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::jobs::extract::{select_local, ExtractConfig, LevelOutput};
-use delg_gpu::jobs::train::{
-    build_step, download_state, upload_state, Schedule, TrainConfig, TrainModel,
-};
+use delg_gpu::jobs::train::{Schedule, TrainConfig, TrainModel};
 use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use delg_gpu::model::META_CONFIG;
 use delg_gpu::tensor::{HostTensor, Tensor};
-use delg_gpu::testing::{scaled_max_error, test_gpu};
+use delg_gpu::testing::test_gpu;
 
 const DIR: &str = "delg_tiny";
 
@@ -160,48 +161,14 @@ fn twenty_sgd_steps_track_pytorch() {
     let Some(gpu) = test_gpu() else { return };
     for layout in ["delg", "torchvision"] {
         let (file, cfg) = model(layout);
-        let tc = train_config(cfg);
-        let step = build_step(&tc).unwrap();
-        let store = upload_state(&gpu, &step, &file, &tc).unwrap();
-        let (exe, update) = step.executables(&gpu, &store).unwrap();
-        exe.set_input(step.images, &load(&format!("train_{layout}_images.npy")))
-            .unwrap();
-        exe.set_input(step.labels, &load(&format!("train_{layout}_labels.npy")))
-            .unwrap();
-        exe.set_input(step.keep, &Tensor::new([1], vec![0.0]).unwrap())
-            .unwrap();
-        update
-            .set_input(step.lr, &Tensor::new([1], vec![0.01]).unwrap())
-            .unwrap();
-        let (_, want) =
-            npy::read::<f64>(&fixture(&format!("train_{layout}_sgd_losses.npy"))).unwrap();
-        for (i, w) in want.iter().enumerate() {
-            exe.run().unwrap();
-            update.run().unwrap();
-            let got = exe.read(step.outputs[0]).unwrap().data[0] as f64;
-            let rel = (got - w).abs() / w.abs();
-            assert!(
-                rel <= 1e-3,
-                "{layout} step {i}: loss {got} vs {w} (rel {rel:.2e})"
-            );
-        }
-        // The state after the last step: parameters and batch-norm running
-        // statistics (PyTorch momentum 0.1, unbiased variance).
-        let state = download_state(&gpu, &step, &store, false).unwrap();
-        let want =
-            WeightFile::load(&fixture(&format!("train_{layout}_sgd_final.safetensors"))).unwrap();
-        let mut running = 0;
-        for (name, w) in &want.tensors {
-            let got = &state.tensors[name];
-            assert_eq!(got.shape, w.shape, "{layout} {name}");
-            let w64: Vec<f64> = w.data.iter().map(|&v| v as f64).collect();
-            let err = scaled_max_error(&got.data, &w64, 1.0);
-            assert!(
-                err <= 1e-3,
-                "{layout} {name} after 20 steps: error {err:.2e}"
-            );
-            running += usize::from(name.contains("running_"));
-        }
-        assert!(running > 0, "{layout}: no running statistics compared");
+        check_sgd_steps(
+            &gpu,
+            layout,
+            &train_config(cfg),
+            &file,
+            DIR,
+            &format!("train_{layout}"),
+            &format!("train_{layout}_sgd"),
+        );
     }
 }

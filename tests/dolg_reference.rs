@@ -1,14 +1,18 @@
 //! Whole-model parity of DOLG with the independent PyTorch re-statement in
 //! tools/torch_dolg_reference.py (fixtures in tests/fixtures/dolg_tiny),
-//! without and with the multi-atrous block: the final descriptor, and the
-//! loss and every parameter gradient of one training step.
+//! without and with the multi-atrous block: the final descriptor, the loss
+//! and every parameter gradient of one training step, and 20 SGD steps with
+//! either head (tools/train_parity_reference.py).
 
 mod common;
 
-use common::{check_gradients, close, cosine, fixture, gradients_of, load, upload_unfolded};
+use common::{
+    check_gradients, check_sgd_steps, close, cosine, fixture, gradients_of, load, upload_unfolded,
+};
 use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
+use delg_gpu::jobs::train::{Schedule, TrainConfig, TrainModel};
 use delg_gpu::model::dolg::{inference_graph, training_graph, DolgConfig, DolgLossConfig};
 use delg_gpu::model::params::load_params;
 use delg_gpu::model::META_CONFIG;
@@ -110,5 +114,50 @@ fn dolg_training_loss_and_gradients_match_pytorch() {
                 "CurricularFace t {got} vs {t_new}"
             );
         }
+    }
+}
+
+#[test]
+fn twenty_sgd_steps_track_pytorch_with_either_head() {
+    let Some(gpu) = test_gpu() else { return };
+    for curricular in [false, true] {
+        let (mut file, cfg) = model("plain");
+        let mut loss = DolgLossConfig::official(5);
+        loss.curricular = curricular;
+        if curricular {
+            // The official head's t starts at 0.
+            file.tensors
+                .insert("desc_cls.t".into(), Tensor::new([1], vec![0.0]).unwrap());
+        }
+        // DOLG's optimiser (Nesterov, weight decay 1e-4) with a clip at
+        // global norm 1, which keeps 20 float32 steps on the float64 path.
+        let config = TrainConfig {
+            net: TrainModel::Dolg { model: cfg, loss },
+            batch: 2,
+            accumulate: 1,
+            image_size: 96,
+            steps: 20,
+            lr: 0.01,
+            schedule: Schedule::Linear,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            clip_norm: 1.0,
+            bn_momentum: 0.1,
+            seed: 0,
+            checkpoint_every: 0,
+            val_fraction: 0.0,
+            flip: false,
+        };
+        let head = if curricular { "_curricular" } else { "" };
+        check_sgd_steps(
+            &gpu,
+            &format!("dolg{head}"),
+            &config,
+            &file,
+            DIR,
+            "train_plain",
+            &format!("train_plain{head}_sgd"),
+        );
     }
 }

@@ -179,26 +179,28 @@ class Net:
         return lg + 1.0 * la + 10.0 * lr, lg, la, lr
 
 
-def sgd_steps(net, batch, labels, steps=20):
-    """SGD on one batch: momentum 0.9, lr 0.01, clip by global norm 1 (active
-    at every step). With DELG's clip of 10 the run passes the clip boundary
-    mid-way, where f32 rounding is amplified: PyTorch's own f32 run then
-    drifts 1e-2 from this f64 one. Here it stays < 1e-5. Batch-norm running
-    statistics update with net.bn_momentum when it is set. Returns the losses."""
-    trainable = [n for n in net.order if net.p[n].requires_grad]
-    vel = {n: torch.zeros_like(net.p[n]) for n in trainable}
+def sgd_steps(params, loss_fn, steps=20, nesterov=False, weight_decay=0.0):
+    """SGD as PyTorch's (lr 0.01, momentum 0.9) on the tensors of `params`
+    that require a gradient, minimising loss_fn(); gradients clipped by
+    global norm 1 before the weight decay is added, which is active at every
+    step. With DELG's clip of 10 the run passes the clip boundary mid-way,
+    where f32 rounding is amplified: PyTorch's own f32 run then drifts 1e-2
+    from this f64 one. Here it stays < 1e-5. Returns the losses."""
+    trainable = [n for n, t in params.items() if t.requires_grad]
+    vel = {n: torch.zeros_like(params[n]) for n in trainable}
     seq = []
     for _ in range(steps):
-        total, *_ = net.losses(batch, labels)
+        total = loss_fn()
         seq.append(total.item())
-        grads = torch.autograd.grad(total, [net.p[n] for n in trainable], allow_unused=True)
-        grads = [gr if gr is not None else torch.zeros_like(net.p[n]) for n, gr in zip(trainable, grads)]
+        grads = torch.autograd.grad(total, [params[n] for n in trainable], allow_unused=True)
+        grads = [gr if gr is not None else torch.zeros_like(params[n]) for n, gr in zip(trainable, grads)]
         norm = torch.sqrt(sum((gr ** 2).sum() for gr in grads))
         clip = min(1.0, 1.0 / (norm.item() + 1e-6))
         with torch.no_grad():
             for n, gr in zip(trainable, grads):
-                vel[n] = 0.9 * vel[n] + clip * gr
-                net.p[n] -= 0.01 * vel[n]
+                g = clip * gr + weight_decay * params[n]
+                vel[n] = 0.9 * vel[n] + g
+                params[n] -= 0.01 * (g + 0.9 * vel[n] if nesterov else vel[n])
     return seq
 
 
@@ -244,7 +246,7 @@ def main():
                  for n, gr in zip(trainable, grads)}
         save_file(gdict, str(OUT / f"train_{layout}_grads.safetensors"))
 
-        seq = sgd_steps(net, batch, labels)
+        seq = sgd_steps(net.p, lambda: net.losses(batch, labels)[0])
         np.save(OUT / f"train_{layout}_sgd_losses.npy", np.array(seq, dtype=np.float64))
         print(layout, "losses", [round(v, 6) for v in (seq[0], seq[-1])])
 
