@@ -8,14 +8,14 @@ mod common;
 use std::collections::HashMap;
 
 use common::{
-    check_gradients, check_sgd_steps, close_tensors, cosine, gradients_of, run_delg,
-    upload_unfolded,
+    check_gradients, check_sgd_steps, close_tensors, cosine, gradients_of, reference_train_config,
+    run_delg, upload_unfolded,
 };
 use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::jobs::extract::{select_local, ExtractConfig, LevelOutput};
-use delg_gpu::jobs::train::{Schedule, TrainConfig, TrainModel};
+use delg_gpu::jobs::train::{TrainConfig, TrainModel};
 use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use delg_gpu::model::META_CONFIG;
 use delg_gpu::tensor::{HostTensor, Tensor};
@@ -94,24 +94,7 @@ fn reference_loss(cfg: &DelgConfig) -> DelgLossConfig {
 
 fn train_config(cfg: DelgConfig) -> TrainConfig {
     let loss = reference_loss(&cfg);
-    TrainConfig {
-        net: TrainModel::Delg { model: cfg, loss },
-        batch: 2,
-        accumulate: 1,
-        image_size: 64,
-        steps: 20,
-        lr: 0.01,
-        schedule: Schedule::Linear,
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 0.0,
-        clip_norm: 1.0,
-        bn_momentum: 0.1,
-        seed: 0,
-        checkpoint_every: 0,
-        val_fraction: 0.0,
-        flip: false,
-    }
+    reference_train_config(TrainModel::Delg { model: cfg, loss }, 64)
 }
 
 #[test]

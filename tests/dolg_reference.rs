@@ -7,12 +7,13 @@
 mod common;
 
 use common::{
-    check_gradients, check_sgd_steps, close, cosine, fixture, gradients_of, load, upload_unfolded,
+    check_gradients, check_sgd_steps, close, cosine, fixture, gradients_of, load,
+    reference_train_config, upload_unfolded,
 };
 use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
-use delg_gpu::jobs::train::{Schedule, TrainConfig, TrainModel};
+use delg_gpu::jobs::train::{TrainConfig, TrainModel};
 use delg_gpu::model::dolg::{inference_graph, training_graph, DolgConfig, DolgLossConfig};
 use delg_gpu::model::params::load_params;
 use delg_gpu::model::META_CONFIG;
@@ -132,22 +133,9 @@ fn twenty_sgd_steps_track_pytorch_with_either_head() {
         // DOLG's optimiser (Nesterov, weight decay 1e-4) with a clip at
         // global norm 1, which keeps 20 float32 steps on the float64 path.
         let config = TrainConfig {
-            net: TrainModel::Dolg { model: cfg, loss },
-            batch: 2,
-            accumulate: 1,
-            image_size: 96,
-            steps: 20,
-            lr: 0.01,
-            schedule: Schedule::Linear,
-            momentum: 0.9,
             nesterov: true,
             weight_decay: 1e-4,
-            clip_norm: 1.0,
-            bn_momentum: 0.1,
-            seed: 0,
-            checkpoint_every: 0,
-            val_fraction: 0.0,
-            flip: false,
+            ..reference_train_config(TrainModel::Dolg { model: cfg, loss }, 96)
         };
         let head = if curricular { "_curricular" } else { "" };
         check_sgd_steps(

@@ -10,7 +10,9 @@ use delg_gpu::graph::exec::{Executable, ParamStore};
 use delg_gpu::graph::{Graph, TensorId, TensorKind};
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
-use delg_gpu::jobs::train::{build_step, download_state, upload_state, TrainConfig};
+use delg_gpu::jobs::train::{
+    build_step, download_state, upload_state, Schedule, TrainConfig, TrainModel,
+};
 use delg_gpu::model::delg::{inference_graph, DelgConfig};
 use delg_gpu::model::params::{load_params, oihw_to_hwio};
 use delg_gpu::model::resnet::ParamSpec;
@@ -147,6 +149,30 @@ pub fn check_gradients(
                 "{what} {name}: no gradient here but PyTorch has one"
             ),
         }
+    }
+}
+
+/// The training configuration of the references' 20 SGD steps: batch 2 of
+/// `image_size`², lr 0.01, momentum 0.9, clipping at global norm 1,
+/// batch-norm momentum 0.1 (PyTorch convention).
+pub fn reference_train_config(net: TrainModel, image_size: usize) -> TrainConfig {
+    TrainConfig {
+        net,
+        batch: 2,
+        accumulate: 1,
+        image_size,
+        steps: 20,
+        lr: 0.01,
+        schedule: Schedule::Linear,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+        clip_norm: 1.0,
+        bn_momentum: 0.1,
+        seed: 0,
+        checkpoint_every: 0,
+        val_fraction: 0.0,
+        flip: false,
     }
 }
 
