@@ -25,7 +25,7 @@ from recipe_reference import read_safetensors  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 OUT = ref.OUT
-MAX_ELEMENTS = 16384
+MAX_ELEMENTS = 2048
 
 
 def load(net, weights, images, labels):
