@@ -1,5 +1,8 @@
 // Embeds every shaders/*.wgsl into the binary as a (name, source) table, so
-// adding a kernel family is adding a file.
+// adding a kernel family is adding a file; and writes the ops registry: every
+// shader with an entry point pairs with the ops module of the same name, whose
+// shader specs and uniform blocks the naga tests check (a shader without its
+// module does not compile).
 use std::{env, fs, path::Path};
 
 fn main() {
@@ -23,9 +26,30 @@ fn main() {
         ));
     }
     table.push_str("];\n");
-    fs::write(
-        Path::new(&env::var("OUT_DIR").expect("out dir")).join("shaders.rs"),
-        table,
-    )
-    .expect("write table");
+    let out = Path::new(&env::var("OUT_DIR").expect("out dir")).to_path_buf();
+    fs::write(out.join("shaders.rs"), table).expect("write table");
+
+    let families: Vec<&str> = names
+        .iter()
+        .filter(|n| {
+            let src =
+                fs::read_to_string(Path::new(&root).join("shaders").join(n)).expect("read shader");
+            src.contains("@compute")
+        })
+        .map(|n| n.trim_end_matches(".wgsl"))
+        .collect();
+    let mut registry = String::from(
+        "/// Every shader specialisation any op can compile.\npub fn all_shader_specs() -> Vec<crate::gpu::ShaderSpec> {\n    let mut specs = Vec::new();\n",
+    );
+    for f in &families {
+        registry.push_str(&format!("    specs.extend({f}::shader_specs());\n"));
+    }
+    registry.push_str("    specs\n}\n\n/// The Rust side of the uniform block a spec's entry point reads.\npub fn uniform_shape(spec: &crate::gpu::ShaderSpec) -> Option<crate::gpu::UniformShape> {\n    match spec.file {\n");
+    for f in &families {
+        registry.push_str(&format!(
+            "        {f:?} => {f}::uniform_shape(spec.entry),\n"
+        ));
+    }
+    registry.push_str("        _ => None,\n    }\n}\n");
+    fs::write(out.join("ops_registry.rs"), registry).expect("write registry");
 }

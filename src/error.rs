@@ -104,13 +104,3 @@ impl Error {
         }
     }
 }
-
-/// Returns early with a shape error when a condition does not hold.
-#[macro_export]
-macro_rules! ensure_shape {
-    ($cond:expr, $op:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err($crate::error::Error::shape($op, format!($($fmt)+)));
-        }
-    };
-}

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::gpu::{DeviceTensor, Gpu, GpuOptions, MatmulVariant, Recorder, Tuning};
-use crate::graph::exec::{eval_reference, run_op, Executable, ParamStore};
+use crate::graph::exec::{run_op, Executable, ParamStore};
+use crate::graph::reference::eval_reference;
 use crate::graph::{Graph, Op, TensorId};
 use crate::tensor::{HostTensor, RefTensor, Rng, Shape};
 

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use delg_gpu::graph::exec::{eval_reference, Executable, ParamStore};
+use delg_gpu::graph::exec::{Executable, ParamStore};
+use delg_gpu::graph::reference::eval_reference;
 use delg_gpu::graph::{Graph, TensorId};
 use delg_gpu::ops::elementwise::{Binary, BinaryKind, Reshape, StopGradient, Unary, UnaryKind};
 use delg_gpu::tensor::{RefTensor, Rng, Shape};

@@ -4,7 +4,8 @@
 //! on any machine, GPU or not.
 
 use delg_gpu::gpu::shader::validate;
-use delg_gpu::ops::all_shader_specs;
+use delg_gpu::gpu::{ScalarKind, UniformShape, UniformSlot};
+use delg_gpu::ops::{all_shader_specs, uniform_shape};
 
 fn translate_all(label: &str, module: &naga::Module) {
     let info = naga::valid::Validator::new(
@@ -75,4 +76,108 @@ fn every_shader_validates_and_translates() {
         );
         translate_all(&label, &module);
     }
+}
+
+/// The WGSL uniform block at @group(0) @binding(0) flattened to scalar slots
+/// (byte offset, type, member name), and its size, from naga's own layout.
+fn wgsl_uniform(module: &naga::Module) -> Option<UniformShape> {
+    fn flatten(
+        module: &naga::Module,
+        ty: naga::Handle<naga::Type>,
+        base: usize,
+        name: &str,
+        out: &mut Vec<UniformSlot>,
+    ) {
+        let scalar = |s: naga::Scalar| match (s.kind, s.width) {
+            (naga::ScalarKind::Uint, 4) => ScalarKind::U32,
+            (naga::ScalarKind::Sint, 4) => ScalarKind::I32,
+            (naga::ScalarKind::Float, 4) => ScalarKind::F32,
+            other => panic!("uniform member of unsupported type {other:?}"),
+        };
+        let slot = |offset, s| UniformSlot {
+            offset,
+            kind: scalar(s),
+            name: Some(name.to_string()),
+        };
+        match &module.types[ty].inner {
+            naga::TypeInner::Scalar(s) => out.push(slot(base, *s)),
+            naga::TypeInner::Vector { size, scalar: s } => {
+                for i in 0..*size as usize {
+                    out.push(slot(base + 4 * i, *s));
+                }
+            }
+            naga::TypeInner::Array {
+                base: elem,
+                size: naga::ArraySize::Constant(n),
+                stride,
+            } => {
+                for i in 0..n.get() as usize {
+                    flatten(module, *elem, base + i * *stride as usize, name, out);
+                }
+            }
+            naga::TypeInner::Struct { members, .. } => {
+                for m in members {
+                    let member = m.name.as_deref().unwrap_or("");
+                    flatten(module, m.ty, base + m.offset as usize, member, out);
+                }
+            }
+            other => panic!("uniform member of unsupported type {other:?}"),
+        }
+    }
+    let var = module.global_variables.iter().find_map(|(_, v)| {
+        let b = v.binding.as_ref()?;
+        (v.space == naga::AddressSpace::Uniform && b.group == 0 && b.binding == 0).then_some(v)
+    })?;
+    let mut slots = Vec::new();
+    flatten(module, var.ty, 0, "", &mut slots);
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).expect("layout");
+    let size = layouter[var.ty].size as usize;
+    Some(UniformShape { slots, size })
+}
+
+/// Every kernel's Rust parameter struct has the layout of the WGSL uniform
+/// block it fills: same scalar at every offset, same size. A field added on
+/// one side only, reordered, or of another type fails here.
+#[test]
+fn every_uniform_block_matches_its_rust_struct() {
+    let mut checked = 0;
+    for spec in all_shader_specs() {
+        let label = spec.label();
+        let module = validate(&label, &spec.source().unwrap()).unwrap();
+        let Some(wgsl) = wgsl_uniform(&module) else {
+            continue;
+        };
+        let rust = uniform_shape(&spec)
+            .unwrap_or_else(|| panic!("{label}: no Rust uniform struct for this entry point"));
+        let offsets_kinds = |s: &UniformShape| -> Vec<(usize, ScalarKind)> {
+            s.slots.iter().map(|x| (x.offset, x.kind)).collect()
+        };
+        assert_eq!(
+            offsets_kinds(&rust),
+            offsets_kinds(&wgsl),
+            "{label}: uniform members differ (Rust, WGSL)"
+        );
+        // Scalar fields carry their names on both sides; array elements match
+        // WGSL members of any name (o1..o5 for off[5], vectors for shifts[12]),
+        // and padding any padding (_pad vs _pad0).
+        let padding = |n: &Option<String>| n.as_deref().is_some_and(|n| n.starts_with('_'));
+        for (r, w) in rust.slots.iter().zip(&wgsl.slots) {
+            if r.name.is_some() && !(padding(&r.name) && padding(&w.name)) {
+                assert_eq!(
+                    r.name, w.name,
+                    "{label}: member at byte {} (Rust, WGSL)",
+                    r.offset
+                );
+            }
+        }
+        // WGSL rounds a uniform struct up to 16 bytes; the Rust struct must
+        // cover that, and bytemuck writes exactly size_of.
+        assert_eq!(
+            rust.size, wgsl.size,
+            "{label}: uniform block sizes differ (Rust, WGSL)"
+        );
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} uniform blocks found");
 }

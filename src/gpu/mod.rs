@@ -7,6 +7,7 @@ pub mod recorder;
 pub mod scratch;
 pub mod shader;
 pub mod tuning;
+pub mod uniform;
 pub mod window;
 
 pub use buffer::DeviceTensor;
@@ -15,6 +16,7 @@ pub use recorder::{Binding, RecordStats, Recorder, Recording};
 pub use scratch::TextureNeed;
 pub use shader::ShaderSpec;
 pub use tuning::{MatmulVariant, Tuning};
+pub use uniform::{ScalarKind, Uniform, UniformField, UniformShape, UniformSlot};
 pub use window::{
     chunks, image_rows, row_chunks, rows_per_window, scaled, vec4_pieces, BufSlice, Piece,
     RowLaunch, Window,

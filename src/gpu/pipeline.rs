@@ -65,5 +65,5 @@ impl Gpu {
 }
 
 fn poisoned<T>(_: T) -> Error {
-    Error::Graph("pipeline cache lock poisoned by an earlier panic".into())
+    Error::Internal("pipeline cache lock poisoned by an earlier panic".into())
 }

@@ -1,14 +1,14 @@
 //! Running a graph: on the GPU through a planned, recorded `Executable`, or on
-//! the f64 references (`eval_reference`) to check it.
+//! the f64 references (`reference::eval_reference`) to check it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::plan::{plan_memory, Lifetime, MemoryPlan};
+use super::plan::{plan_storages, MemoryPlan, StoragePlan};
 use super::{Graph, TensorId, TensorKind};
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceTensor, Gpu, Recorder, Recording};
-use crate::tensor::{HostTensor, RefTensor, Shape};
+use crate::tensor::{HostTensor, Shape};
 
 /// Persistent tensors by name: weights, optimiser state, running statistics.
 /// Shared by every plan built for the same model, whatever the input shape.
@@ -25,57 +25,6 @@ impl ParamStore {
     }
     pub fn get(&self, name: &str) -> Option<&DeviceTensor> {
         self.tensors.get(name)
-    }
-}
-
-/// Where the computed tensors of a graph live, decided without a device.
-pub struct StoragePlan {
-    /// Nodes to run, in order.
-    pub schedule: Vec<usize>,
-    /// Computed storages (views excluded), in the order of `memory.slot_of`.
-    pub storages: Vec<TensorId>,
-    pub lifetimes: Vec<Lifetime>,
-    pub memory: MemoryPlan,
-}
-
-/// Plans the computed tensors needed for `targets`: each storage lives from
-/// the step that writes it to the last step that reads it (targets to the
-/// end), and storages with disjoint lives share a slot.
-pub fn plan_storages(graph: &Graph, targets: &[TensorId]) -> StoragePlan {
-    let schedule = graph.live_nodes(targets);
-    let mut lives: HashMap<TensorId, Lifetime> = HashMap::new();
-    for (step, &n) in schedule.iter().enumerate() {
-        let node = &graph.nodes[n];
-        for o in &node.outputs {
-            let st = graph.info(*o).storage;
-            if graph.info(st).kind == TensorKind::Computed {
-                lives.entry(st).or_insert(Lifetime {
-                    bytes: graph.shape(st).bytes(),
-                    first: step,
-                    last: step,
-                });
-            }
-        }
-        for i in &node.inputs {
-            if let Some(l) = lives.get_mut(&graph.info(*i).storage) {
-                l.last = step;
-            }
-        }
-    }
-    for t in targets {
-        if let Some(l) = lives.get_mut(&graph.info(*t).storage) {
-            l.last = usize::MAX;
-        }
-    }
-    let mut storages: Vec<TensorId> = lives.keys().copied().collect();
-    storages.sort();
-    let lifetimes: Vec<Lifetime> = storages.iter().map(|s| lives[s]).collect();
-    let memory = plan_memory(&lifetimes);
-    StoragePlan {
-        schedule,
-        storages,
-        lifetimes,
-        memory,
     }
 }
 
@@ -108,7 +57,7 @@ impl Executable {
             match info.kind {
                 TensorKind::Param => {
                     let p = params.get(&info.name).ok_or_else(|| {
-                        Error::Graph(format!("parameter '{}' was not loaded", info.name))
+                        Error::Internal(format!("parameter '{}' was not loaded", info.name))
                     })?;
                     if p.shape != info.shape {
                         return Err(Error::shape(
@@ -174,7 +123,7 @@ impl Executable {
         let recording = record_nodes(gpu, graph, &tensors, &schedule)?;
         let unplanned_bytes = life_list.iter().map(|l| l.bytes).sum();
         let flops = graph.flops(&schedule);
-        Ok(Executable {
+        let exe = Executable {
             gpu: gpu.clone(),
             graph: graph.clone(),
             tensors,
@@ -183,13 +132,53 @@ impl Executable {
             memory,
             unplanned_bytes,
             flops,
-        })
+        };
+        if debug_level() >= 1 {
+            exe.print_plan();
+        }
+        Ok(exe)
+    }
+
+    /// The schedule and the memory plan on stderr (`DELG_DEBUG=1`).
+    fn print_plan(&self) {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        eprintln!(
+            "plan: {} nodes, {:.2} GFLOP, {} dispatches",
+            self.schedule.len(),
+            self.flops as f64 / 1e9,
+            self.recording.stats.dispatches
+        );
+        for (step, &n) in self.schedule.iter().enumerate() {
+            let node = &self.graph.nodes[n];
+            let shapes = |ts: &[TensorId]| -> Vec<Vec<usize>> {
+                ts.iter()
+                    .map(|t| self.graph.shape(*t).dims().to_vec())
+                    .collect()
+            };
+            eprintln!(
+                "  {step:>4} [{}] {} {:?} -> {:?}",
+                self.graph.stage_of(n),
+                node.op.name(),
+                shapes(&node.inputs),
+                shapes(&node.outputs)
+            );
+        }
+        eprintln!(
+            "memory: {} slots, {:.1} MiB planned for {:.1} MiB of computed tensors; device scratch {:.1} MiB",
+            self.memory.slot_bytes.len(),
+            mib(self.memory.total_bytes()),
+            mib(self.unplanned_bytes),
+            mib(self.gpu.scratch_bytes())
+        );
+        for (i, b) in self.memory.slot_bytes.iter().enumerate() {
+            eprintln!("  slot {i:>3} {:>10.2} MiB", mib(*b));
+        }
     }
 
     fn tensor(&self, t: TensorId) -> Result<&DeviceTensor> {
         self.tensors
             .get(&t)
-            .ok_or_else(|| Error::Graph(format!("tensor {t:?} is not part of this plan")))
+            .ok_or_else(|| Error::Internal(format!("tensor {t:?} is not part of this plan")))
     }
 
     pub fn set_input(&self, t: TensorId, value: &HostTensor) -> Result<()> {
@@ -208,8 +197,25 @@ impl Executable {
 
     /// Submits the recorded work and waits for it.
     pub fn run(&self) -> Result<()> {
+        if debug_level() >= 2 {
+            return self.run_profiled();
+        }
         self.recording.submit(&self.gpu)?;
         self.gpu.wait()
+    }
+
+    /// `DELG_DEBUG=2`: runs node by node and prints each node's time.
+    fn run_profiled(&self) -> Result<()> {
+        eprintln!("run: seconds per node (one submission each)");
+        for (step, (name, shape, flops, seconds)) in self.profile()?.into_iter().enumerate() {
+            eprintln!(
+                "  {step:>4} {name:<28} {:>9.3} ms {:>8.2} GFLOP/s  -> {:?}",
+                seconds * 1e3,
+                flops as f64 / seconds.max(1e-9) / 1e9,
+                shape.dims()
+            );
+        }
+        Ok(())
     }
 
     /// Runs like `run`, one submission per stage of the graph (see
@@ -284,6 +290,18 @@ impl Executable {
     }
 }
 
+/// `DELG_DEBUG`: 1 prints every plan's schedule and memory, 2 also times
+/// every node of every run (one submission per node: slower, same results).
+fn debug_level() -> u32 {
+    static LEVEL: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        std::env::var("DELG_DEBUG")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 /// Records the dispatches of `nodes`, in order, over the tensors' buffers.
 fn record_nodes(
     gpu: &Gpu,
@@ -297,53 +315,13 @@ fn record_nodes(
         let get = |t: &TensorId| {
             tensors
                 .get(t)
-                .ok_or_else(|| Error::Graph(format!("tensor {t:?} has no buffer")))
+                .ok_or_else(|| Error::Internal(format!("tensor {t:?} has no buffer")))
         };
         let ins: Vec<&DeviceTensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
         let outs: Vec<&DeviceTensor> = node.outputs.iter().map(get).collect::<Result<_>>()?;
         node.op.record(&mut rec, &ins, &outs)?;
     }
     rec.finish()
-}
-
-/// Evaluates the nodes needed for `targets` with the f64 references. `values`
-/// holds inputs and params on entry, and every computed tensor on return;
-/// mutated inputs are updated in place.
-pub fn eval_reference(
-    graph: &Graph,
-    targets: &[TensorId],
-    values: &mut HashMap<TensorId, RefTensor>,
-) -> Result<()> {
-    for n in graph.live_nodes(targets) {
-        let node = &graph.nodes[n];
-        let ins: Vec<&RefTensor> = node
-            .inputs
-            .iter()
-            .map(|t| {
-                values
-                    .get(t)
-                    .ok_or_else(|| Error::Graph(format!("no value for '{}'", graph.info(*t).name)))
-            })
-            .collect::<Result<_>>()?;
-        let mut outs = node.op.reference(&ins)?;
-        let mutated = node.op.mutates();
-        if outs.len() != node.outputs.len() + mutated.len() {
-            return Err(Error::Graph(format!(
-                "{} reference returned {} tensors",
-                node.op.name(),
-                outs.len()
-            )));
-        }
-        let new_state = outs.split_off(node.outputs.len());
-        for (&i, v) in mutated.iter().zip(new_state) {
-            values.insert(node.inputs[i], v);
-        }
-        for (t, v) in node.outputs.iter().zip(outs) {
-            debug_assert_eq!(&v.shape, graph.shape(*t));
-            values.insert(*t, v);
-        }
-    }
-    Ok(())
 }
 
 /// Runs one op eagerly on the GPU: upload, record, run, download.

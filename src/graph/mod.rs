@@ -1,12 +1,12 @@
-//! The graph scheduler: ops as nodes (this file), reverse-mode autodiff
-//! (`autodiff`), memory planning by liveness (`plan`), and execution on the
-//! GPU or on the plain-Rust references (`exec`). Building, differentiating,
-//! planning and running are separate stages; all but the GPU run work without
-//! a device, so they are unit-tested anywhere.
+//! The graph scheduler: ops as nodes (this file), memory planning by liveness
+//! (`plan`), execution on the GPU (`exec`) and on the f64 references
+//! (`reference`). Building, planning and running are separate stages; all
+//! but the GPU run work without a device, so they are unit-tested anywhere.
+//! Reverse-mode differentiation adds ordinary nodes (`ops::autodiff`).
 
-pub mod autodiff;
 pub mod exec;
 pub mod plan;
+pub mod reference;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -68,7 +68,7 @@ pub trait Op: Debug + Send + Sync {
         _outputs: &[TensorId],
         _grads: &[Option<TensorId>],
     ) -> Result<Vec<Option<TensorId>>> {
-        Err(Error::Graph(format!(
+        Err(Error::Internal(format!(
             "{} has no backward pass",
             self.name()
         )))
@@ -167,7 +167,7 @@ impl Graph {
 
     pub fn apply_arc(&mut self, op: Arc<dyn Op>, inputs: &[TensorId]) -> Result<Vec<TensorId>> {
         if let Some(bad) = inputs.iter().find(|t| t.0 >= self.tensors.len()) {
-            return Err(Error::Graph(format!(
+            return Err(Error::Internal(format!(
                 "{}: unknown tensor {bad:?}",
                 op.name()
             )));
@@ -205,7 +205,7 @@ impl Graph {
         let out = self.apply(op, inputs)?;
         match out.as_slice() {
             [one] => Ok(*one),
-            _ => Err(Error::Graph(format!(
+            _ => Err(Error::Internal(format!(
                 "{name} has {} outputs, expected one",
                 out.len()
             ))),
@@ -225,7 +225,7 @@ impl Graph {
             let id = TensorId(i);
             match info.kind {
                 TensorKind::Input if !map.contains_key(&id) => {
-                    return Err(Error::Graph(format!(
+                    return Err(Error::Internal(format!(
                         "import: input '{}' is not bound",
                         info.name
                     )));
@@ -238,7 +238,7 @@ impl Graph {
                     let mine = match existing {
                         Some(j) if self.tensors[j].shape == info.shape => TensorId(j),
                         Some(_) => {
-                            return Err(Error::Graph(format!(
+                            return Err(Error::Internal(format!(
                                 "import: parameter '{}' exists with another shape",
                                 info.name
                             )))

@@ -3,6 +3,10 @@
 //! do not overlap share a device buffer, chosen best-fit. Pure logic, tested
 //! without a device.
 
+use std::collections::HashMap;
+
+use super::{Graph, TensorId, TensorKind};
+
 /// The life of one storage: written at step `first`, last read at step `last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lifetime {
@@ -61,6 +65,57 @@ pub fn plan_memory(lives: &[Lifetime]) -> MemoryPlan {
         plan.slot_of[i] = slot;
     }
     plan
+}
+
+/// Where the computed tensors of a graph live, decided without a device.
+pub struct StoragePlan {
+    /// Nodes to run, in order.
+    pub schedule: Vec<usize>,
+    /// Computed storages (views excluded), in the order of `memory.slot_of`.
+    pub storages: Vec<TensorId>,
+    pub lifetimes: Vec<Lifetime>,
+    pub memory: MemoryPlan,
+}
+
+/// Plans the computed tensors needed for `targets`: each storage lives from
+/// the step that writes it to the last step that reads it (targets to the
+/// end), and storages with disjoint lives share a slot.
+pub fn plan_storages(graph: &Graph, targets: &[TensorId]) -> StoragePlan {
+    let schedule = graph.live_nodes(targets);
+    let mut lives: HashMap<TensorId, Lifetime> = HashMap::new();
+    for (step, &n) in schedule.iter().enumerate() {
+        let node = &graph.nodes[n];
+        for o in &node.outputs {
+            let st = graph.info(*o).storage;
+            if graph.info(st).kind == TensorKind::Computed {
+                lives.entry(st).or_insert(Lifetime {
+                    bytes: graph.shape(st).bytes(),
+                    first: step,
+                    last: step,
+                });
+            }
+        }
+        for i in &node.inputs {
+            if let Some(l) = lives.get_mut(&graph.info(*i).storage) {
+                l.last = step;
+            }
+        }
+    }
+    for t in targets {
+        if let Some(l) = lives.get_mut(&graph.info(*t).storage) {
+            l.last = usize::MAX;
+        }
+    }
+    let mut storages: Vec<TensorId> = lives.keys().copied().collect();
+    storages.sort();
+    let lifetimes: Vec<Lifetime> = storages.iter().map(|s| lives[s]).collect();
+    let memory = plan_memory(&lifetimes);
+    StoragePlan {
+        schedule,
+        storages,
+        lifetimes,
+        memory,
+    }
 }
 
 #[cfg(test)]

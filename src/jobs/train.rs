@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::graph::exec::{plan_storages, Executable, ParamStore};
+use crate::graph::exec::{Executable, ParamStore};
+use crate::graph::plan::plan_storages;
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::io::weights::WeightFile;
 use crate::jobs::dataset::{make_batch, Augment, AugmentRecipe, Batch, Dataset};

@@ -391,7 +391,7 @@ pub fn backbone(b: &mut NetBuilder, cfg: &ResNetConfig, x: TensorId) -> Result<F
             });
         }
     }
-    let s = s.ok_or_else(|| Error::Graph("conv4 output missing".into()))?;
+    let s = s.ok_or_else(|| Error::Internal("conv4 output missing".into()))?;
     Ok(Features { s, d: t })
 }
 

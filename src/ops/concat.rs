@@ -14,21 +14,27 @@ use crate::tensor::{RefTensor, Shape, Tensor};
 
 const WG: u64 = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    src_stride: u32,
-    src_col: u32,
-    dst_stride: u32,
-    dst_col: u32,
-    shift_src: u32,
-    shift_dst: u32,
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct Params {
+        rows: u32,
+        cols: u32,
+        src_stride: u32,
+        src_col: u32,
+        dst_stride: u32,
+        dst_col: u32,
+        shift_src: u32,
+        shift_dst: u32,
+    }
 }
 
 fn spec() -> ShaderSpec {
     ShaderSpec::new("concat", "copy_columns")
+}
+
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
+    Some(<Params as crate::gpu::Uniform>::shape())
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {

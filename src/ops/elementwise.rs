@@ -12,16 +12,22 @@ use crate::tensor::{RefTensor, Shape, Tensor};
 
 const WG: u64 = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    kind: u32,
-    shift_x: u32,
-    shift_y: u32,
-    shift_out: u32,
-    alpha: f32,
-    _pad: [u32; 2],
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct Params {
+        n: u32,
+        kind: u32,
+        shift_x: u32,
+        shift_y: u32,
+        shift_out: u32,
+        alpha: f32,
+        _pad: [u32; 2],
+    }
+}
+
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
+    Some(<Params as crate::gpu::Uniform>::shape())
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
@@ -267,7 +273,7 @@ impl Op for Binary {
                 Some(g.apply1(Binary::new(BinaryKind::Mul), &[dy, inputs[0]])?),
             ]),
             // Gradients of gradient ops are not needed for first-order training.
-            _ => Err(Error::Graph(format!(
+            _ => Err(Error::Internal(format!(
                 "{} has no backward pass",
                 self.name()
             ))),

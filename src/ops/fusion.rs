@@ -15,17 +15,18 @@ use crate::tensor::{RefTensor, Shape, Tensor};
 
 const WG: u64 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    c: u32,
-    shift_g: u32,
-    shift_l: u32,
-    shift_dy: u32,
-    shift_out: u32,
-    shift_dl: u32,
-    _pad: u32,
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct Params {
+        rows: u32,
+        c: u32,
+        shift_g: u32,
+        shift_l: u32,
+        shift_dy: u32,
+        shift_out: u32,
+        shift_dl: u32,
+        _pad: u32,
+    }
 }
 
 fn forward_spec() -> ShaderSpec {
@@ -34,6 +35,11 @@ fn forward_spec() -> ShaderSpec {
 
 fn backward_spec() -> ShaderSpec {
     ShaderSpec::new("fusion", "orthogonal_fusion_grad").def("BACKWARD", 1)
+}
+
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
+    Some(<Params as crate::gpu::Uniform>::shape())
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {

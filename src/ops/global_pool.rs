@@ -10,6 +10,11 @@ use crate::ops::elementwise::expect_inputs;
 use crate::ops::pool::{offsets5, Params, LOOP_BUDGET};
 use crate::tensor::{RefTensor, Shape, Tensor};
 
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
+    Some(<Params as crate::gpu::Uniform>::shape())
+}
+
 pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = vec![attn_grad_spec(), sum_all_spec()];
     for mode in ["MEAN", "ATTN", "GEM"] {
@@ -130,7 +135,6 @@ fn record_global(
         },
     )
 }
-
 
 /// Rows of width `w` one reducing dispatch may cover.
 fn loop_rows(op: &str, w: u64) -> Result<u64> {

@@ -1,6 +1,7 @@
 //! Kernel families. Each module pairs `shaders/<family>.wgsl` with its Rust
 //! binding (shape rules, dispatch), its f64 reference and its backward rules.
 
+pub mod autodiff;
 pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;
@@ -14,22 +15,5 @@ pub mod optim;
 pub mod pool;
 pub mod resize;
 
-use crate::gpu::ShaderSpec;
-
-/// Every shader specialisation any op can compile, for the naga validation tests.
-pub fn all_shader_specs() -> Vec<ShaderSpec> {
-    let mut specs = Vec::new();
-    specs.extend(batchnorm::shader_specs());
-    specs.extend(concat::shader_specs());
-    specs.extend(conv2d::shader_specs());
-    specs.extend(elementwise::shader_specs());
-    specs.extend(fusion::shader_specs());
-    specs.extend(gemm::shader_specs());
-    specs.extend(global_pool::shader_specs());
-    specs.extend(loss::shader_specs());
-    specs.extend(normalize::shader_specs());
-    specs.extend(optim::shader_specs());
-    specs.extend(pool::shader_specs());
-    specs.extend(resize::shader_specs());
-    specs
-}
+// all_shader_specs() and uniform_shape(), one line per shaders/<family>.wgsl.
+include!(concat!(env!("OUT_DIR"), "/ops_registry.rs"));

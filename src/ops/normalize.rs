@@ -16,16 +16,17 @@ use crate::tensor::{RefTensor, Shape, Tensor};
 
 const WG: u64 = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    c: u32,
-    eps: f32,
-    shift_x: u32,
-    shift_dy: u32,
-    shift_out: u32,
-    _pad: [u32; 2],
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct Params {
+        rows: u32,
+        c: u32,
+        eps: f32,
+        shift_x: u32,
+        shift_dy: u32,
+        shift_out: u32,
+        _pad: [u32; 2],
+    }
 }
 
 fn forward_spec() -> ShaderSpec {
@@ -34,6 +35,11 @@ fn forward_spec() -> ShaderSpec {
 
 fn backward_spec() -> ShaderSpec {
     ShaderSpec::new("normalize", "l2_backward").def("BACKWARD", 1)
+}
+
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
+    Some(<Params as crate::gpu::Uniform>::shape())
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {

@@ -19,6 +19,16 @@ const WG: u64 = 256;
 /// torch.nn.utils.clip_grad_norm_'s epsilon: clip = min(1, max_norm / (norm + EPS)).
 pub const CLIP_EPS: f64 = 1e-6;
 
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(entry: &str) -> Option<crate::gpu::UniformShape> {
+    use crate::gpu::Uniform;
+    Some(match entry {
+        "sgd_step" => SgdParams::shape(),
+        "grad_accumulate" => AccumulateParams::shape(),
+        _ => return None,
+    })
+}
+
 pub fn shader_specs() -> Vec<ShaderSpec> {
     [false, true]
         .into_iter()
@@ -54,19 +64,20 @@ pub struct SgdStep {
     pub weight_decay: f32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SgdParams {
-    n: u32,
-    shift_param: u32,
-    shift_grad: u32,
-    shift_velocity: u32,
-    shift_lr: u32,
-    shift_clip: u32,
-    nesterov: u32,
-    momentum: f32,
-    weight_decay: f32,
-    _pad: [u32; 3],
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct SgdParams {
+        n: u32,
+        shift_param: u32,
+        shift_grad: u32,
+        shift_velocity: u32,
+        shift_lr: u32,
+        shift_clip: u32,
+        nesterov: u32,
+        momentum: f32,
+        weight_decay: f32,
+        _pad: [u32; 3],
+    }
 }
 
 impl SgdStep {
@@ -209,15 +220,16 @@ pub struct GradAccumulate {
     pub scale: f32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct AccumulateParams {
-    n: u32,
-    shift_sum: u32,
-    shift_grad: u32,
-    shift_keep: u32,
-    scale: f32,
-    _pad: [u32; 3],
+crate::uniform! {
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct AccumulateParams {
+        n: u32,
+        shift_sum: u32,
+        shift_grad: u32,
+        shift_keep: u32,
+        scale: f32,
+        _pad: [u32; 3],
+    }
 }
 
 impl Op for GradAccumulate {
@@ -346,7 +358,8 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::graph::exec::{eval_reference, Executable, ParamStore};
+    use crate::graph::exec::{Executable, ParamStore};
+    use crate::graph::reference::eval_reference;
     use crate::graph::{Graph, TensorId};
     use crate::tensor::{HostTensor, Rng};
     use crate::testing::{assert_close, check_op, test_gpus, OpCase};

@@ -22,27 +22,33 @@ use crate::tensor::{RefTensor, Shape, Tensor};
 /// together); later dispatches continue the sums.
 pub(crate) const LOOP_BUDGET: u64 = 32_000;
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-pub(crate) struct Params {
-    pub(crate) threads: u32,
-    pub(crate) row0: u32,
-    pub(crate) row_end: u32,
-    pub(crate) h: u32,
-    pub(crate) w: u32,
-    pub(crate) c: u32,
-    pub(crate) oh: u32,
-    pub(crate) ow: u32,
-    pub(crate) kh: u32,
-    pub(crate) kw: u32,
-    pub(crate) sh: u32,
-    pub(crate) sw: u32,
-    pub(crate) pt: u32,
-    pub(crate) pl: u32,
-    pub(crate) eps: f32,
-    pub(crate) inv_hw: f32,
-    pub(crate) off: [u32; 5],
-    pub(crate) _pad: [u32; 3],
+crate::uniform! {
+    #[derive(Clone, Copy, Default, Pod, Zeroable)]
+    pub(crate) struct Params {
+        pub(crate) threads: u32,
+        pub(crate) row0: u32,
+        pub(crate) row_end: u32,
+        pub(crate) h: u32,
+        pub(crate) w: u32,
+        pub(crate) c: u32,
+        pub(crate) oh: u32,
+        pub(crate) ow: u32,
+        pub(crate) kh: u32,
+        pub(crate) kw: u32,
+        pub(crate) sh: u32,
+        pub(crate) sw: u32,
+        pub(crate) pt: u32,
+        pub(crate) pl: u32,
+        pub(crate) eps: f32,
+        pub(crate) inv_hw: f32,
+        pub(crate) off: [u32; 5],
+        pub(crate) _pad: [u32; 3],
+    }
+}
+
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
+    Some(<Params as crate::gpu::Uniform>::shape())
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {

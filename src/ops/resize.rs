@@ -13,23 +13,29 @@ use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::expect_inputs;
 use crate::tensor::{RefTensor, Shape, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct Params {
-    threads: u32,
-    row0: u32,
-    h: u32,
-    w: u32,
-    c: u32,
-    oh: u32,
-    ow: u32,
-    row_lo: u32,
-    row_hi: u32,
-    scale_y: f32,
-    scale_x: f32,
-    o1: u32,
-    o2: u32,
-    _pad: [u32; 3],
+crate::uniform! {
+    #[derive(Clone, Copy, Default, Pod, Zeroable)]
+    struct Params {
+        threads: u32,
+        row0: u32,
+        h: u32,
+        w: u32,
+        c: u32,
+        oh: u32,
+        ow: u32,
+        row_lo: u32,
+        row_hi: u32,
+        scale_y: f32,
+        scale_x: f32,
+        o1: u32,
+        o2: u32,
+        _pad: [u32; 3],
+    }
+}
+
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
+    Some(<Params as crate::gpu::Uniform>::shape())
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {

@@ -119,38 +119,39 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
     specs
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, Pod, Zeroable)]
-pub(super) struct Params {
-    pub(super) m: u32,
-    pub(super) n: u32,
-    pub(super) k: u32,
-    pub(super) row0: u32,
-    pub(super) k0: u32,
-    pub(super) taps_x: u32,
-    pub(super) src_h: u32,
-    pub(super) src_w: u32,
-    pub(super) src_c: u32,
-    pub(super) grid_h: u32,
-    pub(super) grid_w: u32,
-    pub(super) div_y: u32,
-    pub(super) div_x: u32,
-    pub(super) a_base: u32,
-    pub(super) a_shift: u32,
-    pub(super) b_shift: u32,
-    pub(super) c_shift: u32,
-    pub(super) r_shift: u32,
-    pub(super) accum: u32,
-    pub(super) col_tiles: u32,
-    pub(super) tex_log2: u32,
-    pub(super) mul_y: i32,
-    pub(super) off_y: i32,
-    pub(super) dk_y: i32,
-    pub(super) mul_x: i32,
-    pub(super) off_x: i32,
-    pub(super) dk_x: i32,
-    pub(super) v_shift: [u32; 3],
-    pub(super) _pad: [u32; 2],
+crate::uniform! {
+    #[derive(Clone, Copy, Default, Pod, Zeroable)]
+    pub(super) struct Params {
+        pub(super) m: u32,
+        pub(super) n: u32,
+        pub(super) k: u32,
+        pub(super) row0: u32,
+        pub(super) k0: u32,
+        pub(super) taps_x: u32,
+        pub(super) src_h: u32,
+        pub(super) src_w: u32,
+        pub(super) src_c: u32,
+        pub(super) grid_h: u32,
+        pub(super) grid_w: u32,
+        pub(super) div_y: u32,
+        pub(super) div_x: u32,
+        pub(super) a_base: u32,
+        pub(super) a_shift: u32,
+        pub(super) b_shift: u32,
+        pub(super) c_shift: u32,
+        pub(super) r_shift: u32,
+        pub(super) accum: u32,
+        pub(super) col_tiles: u32,
+        pub(super) tex_log2: u32,
+        pub(super) mul_y: i32,
+        pub(super) off_y: i32,
+        pub(super) dk_y: i32,
+        pub(super) mul_x: i32,
+        pub(super) off_x: i32,
+        pub(super) dk_x: i32,
+        pub(super) v_shift: [u32; 3],
+        pub(super) _pad: [u32; 2],
+    }
 }
 
 /// One GEMM dispatch: C[m, n] (+)= A[m, k]·B[k, n] with the epilogue.

@@ -31,6 +31,11 @@ pub use kernel::shader_specs;
 use kernel::*;
 use staging::*;
 
+/// The Rust side of the uniform block of `entry` (tests compare it with the WGSL).
+pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
+    Some(<Params as crate::gpu::Uniform>::shape())
+}
+
 /// Explicit zero padding of the two spatial axes, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Padding {

@@ -1,12 +1,14 @@
 //! Reverse-mode autodiff: walks the forward nodes backwards and asks each op
 //! to add the nodes of its gradient, summing contributions that meet at a
 //! tensor. The backward pass is ordinary graph nodes, so it is planned,
-//! recorded and checked like the forward pass.
+//! recorded and checked like the forward pass. It lives with the kernels, not
+//! in `graph/`, because seeding a loss and summing gradients are kernels
+//! themselves: the graph layer knows no op.
 
 use std::collections::HashMap;
 
-use super::{Graph, TensorId};
 use crate::error::{Error, Result};
+use crate::graph::{Graph, TensorId};
 use crate::ops::elementwise::{Binary, BinaryKind, Fill};
 
 impl Graph {
@@ -14,7 +16,7 @@ impl Graph {
     /// does not influence the loss).
     pub fn grad(&mut self, loss: TensorId, wrt: &[TensorId]) -> Result<Vec<Option<TensorId>>> {
         if self.shape(loss).numel() != 1 {
-            return Err(Error::Graph(format!(
+            return Err(Error::Internal(format!(
                 "grad needs a scalar loss, got shape {:?}",
                 self.shape(loss)
             )));
@@ -37,7 +39,7 @@ impl Graph {
     ) -> Result<Vec<Option<TensorId>>> {
         for (out, seed) in seeds {
             if self.shape(*out) != self.shape(*seed) {
-                return Err(Error::Graph(format!(
+                return Err(Error::Internal(format!(
                     "seed shape {:?} differs from output shape {:?}",
                     self.shape(*seed),
                     self.shape(*out)
@@ -75,7 +77,7 @@ impl Graph {
                 .op
                 .backward(self, &node.inputs, &node.outputs, &out_grads)?;
             if in_grads.len() != node.inputs.len() {
-                return Err(Error::Graph(format!(
+                return Err(Error::Internal(format!(
                     "{} backward returned {} gradients for {} inputs",
                     node.op.name(),
                     in_grads.len(),
@@ -86,7 +88,7 @@ impl Graph {
                 if let Some(g) = g {
                     if depends[input.0] {
                         if self.shape(g) != self.shape(*input) {
-                            return Err(Error::Graph(format!(
+                            return Err(Error::Internal(format!(
                                 "{} backward gave a gradient of shape {:?} for an input of shape {:?}",
                                 node.op.name(),
                                 self.shape(g),
