@@ -633,13 +633,13 @@ pub struct TrainArgs {
     /// ArcFace margin (default: 0.1 for DELG, 0.15 for DOLG).
     #[arg(long, value_parser = checks::margin)]
     pub arcface_margin: Option<f32>,
-    /// ArcFace scale γ (default: √(global descriptor size), 45.25 for 2048, for
-    /// DELG; 30 for DOLG).
+    /// ArcFace scale γ (default: 45.25 for DELG, 30 for DOLG).
     #[arg(long, value_parser = checks::positive)]
     pub arcface_scale: Option<f32>,
-    /// DOLG: the official head's CurricularFace-style re-weighting of hard negatives.
+    /// DOLG: plain ArcFace, without the official head's CurricularFace-style
+    /// re-weighting of hard negatives.
     #[arg(long)]
-    pub curricular: bool,
+    pub plain_arcface: bool,
     #[arg(long, value_parser = checks::non_negative, default_value_t = 1.0)]
     pub attention_weight: f32,
     #[arg(long, value_parser = checks::non_negative, default_value_t = 10.0)]
@@ -790,7 +790,7 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
     let dolg = model.arch() == "dolg";
     let net = match model {
         crate::model::ModelConfig::Delg(model) => {
-            let mut loss = crate::model::delg::DelgLossConfig::paper(classes, model.global_dim);
+            let mut loss = crate::model::delg::DelgLossConfig::paper(classes);
             loss.arcface_margin = a.arcface_margin.unwrap_or(loss.arcface_margin);
             loss.arcface_scale = a.arcface_scale.unwrap_or(loss.arcface_scale);
             loss.attention_weight = a.attention_weight;
@@ -801,16 +801,17 @@ fn train(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
             let mut loss = crate::model::dolg::DolgLossConfig::official(classes);
             loss.margin = a.arcface_margin.unwrap_or(loss.margin);
             loss.scale = a.arcface_scale.unwrap_or(loss.scale);
-            loss.curricular = a.curricular;
+            loss.curricular = !a.plain_arcface;
             TrainModel::Dolg { model, loss }
         }
     };
-    if a.curricular && !dolg {
+    if a.plain_arcface && !dolg {
         return Err(Error::InvalidArgument(
-            "--curricular is DOLG's head option: add --arch dolg".into(),
+            "--plain-arcface is DOLG's head option (DELG's head is plain ArcFace): add --arch dolg"
+                .into(),
         ));
     }
-    // The recipes differ (spec §3 and §8.6): DOLG uses Nesterov momentum,
+    // The recipes differ (docs/recipe.md §3 and §8.6): DOLG uses Nesterov momentum,
     // weight decay, a cosine schedule with warm-up, flips and no clipping.
     let schedule_name = a
         .schedule

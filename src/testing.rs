@@ -144,15 +144,30 @@ impl OpCase {
     }
 }
 
-/// Largest |a−b| over the largest |b|: a scale-free error that treats a
-/// tensor as one object, as ggml's test-backend-ops does with its NMSE.
-pub fn normalized_max_error(got: &[f32], want: &[f64]) -> f64 {
+/// Largest |got − want|, infinite when either side holds a NaN or an
+/// infinity: `f64::max` skips NaN, so a plain fold would pass a NaN output.
+pub fn max_abs_error(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    if got.iter().any(|v| !v.is_finite()) || want.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
     got.iter()
         .zip(want)
-        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()))
-        / scale
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Largest |a−b| over the largest |b| (at least `floor`): a scale-free error
+/// that treats a tensor as one object, as ggml's test-backend-ops does with
+/// its NMSE. Infinite on any NaN or infinity.
+pub fn scaled_max_error(got: &[f32], want: &[f64], floor: f64) -> f64 {
+    let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
+    max_abs_error(got, want) / scale
+}
+
+/// [`scaled_max_error`] with a floor that only avoids dividing by zero.
+pub fn normalized_max_error(got: &[f32], want: &[f64]) -> f64 {
+    scaled_max_error(got, want, 1e-12)
 }
 
 pub fn assert_close(what: &str, got: &HostTensor, want: &RefTensor, tol: f64) {
@@ -339,5 +354,29 @@ pub fn grad_check(case: &OpCase) {
                 case.grad_tol,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_nan_or_infinity_fails_every_comparison() {
+        let want = [1.0, 2.0, 3.0];
+        assert_eq!(normalized_max_error(&[1.0, 2.0, 3.0], &want), 0.0);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let got = [1.0, bad, 3.0];
+            assert_eq!(max_abs_error(&got, &want), f64::INFINITY, "{bad}");
+            assert!(!(normalized_max_error(&got, &want) <= 1e-3), "{bad}");
+        }
+        assert_eq!(
+            normalized_max_error(&[1.0, 2.0, 3.0], &[1.0, f64::NAN, 3.0]),
+            f64::INFINITY
+        );
+        let got = HostTensor::new([3], vec![1.0, f32::NAN, 3.0]).unwrap();
+        let want = HostTensor::new([3], vec![1.0, 2.0, 3.0]).unwrap().to_ref();
+        let caught = std::panic::catch_unwind(|| assert_close("nan", &got, &want, 1.0));
+        assert!(caught.is_err(), "assert_close accepted a NaN");
     }
 }

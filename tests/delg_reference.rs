@@ -7,12 +7,15 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{check_gradients, close_tensors, cosine, gradients_of, run_delg, upload_unfolded};
+use common::{
+    check_gradients, check_sgd_steps, close_tensors, cosine, gradients_of, reference_train_config,
+    run_delg, upload_unfolded,
+};
 use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::jobs::extract::{select_local, ExtractConfig, LevelOutput};
-use delg_gpu::jobs::train::{build_step, upload_state, Schedule, TrainConfig, TrainModel};
+use delg_gpu::jobs::train::{TrainConfig, TrainModel};
 use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use delg_gpu::model::META_CONFIG;
 use delg_gpu::tensor::{HostTensor, Tensor};
@@ -70,8 +73,8 @@ fn extraction_outputs_match_pytorch() {
             attention: att.data.clone(),
             descriptors: loc.data.clone(),
         };
-        let ours = select_local(&[level(a, l)], tau, &sel, (1.0, 1.0), cfg.local_dim);
-        let theirs = select_local(&[level(aw, lw)], tau, &sel, (1.0, 1.0), cfg.local_dim);
+        let ours = select_local(&[level(a, l)], tau, &sel, 32.0, (1.0, 1.0), cfg.local_dim);
+        let theirs = select_local(&[level(aw, lw)], tau, &sel, 32.0, (1.0, 1.0), cfg.local_dim);
         assert!(!theirs.locations.is_empty());
         assert_eq!(
             ours.locations, theirs.locations,
@@ -80,26 +83,18 @@ fn extraction_outputs_match_pytorch() {
     }
 }
 
-fn train_config(cfg: DelgConfig) -> TrainConfig {
-    let loss = DelgLossConfig::paper(5, cfg.global_dim);
-    TrainConfig {
-        net: TrainModel::Delg { model: cfg, loss },
-        batch: 2,
-        accumulate: 1,
-        image_size: 64,
-        steps: 20,
-        lr: 0.01,
-        schedule: Schedule::Linear,
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 0.0,
-        clip_norm: 1.0,
-        bn_momentum: 0.1,
-        seed: 0,
-        checkpoint_every: 0,
-        val_fraction: 0.0,
-        flip: false,
+/// The reference's losses: γ = √(global size) = 16 for the tiny model, not
+/// the official 45.25 of a 2048-d descriptor.
+fn reference_loss(cfg: &DelgConfig) -> DelgLossConfig {
+    DelgLossConfig {
+        arcface_scale: (cfg.global_dim as f32).sqrt(),
+        ..DelgLossConfig::paper(5)
     }
+}
+
+fn train_config(cfg: DelgConfig) -> TrainConfig {
+    let loss = reference_loss(&cfg);
+    reference_train_config(TrainModel::Delg { model: cfg, loss }, 64)
 }
 
 #[test]
@@ -107,7 +102,7 @@ fn training_losses_and_gradients_match_pytorch() {
     let Some(gpu) = test_gpu() else { return };
     for layout in ["delg", "torchvision"] {
         let (file, cfg) = model(layout);
-        let loss = DelgLossConfig::paper(5, cfg.global_dim);
+        let loss = reference_loss(&cfg);
         let (mut g, t, params) = training_graph(&cfg, &loss, 2, 64, 0.1).unwrap();
         let grads_file =
             WeightFile::load(&fixture(&format!("train_{layout}_grads.safetensors"))).unwrap();
@@ -149,30 +144,14 @@ fn twenty_sgd_steps_track_pytorch() {
     let Some(gpu) = test_gpu() else { return };
     for layout in ["delg", "torchvision"] {
         let (file, cfg) = model(layout);
-        let tc = train_config(cfg);
-        let step = build_step(&tc).unwrap();
-        let store = upload_state(&gpu, &step, &file, &tc).unwrap();
-        let (exe, update) = step.executables(&gpu, &store).unwrap();
-        exe.set_input(step.images, &load(&format!("train_{layout}_images.npy")))
-            .unwrap();
-        exe.set_input(step.labels, &load(&format!("train_{layout}_labels.npy")))
-            .unwrap();
-        exe.set_input(step.keep, &Tensor::new([1], vec![0.0]).unwrap())
-            .unwrap();
-        update
-            .set_input(step.lr, &Tensor::new([1], vec![0.01]).unwrap())
-            .unwrap();
-        let (_, want) =
-            npy::read::<f64>(&fixture(&format!("train_{layout}_sgd_losses.npy"))).unwrap();
-        for (i, w) in want.iter().enumerate() {
-            exe.run().unwrap();
-            update.run().unwrap();
-            let got = exe.read(step.outputs[0]).unwrap().data[0] as f64;
-            let rel = (got - w).abs() / w.abs();
-            assert!(
-                rel <= 1e-3,
-                "{layout} step {i}: loss {got} vs {w} (rel {rel:.2e})"
-            );
-        }
+        check_sgd_steps(
+            &gpu,
+            layout,
+            &train_config(cfg),
+            &file,
+            DIR,
+            &format!("train_{layout}"),
+            &format!("train_{layout}_sgd"),
+        );
     }
 }

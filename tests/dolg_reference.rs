@@ -1,14 +1,19 @@
 //! Whole-model parity of DOLG with the independent PyTorch re-statement in
 //! tools/torch_dolg_reference.py (fixtures in tests/fixtures/dolg_tiny),
-//! without and with the multi-atrous block: the final descriptor, and the
-//! loss and every parameter gradient of one training step.
+//! without and with the multi-atrous block: the final descriptor, the loss
+//! and every parameter gradient of one training step, and 20 SGD steps with
+//! either head (tools/train_parity_reference.py).
 
 mod common;
 
-use common::{check_gradients, close, cosine, fixture, gradients_of, load, upload_unfolded};
+use common::{
+    check_gradients, check_sgd_steps, close, cosine, fixture, gradients_of, load,
+    reference_train_config, upload_unfolded,
+};
 use delg_gpu::graph::exec::Executable;
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
+use delg_gpu::jobs::train::{TrainConfig, TrainModel};
 use delg_gpu::model::dolg::{inference_graph, training_graph, DolgConfig, DolgLossConfig};
 use delg_gpu::model::params::load_params;
 use delg_gpu::model::META_CONFIG;
@@ -57,6 +62,8 @@ fn dolg_training_loss_and_gradients_match_pytorch() {
     for (variant, head) in [("plain", ""), ("ma", ""), ("plain", "_curricular")] {
         let (mut file, cfg) = model(variant);
         let mut loss_cfg = DolgLossConfig::official(5);
+        // The plain fixtures are plain ArcFace; the curricular one says so below.
+        loss_cfg.curricular = false;
         let (_, record) =
             npy::read::<f64>(&fixture(DIR, &format!("train_{variant}{head}_loss.npy"))).unwrap();
         if let [_, t0, _] = record[..] {
@@ -108,5 +115,37 @@ fn dolg_training_loss_and_gradients_match_pytorch() {
                 "CurricularFace t {got} vs {t_new}"
             );
         }
+    }
+}
+
+#[test]
+fn twenty_sgd_steps_track_pytorch_with_either_head() {
+    let Some(gpu) = test_gpu() else { return };
+    for curricular in [false, true] {
+        let (mut file, cfg) = model("plain");
+        let mut loss = DolgLossConfig::official(5);
+        loss.curricular = curricular;
+        if curricular {
+            // The official head's t starts at 0.
+            file.tensors
+                .insert("desc_cls.t".into(), Tensor::new([1], vec![0.0]).unwrap());
+        }
+        // DOLG's optimiser (Nesterov, weight decay 1e-4) with a clip at
+        // global norm 1, which keeps 20 float32 steps on the float64 path.
+        let config = TrainConfig {
+            nesterov: true,
+            weight_decay: 1e-4,
+            ..reference_train_config(TrainModel::Dolg { model: cfg, loss }, 96)
+        };
+        let head = if curricular { "_curricular" } else { "" };
+        check_sgd_steps(
+            &gpu,
+            &format!("dolg{head}"),
+            &config,
+            &file,
+            DIR,
+            "train_plain",
+            &format!("train_plain{head}_sgd"),
+        );
     }
 }

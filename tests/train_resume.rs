@@ -35,7 +35,7 @@ fn tiny() -> DelgConfig {
 
 fn config(classes: usize) -> TrainConfig {
     let model = tiny();
-    let loss = DelgLossConfig::paper(classes, model.global_dim);
+    let loss = DelgLossConfig::paper(classes);
     TrainConfig {
         net: TrainModel::Delg { model, loss },
         batch: 4,
@@ -65,8 +65,8 @@ fn tiny_dolg(classes: usize) -> TrainModel {
         dilations: vec![1, 2, 3],
         branch_dim: 8,
     });
-    let mut loss = DolgLossConfig::official(classes);
-    loss.curricular = true;
+    let loss = DolgLossConfig::official(classes);
+    assert!(loss.curricular, "the official head re-weights");
     TrainModel::Dolg { model, loss }
 }
 
@@ -218,7 +218,7 @@ fn accumulated_gradient_is_the_mean_of_the_micro_batch_gradients() {
 #[test]
 fn local_losses_never_reach_the_backbone() {
     let model = tiny();
-    let loss = DelgLossConfig::paper(4, model.global_dim);
+    let loss = DelgLossConfig::paper(4);
     let (mut g, t, params) = training_graph(&model, &loss, 2, 32, 0.1).unwrap();
     let ids: HashMap<String, _> = g
         .tensors

@@ -9,7 +9,7 @@ classifier and `num_batches_tracked` counters are dropped.
 
 Heads:
   init   the source is a backbone (e.g. torchvision's ImageNet ResNet-50); the
-         DELG heads are initialised as the official code does (spec §3, Keras
+         DELG heads are initialised as the official code does (docs/recipe.md §3, Keras
          defaults): Glorot-uniform kernels, zero biases, identity batch norm.
          The classifiers are left to `delg-gpu train`, which knows the classes.
   model  the source is a whole DELG model in delg-gpu's names (backbone in

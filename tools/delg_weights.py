@@ -174,7 +174,7 @@ def validate(tensors, cfg, source):
 
 
 def glorot_heads(cfg, seed):
-    """The extraction heads and the decoder as Keras initialises them (spec §3):
+    """The extraction heads and the decoder as Keras initialises them (docs/recipe.md §3):
     Glorot-uniform kernels, zero biases, identity batch norm."""
     rng = np.random.default_rng(seed)
     out = {}

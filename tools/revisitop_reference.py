@@ -2,7 +2,7 @@
 """Regenerates tests/fixtures/revisitop/fixture.json: random rankings and
 easy/hard/junk ground truth with the Revisited Oxford/Paris metrics computed
 by an independent numpy re-statement of revisitop's compute_ap/compute_map
-(delg-spec.md §7.1). The Rust test tests/metrics.rs compares
+(docs/recipe.md §7.1). The Rust test tests/metrics.rs compares
 retrieval::metrics against it to 1e-6. Needs numpy only.
 
 Rankings are full permutations of the database, as revisitop expects

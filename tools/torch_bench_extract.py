@@ -3,7 +3,7 @@
 weights) and the same recipe in PyTorch on this machine's CPU, f32, all
 cores. DELG (delg layout): 7-scale pyramid, bilinear level resize, global
 descriptor from scales 3-5, attention and local descriptors at every scale.
-DOLG (--arch dolg): the five global scales of spec §8.7. Reuses the
+DOLG (--arch dolg): the five global scales of docs/recipe.md §8.7. Reuses the
 independent re-statements in torch_delg_reference.py and torch_dolg_reference.py.
 
     pip install torch safetensors numpy

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch re-statement of DELG (../shared/spec/delg-spec.md §1-§2),
+"""Independent PyTorch re-statement of DELG (docs/recipe.md §1-§2),
 written from the spec, not from delg-gpu's code. It regenerates the committed
 golden fixtures in tests/fixtures/delg_tiny/ for a tiny model (one bottleneck
 per stage, width 8) in both backbone layouts:
@@ -47,6 +47,7 @@ class Net:
         self.g = torch.Generator().manual_seed(seed)
         self.p = {}
         self.order = []
+        self.bn_momentum = None
 
     def rand(self, name, shape, kind):
         if kind == "conv":
@@ -112,8 +113,14 @@ class Net:
         else:
             y = F.conv2d(x, w, b, stride=stride, padding=k // 2)
         if bn:
-            y = F.batch_norm(y, p[f"{bn}.running_mean"].detach().clone(), p[f"{bn}.running_var"].detach().clone(),
-                             p[f"{bn}.weight"], p[f"{bn}.bias"], training=train, eps=self.eps)
+            # Running statistics update in place (unbiased variance) only
+            # when bn_momentum is set; otherwise copies absorb the update.
+            track = train and self.bn_momentum is not None
+            mean, var = p[f"{bn}.running_mean"], p[f"{bn}.running_var"]
+            if not track:
+                mean, var = mean.detach().clone(), var.detach().clone()
+            y = F.batch_norm(y, mean, var, p[f"{bn}.weight"], p[f"{bn}.bias"], training=train,
+                             momentum=self.bn_momentum or 0.1, eps=self.eps)
         if residual is not None:
             y = y + residual
         return F.relu(y) if relu else y
@@ -172,6 +179,31 @@ class Net:
         return lg + 1.0 * la + 10.0 * lr, lg, la, lr
 
 
+def sgd_steps(params, loss_fn, steps=20, nesterov=False, weight_decay=0.0):
+    """SGD as PyTorch's (lr 0.01, momentum 0.9) on the tensors of `params`
+    that require a gradient, minimising loss_fn(); gradients clipped by
+    global norm 1 before the weight decay is added, which is active at every
+    step. With DELG's clip of 10 the run passes the clip boundary mid-way,
+    where f32 rounding is amplified: PyTorch's own f32 run then drifts 1e-2
+    from this f64 one. Here it stays < 1e-5. Returns the losses."""
+    trainable = [n for n, t in params.items() if t.requires_grad]
+    vel = {n: torch.zeros_like(params[n]) for n in trainable}
+    seq = []
+    for _ in range(steps):
+        total = loss_fn()
+        seq.append(total.item())
+        grads = torch.autograd.grad(total, [params[n] for n in trainable], allow_unused=True)
+        grads = [gr if gr is not None else torch.zeros_like(params[n]) for n, gr in zip(trainable, grads)]
+        norm = torch.sqrt(sum((gr ** 2).sum() for gr in grads))
+        clip = min(1.0, 1.0 / (norm.item() + 1e-6))
+        with torch.no_grad():
+            for n, gr in zip(trainable, grads):
+                g = clip * gr + weight_decay * params[n]
+                vel[n] = 0.9 * vel[n] + g
+                params[n] -= 0.01 * (g + 0.9 * vel[n] if nesterov else vel[n])
+    return seq
+
+
 def nhwc(t):
     return t.detach().permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32)
 
@@ -214,23 +246,7 @@ def main():
                  for n, gr in zip(trainable, grads)}
         save_file(gdict, str(OUT / f"train_{layout}_grads.safetensors"))
 
-        # 20 SGD steps on the same batch: momentum 0.9, lr 0.01, clip by global
-        # norm 1 (active at every step). With DELG's clip of 10 the run passes
-        # the clip boundary mid-way, where f32 rounding is amplified: PyTorch's
-        # own f32 run then drifts 1e-2 from this f64 one. Here it stays < 1e-5.
-        vel = {n: torch.zeros_like(net.p[n]) for n in trainable}
-        seq = []
-        for _ in range(20):
-            total, *_ = net.losses(batch, labels)
-            seq.append(total.item())
-            grads = torch.autograd.grad(total, [net.p[n] for n in trainable], allow_unused=True)
-            grads = [gr if gr is not None else torch.zeros_like(net.p[n]) for n, gr in zip(trainable, grads)]
-            norm = torch.sqrt(sum((gr ** 2).sum() for gr in grads))
-            clip = min(1.0, 1.0 / (norm.item() + 1e-6))
-            with torch.no_grad():
-                for n, gr in zip(trainable, grads):
-                    vel[n] = 0.9 * vel[n] + clip * gr
-                    net.p[n] -= 0.01 * vel[n]
+        seq = sgd_steps(net.p, lambda: net.losses(batch, labels)[0])
         np.save(OUT / f"train_{layout}_sgd_losses.npy", np.array(seq, dtype=np.float64))
         print(layout, "losses", [round(v, 6) for v in (seq[0], seq[-1])])
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch re-statement of DOLG (../shared/spec/delg-spec.md §8),
+"""Independent PyTorch re-statement of DOLG (docs/recipe.md §8),
 written from the spec, not from delg-gpu's code. It regenerates the committed
 golden fixtures in tests/fixtures/dolg_tiny/ for a tiny model (one bottleneck
 per stage, width 8, torchvision layout), without and with the multi-atrous
@@ -44,6 +44,7 @@ class Dolg:
         self.ma = multi_atrous
         self.g = torch.Generator().manual_seed(seed)
         self.p, self.order = {}, []
+        self.bn_momentum = None
 
     def add(self, name, t, grad=True):
         self.p[name] = t.requires_grad_(grad)
@@ -111,8 +112,13 @@ class Dolg:
         p = self.p
         y = F.conv2d(x, p[f"{conv}.weight"], p.get(f"{conv}.bias"), stride=stride, padding=padding, dilation=dilation)
         if bn:
-            y = F.batch_norm(y, p[f"{bn}.running_mean"].detach().clone(), p[f"{bn}.running_var"].detach().clone(),
-                             p[f"{bn}.weight"], p[f"{bn}.bias"], training=train, eps=EPS)
+            # Running statistics update in place (unbiased variance) only
+            # when bn_momentum is set; otherwise copies absorb the update.
+            mean, var = p[f"{bn}.running_mean"], p[f"{bn}.running_var"]
+            if not (train and self.bn_momentum is not None):
+                mean, var = mean.detach().clone(), var.detach().clone()
+            y = F.batch_norm(y, mean, var, p[f"{bn}.weight"], p[f"{bn}.bias"], training=train,
+                             momentum=self.bn_momentum or 0.1, eps=EPS)
         if residual is not None:
             y = y + residual
         return F.relu(y) if relu else y
@@ -160,7 +166,7 @@ class Dolg:
         return F.linear(torch.cat([fg, fo], 1), p["fc.weight"], p["fc.bias"])
 
     def loss(self, img, labels, curricular_t=None):
-        """ArcFace (m, s of spec §8.5, fixed penalty past π − m). With
+        """ArcFace (m, s of docs/recipe.md §8.5, fixed penalty past π − m). With
         curricular_t, the official head's re-weighting: t is first moved 1%
         towards the batch's mean target cosine, then every non-target cosine
         above cos(θ_y + m) becomes c·(t + c). Returns the loss and the new t."""

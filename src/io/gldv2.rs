@@ -1,4 +1,4 @@
-//! Google Landmarks v2 challenge files (delg-spec.md §7.2), read as delf's
+//! Google Landmarks v2 challenge files (docs/recipe.md §7.2), read as delf's
 //! `dataset_file_io.py` reads them:
 //!
 //! * solution CSV: `id,landmarks,Usage` (recognition: space-separated

@@ -133,11 +133,12 @@ pub fn round_half_even(x: f64) -> f64 {
 }
 
 /// Output size when the largest side is capped at `max_side` (never upscaled;
-/// `None` means no cap), with per-axis scale factors new/original.
-pub fn capped_size(width: u32, height: u32, max_side: Option<u32>) -> (u32, u32) {
+/// `None` means no cap): each side times cap/largest, rounded half-to-even.
+/// The cap is a float because a query crop scales it (docs/recipe.md §4.1).
+pub fn capped_size(width: u32, height: u32, max_side: Option<f64>) -> (u32, u32) {
     match max_side {
-        Some(m) if width.max(height) > m => {
-            let s = m as f64 / width.max(height) as f64;
+        Some(m) if width.max(height) as f64 > m => {
+            let s = m / width.max(height) as f64;
             let w = round_half_even(width as f64 * s).max(1.0) as u32;
             let h = round_half_even(height as f64 * s).max(1.0) as u32;
             (w, h)
@@ -250,12 +251,12 @@ mod tests {
         assert_eq!(round_half_even(3.5), 4.0);
         assert_eq!(round_half_even(2.4), 2.0);
         assert_eq!(
-            capped_size(640, 480, Some(1024)),
+            capped_size(640, 480, Some(1024.0)),
             (640, 480),
             "never upscaled"
         );
-        assert_eq!(capped_size(2048, 1536, Some(1024)), (1024, 768));
-        assert_eq!(capped_size(3000, 1, Some(1024)), (1024, 1));
+        assert_eq!(capped_size(2048, 1536, Some(1024.0)), (1024, 768));
+        assert_eq!(capped_size(3000, 1, Some(1024.0)), (1024, 1));
         assert_eq!(capped_size(3000, 2000, None), (3000, 2000));
     }
 

@@ -1,4 +1,4 @@
-//! Training data (spec §3): a folder with one sub-folder per class or a
+//! Training data (docs/recipe.md §3): a folder with one sub-folder per class or a
 //! GLDv2-style CSV, a seeded per-class stratified train/validation split, the
 //! random-resized-crop augmentation, and batches assembled on CPU threads.
 //!
@@ -171,7 +171,7 @@ impl Dataset {
     }
 
     /// Per class, after a seeded shuffle, the first max(1, ⌊fraction·n⌋)
-    /// images go to validation and the rest to training (spec §3).
+    /// images go to validation and the rest to training (docs/recipe.md §3).
     pub fn split(&self, fraction: f64, seed: u64) -> (Dataset, Dataset) {
         let mut by_class: BTreeMap<usize, Vec<&Sample>> = BTreeMap::new();
         for s in &self.samples {
@@ -291,13 +291,124 @@ pub fn resize_area(img: &RgbImage, crop: Crop, size: usize) -> Vec<f32> {
     out
 }
 
+/// Inception random-sized crop as pycls, which DOLG's code runs on (spec
+/// §8.6): area fraction in [0.08, 1], aspect ratio in [3/4, 4/3], sides
+/// swapped half the time, 10 tries; None when every try misses (the caller
+/// then takes the centre crop).
+pub fn inception_crop(width: u32, height: u32, rng: &mut Rng) -> Option<Crop> {
+    let area = (width * height) as f64;
+    for _ in 0..10 {
+        let target = rng.range(0.08, 1.0) * area;
+        let aspect = rng.range(0.75, 4.0 / 3.0);
+        let mut w = (target * aspect).sqrt().round() as u32;
+        let mut h = (target / aspect).sqrt().round() as u32;
+        if rng.uniform() < 0.5 {
+            (w, h) = (h, w);
+        }
+        if w >= 1 && h >= 1 && w <= width && h <= height {
+            // numpy's randint(0, n) excludes n; a full side starts at 0.
+            let start = |side: u32, full: u32, rng: &mut Rng| {
+                if side == full {
+                    0
+                } else {
+                    rng.below((full - side) as usize) as u32
+                }
+            };
+            let y = start(h, height, rng);
+            let x = start(w, width, rng);
+            return Some(Crop { x, y, w, h });
+        }
+    }
+    None
+}
+
+/// The centred square of side min(width, height): where pycls's fallback
+/// (short side scaled to the size, then a centre crop) takes its pixels from.
+pub fn centre_square(width: u32, height: u32) -> Crop {
+    let side = width.min(height);
+    Crop {
+        x: (width - side).div_ceil(2),
+        y: (height - side).div_ceil(2),
+        w: side,
+        h: side,
+    }
+}
+
+/// Half-pixel bilinear resize of a crop to `size`×`size` without
+/// antialiasing, as OpenCV's INTER_LINEAR and TF's bilinear resize sample
+/// (values kept as floats, not rounded to bytes).
+pub fn resize_bilinear(img: &RgbImage, crop: Crop, size: usize) -> Vec<f32> {
+    // Per output index: the two source rows (columns) and the second's weight.
+    let taps = |n: u32, origin: u32| -> Vec<(u32, u32, f32)> {
+        let scale = n as f64 / size as f64;
+        (0..size)
+            .map(|o| {
+                let s = ((o as f64 + 0.5) * scale - 0.5).clamp(0.0, (n - 1) as f64);
+                let i = s.floor() as u32;
+                (
+                    origin + i,
+                    origin + (i + 1).min(n - 1),
+                    (s - i as f64) as f32,
+                )
+            })
+            .collect()
+    };
+    let (ys, xs) = (taps(crop.h, crop.y), taps(crop.w, crop.x));
+    let mut out = vec![0f32; size * size * 3];
+    for (oy, &(y0, y1, fy)) in ys.iter().enumerate() {
+        for (ox, &(x0, x1, fx)) in xs.iter().enumerate() {
+            let p = |x, y| img.get_pixel(x, y).0.map(f32::from);
+            let (a, b, c, d) = (p(x0, y0), p(x1, y0), p(x0, y1), p(x1, y1));
+            for k in 0..3 {
+                let top = a[k] + (b[k] - a[k]) * fx;
+                let bottom = c[k] + (d[k] - c[k]) * fx;
+                out[(oy * size + ox) * 3 + k] = top + (bottom - top) * fy;
+            }
+        }
+    }
+    out
+}
+
+/// AlexNet's PCA lighting noise as pycls adds it (σ = 0.1, docs/recipe.md §8.6): one
+/// random colour shift along the ImageNet RGB eigenvectors, on [0, 255] values.
+pub fn pca_lighting(px: &mut [f32], sigma: f64, rng: &mut Rng) {
+    const EIGVAL: [f64; 3] = [0.2175, 0.0188, 0.0045];
+    const EIGVEC: [[f64; 3]; 3] = [
+        [-0.5675, 0.7192, 0.4009],
+        [-0.5808, -0.0045, -0.8140],
+        [-0.5836, -0.6948, 0.4203],
+    ];
+    let alpha: [f64; 3] = std::array::from_fn(|_| rng.normal() * sigma);
+    let shift: [f32; 3] = std::array::from_fn(|c| {
+        (0..3)
+            .map(|k| EIGVEC[c][k] * alpha[k] * EIGVAL[k])
+            .sum::<f64>() as f32
+            * 255.0
+    });
+    px.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += shift[i % 3]);
+}
+
+/// Which training recipe's augmentation (docs/recipe.md §3 for DELG, §8.6 for DOLG).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AugmentRecipe {
+    /// TF's distorted-box crop and "area" resize; validation: the whole
+    /// image, bilinear.
+    Delg,
+    /// pycls's Inception crop, bilinear resize, PCA lighting; validation
+    /// and the crop's fallback: the centre square, bilinear.
+    Dolg,
+}
+
 /// How training images become tensors.
 #[derive(Clone, Copy, Debug)]
 pub struct Augment {
     pub size: usize,
-    /// Random resized crop (training) or a plain resize of the whole image (validation).
-    pub random_crop: bool,
+    /// Training augmentation (random crop, lighting) or validation's plain resize.
+    pub training: bool,
     pub flip: bool,
+    pub recipe: AugmentRecipe,
     /// The model's pixel normalisation.
     pub norm: crate::jobs::extract::PixelNorm,
     /// Larger images fail before decoding (see `load_rgb`).
@@ -308,12 +419,16 @@ pub struct Augment {
 pub fn load_sample(path: &Path, aug: Augment, rng: &mut Rng) -> Result<Vec<f32>> {
     let img = load_rgb(path, aug.max_pixels)?;
     let (w, h) = img.dimensions();
-    let crop = if aug.random_crop {
-        random_crop(w, h, rng)
-    } else {
-        Crop { x: 0, y: 0, w, h }
+    let whole = Crop { x: 0, y: 0, w, h };
+    let mut px = match (aug.recipe, aug.training) {
+        (AugmentRecipe::Delg, true) => resize_area(&img, random_crop(w, h, rng), aug.size),
+        (AugmentRecipe::Delg, false) => resize_bilinear(&img, whole, aug.size),
+        (AugmentRecipe::Dolg, true) => {
+            let crop = inception_crop(w, h, rng).unwrap_or_else(|| centre_square(w, h));
+            resize_bilinear(&img, crop, aug.size)
+        }
+        (AugmentRecipe::Dolg, false) => resize_bilinear(&img, centre_square(w, h), aug.size),
     };
-    let mut px = resize_area(&img, crop, aug.size);
     if aug.flip && rng.uniform() < 0.5 {
         for row in px.chunks_mut(aug.size * 3) {
             for x in 0..aug.size / 2 {
@@ -322,6 +437,9 @@ pub fn load_sample(path: &Path, aug: Augment, rng: &mut Rng) -> Result<Vec<f32>>
                 }
             }
         }
+    }
+    if aug.training && aug.recipe == AugmentRecipe::Dolg {
+        pca_lighting(&mut px, 0.1, rng);
     }
     aug.norm.normalize(&mut px);
     Ok(px)
@@ -453,6 +571,92 @@ mod tests {
                 "{c:?}"
             );
         }
+    }
+
+    #[test]
+    fn inception_crops_respect_pycls_ranges_and_give_up_after_ten_tries() {
+        let mut rng = Rng::new(3);
+        let mut swapped = 0;
+        for _ in 0..500 {
+            let c = inception_crop(640, 480, &mut rng).expect("a 640×480 image always fits soon");
+            let area = (c.w * c.h) as f64 / (640.0 * 480.0);
+            assert!((0.07..=1.01).contains(&area), "{c:?}");
+            assert!(c.x + c.w <= 640 && c.y + c.h <= 480, "{c:?}");
+            swapped += usize::from(c.h > c.w);
+        }
+        assert!(swapped > 100, "sides are swapped half the time: {swapped}");
+        // A 1-px column fits no crop of ≥ 8 % area with aspect ≤ 4/3.
+        assert_eq!(inception_crop(1, 100, &mut rng), None);
+        assert_eq!(
+            centre_square(10, 7),
+            Crop {
+                x: 2,
+                y: 0,
+                w: 7,
+                h: 7
+            }
+        );
+    }
+
+    #[test]
+    fn bilinear_resize_samples_at_half_pixel_centres() {
+        // 2 px wide: 0 and 100. Doubling puts outputs at source x = -0.25
+        // (clamped to 0), 0.25, 0.75 and 1.25 (clamped to 1).
+        let mut img = RgbImage::new(2, 2);
+        for (x, _, p) in img.enumerate_pixels_mut() {
+            p.0 = [(x * 100) as u8; 3];
+        }
+        let whole = Crop {
+            x: 0,
+            y: 0,
+            w: 2,
+            h: 2,
+        };
+        let out = resize_bilinear(&img, whole, 4);
+        let row: Vec<f32> = out[..12].iter().step_by(3).copied().collect();
+        assert_eq!(row, vec![0.0, 25.0, 75.0, 100.0]);
+    }
+
+    #[test]
+    fn pca_lighting_shifts_every_pixel_by_one_colour() {
+        let mut px = vec![100f32; 12];
+        pca_lighting(&mut px, 0.1, &mut Rng::new(1));
+        assert!(px[0..3] != [100.0; 3], "σ 0.1 moves the colour");
+        assert_eq!(px[0..3], px[9..12], "the same shift everywhere");
+        let mut still = vec![100f32; 12];
+        pca_lighting(&mut still, 0.0, &mut Rng::new(1));
+        assert_eq!(still, vec![100f32; 12]);
+    }
+
+    #[test]
+    fn validation_resizes_the_whole_image_bilinearly() {
+        let path = std::env::temp_dir().join(format!("delg-val-{}.png", std::process::id()));
+        let img = RgbImage::from_fn(9, 5, |x, y| image::Rgb([(x * 25) as u8, (y * 50) as u8, 7]));
+        img.save(&path).unwrap();
+        for recipe in [AugmentRecipe::Delg, AugmentRecipe::Dolg] {
+            let aug = Augment {
+                size: 4,
+                training: false,
+                flip: true,
+                recipe,
+                norm: crate::jobs::extract::PixelNorm::Delg,
+                max_pixels: u64::MAX,
+            };
+            let got = load_sample(&path, aug, &mut Rng::new(0)).unwrap();
+            let crop = match recipe {
+                AugmentRecipe::Delg => Crop {
+                    x: 0,
+                    y: 0,
+                    w: 9,
+                    h: 5,
+                },
+                AugmentRecipe::Dolg => centre_square(9, 5),
+            };
+            let mut want = resize_bilinear(&img, crop, 4);
+            aug.norm.normalize(&mut want);
+            assert_eq!(got, want, "{recipe:?}: no crop, flip or lighting");
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

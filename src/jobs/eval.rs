@@ -1,7 +1,7 @@
 //! `delg-gpu eval`: scores retrieval on a ground truth in the `gnd.json`
 //! form, globally and after DELG re-ranking, side by side, with the time of
 //! each stage. Revisited Oxford/Paris-style queries get Easy/Medium/Hard
-//! mAP and mP@k (spec §7.1), re-ranked once per protocol with that
+//! mAP and mP@k (docs/recipe.md §7.1), re-ranked once per protocol with that
 //! protocol's junk skipped in the shortlist; UKBench-style groups get the
 //! N-S score, recall@4 and mAP.
 

@@ -1,4 +1,4 @@
-//! Retrieval (spec §5): global search as GPU matrix products over database
+//! Retrieval (docs/recipe.md §5): global search as GPU matrix products over database
 //! chunks with a top-k merge on the host, then DELG's re-ranking of the
 //! shortlist by local matching and RANSAC, final order by (inliers, global
 //! similarity).
@@ -169,7 +169,7 @@ pub fn global_search(
     Ok(s.finish())
 }
 
-/// Re-ranking settings (spec §5 defaults).
+/// Re-ranking settings (docs/recipe.md §5 defaults).
 #[derive(Clone, Copy, Debug)]
 pub struct RerankParams {
     pub shortlist: usize,

@@ -1,5 +1,5 @@
-//! `delg-gpu train`: DELG (spec §1.4, §2, §3: three losses, the local head
-//! behind a stop-gradient) or DOLG (spec §8.5, §8.6: one margin loss, end to
+//! `delg-gpu train`: DELG (docs/recipe.md §1.4, §2, §3: three losses, the local head
+//! behind a stop-gradient) or DOLG (docs/recipe.md §8.5, §8.6: one margin loss, end to
 //! end) trained on the device: autodiff through the whole network, global-norm
 //! clipping and SGD with momentum in recorded graphs.
 //!
@@ -23,13 +23,13 @@ use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::plan::plan_storages;
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::io::weights::WeightFile;
-use crate::jobs::dataset::{make_batch, Augment, Batch, Dataset};
+use crate::jobs::dataset::{make_batch, Augment, AugmentRecipe, Batch, Dataset};
 use crate::jobs::extract::PixelNorm;
 use crate::model::delg::{DelgConfig, DelgLossConfig};
 use crate::model::dolg::{DolgConfig, DolgLossConfig};
 use crate::model::params::{hwio_to_oihw, oihw_to_hwio, random_weights};
-use crate::model::resnet::{ModelParams, ParamSpec, Role};
-use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
+use crate::model::resnet::{Layout, ModelParams, ParamSpec, ResNetConfig, Role};
+use crate::model::{ModelConfig, META_ARCH, META_SCORE_THRESHOLD};
 use crate::ops::optim::{GlobalNormClip, GradAccumulate, SgdStep};
 use crate::tensor::{HostTensor, Tensor};
 
@@ -38,7 +38,8 @@ use crate::tensor::{HostTensor, Tensor};
 pub enum Schedule {
     /// lr₀·(1 − t/T), DELG's schedule.
     Linear,
-    /// Linear warm-up from 0.1·lr₀ over `warmup` steps, then cosine to 0 (DOLG's).
+    /// Cosine from lr₀ to 0 over the whole run, multiplied during the first
+    /// `warmup` steps by a factor rising linearly from 0.1 to 1 (DOLG's).
     Cosine { warmup: u64 },
 }
 
@@ -212,17 +213,37 @@ fn one() -> usize {
 }
 
 impl TrainConfig {
+    /// How images are prepared for training (`training`) or validation.
+    /// The augmentation of a training (or validation) image; larger images
+    /// than `max_pixels` fail before decoding.
+    pub fn augment(&self, training: bool, max_pixels: u64) -> Augment {
+        Augment {
+            size: self.image_size,
+            training,
+            flip: training && self.flip,
+            recipe: match self.net {
+                TrainModel::Delg { .. } => AugmentRecipe::Delg,
+                TrainModel::Dolg { .. } => AugmentRecipe::Dolg,
+            },
+            norm: self.net.pixel_norm(),
+            max_pixels,
+        }
+    }
+
     pub fn learning_rate(&self, step: u64) -> f32 {
         let t = step as f64 / self.steps.max(1) as f64;
         let lr0 = self.lr as f64;
         let lr = match self.schedule {
             Schedule::Linear => lr0 * (1.0 - t),
-            Schedule::Cosine { warmup } if step < warmup => {
-                lr0 * (0.1 + 0.9 * step as f64 / warmup as f64)
-            }
+            // pycls, which DOLG's code runs on: the cosine spans the whole
+            // run and the warm-up multiplies it (docs/recipe.md §8.6).
             Schedule::Cosine { warmup } => {
-                let u = (step - warmup) as f64 / (self.steps.saturating_sub(warmup)).max(1) as f64;
-                lr0 * 0.5 * (1.0 + (std::f64::consts::PI * u).cos())
+                let cosine = lr0 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+                if step < warmup {
+                    cosine * (0.1 + 0.9 * step as f64 / warmup as f64)
+                } else {
+                    cosine
+                }
             }
         };
         lr.max(0.0) as f32
@@ -509,7 +530,7 @@ pub fn upload_state(
 }
 
 /// Reads the device state back into a weight file in PyTorch layouts.
-fn download_state(
+pub fn download_state(
     gpu: &Gpu,
     step: &StepGraph,
     store: &ParamStore,
@@ -597,13 +618,7 @@ fn validate(
         &cfg.net.constants()?,
     )?;
     let exe = Executable::new(gpu, &g, &scores, &store)?;
-    let aug = Augment {
-        size: cfg.image_size,
-        random_crop: false,
-        flip: false,
-        norm: cfg.net.pixel_norm(),
-        max_pixels,
-    };
+    let aug = cfg.augment(false, max_pixels);
     let mut hits = vec![0f32; scores.len()];
     let mut n = 0usize;
     for chunk in val.samples.chunks(batch) {
@@ -644,6 +659,62 @@ fn validate(
         n += real;
     }
     Ok((n > 0).then(|| hits.iter().map(|h| h / n as f32).collect()))
+}
+
+fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Delg => "delg",
+        Layout::Torchvision => "torchvision",
+    }
+}
+
+fn backbone_of(model: &ModelConfig) -> &ResNetConfig {
+    match model {
+        ModelConfig::Delg(cfg) => &cfg.backbone,
+        ModelConfig::Dolg(cfg) => &cfg.backbone,
+    }
+}
+
+/// Refuses initial weights made for another architecture or backbone layout:
+/// their tensors would load by name into a network that computes something
+/// else (the layouts differ in biases, strides and padding, not in names).
+/// Files without delg-gpu metadata show their layout in the stem: only the
+/// DELG layout's convolutions have biases.
+pub fn check_init_fits(path: &Path, init: &WeightFile, model: &ModelConfig) -> Result<()> {
+    let wanted = backbone_of(model).layout;
+    let given = if init.metadata.contains_key(META_ARCH) {
+        let theirs = ModelConfig::from_metadata(&init.metadata, path)?;
+        if theirs.arch() != model.arch() {
+            return Err(Error::file(
+                path,
+                format!(
+                    "holds a {} model but this run trains {}: pass --arch {} or initialise from {} weights",
+                    theirs.arch(),
+                    model.arch(),
+                    theirs.arch(),
+                    model.arch()
+                ),
+            ));
+        }
+        backbone_of(&theirs).layout
+    } else if init.tensors.contains_key("conv1.bias") {
+        Layout::Delg
+    } else {
+        Layout::Torchvision
+    };
+    if given != wanted {
+        return Err(Error::file(
+            path,
+            format!(
+                "holds a {}-layout backbone but the model is {}-layout: pass --layout {} or initialise from {}-layout weights",
+                layout_name(given),
+                layout_name(wanted),
+                layout_name(given),
+                layout_name(wanted)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Trains, resuming from `run/checkpoint.safetensors` when it exists.
@@ -690,6 +761,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         let mut f = random_weights(&step_graph.specs, cfg.seed);
         if let Some(init) = &job.init {
             let given = WeightFile::load(init)?;
+            check_init_fits(init, &given, &cfg.net.model_config())?;
             for (name, t) in given.tensors {
                 if let Some(slot) = f.tensors.get_mut(&name) {
                     if slot.shape != t.shape {
@@ -729,13 +801,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         f.save(&checkpoint)
     };
 
-    let aug = Augment {
-        size: cfg.image_size,
-        random_crop: true,
-        flip: cfg.flip,
-        norm: cfg.net.pixel_norm(),
-        max_pixels: job.max_pixels,
-    };
+    let aug = cfg.augment(true, job.max_pixels);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
     {
         let (train, seed, batch) = (train.clone(), cfg.seed, cfg.batch);
@@ -881,4 +947,106 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     }
     model.save(&job.run.join("model.safetensors"))?;
     Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::resnet::ResNetConfig;
+
+    fn tiny(layout: Layout) -> DelgConfig {
+        DelgConfig::new(ResNetConfig {
+            blocks: [1, 1, 1, 1],
+            width: 8,
+            ..ResNetConfig::resnet50(layout)
+        })
+    }
+
+    fn config(schedule: Schedule) -> TrainConfig {
+        let model = tiny(Layout::Delg);
+        TrainConfig {
+            net: TrainModel::Delg {
+                loss: DelgLossConfig::paper(3),
+                model,
+            },
+            batch: 2,
+            accumulate: 1,
+            image_size: 64,
+            steps: 100,
+            lr: 0.01,
+            schedule,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.0,
+            clip_norm: 0.0,
+            bn_momentum: 0.1,
+            seed: 0,
+            checkpoint_every: 0,
+            val_fraction: 0.0,
+            flip: false,
+        }
+    }
+
+    #[test]
+    fn the_cosine_spans_the_whole_run_and_the_warm_up_multiplies_it() {
+        let cfg = config(Schedule::Cosine { warmup: 10 });
+        let cosine =
+            |step: u64| 0.01 * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / 100.0).cos());
+        let close = |a: f32, b: f64| (a as f64 - b).abs() < 1e-9;
+        assert!(close(cfg.learning_rate(0), 0.001));
+        assert!(close(cfg.learning_rate(5), cosine(5) * 0.55));
+        // No restart after the warm-up: the cosine has already moved on.
+        assert!(close(cfg.learning_rate(10), cosine(10)));
+        assert!(close(cfg.learning_rate(50), 0.005));
+        assert!(close(cfg.learning_rate(100), 0.0));
+    }
+
+    #[test]
+    fn delg_trains_with_the_official_fixed_arcface_scale() {
+        assert_eq!(DelgLossConfig::paper(3).arcface_scale, 45.25);
+    }
+
+    fn weights_of(model: &ModelConfig, with_metadata: bool, stem_bias: bool) -> WeightFile {
+        let mut file = WeightFile {
+            tensors: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            fingerprint: None,
+        };
+        if with_metadata {
+            file.metadata.extend(model.metadata().unwrap());
+        }
+        if stem_bias {
+            file.tensors
+                .insert("conv1.bias".into(), Tensor::new([8], vec![0.0; 8]).unwrap());
+        }
+        file
+    }
+
+    #[test]
+    fn init_weights_of_another_layout_or_architecture_are_refused() {
+        let path = Path::new("init.safetensors");
+        let delg = ModelConfig::Delg(tiny(Layout::Delg));
+        let torchvision = ModelConfig::Delg(tiny(Layout::Torchvision));
+        let dolg = ModelConfig::Dolg(DolgConfig::new(ResNetConfig {
+            blocks: [1, 1, 1, 1],
+            width: 8,
+            ..ResNetConfig::resnet50(Layout::Torchvision)
+        }));
+        check_init_fits(path, &weights_of(&delg, true, true), &delg).unwrap();
+        check_init_fits(path, &weights_of(&torchvision, true, false), &torchvision).unwrap();
+        let err = check_init_fits(path, &weights_of(&torchvision, true, false), &delg)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--layout torchvision"), "{err}");
+        // Without metadata the stem's bias tells the layout.
+        let err = check_init_fits(path, &weights_of(&delg, false, true), &torchvision)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--layout delg"), "{err}");
+        check_init_fits(path, &weights_of(&delg, false, false), &torchvision).unwrap();
+        let err = check_init_fits(path, &weights_of(&dolg, true, false), &torchvision)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--arch dolg"), "{err}");
+    }
 }

@@ -1,4 +1,4 @@
-//! DELG (spec §1–§2): a ResNet backbone with a global head (GeM pooling and a
+//! DELG (docs/recipe.md §1–§2): a ResNet backbone with a global head (GeM pooling and a
 //! whitening layer over D) and a local head (attention and an autoencoder over
 //! S), as graphs for extraction and for training.
 //!
@@ -51,7 +51,7 @@ impl DelgConfig {
     }
 }
 
-/// Losses and their weights (spec §2).
+/// Losses and their weights (docs/recipe.md §2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DelgLossConfig {
     pub num_classes: usize,
@@ -62,11 +62,13 @@ pub struct DelgLossConfig {
 }
 
 impl DelgLossConfig {
-    pub fn paper(num_classes: usize, global_dim: usize) -> Self {
+    /// The official code's values: γ is the fixed 45.25 (≈ √2048) whatever
+    /// the descriptor size.
+    pub fn paper(num_classes: usize) -> Self {
         DelgLossConfig {
             num_classes,
             arcface_margin: 0.1,
-            arcface_scale: (global_dim as f32).sqrt(),
+            arcface_scale: 45.25,
             attention_weight: 1.0,
             reconstruction_weight: 10.0,
         }
@@ -101,7 +103,7 @@ fn heads(b: &mut NetBuilder, cfg: &DelgConfig, image: TensorId) -> Result<Heads>
     let bias = b.param("whiten.bias", &[cfg.global_dim], Role::Bias);
     let global = b.g.apply1(Matmul::new(false, true), &[pooled, w, bias])?;
 
-    // The local head reads S through a stop-gradient (spec §1.4): its losses
+    // The local head reads S through a stop-gradient (docs/recipe.md §1.4): its losses
     // train the heads only, never the backbone.
     let s = b.g.apply1(StopGradient, &[f.s])?;
     let hidden = b.conv1x1(
@@ -226,7 +228,7 @@ pub fn validation_graph(
     Ok((g, images, c.cosines, c.attention_logits, params))
 }
 
-/// The training graph for a batch of `batch` images of `size`×`size` (spec §2):
+/// The training graph for a batch of `batch` images of `size`×`size` (docs/recipe.md §2):
 /// ArcFace on the L2-normalised global descriptor, softmax cross-entropy on
 /// the attention-pooled reconstruction, and the reconstruction MSE.
 pub fn training_graph(

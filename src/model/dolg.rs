@@ -1,4 +1,4 @@
-//! DOLG (spec §8): a torchvision-style ResNet whose conv4 map feeds a local
+//! DOLG (docs/recipe.md §8): a torchvision-style ResNet whose conv4 map feeds a local
 //! branch (optional multi-atrous block, 1×1 conv + BN, channel L2
 //! normalisation taken before the ReLU, softplus attention) and whose conv5
 //! map feeds a global branch (GeM with learnable p, FC); the attention-pooled
@@ -33,7 +33,7 @@ use crate::ops::normalize::L2Normalize;
 use crate::ops::resize::ResizeBilinear;
 use crate::tensor::Shape;
 
-/// The optional multi-atrous block in front of the local branch (spec §8.3).
+/// The optional multi-atrous block in front of the local branch (docs/recipe.md §8.3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MultiAtrous {
     /// One dilated 3×3 branch per rate: 6/12/18 in the official code, 3/6/9
@@ -101,7 +101,7 @@ impl DolgConfig {
     }
 }
 
-/// DOLG's margin loss (spec §8.5).
+/// DOLG's margin loss (docs/recipe.md §8.5).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DolgLossConfig {
     pub num_classes: usize,
@@ -112,13 +112,14 @@ pub struct DolgLossConfig {
 }
 
 impl DolgLossConfig {
-    /// The official configuration: m = 0.15, s = 30, plain ArcFace by default.
+    /// The official configuration: m = 0.15, s = 30, with the official head's
+    /// CurricularFace-style re-weighting.
     pub fn official(num_classes: usize) -> Self {
         DolgLossConfig {
             num_classes,
             margin: 0.15,
             scale: 30.0,
-            curricular: false,
+            curricular: true,
         }
     }
 }

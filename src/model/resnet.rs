@@ -1,6 +1,6 @@
 //! ResNet backbones built as graph nodes, in the two layouts delg-gpu loads:
 //!
-//! - `Delg`: the official TensorFlow DELG backbone (spec §1.1): every conv has
+//! - `Delg`: the official TensorFlow DELG backbone (docs/recipe.md §1.1): every conv has
 //!   a bias, TF "same" padding, the stride on the first 1×1 of a block, a
 //!   3×3/2 max-pool without padding, batch-norm ε 1e-3, and conv4's output
 //!   subsampled to stride 32 while conv5's first block runs at stride 1, so S
@@ -89,7 +89,7 @@ pub enum Role {
     /// (fan-out) at initialisation as torchvision and pycls.
     ConvWeight,
     /// A head's OIHW convolution weight, Glorot-uniform at initialisation
-    /// (the Keras default DELG's heads start from, spec §3).
+    /// (the Keras default DELG's heads start from, docs/recipe.md §3).
     HeadConvWeight,
     /// `[out, in]` linear weight (used as is: the GEMM reads it transposed).
     LinearWeight,

@@ -1,6 +1,6 @@
 //! Concatenation along the last (channel) dimension and its inverse slice
 //! (`shaders/concat.wgsl`): DOLG's multi-atrous block joins five branches
-//! before a 1×1 convolution (spec §8.3). Both ops are one column-block copy
+//! before a 1×1 convolution (docs/recipe.md §8.3). Both ops are one column-block copy
 //! per operand, over windows of whole rows.
 
 use bytemuck::{Pod, Zeroable};

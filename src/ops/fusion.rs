@@ -1,8 +1,8 @@
-//! DOLG's orthogonal fusion (`shaders/fusion.wgsl`, spec §8.4): the pooled
+//! DOLG's orthogonal fusion (`shaders/fusion.wgsl`, docs/recipe.md §8.4): the pooled
 //! local vector loses its component along the global vector, and the two are
 //! concatenated. The op works on pooled vectors because the projection is
 //! linear: pooling the per-location orthogonal components equals projecting
-//! the pooled local vector (spec §8.4, "derived").
+//! the pooled local vector (docs/recipe.md §8.4, "derived").
 
 use bytemuck::{Pod, Zeroable};
 

@@ -322,7 +322,7 @@ impl Op for GeMPool {
 }
 
 /// Attention-weighted mean: features x [N,H,W,C] and attention a [N,H,W,1]
-/// give mean_hw a·x as [N,C] (DELG's attention pooling, spec §1.3).
+/// give mean_hw a·x as [N,C] (DELG's attention pooling, docs/recipe.md §1.3).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttentionPool;
 

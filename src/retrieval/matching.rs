@@ -1,5 +1,5 @@
 //! Putative local-feature matches between a query image and one database
-//! image, as DELG's re-ranking forms them (spec §5): for every query
+//! image, as DELG's re-ranking forms them (docs/recipe.md §5): for every query
 //! descriptor the single nearest database descriptor, kept if it passes a
 //! distance threshold (or, optionally, Lowe's ratio test). There is no
 //! mutual check, so several query features may match one database feature.

@@ -1,4 +1,4 @@
-//! Retrieval and recognition metrics (delg-spec.md §7).
+//! Retrieval and recognition metrics (docs/recipe.md §7).
 //!
 //! * Revisited Oxford/Paris: exactly revisitop's `compute_map` (trapezoidal
 //!   AP, junk removed by shifting ranks, mP@k with its `kq` rule) plus the
@@ -29,7 +29,7 @@ pub struct QueryGt {
     pub junk: Vec<usize>,
 }
 
-/// Revisited Oxford/Paris evaluation protocol (spec §7.1 table).
+/// Revisited Oxford/Paris evaluation protocol (docs/recipe.md §7.1 table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Easy,

@@ -1,5 +1,5 @@
 //! RANSAC geometric verification as DELG runs it through scikit-image's
-//! `measure.ransac` (spec §5): an affine model (or, optionally, a homography)
+//! `measure.ransac` (docs/recipe.md §5): an affine model (or, optionally, a homography)
 //! maps database-image locations to query locations, both (y, x) pixels;
 //! min_samples 3, residual threshold 20 px, 1000 trials, no early stop, and
 //! the score is the inlier count of the best trial.
@@ -298,7 +298,7 @@ fn symmetric_eigen(mut a: [[f64; 9]; 9], k: usize) -> ([f64; 9], [[f64; 9]; 9]) 
     (values, v)
 }
 
-/// RANSAC settings; the default is DELG's (spec §5).
+/// RANSAC settings; the default is DELG's (docs/recipe.md §5).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RansacParams {
     pub model: Model,

@@ -10,11 +10,14 @@ use delg_gpu::graph::exec::{Executable, ParamStore};
 use delg_gpu::graph::{Graph, TensorId, TensorKind};
 use delg_gpu::io::npy;
 use delg_gpu::io::weights::WeightFile;
+use delg_gpu::jobs::train::{
+    build_step, download_state, upload_state, Schedule, TrainConfig, TrainModel,
+};
 use delg_gpu::model::delg::{inference_graph, DelgConfig};
 use delg_gpu::model::params::{load_params, oihw_to_hwio};
 use delg_gpu::model::resnet::ParamSpec;
 use delg_gpu::tensor::{HostTensor, Tensor};
-use delg_gpu::testing::normalized_max_error;
+use delg_gpu::testing::{normalized_max_error, scaled_max_error};
 
 /// A tiny DELG model (one block per stage, width 8, 16-d local
 /// descriptors, τ = 0) with random weights from `seed`, saved at `path`.
@@ -155,12 +158,8 @@ pub fn check_gradients(
         match gr {
             Some(gr) => {
                 let got = exe.read(*gr).unwrap().data;
-                let scale = want.data.iter().fold(floor, |m, v| m.max(v.abs())) as f64;
-                let err = got
-                    .iter()
-                    .zip(&want.data)
-                    .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64))
-                    / scale;
+                let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+                let err = scaled_max_error(&got, &want, floor as f64);
                 assert!(
                     err <= 1e-3,
                     "{what} d{name}: error {err:.2e} of the gradient scale"
@@ -172,4 +171,81 @@ pub fn check_gradients(
             ),
         }
     }
+}
+
+/// The training configuration of the references' 20 SGD steps: batch 2 of
+/// `image_size`², lr 0.01, momentum 0.9, clipping at global norm 1,
+/// batch-norm momentum 0.1 (PyTorch convention).
+pub fn reference_train_config(net: TrainModel, image_size: usize) -> TrainConfig {
+    TrainConfig {
+        net,
+        batch: 2,
+        accumulate: 1,
+        image_size,
+        steps: 20,
+        lr: 0.01,
+        schedule: Schedule::Linear,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+        clip_norm: 1.0,
+        bn_momentum: 0.1,
+        seed: 0,
+        checkpoint_every: 0,
+        val_fraction: 0.0,
+        flip: false,
+    }
+}
+
+/// Runs `config`'s training step 20 times on the fixture batch
+/// `{batch}_images.npy` / `{batch}_labels.npy` from `file`'s weights at a
+/// constant learning rate, and compares every step's loss with
+/// `{reference}_losses.npy` and the state after the last step (parameters,
+/// batch-norm running statistics, training state such as DOLG's t) with
+/// `{reference}_final.safetensors`, within 1e-3 of max(1, largest value).
+pub fn check_sgd_steps(
+    gpu: &std::sync::Arc<Gpu>,
+    what: &str,
+    config: &TrainConfig,
+    file: &WeightFile,
+    dir: &str,
+    batch: &str,
+    reference: &str,
+) {
+    let step = build_step(config).unwrap();
+    let store = upload_state(gpu, &step, file, config).unwrap();
+    let (exe, update) = step.executables(gpu, &store).unwrap();
+    exe.set_input(step.images, &load(dir, &format!("{batch}_images.npy")))
+        .unwrap();
+    exe.set_input(step.labels, &load(dir, &format!("{batch}_labels.npy")))
+        .unwrap();
+    exe.set_input(step.keep, &Tensor::new([1], vec![0.0]).unwrap())
+        .unwrap();
+    update
+        .set_input(step.lr, &Tensor::new([1], vec![config.lr]).unwrap())
+        .unwrap();
+    let (_, want) = npy::read::<f64>(&fixture(dir, &format!("{reference}_losses.npy"))).unwrap();
+    assert_eq!(want.len(), 20);
+    for (i, w) in want.iter().enumerate() {
+        exe.run().unwrap();
+        update.run().unwrap();
+        let got = exe.read(step.outputs[0]).unwrap().data[0] as f64;
+        let err = (got - w).abs() / w.abs().max(1.0);
+        assert!(
+            err <= 1e-3,
+            "{what} step {i}: loss {got} vs {w} (error {err:.2e})"
+        );
+    }
+    let state = download_state(gpu, &step, &store, false).unwrap();
+    let want = WeightFile::load(&fixture(dir, &format!("{reference}_final.safetensors"))).unwrap();
+    let mut running = 0;
+    for (name, w) in &want.tensors {
+        let got = &state.tensors[name];
+        assert_eq!(got.shape, w.shape, "{what} {name}");
+        let w64: Vec<f64> = w.data.iter().map(|&v| v as f64).collect();
+        let err = scaled_max_error(&got.data, &w64, 1.0);
+        assert!(err <= 1e-3, "{what} {name} after 20 steps: error {err:.2e}");
+        running += usize::from(name.contains("running_"));
+    }
+    assert!(running > 0, "{what}: no running statistics compared");
 }

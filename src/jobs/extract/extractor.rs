@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::recipe::{aggregate_global, select_local, ExtractConfig, LevelOutput, LocalFeatures};
+use super::recipe::{
+    aggregate_global, keypoint_stride, min_level_side, select_local, ExtractConfig, LevelOutput,
+    LocalFeatures,
+};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::exec::{Executable, ParamStore};
@@ -241,8 +244,19 @@ impl Extractor {
         let global_only = self.local_dim() == 0;
         let timed = self.timing.is_some();
         let mut spent: Vec<(String, f64)> = Vec::new();
-        for level in 0..self.extract.scales.len() {
+        let sizes = self.extract.level_sizes(h as u32, w as u32);
+        let min_side = match &self.model {
+            ModelConfig::Delg(cfg) => min_level_side(&cfg.backbone),
+            ModelConfig::Dolg(cfg) => min_level_side(&cfg.backbone),
+        };
+        for (level, &(lh, lw)) in sizes.iter().enumerate() {
             if global_only && !self.extract.global_scales.contains(&level) {
+                continue;
+            }
+            // Levels too small for the network are dropped: local features
+            // come from the others, the global descriptor from the global
+            // scales that remain.
+            if lh.min(lw) < min_side {
                 continue;
             }
             let scale = self.extract.scales[level];
@@ -280,6 +294,19 @@ impl Extractor {
             }
             spent.push(("readback".into(), readback.elapsed().as_secs_f64()));
         }
+        if globals.is_empty() {
+            let (lh, lw) = self
+                .extract
+                .global_scales
+                .iter()
+                .map(|&l| sizes[l])
+                .max()
+                .unwrap_or_default();
+            return Err(Error::InvalidArgument(format!(
+                "a {w}×{h} image is too small: its largest global pyramid level is {lw}×{lh}, \
+                 below the network's minimum of {min_side} px a side; use larger images"
+            )));
+        }
         let selection = std::time::Instant::now();
         let global = aggregate_global(&globals.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
         let local = match &self.model {
@@ -287,6 +314,7 @@ impl Extractor {
                 &levels,
                 self.tau,
                 &self.extract,
+                keypoint_stride(&cfg.backbone),
                 img.resize_factor,
                 cfg.local_dim,
             ),

@@ -1,4 +1,4 @@
-//! The extraction recipe of DELG (spec §4): image sizes, the pyramid, global
+//! The extraction recipe of DELG (docs/recipe.md §4): image sizes, the pyramid, global
 //! descriptor aggregation over scales, and attention-based keypoint selection
 //! with receptive-field locations. The device work (the network at each
 //! scale) is the model's; this file turns its per-scale outputs into the
@@ -7,8 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::resnet::{Layout, ResNetConfig};
 
-/// Every parameter of extraction; defaults are the paper's (spec §4), and the
+/// Every parameter of extraction; defaults are the paper's (docs/recipe.md §4), and the
 /// resolved values are written next to the features.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,7 +30,8 @@ pub struct ExtractConfig {
     pub min_image_side: u32,
     /// Feature-map stride in input pixels, and the offset of a cell's
     /// receptive-field centre: cell (i, j) sits at (stride·i + offset, stride·j + offset).
-    pub feature_stride: f64,
+    /// None takes the stride of the model's S map ([`keypoint_stride`]).
+    pub feature_stride: Option<f64>,
     pub center_offset: f64,
     /// How pixels are normalised for the network.
     pub pixel_norm: PixelNorm,
@@ -93,8 +95,9 @@ impl Default for ExtractConfig {
             max_features: 1000,
             binarize: false,
             min_image_side: 10,
-            // DELG's export hardcodes rf 291, stride 32, padding 145: centre = 32·i.
-            feature_stride: 32.0,
+            // DELG's export hardcodes rf 291, padding 145 and the S stride:
+            // centre = stride·i.
+            feature_stride: None,
             center_offset: 0.0,
             pixel_norm: PixelNorm::Delg,
             truncate_boxes: false,
@@ -103,7 +106,29 @@ impl Default for ExtractConfig {
     }
 }
 
-/// DOLG's five scales of the original image (spec §8.7), the official
+/// The stride of a backbone's S map in input pixels, which places keypoints:
+/// 32 for the DELG layout and for torchvision with `s_stride32`, otherwise 16
+/// (DELG's export uses 16 × its stride factor, docs/recipe.md §4.3).
+pub fn keypoint_stride(backbone: &ResNetConfig) -> f64 {
+    if backbone.layout == Layout::Delg || backbone.s_stride32 {
+        32.0
+    } else {
+        16.0
+    }
+}
+
+/// The smallest pyramid level side that yields a non-empty feature map. The
+/// DELG layout's stem is a "same" 7×7/2 convolution (ceil(n/2) pixels) then a
+/// 3×3/2 max-pool without padding, which needs 3 of them: 5 input pixels.
+/// Torchvision pads every window, so any size passes.
+pub fn min_level_side(backbone: &ResNetConfig) -> u32 {
+    match backbone.layout {
+        Layout::Delg => 5,
+        Layout::Torchvision => 1,
+    }
+}
+
+/// DOLG's five scales of the original image (docs/recipe.md §8.7), the official
 /// code's four-digit literals rather than exact powers of √2.
 #[allow(clippy::approx_constant)]
 pub const DOLG_SCALES: [f64; 5] = [0.3535, 0.5, 0.7071, 1.0, 1.4142];
@@ -219,17 +244,20 @@ pub struct LocalFeatures {
 
 /// Keeps cells with attention ≥ τ at every level, then the `max_features`
 /// best by attention (ties keep pyramid order, as a stable sort of the
-/// concatenated list). Locations are receptive-field centres divided by the
-/// level scale and by the per-axis resize factors (new/original), so they are
+/// concatenated list). Locations are receptive-field centres (`stride` is the
+/// model's S stride unless the configuration fixes one) divided by the level
+/// scale and by the per-axis resize factors (new/original), so they are
 /// (y, x) in original-image pixels; the stored scale is 1/s; descriptors are
 /// L2-normalised.
 pub fn select_local(
     levels: &[LevelOutput],
     tau: f32,
     cfg: &ExtractConfig,
+    stride: f64,
     resize_factor: (f64, f64),
     dim: usize,
 ) -> LocalFeatures {
+    let stride = cfg.feature_stride.unwrap_or(stride);
     struct Cand {
         level: usize,
         cell: usize,
@@ -249,8 +277,8 @@ pub fn select_local(
     for c in cands {
         let out = &levels[c.level];
         let (i, j) = (c.cell / out.width, c.cell % out.width);
-        let y = (cfg.feature_stride * i as f64 + cfg.center_offset) / out.scale / resize_factor.0;
-        let x = (cfg.feature_stride * j as f64 + cfg.center_offset) / out.scale / resize_factor.1;
+        let y = (stride * i as f64 + cfg.center_offset) / out.scale / resize_factor.0;
+        let x = (stride * j as f64 + cfg.center_offset) / out.scale / resize_factor.1;
         let mut d = out.descriptors[c.cell * dim..(c.cell + 1) * dim].to_vec();
         l2_normalize(&mut d);
         f.descriptors.extend_from_slice(&d);
@@ -265,20 +293,71 @@ pub fn select_local(
 mod tests {
     use super::*;
 
+    fn temp_image(name: &str, img: &image::RgbImage) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("delg-{name}-{}.png", std::process::id()));
+        img.save(&path).unwrap();
+        path
+    }
+
+    fn prepared_size(p: &super::super::PreparedImage) -> (usize, usize) {
+        let [_, h, w, _] = p.pixels.shape.nhwc("image").unwrap();
+        (w, h)
+    }
+
     #[test]
-    fn query_boxes_are_rounded_for_delg_and_truncated_for_dolg() {
-        let path = std::env::temp_dir().join(format!("delg-box-{}.png", std::process::id()));
-        image::RgbImage::from_pixel(40, 30, image::Rgb([9, 99, 199]))
-            .save(&path)
-            .unwrap();
-        let box_ = Some([1.4, 2.6, 20.6, 18.4]);
-        let size = |cfg: &ExtractConfig| {
-            let p = prepare_image(&path, cfg, box_).unwrap();
-            let [_, h, w, _] = p.pixels.shape.nhwc("image").unwrap();
-            (w, h)
-        };
-        assert_eq!(size(&ExtractConfig::default()), (20, 15)); // x 1..21, y 3..18
+    fn query_boxes_are_rounded_half_even_for_delg_and_truncated_for_dolg() {
+        let img = image::RgbImage::from_pixel(40, 30, image::Rgb([9, 99, 199]));
+        let path = temp_image("box", &img);
+        // 2.5 and 18.5 round to even (2, 18) as Python's round; 1.4 → 1, 20.6 → 21.
+        let box_ = Some([1.4, 2.5, 20.6, 18.5]);
+        let size = |cfg: &ExtractConfig| prepared_size(&prepare_image(&path, cfg, box_).unwrap());
+        assert_eq!(size(&ExtractConfig::default()), (20, 16)); // x 1..21, y 2..18
         assert_eq!(size(&ExtractConfig::for_arch("dolg")), (19, 16)); // x 1..20, y 2..18
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_box_leaving_the_image_is_padded_black_as_pil_crops() {
+        let img = image::RgbImage::from_pixel(40, 30, image::Rgb([255, 255, 255]));
+        let path = temp_image("pad", &img);
+        let cfg = ExtractConfig {
+            pixel_norm: PixelNorm::Delg,
+            ..Default::default()
+        };
+        let p = prepare_image(&path, &cfg, Some([-5.0, 20.0, 15.0, 40.0])).unwrap();
+        assert_eq!(
+            prepared_size(&p),
+            (20, 20),
+            "the box's size, not the clamped one"
+        );
+        let px = |x: usize, y: usize| p.pixels.data[(y * 20 + x) * 3];
+        assert_eq!(px(0, 0), -1.0, "left of the image: black, (0 − 128)/128");
+        assert_eq!(px(5, 0), (255.0 - 128.0) / 128.0, "inside: white");
+        assert_eq!(px(10, 10), -1.0, "below the image: black");
+        // DOLG's slice clamps to the image.
+        let p = prepare_image(
+            &path,
+            &ExtractConfig::for_arch("dolg"),
+            Some([-5.0, 20.0, 15.0, 40.0]),
+        );
+        assert_eq!(prepared_size(&p.unwrap()), (15, 10));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_crop_cap_is_scaled_without_rounding() {
+        // A 2000×1000 image capped at 1024; the 900×329 crop gets the cap
+        // 1024·900/2000 = 460.8, so its height is round(329·0.512) =
+        // round(168.45) = 168, where a cap rounded to 461 would give 169.
+        let img = image::RgbImage::from_pixel(2000, 1000, image::Rgb([1, 2, 3]));
+        let path = temp_image("cap", &img);
+        let p = prepare_image(
+            &path,
+            &ExtractConfig::default(),
+            Some([0.0, 0.0, 900.0, 329.0]),
+        )
+        .unwrap();
+        assert_eq!(prepared_size(&p), (461, 168));
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -305,7 +384,7 @@ mod tests {
             level(2.0, 1, 3, vec![5.0, 0.5, 7.0]),
         ];
         // Image was resized by 0.5 in both axes from the original.
-        let f = select_local(&levels, 2.0, &cfg, (0.5, 0.5), 2);
+        let f = select_local(&levels, 2.0, &cfg, 32.0, (0.5, 0.5), 2);
         assert_eq!(f.attention, vec![9.0, 7.0, 5.0]);
         // 9.0: level 0 cell (0,1): (32·0, 32·1) / 0.5 / 0.5.
         assert_eq!(&f.locations[0..2], &[0.0, 128.0]);
@@ -316,8 +395,33 @@ mod tests {
         assert_eq!(f.scales, vec![2.0, 0.5, 2.0]);
         let norm: f32 = f.descriptors[0..2].iter().map(|v| v * v).sum();
         assert!((norm - 1.0).abs() < 1e-6);
-        let none = select_local(&levels, 100.0, &cfg, (1.0, 1.0), 2);
+        let none = select_local(&levels, 100.0, &cfg, 32.0, (1.0, 1.0), 2);
         assert!(none.attention.is_empty());
+    }
+
+    #[test]
+    fn keypoints_use_the_s_stride_of_every_layout() {
+        let tv = ResNetConfig::resnet50(Layout::Torchvision);
+        assert_eq!(keypoint_stride(&ResNetConfig::resnet50(Layout::Delg)), 32.0);
+        assert_eq!(
+            keypoint_stride(&tv),
+            16.0,
+            "torchvision takes S at stride 16"
+        );
+        let tv32 = ResNetConfig {
+            s_stride32: true,
+            ..tv
+        };
+        assert_eq!(keypoint_stride(&tv32), 32.0);
+        let levels = vec![level(1.0, 2, 2, vec![0.0, 0.0, 0.0, 9.0])];
+        let f = select_local(&levels, 1.0, &ExtractConfig::default(), 16.0, (1.0, 1.0), 2);
+        assert_eq!(f.locations, vec![16.0, 16.0]);
+        let fixed = ExtractConfig {
+            feature_stride: Some(8.0),
+            ..Default::default()
+        };
+        let f = select_local(&levels, 1.0, &fixed, 16.0, (1.0, 1.0), 2);
+        assert_eq!(f.locations, vec![8.0, 8.0], "a configured stride wins");
     }
 
     #[test]
@@ -354,8 +458,63 @@ mod tests {
 /// A query crop [x1, y1, x2, y2] in original-image pixels.
 pub type CropBox = [f64; 4];
 
+/// Crops `img` to the query box. DELG rounds the corners half-to-even (Python's
+/// `round`) and crops with PIL, which pads the part of a box outside the image
+/// with black; DOLG truncates them (`int()`) and slices, which clamps to the
+/// image (docs/recipe.md §4.1, §8.7).
+fn crop_query(
+    path: &std::path::Path,
+    img: &image::RgbImage,
+    crop: CropBox,
+    truncate: bool,
+) -> Result<image::RgbImage> {
+    use crate::io::images::round_half_even;
+    let (ow, oh) = (img.width() as i64, img.height() as i64);
+    let corner = |v: f64| {
+        let v = if truncate {
+            v.trunc()
+        } else {
+            round_half_even(v)
+        };
+        // Far outside any image; keeps the casts below exact.
+        v.clamp(-1e9, 1e9) as i64
+    };
+    let [mut x1, mut y1, mut x2, mut y2] = crop.map(corner);
+    if truncate {
+        (x1, y1, x2, y2) = (x1.max(0), y1.max(0), x2.min(ow), y2.min(oh));
+    }
+    if crop.iter().any(|v| !v.is_finite()) || x2 <= x1 || y2 <= y1 {
+        return Err(Error::file(
+            path,
+            format!(
+                "crop box {crop:?} is empty inside the {ow}×{oh} image; give x1 < x2 and y1 < y2"
+            ),
+        ));
+    }
+    let (cw, ch) = ((x2 - x1) as u64, (y2 - y1) as u64);
+    if cw * ch > 4 * (ow * oh).max(1) as u64 {
+        return Err(Error::file(
+            path,
+            format!("crop box {crop:?} is far larger than the {ow}×{oh} image"),
+        ));
+    }
+    let mut out = image::RgbImage::new(cw as u32, ch as u32);
+    // The part of the box inside the image; the rest stays black.
+    let (ix1, iy1, ix2, iy2) = (x1.max(0), y1.max(0), x2.min(ow), y2.min(oh));
+    for y in iy1..iy2.max(iy1) {
+        for x in ix1..ix2.max(ix1) {
+            out.put_pixel(
+                (x - x1) as u32,
+                (y - y1) as u32,
+                *img.get_pixel(x as u32, y as u32),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Decodes, crops and resizes one image as the reference extractor does, and
-/// normalises it for DELG ((x − 128)/128, RGB, NHWC).
+/// normalises it for the network (NHWC).
 pub fn prepare_image(
     path: &std::path::Path,
     cfg: &ExtractConfig,
@@ -363,45 +522,26 @@ pub fn prepare_image(
 ) -> Result<super::PreparedImage> {
     use crate::io::images::{capped_size, load_rgb, resize_pil_bilinear};
     let mut img = load_rgb(path, cfg.max_pixels)?;
-    let (ow, oh) = img.dimensions();
-    let mut max_side = cfg.max_image_size;
-    if let Some([x1, y1, x2, y2]) = crop {
-        // An integer box (rounded as DELG's PIL crop, or truncated as DOLG's
-        // int()); the crop keeps the scale it has inside the capped full
-        // image (spec §4.1 step 2).
-        let int = |v: f64| {
-            if cfg.truncate_boxes {
-                v.trunc()
-            } else {
-                v.round()
-            }
-        };
-        let (x1, y1) = (int(x1).max(0.0) as u32, int(y1).max(0.0) as u32);
-        let (x2, y2) = (
-            int(x2).min(ow as f64).max(0.0) as u32,
-            int(y2).min(oh as f64).max(0.0) as u32,
-        );
-        if x2 <= x1 || y2 <= y1 {
-            return Err(Error::File {
-                path: path.to_path_buf(),
-                reason: format!("crop box {:?} is empty inside {ow}×{oh}", crop),
-            });
-        }
-        let factor = (x2 - x1).max(y2 - y1) as f64 / ow.max(oh) as f64;
-        max_side = max_side.map(|m| ((m as f64 * factor).round() as u32).max(1));
-        img = image::imageops::crop_imm(&img, x1, y1, x2 - x1, y2 - y1).to_image();
+    let mut cap = cfg.max_image_size.map(f64::from);
+    if let Some(crop) = crop {
+        let original_side = img.width().max(img.height()) as f64;
+        img = crop_query(path, &img, crop, cfg.truncate_boxes)?;
+        // The crop keeps the scale it has inside the capped full image: the
+        // official extract_features.py scales the cap by this factor, unrounded.
+        let factor = img.width().max(img.height()) as f64 / original_side;
+        cap = cap.map(|m| m * factor);
     }
     let (cw, ch) = img.dimensions();
-    let (nw, nh) = capped_size(cw, ch, max_side);
+    let (nw, nh) = capped_size(cw, ch, cap);
     let img = resize_pil_bilinear(&img, nw, nh);
     if nw.min(nh) < cfg.min_image_side {
-        return Err(Error::File {
-            path: path.to_path_buf(),
-            reason: format!(
+        return Err(Error::file(
+            path,
+            format!(
                 "image is {nw}×{nh} after resizing, below the {} px minimum",
                 cfg.min_image_side
             ),
-        });
+        ));
     }
     let data = cfg.pixel_norm.apply(img.as_raw());
     let pixels = crate::tensor::Tensor::new([1, nh as usize, nw as usize, 3], data)?;

@@ -30,7 +30,7 @@ pub enum MarginFallback {
     /// DOLG / insightface: γ·(cos θ − m·sin m), i.e. cos θ − m·sin(π − m): past
     /// π − m, where cos(θ + m) would wrap around and rise again, the target
     /// keeps a fixed penalty below cos θ instead of losing its margin. DOLG's
-    /// CurricularFace-style modulation of hard negatives (spec §8.5) is not
+    /// CurricularFace-style modulation of hard negatives (docs/recipe.md §8.5) is not
     /// part of this op.
     Penalty,
 }
