@@ -46,8 +46,10 @@ pub enum Error {
         fix: String,
     },
 
-    #[error("graph error: {0}")]
-    Graph(String),
+    #[error(
+        "training diverged: the loss became {value} at step {step}; lower --lr (or raise --warmup)"
+    )]
+    Diverged { value: f32, step: u64 },
 
     /// A broken invariant inside delg-gpu, not a user mistake: the message
     /// asks for a bug report.

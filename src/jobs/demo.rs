@@ -185,7 +185,7 @@ pub fn write_pair(dir: &Path, size: u32) -> Result<DemoPair> {
     let from = [[0.0, 0.0], [s, 0.0], [s, s], [0.0, s]];
     let to = [[0.14, 0.05], [0.93, 0.17], [0.82, 0.96], [0.04, 0.80]].map(|[x, y]| [x * s, y * s]);
     let h = Transform::estimate(Model::Homography, &from, &to)?
-        .ok_or_else(|| Error::Graph("demo pair: degenerate corner quad".into()))?;
+        .ok_or_else(|| Error::Internal("demo pair: degenerate corner quad".into()))?;
     let scene = render_scene(2024, 0, size);
     let pair = DemoPair {
         scene: dir.join("scene.png"),

@@ -142,7 +142,7 @@ impl GpuNeighbours {
         }
         self.plans
             .get(&(rows, cols, dim))
-            .ok_or_else(|| Error::Graph("local matching plan cache".into()))
+            .ok_or_else(|| Error::Internal("local matching plan cache".into()))
     }
 
     /// See [`LocalMatcher::nearest_two`].

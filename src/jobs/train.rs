@@ -488,7 +488,7 @@ pub fn upload_state(
         let t = file
             .tensors
             .get(&s.name)
-            .ok_or_else(|| Error::Graph(format!("no value for '{}'", s.name)))?;
+            .ok_or_else(|| Error::Internal(format!("no value for '{}'", s.name)))?;
         if t.shape != s.shape {
             return Err(Error::shape(
                 "weights",
@@ -844,7 +844,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         for k in 0..cfg.accumulate {
             let batch = rx
                 .recv()
-                .map_err(|_| Error::Graph("the data loader stopped".into()))??;
+                .map_err(|_| Error::Internal("the data loader stopped".into()))??;
             for (path, why) in &batch.skipped {
                 bar.println(format!("skipped {}: {why}", path.display()));
             }
@@ -878,11 +878,10 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
             images_per_s: (cfg.batch * cfg.accumulate) as f64 / t0.elapsed().as_secs_f64(),
         };
         if !last.loss.is_finite() {
-            return Err(Error::Graph(format!(
-                "the loss became {} at step {}; lower --lr",
-                last.loss,
-                step + 1
-            )));
+            return Err(Error::Diverged {
+                value: last.loss,
+                step: step + 1,
+            });
         }
         writeln!(
             metrics,

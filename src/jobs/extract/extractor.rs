@@ -210,7 +210,7 @@ impl Extractor {
         let plan = self
             .plans
             .get_mut(&key)
-            .ok_or_else(|| Error::Graph("plan cache".into()))?;
+            .ok_or_else(|| Error::Internal("plan cache".into()))?;
         plan.last_used = clock;
         Ok(plan)
     }

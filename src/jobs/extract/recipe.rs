@@ -221,7 +221,7 @@ pub fn aggregate_global(levels: &[&[f32]]) -> Result<Vec<f32>> {
     let dim = levels
         .first()
         .map(|g| g.len())
-        .ok_or_else(|| Error::Graph("no global descriptor level".into()))?;
+        .ok_or_else(|| Error::Internal("no global descriptor level".into()))?;
     let mut sum = vec![0f64; dim];
     for g in levels {
         let mut g = g.to_vec();
