@@ -116,6 +116,22 @@ fn sample_file(name: &str, write: impl Fn(&Path)) -> Vec<u8> {
 }
 
 #[test]
+fn torch_checkpoints() {
+    // A small torch.save archive (tools/make_torch_checkpoint_fixture.py):
+    // zip records, pickle and storages all within reach of the mutations.
+    let sample = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_checkpoint/tiny.pth"),
+    )
+    .unwrap();
+    let read = |p: &Path| delg_gpu::io::torch_checkpoint::load(p).is_ok();
+    assert!(!read(&std::env::temp_dir().join("missing.pth")));
+    let parsed = mutate_and_parse("tiny.pth", &sample, |p| {
+        let _ = read(p);
+    });
+    assert_eq!(parsed, 1500);
+}
+
+#[test]
 fn safetensors_headers() {
     let sample = sample_file("w.safetensors", |p| {
         let mut w = WeightFile::default();

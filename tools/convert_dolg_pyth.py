@@ -21,11 +21,14 @@ Needs torch, safetensors and numpy.
 """
 import argparse
 import json
+import pathlib
 import re
 import sys
 
 import torch
-from safetensors.torch import save_file
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import delg_weights as dw  # noqa: E402
 
 STAGE_BLOCKS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101}
 BLOCK_PARTS = {"f.a": "conv1", "f.a_bn": "bn1", "f.b": "conv2", "f.b_bn": "bn2",
@@ -104,7 +107,12 @@ def main():
     state = state_dict_of(torch.load(a.checkpoint, map_location="cpu", weights_only=False))
     dilations = [int(d) for d in a.dilations.split(",")]
     tensors, cfg, dropped = convert(state, dilations, a.keep_classifier)
-    save_file(tensors, a.out, metadata={"delg_gpu.arch": "dolg", "delg_gpu.config": json.dumps(cfg)})
+    # The shared writer: sorted header, so the same checkpoint always gives the same bytes.
+    arrays = {n: t.numpy() for n, t in tensors.items()}
+    out = pathlib.Path(a.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(dw.safetensors_bytes(arrays, {dw.META_ARCH: "dolg", dw.META_CONFIG: json.dumps(cfg)}))
+    tmp.replace(out)
     depth = STAGE_BLOCKS.get(tuple(cfg["backbone"]["blocks"]), "custom")
     print(f"wrote {a.out}: DOLG R{depth}, {len(tensors)} tensors, width {cfg['backbone']['width']}, "
           f"multi-atrous {'on' if cfg['multi_atrous'] else 'off'}")

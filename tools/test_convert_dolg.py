@@ -14,7 +14,6 @@ Run by hand: python3 tools/test_convert_dolg.py   (needs torch, safetensors, num
 import pathlib
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -182,13 +181,14 @@ def main():
         want = model.double()(bgr[None].float().double())[0]
     np.save(OUT / "descriptor.npy", want.float().numpy())
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = pathlib.Path(tmp) / "dolg.pyth"
-        state = {"module." + k: v.float() for k, v in model.state_dict().items()}  # as saved from DDP
-        torch.save({"epoch": 3, "model_state": state, "optimizer_state": {}}, ckpt)
-        subprocess.run([sys.executable, str(ROOT / "tools" / "convert_dolg_pyth.py"), str(ckpt),
-                        str(OUT / "weights.safetensors"), "--dilations", ",".join(map(str, DILATIONS))],
-                       check=True)
+    # The source is kept as a fixture: tests/weights_import.rs imports it natively
+    # and compares with this converter's output byte for byte.
+    ckpt = OUT / "source.pyth"
+    state = {"module." + k: v.float() for k, v in model.state_dict().items()}  # as saved from DDP
+    torch.save({"epoch": 3, "model_state": state, "optimizer_state": {}}, ckpt)
+    subprocess.run([sys.executable, str(ROOT / "tools" / "convert_dolg_pyth.py"), str(ckpt),
+                    str(OUT / "weights.safetensors"), "--dilations", ",".join(map(str, DILATIONS))],
+                   check=True)
 
     # The converted tensors are the source ones under the documented names.
     conv = load_file(str(OUT / "weights.safetensors"))

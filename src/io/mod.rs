@@ -7,4 +7,5 @@ pub mod gldv2;
 pub mod groundtruth;
 pub mod images;
 pub mod npy;
+pub mod torch_checkpoint;
 pub mod weights;

@@ -3,7 +3,7 @@
 //! configuration in the file's metadata. Any float or integer dtype is read
 //! and converted to f32 (torchvision's `num_batches_tracked` is int64).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
@@ -27,7 +27,7 @@ fn file_err(path: &Path, reason: impl ToString) -> Error {
     }
 }
 
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
         bytes
             .chunks_exact(N)
@@ -144,22 +144,44 @@ impl WeightFile {
 
     /// Writes all tensors as f32 with the metadata, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let views: Vec<(String, safetensors::tensor::TensorView)> = self
-            .tensors
-            .iter()
-            .map(|(n, t)| {
-                safetensors::tensor::TensorView::new(
-                    Dtype::F32,
-                    t.shape.dims().to_vec(),
-                    bytemuck::cast_slice(&t.data),
-                )
-                .map(|v| (n.clone(), v))
-                .map_err(|e| file_err(path, format!("tensor '{n}': {e}")))
-            })
-            .collect::<Result<_>>()?;
-        let meta: HashMap<String, String> = self.metadata.clone().into_iter().collect();
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| file_err(path, e))?;
-        crate::io::npy::write_atomic(path, &bytes)
+        crate::io::npy::write_atomic(path, &self.to_bytes())
+    }
+
+    /// The safetensors bytes of the file: f32 tensors and metadata in sorted
+    /// order with a compact header, as tools/delg_weights.py writes them, so
+    /// that the same weights always give the same bytes (the safetensors
+    /// crate orders metadata by hash).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut header = String::from("{\"__metadata__\":{");
+        for (i, (k, v)) in self.metadata.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            header += &format!("{sep}{}:{}", json_string(k), json_string(v));
+        }
+        header.push('}');
+        let mut offset = 0;
+        for (name, t) in &self.tensors {
+            let dims: Vec<String> = t.shape.dims().iter().map(|d| d.to_string()).collect();
+            let end = offset + 4 * t.data.len();
+            header += &format!(
+                ",{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
+                json_string(name),
+                dims.join(",")
+            );
+            offset = end;
+        }
+        header.push('}');
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+        let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        for t in self.tensors.values() {
+            for v in &t.data {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        bytes
     }
 
     /// Checks the file against the tensors a model expects, naming every
@@ -208,6 +230,33 @@ impl WeightFile {
             ),
         ))
     }
+}
+
+/// `s` as a JSON string the way Python's `json.dumps` writes it
+/// (`ensure_ascii`: everything outside printable ASCII escaped).
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            '\n' => out += "\\n",
+            '\r' => out += "\\r",
+            '\t' => out += "\\t",
+            '\u{8}' => out += "\\b",
+            '\u{c}' => out += "\\f",
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out += &format!("\\u{u:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]

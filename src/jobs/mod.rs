@@ -12,3 +12,4 @@ pub mod merge;
 pub mod pair;
 pub mod search;
 pub mod train;
+pub mod weights_import;

@@ -1,0 +1,564 @@
+//! `delg-gpu weights import`: a PyTorch checkpoint to a delg-gpu weight file
+//! without Python. The names and the configuration are mapped exactly as
+//! tools/convert_torch.py (DELG) and tools/convert_dolg_pyth.py (DOLG) map
+//! them, and the file is written as tools/delg_weights.py writes it, so both
+//! paths give the same bytes (tests/weights_import.rs checks it); the Python
+//! converters stay the reference.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io::torch_checkpoint::{self, Value};
+use crate::io::weights::{json_string, WeightFile};
+use crate::model::{ModelConfig, META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
+use crate::tensor::{HostTensor, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Delg,
+    Dolg,
+}
+
+/// DELG backbone layout: `None` decides from the tensors (delg when the
+/// convolutions have biases), as the converter's `--layout auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutChoice {
+    Auto,
+    Torchvision,
+    Delg,
+}
+
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    pub src: PathBuf,
+    pub out: PathBuf,
+    pub arch: Arch,
+    pub layout: LayoutChoice,
+    /// DOLG: rates of the multi-atrous block (not stored in checkpoints).
+    pub dilations: Vec<usize>,
+    /// DOLG: keep `desc_cls.*` to continue training.
+    pub keep_classifier: bool,
+    /// DELG: attention threshold τ stored in the file.
+    pub score_threshold: Option<f64>,
+}
+
+/// A JSON value written the way Python's `json.dumps` writes it (", " and
+/// ": " separators, keys in insertion order, Python's float repr), because the
+/// configuration is stored in the metadata as that text.
+enum PyJson {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Null,
+    Str(String),
+    List(Vec<PyJson>),
+    Object(Vec<(&'static str, PyJson)>),
+}
+
+impl PyJson {
+    fn dumps(&self) -> String {
+        match self {
+            PyJson::Int(i) => i.to_string(),
+            PyJson::Float(f) => python_float_repr(*f),
+            PyJson::Bool(b) => if *b { "true" } else { "false" }.into(),
+            PyJson::Null => "null".into(),
+            PyJson::Str(s) => json_string(s),
+            PyJson::List(items) => {
+                let items: Vec<String> = items.iter().map(PyJson::dumps).collect();
+                format!("[{}]", items.join(", "))
+            }
+            PyJson::Object(fields) => {
+                let fields: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", json_string(k), v.dumps()))
+                    .collect();
+                format!("{{{}}}", fields.join(", "))
+            }
+        }
+    }
+
+    fn ints(values: &[usize]) -> PyJson {
+        PyJson::List(values.iter().map(|&v| PyJson::Int(v as i64)).collect())
+    }
+}
+
+/// Python's `repr(float)`: the shortest round-trip digits, positional for
+/// exponents -4..16, else scientific with a signed two-digit exponent.
+pub fn python_float_repr(x: f64) -> String {
+    let sci = format!("{x:e}"); // shortest digits: "-1.25e-7"
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if (-4..16).contains(&exp) {
+        let point = exp + 1; // digits before the decimal point
+        if point <= 0 {
+            format!("{sign}0.{}{digits}", "0".repeat((-point) as usize))
+        } else if point as usize >= digits.len() {
+            let zeros = "0".repeat(point as usize - digits.len());
+            format!("{sign}{digits}{zeros}.0")
+        } else {
+            let (int, frac) = digits.split_at(point as usize);
+            format!("{sign}{int}.{frac}")
+        }
+    } else {
+        let esign = if exp < 0 { "-" } else { "+" };
+        format!("{sign}{mantissa}e{esign}{:02}", exp.abs())
+    }
+}
+
+/// Imports `opts.src` into `opts.out`; returns the lines to show the user.
+pub fn import_torch(opts: &ImportOptions) -> Result<Vec<String>> {
+    let src = &opts.src;
+    let root = torch_checkpoint::load(src)?;
+    let (file, mut notes) = match opts.arch {
+        Arch::Delg => delg_file(src, &root, opts)?,
+        Arch::Dolg => dolg_file(src, &root, opts)?,
+    };
+    // The file must be one the extractor accepts: configuration and shapes.
+    let model = ModelConfig::from_metadata(&file.metadata, src)?;
+    let params = match &model {
+        ModelConfig::Delg(cfg) => crate::model::delg::inference_graph(cfg, 64, 64)?.3,
+        ModelConfig::Dolg(cfg) => crate::model::dolg::inference_graph(cfg, 1, 64, 64)?.3,
+    };
+    let expected: Vec<_> = params
+        .specs
+        .iter()
+        .map(|s| (s.name.clone(), s.shape.clone()))
+        .collect();
+    file.check(src, &expected, crate::model::params::TRAINING_ONLY)?;
+    file.save(&opts.out)?;
+    let n: usize = file.tensors.values().map(|t| t.data.len()).sum();
+    notes.insert(
+        0,
+        format!(
+            "wrote {}: {} model, {} tensors, {:.2} M parameters",
+            opts.out.display(),
+            model.arch(),
+            file.tensors.len(),
+            n as f64 / 1e6
+        ),
+    );
+    Ok(notes)
+}
+
+/// The state dict under the first of `keys` holding a dict (again and again
+/// when `nested`), `module.` prefixes stripped, in the pickle's order with a
+/// later duplicate replacing the value in place (as a Python dict does).
+fn state_dict(
+    src: &Path,
+    root: &Value,
+    keys: &[&str],
+    nested: bool,
+) -> Result<Vec<(String, HostTensor)>> {
+    let mut obj = root;
+    while let Some(inner) = keys
+        .iter()
+        .filter_map(|k| obj.get(k))
+        .find(|v| matches!(v, Value::Dict(..)))
+    {
+        obj = inner;
+        if !nested {
+            break;
+        }
+    }
+    let not_found = || {
+        Error::file(
+            src,
+            format!(
+                "holds no state dict (a dict of tensors, possibly under one of {keys:?}); save one with torch.save(model.state_dict(), 'weights.pth')"
+            ),
+        )
+    };
+    let Value::Dict(items, _) = obj else {
+        return Err(not_found());
+    };
+    if items.is_empty() {
+        return Err(not_found());
+    }
+    let mut order: Vec<(String, HostTensor)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (k, v) in items.iter() {
+        let (Value::Str(name), Value::Tensor(t)) = (k, v) else {
+            let name = match k {
+                Value::Str(s) => format!("'{s}'"),
+                other => format!("a {} key", other.kind()),
+            };
+            return Err(Error::file(
+                src,
+                format!("{name} of the state dict is a {}, not a tensor", v.kind()),
+            ));
+        };
+        let name = name.strip_prefix("module.").unwrap_or(name).to_string();
+        match index.get(&name) {
+            Some(&i) => order[i].1 = (**t).clone(),
+            None => {
+                index.insert(name.clone(), order.len());
+                order.push((name, (**t).clone()));
+            }
+        }
+    }
+    Ok(order)
+}
+
+fn dim(
+    src: &Path,
+    tensors: &BTreeMap<String, HostTensor>,
+    name: &str,
+    axis: usize,
+) -> Result<usize> {
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| Error::file(src, format!("has no '{name}' (docs/weights.md)")))?;
+    t.shape.dims().get(axis).copied().ok_or_else(|| {
+        Error::file(
+            src,
+            format!("'{name}' is {:?}, which has no axis {axis}", t.shape),
+        )
+    })
+}
+
+/// Blocks per stage: one more than the largest index `layer{s}.{i}.` uses.
+fn stage_blocks(src: &Path, names: impl Iterator<Item = String> + Clone) -> Result<[usize; 4]> {
+    let mut blocks = [0; 4];
+    for (s, b) in blocks.iter_mut().enumerate() {
+        let prefix = format!("layer{}.", s + 1);
+        let last = names
+            .clone()
+            .filter_map(|n| {
+                n.strip_prefix(&prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .ok_or_else(|| {
+                Error::file(
+                    src,
+                    format!("no '{prefix}*' tensors: not a four-stage ResNet"),
+                )
+            })?;
+        *b = last + 1;
+    }
+    Ok(blocks)
+}
+
+fn metadata_file(tensors: BTreeMap<String, HostTensor>, arch: &str, config: PyJson) -> WeightFile {
+    let mut file = WeightFile {
+        tensors,
+        ..Default::default()
+    };
+    file.metadata.insert(META_ARCH.into(), arch.into());
+    file.metadata.insert(META_CONFIG.into(), config.dumps());
+    file
+}
+
+fn backbone_json(layout: &str, blocks: [usize; 4], width: usize, s_stride32: bool) -> PyJson {
+    PyJson::Object(vec![
+        ("layout", PyJson::Str(layout.into())),
+        ("blocks", PyJson::ints(&blocks)),
+        ("width", PyJson::Int(width as i64)),
+        ("s_stride32", PyJson::Bool(s_stride32)),
+    ])
+}
+
+/// As tools/convert_torch.py with `--heads model` (the source is a whole DELG model).
+fn delg_file(src: &Path, root: &Value, opts: &ImportOptions) -> Result<(WeightFile, Vec<String>)> {
+    const KEYS: &[&str] = &["state_dict", "model", "model_state", "model_state_dict"];
+    let mut dropped = Vec::new();
+    let mut tensors = BTreeMap::new();
+    for (name, t) in state_dict(src, root, KEYS, true)? {
+        if name.starts_with("fc.") || name.ends_with("num_batches_tracked") {
+            dropped.push(name);
+        } else {
+            tensors.insert(name, t);
+        }
+    }
+    dropped.sort();
+    if !tensors.contains_key("conv1.weight") {
+        let hint = if tensors.keys().any(|n| n.starts_with("globalmodel.")) {
+            " (pycls names: an official DOLG checkpoint? use --arch dolg)"
+        } else {
+            ""
+        };
+        return Err(Error::file(
+            src,
+            format!("no 'conv1.weight': not a ResNet backbone in torchvision names{hint}"),
+        ));
+    }
+    let blocks = stage_blocks(src, tensors.keys().cloned())?;
+    let width = dim(src, &tensors, "conv1.weight", 0)?;
+    let layout = match opts.layout {
+        LayoutChoice::Auto if tensors.contains_key("conv1.bias") => "delg",
+        LayoutChoice::Auto | LayoutChoice::Torchvision => "torchvision",
+        LayoutChoice::Delg => "delg",
+    };
+    if !tensors.contains_key("whiten.weight") {
+        return Err(Error::file(
+            src,
+            "holds a backbone without DELG heads (no 'whiten.weight'); native import keeps whole models only: \
+             initialise the heads with tools/convert_torch.py (--heads init), or start training from the backbone",
+        ));
+    }
+    let config = PyJson::Object(vec![
+        (
+            "backbone",
+            backbone_json(layout, blocks, width, layout == "delg"),
+        ),
+        ("gem_p", PyJson::Float(3.0)),
+        ("gem_eps", PyJson::Float(1e-6)),
+        (
+            "global_dim",
+            PyJson::Int(dim(src, &tensors, "whiten.weight", 0)? as i64),
+        ),
+        (
+            "attention_dim",
+            PyJson::Int(dim(src, &tensors, "attention.conv1.weight", 0)? as i64),
+        ),
+        (
+            "local_dim",
+            PyJson::Int(dim(src, &tensors, "autoencoder.encoder.weight", 0)? as i64),
+        ),
+    ]);
+    let mut file = metadata_file(tensors, "delg", config);
+    if let Some(tau) = opts.score_threshold {
+        if !tau.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "--score-threshold {tau} is not a number"
+            )));
+        }
+        file.metadata
+            .insert(META_SCORE_THRESHOLD.into(), python_float_repr(tau));
+    }
+    let notes = dropped_note(&dropped, 6, "tensors delg-gpu does not use: ");
+    Ok((file, notes))
+}
+
+fn dropped_note(dropped: &[String], shown: usize, what: &str) -> Vec<String> {
+    if dropped.is_empty() {
+        return Vec::new();
+    }
+    let more = if dropped.len() > shown { " ..." } else { "" };
+    let names = dropped[..dropped.len().min(shown)].join(", ");
+    vec![format!("dropped {} {what}{names}{more}", dropped.len())]
+}
+
+/// pycls part names of a bottleneck block → torchvision's.
+const BLOCK_PARTS: &[(&str, &str)] = &[
+    ("f.a", "conv1"),
+    ("f.a_bn", "bn1"),
+    ("f.b", "conv2"),
+    ("f.b_bn", "bn2"),
+    ("f.c", "conv3"),
+    ("f.c_bn", "bn3"),
+    ("proj", "downsample.0"),
+    ("bn", "downsample.1"),
+];
+const DOLG_HEADS: &[&str] = &["pool_g.", "fc_t.", "localmodel.", "fc.", "desc_cls."];
+
+/// Our name for an official DOLG one, or None to drop it (convert_dolg_pyth.rename).
+fn dolg_rename(name: &str) -> Option<String> {
+    if name.ends_with("num_batches_tracked") || name.contains('\n') {
+        return None;
+    }
+    if let Some(rest) = name.strip_prefix("globalmodel.stem.") {
+        for (part, ours) in [("conv.", "conv1."), ("bn.", "bn1.")] {
+            if let Some(tail) = rest.strip_prefix(part).filter(|t| !t.is_empty()) {
+                return Some(format!("{ours}{tail}"));
+            }
+        }
+    }
+    if let Some(rest) = name.strip_prefix("globalmodel.s") {
+        let mut chars = rest.chars();
+        let stage = chars.next().filter(char::is_ascii_digit)?;
+        let rest = chars.as_str().strip_prefix(".b")?;
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let block: i64 = rest[..digits].parse().ok()?;
+        let rest = rest[digits..].strip_prefix('.')?;
+        // The first part (in this order) followed by a non-empty rest, as the regex matches.
+        for (part, ours) in BLOCK_PARTS {
+            if let Some(tail) = rest
+                .strip_prefix(part)
+                .and_then(|t| t.strip_prefix('.'))
+                .filter(|t| !t.is_empty())
+            {
+                return Some(format!("layer{stage}.{}.{ours}.{tail}", block - 1));
+            }
+        }
+        return None;
+    }
+    DOLG_HEADS
+        .iter()
+        .any(|h| name.starts_with(h))
+        .then(|| name.to_string())
+}
+
+/// Reverses axis 1 of a tensor (the first convolution's BGR → RGB inputs).
+fn flip_axis1(t: &HostTensor) -> Option<HostTensor> {
+    let dims = t.shape.dims();
+    let (&outer, &channels) = (dims.first()?, dims.get(1)?);
+    let inner: usize = dims[2..].iter().product();
+    let mut data = Vec::with_capacity(t.data.len());
+    for o in 0..outer {
+        for c in (0..channels).rev() {
+            let start = (o * channels + c) * inner;
+            data.extend_from_slice(&t.data[start..start + inner]);
+        }
+    }
+    Tensor::new(t.shape.clone(), data).ok()
+}
+
+/// As tools/convert_dolg_pyth.py.
+fn dolg_file(src: &Path, root: &Value, opts: &ImportOptions) -> Result<(WeightFile, Vec<String>)> {
+    let state = state_dict(src, root, &["model_state", "state_dict", "model"], false).map_err(
+        |e| match e {
+            Error::File { path, reason } => Error::file(
+                path,
+                format!("{reason} (a DOLG checkpoint is pycls's, with 'model_state')"),
+            ),
+            other => other,
+        },
+    )?;
+    let mut tensors = BTreeMap::new();
+    let mut dropped = Vec::new();
+    for (name, t) in state {
+        match dolg_rename(&name) {
+            Some(new) if opts.keep_classifier || !new.starts_with("desc_cls.") => {
+                tensors.insert(new, t);
+            }
+            _ if name.ends_with("num_batches_tracked") => {}
+            _ => dropped.push(name),
+        }
+    }
+    let missing: Vec<&str> = [
+        "conv1.weight",
+        "fc_t.weight",
+        "fc.weight",
+        "localmodel.conv1.weight",
+    ]
+    .into_iter()
+    .filter(|n| !tensors.contains_key(*n))
+    .collect();
+    if !missing.is_empty() {
+        return Err(Error::file(
+            src,
+            format!("not a DOLG checkpoint: missing {}", missing.join(", ")),
+        ));
+    }
+    let conv1 = flip_axis1(&tensors["conv1.weight"]).ok_or_else(|| {
+        Error::file(
+            src,
+            format!(
+                "'conv1.weight' is {:?}, not a convolution",
+                tensors["conv1.weight"].shape
+            ),
+        )
+    })?;
+    tensors.insert("conv1.weight".into(), conv1);
+    tensors
+        .entry("pool_g.p".into())
+        .or_insert_with(|| Tensor::new([1], vec![3.0]).expect("one value"));
+    let blocks = stage_blocks(src, tensors.keys().cloned())?;
+    let width = dim(src, &tensors, "conv1.weight", 0)?;
+    let multi_atrous = if tensors.contains_key("localmodel.aspp.conv_after.0.weight") {
+        let branches = tensors
+            .keys()
+            .filter(|n| {
+                n.strip_prefix("localmodel.aspp.aspp.")
+                    .and_then(|r| r.strip_suffix(".weight"))
+                    .is_some_and(|i| !i.is_empty() && i.chars().all(|c| c.is_ascii_digit()))
+            })
+            .count();
+        if branches != opts.dilations.len() + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the checkpoint has {} dilated branches; pass --dilations with that many rates",
+                src.display(),
+                branches.saturating_sub(1)
+            )));
+        }
+        PyJson::Object(vec![
+            ("dilations", PyJson::ints(&opts.dilations)),
+            (
+                "branch_dim",
+                PyJson::Int(dim(src, &tensors, "localmodel.aspp.aspp.0.weight", 0)? as i64),
+            ),
+        ])
+    } else {
+        PyJson::Null
+    };
+    let config = PyJson::Object(vec![
+        (
+            "backbone",
+            backbone_json("torchvision", blocks, width, false),
+        ),
+        ("gem_eps", PyJson::Float(1e-6)),
+        (
+            "fusion_dim",
+            PyJson::Int(dim(src, &tensors, "fc_t.weight", 0)? as i64),
+        ),
+        (
+            "output_dim",
+            PyJson::Int(dim(src, &tensors, "fc.weight", 0)? as i64),
+        ),
+        ("multi_atrous", multi_atrous),
+    ]);
+    let notes = dropped_note(&dropped, 8, "tensors: ");
+    Ok((metadata_file(tensors, "dolg", config), notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_as_python_repr() {
+        for (x, want) in [
+            (3.0, "3.0"),
+            (1e-6, "1e-06"),
+            (454.6, "454.6"),
+            (0.0001, "0.0001"),
+            (-2.5e-5, "-2.5e-05"),
+            (1e16, "1e+16"),
+            (123456789012345.0, "123456789012345.0"),
+            (0.1, "0.1"),
+        ] {
+            assert_eq!(python_float_repr(x), want, "{x}");
+        }
+    }
+
+    #[test]
+    fn dolg_names_map_as_the_python_converter_maps_them() {
+        for (name, want) in [
+            ("globalmodel.stem.conv.weight", Some("conv1.weight")),
+            (
+                "globalmodel.s3.b2.f.a_bn.running_var",
+                Some("layer3.1.bn1.running_var"),
+            ),
+            (
+                "globalmodel.s1.b1.proj.weight",
+                Some("layer1.0.downsample.0.weight"),
+            ),
+            (
+                "globalmodel.s1.b1.bn.bias",
+                Some("layer1.0.downsample.1.bias"),
+            ),
+            (
+                "globalmodel.s2.b1.f.b.weight",
+                Some("layer2.0.conv2.weight"),
+            ),
+            (
+                "localmodel.aspp.aspp.0.weight",
+                Some("localmodel.aspp.aspp.0.weight"),
+            ),
+            ("globalmodel.s1.b1.f.a_bn.num_batches_tracked", None),
+            ("globalmodel.head.fc.weight", None),
+        ] {
+            assert_eq!(dolg_rename(name).as_deref(), want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `delg-gpu weights import`: PyTorch checkpoints read without Python
+//! (src/io/torch_checkpoint.rs) and mapped as the Python converters map them.
+//! The sources are the checkpoints tools/test_converters.py and
+//! tools/test_convert_dolg.py saved and converted with tools/convert_torch.py
+//! and tools/convert_dolg_pyth.py; the import must give the same bytes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use delg_gpu::io::torch_checkpoint::{self, Value};
+
+fn fixture(dir: &str, name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir)
+        .join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("delg-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Runs the binary's `weights import`; (success, stdout + stderr).
+fn import(src: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_delg-gpu"))
+        .args(["weights", "import"])
+        .arg(src)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
+    (run.status.success(), text)
+}
+
+fn assert_same_bytes(src: &Path, want: &Path, extra: &[&str], name: &str) {
+    let out = scratch(name);
+    let (ok, text) = import(src, &out, extra);
+    assert!(ok, "{text}");
+    let (got, want) = (std::fs::read(&out).unwrap(), std::fs::read(want).unwrap());
+    assert!(
+        got == want,
+        "{name}: {} bytes, the Python converter wrote {}; first difference at {:?}",
+        got.len(),
+        want.len(),
+        got.iter().zip(&want).position(|(a, b)| a != b)
+    );
+}
+
+#[test]
+fn delg_checkpoint_imports_to_the_python_converters_bytes() {
+    assert_same_bytes(
+        &fixture("convert", "torch_source.pth"),
+        &fixture("convert", "torch_weights.safetensors"),
+        &["--arch", "delg"],
+        "delg.safetensors",
+    );
+}
+
+#[test]
+fn dolg_checkpoint_imports_to_the_python_converters_bytes() {
+    assert_same_bytes(
+        &fixture("convert_dolg", "source.pyth"),
+        &fixture("convert_dolg", "weights.safetensors"),
+        &["--arch", "dolg", "--dilations", "2,3,6"],
+        "dolg.safetensors",
+    );
+}
+
+#[test]
+fn wrong_arch_and_wrong_files_get_one_clear_line() {
+    let out = scratch("wrong.safetensors");
+    let dolg = fixture("convert_dolg", "source.pyth");
+    let (ok, text) = import(&dolg, &out, &["--arch", "delg"]);
+    assert!(
+        !ok && text.contains("source.pyth") && text.contains("--arch dolg"),
+        "{text}"
+    );
+    let (ok, text) = import(&dolg, &out, &["--arch", "dolg", "--dilations", "6,12"]);
+    assert!(!ok && text.contains("3 dilated branches"), "{text}");
+    let (ok, text) = import(&fixture("convert", "image.npy"), &out, &["--arch", "delg"]);
+    assert!(
+        !ok && text.contains("not a torch.save zip archive"),
+        "{text}"
+    );
+    assert!(!out.exists());
+}
+
+fn tensor<'a>(state: &'a Value, name: &str) -> &'a delg_gpu::tensor::HostTensor {
+    match state.get(name) {
+        Some(Value::Tensor(t)) => t,
+        other => panic!("'{name}' is {other:?}"),
+    }
+}
+
+#[test]
+fn strided_offset_half_integer_and_parameter_tensors_read_as_torch_saved_them() {
+    let root = torch_checkpoint::load(&fixture("torch_checkpoint", "tiny.pth")).unwrap();
+    assert!(matches!(root.get("epoch"), Some(Value::Int(3))));
+    assert!(matches!(
+        root.get("big"),
+        Some(Value::Int(1_099_511_627_776))
+    ));
+    assert!(matches!(root.get("neg"), Some(Value::Int(-5))));
+    assert!(matches!(root.get("lr"), Some(Value::Float(x)) if *x == 0.01));
+    assert!(matches!(root.get("name"), Some(Value::Str(s)) if &**s == "tiny"));
+    let Some(Value::List(flags, _)) = root.get("flags") else {
+        panic!("flags")
+    };
+    assert!(matches!(
+        &flags[..],
+        [Value::Bool(true), Value::Bool(false), Value::None]
+    ));
+    let state = root.get("model_state").unwrap();
+    let t = tensor(state, "transposed");
+    assert_eq!(t.shape.dims(), &[4, 3]);
+    assert_eq!(
+        t.data,
+        vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]
+    );
+    assert_eq!(tensor(state, "offset_row").data, vec![4., 5., 6., 7.]);
+    assert_eq!(tensor(state, "half").data, vec![0.5, -2.0, 65504.0]);
+    let count = tensor(state, "count");
+    assert_eq!((count.shape.rank(), count.data.clone()), (0, vec![7.0]));
+    let param = tensor(state, "param");
+    assert_eq!(
+        (param.shape.dims(), param.data.clone()),
+        (&[1, 2][..], vec![1.5, -0.25])
+    );
+}
+
+/// `bytes` with the last occurrence of `from` replaced by `to` (same length;
+/// the last, so that archive member names change in the central directory).
+fn patched(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at = bytes
+        .windows(from.len())
+        .rposition(|w| w == from)
+        .expect("pattern in fixture");
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to);
+    out
+}
+
+#[test]
+fn globals_outside_a_state_dict_are_refused_by_name() {
+    let tiny = std::fs::read(fixture("torch_checkpoint", "tiny.pth")).unwrap();
+    let evil = patched(
+        &tiny,
+        b"collections\nOrderedDict",
+        b"subprocess\ncheck_output",
+    );
+    let e = torch_checkpoint::parse(&evil).unwrap_err();
+    assert!(
+        e.contains("'subprocess.check_output'") && e.contains("state_dict"),
+        "{e}"
+    );
+    let storage = patched(&tiny, b"torch\nFloatStorage", b"torch\nFloatStorag3");
+    let e = torch_checkpoint::parse(&storage).unwrap_err();
+    assert!(e.contains("'torch.FloatStorag3'"), "{e}");
+    for name in torch_checkpoint::ACCEPTED_GLOBALS {
+        assert!(name.starts_with("torch.") || *name == "collections.OrderedDict");
+    }
+}
+
+#[test]
+fn storages_that_do_not_fit_the_archive_are_refused() {
+    let tiny = std::fs::read(fixture("torch_checkpoint", "tiny.pth")).unwrap();
+    // A storage entry cut short: its size no longer matches the elements the pickle states.
+    let short = patched(&tiny, b"tiny/data/", b"tiny/gone/");
+    let e = torch_checkpoint::parse(&short).unwrap_err();
+    assert!(e.contains("missing from the archive"), "{e}");
+    let cut = &tiny[..tiny.len() - 30];
+    assert!(torch_checkpoint::parse(cut).unwrap_err().contains("zip"));
+}
