@@ -15,12 +15,16 @@ use crate::jobs::bench;
 pub enum BenchWhat {
     /// Global search of random descriptors at scale (database generated in chunks).
     Search {
+        /// Query descriptors.
         #[arg(long, value_parser = checks::int_in::<usize, 1, 10_000_000>, default_value_t = 1000)]
         queries: usize,
+        /// Database descriptors.
         #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000_000>, default_value_t = 1_000_000)]
         db: usize,
+        /// Descriptor size.
         #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>, default_value_t = 2048)]
         dim: usize,
+        /// Results kept per query.
         #[arg(long, value_parser = checks::int_in::<usize, 1, 100_000>, default_value_t = 100)]
         k: usize,
     },
@@ -33,8 +37,10 @@ pub enum BenchWhat {
         /// Descriptors of each shortlist image.
         #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000>, default_value_t = 1000)]
         db_rows: usize,
+        /// Images in the shortlist.
         #[arg(long, value_parser = checks::int_in::<usize, 1, 100_000>, default_value_t = 100)]
         shortlist: usize,
+        /// Local descriptor size.
         #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>, default_value_t = 128)]
         dim: usize,
     },
@@ -45,6 +51,7 @@ pub enum BenchWhat {
         /// Width of the generated test images.
         #[arg(long, value_parser = checks::int_in::<u32, 16, 16_384>, default_value_t = 1024)]
         image_width: u32,
+        /// Height of the generated test images.
         #[arg(long, value_parser = checks::int_in::<u32, 16, 16_384>, default_value_t = 768)]
         image_height: u32,
         /// Timed images after one warm-up image.

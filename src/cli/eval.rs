@@ -20,6 +20,7 @@ pub struct EvalArgs {
     /// ...or use existing feature folders.
     #[arg(long)]
     pub db_features: Option<PathBuf>,
+    /// Query feature folder to use with --db-features (from `extract --queries-of`).
     #[arg(long)]
     pub query_features: Option<PathBuf>,
     /// Folder for extracted features (reused and resumed across runs).

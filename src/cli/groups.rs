@@ -17,13 +17,18 @@ pub struct ModelArgs {
     /// delg (the official TF layout) or torchvision.
     #[arg(long, default_value = "delg")]
     pub layout: String,
-    /// Stem width (64 for standard ResNets).
+    /// Stem width (default: 64, the standard ResNets'; 8 with --depth tiny).
     #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>)]
     pub width: Option<usize>,
+    /// DELG: size of the global descriptor (default: the backbone's output
+    /// channels, 2048 for ResNet-50 and -101).
     #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>)]
     pub global_dim: Option<usize>,
+    /// DELG: channels of the attention head's hidden layer (default: 512; 16 with --depth tiny).
     #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>)]
     pub attention_dim: Option<usize>,
+    /// DELG: size of the local descriptors, the autoencoder's bottleneck
+    /// (default: 128; 16 with --depth tiny).
     #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>)]
     pub local_dim: Option<usize>,
     /// DOLG: add the multi-atrous block in front of the local branch.
@@ -32,7 +37,7 @@ pub struct ModelArgs {
     /// DOLG: dilation rates of the multi-atrous block (3,6,9 as the paper's re-implementations).
     #[arg(long, value_parser = checks::int_in::<usize, 1, 256>, value_delimiter = ',', default_value = "6,12,18")]
     pub dilations: Vec<usize>,
-    /// DOLG: size of the final descriptor.
+    /// DOLG: size of the final descriptor (default: 512).
     #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>)]
     pub output_dim: Option<usize>,
 }
@@ -156,6 +161,7 @@ pub struct VerifyArgs {
     /// RANSAC inlier threshold in pixels.
     #[arg(long, value_parser = checks::positive_f64, default_value_t = 20.0)]
     pub residual_threshold: f64,
+    /// RANSAC iterations per verified image.
     #[arg(long, value_parser = checks::int_in::<usize, 1, 10_000_000>, default_value_t = 1000)]
     pub ransac_trials: usize,
 }

@@ -11,8 +11,10 @@ use crate::model::ModelConfig;
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
+    /// Weight file to write (safetensors).
     #[arg(long)]
     pub out: PathBuf,
+    /// Seed of the random initialisation (the same seed gives the same weights).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]

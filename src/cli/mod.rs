@@ -126,3 +126,34 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Bench { what } => bench::run(&gpu, what).map(done),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `help` and `version` come from clap; every other argument of every
+    /// (sub)command must say what it is in `--help`.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if a.get_help().is_none() && !matches!(id, "help" | "version") {
+                out.push(format!("{path}: {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut missing = Vec::new();
+        undocumented(&super::Cli::command(), "delg-gpu", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    #[test]
+    fn the_argument_definitions_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -23,6 +23,7 @@ pub struct TrainArgs {
     /// Or a GLDv2-style CSV (id,landmark_id) with --images as the image root.
     #[arg(long, requires = "images")]
     pub csv: Option<PathBuf>,
+    /// Image root of --csv: each id's image is found under it.
     #[arg(long)]
     pub images: Option<PathBuf>,
     /// Run folder: config, metrics.jsonl, checkpoints, model.safetensors. Rerun to resume.
@@ -43,22 +44,26 @@ pub struct TrainArgs {
     /// Square training size (the paper's is 512).
     #[arg(long, value_parser = checks::int_in::<usize, 32, 4096>, default_value_t = 512)]
     pub size: usize,
+    /// SGD steps of the whole run (the schedule spans them).
     #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = 1000)]
     pub steps: u64,
+    /// Initial learning rate.
     #[arg(long, value_parser = checks::positive, default_value_t = 0.01)]
     pub lr: f32,
     /// linear or cosine (with --warmup steps). Default: linear for DELG,
     /// cosine with a warm-up over the first 5% of the steps for DOLG.
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Warm-up steps of the cosine schedule (default: 5% of --steps for DOLG, 0 for DELG).
     #[arg(long, value_parser = checks::int_in::<u64, 0, 1_000_000_000>)]
     pub warmup: Option<u64>,
+    /// SGD momentum.
     #[arg(long, value_parser = checks::fraction_f32, default_value_t = 0.9)]
     pub momentum: f32,
     /// Nesterov momentum (default: off for DELG, on for DOLG).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: Option<bool>,
-    /// Default: 0 for DELG, 1e-4 for DOLG.
+    /// L2 weight decay (default: 0 for DELG, 1e-4 for DOLG).
     #[arg(long, value_parser = checks::non_negative)]
     pub weight_decay: Option<f32>,
     /// Gradient clipping by global norm; 0 turns it off. Default: 10 for DELG, off for DOLG.
@@ -74,14 +79,19 @@ pub struct TrainArgs {
     /// re-weighting of hard negatives.
     #[arg(long)]
     pub plain_arcface: bool,
+    /// DELG: weight of the attention head's classification loss.
     #[arg(long, value_parser = checks::non_negative, default_value_t = 1.0)]
     pub attention_weight: f32,
+    /// DELG: weight of the local descriptors' reconstruction loss.
     #[arg(long, value_parser = checks::non_negative, default_value_t = 10.0)]
     pub reconstruction_weight: f32,
+    /// Seed of the initialisation, the validation split, batch order and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Steps between checkpoints (a run resumes from the last one).
     #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = 500)]
     pub checkpoint_every: u64,
+    /// Fraction of the images held out to measure validation accuracy.
     #[arg(long, value_parser = checks::fraction, default_value_t = 0.2)]
     pub val_fraction: f64,
     /// Random horizontal flips (default: off for DELG, on for DOLG).
@@ -90,6 +100,7 @@ pub struct TrainArgs {
     /// Images with more pixels fail before decoding.
     #[arg(long, value_parser = MAX_PIXELS, default_value_t = crate::io::images::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// No progress bar, skipped-image or validation lines: only the final summary.
     #[arg(long)]
     pub quiet: bool,
     /// Print the planned device memory of a step by category and exit (no device needed).
