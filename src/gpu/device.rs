@@ -32,6 +32,20 @@ pub struct AdapterFacts {
     pub subgroup_max_size: u32,
 }
 
+impl From<&wgpu::AdapterInfo> for AdapterFacts {
+    fn from(info: &wgpu::AdapterInfo) -> AdapterFacts {
+        AdapterFacts {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+        }
+    }
+}
+
 /// An open device with its limits, features and tuning table.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -219,15 +233,7 @@ impl Gpu {
             }
         });
 
-        let facts = AdapterFacts {
-            name: info.name.clone(),
-            backend: info.backend,
-            device_type: info.device_type,
-            driver: info.driver.clone(),
-            driver_info: info.driver_info.clone(),
-            subgroup_min_size: info.subgroup_min_size,
-            subgroup_max_size: info.subgroup_max_size,
-        };
+        let facts = AdapterFacts::from(&info);
         let tuning = tuning.unwrap_or_else(|| Tuning::for_adapter(&facts, features));
         Ok(Arc::new(Gpu {
             device,

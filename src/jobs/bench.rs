@@ -236,6 +236,78 @@ pub fn kernel_cases() -> Vec<BenchCase> {
     cases
 }
 
+/// Runs every kernel case whose name contains `filter` (all without one) on
+/// each matmul variant the adapter supports, printing a table row (or a JSON
+/// line with `json`) per case and variant.
+pub fn run_kernels(
+    opts: &GpuOptions,
+    filter: Option<&str>,
+    reps: usize,
+    budget: Duration,
+    json: bool,
+) -> Result<()> {
+    let gpus = variant_devices(opts)?;
+    if !json {
+        print_header(&gpus[0]);
+    }
+    for case in kernel_cases() {
+        if filter.is_some_and(|f| !case.name.contains(f)) {
+            continue;
+        }
+        for gpu in &gpus {
+            let r = run_case(gpu, &case, reps, budget)?;
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                print_row(&r);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `delg-gpu info`: every adapter with its backend, driver, optional
+/// features, the limits that matter and the tuning delg-gpu picks for it.
+pub fn print_adapters(opts: &GpuOptions) -> Result<()> {
+    let adapters = crate::gpu::list_adapters(opts)?;
+    if adapters.is_empty() {
+        // Gpu::new turns this into the error that explains how to get a driver.
+        Gpu::new(opts)?;
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let info = a.get_info();
+        let l = a.limits();
+        let f = a.features();
+        let has = |x: wgpu::Features| if f.contains(x) { "yes" } else { "no" };
+        println!(
+            "[{i}] {} ({:?}, {:?})",
+            info.name, info.backend, info.device_type
+        );
+        println!("    driver: {} {}", info.driver, info.driver_info);
+        println!(
+            "    features: SHADER_F16 {} | SUBGROUP {} (size {}..{}) | TIMESTAMP_QUERY {}",
+            has(wgpu::Features::SHADER_F16),
+            has(wgpu::Features::SUBGROUP),
+            info.subgroup_min_size,
+            info.subgroup_max_size,
+            has(wgpu::Features::TIMESTAMP_QUERY)
+        );
+        println!(
+            "    limits: storage binding {} MiB | buffer {} MiB | workgroups/dim {} | invocations/workgroup {} | workgroup memory {} KiB | storage buffers/stage {}",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroups_per_dimension,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_storage_buffers_per_shader_stage
+        );
+        let facts = crate::gpu::AdapterFacts::from(&info);
+        let tuning = Tuning::for_adapter(&facts, f & crate::gpu::device::OPTIONAL_FEATURES);
+        println!("    tuning: {}", tuning.describe());
+    }
+    Ok(())
+}
+
 /// The adapter line of every report.
 pub fn print_adapter(gpu: &Gpu) {
     println!(
@@ -281,19 +353,9 @@ pub fn bench_extract(
     images: usize,
 ) -> Result<(f64, f64)> {
     use crate::jobs::extract::{Extractor, PreparedImage};
-    use crate::model::ModelConfig;
-    let (params, backbone) = match model {
-        ModelConfig::Delg(m) => (
-            crate::model::delg::inference_graph(m, 64, 64)?.3,
-            &m.backbone,
-        ),
-        ModelConfig::Dolg(m) => (
-            crate::model::dolg::inference_graph(m, 1, 64, 64)?.3,
-            &m.backbone,
-        ),
-    };
-    let mut file = crate::model::params::random_weights(&params.specs, 0);
-    file.metadata.extend(model.metadata()?);
+    let backbone = model.backbone();
+    // bench_extract sets τ itself below, so the stored one does not matter.
+    let file = model.random_weights(0, 0.0)?;
     let cfg = crate::jobs::extract::ExtractConfig {
         score_threshold: Some(0.0),
         ..crate::jobs::extract::ExtractConfig::for_arch(model.arch())

@@ -207,6 +207,26 @@ pub fn write_pair(dir: &Path, size: u32) -> Result<DemoPair> {
     Ok(pair)
 }
 
+/// Evaluates `weights` on the dataset `write_dataset` wrote into `dir`
+/// (features into dir/features), re-ranking with the paper's settings.
+pub fn evaluate_dataset(
+    gpu: &std::sync::Arc<crate::gpu::Gpu>,
+    dir: &Path,
+    weights: PathBuf,
+) -> Result<crate::jobs::eval::EvalReport> {
+    use crate::jobs::eval::{run_eval, EvalJob};
+    let job = EvalJob {
+        gnd: dir.join("gnd.json"),
+        weights: Some(weights),
+        db_features: None,
+        query_features: None,
+        work: dir.join("features"),
+        extract: Default::default(),
+        rerank: Some(Default::default()),
+    };
+    run_eval(gpu, &job)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! similarity).
 
 use std::collections::{BinaryHeap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -254,4 +255,102 @@ pub fn rerank(
     // Stable: unverified hits (0 inliers) keep their global order.
     out.sort_by(|a, b| b.inliers.cmp(&a.inliers).then(b.score.total_cmp(&a.score)));
     Ok(out)
+}
+
+/// The query and database feature sets of a search, checked before any
+/// device work: both non-empty, from the same model, `out` not a file.
+pub struct SearchInputs {
+    pub queries: FeatureSet,
+    pub db: FeatureSet,
+}
+
+impl SearchInputs {
+    pub fn load(queries: &Path, db: &Path, out: &Path) -> Result<SearchInputs> {
+        let q = FeatureSet::load(queries)?;
+        let d = FeatureSet::load(db)?;
+        for (set, dir) in [(&q, queries), (&d, db)] {
+            if set.is_empty() {
+                return Err(Error::file(
+                    dir,
+                    "holds no images: its extraction skipped every image (reasons in its errors.txt)",
+                ));
+            }
+        }
+        if out.is_file() {
+            return Err(Error::file(out, "is a file: --out takes a folder"));
+        }
+        q.check_same_model(queries, &d, db)?;
+        Ok(SearchInputs { queries: q, db: d })
+    }
+}
+
+/// How long a search took, for its summary line.
+pub struct SearchSummary {
+    pub global_seconds: f64,
+    pub rerank_seconds: f64,
+}
+
+/// Ranks the database for every query (top `k`, re-ranked when `rerank` is
+/// given) and writes `out`: ranking.csv, ranks.npy, scores.npy, inliers.npy.
+pub fn run_search(
+    gpu: &Arc<Gpu>,
+    inputs: &SearchInputs,
+    k: usize,
+    rerank_params: Option<RerankParams>,
+    out: &Path,
+) -> Result<SearchSummary> {
+    let (q, db) = (&inputs.queries, &inputs.db);
+    let t = std::time::Instant::now();
+    let k = k.min(db.len());
+    let mut hits = global_search(gpu, &q.global, &db.global, db.global_dim, k)?;
+    let global_seconds = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    if let Some(p) = rerank_params {
+        let mut matcher = LocalMatcher::new(gpu, p.match_on);
+        for (i, h) in hits.iter_mut().enumerate() {
+            *h = rerank(&q.image(i), db, h, &|_| false, &p, &mut matcher)?;
+        }
+    }
+    let rerank_seconds = t.elapsed().as_secs_f64();
+    write_results(out, q, db, &hits, k)?;
+    Ok(SearchSummary {
+        global_seconds,
+        rerank_seconds,
+    })
+}
+
+/// Writes the `k` hits of every query into the folder `out`: ranking.csv
+/// (ids, rank, score, inliers) and the same as [queries, k] arrays in
+/// ranks.npy (database indices), scores.npy and inliers.npy.
+pub fn write_results(
+    out: &Path,
+    q: &FeatureSet,
+    db: &FeatureSet,
+    hits: &[Vec<Hit>],
+    k: usize,
+) -> Result<()> {
+    use crate::io::npy;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut csv = String::from("query,db,rank,global_score,inliers\n");
+    let (mut ranks, mut scores, mut inliers) = (Vec::new(), Vec::new(), Vec::new());
+    for (qi, h) in hits.iter().enumerate() {
+        for (r, x) in h.iter().enumerate() {
+            csv.push_str(&format!(
+                "{},{},{},{},{}\n",
+                q.ids[qi],
+                db.ids[x.db],
+                r + 1,
+                x.score,
+                x.inliers
+            ));
+            ranks.push(x.db as i64);
+            scores.push(x.score);
+            inliers.push(x.inliers as i64);
+        }
+    }
+    npy::write_atomic(&out.join("ranking.csv"), csv.as_bytes())?;
+    npy::write(&out.join("ranks.npy"), &[q.len(), k], &ranks)?;
+    npy::write(&out.join("scores.npy"), &[q.len(), k], &scores)?;
+    npy::write(&out.join("inliers.npy"), &[q.len(), k], &inliers)?;
+    Ok(())
 }

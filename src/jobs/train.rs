@@ -250,6 +250,107 @@ impl TrainConfig {
     }
 }
 
+/// Training settings as a user gives them: `None` takes the recipe's
+/// default for the architecture (docs/recipe.md §3 for DELG, §8.6 for DOLG).
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub batch: usize,
+    pub accumulate: usize,
+    pub image_size: usize,
+    pub steps: u64,
+    pub lr: f32,
+    /// "linear" or "cosine".
+    pub schedule: Option<String>,
+    pub warmup: Option<u64>,
+    pub momentum: f32,
+    pub nesterov: Option<bool>,
+    pub weight_decay: Option<f32>,
+    pub clip_norm: Option<f32>,
+    pub arcface_margin: Option<f32>,
+    pub arcface_scale: Option<f32>,
+    /// DOLG only: ArcFace without CurricularFace's hard-negative weighting.
+    pub plain_arcface: bool,
+    /// DELG only (DOLG has no attention or reconstruction loss).
+    pub attention_weight: f32,
+    pub reconstruction_weight: f32,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+    pub val_fraction: f64,
+    pub flip: Option<bool>,
+}
+
+impl TrainOptions {
+    /// The full configuration for training `model` on `classes` classes.
+    pub fn resolve(&self, model: ModelConfig, classes: usize) -> Result<TrainConfig> {
+        let dolg = model.arch() == "dolg";
+        let layout = model.backbone().layout;
+        let net = match model {
+            ModelConfig::Delg(model) => {
+                let mut loss = DelgLossConfig::paper(classes);
+                loss.arcface_margin = self.arcface_margin.unwrap_or(loss.arcface_margin);
+                loss.arcface_scale = self.arcface_scale.unwrap_or(loss.arcface_scale);
+                loss.attention_weight = self.attention_weight;
+                loss.reconstruction_weight = self.reconstruction_weight;
+                TrainModel::Delg { model, loss }
+            }
+            ModelConfig::Dolg(model) => {
+                let mut loss = DolgLossConfig::official(classes);
+                loss.margin = self.arcface_margin.unwrap_or(loss.margin);
+                loss.scale = self.arcface_scale.unwrap_or(loss.scale);
+                loss.curricular = !self.plain_arcface;
+                TrainModel::Dolg { model, loss }
+            }
+        };
+        if self.plain_arcface && !dolg {
+            return Err(Error::InvalidArgument(
+                "--plain-arcface is DOLG's head option (DELG's head is plain ArcFace): add --arch dolg"
+                    .into(),
+            ));
+        }
+        // The recipes differ (docs/recipe.md §3 and §8.6): DOLG uses Nesterov momentum,
+        // weight decay, a cosine schedule with warm-up, flips and no clipping.
+        let schedule_name = self
+            .schedule
+            .clone()
+            .unwrap_or_else(|| if dolg { "cosine" } else { "linear" }.into());
+        let schedule = match schedule_name.as_str() {
+            "linear" => Schedule::Linear,
+            "cosine" => Schedule::Cosine {
+                warmup: self
+                    .warmup
+                    .unwrap_or(if dolg { self.steps / 20 } else { 0 }),
+            },
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "--schedule '{other}': use linear or cosine"
+                )))
+            }
+        };
+        let bn_momentum = match layout {
+            Layout::Delg => 0.01,
+            Layout::Torchvision => 0.1,
+        };
+        Ok(TrainConfig {
+            net,
+            batch: self.batch,
+            accumulate: self.accumulate,
+            image_size: self.image_size,
+            steps: self.steps,
+            lr: self.lr,
+            schedule,
+            momentum: self.momentum,
+            nesterov: self.nesterov.unwrap_or(dolg),
+            weight_decay: self.weight_decay.unwrap_or(if dolg { 1e-4 } else { 0.0 }),
+            clip_norm: self.clip_norm.unwrap_or(if dolg { 0.0 } else { 10.0 }),
+            bn_momentum,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            val_fraction: self.val_fraction,
+            flip: self.flip.unwrap_or(dolg),
+        })
+    }
+}
+
 /// Where training images come from.
 #[derive(Clone, Debug)]
 pub enum DataSource {
@@ -473,6 +574,30 @@ pub fn planned_memory(cfg: &TrainConfig) -> Result<Vec<(&'static str, u64)>> {
         ("clipping and SGD (planned)", update),
         ("validation (folded weights + plan)", validation),
     ])
+}
+
+/// Prints `planned_memory` as a table (MiB per category and the total).
+pub fn print_planned_memory(cfg: &TrainConfig) -> Result<()> {
+    let rows = planned_memory(cfg)?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "planned device memory, batch {} × {} micro-batches, {}², {} classes:",
+        cfg.batch,
+        cfg.accumulate,
+        cfg.image_size,
+        cfg.net.num_classes()
+    );
+    for (what, bytes) in &rows {
+        println!("  {what:<40} {:>10.1} MiB", mib(*bytes));
+    }
+    let total: u64 = rows.iter().map(|r| r.1).sum();
+    println!(
+        "  {:<40} {:>10.1} MiB ({:.2} GiB; kernel scratch and driver memory come on top)",
+        "total",
+        mib(total),
+        total as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
 }
 
 /// Device tensors for every parameter of the step graph, from a weight file

@@ -71,4 +71,34 @@ impl ModelConfig {
             (META_CONFIG.to_string(), json),
         ])
     }
+
+    /// A randomly initialised weight file of this model (`params::random_weights`
+    /// for its parameters) with the metadata that names the model; DELG files
+    /// also record the attention threshold τ.
+    pub fn random_weights(
+        &self,
+        seed: u64,
+        score_threshold: f32,
+    ) -> Result<crate::io::weights::WeightFile> {
+        // Any image size lists the parameters; 64×64 is the smallest cheap one.
+        let params = match self {
+            ModelConfig::Delg(cfg) => delg::inference_graph(cfg, 64, 64)?.3,
+            ModelConfig::Dolg(cfg) => dolg::inference_graph(cfg, 1, 64, 64)?.3,
+        };
+        let mut file = params::random_weights(&params.specs, seed);
+        file.metadata.extend(self.metadata()?);
+        if let ModelConfig::Delg(_) = self {
+            file.metadata
+                .insert(META_SCORE_THRESHOLD.into(), score_threshold.to_string());
+        }
+        Ok(file)
+    }
+
+    /// The ResNet backbone under either head.
+    pub fn backbone(&self) -> &resnet::ResNetConfig {
+        match self {
+            ModelConfig::Delg(m) => &m.backbone,
+            ModelConfig::Dolg(m) => &m.backbone,
+        }
+    }
 }

@@ -121,6 +121,58 @@ fn global_dim(model: &crate::model::ModelConfig) -> usize {
     }
 }
 
+/// The architecture in a weight file and the paper's extraction settings for it.
+pub fn defaults_for_weights(weights: &std::path::Path) -> Result<(&'static str, ExtractConfig)> {
+    let meta = crate::io::weights::WeightFile::read_metadata(weights)?;
+    let arch = crate::model::ModelConfig::from_metadata(&meta, weights)?.arch();
+    Ok((arch, ExtractConfig::for_arch(arch)))
+}
+
+/// `defaults` overridden key by key by the JSON object in `path`, so a
+/// partial file keeps the DOLG recipe for a DOLG model.
+pub fn settings_file_over(
+    defaults: ExtractConfig,
+    path: &std::path::Path,
+) -> Result<ExtractConfig> {
+    let bad = |reason: String| Error::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let given: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| bad(format!("bad extraction settings: {e}")))?;
+    let mut merged = serde_json::to_value(&defaults).map_err(|e| bad(e.to_string()))?;
+    if let Some(fields) = merged.as_object_mut() {
+        fields.extend(given);
+    }
+    serde_json::from_value(merged).map_err(|e| bad(format!("bad extraction settings: {e}")))
+}
+
+/// The query images of a ground truth (paths relative to the collection
+/// folder, each once) and the crop box of each that has one.
+pub fn queries_of(
+    gnd: &std::path::Path,
+) -> Result<(Vec<String>, std::collections::HashMap<String, CropBox>)> {
+    let gt = crate::io::groundtruth::GroundTruth::load(gnd)?;
+    let mut crops = std::collections::HashMap::new();
+    let mut only = Vec::new();
+    for q in &gt.queries {
+        let rel = format!("{}/{}{}", gt.image_dir, q.image, gt.image_ext);
+        if let Some(b) = q.bbox {
+            if crops.insert(rel.clone(), b).is_some_and(|prev| prev != b) {
+                return Err(Error::unsupported(
+                    "extract",
+                    format!("image '{}' is a query with two different boxes", q.image),
+                ));
+            }
+        }
+        if !only.contains(&rel) {
+            only.push(rel);
+        }
+    }
+    Ok((only, crops))
+}
+
 /// Extracts every image of the job, resuming from an interrupted run: images
 /// in the journal whose file is unchanged (same size and modification time)
 /// are kept, the others are extracted. Every failure is one line on stderr

@@ -1,0 +1,122 @@
+//! `bench`: kernel, extraction, search and matching throughput.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::checks;
+use super::groups::ModelArgs;
+use crate::error::Result;
+use crate::gpu::{Gpu, GpuOptions};
+use crate::jobs::bench;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Global search of random descriptors at scale (database generated in chunks).
+    Search {
+        /// Query descriptors.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 10_000_000>, default_value_t = 1000)]
+        queries: usize,
+        /// Database descriptors.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000_000>, default_value_t = 1_000_000)]
+        db: usize,
+        /// Descriptor size.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>, default_value_t = 2048)]
+        dim: usize,
+        /// Results kept per query.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 100_000>, default_value_t = 100)]
+        k: usize,
+    },
+    /// Local-descriptor neighbour search of one query against a re-ranking
+    /// shortlist: the CPU path and the GPU matrix-product path side by side.
+    Match {
+        /// Descriptors of the query image.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000>, default_value_t = 1000)]
+        rows: usize,
+        /// Descriptors of each shortlist image.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000>, default_value_t = 1000)]
+        db_rows: usize,
+        /// Images in the shortlist.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 100_000>, default_value_t = 100)]
+        shortlist: usize,
+        /// Local descriptor size.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 65_536>, default_value_t = 128)]
+        dim: usize,
+    },
+    /// End-to-end extraction throughput (full DELG recipe) with a random model.
+    Extract {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Width of the generated test images.
+        #[arg(long, value_parser = checks::int_in::<u32, 16, 16_384>, default_value_t = 1024)]
+        image_width: u32,
+        /// Height of the generated test images.
+        #[arg(long, value_parser = checks::int_in::<u32, 16, 16_384>, default_value_t = 768)]
+        image_height: u32,
+        /// Timed images after one warm-up image.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 10_000>, default_value_t = 2)]
+        images: usize,
+    },
+    /// Every kernel at the shapes that matter, every matmul variant side by side.
+    Kernels {
+        /// Only cases whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Minimum repetitions per case.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000>, default_value_t = 3)]
+        reps: usize,
+        /// Time budget per case in seconds (more reps while it lasts).
+        #[arg(long, value_parser = checks::positive_f64, default_value_t = 1.0)]
+        seconds: f64,
+        /// Print one JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
+    match what {
+        BenchWhat::Search {
+            queries,
+            db,
+            dim,
+            k,
+        } => bench::bench_search(&open(opts)?, queries, db, dim, k).map(|_| ()),
+        BenchWhat::Match {
+            rows,
+            db_rows,
+            shortlist,
+            dim,
+        } => bench::bench_local_matching(&open(opts)?, rows, db_rows, shortlist, dim),
+        BenchWhat::Extract {
+            model,
+            image_width,
+            image_height,
+            images,
+        } => {
+            let gpu = open(opts)?;
+            let model = model.model_config()?;
+            bench::bench_extract(&gpu, &model, image_width, image_height, images.max(1)).map(|_| ())
+        }
+        BenchWhat::Kernels {
+            filter,
+            reps,
+            seconds,
+            json,
+        } => bench::run_kernels(
+            opts,
+            filter.as_deref(),
+            reps,
+            Duration::from_secs_f64(seconds),
+            json,
+        ),
+    }
+}
+
+/// The device, announced by the adapter line every report starts with.
+fn open(opts: &GpuOptions) -> Result<Arc<Gpu>> {
+    let gpu = Gpu::new(opts)?;
+    bench::print_adapter(&gpu);
+    Ok(gpu)
+}

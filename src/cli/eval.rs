@@ -1,0 +1,64 @@
+//! `eval`: retrieval scores on a ground truth.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::groups::{ExtractFlags, RerankArgs};
+use crate::error::Result;
+use crate::gpu::{Gpu, GpuOptions};
+use crate::jobs::eval::{print_report, run_eval, EvalJob};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Ground truth in the gnd.json form; images are found beside it.
+    #[arg(long)]
+    pub gnd: PathBuf,
+    /// Extract features with these weights (into --work)...
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// ...or use existing feature folders.
+    #[arg(long)]
+    pub db_features: Option<PathBuf>,
+    /// Query feature folder to use with --db-features (from `extract --queries-of`).
+    #[arg(long)]
+    pub query_features: Option<PathBuf>,
+    /// Folder for extracted features (reused and resumed across runs).
+    #[arg(long, default_value = "delg-eval")]
+    pub work: PathBuf,
+    #[command(flatten)]
+    pub settings: ExtractFlags,
+    #[command(flatten)]
+    pub rerank: RerankArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<()> {
+    let mut extract = match &a.weights {
+        Some(w) => crate::jobs::extract::defaults_for_weights(w)?.1,
+        None => Default::default(),
+    };
+    a.settings.apply(&mut extract)?;
+    let gpu = Gpu::new(opts)?;
+    let job = EvalJob {
+        gnd: a.gnd.clone(),
+        weights: a.weights.clone(),
+        db_features: a.db_features.clone(),
+        query_features: a.query_features.clone(),
+        work: a.work.clone(),
+        extract,
+        rerank: a.rerank.params()?,
+    };
+    let report = run_eval(&gpu, &job)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}

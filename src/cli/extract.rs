@@ -1,0 +1,163 @@
+//! `extract` and `merge`: a collection into a feature folder, shard by shard.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::groups::ExtractFlags;
+use super::Outcome;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, GpuOptions};
+use crate::jobs::extract::{CropBox, ExtractConfig};
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// Folder of images (searched recursively).
+    pub input: PathBuf,
+    /// Model weights (safetensors written by delg-gpu or its converters).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Check that the weights hold this architecture (delg or dolg); the
+    /// weights' metadata decides the model and the default settings.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Output folder (resumes an interrupted run into the same folder).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// JSON file with extraction settings (see ExtractConfig); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: ExtractFlags,
+    /// Also write sign-binarised local descriptors (16 bytes each).
+    #[arg(long)]
+    pub binarize: bool,
+    /// Process only shard i of N (e.g. 0/4): several machines split a collection.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Extract the queries of this ground truth (gnd.json) instead of the whole
+    /// folder, each cropped to its box at the scale it has in the full image.
+    #[arg(long, conflicts_with = "boxes")]
+    pub queries_of: Option<PathBuf>,
+    /// Extract only the images of this CSV (path,x1,y1,x2,y2 per line, paths
+    /// relative to the folder), each cropped to its box.
+    #[arg(long)]
+    pub boxes: Option<PathBuf>,
+    /// No progress bar (the line of each skipped image is still printed).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Fail (exit code 1) when any image could not be extracted, instead of
+    /// exit code 3.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Feature folders written by `extract --shard i/N`.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output feature folder (created; must not hold another run's features).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub(super) fn run(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
+    let config = extract_config(a)?;
+    let (only, crops) = selection(a)?;
+    let gpu = Gpu::new(opts)?;
+    let job = crate::jobs::extract::ExtractJob {
+        input: a.input.clone(),
+        out: a.out.clone(),
+        weights: a.weights.clone(),
+        config,
+        shard: a
+            .shard
+            .as_deref()
+            .map(crate::jobs::collection::Shard::parse)
+            .transpose()?,
+        only,
+        crops,
+        quiet: a.quiet,
+    };
+    let s = crate::jobs::extract::run_extract(&gpu, &job)?;
+    let errors = a.out.join("errors.txt");
+    println!(
+        "{} images: {} extracted, {} resumed, {} failed{}; {} local features, {:.1} s, {:.2} images/s",
+        s.images,
+        s.extracted_now,
+        s.resumed,
+        s.failed,
+        if s.failed > 0 { format!(" (reasons in {})", errors.display()) } else { String::new() },
+        s.local_features,
+        s.seconds,
+        s.extracted_now as f64 / s.seconds.max(1e-9)
+    );
+    match (s.failed, a.strict) {
+        (0, _) => Ok(Outcome::Complete),
+        (n, true) => Err(Error::file(
+            &a.input,
+            format!(
+                "{n} entries were skipped and --strict is set: see {}",
+                errors.display()
+            ),
+        )),
+        _ => Ok(Outcome::SomeFailed),
+    }
+}
+
+/// The weights' defaults, then the --config file, then the flags.
+fn extract_config(a: &ExtractArgs) -> Result<ExtractConfig> {
+    let (stored, defaults) = crate::jobs::extract::defaults_for_weights(&a.weights)?;
+    if let Some(arch) = &a.arch {
+        if arch != stored {
+            return Err(Error::file(
+                &a.weights,
+                format!(
+                    "holds a '{stored}' model, not '{arch}': drop --arch or pass other weights"
+                ),
+            ));
+        }
+    }
+    let mut cfg = match &a.config {
+        Some(p) => crate::jobs::extract::settings_file_over(defaults, p)?,
+        None => defaults,
+    };
+    cfg.binarize |= a.binarize;
+    a.settings.apply(&mut cfg)?;
+    Ok(cfg)
+}
+
+/// The images (all without a selection) and crop boxes `--queries-of` or `--boxes` ask for.
+#[allow(clippy::type_complexity)]
+fn selection(a: &ExtractArgs) -> Result<(Option<Vec<String>>, HashMap<String, CropBox>)> {
+    if let Some(gnd) = &a.queries_of {
+        let (only, crops) = crate::jobs::extract::queries_of(gnd)?;
+        return Ok((Some(only), crops));
+    }
+    let mut crops = HashMap::new();
+    match &a.boxes {
+        Some(csv) => {
+            let mut only = Vec::new();
+            for (path, b) in crate::jobs::collection::read_box_list(csv)? {
+                crops.insert(path.clone(), b);
+                only.push(path);
+            }
+            Ok((Some(only), crops))
+        }
+        None => Ok((None, crops)),
+    }
+}
+
+pub(super) fn merge(a: &MergeArgs) -> Result<()> {
+    let s = crate::jobs::merge::merge_shards(&a.inputs, &a.out)?;
+    println!(
+        "merged {} images from {} shards into {} ({} lines in errors.txt)",
+        s.images,
+        s.shards,
+        a.out.display(),
+        s.failed
+    );
+    Ok(())
+}

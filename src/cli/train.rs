@@ -1,0 +1,189 @@
+//! `train`: DELG or DOLG from image-level labels.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::checks;
+use super::groups::{ModelArgs, MAX_PIXELS};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, GpuOptions};
+use crate::jobs::train::{run_train, DataSource, TrainJob, TrainOptions};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Training images: a folder with one sub-folder per class.
+    #[arg(long, conflicts_with_all = ["csv", "gnd"])]
+    pub data: Option<PathBuf>,
+    /// Or the labelled images of a gnd.json ground truth (its "labels" map).
+    #[arg(long, conflicts_with = "csv")]
+    pub gnd: Option<PathBuf>,
+    /// Or a GLDv2-style CSV (id,landmark_id) with --images as the image root.
+    #[arg(long, requires = "images")]
+    pub csv: Option<PathBuf>,
+    /// Image root of --csv: each id's image is found under it.
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Run folder: config, metrics.jsonl, checkpoints, model.safetensors. Rerun to resume.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Initial weights (e.g. a converted ImageNet backbone); other tensors start random.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images per micro-batch: what one forward and backward pass holds in device memory.
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>, default_value_t = 16)]
+    pub batch: usize,
+    /// Micro-batches averaged into one SGD step (effective batch = batch × accumulate);
+    /// batch norm statistics stay per micro-batch.
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>, default_value_t = 1)]
+    pub accumulate: usize,
+    /// Square training size (the paper's is 512).
+    #[arg(long, value_parser = checks::int_in::<usize, 32, 4096>, default_value_t = 512)]
+    pub size: usize,
+    /// SGD steps of the whole run (the schedule spans them).
+    #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = 1000)]
+    pub steps: u64,
+    /// Initial learning rate.
+    #[arg(long, value_parser = checks::positive, default_value_t = 0.01)]
+    pub lr: f32,
+    /// linear or cosine (with --warmup steps). Default: linear for DELG,
+    /// cosine with a warm-up over the first 5% of the steps for DOLG.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Warm-up steps of the cosine schedule (default: 5% of --steps for DOLG, 0 for DELG).
+    #[arg(long, value_parser = checks::int_in::<u64, 0, 1_000_000_000>)]
+    pub warmup: Option<u64>,
+    /// SGD momentum.
+    #[arg(long, value_parser = checks::fraction_f32, default_value_t = 0.9)]
+    pub momentum: f32,
+    /// Nesterov momentum (default: off for DELG, on for DOLG).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub nesterov: Option<bool>,
+    /// L2 weight decay (default: 0 for DELG, 1e-4 for DOLG).
+    #[arg(long, value_parser = checks::non_negative)]
+    pub weight_decay: Option<f32>,
+    /// Gradient clipping by global norm; 0 turns it off. Default: 10 for DELG, off for DOLG.
+    #[arg(long, value_parser = checks::non_negative)]
+    pub clip_norm: Option<f32>,
+    /// ArcFace margin (default: 0.1 for DELG, 0.15 for DOLG).
+    #[arg(long, value_parser = checks::margin)]
+    pub arcface_margin: Option<f32>,
+    /// ArcFace scale γ (default: 45.25 for DELG, 30 for DOLG).
+    #[arg(long, value_parser = checks::positive)]
+    pub arcface_scale: Option<f32>,
+    /// DOLG: plain ArcFace, without the official head's CurricularFace-style
+    /// re-weighting of hard negatives.
+    #[arg(long)]
+    pub plain_arcface: bool,
+    /// DELG: weight of the attention head's classification loss.
+    #[arg(long, value_parser = checks::non_negative, default_value_t = 1.0)]
+    pub attention_weight: f32,
+    /// DELG: weight of the local descriptors' reconstruction loss.
+    #[arg(long, value_parser = checks::non_negative, default_value_t = 10.0)]
+    pub reconstruction_weight: f32,
+    /// Seed of the initialisation, the validation split, batch order and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Steps between checkpoints (a run resumes from the last one).
+    #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Fraction of the images held out to measure validation accuracy.
+    #[arg(long, value_parser = checks::fraction, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Random horizontal flips (default: off for DELG, on for DOLG).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub flip: Option<bool>,
+    /// Images with more pixels fail before decoding.
+    #[arg(long, value_parser = MAX_PIXELS, default_value_t = crate::io::images::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// No progress bar, skipped-image or validation lines: only the final summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the planned device memory of a step by category and exit (no device needed).
+    #[arg(long)]
+    pub plan_only: bool,
+}
+
+impl TrainArgs {
+    /// The labelled images the flags name.
+    fn data_source(&self) -> Result<DataSource> {
+        match (&self.data, &self.gnd, &self.csv, &self.images) {
+            (Some(d), _, _, _) => Ok(DataSource::Folders(d.clone())),
+            (None, Some(g), _, _) => Ok(DataSource::Gnd(g.clone())),
+            (None, None, Some(csv), Some(root)) => Ok(DataSource::Csv {
+                csv: csv.clone(),
+                root: root.clone(),
+            }),
+            _ => Err(Error::InvalidArgument(
+                "give --data FOLDER, --gnd gnd.json, or --csv FILE with --images ROOT".into(),
+            )),
+        }
+    }
+
+    fn options(&self) -> TrainOptions {
+        TrainOptions {
+            batch: self.batch,
+            accumulate: self.accumulate,
+            image_size: self.size,
+            steps: self.steps,
+            lr: self.lr,
+            schedule: self.schedule.clone(),
+            warmup: self.warmup,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            clip_norm: self.clip_norm,
+            arcface_margin: self.arcface_margin,
+            arcface_scale: self.arcface_scale,
+            plain_arcface: self.plain_arcface,
+            attention_weight: self.attention_weight,
+            reconstruction_weight: self.reconstruction_weight,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            val_fraction: self.val_fraction,
+            flip: self.flip,
+        }
+    }
+}
+
+pub(super) fn run(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
+    let data = a.data_source()?.load()?;
+    let config = a
+        .options()
+        .resolve(a.model.model_config()?, data.classes.len())?;
+    if a.plan_only {
+        return crate::jobs::train::print_planned_memory(&config);
+    }
+    let gpu = Gpu::new(opts)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // Ctrl-C asks for a checkpoint at the end of the current step, then exits.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let job = TrainJob {
+        data,
+        run: a.run.clone(),
+        init: a.init.clone(),
+        config,
+        max_pixels: a.max_pixels,
+        quiet: a.quiet,
+    };
+    let m = run_train(&gpu, &job, &stop)?;
+    let parts = match (m.attention_loss, m.reconstruction_loss) {
+        (Some(at), Some(r)) => format!(
+            " (global {:.4}, attention {at:.4}, reconstruction {r:.5})",
+            m.global_loss
+        ),
+        _ => String::new(),
+    };
+    println!(
+        "step {}: loss {:.4}{parts}; run folder {}",
+        m.step,
+        m.loss,
+        a.run.display()
+    );
+    Ok(())
+}
