@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::gpu::{DeviceTensor, Gpu, GpuOptions, MatmulVariant, Recorder, Tuning};
+use crate::gpu::{DeviceTensor, Gpu, GpuOptions, Recorder};
 use crate::graph::exec::{run_op, Executable, ParamStore};
 use crate::graph::reference::eval_reference;
 use crate::graph::{Graph, Op, TensorId};
@@ -26,26 +26,15 @@ fn no_gpu_allowed() -> bool {
 pub fn test_gpus() -> &'static [Arc<Gpu>] {
     static GPUS: OnceLock<Vec<Arc<Gpu>>> = OnceLock::new();
     GPUS.get_or_init(|| {
-        let opts = GpuOptions::default();
-        let first = match Gpu::new(&opts) {
-            Ok(g) => g,
-            Err(e) => {
-                if !no_gpu_allowed() {
-                    panic!("no GPU adapter: {e}\n(set DELG_ALLOW_NO_GPU=1 to skip the GPU checks instead)");
-                }
-                eprintln!("skipping GPU checks (DELG_ALLOW_NO_GPU is set): {e}");
-                return Vec::new();
+        Gpu::every_variant(&GpuOptions::default()).unwrap_or_else(|e| {
+            if !no_gpu_allowed() {
+                panic!(
+                    "no GPU adapter: {e}\n(set DELG_ALLOW_NO_GPU=1 to skip the GPU checks instead)"
+                );
             }
-        };
-        let mut gpus = vec![first.clone()];
-        for v in MatmulVariant::ALL {
-            if v != first.tuning.matmul && v.supported(first.features, &first.facts) {
-                let g = Gpu::new_with_tuning(&opts, Tuning { matmul: v })
-                    .expect("second device on the same adapter");
-                gpus.push(g);
-            }
-        }
-        gpus
+            eprintln!("skipping GPU checks (DELG_ALLOW_NO_GPU is set): {e}");
+            Vec::new()
+        })
     })
 }
 
@@ -62,19 +51,17 @@ pub fn windowed_gpus(elems: u64) -> Vec<Arc<Gpu>> {
     if let Some((_, gpus)) = cache.iter().find(|(e, _)| *e == elems) {
         return gpus.clone();
     }
-    let gpus: Vec<Arc<Gpu>> = test_gpus()
-        .iter()
-        .map(|g| {
-            let opts = GpuOptions {
-                max_binding_override: Some(elems * 4 + g.binding_alignment()),
-                ..Default::default()
-            };
-            let gpu =
-                Gpu::new_with_tuning(&opts, g.tuning).expect("a second device on the test adapter");
-            assert_eq!(gpu.max_window_elems(), elems, "window override");
-            gpu
-        })
-        .collect();
+    let Some(first) = test_gpus().first() else {
+        return Vec::new();
+    };
+    let opts = GpuOptions {
+        max_binding_override: Some(elems * 4 + first.binding_alignment()),
+        ..Default::default()
+    };
+    let gpus = Gpu::every_variant(&opts).expect("the test adapter opened again");
+    for gpu in &gpus {
+        assert_eq!(gpu.max_window_elems(), elems, "window override");
+    }
     cache.push((elems, gpus.clone()));
     gpus
 }

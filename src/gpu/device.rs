@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::gpu::tuning::Tuning;
+use crate::gpu::tuning::{MatmulVariant, Tuning};
 
 /// How the user asked for an adapter: `--backend`, `--adapter`, or wgpu's own
 /// `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` environment variables.
@@ -195,6 +195,19 @@ impl Gpu {
     /// entry; tests use it to run every variant on one adapter.
     pub fn new_with_tuning(opts: &GpuOptions, tuning: Tuning) -> Result<Arc<Gpu>> {
         Self::from_adapter(pick_adapter(opts)?, Some(tuning), opts.max_binding_override)
+    }
+
+    /// One device per matmul variant the adapter supports, the tuning
+    /// table's own first: benchmarks and tests run every variant side by side.
+    pub fn every_variant(opts: &GpuOptions) -> Result<Vec<Arc<Gpu>>> {
+        let first = Gpu::new(opts)?;
+        let mut gpus = vec![first.clone()];
+        for v in MatmulVariant::ALL {
+            if v != first.tuning.matmul && v.supported(first.features, &first.facts) {
+                gpus.push(Gpu::new_with_tuning(opts, Tuning { matmul: v })?);
+            }
+        }
+        Ok(gpus)
     }
 
     pub fn from_adapter(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuOptions, MatmulVariant, Tuning};
+use crate::gpu::{Gpu, GpuOptions, Tuning};
 use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, Op};
 use crate::tensor::{Rng, Shape};
@@ -125,18 +125,6 @@ pub fn run_case(
     })
 }
 
-/// Devices for every matmul variant the adapter supports, the default first.
-pub fn variant_devices(opts: &GpuOptions) -> Result<Vec<Arc<Gpu>>> {
-    let first = Gpu::new(opts)?;
-    let mut gpus = vec![first.clone()];
-    for v in MatmulVariant::ALL {
-        if v != first.tuning.matmul && v.supported(first.features, &first.facts) {
-            gpus.push(Gpu::new_with_tuning(opts, Tuning { matmul: v })?);
-        }
-    }
-    Ok(gpus)
-}
-
 /// The kernel cases: every distinct convolution of ResNet-50 (torchvision
 /// layout) on a 1024×1024 image, the GEMMs of the acceptance figures, and the
 /// memory-bound ops at activation sizes of the same network.
@@ -246,7 +234,7 @@ pub fn run_kernels(
     budget: Duration,
     json: bool,
 ) -> Result<()> {
-    let gpus = variant_devices(opts)?;
+    let gpus = Gpu::every_variant(opts)?;
     if !json {
         print_header(&gpus[0]);
     }
