@@ -33,9 +33,17 @@ pub struct ExtractArgs {
     /// Also write sign-binarised local descriptors (16 bytes each).
     #[arg(long)]
     pub binarize: bool,
-    /// Process only shard i of N (e.g. 0/4): several machines split a collection.
+    /// Process only shard i of N (e.g. 0/4): several machines split a
+    /// collection. `auto` takes the shard from a Slurm job array
+    /// (SLURM_ARRAY_TASK_ID) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX, with --shards).
     #[arg(long)]
     pub shard: Option<String>,
+    /// With --shard auto: the number of shards. Needed for Kubernetes; for
+    /// Slurm it makes the array's task ids the shard indices (0..N-1), so an
+    /// array with gaps can rerun some shards.
+    #[arg(long, requires = "shard")]
+    pub shards: Option<usize>,
     /// Extract the queries of this ground truth (gnd.json) instead of the whole
     /// folder, each cropped to its box at the scale it has in the full image.
     #[arg(long, conflicts_with = "boxes")]
@@ -72,11 +80,7 @@ pub(super) fn run(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
         out: a.out.clone(),
         weights: a.weights.clone(),
         config,
-        shard: a
-            .shard
-            .as_deref()
-            .map(crate::jobs::collection::Shard::parse)
-            .transpose()?,
+        shard: shard(a)?,
         only,
         crops,
         quiet: a.quiet,
@@ -104,6 +108,22 @@ pub(super) fn run(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
             ),
         )),
         _ => Ok(Outcome::SomeFailed),
+    }
+}
+
+/// The shard of `--shard i/N` or, with `--shard auto`, of the scheduler.
+fn shard(a: &ExtractArgs) -> Result<Option<crate::jobs::collection::Shard>> {
+    match (a.shard.as_deref(), a.shards) {
+        (None, _) => Ok(None),
+        (Some("auto"), shards) => {
+            let s = crate::jobs::scheduler::shard_from_env(shards, |k| std::env::var(k).ok())?;
+            eprintln!("shard {}/{} ({})", s.shard.index, s.shard.count, s.source);
+            Ok(Some(s.shard))
+        }
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(
+            "--shards goes with --shard auto; --shard i/N already gives the count".into(),
+        )),
+        (Some(given), None) => crate::jobs::collection::Shard::parse(given).map(Some),
     }
 }
 

@@ -208,7 +208,7 @@ impl Shard {
     pub fn parse(s: &str) -> Result<Shard> {
         let bad = || {
             Error::InvalidArgument(format!(
-                "--shard '{s}': expected i/N with 0 <= i < N, e.g. 0/4"
+                "--shard '{s}': expected i/N with 0 <= i < N (e.g. 0/4), or auto in a Slurm array or Kubernetes Indexed Job"
             ))
         };
         let (i, n) = s.split_once('/').ok_or_else(bad)?;

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod local_match;
 pub mod merge;
 pub mod pair;
+pub mod scheduler;
 pub mod search;
 pub mod train;
 pub mod weights_import;
