@@ -1,7 +1,9 @@
 //! Extraction as a real Slurm job array (issue 15): a 4-task array with
 //! `--shard auto --requeue` over generated images, one task killed with
 //! SIGKILL in the middle of its work and requeued, must give, once merged,
-//! the same features as one process over the whole folder.
+//! the same features as one process over the whole folder, and `search`
+//! (with and without `--rerank`) over the shard folders must rank like
+//! `search` over the merged folder.
 //!
 //! Needs a running cluster (`.ci/run` starts one with
 //! `.ci/slurm-cluster.sh`). Skipped with a printed reason where Slurm is
@@ -215,9 +217,17 @@ fn a_slurm_array_with_a_killed_and_requeued_task_extracts_like_one_process() {
         "task {victim_task} finished its {} images before the kill: the test did not interrupt it",
         shard_size(victim_shard)
     );
+    // slurmd refuses a launch whose credential is from the same second as
+    // the kill's revocation ("Job credential revoked"): let a second pass.
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed_state = task_state(&victim);
     run(Command::new("scontrol").args(["requeue", &victim]));
     // A requeued job waits about two minutes (BeginTime) unless told otherwise.
     run(Command::new("scontrol").args(["update", &format!("jobid={victim}"), "StartTime=now"]));
+    // squeue may show the killed state for a moment after the requeue.
+    wait_for("the requeued task to leave its killed state", || {
+        task_state(&victim) != killed_state
+    });
     let tasks: Vec<String> = (1..=TASKS).map(|t| format!("{job}_{t}")).collect();
     wait_for("every task of the array to end", || {
         tasks.iter().all(|t| ended(&task_state(t)))
@@ -266,6 +276,31 @@ fn a_slurm_array_with_a_killed_and_requeued_task_extracts_like_one_process() {
             std::fs::read(single.join(f)).unwrap() == std::fs::read(merged.join(f)).unwrap(),
             "{f} of the merged shards differs from one process's"
         );
+    }
+    // The shards searched in place rank like the merged folder, re-ranked or not.
+    for rerank in [false, true] {
+        let search = |db: &Path, name: &str| {
+            let out = root.join(format!("search-{name}-{rerank}"));
+            let mut c = Command::new(&exe);
+            c.arg("search")
+                .arg("--queries")
+                .arg(&single)
+                .arg("--db")
+                .arg(db);
+            c.args(["--k", "10"]).arg("--out").arg(&out);
+            if rerank {
+                c.args(["--rerank", "--shortlist", "8"]);
+            }
+            run(&mut c);
+            out
+        };
+        let (sharded, whole) = (search(&shards, "shards"), search(&merged, "merged"));
+        for f in ["ranking.csv", "ranks.npy", "scores.npy", "inliers.npy"] {
+            assert!(
+                std::fs::read(sharded.join(f)).unwrap() == std::fs::read(whole.join(f)).unwrap(),
+                "search (rerank: {rerank}): {f} over the shards differs from over the merged folder"
+            );
+        }
     }
     eprintln!("slurm array test: {:.1} s", started.elapsed().as_secs_f64());
     std::fs::remove_dir_all(&root).unwrap();

@@ -15,7 +15,8 @@ pub struct SearchArgs {
     /// Query feature folder (from `extract`).
     #[arg(long)]
     pub queries: PathBuf,
-    /// Database feature folder (from `extract`).
+    /// Database feature folder (from `extract`), or a folder of shard folders
+    /// (from `extract --shard`), searched in place without merging.
     #[arg(long)]
     pub db: PathBuf,
     /// Output folder: ranking.csv, ranks.npy, scores.npy, inliers.npy.

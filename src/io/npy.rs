@@ -100,6 +100,25 @@ pub fn read<T: NpyElem>(path: &Path) -> Result<(Vec<usize>, Vec<T>)> {
 /// Parses the bytes of a `.npy` file (`path` names it in errors). The shape
 /// is checked against the bytes present before the array is allocated.
 pub fn parse<T: NpyElem>(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<T>)> {
+    let h = parse_header::<T>(path, bytes)?;
+    let body = &bytes[h.data_start..];
+    check_body_length(path, &h, body.len() as u64)?;
+    let mut data = vec![T::zeroed(); h.elems];
+    bytemuck::cast_slice_mut::<T, u8>(&mut data).copy_from_slice(body);
+    Ok((h.shape, data))
+}
+
+/// What a `.npy` header says: the shape, where the data starts, and the
+/// number of elements.
+struct Header {
+    shape: Vec<usize>,
+    data_start: usize,
+    elems: usize,
+    data_bytes: u64,
+}
+
+/// Reads the header at the start of `bytes` (which may stop after it).
+fn parse_header<T: NpyElem>(path: &Path, bytes: &[u8]) -> Result<Header> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(file_err(path, "not a .npy file"));
     }
@@ -155,29 +174,103 @@ pub fn parse<T: NpyElem>(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<T
                 .map_err(|_| file_err(path, format!("bad shape '{inner}'")))
         })
         .collect::<Result<_>>()?;
-    let body = &bytes[start + hlen..];
     let sizes = shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .and_then(|n| Some((n, n.checked_mul(std::mem::size_of::<T>())?)));
-    let Some((n, want)) = sizes else {
+    let Some((elems, want)) = sizes else {
         return Err(file_err(
             path,
             format!("shape {shape:?} is too large (corrupt header)"),
         ));
     };
-    if body.len() != want {
+    Ok(Header {
+        shape,
+        data_start: start + hlen,
+        elems,
+        data_bytes: want as u64,
+    })
+}
+
+fn check_body_length(path: &Path, h: &Header, have: u64) -> Result<()> {
+    if have != h.data_bytes {
         return Err(file_err(
             path,
             format!(
-                "holds {} data bytes, shape {shape:?} needs {want} (truncated or corrupt)",
-                body.len()
+                "holds {have} data bytes, shape {:?} needs {} (truncated or corrupt)",
+                h.shape, h.data_bytes
             ),
         ));
     }
-    let mut data = vec![T::zeroed(); n];
-    bytemuck::cast_slice_mut::<T, u8>(&mut data).copy_from_slice(body);
-    Ok((shape, data))
+    Ok(())
+}
+
+/// A `.npy` file whose rows are read on demand, so a large array (the local
+/// descriptors of a shard) is never held whole.
+#[derive(Clone, Debug)]
+pub struct NpyRows {
+    path: std::path::PathBuf,
+    pub shape: Vec<usize>,
+    data_start: u64,
+    row_bytes: u64,
+}
+
+impl NpyRows {
+    /// Reads and checks the header of `path` (element type `T`, at least one
+    /// dimension, a file length that matches the shape).
+    pub fn open<T: NpyElem>(path: &Path) -> Result<NpyRows> {
+        use std::io::Read;
+        let mut f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        // Headers are a few hundred bytes; a longer one than this is
+        // refused as truncated.
+        let mut head = Vec::new();
+        (&mut f)
+            .take(1 << 16)
+            .read_to_end(&mut head)
+            .map_err(|e| Error::io(path, e))?;
+        let h = parse_header::<T>(path, &head)?;
+        check_body_length(path, &h, len.saturating_sub(h.data_start as u64))?;
+        let Some(&rows) = h.shape.first() else {
+            return Err(file_err(path, "holds a scalar, expected rows"));
+        };
+        let row_bytes = if rows == 0 {
+            0
+        } else {
+            h.data_bytes / rows as u64
+        };
+        Ok(NpyRows {
+            path: path.to_path_buf(),
+            data_start: h.data_start as u64,
+            shape: h.shape,
+            row_bytes,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// Rows `range` (each row's elements, flattened).
+    pub fn read<T: NpyElem>(&self, range: std::ops::Range<usize>) -> Result<Vec<T>> {
+        use std::io::{Read, Seek, SeekFrom};
+        if range.start > range.end || range.end > self.rows() {
+            return Err(Error::Internal(format!(
+                "rows {range:?} of {} asked from {}",
+                self.rows(),
+                self.path.display()
+            )));
+        }
+        let bytes = (range.end - range.start) as u64 * self.row_bytes;
+        let mut data = vec![T::zeroed(); bytes as usize / std::mem::size_of::<T>()];
+        let mut f = fs::File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        f.seek(SeekFrom::Start(
+            self.data_start + range.start as u64 * self.row_bytes,
+        ))
+        .and_then(|_| f.read_exact(bytemuck::cast_slice_mut::<T, u8>(&mut data)))
+        .map_err(|e| Error::io(&self.path, e))?;
+        Ok(data)
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +304,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a .npy"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rows_are_read_on_demand_from_a_checked_file() {
+        let dir = std::env::temp_dir().join(format!("delg-npy-rows-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.npy");
+        let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        write(&p, &[4, 3], &data).unwrap();
+        let rows = NpyRows::open::<f32>(&p).unwrap();
+        assert_eq!(rows.shape, vec![4, 3]);
+        assert_eq!(rows.read::<f32>(1..3).unwrap(), data[3..9].to_vec());
+        assert_eq!(rows.read::<f32>(4..4).unwrap(), Vec::<f32>::new());
+        assert!(rows.read::<f32>(3..5).is_err());
+        assert!(NpyRows::open::<i64>(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("dtype"));
+        let raw = fs::read(&p).unwrap();
+        fs::write(&p, &raw[..raw.len() - 4]).unwrap();
+        let e = NpyRows::open::<f32>(&p).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

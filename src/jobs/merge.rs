@@ -33,18 +33,7 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary> {
             ));
         }
     }
-    let records = inputs
-        .iter()
-        .map(|d| {
-            RunRecord::read(d)?.ok_or_else(|| {
-                Error::file(
-                    d,
-                    "has no config.json: not a folder written by `delg-gpu extract --shard`",
-                )
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    check_shard_set(inputs, &records)?;
+    let records = shard_records(inputs)?;
 
     let mut all = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -103,6 +92,24 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary> {
         shards: inputs.len(),
         failed: lines.len(),
     })
+}
+
+/// The run records of the shard folders `inputs`, once they are checked to
+/// be every shard of one run (see `check_shard_set`).
+pub(crate) fn shard_records(inputs: &[PathBuf]) -> Result<Vec<RunRecord>> {
+    let records = inputs
+        .iter()
+        .map(|d| {
+            RunRecord::read(d)?.ok_or_else(|| {
+                Error::file(
+                    d,
+                    "has no config.json: not a folder written by `delg-gpu extract --shard`",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    check_shard_set(inputs, &records)?;
+    Ok(records)
 }
 
 /// Errors unless the records are the shards 0..N of one run: one model,

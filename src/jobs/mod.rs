@@ -12,5 +12,6 @@ pub mod merge;
 pub mod pair;
 pub mod scheduler;
 pub mod search;
+pub mod sharded;
 pub mod train;
 pub mod weights_import;

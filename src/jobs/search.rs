@@ -87,8 +87,33 @@ impl GlobalSearch {
         (max / self.dim).min(max / self.heaps.len().max(1)).max(1)
     }
 
-    /// Scores the next `chunk` of database rows ([c, dim]).
+    /// Scores the next `chunk` of database rows ([c, dim]), numbered after
+    /// the rows pushed before.
     pub fn push(&mut self, chunk: &[f32]) -> Result<()> {
+        let base = self.seen;
+        self.score(chunk, |j| base + j)?;
+        self.seen += chunk.len() / self.dim;
+        Ok(())
+    }
+
+    /// Scores database rows ([c, dim]) whose indices are `indices`, e.g. a
+    /// shard's rows in a set ordered by id.
+    pub fn push_indexed(&mut self, chunk: &[f32], indices: &[usize]) -> Result<()> {
+        if chunk.len() != indices.len() * self.dim {
+            return Err(Error::shape(
+                "search",
+                format!(
+                    "database chunk of {} values is not {} rows of {}",
+                    chunk.len(),
+                    indices.len(),
+                    self.dim
+                ),
+            ));
+        }
+        self.score(chunk, |j| indices[j])
+    }
+
+    fn score(&mut self, chunk: &[f32], index_of: impl Fn(usize) -> usize + Sync) -> Result<()> {
         if !chunk.len().is_multiple_of(self.dim) {
             return Err(Error::shape(
                 "search",
@@ -116,14 +141,13 @@ impl GlobalSearch {
         exe.set_input(*d, &Tensor::new([c, self.dim], chunk.to_vec())?)?;
         exe.run()?;
         let scores = exe.read(*s)?.data;
-        let base = self.seen;
         let k = self.k;
         self.heaps
             .par_iter_mut()
             .zip(scores.par_chunks(c))
             .for_each(|(heap, row)| {
                 for (j, &v) in row.iter().enumerate() {
-                    let w = Worst(v, base + j);
+                    let w = Worst(v, index_of(j));
                     if heap.len() < k {
                         heap.push(w);
                     } else if heap.peek().is_some_and(|top| w < *top) {
@@ -132,7 +156,6 @@ impl GlobalSearch {
                     }
                 }
             });
-        self.seen += c;
         Ok(())
     }
 
@@ -195,19 +218,46 @@ impl Default for RerankParams {
     }
 }
 
+/// The descriptors and keypoint locations of one image, what re-ranking reads.
+pub struct ImageLocals {
+    pub descriptors: Vec<f32>,
+    pub locations: Vec<f32>,
+}
+
+/// Local features of database images by index: a loaded folder, or shard
+/// folders read image by image.
+pub trait LocalFeatures: Sync {
+    fn local_dim(&self) -> usize;
+    fn locals(&self, i: usize) -> Result<ImageLocals>;
+}
+
+impl LocalFeatures for FeatureSet {
+    fn local_dim(&self) -> usize {
+        self.local_dim
+    }
+
+    fn locals(&self, i: usize) -> Result<ImageLocals> {
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        Ok(ImageLocals {
+            descriptors: self.descriptors[a * self.local_dim..b * self.local_dim].to_vec(),
+            locations: self.locations[a * 2..b * 2].to_vec(),
+        })
+    }
+}
+
 /// Verifies the first `shortlist` hits not in `skip` (the protocol's junk)
 /// and orders the whole ranking by (inliers, global score), descending.
 /// `matcher` finds float-descriptor neighbours (made once per run from
 /// `p.match_on`, so its device plans are reused across queries).
 pub fn rerank(
     query: &crate::io::features::ImageFeatures,
-    db: &FeatureSet,
+    db: &dyn LocalFeatures,
     hits: &[Hit],
     skip: &dyn Fn(usize) -> bool,
     p: &RerankParams,
     matcher: &mut LocalMatcher,
 ) -> Result<Vec<Hit>> {
-    let dim = db.local_dim;
+    let dim = db.local_dim();
     if dim == 0 {
         return Err(Error::InvalidArgument(
             "the features hold no local descriptors (a global-only model such as DOLG): re-ranking needs DELG features; drop --rerank".into(),
@@ -221,7 +271,11 @@ pub fn rerank(
         .map(|(i, _)| i)
         .take(p.shortlist)
         .collect();
-    let images: Vec<_> = picked.iter().map(|&i| db.image(hits[i].db)).collect();
+    // Only the shortlisted images' local features are read.
+    let images: Vec<ImageLocals> = picked
+        .iter()
+        .map(|&i| db.locals(hits[i].db))
+        .collect::<Result<_>>()?;
     let matches = if p.binary {
         let qb = binarize(&query.descriptors, dim)?;
         images
@@ -257,19 +311,91 @@ pub fn rerank(
     Ok(out)
 }
 
+/// The database of a search: one feature folder in memory, or a parent
+/// folder of shard folders read in place.
+pub enum Database {
+    Folder(FeatureSet),
+    Shards(crate::jobs::sharded::ShardedSet),
+}
+
+impl Database {
+    pub fn load(dir: &Path) -> Result<Database> {
+        use crate::jobs::sharded::ShardedSet;
+        Ok(if ShardedSet::is_parent(dir)? {
+            Database::Shards(ShardedSet::open(dir)?)
+        } else {
+            Database::Folder(FeatureSet::load(dir)?)
+        })
+    }
+
+    pub fn ids(&self) -> &[String] {
+        match self {
+            Database::Folder(f) => &f.ids,
+            Database::Shards(s) => &s.ids,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids().is_empty()
+    }
+
+    pub fn locals(&self) -> &dyn LocalFeatures {
+        match self {
+            Database::Folder(f) => f,
+            Database::Shards(s) => s,
+        }
+    }
+
+    /// The best `k` images for each query ([nq, dim] row-major).
+    pub fn global_search(
+        &self,
+        gpu: &Arc<Gpu>,
+        queries: &[f32],
+        k: usize,
+    ) -> Result<Vec<Vec<Hit>>> {
+        match self {
+            Database::Folder(f) => global_search(gpu, queries, &f.global, f.global_dim, k),
+            Database::Shards(s) => {
+                let mut search = GlobalSearch::new(gpu, queries, s.global_dim, k)?;
+                s.search_global(&mut search)?;
+                Ok(search.finish())
+            }
+        }
+    }
+
+    /// The model and sizes of the features, as a set without data, for
+    /// `FeatureSet::check_same_model`.
+    fn model_stamp(&self) -> FeatureSet {
+        let (model_id, global_dim, local_dim) = match self {
+            Database::Folder(f) => (&f.model_id, f.global_dim, f.local_dim),
+            Database::Shards(s) => (&s.model_id, s.global_dim, s.local_dim),
+        };
+        FeatureSet {
+            model_id: model_id.clone(),
+            global_dim,
+            local_dim,
+            ..Default::default()
+        }
+    }
+}
+
 /// The query and database feature sets of a search, checked before any
 /// device work: both non-empty, from the same model, `out` not a file.
 pub struct SearchInputs {
     pub queries: FeatureSet,
-    pub db: FeatureSet,
+    pub db: Database,
 }
 
 impl SearchInputs {
     pub fn load(queries: &Path, db: &Path, out: &Path) -> Result<SearchInputs> {
         let q = FeatureSet::load(queries)?;
-        let d = FeatureSet::load(db)?;
-        for (set, dir) in [(&q, queries), (&d, db)] {
-            if set.is_empty() {
+        let d = Database::load(db)?;
+        for (empty, dir) in [(q.is_empty(), queries), (d.is_empty(), db)] {
+            if empty {
                 return Err(Error::file(
                     dir,
                     "holds no images: its extraction skipped every image (reasons in its errors.txt)",
@@ -279,7 +405,7 @@ impl SearchInputs {
         if out.is_file() {
             return Err(Error::file(out, "is a file: --out takes a folder"));
         }
-        q.check_same_model(queries, &d, db)?;
+        q.check_same_model(queries, &d.model_stamp(), db)?;
         Ok(SearchInputs { queries: q, db: d })
     }
 }
@@ -302,17 +428,17 @@ pub fn run_search(
     let (q, db) = (&inputs.queries, &inputs.db);
     let t = std::time::Instant::now();
     let k = k.min(db.len());
-    let mut hits = global_search(gpu, &q.global, &db.global, db.global_dim, k)?;
+    let mut hits = db.global_search(gpu, &q.global, k)?;
     let global_seconds = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     if let Some(p) = rerank_params {
         let mut matcher = LocalMatcher::new(gpu, p.match_on);
         for (i, h) in hits.iter_mut().enumerate() {
-            *h = rerank(&q.image(i), db, h, &|_| false, &p, &mut matcher)?;
+            *h = rerank(&q.image(i), db.locals(), h, &|_| false, &p, &mut matcher)?;
         }
     }
     let rerank_seconds = t.elapsed().as_secs_f64();
-    write_results(out, q, db, &hits, k)?;
+    write_results(out, q, db.ids(), &hits, k)?;
     Ok(SearchSummary {
         global_seconds,
         rerank_seconds,
@@ -325,7 +451,7 @@ pub fn run_search(
 pub fn write_results(
     out: &Path,
     q: &FeatureSet,
-    db: &FeatureSet,
+    db_ids: &[String],
     hits: &[Vec<Hit>],
     k: usize,
 ) -> Result<()> {
@@ -338,7 +464,7 @@ pub fn write_results(
             csv.push_str(&format!(
                 "{},{},{},{},{}\n",
                 q.ids[qi],
-                db.ids[x.db],
+                db_ids[x.db],
                 r + 1,
                 x.score,
                 x.inliers

@@ -1,0 +1,220 @@
+//! A parent folder of shard folders (from `extract --shard`) searched in
+//! place, without `merge`: global descriptors are streamed from each shard's
+//! global.npy a chunk at a time, and re-ranking reads the local features of
+//! only the shortlisted images, by their offsets. The images are numbered in
+//! id order, as `merge` orders them, so rankings and indices are the ones
+//! the merged folder gives.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io::npy::{self, NpyRows};
+use crate::jobs::collection::Shard;
+use crate::jobs::extract::RunRecord;
+use crate::jobs::search::{GlobalSearch, ImageLocals, LocalFeatures};
+
+/// One shard's feature files, opened but not read.
+#[derive(Debug)]
+struct ShardFiles {
+    dir: PathBuf,
+    /// The set's index of each of the shard's images.
+    index: Vec<usize>,
+    offsets: Vec<i64>,
+    global: NpyRows,
+    descriptors: NpyRows,
+    locations: NpyRows,
+}
+
+/// Every shard of one extraction, used as one feature set.
+#[derive(Debug)]
+pub struct ShardedSet {
+    /// Every image id of every shard, sorted.
+    pub ids: Vec<String>,
+    pub global_dim: usize,
+    pub local_dim: usize,
+    pub model_id: Option<String>,
+    shards: Vec<ShardFiles>,
+    /// (shard, row within it) of each image.
+    place: Vec<(usize, usize)>,
+}
+
+/// The sub-folders of `dir` whose config.json records a shard, by name.
+/// Other sub-folders (a merged copy, logs) are not part of the set.
+fn shard_folders(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.join("config.json").is_file()
+            && RunRecord::read(&path)?.is_some_and(|r| r.shard.is_some())
+        {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+impl ShardedSet {
+    /// Whether `dir` is a parent of shard folders rather than a feature folder.
+    pub fn is_parent(dir: &Path) -> Result<bool> {
+        Ok(dir.is_dir() && !dir.join("ids.txt").exists() && !shard_folders(dir)?.is_empty())
+    }
+
+    /// Opens the shard folders below `dir`, which must be every shard of
+    /// one extraction (one listing, model and settings), each finished.
+    pub fn open(dir: &Path) -> Result<ShardedSet> {
+        let folders = shard_folders(dir)?;
+        if folders.is_empty() {
+            return Err(Error::file(
+                dir,
+                "holds neither features (ids.txt) nor shard folders (written by `delg-gpu extract --shard`)",
+            ));
+        }
+        let records = crate::jobs::merge::shard_records(&folders)?;
+        let mut by_index: Vec<(usize, &PathBuf)> = records
+            .iter()
+            .zip(&folders)
+            .map(|(r, d)| {
+                Ok((
+                    Shard::parse(r.shard.as_deref().unwrap_or_default())?.index,
+                    d,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        by_index.sort();
+        let mut shards = Vec::new();
+        let mut all: Vec<(String, usize, usize)> = Vec::new();
+        for (s, (_, folder)) in by_index.iter().enumerate() {
+            let (files, ids) = open_shard(folder)?;
+            if let Some(first) = shards.first() {
+                check_same_sizes(&files, first)?;
+            }
+            all.extend(ids.into_iter().enumerate().map(|(row, id)| (id, s, row)));
+            shards.push(files);
+        }
+        all.sort();
+        if let Some(w) = all.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::file(
+                &shards[w[1].1].dir,
+                format!(
+                    "'{}' also appears in {}: were the shards extracted from one collection with one --shard count?",
+                    w[1].0,
+                    shards[w[0].1].dir.display()
+                ),
+            ));
+        }
+        let mut place = Vec::with_capacity(all.len());
+        let mut ids = Vec::with_capacity(all.len());
+        for (i, (id, s, row)) in all.into_iter().enumerate() {
+            shards[s].index[row] = i;
+            place.push((s, row));
+            ids.push(id);
+        }
+        Ok(ShardedSet {
+            ids,
+            global_dim: shards[0].global.shape[1],
+            local_dim: shards[0].descriptors.shape[1],
+            model_id: Some(records[0].model_id.clone()).filter(|m| !m.is_empty()),
+            shards,
+            place,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Scores every image's global descriptor, shard by shard, a chunk of
+    /// rows in memory at a time.
+    pub fn search_global(&self, search: &mut GlobalSearch) -> Result<()> {
+        let rows = search.chunk_rows();
+        for shard in &self.shards {
+            let n = shard.global.rows();
+            for start in (0..n).step_by(rows) {
+                let end = (start + rows).min(n);
+                let chunk = shard.global.read::<f32>(start..end)?;
+                search.push_indexed(&chunk, &shard.index[start..end])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LocalFeatures for ShardedSet {
+    fn local_dim(&self) -> usize {
+        self.local_dim
+    }
+
+    fn locals(&self, i: usize) -> Result<ImageLocals> {
+        let (s, row) = self.place[i];
+        let shard = &self.shards[s];
+        let range = shard.offsets[row] as usize..shard.offsets[row + 1] as usize;
+        Ok(ImageLocals {
+            descriptors: shard.descriptors.read(range.clone())?,
+            locations: shard.locations.read(range)?,
+        })
+    }
+}
+
+/// A finished shard's files, checked to agree in their sizes, and its ids.
+fn open_shard(dir: &Path) -> Result<(ShardFiles, Vec<String>)> {
+    let ids_path = dir.join("ids.txt");
+    let ids: Vec<String> = match std::fs::read_to_string(&ids_path) {
+        Ok(text) => text.lines().map(str::to_string).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::file(
+                dir,
+                "has no ids.txt: its extraction has not finished; rerun its task (it resumes from journal.bin)",
+            ))
+        }
+        Err(e) => return Err(Error::io(ids_path, e)),
+    };
+    let global = NpyRows::open::<f32>(&dir.join("global.npy"))?;
+    let (_, offsets) = npy::read::<i64>(&dir.join("local_offsets.npy"))?;
+    let descriptors = NpyRows::open::<f32>(&dir.join("local_descriptors.npy"))?;
+    let locations = NpyRows::open::<f32>(&dir.join("local_locations.npy"))?;
+    let (n, m) = (ids.len(), descriptors.rows());
+    let consistent = global.shape.len() == 2
+        && global.rows() == n
+        && descriptors.shape.len() == 2
+        && locations.shape == [m, 2]
+        && offsets.len() == n + 1
+        && offsets.first() == Some(&0)
+        && offsets.last() == Some(&(m as i64))
+        && offsets.windows(2).all(|w| w[0] <= w[1]);
+    if !consistent {
+        return Err(Error::file(
+            dir,
+            "feature files disagree in their sizes (mixed or partially copied folder?)",
+        ));
+    }
+    let files = ShardFiles {
+        dir: dir.to_path_buf(),
+        index: vec![0; n],
+        offsets,
+        global,
+        descriptors,
+        locations,
+    };
+    Ok((files, ids))
+}
+
+fn check_same_sizes(shard: &ShardFiles, first: &ShardFiles) -> Result<()> {
+    let dims = |s: &ShardFiles| (s.global.shape[1], s.descriptors.shape[1]);
+    if dims(shard) != dims(first) {
+        return Err(Error::file(
+            &shard.dir,
+            format!(
+                "holds {:?} (global, local) descriptor sizes but {} holds {:?}: shards must come from one model",
+                dims(shard),
+                first.dir.display(),
+                dims(first)
+            ),
+        ));
+    }
+    Ok(())
+}
