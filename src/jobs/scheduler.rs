@@ -122,7 +122,7 @@ fn slurm_array(id: usize, var: &impl Fn(&str) -> Option<String>) -> Result<Sched
             count.max(1) - 1
         )));
     }
-    if id < min || id > max || (id - min) % step != 0 {
+    if id < min || id > max || !(id - min).is_multiple_of(step) {
         return Err(Error::InvalidArgument(format!(
             "--shard auto: SLURM_ARRAY_TASK_ID={id} is not a task of the array {min}-{max}:{step}"
         )));
