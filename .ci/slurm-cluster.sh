@@ -78,17 +78,28 @@ EOF
     echo "ci: Slurm cluster up (SLURM_CONF=$SLURM_CONF)"
 }
 
-# Stops the daemons this script started, by their pid files.
+# Stops the daemons this script started, by their pid files, and waits for
+# them to exit (slurmctld saves its state on the way out) before removing
+# the folder.
 stop_slurm_cluster() {
     local dir=${SLURM_CLUSTER_DIR:-}
     [ -n "$dir" ] || return 0
-    local f
+    local pids="" f pid waited=0
     for f in "$dir/slurmd.pid" "$dir/slurmctld.pid"; do
-        [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+        [ -f "$f" ] && pids="$pids $(cat "$f")"
     done
     if [ -n "${SLURM_STARTED_MUNGED:-}" ] && [ -f /run/munge/munged.pid ]; then
-        kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
+        pids="$pids $(cat /run/munge/munged.pid)"
     fi
+    for pid in $pids; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $pids; do
+        while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt 100 ]; do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+    done
     rm -rf "$dir"
     SLURM_CLUSTER_DIR=
 }
