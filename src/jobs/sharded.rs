@@ -128,19 +128,29 @@ impl ShardedSet {
         self.ids.is_empty()
     }
 
-    /// Scores every image's global descriptor, shard by shard, a chunk of
-    /// rows in memory at a time.
+    /// Scores every image's global descriptor, a chunk of rows in memory
+    /// at a time. Chunks are filled across shard boundaries, so they have
+    /// the sizes (and device plans) of a search over one folder.
     pub fn search_global(&self, search: &mut GlobalSearch) -> Result<()> {
         let rows = search.chunk_rows();
+        let mut chunk: Vec<f32> = Vec::with_capacity(rows * self.global_dim);
+        let mut indices: Vec<usize> = Vec::with_capacity(rows);
         for shard in &self.shards {
             let n = shard.global.rows();
-            for start in (0..n).step_by(rows) {
-                let end = (start + rows).min(n);
-                let chunk = shard.global.read::<f32>(start..end)?;
-                search.push_indexed(&chunk, &shard.index[start..end])?;
+            let mut start = 0;
+            while start < n {
+                let end = n.min(start + rows - indices.len());
+                chunk.extend(shard.global.read::<f32>(start..end)?);
+                indices.extend_from_slice(&shard.index[start..end]);
+                start = end;
+                if indices.len() == rows {
+                    search.push_indexed(&chunk, &indices)?;
+                    chunk.clear();
+                    indices.clear();
+                }
             }
         }
-        Ok(())
+        search.push_indexed(&chunk, &indices)
     }
 }
 
