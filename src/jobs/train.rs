@@ -23,12 +23,13 @@ use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::plan::plan_storages;
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::io::weights::WeightFile;
-use crate::jobs::dataset::{make_batch, Augment, AugmentRecipe, Batch, Dataset};
-use crate::jobs::extract::PixelNorm;
-use crate::model::delg::{DelgConfig, DelgLossConfig};
-use crate::model::dolg::{DolgConfig, DolgLossConfig};
-use crate::model::params::{hwio_to_oihw, oihw_to_hwio, random_weights};
-use crate::model::resnet::{Layout, ModelParams, ParamSpec, ResNetConfig, Role};
+use crate::jobs::dataset::{make_batch, Augment, Batch, Dataset};
+use crate::model::builder::{ParamSpec, Role};
+use crate::model::contract::{LossOptions, ValidationGraph};
+use crate::model::params::random_weights;
+use crate::model::resnet::Layout;
+// Re-exported where the training job's users have always found it.
+pub use crate::model::TrainModel;
 use crate::model::{ModelConfig, META_ARCH, META_SCORE_THRESHOLD};
 use crate::ops::optim::{GlobalNormClip, GradAccumulate, SgdStep};
 use crate::tensor::{HostTensor, Tensor};
@@ -41,145 +42,6 @@ pub enum Schedule {
     /// Cosine from lr₀ to 0 over the whole run, multiplied during the first
     /// `warmup` steps by a factor rising linearly from 0.1 to 1 (DOLG's).
     Cosine { warmup: u64 },
-}
-
-/// The model being trained and its loss.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "arch", rename_all = "lowercase")]
-pub enum TrainModel {
-    Delg {
-        model: DelgConfig,
-        loss: DelgLossConfig,
-    },
-    Dolg {
-        model: DolgConfig,
-        loss: DolgLossConfig,
-    },
-}
-
-/// Tensors of a training graph, whatever the architecture.
-struct TrainTensors {
-    images: TensorId,
-    labels: TensorId,
-    /// The total loss first, then its parts (DELG: global, attention, reconstruction).
-    losses: Vec<TensorId>,
-    cosines: TensorId,
-    /// DELG's attention-head logits.
-    logits: Option<TensorId>,
-    attention: TensorId,
-}
-
-impl TrainModel {
-    pub fn num_classes(&self) -> usize {
-        match self {
-            TrainModel::Delg { loss, .. } => loss.num_classes,
-            TrainModel::Dolg { loss, .. } => loss.num_classes,
-        }
-    }
-
-    pub fn model_config(&self) -> ModelConfig {
-        match self {
-            TrainModel::Delg { model, .. } => ModelConfig::Delg(model.clone()),
-            TrainModel::Dolg { model, .. } => ModelConfig::Dolg(model.clone()),
-        }
-    }
-
-    fn bn_eps(&self) -> f32 {
-        match self {
-            TrainModel::Delg { model, .. } => model.backbone.bn_eps(),
-            TrainModel::Dolg { model, .. } => model.backbone.bn_eps(),
-        }
-    }
-
-    fn pixel_norm(&self) -> PixelNorm {
-        match self {
-            TrainModel::Delg { .. } => PixelNorm::Delg,
-            TrainModel::Dolg { .. } => PixelNorm::Imagenet,
-        }
-    }
-
-    /// Device tensors that are configuration, not file contents (DELG's fixed GeM p).
-    fn constants(&self) -> Result<Vec<(String, HostTensor)>> {
-        Ok(match self {
-            TrainModel::Delg { model, .. } => {
-                vec![("gem.p".to_string(), Tensor::new([1], vec![model.gem_p])?)]
-            }
-            TrainModel::Dolg { .. } => Vec::new(),
-        })
-    }
-
-    fn training_graph(
-        &self,
-        batch: usize,
-        size: usize,
-        bn_momentum: f32,
-    ) -> Result<(Graph, TrainTensors, ModelParams)> {
-        Ok(match self {
-            TrainModel::Delg { model, loss } => {
-                let (g, t, p) =
-                    crate::model::delg::training_graph(model, loss, batch, size, bn_momentum)?;
-                let tensors = TrainTensors {
-                    images: t.images,
-                    labels: t.labels,
-                    losses: vec![
-                        t.total_loss,
-                        t.global_loss,
-                        t.attention_loss,
-                        t.reconstruction_loss,
-                    ],
-                    cosines: t.global_cosines,
-                    logits: Some(t.attention_logits),
-                    attention: t.attention,
-                };
-                (g, tensors, p)
-            }
-            TrainModel::Dolg { model, loss } => {
-                let (g, t, p) =
-                    crate::model::dolg::training_graph(model, loss, batch, size, bn_momentum)?;
-                let tensors = TrainTensors {
-                    images: t.images,
-                    labels: t.labels,
-                    losses: vec![t.loss],
-                    cosines: t.cosines,
-                    logits: None,
-                    attention: t.attention,
-                };
-                (g, tensors, p)
-            }
-        })
-    }
-
-    /// Inference-mode classifier scores for validation: the image input and
-    /// the score tensors (cosines, then DELG's attention logits).
-    fn validation_graph(
-        &self,
-        batch: usize,
-        size: usize,
-    ) -> Result<(Graph, TensorId, Vec<TensorId>, ModelParams)> {
-        Ok(match self {
-            TrainModel::Delg { model, loss } => {
-                let (g, images, cosines, logits, p) =
-                    crate::model::delg::validation_graph(model, loss, batch, size)?;
-                (g, images, vec![cosines, logits], p)
-            }
-            TrainModel::Dolg { model, loss } => {
-                let (g, images, cosines, p) =
-                    crate::model::dolg::validation_graph(model, loss.num_classes, batch, size)?;
-                (g, images, vec![cosines], p)
-            }
-        })
-    }
-
-    /// Parameters of the extraction model.
-    fn inference_specs(&self) -> Result<Vec<ParamSpec>> {
-        Ok(match self {
-            TrainModel::Delg { model, .. } => crate::model::delg::inference_graph(model, 64, 64)?.3,
-            TrainModel::Dolg { model, .. } => {
-                crate::model::dolg::inference_graph(model, 1, 64, 64)?.3
-            }
-        }
-        .specs)
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -221,11 +83,8 @@ impl TrainConfig {
             size: self.image_size,
             training,
             flip: training && self.flip,
-            recipe: match self.net {
-                TrainModel::Delg { .. } => AugmentRecipe::Delg,
-                TrainModel::Dolg { .. } => AugmentRecipe::Dolg,
-            },
-            norm: self.net.pixel_norm(),
+            recipe: self.net.architecture().training_defaults(self.steps).augment,
+            norm: self.net.architecture().pixel_norm(),
             max_pixels,
         }
     }
@@ -282,53 +141,30 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// The full configuration for training `model` on `classes` classes.
     pub fn resolve(&self, model: ModelConfig, classes: usize) -> Result<TrainConfig> {
-        let dolg = model.arch() == "dolg";
-        let layout = model.backbone().layout;
-        let net = match model {
-            ModelConfig::Delg(model) => {
-                let mut loss = DelgLossConfig::paper(classes);
-                loss.arcface_margin = self.arcface_margin.unwrap_or(loss.arcface_margin);
-                loss.arcface_scale = self.arcface_scale.unwrap_or(loss.arcface_scale);
-                loss.attention_weight = self.attention_weight;
-                loss.reconstruction_weight = self.reconstruction_weight;
-                TrainModel::Delg { model, loss }
-            }
-            ModelConfig::Dolg(model) => {
-                let mut loss = DolgLossConfig::official(classes);
-                loss.margin = self.arcface_margin.unwrap_or(loss.margin);
-                loss.scale = self.arcface_scale.unwrap_or(loss.scale);
-                loss.curricular = !self.plain_arcface;
-                TrainModel::Dolg { model, loss }
-            }
+        let defaults = model.training_defaults(self.steps);
+        let bn_momentum = model.backbone().bn_momentum();
+        let loss = LossOptions {
+            margin: self.arcface_margin,
+            scale: self.arcface_scale,
+            plain_arcface: self.plain_arcface,
+            attention_weight: self.attention_weight,
+            reconstruction_weight: self.reconstruction_weight,
         };
-        if self.plain_arcface && !dolg {
-            return Err(Error::InvalidArgument(
-                "--plain-arcface is DOLG's head option (DELG's head is plain ArcFace): add --arch dolg"
-                    .into(),
-            ));
-        }
-        // The recipes differ (docs/recipe.md §3 and §8.6): DOLG uses Nesterov momentum,
-        // weight decay, a cosine schedule with warm-up, flips and no clipping.
+        let net = model.train_model(classes, &loss)?;
         let schedule_name = self
             .schedule
             .clone()
-            .unwrap_or_else(|| if dolg { "cosine" } else { "linear" }.into());
+            .unwrap_or_else(|| defaults.schedule.into());
         let schedule = match schedule_name.as_str() {
             "linear" => Schedule::Linear,
             "cosine" => Schedule::Cosine {
-                warmup: self
-                    .warmup
-                    .unwrap_or(if dolg { self.steps / 20 } else { 0 }),
+                warmup: self.warmup.unwrap_or(defaults.warmup),
             },
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "--schedule '{other}': use linear or cosine"
                 )))
             }
-        };
-        let bn_momentum = match layout {
-            Layout::Delg => 0.01,
-            Layout::Torchvision => 0.1,
         };
         Ok(TrainConfig {
             net,
@@ -339,14 +175,14 @@ impl TrainOptions {
             lr: self.lr,
             schedule,
             momentum: self.momentum,
-            nesterov: self.nesterov.unwrap_or(dolg),
-            weight_decay: self.weight_decay.unwrap_or(if dolg { 1e-4 } else { 0.0 }),
-            clip_norm: self.clip_norm.unwrap_or(if dolg { 0.0 } else { 10.0 }),
+            nesterov: self.nesterov.unwrap_or(defaults.nesterov),
+            weight_decay: self.weight_decay.unwrap_or(defaults.weight_decay),
+            clip_norm: self.clip_norm.unwrap_or(defaults.clip_norm),
             bn_momentum,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             val_fraction: self.val_fraction,
-            flip: self.flip.unwrap_or(dolg),
+            flip: self.flip.unwrap_or(defaults.flip),
         })
     }
 }
@@ -435,10 +271,11 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
             "--accumulate must be at least 1 (micro-batches per step)".into(),
         ));
     }
-    let (mut g, t, params) = cfg
+    let t = cfg
         .net
         .training_graph(cfg.batch, cfg.image_size, cfg.bn_momentum)?;
-    let specs = params.specs;
+    let mut g = t.graph;
+    let specs = t.params.specs;
     let ids: BTreeMap<&str, TensorId> = g
         .tensors
         .iter()
@@ -557,7 +394,9 @@ pub fn planned_memory(cfg: &TrainConfig) -> Result<Vec<(&'static str, u64)>> {
         .total_bytes();
     // Validation builds its own folded copy of the weights and an inference
     // plan while the training executables stay alive.
-    let (g, _, scores, _) = cfg.net.validation_graph(cfg.batch, cfg.image_size)?;
+    let ValidationGraph {
+        graph: g, scores, ..
+    } = cfg.net.validation_graph(cfg.batch, cfg.image_size)?;
     let validation = g
         .tensors
         .iter()
@@ -623,38 +462,31 @@ pub fn upload_state(
                 ),
             ));
         }
-        let device = if s.role.is_conv() {
-            oihw_to_hwio(t)?
-        } else {
-            t.clone()
-        };
-        store.insert(gpu, &s.name, &device)?;
+        store.insert(gpu, &s.name, &s.role.to_device(t)?)?;
     }
     for info in &step.update.tensors {
         if info.name.starts_with(GRAD_SUM) {
             store.insert(gpu, &info.name, &Tensor::zeros(info.shape.clone()))?;
         } else if let Some(name) = info.name.strip_prefix(VELOCITY) {
             let v = match file.tensors.get(&info.name) {
-                Some(v) => {
-                    let spec = step.specs.iter().find(|s| s.name == name);
-                    if spec.is_some_and(|s| s.role.is_conv()) {
-                        oihw_to_hwio(v)?
-                    } else {
-                        v.clone()
-                    }
-                }
+                Some(v) => match step.specs.iter().find(|s| s.name == name) {
+                    Some(spec) => spec.role.to_device(v)?,
+                    None => v.clone(),
+                },
                 None => Tensor::zeros(info.shape.clone()),
             };
             store.insert(gpu, &info.name, &v)?;
         }
     }
-    for (name, value) in cfg.net.constants()? {
+    for (name, value) in cfg.net.architecture().constants()? {
         store.insert(gpu, &name, &value)?;
     }
     Ok(store)
 }
 
-/// Reads the device state back into a weight file in PyTorch layouts.
+/// Reads the device state back into a weight file in PyTorch layouts: the
+/// parameters and, `with_optimizer`, their velocities (gradient sums and the
+/// model's constants are not state).
 pub fn download_state(
     gpu: &Gpu,
     step: &StepGraph,
@@ -662,24 +494,21 @@ pub fn download_state(
     with_optimizer: bool,
 ) -> Result<WeightFile> {
     let mut file = WeightFile::default();
-    let conv: std::collections::HashSet<&str> = step
+    let roles: BTreeMap<&str, Role> = step
         .specs
         .iter()
-        .filter(|s| s.role.is_conv())
-        .map(|s| s.name.as_str())
+        .map(|s| (s.name.as_str(), s.role))
         .collect();
     for (name, t) in &store.tensors {
         let base = name.strip_prefix(VELOCITY);
-        if name == "gem.p" || name.starts_with(GRAD_SUM) || (base.is_some() && !with_optimizer) {
+        let Some(role) = roles.get(base.unwrap_or(name)) else {
+            continue;
+        };
+        if base.is_some() && !with_optimizer {
             continue;
         }
-        let host = t.download(gpu)?;
-        let host = if conv.contains(base.unwrap_or(name)) {
-            hwio_to_oihw(&host)?
-        } else {
-            host
-        };
-        file.tensors.insert(name.clone(), host);
+        file.tensors
+            .insert(name.clone(), role.to_file(t.download(gpu)?)?);
     }
     Ok(file)
 }
@@ -733,14 +562,17 @@ fn validate(
     }
     let file = download_state(gpu, sg, store, false)?;
     let batch = cfg.batch.min(val.samples.len());
-    let (g, images, scores, params) = cfg.net.validation_graph(batch, cfg.image_size)?;
-    let store = crate::model::params::load_params(
+    let ValidationGraph {
+        graph: g,
+        images,
+        scores,
+        params,
+    } = cfg.net.validation_graph(batch, cfg.image_size)?;
+    let store = cfg.net.architecture().load_params(
         gpu,
         Path::new("<training state>"),
         &file,
         &params,
-        cfg.net.bn_eps(),
-        &cfg.net.constants()?,
     )?;
     let exe = Executable::new(gpu, &g, &scores, &store)?;
     let aug = cfg.augment(false, max_pixels);
@@ -786,27 +618,13 @@ fn validate(
     Ok((n > 0).then(|| hits.iter().map(|h| h / n as f32).collect()))
 }
 
-fn layout_name(layout: Layout) -> &'static str {
-    match layout {
-        Layout::Delg => "delg",
-        Layout::Torchvision => "torchvision",
-    }
-}
-
-fn backbone_of(model: &ModelConfig) -> &ResNetConfig {
-    match model {
-        ModelConfig::Delg(cfg) => &cfg.backbone,
-        ModelConfig::Dolg(cfg) => &cfg.backbone,
-    }
-}
-
 /// Refuses initial weights made for another architecture or backbone layout:
 /// their tensors would load by name into a network that computes something
 /// else (the layouts differ in biases, strides and padding, not in names).
 /// Files without delg-gpu metadata show their layout in the stem: only the
 /// DELG layout's convolutions have biases.
 pub fn check_init_fits(path: &Path, init: &WeightFile, model: &ModelConfig) -> Result<()> {
-    let wanted = backbone_of(model).layout;
+    let wanted = model.backbone().layout;
     let given = if init.metadata.contains_key(META_ARCH) {
         let theirs = ModelConfig::from_metadata(&init.metadata, path)?;
         if theirs.arch() != model.arch() {
@@ -821,21 +639,19 @@ pub fn check_init_fits(path: &Path, init: &WeightFile, model: &ModelConfig) -> R
                 ),
             ));
         }
-        backbone_of(&theirs).layout
-    } else if init.tensors.contains_key("conv1.bias") {
-        Layout::Delg
+        theirs.backbone().layout
     } else {
-        Layout::Torchvision
+        Layout::detect(|name| init.tensors.contains_key(name))
     };
     if given != wanted {
         return Err(Error::file(
             path,
             format!(
                 "holds a {}-layout backbone but the model is {}-layout: pass --layout {} or initialise from {}-layout weights",
-                layout_name(given),
-                layout_name(wanted),
-                layout_name(given),
-                layout_name(wanted)
+                given.name(),
+                wanted.name(),
+                given.name(),
+                wanted.name()
             ),
         ));
     }
@@ -1056,14 +872,14 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     }
     bar.finish_and_clear();
 
-    // The extraction model: no optimiser state, no training-only heads; for
-    // DELG, τ = the median attention of the last batch (the paper's rule).
+    // The extraction model: no optimiser state, no training-only heads; with
+    // local features, τ = the median attention of the last batch (DELG's rule).
     let mut model = download_state(gpu, sg, &store, false)?;
-    let inference = cfg.net.inference_specs()?;
+    let inference = cfg.net.architecture().parameters()?.specs;
     let keep: std::collections::HashSet<&str> = inference.iter().map(|s| s.name.as_str()).collect();
     model.tensors.retain(|n, _| keep.contains(n.as_str()));
     model.metadata.extend(cfg.net.model_config().metadata()?);
-    if let TrainModel::Delg { .. } = cfg.net {
+    if cfg.net.architecture().local_dim() > 0 {
         model.metadata.insert(
             META_SCORE_THRESHOLD.into(),
             median(last_attention).to_string(),
@@ -1076,6 +892,8 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::delg::{DelgConfig, DelgLossConfig};
+    use crate::model::dolg::DolgConfig;
     use crate::model::resnet::ResNetConfig;
 
     fn tiny(layout: Layout) -> DelgConfig {

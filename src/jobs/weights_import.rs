@@ -121,10 +121,7 @@ pub fn import_torch(opts: &ImportOptions) -> Result<Vec<String>> {
     };
     // The file must be one the extractor accepts: configuration and shapes.
     let model = ModelConfig::from_metadata(&file.metadata, src)?;
-    let params = match &model {
-        ModelConfig::Delg(cfg) => crate::model::delg::inference_graph(cfg, 64, 64)?.3,
-        ModelConfig::Dolg(cfg) => crate::model::dolg::inference_graph(cfg, 1, 64, 64)?.3,
-    };
+    let params = model.parameters()?;
     let expected: Vec<_> = params
         .specs
         .iter()

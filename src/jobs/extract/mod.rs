@@ -113,14 +113,6 @@ impl RunRecord {
     }
 }
 
-/// Size of the model's global descriptor.
-fn global_dim(model: &crate::model::ModelConfig) -> usize {
-    match model {
-        crate::model::ModelConfig::Delg(cfg) => cfg.global_dim,
-        crate::model::ModelConfig::Dolg(cfg) => cfg.output_dim,
-    }
-}
-
 /// The architecture in a weight file and the paper's extraction settings for it.
 pub fn defaults_for_weights(weights: &std::path::Path) -> Result<(&'static str, ExtractConfig)> {
     let meta = crate::io::weights::WeightFile::read_metadata(weights)?;
@@ -374,7 +366,7 @@ pub fn run_extract(
     write_feature_set(
         &job.out,
         &ordered,
-        global_dim(&extractor.model),
+        extractor.model.global_dim(),
         extractor.local_dim(),
         job.config.binarize,
     )?;
