@@ -83,7 +83,7 @@ impl TrainConfig {
             size: self.image_size,
             training,
             flip: training && self.flip,
-            recipe: self.net.architecture().training_defaults(self.steps).augment,
+            recipe: self.net.architecture().augment_recipe(),
             norm: self.net.architecture().pixel_norm(),
             max_pixels,
         }
@@ -568,12 +568,10 @@ fn validate(
         scores,
         params,
     } = cfg.net.validation_graph(batch, cfg.image_size)?;
-    let store = cfg.net.architecture().load_params(
-        gpu,
-        Path::new("<training state>"),
-        &file,
-        &params,
-    )?;
+    let store =
+        cfg.net
+            .architecture()
+            .load_params(gpu, Path::new("<training state>"), &file, &params)?;
     let exe = Executable::new(gpu, &g, &scores, &store)?;
     let aug = cfg.augment(false, max_pixels);
     let mut hits = vec![0f32; scores.len()];
@@ -805,17 +803,18 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         update.set_input(sg.lr, &Tensor::new([1], vec![lr])?)?;
         update.run()?;
         let mean: Vec<f32> = sums.iter().map(|v| v / cfg.accumulate as f32).collect();
-        let delg = sg.logits.is_some();
+        // A second classifier comes with DELG's local-head losses.
+        let local_head = sg.logits.is_some();
         last = StepMetrics {
             step: step + 1,
             loss: mean[0],
-            global_loss: if delg { mean[1] } else { mean[0] },
-            attention_loss: delg.then(|| mean[2]),
-            reconstruction_loss: delg.then(|| mean[3]),
+            global_loss: if local_head { mean[1] } else { mean[0] },
+            attention_loss: local_head.then(|| mean[2]),
+            reconstruction_loss: local_head.then(|| mean[3]),
             lr,
             grad_norm: update.read(sg.grad_norm)?.data[0],
             global_accuracy: mean[losses],
-            attention_accuracy: delg.then(|| mean[losses + 1]),
+            attention_accuracy: local_head.then(|| mean[losses + 1]),
             images_per_s: (cfg.batch * cfg.accumulate) as f64 / t0.elapsed().as_secs_f64(),
         };
         if !last.loss.is_finite() {
@@ -892,6 +891,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::dataset::AugmentRecipe;
     use crate::model::delg::{DelgConfig, DelgLossConfig};
     use crate::model::dolg::DolgConfig;
     use crate::model::resnet::ResNetConfig;
@@ -962,6 +962,97 @@ mod tests {
                 .insert("conv1.bias".into(), Tensor::new([8], vec![0.0; 8]).unwrap());
         }
         file
+    }
+
+    fn options() -> TrainOptions {
+        TrainOptions {
+            batch: 2,
+            accumulate: 1,
+            image_size: 64,
+            steps: 200,
+            lr: 0.01,
+            schedule: None,
+            warmup: None,
+            momentum: 0.9,
+            nesterov: None,
+            weight_decay: None,
+            clip_norm: None,
+            arcface_margin: None,
+            arcface_scale: None,
+            plain_arcface: false,
+            attention_weight: 1.0,
+            reconstruction_weight: 10.0,
+            seed: 0,
+            checkpoint_every: 0,
+            val_fraction: 0.0,
+            flip: None,
+        }
+    }
+
+    #[test]
+    fn each_architecture_brings_its_recipe_defaults_and_options_override_them() {
+        let delg = options()
+            .resolve(ModelConfig::Delg(tiny(Layout::Delg)), 3)
+            .unwrap();
+        assert_eq!(delg.schedule, Schedule::Linear);
+        assert_eq!(
+            (delg.nesterov, delg.weight_decay, delg.clip_norm, delg.flip),
+            (false, 0.0, 10.0, false)
+        );
+        assert_eq!(delg.bn_momentum, 0.01, "Keras's 0.99");
+        assert_eq!(
+            delg.net,
+            TrainModel::Delg {
+                model: tiny(Layout::Delg),
+                loss: DelgLossConfig::paper(3),
+            }
+        );
+        assert_eq!(delg.augment(true, 1).recipe, AugmentRecipe::Delg);
+
+        let dolg_model = DolgConfig::new(tiny(Layout::Torchvision).backbone);
+        let dolg = options()
+            .resolve(ModelConfig::Dolg(dolg_model.clone()), 3)
+            .unwrap();
+        assert_eq!(dolg.schedule, Schedule::Cosine { warmup: 10 });
+        assert_eq!(
+            (dolg.nesterov, dolg.weight_decay, dolg.clip_norm, dolg.flip),
+            (true, 1e-4, 0.0, true)
+        );
+        assert_eq!(dolg.bn_momentum, 0.1);
+        assert_eq!(
+            dolg.augment(false, 1).norm,
+            crate::jobs::extract::PixelNorm::Imagenet
+        );
+
+        let mut given = options();
+        given.schedule = Some("cosine".into());
+        given.arcface_margin = Some(0.3);
+        given.plain_arcface = true;
+        given.clip_norm = Some(5.0);
+        let dolg = given
+            .resolve(ModelConfig::Dolg(dolg_model.clone()), 3)
+            .unwrap();
+        let loss = crate::model::dolg::DolgLossConfig {
+            margin: 0.3,
+            curricular: false,
+            ..crate::model::dolg::DolgLossConfig::official(3)
+        };
+        assert_eq!(
+            dolg.net,
+            TrainModel::Dolg {
+                model: dolg_model,
+                loss
+            }
+        );
+        assert_eq!(dolg.clip_norm, 5.0);
+        let delg = given.resolve(ModelConfig::Delg(tiny(Layout::Delg)), 3);
+        let err = delg.unwrap_err().to_string();
+        assert!(err.contains("--arch dolg"), "{err}");
+        given.plain_arcface = false;
+        let delg = given
+            .resolve(ModelConfig::Delg(tiny(Layout::Delg)), 3)
+            .unwrap();
+        assert_eq!(delg.schedule, Schedule::Cosine { warmup: 0 });
     }
 
     #[test]

@@ -115,7 +115,6 @@ pub fn hwio_to_oihw(t: &HostTensor) -> Result<HostTensor> {
     permute4(t, HWIO_TO_OIHW)
 }
 
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamSpec {
     pub name: String,

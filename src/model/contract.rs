@@ -53,6 +53,9 @@ pub trait Architecture {
     /// The training recipe's defaults for a run of `steps` steps.
     fn training_defaults(&self, steps: u64) -> TrainingDefaults;
 
+    /// How the training recipe crops and distorts images.
+    fn augment_recipe(&self) -> AugmentRecipe;
+
     /// The parameters of the extraction model, listed by building its graph
     /// once at a small size (graph construction only; nothing runs): the
     /// builder is the one description of what a model holds.
@@ -144,7 +147,6 @@ pub struct TrainingDefaults {
     /// 0 turns clipping off.
     pub clip_norm: f32,
     pub flip: bool,
-    pub augment: AugmentRecipe,
 }
 
 /// The extraction settings that differ between the papers' recipes.

@@ -90,7 +90,10 @@ impl Architecture for DelgConfig {
 
     /// GeM's fixed p.
     fn constants(&self) -> Result<Vec<(String, HostTensor)>> {
-        Ok(vec![("gem.p".to_string(), Tensor::new([1], vec![self.gem_p])?)])
+        Ok(vec![(
+            "gem.p".to_string(),
+            Tensor::new([1], vec![self.gem_p])?,
+        )])
     }
 
     fn extraction_defaults(&self) -> ExtractionDefaults {
@@ -107,8 +110,11 @@ impl Architecture for DelgConfig {
             weight_decay: 0.0,
             clip_norm: 10.0,
             flip: false,
-            augment: AugmentRecipe::Delg,
         }
+    }
+
+    fn augment_recipe(&self) -> AugmentRecipe {
+        AugmentRecipe::Delg
     }
 }
 

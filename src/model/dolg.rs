@@ -146,8 +146,11 @@ impl Architecture for DolgConfig {
             weight_decay: 1e-4,
             clip_norm: 0.0,
             flip: true,
-            augment: AugmentRecipe::Dolg,
         }
+    }
+
+    fn augment_recipe(&self) -> AugmentRecipe {
+        AugmentRecipe::Dolg
     }
 }
 

@@ -1,5 +1,9 @@
-//! Models as graphs: ResNet backbones, the DELG and DOLG heads, their
-//! parameters, and the extractor that runs either over an image pyramid.
+//! Models as graphs: the builder, ResNet backbones, the DELG and DOLG heads
+//! and their parameters. Jobs ask a model everything through the
+//! `Architecture` trait (`contract.rs`); `arch.rs` alone knows which
+//! architectures exist. A new architecture is a file implementing the trait,
+//! a variant of `ModelConfig` and `TrainModel` in `arch.rs`, and its `pub mod`
+//! here (plus its flags in `cli/groups.rs`).
 
 pub mod arch;
 pub mod builder;
@@ -16,4 +20,3 @@ pub use contract::Architecture;
 pub const META_ARCH: &str = "delg_gpu.arch";
 pub const META_CONFIG: &str = "delg_gpu.config";
 pub const META_SCORE_THRESHOLD: &str = "delg_gpu.score_threshold";
-

@@ -269,7 +269,11 @@ mod tests {
     fn keypoints_use_the_s_stride_of_every_layout() {
         let tv = ResNetConfig::resnet50(Layout::Torchvision);
         assert_eq!(ResNetConfig::resnet50(Layout::Delg).keypoint_stride(), 32.0);
-        assert_eq!(tv.keypoint_stride(), 16.0, "torchvision takes S at stride 16");
+        assert_eq!(
+            tv.keypoint_stride(),
+            16.0,
+            "torchvision takes S at stride 16"
+        );
         let tv32 = ResNetConfig {
             s_stride32: true,
             ..tv

@@ -100,7 +100,10 @@ impl Extractor {
                     .get(META_SCORE_THRESHOLD)
                     .and_then(|v| v.parse::<f32>().ok())
                     .ok_or_else(|| {
-                        Error::file(path, "stores no attention threshold; pass --score-threshold")
+                        Error::file(
+                            path,
+                            "stores no attention threshold; pass --score-threshold",
+                        )
                     })?,
             }
         };
@@ -152,9 +155,7 @@ impl Extractor {
             let wants_global = self.extract.global_scales.contains(&level);
             let net = self.model.inference_graph(lh, lw)?;
             let map = g.import(&net.graph, &[(net.image, resized)])?;
-            let local = net
-                .local
-                .map(|l| (map[&l.attention], map[&l.descriptors]));
+            let local = net.local.map(|l| (map[&l.attention], map[&l.descriptors]));
             // A model without local features only runs at the global scales.
             let global = (wants_global || local.is_none()).then(|| map[&net.global]);
             let mut targets: Vec<TensorId> = local.iter().flat_map(|&(a, l)| [a, l]).collect();
