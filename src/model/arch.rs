@@ -128,12 +128,17 @@ impl Deref for ModelConfig {
 }
 
 /// The paper's extraction settings for an architecture named on the command
-/// line or in a weight file; DELG's for names it does not know.
+/// line or in a weight file; the defaults for names it does not know.
 pub fn extraction_defaults(arch: &str) -> ExtractionDefaults {
     match arch {
         "dolg" => dolg::extraction_defaults(),
-        _ => delg::extraction_defaults(),
+        _ => default_extraction(),
     }
+}
+
+/// What an extraction setting that nobody gave takes: DELG's recipe.
+pub fn default_extraction() -> ExtractionDefaults {
+    delg::extraction_defaults()
 }
 
 /// The model being trained and its loss.

@@ -53,7 +53,7 @@ fn default_max_pixels() -> u64 {
 impl Default for ExtractConfig {
     /// DELG's recipe (docs/recipe.md §4).
     fn default() -> Self {
-        ExtractConfig::from_defaults(crate::model::delg::extraction_defaults())
+        ExtractConfig::from_defaults(crate::model::arch::default_extraction())
     }
 }
 
