@@ -10,10 +10,15 @@ pub const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
+/// Bytes a storage buffer of `bytes` takes: at least 16, a multiple of 16.
+pub fn storage_size(bytes: u64) -> u64 {
+    bytes.max(16).div_ceil(16) * 16
+}
+
 impl Gpu {
     /// A zero-filled storage buffer of `bytes` (rounded up to 16), checked against the device limits.
     pub fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
-        let size = bytes.max(16).div_ceil(16) * 16;
+        let size = storage_size(bytes);
         if size > self.limits.max_buffer_size {
             return Err(Error::LimitExceeded {
                 what: format!("buffer '{label}'"),

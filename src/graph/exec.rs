@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::plan::{plan_storages, MemoryPlan, StoragePlan};
 use super::{Graph, TensorId, TensorKind};
 use crate::error::{Error, Result};
-use crate::gpu::{DeviceTensor, Gpu, Recorder, Recording};
+use crate::gpu::{DeviceTensor, Gpu, Recorder, Recording, ScratchNeed};
 use crate::tensor::{HostTensor, Shape};
 
 /// Persistent tensors by name: weights, optimiser state, running statistics.
@@ -120,6 +120,7 @@ impl Executable {
             }
         }
 
+        gpu.reserve_scratch(&scratch_needs(gpu, graph, &schedule)?)?;
         let recording = record_nodes(gpu, graph, &tensors, &schedule)?;
         let unplanned_bytes = life_list.iter().map(|l| l.bytes).sum();
         let flops = graph.flops(&schedule);
@@ -302,6 +303,17 @@ fn debug_level() -> u32 {
     })
 }
 
+/// The scratch memory `nodes` declare (`Op::scratch`), unmerged.
+pub fn scratch_needs(gpu: &Gpu, graph: &Graph, nodes: &[usize]) -> Result<Vec<ScratchNeed>> {
+    let mut needs = Vec::new();
+    for &n in nodes {
+        let node = &graph.nodes[n];
+        let shapes: Vec<&Shape> = node.inputs.iter().map(|t| graph.shape(*t)).collect();
+        needs.extend(node.op.scratch(gpu, &shapes)?);
+    }
+    Ok(needs)
+}
+
 /// Records the dispatches of `nodes`, in order, over the tensors' buffers.
 fn record_nodes(
     gpu: &Gpu,
@@ -340,6 +352,7 @@ pub fn run_op(
         .into_iter()
         .map(|s| DeviceTensor::zeros(gpu, s))
         .collect::<Result<_>>()?;
+    gpu.reserve_scratch(&op.scratch(gpu, &shapes)?)?;
     let mut rec = Recorder::new(gpu);
     op.record(
         &mut rec,
