@@ -63,7 +63,12 @@ impl Gpu {
 
     /// Copies `len` f32 values starting at byte `offset` back to the host.
     pub fn download(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
-        let bytes = (len * 4) as u64;
+        let bytes = self.read_bytes(buffer, offset, (len * 4) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// `bytes` bytes of `buffer` from `offset` (a multiple of 4), copied back to the host.
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         if bytes == 0 {
             return Ok(Vec::new());
         }
@@ -87,8 +92,7 @@ impl Gpu {
                 what: "reading back a buffer".into(),
                 detail: e.to_string(),
             })?;
-        let mut out = vec![0f32; len];
-        {
+        let out = {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
@@ -96,8 +100,8 @@ impl Gpu {
                     what: "mapping a readback buffer".into(),
                     detail: e.to_string(),
                 })?;
-            out.copy_from_slice(bytemuck::cast_slice(&view[..len * 4]));
-        }
+            view[..bytes as usize].to_vec()
+        };
         staging.unmap();
         Ok(out)
     }
