@@ -18,8 +18,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
-use crate::graph::exec::{Executable, ParamStore};
+use crate::gpu::{needs_bytes, Gpu};
+use crate::graph::exec::{scratch_needs, Executable, ParamStore};
 use crate::graph::plan::plan_storages;
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::io::weights::WeightFile;
@@ -362,11 +362,11 @@ impl StepGraph {
     }
 }
 
-/// Device memory a run plans for, by category, in bytes: what the memory
-/// planner and the parameter shapes fix before any kernel is recorded.
-/// Kernel scratch (convolution staging, GEMM operand textures, reduction
-/// partials) and the driver's own allocations come on top.
-pub fn planned_memory(cfg: &TrainConfig) -> Result<Vec<(&'static str, u64)>> {
+/// Device memory a run on `gpu` plans for, by category, in bytes: what the
+/// memory planner, the parameter shapes and the ops' declared scratch
+/// (convolution staging, GEMM operand textures, reduction partials) fix
+/// before any kernel is recorded. The driver's own allocations come on top.
+pub fn planned_memory(gpu: &Gpu, cfg: &TrainConfig) -> Result<Vec<(&'static str, u64)>> {
     let sg = build_step(cfg)?;
     let mut params: BTreeMap<&str, u64> = BTreeMap::new();
     let mut inputs = 0;
@@ -388,36 +388,51 @@ pub fn planned_memory(cfg: &TrainConfig) -> Result<Vec<(&'static str, u64)>> {
     };
     let (velocity, sums) = (category(VELOCITY), category(GRAD_SUM));
     let weights = params.values().sum::<u64>() - velocity - sums;
-    let micro = plan_storages(&sg.graph, &sg.targets()).memory.total_bytes();
-    let update = plan_storages(&sg.update, &[sg.grad_norm])
-        .memory
-        .total_bytes();
+    let micro_plan = plan_storages(&sg.graph, &sg.targets());
+    let update_plan = plan_storages(&sg.update, &[sg.grad_norm]);
     // Validation builds its own folded copy of the weights and an inference
     // plan while the training executables stay alive.
     let ValidationGraph {
         graph: g, scores, ..
     } = cfg.net.validation_graph(cfg.batch, cfg.image_size)?;
+    let validation_plan = plan_storages(&g, &scores);
     let validation = g
         .tensors
         .iter()
         .filter(|i| i.kind != TensorKind::Computed)
         .map(|i| i.shape.bytes())
         .sum::<u64>()
-        + plan_storages(&g, &scores).memory.total_bytes();
+        + validation_plan.memory.total_bytes();
+    // One scratch arena serves the three plans: each purpose at its largest.
+    let scratch = needs_bytes(
+        [
+            scratch_needs(gpu, &sg.graph, &micro_plan.schedule)?,
+            scratch_needs(gpu, &sg.update, &update_plan.schedule)?,
+            scratch_needs(gpu, &g, &validation_plan.schedule)?,
+        ]
+        .concat(),
+    );
     Ok(vec![
         ("weights and batch-norm statistics", weights),
         ("SGD velocities", velocity),
         ("gradient sums", sums),
         ("step inputs (images, labels, lr)", inputs),
-        ("activations and gradients (planned)", micro),
-        ("clipping and SGD (planned)", update),
+        (
+            "activations and gradients (planned)",
+            micro_plan.memory.total_bytes(),
+        ),
+        (
+            "clipping and SGD (planned)",
+            update_plan.memory.total_bytes(),
+        ),
         ("validation (folded weights + plan)", validation),
+        ("kernel scratch (declared by the ops)", scratch),
     ])
 }
 
 /// Prints `planned_memory` as a table (MiB per category and the total).
-pub fn print_planned_memory(cfg: &TrainConfig) -> Result<()> {
-    let rows = planned_memory(cfg)?;
+pub fn print_planned_memory(gpu: &Gpu, cfg: &TrainConfig) -> Result<()> {
+    let rows = planned_memory(gpu, cfg)?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "planned device memory, batch {} × {} micro-batches, {}², {} classes:",
@@ -431,10 +446,11 @@ pub fn print_planned_memory(cfg: &TrainConfig) -> Result<()> {
     }
     let total: u64 = rows.iter().map(|r| r.1).sum();
     println!(
-        "  {:<40} {:>10.1} MiB ({:.2} GiB; kernel scratch and driver memory come on top)",
+        "  {:<40} {:>10.1} MiB ({:.2} GiB on {}; the driver's own memory comes on top)",
         "total",
         mib(total),
-        total as f64 / (1u64 << 30) as f64
+        total as f64 / (1u64 << 30) as f64,
+        gpu.facts.name
     );
     Ok(())
 }
@@ -545,6 +561,30 @@ impl DataSource {
     }
 }
 
+/// The validation classifier for `batch` images with the current training
+/// state: its executable, image input and score outputs.
+pub fn validation_executable(
+    gpu: &Arc<Gpu>,
+    cfg: &TrainConfig,
+    sg: &StepGraph,
+    store: &ParamStore,
+    batch: usize,
+) -> Result<(Executable, TensorId, Vec<TensorId>)> {
+    let file = download_state(gpu, sg, store, false)?;
+    let ValidationGraph {
+        graph: g,
+        images,
+        scores,
+        params,
+    } = cfg.net.validation_graph(batch, cfg.image_size)?;
+    let store =
+        cfg.net
+            .architecture()
+            .load_params(gpu, Path::new("<training state>"), &file, &params)?;
+    let exe = Executable::new(gpu, &g, &scores, &store)?;
+    Ok((exe, images, scores))
+}
+
 /// Accuracy of the classifiers (the global head, and DELG's attention head) on
 /// the validation images, in inference mode (batch norms folded from the
 /// current running statistics, no margin); images are resized whole to the
@@ -560,19 +600,8 @@ fn validate(
     if val.samples.is_empty() {
         return Ok(None);
     }
-    let file = download_state(gpu, sg, store, false)?;
     let batch = cfg.batch.min(val.samples.len());
-    let ValidationGraph {
-        graph: g,
-        images,
-        scores,
-        params,
-    } = cfg.net.validation_graph(batch, cfg.image_size)?;
-    let store =
-        cfg.net
-            .architecture()
-            .load_params(gpu, Path::new("<training state>"), &file, &params)?;
-    let exe = Executable::new(gpu, &g, &scores, &store)?;
+    let (exe, images, scores) = validation_executable(gpu, cfg, sg, store, batch)?;
     let aug = cfg.augment(false, max_pixels);
     let mut hits = vec![0f32; scores.len()];
     let mut n = 0usize;

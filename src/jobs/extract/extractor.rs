@@ -234,7 +234,10 @@ impl Extractor {
             let plan = self.plan(h, w, level)?;
             plan.exe.set_input(plan.image, &img.pixels)?;
             if std::env::var_os("DELG_PROFILE").is_some() {
-                print_profile(&format!("level {level} ({scale})"), &plan.exe.profile()?);
+                print_profile(
+                    &format!("level {level} ({scale}), {}", plan.exe.timing_source()),
+                    &plan.exe.profile()?,
+                );
             }
             if timed {
                 for (stage, secs) in plan.exe.run_stages()? {

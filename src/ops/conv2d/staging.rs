@@ -115,6 +115,10 @@ pub(super) fn stage_texture(
     Ok(texture.create_view(&Default::default()))
 }
 
+/// Purposes of the forward's unfolded input and padded weights.
+pub(super) const UNFOLDED: &str = "conv2d unfolded input";
+pub(super) const PADDED_WEIGHTS: &str = "conv2d padded weights";
+
 /// The row width of the unfolded forward A, where the product is unfolded
 /// before it is multiplied: on the broadcast kernels an input whose channels
 /// do not fill whole 8-steps of k (the RGB stem) would otherwise be gathered
@@ -150,7 +154,7 @@ pub(super) fn record_unfold(
 ) -> Result<Window> {
     let gpu = rec.gpu();
     let elems = (rows * width) as u64;
-    let buffer = gpu.scratch_buffer("conv2d unfolded input", elems * 4)?;
+    let buffer = gpu.scratch_buffer(UNFOLDED, elems * 4)?;
     let dst = gpu.window(&buffer, 0, elems)?;
     let params = Params {
         m: u32_of(rows, "rows")?,
@@ -183,7 +187,7 @@ pub(super) fn record_padded_rows(
 ) -> Result<Window> {
     let gpu = rec.gpu();
     let (bytes, padded) = ((k * n * 4) as u64, (rows * n * 4) as u64);
-    let buffer = gpu.scratch_buffer("conv2d padded weights", padded)?;
+    let buffer = gpu.scratch_buffer(PADDED_WEIGHTS, padded)?;
     rec.copy(
         BufSlice {
             buffer: b.slice.buffer.clone(),
@@ -202,4 +206,44 @@ pub(super) fn record_padded_rows(
         size: padded - bytes,
     });
     gpu.window(&buffer, 0, (rows * n) as u64)
+}
+
+/// The scratch a convolution's subgroup-broadcast kernels may stage: slot
+/// A (vec4 and scalar forms) holds windows of a tensor of `a_elems` floats,
+/// slot B windows of `b_elems`; a window spans at most one binding and its
+/// alignment shift. The tiled kernels read their operands in place.
+pub(super) fn staging_needs(gpu: &Gpu, a_elems: u64, b_elems: u64) -> Vec<ScratchNeed> {
+    if gpu.tuning.matmul != MatmulVariant::SubgroupBroadcast {
+        return Vec::new();
+    }
+    let width = texture_width(gpu);
+    let slot_needs = |slot: Slot, elems: u64| {
+        let (format, texel) = slot.format();
+        let bytes = (elems * 4 + gpu.binding_alignment()).min(gpu.max_binding_bytes());
+        let rows = bytes.div_ceil(texel).div_ceil(width);
+        let need = TextureNeed {
+            format,
+            width: width as u32,
+            rows: rows.min(u32::MAX as u64) as u32,
+        };
+        [
+            ScratchNeed::Texture {
+                purpose: slot.purpose(),
+                need,
+            },
+            // A window that ends inside a texel passes through a buffer of whole rows.
+            ScratchNeed::Buffer {
+                purpose: slot.purpose(),
+                bytes: rows * width * texel,
+            },
+        ]
+    };
+    [
+        (Slot::A, a_elems),
+        (Slot::AScalar, a_elems),
+        (Slot::B, b_elems),
+    ]
+    .into_iter()
+    .flat_map(|(slot, elems)| slot_needs(slot, elems))
+    .collect()
 }
