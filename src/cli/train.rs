@@ -103,7 +103,7 @@ pub struct TrainArgs {
     /// No progress bar, skipped-image or validation lines: only the final summary.
     #[arg(long)]
     pub quiet: bool,
-    /// Print the planned device memory of a step by category and exit (no device needed).
+    /// Print the planned device memory of a step on the chosen adapter by category (kernel scratch included) and exit.
     #[arg(long)]
     pub plan_only: bool,
 }

@@ -55,62 +55,40 @@ pub(super) fn stage_texture(
             rows: u32_of(rows, "texture rows")?,
         },
     )?;
-    {
-        let extent = |width: u64, height: u64| wgpu::Extent3d {
-            width: width as u32,
-            height: height as u32,
-            depth_or_array_layers: 1,
-        };
-        let whole_texels = w.slice.offset + texels * texel <= w.slice.buffer.size();
-        if whole_texels {
-            // Straight from the tensor: its whole rows, then the last partial row.
-            let (full, tail) = (texels / width, texels % width);
-            let at = |offset: u64, size: u64| BufSlice {
-                buffer: w.slice.buffer.clone(),
-                offset: w.slice.offset + offset,
-                size,
-            };
-            if full > 0 {
-                let src = at(0, full * row_bytes);
-                rec.copy_to_texture(
-                    src,
-                    row_bytes as u32,
-                    texture.clone(),
-                    0,
-                    extent(width, full),
-                );
-            }
-            if tail > 0 {
-                let src = at(full * row_bytes, tail * texel);
-                let row = u32_of(full, "texture rows")?;
-                rec.copy_to_texture(src, row_bytes as u32, texture.clone(), row, extent(tail, 1));
-            }
-        } else {
-            // The window ends inside a texel at the end of its buffer: copy it to
-            // a buffer with whole rows first.
-            let bytes = rows * row_bytes;
-            let buffer = gpu.scratch_buffer(slot.purpose(), bytes)?;
-            rec.copy(
-                w.slice.clone(),
-                BufSlice {
-                    buffer: buffer.clone(),
-                    offset: 0,
-                    size: w.slice.size,
-                },
-            );
-            let src = BufSlice {
-                buffer,
-                offset: 0,
-                size: bytes,
-            };
-            rec.copy_to_texture(
-                src,
-                row_bytes as u32,
-                texture.clone(),
-                0,
-                extent(width, rows),
-            );
-        }
+    // Storage buffers are whole multiples of 16 bytes (`storage_size`), so a
+    // window's last texel always lies inside its buffer.
+    if w.slice.offset + texels * texel > w.slice.buffer.size() {
+        return Err(Error::Internal(format!(
+            "a staged window ends inside a texel past its buffer ({} bytes)",
+            w.slice.buffer.size()
+        )));
+    }
+    let extent = |width: u64, height: u64| wgpu::Extent3d {
+        width: width as u32,
+        height: height as u32,
+        depth_or_array_layers: 1,
+    };
+    // Straight from the tensor: its whole rows, then the last partial row.
+    let (full, tail) = (texels / width, texels % width);
+    let at = |offset: u64, size: u64| BufSlice {
+        buffer: w.slice.buffer.clone(),
+        offset: w.slice.offset + offset,
+        size,
+    };
+    if full > 0 {
+        let src = at(0, full * row_bytes);
+        rec.copy_to_texture(
+            src,
+            row_bytes as u32,
+            texture.clone(),
+            0,
+            extent(width, full),
+        );
+    }
+    if tail > 0 {
+        let src = at(full * row_bytes, tail * texel);
+        let row = u32_of(full, "texture rows")?;
+        rec.copy_to_texture(src, row_bytes as u32, texture.clone(), row, extent(tail, 1));
     }
     Ok(texture.create_view(&Default::default()))
 }
@@ -217,26 +195,18 @@ pub(super) fn staging_needs(gpu: &Gpu, a_elems: u64, b_elems: u64) -> Vec<Scratc
         return Vec::new();
     }
     let width = texture_width(gpu);
-    let slot_needs = |slot: Slot, elems: u64| {
+    let slot_need = |slot: Slot, elems: u64| {
         let (format, texel) = slot.format();
         let bytes = (elems * 4 + gpu.binding_alignment()).min(gpu.max_binding_bytes());
         let rows = bytes.div_ceil(texel).div_ceil(width);
-        let need = TextureNeed {
-            format,
-            width: width as u32,
-            rows: rows.min(u32::MAX as u64) as u32,
-        };
-        [
-            ScratchNeed::Texture {
-                purpose: slot.purpose(),
-                need,
+        ScratchNeed::Texture {
+            purpose: slot.purpose(),
+            need: TextureNeed {
+                format,
+                width: width as u32,
+                rows: rows.min(u32::MAX as u64) as u32,
             },
-            // A window that ends inside a texel passes through a buffer of whole rows.
-            ScratchNeed::Buffer {
-                purpose: slot.purpose(),
-                bytes: rows * width * texel,
-            },
-        ]
+        }
     };
     [
         (Slot::A, a_elems),
@@ -244,6 +214,6 @@ pub(super) fn staging_needs(gpu: &Gpu, a_elems: u64, b_elems: u64) -> Vec<Scratc
         (Slot::B, b_elems),
     ]
     .into_iter()
-    .flat_map(|(slot, elems)| slot_needs(slot, elems))
+    .map(|(slot, elems)| slot_need(slot, elems))
     .collect()
 }
