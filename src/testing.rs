@@ -188,6 +188,8 @@ pub fn dispatch_labels(gpu: &Gpu, op: &dyn Op, shapes: &[&[usize]]) -> Vec<Strin
     let refs: Vec<&DeviceTensor> = ins.iter().collect();
     let shape_refs: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
     let out = DeviceTensor::zeros(gpu, op.infer(&shape_refs).unwrap().remove(0)).unwrap();
+    gpu.reserve_scratch(&op.scratch(gpu, &shape_refs).unwrap())
+        .unwrap();
     let mut rec = Recorder::new(gpu);
     op.record(&mut rec, &refs, &[&out]).unwrap();
     rec.finish().unwrap().labels

@@ -2,7 +2,7 @@
 //! tools/torch_dolg_reference.py (fixtures in tests/fixtures/dolg_tiny),
 //! without and with the multi-atrous block: the final descriptor, the loss
 //! and every parameter gradient of one training step, and 20 SGD steps with
-//! either head (tools/train_parity_reference.py).
+//! either head and with the multi-atrous block (tools/train_parity_reference.py).
 
 mod common;
 
@@ -119,10 +119,15 @@ fn dolg_training_loss_and_gradients_match_pytorch() {
 }
 
 #[test]
-fn twenty_sgd_steps_track_pytorch_with_either_head() {
+fn twenty_sgd_steps_track_pytorch_with_either_head_and_multi_atrous() {
     let Some(gpu) = test_gpu() else { return };
-    for curricular in [false, true] {
-        let (mut file, cfg) = model("plain");
+    for (variant, curricular, clip_norm) in [
+        ("plain", false, 1.0),
+        ("plain", true, 1.0),
+        ("ma", false, 0.1),
+    ] {
+        let (mut file, cfg) = model(variant);
+        assert_eq!(cfg.multi_atrous.is_some(), variant == "ma");
         let mut loss = DolgLossConfig::official(5);
         loss.curricular = curricular;
         if curricular {
@@ -130,22 +135,24 @@ fn twenty_sgd_steps_track_pytorch_with_either_head() {
             file.tensors
                 .insert("desc_cls.t".into(), Tensor::new([1], vec![0.0]).unwrap());
         }
-        // DOLG's optimiser (Nesterov, weight decay 1e-4) with a clip at
-        // global norm 1, which keeps 20 float32 steps on the float64 path.
+        // DOLG's optimiser (Nesterov, weight decay 1e-4) with a clip at a
+        // global norm that keeps 20 float32 steps on the float64 path (0.1
+        // for the multi-atrous model: see tools/train_parity_reference.py).
         let config = TrainConfig {
             nesterov: true,
             weight_decay: 1e-4,
+            clip_norm,
             ..reference_train_config(TrainModel::Dolg { model: cfg, loss }, 96)
         };
         let head = if curricular { "_curricular" } else { "" };
         check_sgd_steps(
             &gpu,
-            &format!("dolg{head}"),
+            &format!("dolg {variant}{head}"),
             &config,
             &file,
             DIR,
-            "train_plain",
-            &format!("train_plain{head}_sgd"),
+            &format!("train_{variant}"),
+            &format!("train_{variant}{head}_sgd"),
         );
     }
 }

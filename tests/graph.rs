@@ -8,6 +8,7 @@ use delg_gpu::graph::exec::{Executable, ParamStore};
 use delg_gpu::graph::reference::eval_reference;
 use delg_gpu::graph::{Graph, TensorId};
 use delg_gpu::ops::elementwise::{Binary, BinaryKind, Reshape, StopGradient, Unary, UnaryKind};
+use delg_gpu::ops::gemm::Matmul;
 use delg_gpu::tensor::{RefTensor, Rng, Shape};
 use delg_gpu::testing::{assert_close, test_gpus};
 
@@ -162,4 +163,43 @@ fn stages_survive_import_and_run_one_submission_each() {
     let mut values = HashMap::from([(x, xv.to_ref())]);
     eval_reference(&g, &[out], &mut values).unwrap();
     assert_close("staged run", &exe.read(out).unwrap(), &values[&out], 1e-6);
+}
+
+#[test]
+fn profile_times_every_node_and_gives_the_results_of_run() {
+    // Three elementwise nodes and a product: every scheduled node gets one
+    // finite, non-negative time (device timestamps where the adapter has
+    // them), and the profiled run leaves the same output as the reference.
+    let mut g = Graph::new();
+    let x = g.input("x", [64, 48]);
+    let w = g.input("w", [48, 40]);
+    let r = g.apply1(Unary(UnaryKind::Relu), &[x]).unwrap();
+    let p = g.apply1(Matmul::new(false, false), &[r, w]).unwrap();
+    let y = g.apply1(Unary(UnaryKind::Scale(0.5)), &[p]).unwrap();
+    for gpu in test_gpus() {
+        let exe = Executable::new(gpu, &g, &[y], &ParamStore::default()).unwrap();
+        let (xv, wv) = (
+            Rng::new(5).tensor([64, 48], -1.0, 1.0),
+            Rng::new(6).tensor([48, 40], -1.0, 1.0),
+        );
+        exe.set_input(x, &xv).unwrap();
+        exe.set_input(w, &wv).unwrap();
+        let rows = exe.profile().unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(
+            names,
+            ["relu", "matmul", "scale"],
+            "{}",
+            exe.timing_source()
+        );
+        assert!(
+            rows.iter().all(|r| r.3.is_finite() && r.3 >= 0.0),
+            "{rows:?}"
+        );
+        assert!(rows[1].3 > 0.0, "the product took no time: {rows:?}");
+        assert_eq!(rows[1].2, 2 * 64 * 48 * 40);
+        let mut values = HashMap::from([(x, xv.to_ref()), (w, wv.to_ref())]);
+        eval_reference(&g, &[y], &mut values).unwrap();
+        assert_close("profiled run", &exe.read(y).unwrap(), &values[&y], 1e-5);
+    }
 }

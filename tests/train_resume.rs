@@ -7,13 +7,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
 
+use delg_gpu::gpu::{Gpu, GpuOptions};
 use delg_gpu::graph::TensorKind;
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::jobs::demo::render_scene;
 use delg_gpu::jobs::extract::{Extractor, PreparedImage};
 use delg_gpu::jobs::train::{
-    build_step, planned_memory, run_train, upload_state, DataSource, Schedule, TrainConfig,
-    TrainJob, TrainModel, GRAD_SUM,
+    build_step, planned_memory, run_train, upload_state, validation_executable, DataSource,
+    Schedule, TrainConfig, TrainJob, TrainModel, GRAD_SUM,
 };
 use delg_gpu::model::delg::{training_graph, DelgConfig, DelgLossConfig};
 use delg_gpu::model::dolg::{DolgConfig, DolgLossConfig, MultiAtrous};
@@ -273,7 +274,7 @@ fn planned_memory_is_what_the_executables_allocate() {
         accumulate: 2,
         ..config(3)
     };
-    let rows: HashMap<&str, u64> = planned_memory(&cfg).unwrap().into_iter().collect();
+    let rows: HashMap<&str, u64> = planned_memory(&gpu, &cfg).unwrap().into_iter().collect();
     let step = build_step(&cfg).unwrap();
     let store = upload_state(&gpu, &step, &random_weights(&step.specs, 1), &cfg).unwrap();
     let (micro, update) = step.executables(&gpu, &store).unwrap();
@@ -300,6 +301,35 @@ fn planned_memory_is_what_the_executables_allocate() {
         rows["weights and batch-norm statistics"],
         all - stored(GRAD_SUM) - stored("optimizer.velocity.")
     );
-    let bigger = planned_memory(&TrainConfig { batch: 8, ..cfg }).unwrap();
+    let bigger = planned_memory(&gpu, &TrainConfig { batch: 8, ..cfg }).unwrap();
     assert!(bigger[4].1 > rows["activations and gradients (planned)"]);
+}
+
+#[test]
+fn declared_scratch_is_what_a_fresh_device_allocates() {
+    // A fresh device per matmul variant, so that no other test's plans share
+    // its scratch: after a whole training step (validation included), the
+    // device holds exactly the scratch `planned_memory` declared.
+    if test_gpu().is_none() {
+        return;
+    }
+    let cfg = TrainConfig {
+        accumulate: 2,
+        ..config(3)
+    };
+    for gpu in Gpu::every_variant(&GpuOptions::default()).unwrap() {
+        let rows: HashMap<&str, u64> = planned_memory(&gpu, &cfg).unwrap().into_iter().collect();
+        let declared = rows["kernel scratch (declared by the ops)"];
+        assert_eq!(gpu.scratch_bytes(), 0);
+        let step = build_step(&cfg).unwrap();
+        let store = upload_state(&gpu, &step, &random_weights(&step.specs, 1), &cfg).unwrap();
+        let (micro, update) = step.executables(&gpu, &store).unwrap();
+        micro.run().unwrap();
+        update.run().unwrap();
+        let held = gpu.scratch_bytes();
+        assert!(held > 0 && held <= declared, "{held} > {declared}");
+        let (validation, ..) = validation_executable(&gpu, &cfg, &step, &store, cfg.batch).unwrap();
+        validation.run().unwrap();
+        assert_eq!(gpu.scratch_bytes(), declared, "{}", gpu.tuning.describe());
+    }
 }

@@ -244,6 +244,11 @@ fn extraction_journal() {
         j.flush().unwrap();
     });
     mutate_and_parse("journal.bin", &sample, |p| {
-        let _ = Journal::open(p);
+        // Every record the scan accepts reads back.
+        if let Ok((mut j, records)) = Journal::open(p) {
+            for r in &records {
+                j.read(r).unwrap();
+            }
+        }
     });
 }

@@ -35,8 +35,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 OUT = ROOT / "recipe"
 
 # (file, width, height): non-square, odd, one taller than the 1024 cap, one
-# whose smallest DELG pyramid level is too small for the network.
-IMAGES = [("a.png", 333, 517), ("b.png", 97, 1500), ("c.png", 17, 40)]
+# whose smallest DELG pyramid level is too small for the network, and a
+# landscape photo size whose longest side is exactly the cap (not resized).
+IMAGES = [("a.png", 333, 517), ("b.png", 97, 1500), ("c.png", 17, 40), ("d.png", 1024, 683)]
 # Query boxes [x1, y1, x2, y2]: halves that Python's round takes to even, a
 # box leaving the image (PIL pads it black), a crop larger than the scaled cap.
 QUERIES = {"a.png": [-20.5, 100.5, 200.4, 330.6], "b.png": [5.5, 200.5, 90.2, 1400.7]}

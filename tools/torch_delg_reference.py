@@ -179,13 +179,13 @@ class Net:
         return lg + 1.0 * la + 10.0 * lr, lg, la, lr
 
 
-def sgd_steps(params, loss_fn, steps=20, nesterov=False, weight_decay=0.0):
+def sgd_steps(params, loss_fn, steps=20, nesterov=False, weight_decay=0.0, clip_norm=1.0):
     """SGD as PyTorch's (lr 0.01, momentum 0.9) on the tensors of `params`
     that require a gradient, minimising loss_fn(); gradients clipped by
-    global norm 1 before the weight decay is added, which is active at every
-    step. With DELG's clip of 10 the run passes the clip boundary mid-way,
-    where f32 rounding is amplified: PyTorch's own f32 run then drifts 1e-2
-    from this f64 one. Here it stays < 1e-5. Returns the losses."""
+    global norm `clip_norm` before the weight decay is added, which is active
+    at every step. With DELG's clip of 10 the run passes the clip boundary
+    mid-way, where f32 rounding is amplified: PyTorch's own f32 run then
+    drifts 1e-2 from this f64 one. Here it stays < 1e-5. Returns the losses."""
     trainable = [n for n, t in params.items() if t.requires_grad]
     vel = {n: torch.zeros_like(params[n]) for n in trainable}
     seq = []
@@ -195,7 +195,7 @@ def sgd_steps(params, loss_fn, steps=20, nesterov=False, weight_decay=0.0):
         grads = torch.autograd.grad(total, [params[n] for n in trainable], allow_unused=True)
         grads = [gr if gr is not None else torch.zeros_like(params[n]) for n, gr in zip(trainable, grads)]
         norm = torch.sqrt(sum((gr ** 2).sum() for gr in grads))
-        clip = min(1.0, 1.0 / (norm.item() + 1e-6))
+        clip = min(1.0, clip_norm / (norm.item() + 1e-6))
         with torch.no_grad():
             for n, gr in zip(trainable, grads):
                 g = clip * gr + weight_decay * params[n]

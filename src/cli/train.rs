@@ -103,7 +103,7 @@ pub struct TrainArgs {
     /// No progress bar, skipped-image or validation lines: only the final summary.
     #[arg(long)]
     pub quiet: bool,
-    /// Print the planned device memory of a step by category and exit (no device needed).
+    /// Print the planned device memory of a step on the chosen adapter by category (kernel scratch included) and exit.
     #[arg(long)]
     pub plan_only: bool,
 }
@@ -155,10 +155,10 @@ pub(super) fn run(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
     let config = a
         .options()
         .resolve(a.model.model_config()?, data.classes.len())?;
-    if a.plan_only {
-        return crate::jobs::train::print_planned_memory(&config);
-    }
     let gpu = Gpu::new(opts)?;
+    if a.plan_only {
+        return crate::jobs::train::print_planned_memory(&gpu, &config);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // Ctrl-C asks for a checkpoint at the end of the current step, then exits.

@@ -10,10 +10,15 @@ pub const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
+/// Bytes a storage buffer of `bytes` takes: at least 16, a multiple of 16.
+pub fn storage_size(bytes: u64) -> u64 {
+    bytes.max(16).div_ceil(16) * 16
+}
+
 impl Gpu {
     /// A zero-filled storage buffer of `bytes` (rounded up to 16), checked against the device limits.
     pub fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
-        let size = bytes.max(16).div_ceil(16) * 16;
+        let size = storage_size(bytes);
         if size > self.limits.max_buffer_size {
             return Err(Error::LimitExceeded {
                 what: format!("buffer '{label}'"),
@@ -58,7 +63,12 @@ impl Gpu {
 
     /// Copies `len` f32 values starting at byte `offset` back to the host.
     pub fn download(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
-        let bytes = (len * 4) as u64;
+        let bytes = self.read_bytes(buffer, offset, (len * 4) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// `bytes` bytes of `buffer` from `offset` (a multiple of 4), copied back to the host.
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         if bytes == 0 {
             return Ok(Vec::new());
         }
@@ -82,8 +92,7 @@ impl Gpu {
                 what: "reading back a buffer".into(),
                 detail: e.to_string(),
             })?;
-        let mut out = vec![0f32; len];
-        {
+        let out = {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
@@ -91,8 +100,8 @@ impl Gpu {
                     what: "mapping a readback buffer".into(),
                     detail: e.to_string(),
                 })?;
-            out.copy_from_slice(bytemuck::cast_slice(&view[..len * 4]));
-        }
+            view[..bytes as usize].to_vec()
+        };
         staging.unmap();
         Ok(out)
     }

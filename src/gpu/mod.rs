@@ -13,7 +13,7 @@ pub mod window;
 pub use buffer::DeviceTensor;
 pub use device::{list_adapters, AdapterFacts, Gpu, GpuOptions};
 pub use recorder::{Binding, RecordStats, Recorder, Recording};
-pub use scratch::TextureNeed;
+pub use scratch::{merge_needs, needs_bytes, ScratchNeed, TextureNeed};
 pub use shader::ShaderSpec;
 pub use tuning::{MatmulVariant, Tuning};
 pub use uniform::{ScalarKind, Uniform, UniformField, UniformShape, UniformSlot};

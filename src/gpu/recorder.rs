@@ -192,6 +192,14 @@ impl<'g> Recorder<'g> {
         self.commands.push(Command::Clear { slice });
     }
 
+    /// Dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.commands
+            .iter()
+            .filter(|c| matches!(c, Command::Dispatch { .. }))
+            .count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty()
     }
@@ -311,6 +319,9 @@ impl<'g> Recorder<'g> {
     }
 }
 
+/// Timestamps one query set may hold (wgpu's `QUERY_SET_MAX_QUERIES`).
+const MAX_QUERIES: usize = 4096;
+
 impl Recording {
     /// Encodes every step into one command buffer and submits it.
     pub fn submit(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {
@@ -320,67 +331,145 @@ impl Recording {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("delg-gpu run"),
                 });
-            let mut i = 0;
-            while i < self.steps.len() {
-                if let Step::Dispatch { .. } = self.steps[i] {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: None,
-                        timestamp_writes: None,
-                    });
-                    while let Some(Step::Dispatch {
-                        pipeline,
-                        bind_group,
-                        groups,
-                    }) = self.steps.get(i)
-                    {
-                        pass.set_pipeline(pipeline);
-                        pass.set_bind_group(0, bind_group, &[]);
-                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                        i += 1;
-                    }
-                    continue;
-                }
-                match &self.steps[i] {
-                    Step::Copy { src, dst } => enc.copy_buffer_to_buffer(
-                        &src.buffer,
-                        src.offset,
-                        &dst.buffer,
-                        dst.offset,
-                        src.size,
-                    ),
-                    Step::CopyToTexture {
-                        src,
-                        bytes_per_row,
-                        texture,
-                        first_row,
-                        extent,
-                    } => enc.copy_buffer_to_texture(
-                        wgpu::TexelCopyBufferInfo {
-                            buffer: &src.buffer,
-                            layout: wgpu::TexelCopyBufferLayout {
-                                offset: src.offset,
-                                bytes_per_row: Some(*bytes_per_row),
-                                rows_per_image: None,
-                            },
-                        },
-                        wgpu::TexelCopyTextureInfo {
-                            origin: wgpu::Origin3d {
-                                x: 0,
-                                y: *first_row,
-                                z: 0,
-                            },
-                            ..texture.as_image_copy()
-                        },
-                        *extent,
-                    ),
-                    Step::Clear { slice } => {
-                        enc.clear_buffer(&slice.buffer, slice.offset, Some(slice.size))
-                    }
-                    Step::Dispatch { .. } => unreachable!("handled above"),
-                }
-                i += 1;
-            }
+            self.encode(&mut enc, 0..self.steps.len(), None);
             gpu.queue.submit([enc.finish()])
         })
+    }
+
+    /// Runs the recording once with timestamps around every dispatch, each
+    /// in a pass of its own so that no two overlap, and returns each
+    /// dispatch's device seconds in order; None where the adapter has no
+    /// timestamp queries.
+    pub fn time_dispatches(&self, gpu: &Gpu) -> Result<Option<Vec<f64>>> {
+        if !gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(None);
+        }
+        let tick = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        let is_dispatch = |s: &Step| matches!(s, Step::Dispatch { .. });
+        let mut seconds = Vec::with_capacity(self.stats.dispatches);
+        let mut start = 0;
+        while start < self.steps.len() {
+            // As many steps as hold MAX_QUERIES / 2 dispatches.
+            let (mut end, mut dispatches) = (start, 0);
+            while end < self.steps.len()
+                && !(dispatches == MAX_QUERIES / 2 && is_dispatch(&self.steps[end]))
+            {
+                dispatches += is_dispatch(&self.steps[end]) as usize;
+                end += 1;
+            }
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            if dispatches == 0 {
+                self.encode(&mut enc, start..end, None);
+                gpu.queue.submit([enc.finish()]);
+                start = end;
+                continue;
+            }
+            let queries = 2 * dispatches as u32;
+            let (set, resolved) = gpu.scoped("creating timestamp queries", || {
+                let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("dispatch timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: queries,
+                });
+                let resolved = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("resolved timestamps"),
+                    size: queries as u64 * 8,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                (set, resolved)
+            })?;
+            self.encode(&mut enc, start..end, Some(&set));
+            enc.resolve_query_set(&set, 0..queries, &resolved, 0);
+            gpu.queue.submit([enc.finish()]);
+            let bytes = gpu.read_bytes(&resolved, 0, queries as u64 * 8)?;
+            let stamp = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+            seconds.extend(
+                (0..dispatches)
+                    .map(|d| stamp(2 * d + 1).saturating_sub(stamp(2 * d)) as f64 * tick),
+            );
+            start = end;
+        }
+        Ok(Some(seconds))
+    }
+
+    /// Encodes `steps[range]`: consecutive dispatches share one compute pass,
+    /// or with `stamps` each gets a pass whose start and end it timestamps.
+    fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        range: std::ops::Range<usize>,
+        stamps: Option<&wgpu::QuerySet>,
+    ) {
+        let mut i = range.start;
+        let mut query = 0;
+        while i < range.end {
+            if let Step::Dispatch { .. } = self.steps[i] {
+                let timestamp_writes = stamps.map(|query_set| wgpu::ComputePassTimestampWrites {
+                    query_set,
+                    beginning_of_pass_write_index: Some(query),
+                    end_of_pass_write_index: Some(query + 1),
+                });
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes,
+                });
+                while let Some(Step::Dispatch {
+                    pipeline,
+                    bind_group,
+                    groups,
+                }) = self.steps[..range.end].get(i)
+                {
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, bind_group, &[]);
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    i += 1;
+                    if stamps.is_some() {
+                        query += 2;
+                        break;
+                    }
+                }
+                continue;
+            }
+            match &self.steps[i] {
+                Step::Copy { src, dst } => enc.copy_buffer_to_buffer(
+                    &src.buffer,
+                    src.offset,
+                    &dst.buffer,
+                    dst.offset,
+                    src.size,
+                ),
+                Step::CopyToTexture {
+                    src,
+                    bytes_per_row,
+                    texture,
+                    first_row,
+                    extent,
+                } => enc.copy_buffer_to_texture(
+                    wgpu::TexelCopyBufferInfo {
+                        buffer: &src.buffer,
+                        layout: wgpu::TexelCopyBufferLayout {
+                            offset: src.offset,
+                            bytes_per_row: Some(*bytes_per_row),
+                            rows_per_image: None,
+                        },
+                    },
+                    wgpu::TexelCopyTextureInfo {
+                        origin: wgpu::Origin3d {
+                            x: 0,
+                            y: *first_row,
+                            z: 0,
+                        },
+                        ..texture.as_image_copy()
+                    },
+                    *extent,
+                ),
+                Step::Clear { slice } => {
+                    enc.clear_buffer(&slice.buffer, slice.offset, Some(slice.size))
+                }
+                Step::Dispatch { .. } => unreachable!("handled above"),
+            }
+            i += 1;
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::plan::{plan_storages, MemoryPlan, StoragePlan};
 use super::{Graph, TensorId, TensorKind};
 use crate::error::{Error, Result};
-use crate::gpu::{DeviceTensor, Gpu, Recorder, Recording};
+use crate::gpu::{DeviceTensor, Gpu, Recorder, Recording, ScratchNeed};
 use crate::tensor::{HostTensor, Shape};
 
 /// Persistent tensors by name: weights, optimiser state, running statistics.
@@ -35,6 +35,8 @@ pub struct Executable {
     graph: Graph,
     tensors: HashMap<TensorId, DeviceTensor>,
     recording: Recording,
+    /// Dispatches each node of the schedule recorded, in order.
+    node_dispatches: Vec<usize>,
     pub schedule: Vec<usize>,
     pub memory: MemoryPlan,
     /// Bytes the computed tensors would take without reuse.
@@ -120,7 +122,8 @@ impl Executable {
             }
         }
 
-        let recording = record_nodes(gpu, graph, &tensors, &schedule)?;
+        gpu.reserve_scratch(&scratch_needs(gpu, graph, &schedule)?)?;
+        let (recording, node_dispatches) = record_nodes(gpu, graph, &tensors, &schedule)?;
         let unplanned_bytes = life_list.iter().map(|l| l.bytes).sum();
         let flops = graph.flops(&schedule);
         let exe = Executable {
@@ -128,6 +131,7 @@ impl Executable {
             graph: graph.clone(),
             tensors,
             recording,
+            node_dispatches,
             schedule,
             memory,
             unplanned_bytes,
@@ -204,9 +208,9 @@ impl Executable {
         self.gpu.wait()
     }
 
-    /// `DELG_DEBUG=2`: runs node by node and prints each node's time.
+    /// `DELG_DEBUG=2`: runs with every node timed and prints each node's time.
     fn run_profiled(&self) -> Result<()> {
-        eprintln!("run: seconds per node (one submission each)");
+        eprintln!("run: {} per node", self.timing_source());
         for (step, (name, shape, flops, seconds)) in self.profile()?.into_iter().enumerate() {
             eprintln!(
                 "  {step:>4} {name:<28} {:>9.3} ms {:>8.2} GFLOP/s  -> {:?}",
@@ -216,6 +220,15 @@ impl Executable {
             );
         }
         Ok(())
+    }
+
+    /// What `profile` measures on this device.
+    pub fn timing_source(&self) -> &'static str {
+        if self.gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            "device time from timestamp queries (one pass per dispatch)"
+        } else {
+            "host time, one submission per node (no timestamp queries)"
+        }
     }
 
     /// Runs like `run`, one submission per stage of the graph (see
@@ -232,7 +245,7 @@ impl Executable {
         }
         let mut out = Vec::new();
         for (name, nodes) in stages {
-            let recording = record_nodes(&self.gpu, &self.graph, &self.tensors, &nodes)?;
+            let (recording, _) = record_nodes(&self.gpu, &self.graph, &self.tensors, &nodes)?;
             let t = std::time::Instant::now();
             recording.submit(&self.gpu)?;
             self.gpu.wait()?;
@@ -262,17 +275,25 @@ impl Executable {
         self.recording.stats
     }
 
-    /// Runs every node on its own and times it (submit + wait each), for
-    /// finding the slow kernels: `(op name, output shape, FLOPs, seconds)`
-    /// in schedule order. The results equal those of `run`.
+    /// Runs the plan once with every node timed, for finding the slow
+    /// kernels: `(op name, output shape, FLOPs, seconds)` in schedule order.
+    /// Device time from timestamp queries where the adapter has them, else
+    /// host time with one submission per node. The results equal those of `run`.
     pub fn profile(&self) -> Result<Vec<(String, Shape, u64, f64)>> {
+        let device = self.recording.time_dispatches(&self.gpu)?;
+        let mut dispatch_seconds = device.iter().flatten().copied();
         let mut out = Vec::new();
-        for &n in &self.schedule {
+        for (&n, &dispatches) in self.schedule.iter().zip(&self.node_dispatches) {
             let node = &self.graph.nodes[n];
-            let recording = record_nodes(&self.gpu, &self.graph, &self.tensors, &[n])?;
-            let t = std::time::Instant::now();
-            recording.submit(&self.gpu)?;
-            self.gpu.wait()?;
+            let seconds = if device.is_some() {
+                dispatch_seconds.by_ref().take(dispatches).sum()
+            } else {
+                let (recording, _) = record_nodes(&self.gpu, &self.graph, &self.tensors, &[n])?;
+                let t = std::time::Instant::now();
+                recording.submit(&self.gpu)?;
+                self.gpu.wait()?;
+                t.elapsed().as_secs_f64()
+            };
             let shapes: Vec<&Shape> = node.inputs.iter().map(|t| self.graph.shape(*t)).collect();
             let shape = node
                 .outputs
@@ -283,7 +304,7 @@ impl Executable {
                 node.op.name().to_string(),
                 shape,
                 node.op.flops(&shapes),
-                t.elapsed().as_secs_f64(),
+                seconds,
             ));
         }
         Ok(out)
@@ -302,14 +323,27 @@ fn debug_level() -> u32 {
     })
 }
 
-/// Records the dispatches of `nodes`, in order, over the tensors' buffers.
+/// The scratch memory `nodes` declare (`Op::scratch`), unmerged.
+pub fn scratch_needs(gpu: &Gpu, graph: &Graph, nodes: &[usize]) -> Result<Vec<ScratchNeed>> {
+    let mut needs = Vec::new();
+    for &n in nodes {
+        let node = &graph.nodes[n];
+        let shapes: Vec<&Shape> = node.inputs.iter().map(|t| graph.shape(*t)).collect();
+        needs.extend(node.op.scratch(gpu, &shapes)?);
+    }
+    Ok(needs)
+}
+
+/// Records the dispatches of `nodes`, in order, over the tensors' buffers;
+/// also returns how many dispatches each node recorded.
 fn record_nodes(
     gpu: &Gpu,
     graph: &Graph,
     tensors: &HashMap<TensorId, DeviceTensor>,
     nodes: &[usize],
-) -> Result<Recording> {
+) -> Result<(Recording, Vec<usize>)> {
     let mut rec = Recorder::new(gpu);
+    let mut dispatches = Vec::with_capacity(nodes.len());
     for &n in nodes {
         let node = &graph.nodes[n];
         let get = |t: &TensorId| {
@@ -319,9 +353,11 @@ fn record_nodes(
         };
         let ins: Vec<&DeviceTensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
         let outs: Vec<&DeviceTensor> = node.outputs.iter().map(get).collect::<Result<_>>()?;
+        let before = rec.dispatches();
         node.op.record(&mut rec, &ins, &outs)?;
+        dispatches.push(rec.dispatches() - before);
     }
-    rec.finish()
+    Ok((rec.finish()?, dispatches))
 }
 
 /// Runs one op eagerly on the GPU: upload, record, run, download.
@@ -340,6 +376,7 @@ pub fn run_op(
         .into_iter()
         .map(|s| DeviceTensor::zeros(gpu, s))
         .collect::<Result<_>>()?;
+    gpu.reserve_scratch(&op.scratch(gpu, &shapes)?)?;
     let mut rec = Recorder::new(gpu);
     op.record(
         &mut rec,

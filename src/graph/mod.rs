@@ -12,7 +12,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{DeviceTensor, Recorder};
+use crate::gpu::{DeviceTensor, Gpu, Recorder, ScratchNeed};
 use crate::tensor::{RefTensor, Shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +58,13 @@ pub trait Op: Debug + Send + Sync {
         inputs: &[&DeviceTensor],
         outputs: &[&DeviceTensor],
     ) -> Result<()>;
+
+    /// Scratch memory the op's dispatches need for inputs of these shapes on
+    /// `gpu` (staging textures, reduction partials): reserved by the planner
+    /// before recording, looked up (never allocated) by `record`.
+    fn scratch(&self, _gpu: &Gpu, _inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        Ok(Vec::new())
+    }
 
     /// Adds nodes computing the gradient of each input from the gradients of
     /// the outputs (None where an output has no gradient).

@@ -78,14 +78,6 @@ impl FileStamp {
     }
 }
 
-/// One finished image in the journal; `stamp` is `None` for records written
-/// before stamps existed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct JournalEntry {
-    pub features: ImageFeatures,
-    pub stamp: Option<FileStamp>,
-}
-
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
@@ -117,8 +109,8 @@ fn encode(f: &ImageFeatures, stamp: FileStamp) -> Vec<u8> {
 
 struct Cursor<'a>(&'a [u8]);
 
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -130,19 +122,30 @@ impl Cursor<'_> {
         self.take(8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
-    fn f32s(&mut self) -> Option<Vec<f32>> {
+    /// The bytes of a length-prefixed f32 array, not yet converted.
+    fn f32_bytes(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.u64()?).ok()?;
-        let bytes = self.take(n.checked_mul(4)?)?;
-        Some(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-        )
+        self.take(n.checked_mul(4)?)
     }
 }
 
-fn decode(payload: &[u8], stamped: bool) -> Option<JournalEntry> {
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+/// A record's payload split into its fields; the five arrays (global,
+/// descriptors, locations, scales, attention) stay bytes, so indexing a
+/// journal allocates nothing per feature.
+struct Fields<'a> {
+    stamp: Option<FileStamp>,
+    id: String,
+    arrays: [&'a [u8]; 5],
+}
+
+fn split_fields(payload: &[u8], stamped: bool) -> Option<Fields<'_>> {
     let mut c = Cursor(payload);
     let stamp = if stamped {
         Some(FileStamp {
@@ -154,73 +157,130 @@ fn decode(payload: &[u8], stamped: bool) -> Option<JournalEntry> {
     };
     let n = usize::try_from(c.u64()?).ok()?;
     let id = String::from_utf8(c.take(n)?.to_vec()).ok()?;
-    let f = ImageFeatures {
-        id,
-        global: c.f32s()?,
-        descriptors: c.f32s()?,
-        locations: c.f32s()?,
-        scales: c.f32s()?,
-        attention: c.f32s()?,
-    };
-    c.0.is_empty()
-        .then_some(JournalEntry { features: f, stamp })
+    let arrays = [
+        c.f32_bytes()?,
+        c.f32_bytes()?,
+        c.f32_bytes()?,
+        c.f32_bytes()?,
+        c.f32_bytes()?,
+    ];
+    c.0.is_empty().then_some(Fields { stamp, id, arrays })
 }
 
-/// The valid records at the start of a journal's bytes and their length; a
-/// torn or corrupt record ends the valid prefix. Lengths are checked against
-/// the bytes present before anything is allocated.
-pub fn parse_journal(bytes: &[u8]) -> (Vec<JournalEntry>, usize) {
-    let mut done = Vec::new();
-    let mut valid_len = 0;
-    let mut c = Cursor(bytes);
+fn decode(payload: &[u8], stamped: bool) -> Option<ImageFeatures> {
+    let Fields { id, arrays, .. } = split_fields(payload, stamped)?;
+    let [global, descriptors, locations, scales, attention] = arrays.map(f32s);
+    Some(ImageFeatures {
+        id,
+        global,
+        descriptors,
+        locations,
+        scales,
+        attention,
+    })
+}
+
+/// Magic (u32), payload length (u64), checksum (u64).
+const RECORD_HEADER: usize = 20;
+
+/// Where one finished image sits in the journal: enough to resume, order
+/// and count the images without holding their features in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JournalRecord {
+    pub id: String,
+    /// `None` for records written before stamps existed.
+    pub stamp: Option<FileStamp>,
+    pub num_local: usize,
+    payload_at: u64,
+    payload_len: usize,
+    stamped: bool,
+}
+
+/// The record whose header is `header`, checked against the bytes that
+/// `payload` holds; `None` for a torn or corrupt record.
+fn check_record(
+    header: &[u8; RECORD_HEADER],
+    payload: &[u8],
+    payload_at: u64,
+) -> Option<JournalRecord> {
+    let stamped = match u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) {
+        RECORD_MAGIC => true,
+        RECORD_MAGIC_UNSTAMPED => false,
+        _ => return None,
+    };
+    let sum = u64::from_le_bytes(header[12..].try_into().expect("8 bytes"));
+    if fnv1a(payload) != sum {
+        return None;
+    }
+    let fields = split_fields(payload, stamped)?;
+    Some(JournalRecord {
+        num_local: fields.arrays[3].len() / 4,
+        id: fields.id,
+        stamp: fields.stamp,
+        payload_at,
+        payload_len: payload.len(),
+        stamped,
+    })
+}
+
+/// The valid records at the start of a journal of `len` bytes, read one at
+/// a time, and the length of that valid prefix; a torn or corrupt record
+/// ends it. A record's length is checked against the bytes left before its
+/// payload is allocated.
+fn scan_journal(path: &Path, mut input: impl Read, len: u64) -> Result<(Vec<JournalRecord>, u64)> {
+    let mut records = Vec::new();
+    let mut at = 0u64;
+    let mut payload = Vec::new();
+    let mut header = [0u8; RECORD_HEADER];
+    let read = |input: &mut dyn Read, buf: &mut [u8]| match input.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    };
     loop {
-        let before = c.0.len();
-        let rec = (|| {
-            let magic = u32::from_le_bytes(c.take(4)?.try_into().ok()?);
-            let len = usize::try_from(c.u64()?).ok()?;
-            let sum = c.u64()?;
-            let payload = c.take(len)?;
-            let stamped = match magic {
-                RECORD_MAGIC => true,
-                RECORD_MAGIC_UNSTAMPED => false,
-                _ => return None,
-            };
-            (fnv1a(payload) == sum)
-                .then(|| decode(payload, stamped))
-                .flatten()
-        })();
-        match rec {
-            Some(entry) => {
-                valid_len += before - c.0.len();
-                done.push(entry);
-            }
+        let left = len - at;
+        if left < RECORD_HEADER as u64 || !read(&mut input, &mut header)? {
+            break;
+        }
+        let payload_len = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
+        if payload_len > left - RECORD_HEADER as u64 {
+            break;
+        }
+        payload.resize(payload_len as usize, 0);
+        if !read(&mut input, &mut payload)? {
+            break;
+        }
+        let payload_at = at + RECORD_HEADER as u64;
+        match check_record(&header, &payload, payload_at) {
+            Some(r) => records.push(r),
             None => break,
         }
+        at = payload_at + payload_len;
     }
-    (done, valid_len)
+    Ok((records, at))
 }
 
 /// Append-only, crash-safe record of finished images.
 pub struct Journal {
     path: PathBuf,
     out: BufWriter<File>,
+    /// Length of the valid records, where the next one goes.
+    end: u64,
 }
 
 impl Journal {
-    /// Opens (or creates) the journal, returning the images already finished
-    /// (an image finished twice appears twice, the later entry last).
-    /// A torn record at the end (the process died mid-write) is cut off.
-    pub fn open(path: &Path) -> Result<(Journal, Vec<JournalEntry>)> {
+    /// Opens (or creates) the journal, returning where the images already
+    /// finished are (an image finished twice appears twice, the later
+    /// record last). A torn record at the end (the process died mid-write)
+    /// is cut off. Read record by record: memory does not grow with the
+    /// journal's features.
+    pub fn open(path: &Path) -> Result<(Journal, Vec<JournalRecord>)> {
         let mut done = Vec::new();
         let mut valid_len = 0u64;
         if path.exists() {
-            let mut bytes = Vec::new();
-            File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| Error::io(path, e))?;
-            let (entries, len) = parse_journal(&bytes);
-            done = entries;
-            valid_len = len as u64;
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+            (done, valid_len) = scan_journal(path, std::io::BufReader::new(file), len)?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -236,21 +296,32 @@ impl Journal {
             Journal {
                 path: path.to_path_buf(),
                 out,
+                end: valid_len,
             },
             done,
         ))
     }
 
-    pub fn append(&mut self, f: &ImageFeatures, stamp: FileStamp) -> Result<()> {
+    pub fn append(&mut self, f: &ImageFeatures, stamp: FileStamp) -> Result<JournalRecord> {
         let payload = encode(f, stamp);
-        let mut rec = Vec::with_capacity(payload.len() + 20);
+        let mut rec = Vec::with_capacity(payload.len() + RECORD_HEADER);
         rec.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
         rec.extend_from_slice(&(payload.len() as u64).to_le_bytes());
         rec.extend_from_slice(&fnv1a(&payload).to_le_bytes());
         rec.extend_from_slice(&payload);
         self.out
             .write_all(&rec)
-            .map_err(|e| file_err(&self.path, e))
+            .map_err(|e| file_err(&self.path, e))?;
+        let record = JournalRecord {
+            id: f.id.clone(),
+            stamp: Some(stamp),
+            num_local: f.num_local(),
+            payload_at: self.end + RECORD_HEADER as u64,
+            payload_len: payload.len(),
+            stamped: true,
+        };
+        self.end += rec.len() as u64;
+        Ok(record)
     }
 
     /// Pushes buffered records to the OS (called after every batch).
@@ -261,11 +332,156 @@ impl Journal {
             .sync_data()
             .map_err(|e| file_err(&self.path, e))
     }
+
+    /// The features of a record of this journal (flushed first), read back
+    /// from the file.
+    pub fn read(&mut self, record: &JournalRecord) -> Result<ImageFeatures> {
+        use std::io::{Seek, SeekFrom};
+        self.out.flush().map_err(|e| file_err(&self.path, e))?;
+        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut payload = vec![0u8; record.payload_len];
+        file.seek(SeekFrom::Start(record.payload_at))
+            .and_then(|_| file.read_exact(&mut payload))
+            .map_err(|e| Error::io(&self.path, e))?;
+        decode(&payload, record.stamped)
+            .filter(|f| f.id == record.id)
+            .ok_or_else(|| {
+                file_err(
+                    &self.path,
+                    format!(
+                        "the record of '{}' changed while the run was writing its final files; run extract again",
+                        record.id
+                    ),
+                )
+            })
+    }
+}
+
+/// The final files of a feature folder, written one image at a time (each
+/// file atomically), so memory does not grow with the collection. The
+/// numbers of images and of local features are fixed up front: they go
+/// into the `.npy` headers before the rows.
+pub struct FeatureSetWriter {
+    dir: PathBuf,
+    gdim: usize,
+    local_dim: usize,
+    local_rows: i64,
+    global: npy::NpyWriter<f32>,
+    offsets: npy::NpyWriter<i64>,
+    descriptors: npy::NpyWriter<f32>,
+    locations: npy::NpyWriter<f32>,
+    scales: npy::NpyWriter<f32>,
+    attention: npy::NpyWriter<f32>,
+    binarized: Option<npy::NpyWriter<u8>>,
+    ids: npy::AtomicFile,
+}
+
+impl FeatureSetWriter {
+    /// The descriptor sizes are the model's, so an empty set still has
+    /// shape (0, D).
+    pub fn create(
+        dir: &Path,
+        images: usize,
+        local_features: usize,
+        gdim: usize,
+        local_dim: usize,
+        binarized: bool,
+    ) -> Result<FeatureSetWriter> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let (n, m) = (images, local_features);
+        let mut offsets = npy::NpyWriter::create(&dir.join("local_offsets.npy"), &[n + 1])?;
+        offsets.append(&[0i64])?;
+        Ok(FeatureSetWriter {
+            dir: dir.to_path_buf(),
+            gdim,
+            local_dim,
+            local_rows: 0,
+            global: npy::NpyWriter::create(&dir.join("global.npy"), &[n, gdim])?,
+            offsets,
+            descriptors: npy::NpyWriter::create(
+                &dir.join("local_descriptors.npy"),
+                &[m, local_dim],
+            )?,
+            locations: npy::NpyWriter::create(&dir.join("local_locations.npy"), &[m, 2])?,
+            scales: npy::NpyWriter::create(&dir.join("local_scales.npy"), &[m])?,
+            attention: npy::NpyWriter::create(&dir.join("local_attention.npy"), &[m])?,
+            binarized: binarized
+                .then(|| {
+                    npy::NpyWriter::create(
+                        &dir.join("local_descriptors_bin.npy"),
+                        &[m, local_dim.div_ceil(8)],
+                    )
+                })
+                .transpose()?,
+            ids: npy::AtomicFile::create(&dir.join("ids.txt"))?,
+        })
+    }
+
+    /// Appends the next image's rows.
+    pub fn push(&mut self, f: &ImageFeatures) -> Result<()> {
+        // ids.txt holds one id per line: a line break in an id would shift
+        // every row after it (discovery refuses such names; this guards the file).
+        if f.id.contains(['\n', '\r']) {
+            return Err(Error::Internal(format!(
+                "image id {:?} contains a line break and cannot go into ids.txt",
+                f.id
+            )));
+        }
+        if f.global.len() != self.gdim {
+            return Err(file_err(
+                &self.dir,
+                format!(
+                    "image '{}' has a {}-d global descriptor, the model {}-d",
+                    f.id,
+                    f.global.len(),
+                    self.gdim
+                ),
+            ));
+        }
+        let m = f.num_local();
+        if f.descriptors.len() != m * self.local_dim
+            || f.locations.len() != m * 2
+            || f.attention.len() != m
+        {
+            return Err(file_err(
+                &self.dir,
+                format!("image '{}' has inconsistent local feature arrays", f.id),
+            ));
+        }
+        self.local_rows += m as i64;
+        self.global.append(&f.global)?;
+        self.offsets.append(&[self.local_rows])?;
+        self.descriptors.append(&f.descriptors)?;
+        self.locations.append(&f.locations)?;
+        self.scales.append(&f.scales)?;
+        self.attention.append(&f.attention)?;
+        if let Some(bin) = &mut self.binarized {
+            bin.append(&crate::retrieval::matching::binarize(
+                &f.descriptors,
+                self.local_dim,
+            )?)?;
+        }
+        self.ids.write(format!("{}\n", f.id).as_bytes())
+    }
+
+    /// Puts every file in place, ids.txt last; errors unless exactly the
+    /// announced numbers of images and local features were pushed.
+    pub fn finish(self) -> Result<()> {
+        self.global.finish()?;
+        self.offsets.finish()?;
+        self.descriptors.finish()?;
+        self.locations.finish()?;
+        self.scales.finish()?;
+        self.attention.finish()?;
+        if let Some(bin) = self.binarized {
+            bin.finish()?;
+        }
+        self.ids.commit()
+    }
 }
 
 /// Writes the final files of a feature folder from finished images, in the
-/// given order. The descriptor sizes are the model's, so an empty set still
-/// has shape (0, D).
+/// given order.
 pub fn write_feature_set(
     dir: &Path,
     images: &[ImageFeatures],
@@ -273,66 +489,12 @@ pub fn write_feature_set(
     local_dim: usize,
     binarized: bool,
 ) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let n = images.len();
-    // ids.txt holds one id per line: a line break in an id would shift every
-    // row after it (discovery refuses such names; this guards the file).
-    if let Some(bad) = images.iter().find(|f| f.id.contains(['\n', '\r'])) {
-        return Err(Error::Internal(format!(
-            "image id {:?} contains a line break and cannot go into ids.txt",
-            bad.id
-        )));
-    }
-    if let Some(bad) = images.iter().find(|f| f.global.len() != gdim) {
-        return Err(file_err(
-            dir,
-            format!(
-                "image '{}' has a {}-d global descriptor, the model {gdim}-d",
-                bad.id,
-                bad.global.len()
-            ),
-        ));
-    }
-    let mut offsets = vec![0i64];
-    let (mut desc, mut loc, mut scl, mut att) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let m = images.iter().map(ImageFeatures::num_local).sum();
+    let mut out = FeatureSetWriter::create(dir, images.len(), m, gdim, local_dim, binarized)?;
     for f in images {
-        let m = f.num_local();
-        if f.descriptors.len() != m * local_dim
-            || f.locations.len() != m * 2
-            || f.attention.len() != m
-        {
-            return Err(file_err(
-                dir,
-                format!("image '{}' has inconsistent local feature arrays", f.id),
-            ));
-        }
-        desc.extend_from_slice(&f.descriptors);
-        loc.extend_from_slice(&f.locations);
-        scl.extend_from_slice(&f.scales);
-        att.extend_from_slice(&f.attention);
-        offsets.push(offsets.last().copied().unwrap_or(0) + m as i64);
+        out.push(f)?;
     }
-    let m = scl.len();
-    let global: Vec<f32> = images
-        .iter()
-        .flat_map(|f| f.global.iter().copied())
-        .collect();
-    npy::write(&dir.join("global.npy"), &[n, gdim], &global)?;
-    npy::write(&dir.join("local_offsets.npy"), &[n + 1], &offsets)?;
-    npy::write(&dir.join("local_descriptors.npy"), &[m, local_dim], &desc)?;
-    npy::write(&dir.join("local_locations.npy"), &[m, 2], &loc)?;
-    npy::write(&dir.join("local_scales.npy"), &[m], &scl)?;
-    npy::write(&dir.join("local_attention.npy"), &[m], &att)?;
-    if binarized {
-        let packed = crate::retrieval::matching::binarize(&desc, local_dim)?;
-        npy::write(
-            &dir.join("local_descriptors_bin.npy"),
-            &[m, local_dim.div_ceil(8)],
-            &packed,
-        )?;
-    }
-    let ids: String = images.iter().map(|f| format!("{}\n", f.id)).collect();
-    npy::write_atomic(&dir.join("ids.txt"), ids.as_bytes())
+    out.finish()
 }
 
 /// A feature folder read back (for search, eval and merge).
@@ -494,9 +656,10 @@ mod tests {
         bytes.extend_from_slice(&[7, 0, 0]);
         fs::write(&p, &bytes).unwrap();
         let (mut j, done) = Journal::open(&p).unwrap();
-        let features: Vec<ImageFeatures> = done.iter().map(|e| e.features.clone()).collect();
+        let features: Vec<ImageFeatures> = done.iter().map(|r| j.read(r).unwrap()).collect();
         assert_eq!(features, vec![sample("a.jpg", 2), sample("b/c.png", 0)]);
-        assert!(done.iter().all(|e| e.stamp == Some(stamp)));
+        assert!(done.iter().all(|r| r.stamp == Some(stamp)));
+        assert_eq!(done.iter().map(|r| r.num_local).collect::<Vec<_>>(), [2, 0]);
         assert_eq!(
             fs::metadata(&p).unwrap().len() as usize,
             good,
@@ -505,9 +668,9 @@ mod tests {
         j.append(&sample("d.jpg", 1), stamp).unwrap();
         j.flush().unwrap();
         drop(j);
-        let (_, done) = Journal::open(&p).unwrap();
+        let (mut j, done) = Journal::open(&p).unwrap();
         assert_eq!(done.len(), 3);
-        let done: Vec<ImageFeatures> = done.into_iter().map(|e| e.features).collect();
+        let done: Vec<ImageFeatures> = done.iter().map(|r| j.read(r).unwrap()).collect();
 
         write_feature_set(&dir, &done, 4, 3, true).unwrap();
         let fs_ = FeatureSet::load(&dir).unwrap();
@@ -543,13 +706,81 @@ mod tests {
 
     #[test]
     fn journals_before_file_stamps_still_read() {
+        let dir = std::env::temp_dir().join(format!("delg-journal-old-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("journal.bin");
         let mut bytes = unstamped_record(&sample("old.jpg", 1));
-        let (entries, len) = parse_journal(&bytes);
-        assert_eq!(len, bytes.len());
-        assert_eq!(entries[0].features, sample("old.jpg", 1));
-        assert_eq!(entries[0].stamp, None);
+        fs::write(&p, &bytes).unwrap();
+        let (mut j, records) = Journal::open(&p).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().len() as usize, bytes.len());
+        assert_eq!(records[0].stamp, None);
+        assert_eq!(j.read(&records[0]).unwrap(), sample("old.jpg", 1));
+        drop(j);
         bytes[30] ^= 1; // a flipped bit fails the checksum
-        assert_eq!(parse_journal(&bytes).1, 0);
+        fs::write(&p, &bytes).unwrap();
+        assert!(Journal::open(&p).unwrap().1.is_empty());
+        assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The streamed files are the bytes of each array concatenated over the
+    /// images and written whole, as feature folders always were.
+    #[test]
+    fn streamed_feature_files_equal_whole_arrays() {
+        let dir = std::env::temp_dir().join(format!("delg-streamed-{}", std::process::id()));
+        let images = [sample("a.jpg", 3), sample("b.png", 0), sample("c/d.gif", 5)];
+        write_feature_set(&dir, &images, 4, 3, true).unwrap();
+        let whole = |pick: fn(&ImageFeatures) -> &Vec<f32>| -> Vec<f32> {
+            images
+                .iter()
+                .flat_map(|f| pick(f).iter().copied())
+                .collect()
+        };
+        let expect = dir.join("expected.npy");
+        for (name, shape, values) in [
+            ("global.npy", vec![3, 4], whole(|f| &f.global)),
+            (
+                "local_descriptors.npy",
+                vec![8, 3],
+                whole(|f| &f.descriptors),
+            ),
+            ("local_locations.npy", vec![8, 2], whole(|f| &f.locations)),
+            ("local_scales.npy", vec![8], whole(|f| &f.scales)),
+            ("local_attention.npy", vec![8], whole(|f| &f.attention)),
+        ] {
+            npy::write(&expect, &shape, &values).unwrap();
+            assert_eq!(
+                fs::read(dir.join(name)).unwrap(),
+                fs::read(&expect).unwrap(),
+                "{name}"
+            );
+        }
+        npy::write(&expect, &[4], &[0i64, 3, 3, 8]).unwrap();
+        assert_eq!(
+            fs::read(dir.join("local_offsets.npy")).unwrap(),
+            fs::read(&expect).unwrap()
+        );
+        let bits = crate::retrieval::matching::binarize(&whole(|f| &f.descriptors), 3).unwrap();
+        npy::write(&expect, &[8, 1], &bits).unwrap();
+        assert_eq!(
+            fs::read(dir.join("local_descriptors_bin.npy")).unwrap(),
+            fs::read(&expect).unwrap()
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("ids.txt")).unwrap(),
+            "a.jpg\nb.png\nc/d.gif\n"
+        );
+        // Fewer images than announced: an error, and no file is put in place.
+        let partial = dir.join("partial");
+        let mut out = FeatureSetWriter::create(&partial, 2, 3, 4, 3, false).unwrap();
+        out.push(&images[0]).unwrap();
+        assert!(out.finish().unwrap_err().to_string().contains("short"));
+        assert_eq!(
+            fs::read_dir(&partial).unwrap().count(),
+            0,
+            "temporaries removed"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -71,24 +71,110 @@ pub fn write<T: NpyElem>(path: &Path, shape: &[usize], data: &[T]) -> Result<()>
             format!("shape {shape:?} needs {n} values, got {}", data.len()),
         ));
     }
-    let mut bytes = header(T::DESCR, shape);
-    bytes.extend_from_slice(bytemuck::cast_slice(data));
-    write_atomic(path, &bytes)
+    let mut out = NpyWriter::create(path, shape)?;
+    out.append(data)?;
+    out.finish()
+}
+
+/// A `.npy` file written row by row: the header (whose shape must be known
+/// up front) first, then the values as they come, so an array larger than
+/// memory can be written. Atomic like `write`.
+pub struct NpyWriter<T: NpyElem> {
+    file: AtomicFile,
+    /// Values the shape still expects.
+    remaining: usize,
+    _elem: std::marker::PhantomData<T>,
+}
+
+impl<T: NpyElem> NpyWriter<T> {
+    pub fn create(path: &Path, shape: &[usize]) -> Result<NpyWriter<T>> {
+        let mut file = AtomicFile::create(path)?;
+        file.write(&header(T::DESCR, shape))?;
+        Ok(NpyWriter {
+            file,
+            remaining: shape.iter().product(),
+            _elem: std::marker::PhantomData,
+        })
+    }
+
+    pub fn append(&mut self, values: &[T]) -> Result<()> {
+        self.remaining = self.remaining.checked_sub(values.len()).ok_or_else(|| {
+            Error::Internal(format!(
+                "{}: more values than its shape holds",
+                self.file.path.display()
+            ))
+        })?;
+        self.file.write(bytemuck::cast_slice(values))
+    }
+
+    /// Puts the file in place once every value of the shape was appended.
+    pub fn finish(self) -> Result<()> {
+        if self.remaining != 0 {
+            return Err(Error::Internal(format!(
+                "{}: {} values short of its shape",
+                self.file.path.display(),
+                self.remaining
+            )));
+        }
+        self.file.commit()
+    }
+}
+
+/// A file written under a temporary sibling name and renamed into place by
+/// `commit`, so a crash never leaves a half-written file under the final
+/// name; dropped without `commit`, the temporary file is removed.
+pub struct AtomicFile {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    out: Option<std::io::BufWriter<fs::File>>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let tmp = path.with_extension(format!(
+            "{}.tmp",
+            path.extension()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let f = fs::File::create(&tmp).map_err(|e| file_err(&tmp, e))?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(std::io::BufWriter::new(f)),
+        })
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let out = self.out.as_mut().expect("open until commit");
+        out.write_all(bytes).map_err(|e| file_err(&self.tmp, e))
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        let out = self.out.take().expect("open until commit");
+        let f = out
+            .into_inner()
+            .map_err(|e| file_err(&self.tmp, e.error()))?;
+        f.sync_all().map_err(|e| file_err(&self.tmp, e))?;
+        fs::rename(&self.tmp, &self.path).map_err(|e| file_err(&self.path, e))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            // Not committed: an error happened; leave no temporary behind.
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Writes a file through a temporary sibling and a rename, so a crash never
 /// leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension()
-            .map(|e| e.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let mut f = fs::File::create(&tmp).map_err(|e| file_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| file_err(&tmp, e))?;
-    f.sync_all().map_err(|e| file_err(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+    let mut file = AtomicFile::create(path)?;
+    file.write(bytes)?;
+    file.commit()
 }
 
 /// Reads an array written by `write` (or numpy with the same dtype, C order).

@@ -390,16 +390,8 @@ pub fn pca_lighting(px: &mut [f32], sigma: f64, rng: &mut Rng) {
         .for_each(|(i, v)| *v += shift[i % 3]);
 }
 
-/// Which training recipe's augmentation (docs/recipe.md §3 for DELG, §8.6 for DOLG).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AugmentRecipe {
-    /// TF's distorted-box crop and "area" resize; validation: the whole
-    /// image, bilinear.
-    Delg,
-    /// pycls's Inception crop, bilinear resize, PCA lighting; validation
-    /// and the crop's fallback: the centre square, bilinear.
-    Dolg,
-}
+// An architecture names its augmentation; this file implements each.
+pub use crate::model::contract::AugmentRecipe;
 
 /// How training images become tensors.
 #[derive(Clone, Copy, Debug)]

@@ -18,17 +18,18 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
-use crate::graph::exec::{Executable, ParamStore};
+use crate::gpu::{needs_bytes, Gpu};
+use crate::graph::exec::{scratch_needs, Executable, ParamStore};
 use crate::graph::plan::plan_storages;
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::io::weights::WeightFile;
-use crate::jobs::dataset::{make_batch, Augment, AugmentRecipe, Batch, Dataset};
-use crate::jobs::extract::PixelNorm;
-use crate::model::delg::{DelgConfig, DelgLossConfig};
-use crate::model::dolg::{DolgConfig, DolgLossConfig};
-use crate::model::params::{hwio_to_oihw, oihw_to_hwio, random_weights};
-use crate::model::resnet::{Layout, ModelParams, ParamSpec, ResNetConfig, Role};
+use crate::jobs::dataset::{make_batch, Augment, Batch, Dataset};
+use crate::model::builder::{ParamSpec, Role};
+use crate::model::contract::{LossOptions, ValidationGraph};
+use crate::model::params::random_weights;
+use crate::model::resnet::Layout;
+// Re-exported where the training job's users have always found it.
+pub use crate::model::TrainModel;
 use crate::model::{ModelConfig, META_ARCH, META_SCORE_THRESHOLD};
 use crate::ops::optim::{GlobalNormClip, GradAccumulate, SgdStep};
 use crate::tensor::{HostTensor, Tensor};
@@ -41,145 +42,6 @@ pub enum Schedule {
     /// Cosine from lr₀ to 0 over the whole run, multiplied during the first
     /// `warmup` steps by a factor rising linearly from 0.1 to 1 (DOLG's).
     Cosine { warmup: u64 },
-}
-
-/// The model being trained and its loss.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "arch", rename_all = "lowercase")]
-pub enum TrainModel {
-    Delg {
-        model: DelgConfig,
-        loss: DelgLossConfig,
-    },
-    Dolg {
-        model: DolgConfig,
-        loss: DolgLossConfig,
-    },
-}
-
-/// Tensors of a training graph, whatever the architecture.
-struct TrainTensors {
-    images: TensorId,
-    labels: TensorId,
-    /// The total loss first, then its parts (DELG: global, attention, reconstruction).
-    losses: Vec<TensorId>,
-    cosines: TensorId,
-    /// DELG's attention-head logits.
-    logits: Option<TensorId>,
-    attention: TensorId,
-}
-
-impl TrainModel {
-    pub fn num_classes(&self) -> usize {
-        match self {
-            TrainModel::Delg { loss, .. } => loss.num_classes,
-            TrainModel::Dolg { loss, .. } => loss.num_classes,
-        }
-    }
-
-    pub fn model_config(&self) -> ModelConfig {
-        match self {
-            TrainModel::Delg { model, .. } => ModelConfig::Delg(model.clone()),
-            TrainModel::Dolg { model, .. } => ModelConfig::Dolg(model.clone()),
-        }
-    }
-
-    fn bn_eps(&self) -> f32 {
-        match self {
-            TrainModel::Delg { model, .. } => model.backbone.bn_eps(),
-            TrainModel::Dolg { model, .. } => model.backbone.bn_eps(),
-        }
-    }
-
-    fn pixel_norm(&self) -> PixelNorm {
-        match self {
-            TrainModel::Delg { .. } => PixelNorm::Delg,
-            TrainModel::Dolg { .. } => PixelNorm::Imagenet,
-        }
-    }
-
-    /// Device tensors that are configuration, not file contents (DELG's fixed GeM p).
-    fn constants(&self) -> Result<Vec<(String, HostTensor)>> {
-        Ok(match self {
-            TrainModel::Delg { model, .. } => {
-                vec![("gem.p".to_string(), Tensor::new([1], vec![model.gem_p])?)]
-            }
-            TrainModel::Dolg { .. } => Vec::new(),
-        })
-    }
-
-    fn training_graph(
-        &self,
-        batch: usize,
-        size: usize,
-        bn_momentum: f32,
-    ) -> Result<(Graph, TrainTensors, ModelParams)> {
-        Ok(match self {
-            TrainModel::Delg { model, loss } => {
-                let (g, t, p) =
-                    crate::model::delg::training_graph(model, loss, batch, size, bn_momentum)?;
-                let tensors = TrainTensors {
-                    images: t.images,
-                    labels: t.labels,
-                    losses: vec![
-                        t.total_loss,
-                        t.global_loss,
-                        t.attention_loss,
-                        t.reconstruction_loss,
-                    ],
-                    cosines: t.global_cosines,
-                    logits: Some(t.attention_logits),
-                    attention: t.attention,
-                };
-                (g, tensors, p)
-            }
-            TrainModel::Dolg { model, loss } => {
-                let (g, t, p) =
-                    crate::model::dolg::training_graph(model, loss, batch, size, bn_momentum)?;
-                let tensors = TrainTensors {
-                    images: t.images,
-                    labels: t.labels,
-                    losses: vec![t.loss],
-                    cosines: t.cosines,
-                    logits: None,
-                    attention: t.attention,
-                };
-                (g, tensors, p)
-            }
-        })
-    }
-
-    /// Inference-mode classifier scores for validation: the image input and
-    /// the score tensors (cosines, then DELG's attention logits).
-    fn validation_graph(
-        &self,
-        batch: usize,
-        size: usize,
-    ) -> Result<(Graph, TensorId, Vec<TensorId>, ModelParams)> {
-        Ok(match self {
-            TrainModel::Delg { model, loss } => {
-                let (g, images, cosines, logits, p) =
-                    crate::model::delg::validation_graph(model, loss, batch, size)?;
-                (g, images, vec![cosines, logits], p)
-            }
-            TrainModel::Dolg { model, loss } => {
-                let (g, images, cosines, p) =
-                    crate::model::dolg::validation_graph(model, loss.num_classes, batch, size)?;
-                (g, images, vec![cosines], p)
-            }
-        })
-    }
-
-    /// Parameters of the extraction model.
-    fn inference_specs(&self) -> Result<Vec<ParamSpec>> {
-        Ok(match self {
-            TrainModel::Delg { model, .. } => crate::model::delg::inference_graph(model, 64, 64)?.3,
-            TrainModel::Dolg { model, .. } => {
-                crate::model::dolg::inference_graph(model, 1, 64, 64)?.3
-            }
-        }
-        .specs)
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -221,11 +83,8 @@ impl TrainConfig {
             size: self.image_size,
             training,
             flip: training && self.flip,
-            recipe: match self.net {
-                TrainModel::Delg { .. } => AugmentRecipe::Delg,
-                TrainModel::Dolg { .. } => AugmentRecipe::Dolg,
-            },
-            norm: self.net.pixel_norm(),
+            recipe: self.net.architecture().augment_recipe(),
+            norm: self.net.architecture().pixel_norm(),
             max_pixels,
         }
     }
@@ -282,53 +141,30 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// The full configuration for training `model` on `classes` classes.
     pub fn resolve(&self, model: ModelConfig, classes: usize) -> Result<TrainConfig> {
-        let dolg = model.arch() == "dolg";
-        let layout = model.backbone().layout;
-        let net = match model {
-            ModelConfig::Delg(model) => {
-                let mut loss = DelgLossConfig::paper(classes);
-                loss.arcface_margin = self.arcface_margin.unwrap_or(loss.arcface_margin);
-                loss.arcface_scale = self.arcface_scale.unwrap_or(loss.arcface_scale);
-                loss.attention_weight = self.attention_weight;
-                loss.reconstruction_weight = self.reconstruction_weight;
-                TrainModel::Delg { model, loss }
-            }
-            ModelConfig::Dolg(model) => {
-                let mut loss = DolgLossConfig::official(classes);
-                loss.margin = self.arcface_margin.unwrap_or(loss.margin);
-                loss.scale = self.arcface_scale.unwrap_or(loss.scale);
-                loss.curricular = !self.plain_arcface;
-                TrainModel::Dolg { model, loss }
-            }
+        let defaults = model.training_defaults(self.steps);
+        let bn_momentum = model.backbone().bn_momentum();
+        let loss = LossOptions {
+            margin: self.arcface_margin,
+            scale: self.arcface_scale,
+            plain_arcface: self.plain_arcface,
+            attention_weight: self.attention_weight,
+            reconstruction_weight: self.reconstruction_weight,
         };
-        if self.plain_arcface && !dolg {
-            return Err(Error::InvalidArgument(
-                "--plain-arcface is DOLG's head option (DELG's head is plain ArcFace): add --arch dolg"
-                    .into(),
-            ));
-        }
-        // The recipes differ (docs/recipe.md §3 and §8.6): DOLG uses Nesterov momentum,
-        // weight decay, a cosine schedule with warm-up, flips and no clipping.
+        let net = model.train_model(classes, &loss)?;
         let schedule_name = self
             .schedule
             .clone()
-            .unwrap_or_else(|| if dolg { "cosine" } else { "linear" }.into());
+            .unwrap_or_else(|| defaults.schedule.into());
         let schedule = match schedule_name.as_str() {
             "linear" => Schedule::Linear,
             "cosine" => Schedule::Cosine {
-                warmup: self
-                    .warmup
-                    .unwrap_or(if dolg { self.steps / 20 } else { 0 }),
+                warmup: self.warmup.unwrap_or(defaults.warmup),
             },
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "--schedule '{other}': use linear or cosine"
                 )))
             }
-        };
-        let bn_momentum = match layout {
-            Layout::Delg => 0.01,
-            Layout::Torchvision => 0.1,
         };
         Ok(TrainConfig {
             net,
@@ -339,14 +175,14 @@ impl TrainOptions {
             lr: self.lr,
             schedule,
             momentum: self.momentum,
-            nesterov: self.nesterov.unwrap_or(dolg),
-            weight_decay: self.weight_decay.unwrap_or(if dolg { 1e-4 } else { 0.0 }),
-            clip_norm: self.clip_norm.unwrap_or(if dolg { 0.0 } else { 10.0 }),
+            nesterov: self.nesterov.unwrap_or(defaults.nesterov),
+            weight_decay: self.weight_decay.unwrap_or(defaults.weight_decay),
+            clip_norm: self.clip_norm.unwrap_or(defaults.clip_norm),
             bn_momentum,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             val_fraction: self.val_fraction,
-            flip: self.flip.unwrap_or(dolg),
+            flip: self.flip.unwrap_or(defaults.flip),
         })
     }
 }
@@ -435,10 +271,11 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
             "--accumulate must be at least 1 (micro-batches per step)".into(),
         ));
     }
-    let (mut g, t, params) = cfg
+    let t = cfg
         .net
         .training_graph(cfg.batch, cfg.image_size, cfg.bn_momentum)?;
-    let specs = params.specs;
+    let mut g = t.graph;
+    let specs = t.params.specs;
     let ids: BTreeMap<&str, TensorId> = g
         .tensors
         .iter()
@@ -525,11 +362,11 @@ impl StepGraph {
     }
 }
 
-/// Device memory a run plans for, by category, in bytes: what the memory
-/// planner and the parameter shapes fix before any kernel is recorded.
-/// Kernel scratch (convolution staging, GEMM operand textures, reduction
-/// partials) and the driver's own allocations come on top.
-pub fn planned_memory(cfg: &TrainConfig) -> Result<Vec<(&'static str, u64)>> {
+/// Device memory a run on `gpu` plans for, by category, in bytes: what the
+/// memory planner, the parameter shapes and the ops' declared scratch
+/// (convolution staging, GEMM operand textures, reduction partials) fix
+/// before any kernel is recorded. The driver's own allocations come on top.
+pub fn planned_memory(gpu: &Gpu, cfg: &TrainConfig) -> Result<Vec<(&'static str, u64)>> {
     let sg = build_step(cfg)?;
     let mut params: BTreeMap<&str, u64> = BTreeMap::new();
     let mut inputs = 0;
@@ -551,34 +388,51 @@ pub fn planned_memory(cfg: &TrainConfig) -> Result<Vec<(&'static str, u64)>> {
     };
     let (velocity, sums) = (category(VELOCITY), category(GRAD_SUM));
     let weights = params.values().sum::<u64>() - velocity - sums;
-    let micro = plan_storages(&sg.graph, &sg.targets()).memory.total_bytes();
-    let update = plan_storages(&sg.update, &[sg.grad_norm])
-        .memory
-        .total_bytes();
+    let micro_plan = plan_storages(&sg.graph, &sg.targets());
+    let update_plan = plan_storages(&sg.update, &[sg.grad_norm]);
     // Validation builds its own folded copy of the weights and an inference
     // plan while the training executables stay alive.
-    let (g, _, scores, _) = cfg.net.validation_graph(cfg.batch, cfg.image_size)?;
+    let ValidationGraph {
+        graph: g, scores, ..
+    } = cfg.net.validation_graph(cfg.batch, cfg.image_size)?;
+    let validation_plan = plan_storages(&g, &scores);
     let validation = g
         .tensors
         .iter()
         .filter(|i| i.kind != TensorKind::Computed)
         .map(|i| i.shape.bytes())
         .sum::<u64>()
-        + plan_storages(&g, &scores).memory.total_bytes();
+        + validation_plan.memory.total_bytes();
+    // One scratch arena serves the three plans: each purpose at its largest.
+    let scratch = needs_bytes(
+        [
+            scratch_needs(gpu, &sg.graph, &micro_plan.schedule)?,
+            scratch_needs(gpu, &sg.update, &update_plan.schedule)?,
+            scratch_needs(gpu, &g, &validation_plan.schedule)?,
+        ]
+        .concat(),
+    );
     Ok(vec![
         ("weights and batch-norm statistics", weights),
         ("SGD velocities", velocity),
         ("gradient sums", sums),
         ("step inputs (images, labels, lr)", inputs),
-        ("activations and gradients (planned)", micro),
-        ("clipping and SGD (planned)", update),
+        (
+            "activations and gradients (planned)",
+            micro_plan.memory.total_bytes(),
+        ),
+        (
+            "clipping and SGD (planned)",
+            update_plan.memory.total_bytes(),
+        ),
         ("validation (folded weights + plan)", validation),
+        ("kernel scratch (declared by the ops)", scratch),
     ])
 }
 
 /// Prints `planned_memory` as a table (MiB per category and the total).
-pub fn print_planned_memory(cfg: &TrainConfig) -> Result<()> {
-    let rows = planned_memory(cfg)?;
+pub fn print_planned_memory(gpu: &Gpu, cfg: &TrainConfig) -> Result<()> {
+    let rows = planned_memory(gpu, cfg)?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "planned device memory, batch {} × {} micro-batches, {}², {} classes:",
@@ -592,10 +446,11 @@ pub fn print_planned_memory(cfg: &TrainConfig) -> Result<()> {
     }
     let total: u64 = rows.iter().map(|r| r.1).sum();
     println!(
-        "  {:<40} {:>10.1} MiB ({:.2} GiB; kernel scratch and driver memory come on top)",
+        "  {:<40} {:>10.1} MiB ({:.2} GiB on {}; the driver's own memory comes on top)",
         "total",
         mib(total),
-        total as f64 / (1u64 << 30) as f64
+        total as f64 / (1u64 << 30) as f64,
+        gpu.facts.name
     );
     Ok(())
 }
@@ -623,38 +478,31 @@ pub fn upload_state(
                 ),
             ));
         }
-        let device = if s.role.is_conv() {
-            oihw_to_hwio(t)?
-        } else {
-            t.clone()
-        };
-        store.insert(gpu, &s.name, &device)?;
+        store.insert(gpu, &s.name, &s.role.to_device(t)?)?;
     }
     for info in &step.update.tensors {
         if info.name.starts_with(GRAD_SUM) {
             store.insert(gpu, &info.name, &Tensor::zeros(info.shape.clone()))?;
         } else if let Some(name) = info.name.strip_prefix(VELOCITY) {
             let v = match file.tensors.get(&info.name) {
-                Some(v) => {
-                    let spec = step.specs.iter().find(|s| s.name == name);
-                    if spec.is_some_and(|s| s.role.is_conv()) {
-                        oihw_to_hwio(v)?
-                    } else {
-                        v.clone()
-                    }
-                }
+                Some(v) => match step.specs.iter().find(|s| s.name == name) {
+                    Some(spec) => spec.role.to_device(v)?,
+                    None => v.clone(),
+                },
                 None => Tensor::zeros(info.shape.clone()),
             };
             store.insert(gpu, &info.name, &v)?;
         }
     }
-    for (name, value) in cfg.net.constants()? {
+    for (name, value) in cfg.net.architecture().constants()? {
         store.insert(gpu, &name, &value)?;
     }
     Ok(store)
 }
 
-/// Reads the device state back into a weight file in PyTorch layouts.
+/// Reads the device state back into a weight file in PyTorch layouts: the
+/// parameters and, `with_optimizer`, their velocities (gradient sums and the
+/// model's constants are not state).
 pub fn download_state(
     gpu: &Gpu,
     step: &StepGraph,
@@ -662,24 +510,21 @@ pub fn download_state(
     with_optimizer: bool,
 ) -> Result<WeightFile> {
     let mut file = WeightFile::default();
-    let conv: std::collections::HashSet<&str> = step
+    let roles: BTreeMap<&str, Role> = step
         .specs
         .iter()
-        .filter(|s| s.role.is_conv())
-        .map(|s| s.name.as_str())
+        .map(|s| (s.name.as_str(), s.role))
         .collect();
     for (name, t) in &store.tensors {
         let base = name.strip_prefix(VELOCITY);
-        if name == "gem.p" || name.starts_with(GRAD_SUM) || (base.is_some() && !with_optimizer) {
+        let Some(role) = roles.get(base.unwrap_or(name)) else {
+            continue;
+        };
+        if base.is_some() && !with_optimizer {
             continue;
         }
-        let host = t.download(gpu)?;
-        let host = if conv.contains(base.unwrap_or(name)) {
-            hwio_to_oihw(&host)?
-        } else {
-            host
-        };
-        file.tensors.insert(name.clone(), host);
+        file.tensors
+            .insert(name.clone(), role.to_file(t.download(gpu)?)?);
     }
     Ok(file)
 }
@@ -716,6 +561,30 @@ impl DataSource {
     }
 }
 
+/// The validation classifier for `batch` images with the current training
+/// state: its executable, image input and score outputs.
+pub fn validation_executable(
+    gpu: &Arc<Gpu>,
+    cfg: &TrainConfig,
+    sg: &StepGraph,
+    store: &ParamStore,
+    batch: usize,
+) -> Result<(Executable, TensorId, Vec<TensorId>)> {
+    let file = download_state(gpu, sg, store, false)?;
+    let ValidationGraph {
+        graph: g,
+        images,
+        scores,
+        params,
+    } = cfg.net.validation_graph(batch, cfg.image_size)?;
+    let store =
+        cfg.net
+            .architecture()
+            .load_params(gpu, Path::new("<training state>"), &file, &params)?;
+    let exe = Executable::new(gpu, &g, &scores, &store)?;
+    Ok((exe, images, scores))
+}
+
 /// Accuracy of the classifiers (the global head, and DELG's attention head) on
 /// the validation images, in inference mode (batch norms folded from the
 /// current running statistics, no margin); images are resized whole to the
@@ -731,18 +600,8 @@ fn validate(
     if val.samples.is_empty() {
         return Ok(None);
     }
-    let file = download_state(gpu, sg, store, false)?;
     let batch = cfg.batch.min(val.samples.len());
-    let (g, images, scores, params) = cfg.net.validation_graph(batch, cfg.image_size)?;
-    let store = crate::model::params::load_params(
-        gpu,
-        Path::new("<training state>"),
-        &file,
-        &params,
-        cfg.net.bn_eps(),
-        &cfg.net.constants()?,
-    )?;
-    let exe = Executable::new(gpu, &g, &scores, &store)?;
+    let (exe, images, scores) = validation_executable(gpu, cfg, sg, store, batch)?;
     let aug = cfg.augment(false, max_pixels);
     let mut hits = vec![0f32; scores.len()];
     let mut n = 0usize;
@@ -786,27 +645,13 @@ fn validate(
     Ok((n > 0).then(|| hits.iter().map(|h| h / n as f32).collect()))
 }
 
-fn layout_name(layout: Layout) -> &'static str {
-    match layout {
-        Layout::Delg => "delg",
-        Layout::Torchvision => "torchvision",
-    }
-}
-
-fn backbone_of(model: &ModelConfig) -> &ResNetConfig {
-    match model {
-        ModelConfig::Delg(cfg) => &cfg.backbone,
-        ModelConfig::Dolg(cfg) => &cfg.backbone,
-    }
-}
-
 /// Refuses initial weights made for another architecture or backbone layout:
 /// their tensors would load by name into a network that computes something
 /// else (the layouts differ in biases, strides and padding, not in names).
 /// Files without delg-gpu metadata show their layout in the stem: only the
 /// DELG layout's convolutions have biases.
 pub fn check_init_fits(path: &Path, init: &WeightFile, model: &ModelConfig) -> Result<()> {
-    let wanted = backbone_of(model).layout;
+    let wanted = model.backbone().layout;
     let given = if init.metadata.contains_key(META_ARCH) {
         let theirs = ModelConfig::from_metadata(&init.metadata, path)?;
         if theirs.arch() != model.arch() {
@@ -821,21 +666,19 @@ pub fn check_init_fits(path: &Path, init: &WeightFile, model: &ModelConfig) -> R
                 ),
             ));
         }
-        backbone_of(&theirs).layout
-    } else if init.tensors.contains_key("conv1.bias") {
-        Layout::Delg
+        theirs.backbone().layout
     } else {
-        Layout::Torchvision
+        Layout::detect(|name| init.tensors.contains_key(name))
     };
     if given != wanted {
         return Err(Error::file(
             path,
             format!(
                 "holds a {}-layout backbone but the model is {}-layout: pass --layout {} or initialise from {}-layout weights",
-                layout_name(given),
-                layout_name(wanted),
-                layout_name(given),
-                layout_name(wanted)
+                given.name(),
+                wanted.name(),
+                given.name(),
+                wanted.name()
             ),
         ));
     }
@@ -989,17 +832,18 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         update.set_input(sg.lr, &Tensor::new([1], vec![lr])?)?;
         update.run()?;
         let mean: Vec<f32> = sums.iter().map(|v| v / cfg.accumulate as f32).collect();
-        let delg = sg.logits.is_some();
+        // A second classifier comes with DELG's local-head losses.
+        let local_head = sg.logits.is_some();
         last = StepMetrics {
             step: step + 1,
             loss: mean[0],
-            global_loss: if delg { mean[1] } else { mean[0] },
-            attention_loss: delg.then(|| mean[2]),
-            reconstruction_loss: delg.then(|| mean[3]),
+            global_loss: if local_head { mean[1] } else { mean[0] },
+            attention_loss: local_head.then(|| mean[2]),
+            reconstruction_loss: local_head.then(|| mean[3]),
             lr,
             grad_norm: update.read(sg.grad_norm)?.data[0],
             global_accuracy: mean[losses],
-            attention_accuracy: delg.then(|| mean[losses + 1]),
+            attention_accuracy: local_head.then(|| mean[losses + 1]),
             images_per_s: (cfg.batch * cfg.accumulate) as f64 / t0.elapsed().as_secs_f64(),
         };
         if !last.loss.is_finite() {
@@ -1056,14 +900,14 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     }
     bar.finish_and_clear();
 
-    // The extraction model: no optimiser state, no training-only heads; for
-    // DELG, τ = the median attention of the last batch (the paper's rule).
+    // The extraction model: no optimiser state, no training-only heads; with
+    // local features, τ = the median attention of the last batch (DELG's rule).
     let mut model = download_state(gpu, sg, &store, false)?;
-    let inference = cfg.net.inference_specs()?;
+    let inference = cfg.net.architecture().parameters()?.specs;
     let keep: std::collections::HashSet<&str> = inference.iter().map(|s| s.name.as_str()).collect();
     model.tensors.retain(|n, _| keep.contains(n.as_str()));
     model.metadata.extend(cfg.net.model_config().metadata()?);
-    if let TrainModel::Delg { .. } = cfg.net {
+    if cfg.net.architecture().local_dim() > 0 {
         model.metadata.insert(
             META_SCORE_THRESHOLD.into(),
             median(last_attention).to_string(),
@@ -1076,6 +920,9 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::dataset::AugmentRecipe;
+    use crate::model::delg::{DelgConfig, DelgLossConfig};
+    use crate::model::dolg::DolgConfig;
     use crate::model::resnet::ResNetConfig;
 
     fn tiny(layout: Layout) -> DelgConfig {
@@ -1144,6 +991,97 @@ mod tests {
                 .insert("conv1.bias".into(), Tensor::new([8], vec![0.0; 8]).unwrap());
         }
         file
+    }
+
+    fn options() -> TrainOptions {
+        TrainOptions {
+            batch: 2,
+            accumulate: 1,
+            image_size: 64,
+            steps: 200,
+            lr: 0.01,
+            schedule: None,
+            warmup: None,
+            momentum: 0.9,
+            nesterov: None,
+            weight_decay: None,
+            clip_norm: None,
+            arcface_margin: None,
+            arcface_scale: None,
+            plain_arcface: false,
+            attention_weight: 1.0,
+            reconstruction_weight: 10.0,
+            seed: 0,
+            checkpoint_every: 0,
+            val_fraction: 0.0,
+            flip: None,
+        }
+    }
+
+    #[test]
+    fn each_architecture_brings_its_recipe_defaults_and_options_override_them() {
+        let delg = options()
+            .resolve(ModelConfig::Delg(tiny(Layout::Delg)), 3)
+            .unwrap();
+        assert_eq!(delg.schedule, Schedule::Linear);
+        assert_eq!(
+            (delg.nesterov, delg.weight_decay, delg.clip_norm, delg.flip),
+            (false, 0.0, 10.0, false)
+        );
+        assert_eq!(delg.bn_momentum, 0.01, "Keras's 0.99");
+        assert_eq!(
+            delg.net,
+            TrainModel::Delg {
+                model: tiny(Layout::Delg),
+                loss: DelgLossConfig::paper(3),
+            }
+        );
+        assert_eq!(delg.augment(true, 1).recipe, AugmentRecipe::Delg);
+
+        let dolg_model = DolgConfig::new(tiny(Layout::Torchvision).backbone);
+        let dolg = options()
+            .resolve(ModelConfig::Dolg(dolg_model.clone()), 3)
+            .unwrap();
+        assert_eq!(dolg.schedule, Schedule::Cosine { warmup: 10 });
+        assert_eq!(
+            (dolg.nesterov, dolg.weight_decay, dolg.clip_norm, dolg.flip),
+            (true, 1e-4, 0.0, true)
+        );
+        assert_eq!(dolg.bn_momentum, 0.1);
+        assert_eq!(
+            dolg.augment(false, 1).norm,
+            crate::jobs::extract::PixelNorm::Imagenet
+        );
+
+        let mut given = options();
+        given.schedule = Some("cosine".into());
+        given.arcface_margin = Some(0.3);
+        given.plain_arcface = true;
+        given.clip_norm = Some(5.0);
+        let dolg = given
+            .resolve(ModelConfig::Dolg(dolg_model.clone()), 3)
+            .unwrap();
+        let loss = crate::model::dolg::DolgLossConfig {
+            margin: 0.3,
+            curricular: false,
+            ..crate::model::dolg::DolgLossConfig::official(3)
+        };
+        assert_eq!(
+            dolg.net,
+            TrainModel::Dolg {
+                model: dolg_model,
+                loss
+            }
+        );
+        assert_eq!(dolg.clip_norm, 5.0);
+        let delg = given.resolve(ModelConfig::Delg(tiny(Layout::Delg)), 3);
+        let err = delg.unwrap_err().to_string();
+        assert!(err.contains("--arch dolg"), "{err}");
+        given.plain_arcface = false;
+        let delg = given
+            .resolve(ModelConfig::Delg(tiny(Layout::Delg)), 3)
+            .unwrap();
+        assert_eq!(delg.schedule, Schedule::Cosine { warmup: 0 });
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::io::torch_checkpoint::{self, Value};
 use crate::io::weights::{json_string, WeightFile};
+use crate::model::resnet::Layout;
 use crate::model::{ModelConfig, META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
 use crate::tensor::{HostTensor, Tensor};
 
@@ -121,10 +122,7 @@ pub fn import_torch(opts: &ImportOptions) -> Result<Vec<String>> {
     };
     // The file must be one the extractor accepts: configuration and shapes.
     let model = ModelConfig::from_metadata(&file.metadata, src)?;
-    let params = match &model {
-        ModelConfig::Delg(cfg) => crate::model::delg::inference_graph(cfg, 64, 64)?.3,
-        ModelConfig::Dolg(cfg) => crate::model::dolg::inference_graph(cfg, 1, 64, 64)?.3,
-    };
+    let params = model.parameters()?;
     let expected: Vec<_> = params
         .specs
         .iter()
@@ -294,8 +292,8 @@ fn delg_file(src: &Path, root: &Value, opts: &ImportOptions) -> Result<(WeightFi
     let blocks = stage_blocks(src, tensors.keys().cloned())?;
     let width = dim(src, &tensors, "conv1.weight", 0)?;
     let layout = match opts.layout {
-        LayoutChoice::Auto if tensors.contains_key("conv1.bias") => "delg",
-        LayoutChoice::Auto | LayoutChoice::Torchvision => "torchvision",
+        LayoutChoice::Auto => Layout::detect(|name| tensors.contains_key(name)).name(),
+        LayoutChoice::Torchvision => "torchvision",
         LayoutChoice::Delg => "delg",
     };
     if !tensors.contains_key("whiten.weight") {

@@ -14,7 +14,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::resnet::{backbone, Mode, ModelParams, NetBuilder, ResNetConfig, Role};
+use super::builder::{Mode, ModelParams, NetBuilder, Role};
+use super::contract::{
+    Architecture, AugmentRecipe, ExtractionDefaults, InferenceGraph, LocalOutputs, PixelNorm,
+    TrainingDefaults,
+};
+use super::resnet::{backbone, ResNetConfig};
 use crate::error::Result;
 use crate::graph::{Graph, TensorId};
 use crate::ops::elementwise::{Binary, BinaryKind, StopGradient, Unary, UnaryKind};
@@ -22,6 +27,7 @@ use crate::ops::gemm::Matmul;
 use crate::ops::global_pool::{AttentionPool, GeMPool};
 use crate::ops::loss::{ArcFaceLoss, MseLoss, SoftmaxCrossEntropy};
 use crate::ops::normalize::L2Normalize;
+use crate::tensor::{HostTensor, Tensor};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DelgConfig {
@@ -48,6 +54,83 @@ impl DelgConfig {
             attention_dim: 512,
             local_dim: 128,
         }
+    }
+}
+
+impl Architecture for DelgConfig {
+    fn name(&self) -> &'static str {
+        "delg"
+    }
+
+    fn backbone(&self) -> &ResNetConfig {
+        &self.backbone
+    }
+
+    fn inference_graph(&self, height: usize, width: usize) -> Result<InferenceGraph> {
+        let (graph, image, out, params) = inference_graph(self, height, width)?;
+        Ok(InferenceGraph {
+            graph,
+            image,
+            global: out.global,
+            local: Some(LocalOutputs {
+                attention: out.attention,
+                descriptors: out.local,
+            }),
+            params,
+        })
+    }
+
+    fn global_dim(&self) -> usize {
+        self.global_dim
+    }
+
+    fn local_dim(&self) -> usize {
+        self.local_dim
+    }
+
+    /// GeM's fixed p.
+    fn constants(&self) -> Result<Vec<(String, HostTensor)>> {
+        Ok(vec![(
+            "gem.p".to_string(),
+            Tensor::new([1], vec![self.gem_p])?,
+        )])
+    }
+
+    fn extraction_defaults(&self) -> ExtractionDefaults {
+        extraction_defaults()
+    }
+
+    /// docs/recipe.md §3: a linear schedule, gradient clipping, no weight
+    /// decay, no Nesterov momentum, no flips.
+    fn training_defaults(&self, _steps: u64) -> TrainingDefaults {
+        TrainingDefaults {
+            schedule: "linear",
+            warmup: 0,
+            nesterov: false,
+            weight_decay: 0.0,
+            clip_norm: 10.0,
+            flip: false,
+        }
+    }
+
+    fn augment_recipe(&self) -> AugmentRecipe {
+        AugmentRecipe::Delg
+    }
+}
+
+/// DELG's extraction settings (docs/recipe.md §4), the defaults of every
+/// extraction setting.
+pub fn extraction_defaults() -> ExtractionDefaults {
+    ExtractionDefaults {
+        max_image_size: Some(1024),
+        // The reference's f32 constants: 2^(k/2) for k = -4..2, rounded to f32.
+        scales: (-4..=2)
+            .map(|k| 2f64.powf(k as f64 / 2.0) as f32 as f64)
+            .collect(),
+        global_scales: vec![3, 4, 5],
+        max_features: 1000,
+        pixel_norm: PixelNorm::Delg,
+        truncate_boxes: false,
     }
 }
 

@@ -18,9 +18,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::resnet::{
-    backbone, ConvSpec, Layout, Mode, ModelParams, NetBuilder, ResNetConfig, Role,
+use super::builder::{ConvSpec, Mode, ModelParams, NetBuilder, Role};
+use super::contract::{
+    Architecture, AugmentRecipe, ExtractionDefaults, InferenceGraph, PixelNorm, TrainingDefaults,
 };
+use super::resnet::{backbone, Layout, ResNetConfig};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
 use crate::ops::concat::ChannelConcat;
@@ -98,6 +100,71 @@ impl DolgConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// DOLG's five scales of the original image (docs/recipe.md §8.7), the official
+/// code's four-digit literals rather than exact powers of √2.
+#[allow(clippy::approx_constant)]
+pub const DOLG_SCALES: [f64; 5] = [0.3535, 0.5, 0.7071, 1.0, 1.4142];
+
+impl Architecture for DolgConfig {
+    fn name(&self) -> &'static str {
+        "dolg"
+    }
+
+    fn backbone(&self) -> &ResNetConfig {
+        &self.backbone
+    }
+
+    fn inference_graph(&self, height: usize, width: usize) -> Result<InferenceGraph> {
+        let (graph, image, descriptor, params) = inference_graph(self, 1, height, width)?;
+        Ok(InferenceGraph {
+            graph,
+            image,
+            global: descriptor,
+            local: None,
+            params,
+        })
+    }
+
+    fn global_dim(&self) -> usize {
+        self.output_dim
+    }
+
+    fn extraction_defaults(&self) -> ExtractionDefaults {
+        extraction_defaults()
+    }
+
+    /// docs/recipe.md §8.6: Nesterov momentum, weight decay, a cosine
+    /// schedule with a warm-up of 1/20 of the run, flips and no clipping.
+    fn training_defaults(&self, steps: u64) -> TrainingDefaults {
+        TrainingDefaults {
+            schedule: "cosine",
+            warmup: steps / 20,
+            nesterov: true,
+            weight_decay: 1e-4,
+            clip_norm: 0.0,
+            flip: true,
+        }
+    }
+
+    fn augment_recipe(&self) -> AugmentRecipe {
+        AugmentRecipe::Dolg
+    }
+}
+
+/// DOLG's extraction settings (docs/recipe.md §8.7): the five scales of the
+/// original image, global descriptors only.
+pub fn extraction_defaults() -> ExtractionDefaults {
+    ExtractionDefaults {
+        // No size cap: scales apply to the original image.
+        max_image_size: None,
+        scales: DOLG_SCALES.to_vec(),
+        global_scales: (0..DOLG_SCALES.len()).collect(),
+        max_features: 0,
+        pixel_norm: PixelNorm::Imagenet,
+        truncate_boxes: true,
     }
 }
 

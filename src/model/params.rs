@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::resnet::{ModelParams, ParamSpec, Role};
+// Re-exported where integration tests have always found them.
+pub use super::builder::{hwio_to_oihw, oihw_to_hwio};
+use super::builder::{ModelParams, ParamSpec, Role};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::exec::ParamStore;
@@ -22,40 +24,6 @@ pub const TRAINING_ONLY: &[&str] = &[
     "desc_cls.",
     "optimizer.",
 ];
-
-/// Reorders the axes of a 4-D tensor: output axis k is input axis `perm[k]`.
-pub fn permute4(t: &HostTensor, perm: [usize; 4]) -> Result<HostTensor> {
-    let d: [usize; 4] = t.shape.dims().try_into().map_err(|_| {
-        Error::shape(
-            "permute",
-            format!("expected 4 dimensions, got {:?}", t.shape),
-        )
-    })?;
-    let out_dims = perm.map(|p| d[p]);
-    let in_strides = [d[1] * d[2] * d[3], d[2] * d[3], d[3], 1];
-    let s = perm.map(|p| in_strides[p]);
-    let mut out = Vec::with_capacity(t.data.len());
-    for a in 0..out_dims[0] {
-        for b in 0..out_dims[1] {
-            for c in 0..out_dims[2] {
-                for e in 0..out_dims[3] {
-                    out.push(t.data[a * s[0] + b * s[1] + c * s[2] + e * s[3]]);
-                }
-            }
-        }
-    }
-    Tensor::new(out_dims, out)
-}
-
-/// PyTorch's OIHW convolution weight → the device's HWIO.
-pub fn oihw_to_hwio(t: &HostTensor) -> Result<HostTensor> {
-    permute4(t, [2, 3, 1, 0])
-}
-
-/// The device's HWIO convolution weight → PyTorch's OIHW.
-pub fn hwio_to_oihw(t: &HostTensor) -> Result<HostTensor> {
-    permute4(t, [3, 2, 0, 1])
-}
 
 fn get<'a>(
     tensors: &'a BTreeMap<String, HostTensor>,
@@ -88,12 +56,7 @@ pub fn load_params(
     let mut store = ParamStore::default();
     for s in &model.specs {
         let t = get(&file.tensors, &s.name, path)?;
-        let device = if s.role.is_conv() {
-            oihw_to_hwio(t)?
-        } else {
-            t.clone()
-        };
-        store.insert(gpu, &s.name, &device)?;
+        store.insert(gpu, &s.name, &s.role.to_device(t)?)?;
     }
     for (conv, bn, has_bias) in &model.folds {
         let p = |suffix: &str| {

@@ -14,19 +14,38 @@
 //! training mode batch norm runs on batch statistics and updates its running
 //! statistics in place.
 
+use super::builder::{ConvSpec, NetBuilder};
+// Re-exported where integration tests have always found it.
+pub use super::builder::ParamSpec;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, TensorId};
-use crate::ops::batchnorm::{BatchNormRunningUpdate, BatchNormTrain};
-use crate::ops::conv2d::{Conv2d, Padding};
-use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
+use crate::graph::TensorId;
 use crate::ops::pool::{MaxPool, Subsample};
-use crate::tensor::Shape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     Delg,
     Torchvision,
+}
+
+impl Layout {
+    /// The layout's name on the command line and in weight-file configurations.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Delg => "delg",
+            Layout::Torchvision => "torchvision",
+        }
+    }
+
+    /// The layout of a backbone in torchvision names, from its tensors: only
+    /// the DELG layout's convolutions have biases, the stem's included.
+    pub fn detect(has_tensor: impl Fn(&str) -> bool) -> Layout {
+        if has_tensor("conv1.bias") {
+            Layout::Delg
+        } else {
+            Layout::Torchvision
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -68,262 +87,36 @@ impl ResNetConfig {
             Layout::Torchvision => 1e-5,
         }
     }
+    /// Batch-norm momentum in PyTorch's convention (weight of the new batch):
+    /// DELG's Keras 0.99 is 0.01, torchvision's default 0.1.
+    pub fn bn_momentum(&self) -> f32 {
+        match self.layout {
+            Layout::Delg => 0.01,
+            Layout::Torchvision => 0.1,
+        }
+    }
+    /// The stride of S in input pixels, which places keypoints: 32 for the
+    /// DELG layout and for torchvision with `s_stride32`, otherwise 16
+    /// (DELG's export uses 16 × its stride factor, docs/recipe.md §4.3).
+    pub fn keypoint_stride(&self) -> f64 {
+        if self.layout == Layout::Delg || self.s_stride32 {
+            32.0
+        } else {
+            16.0
+        }
+    }
+    /// The smallest input side that yields a non-empty feature map. The DELG
+    /// layout's stem is a "same" 7×7/2 convolution (ceil(n/2) pixels) then a
+    /// 3×3/2 max-pool without padding, which needs 3 of them: 5 input pixels.
+    /// Torchvision pads every window, so any size passes.
+    pub fn min_input_side(&self) -> u32 {
+        match self.layout {
+            Layout::Delg => 5,
+            Layout::Torchvision => 1,
+        }
+    }
     fn conv_bias(&self) -> bool {
         self.layout == Layout::Delg
-    }
-}
-
-/// How batch norm runs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Mode {
-    /// Folded into the convolutions.
-    Inference,
-    /// Batch statistics; running statistics updated with PyTorch-convention momentum.
-    Train { momentum: f32 },
-}
-
-/// What a model's weight file must hold, in PyTorch layouts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// OIHW convolution weight (stored HWIO on the device), He-normal
-    /// (fan-out) at initialisation as torchvision and pycls.
-    ConvWeight,
-    /// A head's OIHW convolution weight, Glorot-uniform at initialisation
-    /// (the Keras default DELG's heads start from, docs/recipe.md §3).
-    HeadConvWeight,
-    /// `[out, in]` linear weight (used as is: the GEMM reads it transposed).
-    LinearWeight,
-    Bias,
-    BnWeight,
-    BnBias,
-    BnMean,
-    BnVar,
-    /// A learnable GeM power, initialised to 3.
-    GemPower,
-    /// Non-learned training state other than batch-norm statistics (DOLG's
-    /// CurricularFace t), initialised to 0.
-    CurricularState,
-    /// Any other learnable tensor (class weights, ...).
-    Other,
-}
-
-impl Role {
-    /// OIHW in files, HWIO on the device.
-    pub fn is_conv(self) -> bool {
-        matches!(self, Role::ConvWeight | Role::HeadConvWeight)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ParamSpec {
-    pub name: String,
-    pub shape: Shape,
-    pub role: Role,
-}
-
-/// The parameters a model graph reads: the file's tensors and, for
-/// inference, the batch norms folded into convolutions (conv, bn, conv has a bias).
-#[derive(Clone, Debug, Default)]
-pub struct ModelParams {
-    pub specs: Vec<ParamSpec>,
-    pub folds: Vec<(String, String, bool)>,
-}
-
-/// Builds network graphs and records the parameters they use.
-pub struct NetBuilder<'g> {
-    pub g: &'g mut Graph,
-    pub mode: Mode,
-    pub specs: Vec<ParamSpec>,
-    /// Inference only: batch norms folded into convolutions (conv, bn, conv has bias).
-    pub folds: Vec<(String, String, bool)>,
-    pub bn_eps: f32,
-    /// How `conv1x1` head weights initialise: DELG's Keras heads are
-    /// `HeadConvWeight`, DOLG's pycls heads `ConvWeight`.
-    pub head_conv: Role,
-}
-
-/// One convolution (+ batch norm) with its epilogue.
-pub struct ConvSpec<'a> {
-    pub conv: &'a str,
-    pub bn: Option<&'a str>,
-    pub c_out: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    pub dilation: usize,
-    pub bias: bool,
-    pub tf_same: bool,
-    pub relu: bool,
-    pub residual: Option<TensorId>,
-    /// The weight's role (its initialisation).
-    pub role: Role,
-}
-
-impl<'a> ConvSpec<'a> {
-    pub fn new(conv: &'a str, c_out: usize, kernel: usize) -> Self {
-        ConvSpec {
-            conv,
-            bn: None,
-            c_out,
-            kernel,
-            stride: 1,
-            dilation: 1,
-            bias: false,
-            tf_same: false,
-            relu: false,
-            residual: None,
-            role: Role::ConvWeight,
-        }
-    }
-}
-
-impl<'g> NetBuilder<'g> {
-    pub fn new(g: &'g mut Graph, mode: Mode, bn_eps: f32) -> Self {
-        NetBuilder {
-            g,
-            mode,
-            specs: Vec::new(),
-            folds: Vec::new(),
-            bn_eps,
-            head_conv: Role::HeadConvWeight,
-        }
-    }
-
-    pub fn param(&mut self, name: &str, shape: &[usize], role: Role) -> TensorId {
-        self.specs.push(ParamSpec {
-            name: name.into(),
-            shape: Shape::new(shape),
-            role,
-        });
-        // Conv weights live on the device as HWIO.
-        let device_shape = match shape {
-            &[o, i, h, w] if role.is_conv() => vec![h, w, i, o],
-            _ => shape.to_vec(),
-        };
-        self.g.param(name, device_shape)
-    }
-
-    fn derived(&mut self, name: &str, shape: &[usize]) -> TensorId {
-        self.g.param(name, shape.to_vec())
-    }
-
-    pub fn relu(&mut self, x: TensorId) -> Result<TensorId> {
-        self.g.apply1(Unary(UnaryKind::Relu), &[x])
-    }
-
-    /// A head's 1×1 convolution with bias (→ [batch norm] → [ReLU]).
-    pub fn conv1x1(
-        &mut self,
-        x: TensorId,
-        name: &str,
-        bn: Option<&str>,
-        c_out: usize,
-        relu: bool,
-    ) -> Result<TensorId> {
-        self.conv(
-            x,
-            ConvSpec {
-                bn,
-                bias: true,
-                relu,
-                role: self.head_conv,
-                ..ConvSpec::new(name, c_out, 1)
-            },
-        )
-    }
-
-    /// conv → [bias] → [batch norm] → [+ residual] → [ReLU].
-    pub fn conv(&mut self, x: TensorId, s: ConvSpec) -> Result<TensorId> {
-        let [_, h, w, c_in] = self.g.shape(x).nhwc("conv")?;
-        let k = s.kernel;
-        let padding = if s.tf_same {
-            Padding::same(
-                [h, w],
-                [k, k],
-                [s.stride, s.stride],
-                [s.dilation, s.dilation],
-            )
-        } else {
-            let p = s.dilation * (k - 1) / 2;
-            Padding::symmetric(p, p)
-        };
-        let weight = self.param(
-            &format!("{}.weight", s.conv),
-            &[s.c_out, c_in, k, k],
-            s.role,
-        );
-        let bias = s
-            .bias
-            .then(|| self.param(&format!("{}.bias", s.conv), &[s.c_out], Role::Bias));
-        let base = Conv2d::new([s.stride, s.stride], padding).dilation([s.dilation, s.dilation]);
-        let Some(bn) = s.bn else {
-            let mut op = base;
-            let mut ins = vec![x, weight];
-            if let Some(b) = bias {
-                op = op.bias();
-                ins.push(b);
-            }
-            if let Some(r) = s.residual {
-                op = op.residual();
-                ins.push(r);
-            }
-            if s.relu {
-                op = op.relu();
-            }
-            return self.g.apply1(op, &ins);
-        };
-        let c = s.c_out;
-        let gamma = self.param(&format!("{bn}.weight"), &[c], Role::BnWeight);
-        let beta = self.param(&format!("{bn}.bias"), &[c], Role::BnBias);
-        let mean = self.param(&format!("{bn}.running_mean"), &[c], Role::BnMean);
-        let var = self.param(&format!("{bn}.running_var"), &[c], Role::BnVar);
-        match self.mode {
-            Mode::Inference => {
-                // The conv bias, γ, β and the running statistics fold into one
-                // per-channel scale and shift at load time.
-                let _ = (gamma, beta, mean, var);
-                self.folds
-                    .push((s.conv.to_string(), bn.to_string(), bias.is_some()));
-                let scale = self.derived(&format!("{bn}.fold_scale"), &[c]);
-                let shift = self.derived(&format!("{bn}.fold_shift"), &[c]);
-                let mut op = base.scale_shift();
-                let mut ins = vec![x, weight, scale, shift];
-                if let Some(r) = s.residual {
-                    op = op.residual();
-                    ins.push(r);
-                }
-                if s.relu {
-                    op = op.relu();
-                }
-                self.g.apply1(op, &ins)
-            }
-            Mode::Train { momentum } => {
-                let mut op = base;
-                let mut ins = vec![x, weight];
-                if let Some(b) = bias {
-                    op = op.bias();
-                    ins.push(b);
-                }
-                let y = self.g.apply1(op, &ins)?;
-                let outs = self
-                    .g
-                    .apply(BatchNormTrain { eps: self.bn_eps }, &[y, gamma, beta])?;
-                let rows = self.g.shape(y).numel() / c;
-                let update = BatchNormRunningUpdate {
-                    momentum,
-                    unbiased: true,
-                    count: rows,
-                };
-                self.g.apply(update, &[mean, var, outs[1], outs[2]])?;
-                let mut t = outs[0];
-                if let Some(r) = s.residual {
-                    t = self.g.apply1(Binary::new(BinaryKind::Add), &[t, r])?;
-                }
-                if s.relu {
-                    t = self.relu(t)?;
-                }
-                Ok(t)
-            }
-        }
     }
 }
 
@@ -466,4 +259,25 @@ fn bottleneck(
             ..ConvSpec::new(&names[4], out, 1)
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keypoints_use_the_s_stride_of_every_layout() {
+        let tv = ResNetConfig::resnet50(Layout::Torchvision);
+        assert_eq!(ResNetConfig::resnet50(Layout::Delg).keypoint_stride(), 32.0);
+        assert_eq!(
+            tv.keypoint_stride(),
+            16.0,
+            "torchvision takes S at stride 16"
+        );
+        let tv32 = ResNetConfig {
+            s_stride32: true,
+            ..tv
+        };
+        assert_eq!(tv32.keypoint_stride(), 32.0);
+    }
 }

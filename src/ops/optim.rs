@@ -8,7 +8,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{chunks, vec4_pieces, Binding, DeviceTensor, Recorder, ShaderSpec, Window};
+use crate::gpu::{
+    chunks, vec4_pieces, Binding, DeviceTensor, Gpu, Recorder, ScratchNeed, ShaderSpec, Window,
+};
 use crate::graph::Op;
 use crate::ops::elementwise::expect_inputs;
 use crate::ops::loss::{expect_scalar, SquareSums};
@@ -334,6 +336,10 @@ impl Op for GlobalNormClip {
             data: vec![v],
         };
         Ok(vec![scalar(norm), scalar(clip)])
+    }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        let numels = inputs.iter().map(|s| s.numel() as u64);
+        Ok(vec![SquareSums::need(numels, gpu.max_window_elems())])
     }
     fn record(
         &self,

@@ -1,4 +1,4 @@
-//! Runs a DELG or DOLG model over an image pyramid on the device: one
+//! Runs a model (any architecture) over an image pyramid on the device: one
 //! planned, recorded executable per (image size, pyramid level), kept in a
 //! small cache because collections repeat sizes.
 
@@ -6,19 +6,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::recipe::{
-    aggregate_global, keypoint_stride, min_level_side, select_local, ExtractConfig, LevelOutput,
-    LocalFeatures,
-};
+use super::recipe::{aggregate_global, select_local, ExtractConfig, LevelOutput, LocalFeatures};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
 use crate::io::weights::WeightFile;
-use crate::model::params::load_params;
 use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::ops::resize::ResizeBilinear;
-use crate::tensor::{HostTensor, Tensor};
+use crate::tensor::HostTensor;
 
 const PLAN_CACHE: usize = 24;
 
@@ -26,7 +22,7 @@ struct Plan {
     exe: Executable,
     image: TensorId,
     global: Option<TensorId>,
-    /// DELG's attention and local descriptors; DOLG has no local features.
+    /// Attention and local descriptors, for models with local features.
     local: Option<(TensorId, TensorId)>,
     map_hw: (usize, usize),
     last_used: u64,
@@ -36,7 +32,7 @@ pub struct Extractor {
     gpu: Arc<Gpu>,
     pub model: ModelConfig,
     pub extract: ExtractConfig,
-    /// DELG's attention threshold (unused by DOLG).
+    /// The attention threshold (unused by models without local features).
     pub tau: f32,
     /// The weight file's fingerprint (None for weights built in memory).
     pub model_id: Option<String>,
@@ -94,33 +90,24 @@ impl Extractor {
     ) -> Result<Extractor> {
         extract.validate()?;
         let model = ModelConfig::from_metadata(&file.metadata, path)?;
-        let (params, tau) = match &model {
-            ModelConfig::Delg(cfg) => {
-                let tau = match extract.score_threshold {
-                    Some(t) => t,
-                    None => file
-                        .metadata
-                        .get(META_SCORE_THRESHOLD)
-                        .and_then(|v| v.parse::<f32>().ok())
-                        .ok_or_else(|| Error::File {
-                            path: path.to_path_buf(),
-                            reason: "stores no attention threshold; pass --score-threshold".into(),
-                        })?,
-                };
-                // Any input size gives the same parameter list; a small one builds fast.
-                let (_, _, _, mp) = crate::model::delg::inference_graph(cfg, 64, 64)?;
-                let constants = [("gem.p".to_string(), Tensor::new([1], vec![cfg.gem_p])?)];
-                let store = load_params(gpu, path, file, &mp, cfg.backbone.bn_eps(), &constants)?;
-                (store, tau)
-            }
-            ModelConfig::Dolg(cfg) => {
-                let (_, _, _, mp) = crate::model::dolg::inference_graph(cfg, 1, 64, 64)?;
-                (
-                    load_params(gpu, path, file, &mp, cfg.backbone.bn_eps(), &[])?,
-                    0.0,
-                )
+        let tau = if model.local_dim() == 0 {
+            0.0
+        } else {
+            match extract.score_threshold {
+                Some(t) => t,
+                None => file
+                    .metadata
+                    .get(META_SCORE_THRESHOLD)
+                    .and_then(|v| v.parse::<f32>().ok())
+                    .ok_or_else(|| {
+                        Error::file(
+                            path,
+                            "stores no attention threshold; pass --score-threshold",
+                        )
+                    })?,
             }
         };
+        let params = model.load_params(gpu, path, file, &model.parameters()?)?;
         Ok(Extractor {
             gpu: gpu.clone(),
             model,
@@ -136,10 +123,7 @@ impl Extractor {
 
     /// Size of the stored local descriptors (0: the model has none).
     pub fn local_dim(&self) -> usize {
-        match &self.model {
-            ModelConfig::Delg(cfg) => cfg.local_dim,
-            ModelConfig::Dolg(_) => 0,
-        }
+        self.model.local_dim()
     }
 
     fn plan(&mut self, height: usize, width: usize, level: usize) -> Result<&Plan> {
@@ -169,21 +153,11 @@ impl Extractor {
                 &[image],
             )?;
             let wants_global = self.extract.global_scales.contains(&level);
-            let (global, local) = match &self.model {
-                ModelConfig::Delg(cfg) => {
-                    let (net, net_image, out, _) =
-                        crate::model::delg::inference_graph(cfg, lh, lw)?;
-                    let map = g.import(&net, &[(net_image, resized)])?;
-                    let global = wants_global.then(|| map[&out.global]);
-                    (global, Some((map[&out.attention], map[&out.local])))
-                }
-                ModelConfig::Dolg(cfg) => {
-                    let (net, net_image, descriptor, _) =
-                        crate::model::dolg::inference_graph(cfg, 1, lh, lw)?;
-                    let map = g.import(&net, &[(net_image, resized)])?;
-                    (Some(map[&descriptor]), None)
-                }
-            };
+            let net = self.model.inference_graph(lh, lw)?;
+            let map = g.import(&net.graph, &[(net.image, resized)])?;
+            let local = net.local.map(|l| (map[&l.attention], map[&l.descriptors]));
+            // A model without local features only runs at the global scales.
+            let global = (wants_global || local.is_none()).then(|| map[&net.global]);
             let mut targets: Vec<TensorId> = local.iter().flat_map(|&(a, l)| [a, l]).collect();
             targets.extend(global);
             let exe = Executable::new(&self.gpu, &g, &targets, &self.params)?;
@@ -245,10 +219,7 @@ impl Extractor {
         let timed = self.timing.is_some();
         let mut spent: Vec<(String, f64)> = Vec::new();
         let sizes = self.extract.level_sizes(h as u32, w as u32);
-        let min_side = match &self.model {
-            ModelConfig::Delg(cfg) => min_level_side(&cfg.backbone),
-            ModelConfig::Dolg(cfg) => min_level_side(&cfg.backbone),
-        };
+        let min_side = self.model.backbone().min_input_side();
         for (level, &(lh, lw)) in sizes.iter().enumerate() {
             if global_only && !self.extract.global_scales.contains(&level) {
                 continue;
@@ -263,7 +234,10 @@ impl Extractor {
             let plan = self.plan(h, w, level)?;
             plan.exe.set_input(plan.image, &img.pixels)?;
             if std::env::var_os("DELG_PROFILE").is_some() {
-                print_profile(&format!("level {level} ({scale})"), &plan.exe.profile()?);
+                print_profile(
+                    &format!("level {level} ({scale}), {}", plan.exe.timing_source()),
+                    &plan.exe.profile()?,
+                );
             }
             if timed {
                 for (stage, secs) in plan.exe.run_stages()? {
@@ -309,16 +283,17 @@ impl Extractor {
         }
         let selection = std::time::Instant::now();
         let global = aggregate_global(&globals.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
-        let local = match &self.model {
-            ModelConfig::Delg(cfg) => select_local(
+        let local = if global_only {
+            LocalFeatures::default()
+        } else {
+            select_local(
                 &levels,
                 self.tau,
                 &self.extract,
-                keypoint_stride(&cfg.backbone),
+                self.model.backbone().keypoint_stride(),
                 img.resize_factor,
-                cfg.local_dim,
-            ),
-            ModelConfig::Dolg(_) => LocalFeatures::default(),
+                self.local_dim(),
+            )
         };
         if let Some(times) = &mut self.timing {
             spent.push((

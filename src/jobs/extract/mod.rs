@@ -1,6 +1,6 @@
 //! The extract job: every image of a collection through the extractor, with
-//! a journal so that an interrupted run resumes, and the feature set written
-//! atomically at the end.
+//! a journal so that an interrupted run resumes, and the feature set streamed
+//! from the journal at the end (memory does not grow with the collection).
 
 pub mod extractor;
 pub mod recipe;
@@ -113,14 +113,6 @@ impl RunRecord {
     }
 }
 
-/// Size of the model's global descriptor.
-fn global_dim(model: &crate::model::ModelConfig) -> usize {
-    match model {
-        crate::model::ModelConfig::Delg(cfg) => cfg.global_dim,
-        crate::model::ModelConfig::Dolg(cfg) => cfg.output_dim,
-    }
-}
-
 /// The architecture in a weight file and the paper's extraction settings for it.
 pub fn defaults_for_weights(weights: &std::path::Path) -> Result<(&'static str, ExtractConfig)> {
     let meta = crate::io::weights::WeightFile::read_metadata(weights)?;
@@ -181,7 +173,7 @@ pub fn run_extract(
     gpu: &std::sync::Arc<crate::gpu::Gpu>,
     job: &ExtractJob,
 ) -> Result<ExtractSummary> {
-    use crate::io::features::{write_feature_set, FileStamp, ImageFeatures, Journal};
+    use crate::io::features::{FeatureSetWriter, FileStamp, ImageFeatures, Journal, JournalRecord};
     use crate::jobs::collection::{discover, Discovery};
     use std::io::Write;
 
@@ -283,18 +275,18 @@ pub fn run_extract(
         paths.retain(|p| shard.contains(p));
     }
     let (mut journal, done) = Journal::open(&job.out.join("journal.bin"))?;
-    let unstamped = done.iter().filter(|e| e.stamp.is_none()).count();
+    let unstamped = done.iter().filter(|r| r.stamp.is_none()).count();
     // The last record of an id wins (a changed file is journaled again).
-    let mut finished: std::collections::HashMap<String, (ImageFeatures, Option<FileStamp>)> = done
-        .into_iter()
-        .map(|e| (e.features.id.clone(), (e.features, e.stamp)))
-        .collect();
+    // Only where each image's features are in the journal is kept in
+    // memory: the final files are streamed from it.
+    let mut finished: std::collections::HashMap<String, JournalRecord> =
+        done.into_iter().map(|r| (r.id.clone(), r)).collect();
     let unchanged = |rel: &str, stamp: Option<FileStamp>| match stamp {
         // Journals of older versions carry no stamp: kept as they are.
         None => true,
         Some(s) => FileStamp::of(&job.input.join(rel)).is_ok_and(|now| now == s),
     };
-    finished.retain(|id, (_, stamp)| unchanged(id, *stamp));
+    finished.retain(|id, record| unchanged(id, record.stamp));
     let pending: Vec<String> = paths
         .iter()
         .filter(|p| !finished.contains_key(*p))
@@ -352,9 +344,9 @@ pub fn run_extract(
                     attention: x.local.attention,
                 };
                 summary.local_features += f.num_local();
-                journal.append(&f, stamp)?;
+                let record = journal.append(&f, stamp)?;
                 journal.flush()?;
-                finished.insert(f.id.clone(), (f, Some(stamp)));
+                finished.insert(record.id.clone(), record);
                 summary.extracted_now += 1;
             }
             Err(e @ (Error::DeviceLost(_) | Error::OutOfMemory { .. })) => return Err(e),
@@ -367,17 +359,19 @@ pub fn run_extract(
     }
     bar.finish_and_clear();
 
-    let ordered: Vec<ImageFeatures> = paths
-        .iter()
-        .filter_map(|p| finished.remove(p).map(|(f, _)| f))
-        .collect();
-    write_feature_set(
+    let ordered: Vec<JournalRecord> = paths.iter().filter_map(|p| finished.remove(p)).collect();
+    let mut out = FeatureSetWriter::create(
         &job.out,
-        &ordered,
-        global_dim(&extractor.model),
+        ordered.len(),
+        ordered.iter().map(|r| r.num_local).sum(),
+        extractor.model.global_dim(),
         extractor.local_dim(),
         job.config.binarize,
     )?;
+    for record in &ordered {
+        out.push(&journal.read(record)?)?;
+    }
+    out.finish()?;
     summary.seconds = start.elapsed().as_secs_f64();
     if ordered.is_empty() && summary.failed > 0 {
         return Err(Error::file(

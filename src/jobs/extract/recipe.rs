@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::resnet::{Layout, ResNetConfig};
+use crate::model::contract::ExtractionDefaults;
+// Re-exported where the extraction recipe's users have always found it.
+pub use crate::model::contract::PixelNorm;
 
 /// Every parameter of extraction; defaults are the paper's (docs/recipe.md §4), and the
 /// resolved values are written next to the features.
@@ -30,7 +32,7 @@ pub struct ExtractConfig {
     pub min_image_side: u32,
     /// Feature-map stride in input pixels, and the offset of a cell's
     /// receptive-field centre: cell (i, j) sits at (stride·i + offset, stride·j + offset).
-    /// None takes the stride of the model's S map ([`keypoint_stride`]).
+    /// None takes the stride of the model's S map (`ResNetConfig::keypoint_stride`).
     pub feature_stride: Option<f64>,
     pub center_offset: f64,
     /// How pixels are normalised for the network.
@@ -48,106 +50,36 @@ fn default_max_pixels() -> u64 {
     crate::io::images::DEFAULT_MAX_PIXELS
 }
 
-/// Pixel normalisation a model was trained with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PixelNorm {
-    /// DELG: (v − 128) / 128.
-    #[default]
-    Delg,
-    /// ImageNet mean and standard deviation on [0, 1] RGB. DOLG's official
-    /// code feeds BGR with the statistics reversed; its converter flips the
-    /// first convolution's input channels instead, so every model reads RGB.
-    Imagenet,
-}
-
-impl PixelNorm {
-    /// Normalises interleaved RGB values in [0, 255] in place.
-    pub fn normalize(self, rgb: &mut [f32]) {
-        const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-        const STD: [f32; 3] = [0.229, 0.224, 0.225];
-        match self {
-            PixelNorm::Delg => rgb.iter_mut().for_each(|v| *v = (*v - 128.0) / 128.0),
-            PixelNorm::Imagenet => rgb
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = (*v / 255.0 - MEAN[i % 3]) / STD[i % 3]),
-        }
-    }
-
-    pub fn apply(self, rgb: &[u8]) -> Vec<f32> {
-        let mut px: Vec<f32> = rgb.iter().map(|&v| v as f32).collect();
-        self.normalize(&mut px);
-        px
-    }
-}
-
 impl Default for ExtractConfig {
+    /// DELG's recipe (docs/recipe.md §4).
     fn default() -> Self {
+        ExtractConfig::from_defaults(crate::model::arch::default_extraction())
+    }
+}
+
+impl ExtractConfig {
+    /// The paper's settings for a model architecture ("delg" or "dolg").
+    pub fn for_arch(arch: &str) -> ExtractConfig {
+        ExtractConfig::from_defaults(crate::model::arch::extraction_defaults(arch))
+    }
+
+    /// An architecture's recipe; the settings it leaves open are shared.
+    fn from_defaults(d: ExtractionDefaults) -> ExtractConfig {
         ExtractConfig {
-            max_image_size: Some(1024),
-            // The reference's f32 constants: 2^(k/2) for k = -4..2, rounded to f32.
-            scales: (-4..=2)
-                .map(|k| 2f64.powf(k as f64 / 2.0) as f32 as f64)
-                .collect(),
-            global_scales: vec![3, 4, 5],
+            max_image_size: d.max_image_size,
+            scales: d.scales,
+            global_scales: d.global_scales,
             score_threshold: None,
-            max_features: 1000,
+            max_features: d.max_features,
             binarize: false,
             min_image_side: 10,
             // DELG's export hardcodes rf 291, padding 145 and the S stride:
             // centre = stride·i.
             feature_stride: None,
             center_offset: 0.0,
-            pixel_norm: PixelNorm::Delg,
-            truncate_boxes: false,
+            pixel_norm: d.pixel_norm,
+            truncate_boxes: d.truncate_boxes,
             max_pixels: default_max_pixels(),
-        }
-    }
-}
-
-/// The stride of a backbone's S map in input pixels, which places keypoints:
-/// 32 for the DELG layout and for torchvision with `s_stride32`, otherwise 16
-/// (DELG's export uses 16 × its stride factor, docs/recipe.md §4.3).
-pub fn keypoint_stride(backbone: &ResNetConfig) -> f64 {
-    if backbone.layout == Layout::Delg || backbone.s_stride32 {
-        32.0
-    } else {
-        16.0
-    }
-}
-
-/// The smallest pyramid level side that yields a non-empty feature map. The
-/// DELG layout's stem is a "same" 7×7/2 convolution (ceil(n/2) pixels) then a
-/// 3×3/2 max-pool without padding, which needs 3 of them: 5 input pixels.
-/// Torchvision pads every window, so any size passes.
-pub fn min_level_side(backbone: &ResNetConfig) -> u32 {
-    match backbone.layout {
-        Layout::Delg => 5,
-        Layout::Torchvision => 1,
-    }
-}
-
-/// DOLG's five scales of the original image (docs/recipe.md §8.7), the official
-/// code's four-digit literals rather than exact powers of √2.
-#[allow(clippy::approx_constant)]
-pub const DOLG_SCALES: [f64; 5] = [0.3535, 0.5, 0.7071, 1.0, 1.4142];
-
-impl ExtractConfig {
-    /// The paper's settings for a model architecture ("delg" or "dolg").
-    pub fn for_arch(arch: &str) -> ExtractConfig {
-        match arch {
-            "dolg" => ExtractConfig {
-                // No size cap: scales apply to the original image.
-                max_image_size: None,
-                scales: DOLG_SCALES.to_vec(),
-                global_scales: (0..DOLG_SCALES.len()).collect(),
-                max_features: 0,
-                pixel_norm: PixelNorm::Imagenet,
-                truncate_boxes: true,
-                ..Default::default()
-            },
-            _ => ExtractConfig::default(),
         }
     }
 }
@@ -400,19 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn keypoints_use_the_s_stride_of_every_layout() {
-        let tv = ResNetConfig::resnet50(Layout::Torchvision);
-        assert_eq!(keypoint_stride(&ResNetConfig::resnet50(Layout::Delg)), 32.0);
-        assert_eq!(
-            keypoint_stride(&tv),
-            16.0,
-            "torchvision takes S at stride 16"
-        );
-        let tv32 = ResNetConfig {
-            s_stride32: true,
-            ..tv
-        };
-        assert_eq!(keypoint_stride(&tv32), 32.0);
+    fn keypoints_sit_at_the_s_stride_unless_one_is_configured() {
         let levels = vec![level(1.0, 2, 2, vec![0.0, 0.0, 0.0, 9.0])];
         let f = select_local(&levels, 1.0, &ExtractConfig::default(), 16.0, (1.0, 1.0), 2);
         assert_eq!(f.locations, vec![16.0, 16.0]);

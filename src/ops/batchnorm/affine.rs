@@ -119,6 +119,9 @@ impl Op for ChannelAffineGrad {
             vector(dt),
         ])
     }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        Ok(vec![Partials::need(gpu, inputs[0], 2)?])
+    }
     fn record(
         &self,
         rec: &mut Recorder,
@@ -164,6 +167,9 @@ impl Op for ChannelSum {
             s[i % c] += v;
         }
         Ok(vec![vector(s)])
+    }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        Ok(vec![Partials::need(gpu, inputs[0], 1)?])
     }
     fn record(
         &self,

@@ -17,7 +17,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{chunks, rows_per_window, DeviceTensor, Gpu, Recorder, ShaderSpec, Window};
+use crate::gpu::{
+    chunks, rows_per_window, DeviceTensor, Gpu, Recorder, ScratchNeed, ShaderSpec, Window,
+};
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Fill};
 use crate::tensor::{RefTensor, Shape, Tensor};
@@ -308,12 +310,27 @@ struct Partials {
     window: Window,
 }
 
+const PARTIALS: &str = "channel partials";
+
 impl Partials {
-    fn new(gpu: &Gpu, shape: &Shape, planes: u64) -> Result<Partials> {
+    /// Floats of the partials over `shape`, and their plan.
+    fn planned(gpu: &Gpu, shape: &Shape, planes: u64) -> Result<(ColPlan, u64)> {
         let (rows, c) = rows_channels(shape);
         let plan = col_plan(rows, c, gpu.max_window_elems())?;
-        let count = plan.nblocks * c * planes;
-        let buffer = gpu.storage_buffer("channel partials", count * 4)?;
+        Ok((plan, plan.nblocks * c * planes))
+    }
+
+    fn need(gpu: &Gpu, shape: &Shape, planes: u64) -> Result<ScratchNeed> {
+        let (_, count) = Partials::planned(gpu, shape, planes)?;
+        Ok(ScratchNeed::Buffer {
+            purpose: PARTIALS,
+            bytes: count * 4,
+        })
+    }
+
+    fn new(gpu: &Gpu, shape: &Shape, planes: u64) -> Result<Partials> {
+        let (plan, count) = Partials::planned(gpu, shape, planes)?;
+        let buffer = gpu.scratch_buffer(PARTIALS, count * 4)?;
         Ok(Partials {
             plan,
             window: gpu.window(&buffer, 0, count)?,
@@ -399,9 +416,21 @@ impl Partials {
     }
 }
 
+fn channel_need(purpose: &'static str, c: u64, count: u64) -> ScratchNeed {
+    ScratchNeed::Buffer {
+        purpose,
+        bytes: c * count * 4,
+    }
+}
+
 /// Per-channel scratch vectors (`count` planes of c values) bound as windows.
-fn channel_scratch(gpu: &Gpu, label: &str, c: u64, count: u64) -> Result<(Window, Vec<Window>)> {
-    let buffer = gpu.storage_buffer(label, c * count * 4)?;
+fn channel_scratch(
+    gpu: &Gpu,
+    purpose: &'static str,
+    c: u64,
+    count: u64,
+) -> Result<(Window, Vec<Window>)> {
+    let buffer = gpu.scratch_buffer(purpose, c * count * 4)?;
     let planes = (0..count)
         .map(|k| gpu.window(&buffer, k * c, c))
         .collect::<Result<_>>()?;

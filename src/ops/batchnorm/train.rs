@@ -3,6 +3,9 @@
 
 use super::*;
 
+const SCALE: &str = "batchnorm scale";
+const BACKWARD_COEFFICIENTS: &str = "batchnorm backward coefficients";
+
 /// Batch normalisation in training mode: y = (x − μ)/√(σ² + ε)·γ + β with the
 /// batch mean μ and biased variance σ² per channel (over all leading
 /// dimensions). Inputs x [..., C] (at least 2 rows), γ [C], β [C]; outputs
@@ -33,6 +36,13 @@ impl Op for BatchNormTrain {
         });
         Ok(vec![y, vector(mean), vector(var)])
     }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        let c = rows_channels(inputs[0]).1;
+        Ok(vec![
+            Partials::need(gpu, inputs[0], 2)?,
+            channel_need(SCALE, c, 1),
+        ])
+    }
     fn record(
         &self,
         rec: &mut Recorder,
@@ -45,7 +55,7 @@ impl Op for BatchNormTrain {
         let c = rows_channels(&x.shape).1;
         let parts = Partials::new(gpu, &x.shape, 2)?;
         parts.record(rec, x, Reduce::Moments)?;
-        let (scale, _) = channel_scratch(gpu, "batchnorm scale", c, 1)?;
+        let (scale, _) = channel_scratch(gpu, SCALE, c, 1)?;
         let windows = [
             parts.window.clone(),
             gamma.whole(gpu)?,
@@ -161,6 +171,13 @@ impl Op for BatchNormGrad {
         let dgamma = s2.iter().zip(&inv).map(|(s, i)| s * i).collect();
         Ok(vec![dx, vector(dgamma), vector(s1)])
     }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        let c = rows_channels(inputs[0]).1;
+        Ok(vec![
+            Partials::need(gpu, inputs[0], 2)?,
+            channel_need(BACKWARD_COEFFICIENTS, c, 3),
+        ])
+    }
     fn record(
         &self,
         rec: &mut Recorder,
@@ -180,7 +197,7 @@ impl Op for BatchNormGrad {
                 center: Some(mean),
             },
         )?;
-        let (coef, planes) = channel_scratch(gpu, "batchnorm backward coefficients", c, 3)?;
+        let (coef, planes) = channel_scratch(gpu, BACKWARD_COEFFICIENTS, c, 3)?;
         let mut windows = vec![
             parts.window.clone(),
             gamma.whole(gpu)?,

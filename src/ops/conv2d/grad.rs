@@ -72,6 +72,14 @@ impl Op for Conv2dInputGrad {
             data: dx,
         }])
     }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        self.geom(inputs[0], inputs[1])?;
+        Ok(staging_needs(
+            gpu,
+            inputs[0].numel() as u64,
+            inputs[1].numel() as u64,
+        ))
+    }
     fn record(
         &self,
         rec: &mut Recorder,
@@ -177,6 +185,14 @@ impl Op for Conv2dWeightGrad {
             data: dw,
         }])
     }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        self.geom(inputs[0], inputs[1])?;
+        Ok(staging_needs(
+            gpu,
+            inputs[0].numel() as u64,
+            inputs[1].numel() as u64,
+        ))
+    }
     fn record(
         &self,
         rec: &mut Recorder,
@@ -226,6 +242,17 @@ impl Op for Conv2dWeightGrad {
 
 /// Rows one invocation of the bias-gradient sum adds up.
 pub(super) const REDUCE_ROWS: u64 = 1024;
+const BIAS_PARTIALS: &str = "conv2d bias partial sums";
+
+/// Rows per chunk of the bias gradient's input, and the partial sums one
+/// chunk leaves (one per `REDUCE_ROWS` rows).
+fn bias_grad_splits(gpu: &Gpu, rows: usize, cols: usize) -> (u64, u64) {
+    let per_chunk = (gpu.max_window_elems() / cols.max(1) as u64).max(1);
+    (
+        per_chunk,
+        (rows as u64).min(per_chunk).div_ceil(REDUCE_ROWS),
+    )
+}
 
 /// db of a convolution: the sum of dy [.., C_out] over every pixel.
 #[derive(Clone, Debug, PartialEq)]
@@ -251,6 +278,14 @@ impl Op for BiasGrad {
             data: db,
         }])
     }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        let (rows, cols) = inputs[0].matrix(self.name())?;
+        let (_, splits) = bias_grad_splits(gpu, rows, cols);
+        Ok(vec![ScratchNeed::Buffer {
+            purpose: BIAS_PARTIALS,
+            bytes: splits * cols as u64 * 4,
+        }])
+    }
     fn record(
         &self,
         rec: &mut Recorder,
@@ -259,11 +294,9 @@ impl Op for BiasGrad {
     ) -> Result<()> {
         let gpu = rec.gpu();
         let (rows, cols) = inputs[0].shape.matrix(self.name())?;
-        let limit = gpu.max_window_elems();
-        let per_chunk = (limit / cols as u64).max(1);
+        let (per_chunk, splits) = bias_grad_splits(gpu, rows, cols);
         let db = outputs[0].whole(gpu)?;
-        let splits = (rows as u64).min(per_chunk).div_ceil(REDUCE_ROWS);
-        let partial = gpu.storage_buffer("conv2d bias partial sums", splits * cols as u64 * 4)?;
+        let partial = gpu.scratch_buffer(BIAS_PARTIALS, splits * cols as u64 * 4)?;
         let partial = gpu.window(&partial, 0, splits * cols as u64)?;
         let col_tiles = (cols as u64).div_ceil(64);
         let sum =

@@ -14,7 +14,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{
-    Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ShaderSpec, TextureNeed, Window,
+    Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ScratchNeed, ShaderSpec,
+    TextureNeed, Window,
 };
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Binary, BinaryKind};
@@ -353,6 +354,31 @@ impl Op for Conv2d {
         }])
     }
 
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        let g = self.geom(inputs[0], inputs[1])?;
+        let (x, w) = (inputs[0].numel() as u64, inputs[1].numel() as u64);
+        let limit = gpu.max_window_elems();
+        Ok(match unfolded_width(gpu, &g, limit) {
+            Some(k_rows) => {
+                // Chunks are planned so that one chunk's unfolded rows fit a window.
+                let unfolded = ((g.n * g.oh * g.ow * k_rows) as u64).min(limit);
+                let padded = (k_rows * g.cout) as u64;
+                let mut needs = staging_needs(gpu, x.max(unfolded), padded);
+                needs.extend([
+                    ScratchNeed::Buffer {
+                        purpose: UNFOLDED,
+                        bytes: unfolded * 4,
+                    },
+                    ScratchNeed::Buffer {
+                        purpose: PADDED_WEIGHTS,
+                        bytes: padded * 4,
+                    },
+                ]);
+                needs
+            }
+            None => staging_needs(gpu, x, w),
+        })
+    }
     fn record(
         &self,
         rec: &mut Recorder,

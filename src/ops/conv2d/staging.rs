@@ -55,65 +55,47 @@ pub(super) fn stage_texture(
             rows: u32_of(rows, "texture rows")?,
         },
     )?;
-    {
-        let extent = |width: u64, height: u64| wgpu::Extent3d {
-            width: width as u32,
-            height: height as u32,
-            depth_or_array_layers: 1,
-        };
-        let whole_texels = w.slice.offset + texels * texel <= w.slice.buffer.size();
-        if whole_texels {
-            // Straight from the tensor: its whole rows, then the last partial row.
-            let (full, tail) = (texels / width, texels % width);
-            let at = |offset: u64, size: u64| BufSlice {
-                buffer: w.slice.buffer.clone(),
-                offset: w.slice.offset + offset,
-                size,
-            };
-            if full > 0 {
-                let src = at(0, full * row_bytes);
-                rec.copy_to_texture(
-                    src,
-                    row_bytes as u32,
-                    texture.clone(),
-                    0,
-                    extent(width, full),
-                );
-            }
-            if tail > 0 {
-                let src = at(full * row_bytes, tail * texel);
-                let row = u32_of(full, "texture rows")?;
-                rec.copy_to_texture(src, row_bytes as u32, texture.clone(), row, extent(tail, 1));
-            }
-        } else {
-            // The window ends inside a texel at the end of its buffer: copy it to
-            // a buffer with whole rows first.
-            let bytes = rows * row_bytes;
-            let buffer = gpu.scratch_buffer(slot.purpose(), bytes)?;
-            rec.copy(
-                w.slice.clone(),
-                BufSlice {
-                    buffer: buffer.clone(),
-                    offset: 0,
-                    size: w.slice.size,
-                },
-            );
-            let src = BufSlice {
-                buffer,
-                offset: 0,
-                size: bytes,
-            };
-            rec.copy_to_texture(
-                src,
-                row_bytes as u32,
-                texture.clone(),
-                0,
-                extent(width, rows),
-            );
-        }
+    // Storage buffers are whole multiples of 16 bytes (`storage_size`), so a
+    // window's last texel always lies inside its buffer.
+    if w.slice.offset + texels * texel > w.slice.buffer.size() {
+        return Err(Error::Internal(format!(
+            "a staged window ends inside a texel past its buffer ({} bytes)",
+            w.slice.buffer.size()
+        )));
+    }
+    let extent = |width: u64, height: u64| wgpu::Extent3d {
+        width: width as u32,
+        height: height as u32,
+        depth_or_array_layers: 1,
+    };
+    // Straight from the tensor: its whole rows, then the last partial row.
+    let (full, tail) = (texels / width, texels % width);
+    let at = |offset: u64, size: u64| BufSlice {
+        buffer: w.slice.buffer.clone(),
+        offset: w.slice.offset + offset,
+        size,
+    };
+    if full > 0 {
+        let src = at(0, full * row_bytes);
+        rec.copy_to_texture(
+            src,
+            row_bytes as u32,
+            texture.clone(),
+            0,
+            extent(width, full),
+        );
+    }
+    if tail > 0 {
+        let src = at(full * row_bytes, tail * texel);
+        let row = u32_of(full, "texture rows")?;
+        rec.copy_to_texture(src, row_bytes as u32, texture.clone(), row, extent(tail, 1));
     }
     Ok(texture.create_view(&Default::default()))
 }
+
+/// Purposes of the forward's unfolded input and padded weights.
+pub(super) const UNFOLDED: &str = "conv2d unfolded input";
+pub(super) const PADDED_WEIGHTS: &str = "conv2d padded weights";
 
 /// The row width of the unfolded forward A, where the product is unfolded
 /// before it is multiplied: on the broadcast kernels an input whose channels
@@ -150,7 +132,7 @@ pub(super) fn record_unfold(
 ) -> Result<Window> {
     let gpu = rec.gpu();
     let elems = (rows * width) as u64;
-    let buffer = gpu.scratch_buffer("conv2d unfolded input", elems * 4)?;
+    let buffer = gpu.scratch_buffer(UNFOLDED, elems * 4)?;
     let dst = gpu.window(&buffer, 0, elems)?;
     let params = Params {
         m: u32_of(rows, "rows")?,
@@ -183,7 +165,7 @@ pub(super) fn record_padded_rows(
 ) -> Result<Window> {
     let gpu = rec.gpu();
     let (bytes, padded) = ((k * n * 4) as u64, (rows * n * 4) as u64);
-    let buffer = gpu.scratch_buffer("conv2d padded weights", padded)?;
+    let buffer = gpu.scratch_buffer(PADDED_WEIGHTS, padded)?;
     rec.copy(
         BufSlice {
             buffer: b.slice.buffer.clone(),
@@ -202,4 +184,36 @@ pub(super) fn record_padded_rows(
         size: padded - bytes,
     });
     gpu.window(&buffer, 0, (rows * n) as u64)
+}
+
+/// The scratch a convolution's subgroup-broadcast kernels may stage: slot
+/// A (vec4 and scalar forms) holds windows of a tensor of `a_elems` floats,
+/// slot B windows of `b_elems`; a window spans at most one binding and its
+/// alignment shift. The tiled kernels read their operands in place.
+pub(super) fn staging_needs(gpu: &Gpu, a_elems: u64, b_elems: u64) -> Vec<ScratchNeed> {
+    if gpu.tuning.matmul != MatmulVariant::SubgroupBroadcast {
+        return Vec::new();
+    }
+    let width = texture_width(gpu);
+    let slot_need = |slot: Slot, elems: u64| {
+        let (format, texel) = slot.format();
+        let bytes = (elems * 4 + gpu.binding_alignment()).min(gpu.max_binding_bytes());
+        let rows = bytes.div_ceil(texel).div_ceil(width);
+        ScratchNeed::Texture {
+            purpose: slot.purpose(),
+            need: TextureNeed {
+                format,
+                width: width as u32,
+                rows: rows.min(u32::MAX as u64) as u32,
+            },
+        }
+    };
+    [
+        (Slot::A, a_elems),
+        (Slot::AScalar, a_elems),
+        (Slot::B, b_elems),
+    ]
+    .into_iter()
+    .map(|(slot, elems)| slot_need(slot, elems))
+    .collect()
 }

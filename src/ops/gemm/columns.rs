@@ -37,19 +37,20 @@ pub(super) fn broadcast_spec() -> ShaderSpec {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ColumnSum;
 
-impl ColumnSum {
-    pub(super) fn record_with(
-        &self,
-        rec: &mut Recorder,
-        x: &DeviceTensor,
-        out: &DeviceTensor,
-        lim: Limits,
-    ) -> Result<()> {
-        let (rows, cols) = x.shape.matrix(self.name())?;
-        let (rows, cols) = (rows as u64, cols as u64);
-        let gpu = rec.gpu();
+/// The two buffers the levels of a column-sum tree alternate between.
+const PARTIALS: [&str; 2] = ["column sum partials", "column sum partials (next level)"];
+
+/// How a column sum over `rows` × `cols` runs: rows per chunk (whole blocks,
+/// each chunk within one window) and the row count of every level of
+/// partial sums, largest first (none when one block holds every row).
+struct SumPlan {
+    per_chunk: u64,
+    levels: Vec<u64>,
+}
+
+impl SumPlan {
+    fn new(rows: u64, cols: u64, lim: Limits) -> Result<SumPlan> {
         let block = lim.sum_block;
-        // Chunks of whole blocks of rows, each within one window.
         let per_chunk = lim.window / cols;
         let per_chunk = if per_chunk >= block {
             per_chunk / block * block
@@ -65,38 +66,73 @@ impl ColumnSum {
                 fix: "use fewer columns".into(),
             });
         }
-        let blocks_of = |r: u64| r.div_ceil(block);
         let total_blocks: u64 = (0..rows)
             .step_by(per_chunk as usize)
-            .map(|r0| blocks_of(per_chunk.min(rows - r0)))
+            .map(|r0| per_chunk.min(rows - r0).div_ceil(block))
             .sum();
+        let mut levels = Vec::new();
+        if total_blocks > 1 {
+            levels.push(total_blocks);
+            while let Some(&last) = levels.last().filter(|&&l| l > block) {
+                levels.push(last.div_ceil(block));
+            }
+        }
+        Ok(SumPlan { per_chunk, levels })
+    }
+
+    fn needs(&self, cols: u64) -> Vec<ScratchNeed> {
+        self.levels
+            .iter()
+            .enumerate()
+            .map(|(i, rows)| ScratchNeed::Buffer {
+                purpose: PARTIALS[i % 2],
+                bytes: rows * cols * 4,
+            })
+            .collect()
+    }
+}
+
+impl ColumnSum {
+    pub(super) fn scratch_with(&self, x: &Shape, lim: Limits) -> Result<Vec<ScratchNeed>> {
+        let (rows, cols) = x.matrix(self.name())?;
+        Ok(SumPlan::new(rows as u64, cols as u64, lim)?.needs(cols as u64))
+    }
+
+    pub(super) fn record_with(
+        &self,
+        rec: &mut Recorder,
+        x: &DeviceTensor,
+        out: &DeviceTensor,
+        lim: Limits,
+    ) -> Result<()> {
+        let (rows, cols) = x.shape.matrix(self.name())?;
+        let (rows, cols) = (rows as u64, cols as u64);
+        let gpu = rec.gpu();
+        let block = lim.sum_block;
+        let SumPlan { per_chunk, levels } = SumPlan::new(rows, cols, lim)?;
         let out_w = out.whole(gpu)?;
-        if total_blocks == 1 {
+        if levels.is_empty() {
             return sum_blocks(rec, &x.whole(gpu)?, rows, cols, block, &out_w, 0);
         }
-        let partials = |rows: u64| {
-            gpu.window(
-                &gpu.storage_buffer("column sum partials", rows * cols * 4)?,
-                0,
-                rows * cols,
-            )
+        let level_window = |i: usize| {
+            let elems = levels[i] * cols;
+            gpu.window(&gpu.scratch_buffer(PARTIALS[i % 2], elems * 4)?, 0, elems)
         };
-        let mut level_w = partials(total_blocks)?;
+        let mut level_w = level_window(0)?;
         let mut row0 = 0;
         for r0 in (0..rows).step_by(per_chunk as usize) {
             let rc = per_chunk.min(rows - r0);
             let w = x.window(gpu, r0 * cols, rc * cols)?;
             sum_blocks(rec, &w, rc, cols, block, &level_w, row0)?;
-            row0 += blocks_of(rc);
+            row0 += rc.div_ceil(block);
         }
-        let mut level_rows = total_blocks;
-        while level_rows > block {
-            let next_rows = blocks_of(level_rows);
-            let next_w = partials(next_rows)?;
-            sum_blocks(rec, &level_w, level_rows, cols, block, &next_w, 0)?;
-            (level_w, level_rows) = (next_w, next_rows);
+        for i in 1..levels.len() {
+            let next_w = level_window(i)?;
+            sum_blocks(rec, &level_w, levels[i - 1], cols, block, &next_w, 0)?;
+            level_w = next_w;
         }
-        sum_blocks(rec, &level_w, level_rows, cols, block, &out_w, 0)
+        let last = levels[levels.len() - 1];
+        sum_blocks(rec, &level_w, last, cols, block, &out_w, 0)
     }
 }
 
@@ -156,6 +192,9 @@ impl Op for ColumnSum {
             shape: Shape(vec![cols]),
             data,
         }])
+    }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        self.scratch_with(inputs[0], Limits::of(gpu))
     }
     fn record(
         &self,

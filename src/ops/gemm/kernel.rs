@@ -105,15 +105,21 @@ pub(super) fn halve(x: u64, q: u64) -> u64 {
     }
 }
 
+/// A product's sizes and layouts: all that its blocking depends on.
+#[derive(Clone, Copy)]
+pub(super) struct GemmShape {
+    pub(super) d: Dims,
+    pub(super) ta: bool,
+    pub(super) tb: bool,
+}
+
 /// One product being recorded.
 pub(super) struct Gemm<'a> {
     pub(super) a: &'a DeviceTensor,
     pub(super) b: &'a DeviceTensor,
     pub(super) bias: Option<&'a DeviceTensor>,
     pub(super) c: &'a DeviceTensor,
-    pub(super) d: Dims,
-    pub(super) ta: bool,
-    pub(super) tb: bool,
+    pub(super) shape: GemmShape,
 }
 
 /// Where a block of an operand starts in its tensor, its leading dimension,
@@ -124,7 +130,7 @@ pub(super) struct Block {
     pub(super) span: u64,
 }
 
-impl Gemm<'_> {
+impl GemmShape {
     /// Block of op(A) rows m0.., reduction k0.. of size mc × kc.
     pub(super) fn block_a(&self, m0: u64, k0: u64, mc: u64, kc: u64) -> Block {
         let Dims { m, k, .. } = self.d;
@@ -214,96 +220,22 @@ impl Gemm<'_> {
             c[shrink] = halve(c[shrink], q[shrink]);
         }
     }
+}
 
-    pub(super) fn gemm_params(
-        &self,
-        m0: u64,
-        n0: u64,
-        k0: u64,
-        size: [u64; 3],
-        groups_m: u64,
-    ) -> GemmParams {
-        let [mc, nc, kc] = size;
-        GemmParams {
-            m: mc as u32,
-            n: nc as u32,
-            k: kc as u32,
-            lda: self.block_a(m0, k0, mc, kc).ld as u32,
-            ldb: self.block_b(k0, n0, kc, nc).ld as u32,
-            ldc: self.d.n as u32,
-            shift_a: 0,
-            shift_b: 0,
-            shift_c: 0,
-            shift_bias: 0,
-            trans_a: self.ta as u32,
-            trans_b: self.tb as u32,
-            accumulate: (k0 > 0) as u32,
-            groups_m: groups_m as u32,
-            _pad: [0; 2],
-        }
-    }
+/// How the subgroup-broadcast kernel cuts a product: its workgroup layout
+/// (`sg_n` subgroups across N, `bm` × `bn` outputs) and the chunk sizes,
+/// each chunk's operands packed into one texture.
+pub(super) struct SgbBlocking {
+    pub(super) sg_n: u64,
+    pub(super) bm: u64,
+    pub(super) bn: u64,
+    pub(super) mc: u64,
+    pub(super) nc: u64,
+    pub(super) kc: u64,
+}
 
-    /// Binds C's chunk at rows m0.., columns n0.. (and the bias for it) and
-    /// records the product kernel.
-    pub(super) fn dispatch_gemm(
-        &self,
-        rec: &mut Recorder,
-        spec: &ShaderSpec,
-        mut p: GemmParams,
-        mut bindings: Vec<Binding>,
-        [m0, n0]: [u64; 2],
-        groups: u64,
-    ) -> Result<()> {
-        let gpu = rec.gpu();
-        let cb = self.block_c(m0, n0, p.m as u64, p.n as u64);
-        let wc = self.c.window(gpu, cb.start, cb.span)?;
-        p.shift_c = wc.shift;
-        bindings.push((&wc).into());
-        if let Some(bias) = self.bias {
-            let wb = bias.window(gpu, n0, p.n as u64)?;
-            p.shift_bias = wb.shift;
-            bindings.push((&wb).into());
-        }
-        rec.dispatch_groups(spec, bytemuck::bytes_of(&p), bindings, groups)
-    }
-
-    pub(super) fn record_tiled(&self, rec: &mut Recorder, lim: Limits) -> Result<()> {
-        let Dims { m, n, k } = self.d;
-        let q = [TILED_BLOCK, TILED_BLOCK, 16];
-        let [mc, nc, kc] = self.fit_windows([m, n, k], q, lim.window)?;
-        let kc = kc.min(TILED_MAX_K);
-        let spec = tiled_spec(self.bias.is_some());
-        let gpu = rec.gpu();
-        for n0 in (0..n).step_by(nc as usize) {
-            let ncl = nc.min(n - n0);
-            for k0 in (0..k).step_by(kc as usize) {
-                let kcl = kc.min(k - k0);
-                let bb = self.block_b(k0, n0, kcl, ncl);
-                let wb = self.b.window(gpu, bb.start, bb.span)?;
-                for m0 in (0..m).step_by(mc as usize) {
-                    let mcl = mc.min(m - m0);
-                    let ab = self.block_a(m0, k0, mcl, kcl);
-                    let wa = self.a.window(gpu, ab.start, ab.span)?;
-                    let groups_m = mcl.div_ceil(TILED_BLOCK);
-                    let mut p = self.gemm_params(m0, n0, k0, [mcl, ncl, kcl], groups_m);
-                    p.shift_a = wa.shift;
-                    p.shift_b = wb.shift;
-                    let groups = groups_m * ncl.div_ceil(TILED_BLOCK);
-                    self.dispatch_gemm(
-                        rec,
-                        &spec,
-                        p,
-                        vec![(&wa).into(), (&wb).into()],
-                        [m0, n0],
-                        groups,
-                    )?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn record_sgb(&self, rec: &mut Recorder, lim: Limits) -> Result<()> {
+impl GemmShape {
+    pub(super) fn sgb_blocking(&self, lim: Limits) -> Result<SgbBlocking> {
         let Dims { m, n, k } = self.d;
         let sg_n = SGB_LAYOUTS
             .into_iter()
@@ -329,20 +261,149 @@ impl Gemm<'_> {
             .min((lim.texture_budget / kp / bm * bm).max(bm))
             .max(1);
         let [mc, nc, kc] = self.fit_windows([mc, nc, kc], [bm, bn, 8], lim.window)?;
-        let kp = round_up(kc, 8);
+        Ok(SgbBlocking {
+            sg_n,
+            bm,
+            bn,
+            mc,
+            nc,
+            kc,
+        })
+    }
+
+    /// The operand textures of the subgroup-broadcast kernel: A as
+    /// [rows][K/4 texels], B as [K rows][columns/4 texels], padded to tiles.
+    pub(super) fn sgb_textures(&self, lim: Limits) -> Result<[ScratchNeed; 2]> {
+        let b = self.sgb_blocking(lim)?;
+        let kp = round_up(b.kc, 8);
+        let texture = |purpose, width: u64, rows: u64| ScratchNeed::Texture {
+            purpose,
+            need: TextureNeed {
+                format: wgpu::TextureFormat::Rgba32Float,
+                width: width as u32,
+                rows: rows as u32,
+            },
+        };
+        Ok([
+            texture("gemm A", kp / 4, round_up(b.mc, b.bm)),
+            texture("gemm B", round_up(b.nc, b.bn) / 4, kp),
+        ])
+    }
+}
+
+impl Gemm<'_> {
+    pub(super) fn gemm_params(
+        &self,
+        m0: u64,
+        n0: u64,
+        k0: u64,
+        size: [u64; 3],
+        groups_m: u64,
+    ) -> GemmParams {
+        let [mc, nc, kc] = size;
+        GemmParams {
+            m: mc as u32,
+            n: nc as u32,
+            k: kc as u32,
+            lda: self.shape.block_a(m0, k0, mc, kc).ld as u32,
+            ldb: self.shape.block_b(k0, n0, kc, nc).ld as u32,
+            ldc: self.shape.d.n as u32,
+            shift_a: 0,
+            shift_b: 0,
+            shift_c: 0,
+            shift_bias: 0,
+            trans_a: self.shape.ta as u32,
+            trans_b: self.shape.tb as u32,
+            accumulate: (k0 > 0) as u32,
+            groups_m: groups_m as u32,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Binds C's chunk at rows m0.., columns n0.. (and the bias for it) and
+    /// records the product kernel.
+    pub(super) fn dispatch_gemm(
+        &self,
+        rec: &mut Recorder,
+        spec: &ShaderSpec,
+        mut p: GemmParams,
+        mut bindings: Vec<Binding>,
+        [m0, n0]: [u64; 2],
+        groups: u64,
+    ) -> Result<()> {
         let gpu = rec.gpu();
-        let tex_a = OperandTexture::new(gpu, "gemm A", kp / 4, round_up(mc, bm))?;
-        let tex_b = OperandTexture::new(gpu, "gemm B", round_up(nc, bn) / 4, kp)?;
+        let cb = self.shape.block_c(m0, n0, p.m as u64, p.n as u64);
+        let wc = self.c.window(gpu, cb.start, cb.span)?;
+        p.shift_c = wc.shift;
+        bindings.push((&wc).into());
+        if let Some(bias) = self.bias {
+            let wb = bias.window(gpu, n0, p.n as u64)?;
+            p.shift_bias = wb.shift;
+            bindings.push((&wb).into());
+        }
+        rec.dispatch_groups(spec, bytemuck::bytes_of(&p), bindings, groups)
+    }
+
+    pub(super) fn record_tiled(&self, rec: &mut Recorder, lim: Limits) -> Result<()> {
+        let Dims { m, n, k } = self.shape.d;
+        let q = [TILED_BLOCK, TILED_BLOCK, 16];
+        let [mc, nc, kc] = self.shape.fit_windows([m, n, k], q, lim.window)?;
+        let kc = kc.min(TILED_MAX_K);
+        let spec = tiled_spec(self.bias.is_some());
+        let gpu = rec.gpu();
+        for n0 in (0..n).step_by(nc as usize) {
+            let ncl = nc.min(n - n0);
+            for k0 in (0..k).step_by(kc as usize) {
+                let kcl = kc.min(k - k0);
+                let bb = self.shape.block_b(k0, n0, kcl, ncl);
+                let wb = self.b.window(gpu, bb.start, bb.span)?;
+                for m0 in (0..m).step_by(mc as usize) {
+                    let mcl = mc.min(m - m0);
+                    let ab = self.shape.block_a(m0, k0, mcl, kcl);
+                    let wa = self.a.window(gpu, ab.start, ab.span)?;
+                    let groups_m = mcl.div_ceil(TILED_BLOCK);
+                    let mut p = self.gemm_params(m0, n0, k0, [mcl, ncl, kcl], groups_m);
+                    p.shift_a = wa.shift;
+                    p.shift_b = wb.shift;
+                    let groups = groups_m * ncl.div_ceil(TILED_BLOCK);
+                    self.dispatch_gemm(
+                        rec,
+                        &spec,
+                        p,
+                        vec![(&wa).into(), (&wb).into()],
+                        [m0, n0],
+                        groups,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn record_sgb(&self, rec: &mut Recorder, lim: Limits) -> Result<()> {
+        let Dims { m, n, k } = self.shape.d;
+        let SgbBlocking {
+            sg_n,
+            bm,
+            bn,
+            mc,
+            nc,
+            kc,
+        } = self.shape.sgb_blocking(lim)?;
+        let gpu = rec.gpu();
+        let [need_a, need_b] = self.shape.sgb_textures(lim)?;
+        let tex_a = OperandTexture::of(gpu, need_a)?;
+        let tex_b = OperandTexture::of(gpu, need_b)?;
         let spec = sgb_spec(sg_n, self.bias.is_some());
         for n0 in (0..n).step_by(nc as usize) {
             let ncl = nc.min(n - n0);
             for k0 in (0..k).step_by(kc as usize) {
                 let kcl = kc.min(k - k0);
-                let bb = self.block_b(k0, n0, kcl, ncl);
+                let bb = self.shape.block_b(k0, n0, kcl, ncl);
                 let pb = Pack {
                     rows: kcl,
                     cols: ncl,
-                    trans: self.tb,
+                    trans: self.shape.tb,
                     width: round_up(ncl, bn) / 4,
                     height: round_up(kcl, 8),
                     // Padding columns only reach outputs that are not stored.
@@ -351,11 +412,11 @@ impl Gemm<'_> {
                 pb.record(rec, self.b, &bb, &tex_b)?;
                 for m0 in (0..m).step_by(mc as usize) {
                     let mcl = mc.min(m - m0);
-                    let ab = self.block_a(m0, k0, mcl, kcl);
+                    let ab = self.shape.block_a(m0, k0, mcl, kcl);
                     let pa = Pack {
                         rows: mcl,
                         cols: kcl,
-                        trans: self.ta,
+                        trans: self.shape.ta,
                         width: round_up(kcl, 8) / 4,
                         height: round_up(mcl, bm),
                         // Padding rows only reach outputs that are not stored.
@@ -383,34 +444,19 @@ impl Gemm<'_> {
     }
 }
 
-/// A scratch texture the subgroup kernel reads an operand from; the recording
-/// keeps it alive, and successive chunks of the op reuse it.
+/// A scratch texture the subgroup kernel reads an operand from; successive
+/// chunks of the op (and later products) reuse it.
 pub(super) struct OperandTexture {
     pub(super) texture: wgpu::Texture,
     pub(super) view: wgpu::TextureView,
 }
 
 impl OperandTexture {
-    pub(super) fn new(gpu: &Gpu, label: &str, width: u64, height: u64) -> Result<Self> {
-        let texture = gpu.scoped(
-            &format!("allocating a {width}×{height} texture for {label}"),
-            || {
-                gpu.device.create_texture(&wgpu::TextureDescriptor {
-                    label: Some(label),
-                    size: wgpu::Extent3d {
-                        width: width as u32,
-                        height: height as u32,
-                        depth_or_array_layers: 1,
-                    },
-                    mip_level_count: 1,
-                    sample_count: 1,
-                    dimension: wgpu::TextureDimension::D2,
-                    format: wgpu::TextureFormat::Rgba32Float,
-                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
-                    view_formats: &[],
-                })
-            },
-        )?;
+    pub(super) fn of(gpu: &Gpu, need: ScratchNeed) -> Result<Self> {
+        let ScratchNeed::Texture { purpose, need } = need else {
+            return Err(Error::Internal("a gemm operand needs a texture".into()));
+        };
+        let texture = gpu.scratch_texture(purpose, need)?;
         let view = texture.create_view(&Default::default());
         Ok(OperandTexture { texture, view })
     }

@@ -11,7 +11,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{
-    Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ShaderSpec, Window,
+    Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ScratchNeed, ShaderSpec,
+    TextureNeed, Window,
 };
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Reshape};
@@ -147,6 +148,24 @@ impl Matmul {
         })
     }
 
+    fn shape(&self, inputs: &[&Shape]) -> Result<GemmShape> {
+        Ok(GemmShape {
+            d: self.dims(inputs)?,
+            ta: self.trans_a,
+            tb: self.trans_b,
+        })
+    }
+
+    /// The operand textures of the subgroup-broadcast kernel (the tiled
+    /// kernel reads its operands in place).
+    fn scratch_with(&self, gpu: &Gpu, inputs: &[&Shape], lim: Limits) -> Result<Vec<ScratchNeed>> {
+        let shape = self.shape(inputs)?;
+        Ok(match gpu.tuning.matmul {
+            MatmulVariant::Tiled => Vec::new(),
+            MatmulVariant::SubgroupBroadcast => shape.sgb_textures(lim)?.to_vec(),
+        })
+    }
+
     fn record_with(
         &self,
         rec: &mut Recorder,
@@ -155,15 +174,12 @@ impl Matmul {
         lim: Limits,
     ) -> Result<()> {
         let shapes: Vec<&Shape> = inputs.iter().map(|t| &t.shape).collect();
-        let d = self.dims(&shapes)?;
         let g = Gemm {
             a: inputs[0],
             b: inputs[1],
             bias: inputs.get(2).copied(),
             c,
-            d,
-            ta: self.trans_a,
-            tb: self.trans_b,
+            shape: self.shape(&shapes)?,
         };
         match rec.gpu().tuning.matmul {
             MatmulVariant::Tiled => g.record_tiled(rec, lim),
@@ -224,6 +240,10 @@ impl Op for Matmul {
             shape: out_shape,
             data,
         }])
+    }
+
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        self.scratch_with(gpu, inputs, Limits::of(gpu))
     }
 
     fn record(

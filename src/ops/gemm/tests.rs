@@ -133,7 +133,12 @@ fn chunked_products_match_reference() {
                 &ins.iter().collect::<Vec<_>>(),
                 want.shape.clone(),
                 &want,
-                |rec, ins, out| op.record_with(rec, ins, out, lim),
+                |rec, ins, out| {
+                    let shapes: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
+                    rec.gpu()
+                        .reserve_scratch(&op.scratch_with(rec.gpu(), &shapes, lim)?)?;
+                    op.record_with(rec, ins, out, lim)
+                },
             );
             for (variant, st) in stats {
                 let sgb = variant == MatmulVariant::SubgroupBroadcast;
@@ -204,6 +209,8 @@ fn chunked_column_sum_and_broadcast() {
     let x = Rng::new(3).tensor([1000, 3], -1.0, 1.0);
     let want = ColumnSum.reference(&[&x.to_ref()]).unwrap().remove(0);
     let counts = run_with(&[&x], Shape::new(&[3]), &want, |rec, ins, out| {
+        rec.gpu()
+            .reserve_scratch(&ColumnSum.scratch_with(&ins[0].shape, lim)?)?;
         ColumnSum.record_with(rec, ins[0], out, lim)
     });
     assert!(

@@ -11,7 +11,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{chunks, vec4_pieces, Binding, DeviceTensor, Recorder, ShaderSpec};
+use crate::gpu::{
+    chunks, vec4_pieces, Binding, DeviceTensor, Gpu, Recorder, ScratchNeed, ShaderSpec,
+};
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::expect_inputs;
 use crate::tensor::{RefTensor, Shape, Tensor};
@@ -160,22 +162,40 @@ pub(crate) struct SquareSums {
     window: u64,
 }
 
+const SQUARE_PARTIALS: &str = "square-sum partials";
+
 impl SquareSums {
-    /// Scratch for tensors of these element counts, split into windows of
-    /// `window` elements: one slot per workgroup of the scalar kernel plus one
+    /// Slots for tensors of these element counts, split into windows of
+    /// `window` elements: one per workgroup of the scalar kernel plus one
     /// per window, enough for any vec4/scalar split (`finish` reads only the
     /// slots written).
+    fn slots(numels: impl IntoIterator<Item = u64>, window: u64) -> u64 {
+        numels
+            .into_iter()
+            .flat_map(|n| chunks(n, window))
+            .map(|r| (r.end - r.start).div_ceil(SQ_PER_GROUP) + 1)
+            .sum::<u64>()
+            .max(1)
+    }
+
+    pub(crate) fn need(numels: impl IntoIterator<Item = u64>, window: u64) -> ScratchNeed {
+        ScratchNeed::Buffer {
+            purpose: SQUARE_PARTIALS,
+            bytes: SquareSums::slots(numels, window) * 4,
+        }
+    }
+
     pub(crate) fn new(
         rec: &Recorder,
         numels: impl IntoIterator<Item = u64>,
         window: u64,
     ) -> Result<SquareSums> {
-        let slots: u64 = numels
-            .into_iter()
-            .flat_map(|n| chunks(n, window))
-            .map(|r| (r.end - r.start).div_ceil(SQ_PER_GROUP) + 1)
-            .sum();
-        let partials = DeviceTensor::zeros(rec.gpu(), Shape::new(&[slots.max(1) as usize]))?;
+        let slots = SquareSums::slots(numels, window);
+        let partials = DeviceTensor {
+            shape: Shape::new(&[slots as usize]),
+            buffer: rec.gpu().scratch_buffer(SQUARE_PARTIALS, slots * 4)?,
+            offset: 0,
+        };
         Ok(SquareSums {
             partials,
             next: 0,
@@ -373,6 +393,10 @@ impl Op for MseLoss {
                 data: diff.iter().map(|d| 2.0 * d / n).collect(),
             },
         ])
+    }
+    fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        let n = inputs[0].numel() as u64;
+        Ok(vec![SquareSums::need([n], gpu.max_window_elems())])
     }
     fn record(
         &self,

@@ -379,6 +379,8 @@ fn throughput() {
             .into_iter()
             .map(|s| DeviceTensor::zeros(&gpu, s).unwrap())
             .collect();
+        gpu.reserve_scratch(&op.scratch(&gpu, &in_shapes).unwrap())
+            .unwrap();
         let mut rec = Recorder::new(&gpu);
         let (ins, outs): (Vec<_>, Vec<_>) = (ins.iter().collect(), outs.iter().collect());
         op.record(&mut rec, &ins, &outs).unwrap();

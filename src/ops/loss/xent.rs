@@ -5,6 +5,20 @@
 
 use super::*;
 
+/// Per-row losses and dL/dγ terms of a cross-entropy, 2 × batch floats.
+const ROW_TERMS: &str = "cross-entropy row terms";
+/// The clamped target logit of every row, batch floats.
+const TARGETS: &str = "curricular targets";
+
+/// `purpose` holding `per_row` floats for each row of the logits `x`.
+fn per_row_need(op: &str, x: &Shape, purpose: &'static str, per_row: u64) -> Result<ScratchNeed> {
+    let (b, _) = x.matrix(op)?;
+    Ok(ScratchNeed::Buffer {
+        purpose,
+        bytes: b as u64 * per_row * 4,
+    })
+}
+
 /// Mirrors SIN_FLOOR in loss.wgsl: bounds d cos(θ+m)/d cos θ only where θ = 0 exactly.
 pub(super) const SIN_FLOOR: f64 = 1e-4;
 
@@ -158,6 +172,9 @@ impl Op for CurricularUpdate {
             data: vec![rate * mean + (1.0 - rate) * inputs[2].data[0]],
         }])
     }
+    fn scratch(&self, _gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        Ok(vec![per_row_need(self.name(), inputs[0], TARGETS, 1)?])
+    }
     fn record(
         &self,
         rec: &mut Recorder,
@@ -168,8 +185,7 @@ impl Op for CurricularUpdate {
         let (x, labels, t) = (inputs[0], inputs[1], inputs[2]);
         let (b, c) = x.shape.matrix(self.name())?;
         let (b, c) = (b as u64, c as u64);
-        let targets = DeviceTensor::zeros(gpu, Shape::new(&[b as usize]))?;
-        let tw = targets.whole(gpu)?;
+        let tw = gpu.window(&gpu.scratch_buffer(TARGETS, b * 4)?, 0, b)?;
         let rows_per_chunk = crate::gpu::rows_per_window(c, gpu.max_window_elems())?;
         for range in chunks(b, rows_per_chunk) {
             let n = range.end - range.start;
@@ -424,7 +440,11 @@ impl RowXent {
             });
         }
         // Per-row losses, then per-row Σ (p − onehot)·cos' for dL/dγ.
-        let rows = DeviceTensor::zeros(gpu, Shape::new(&[2 * b as usize]))?;
+        let rows = DeviceTensor {
+            shape: Shape::new(&[2 * b as usize]),
+            buffer: gpu.scratch_buffer(ROW_TERMS, 2 * b * 4)?,
+            offset: 0,
+        };
         let rows_win = rows.whole(gpu)?;
         let gamma = match self.gamma {
             None => Some(inputs[2].window(gpu, 0, 1)?),
@@ -506,6 +526,9 @@ impl Op for ArcFaceLoss {
     fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
         self.xent()?.reference(inputs)
     }
+    fn scratch(&self, _gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        Ok(vec![per_row_need(self.name(), inputs[0], ROW_TERMS, 2)?])
+    }
     fn record(
         &self,
         rec: &mut Recorder,
@@ -539,6 +562,9 @@ impl Op for SoftmaxCrossEntropy {
     }
     fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
         PLAIN_XENT.reference(inputs)
+    }
+    fn scratch(&self, _gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
+        Ok(vec![per_row_need(self.name(), inputs[0], ROW_TERMS, 2)?])
     }
     fn record(
         &self,
