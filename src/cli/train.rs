@@ -10,7 +10,9 @@ use super::checks;
 use super::groups::{ModelArgs, MAX_PIXELS};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptions};
-use crate::jobs::train::{run_train, DataSource, TrainJob, TrainOptions};
+use crate::gpu::device::list_adapters;
+use crate::jobs::distributed::World;
+use crate::jobs::train::{run_train_across, DataSource, TrainJob, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -103,6 +105,10 @@ pub struct TrainArgs {
     /// No progress bar, skipped-image or validation lines: only the final summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Under mpirun/srun: steps between checks that every rank holds the same
+    /// parameters (a checksum; 0 checks only at the end).
+    #[arg(long, value_parser = checks::int_in::<u64, 0, 1_000_000_000>, default_value_t = 100)]
+    pub check_every: u64,
     /// Print the planned device memory of a step on the chosen adapter by category (kernel scratch included) and exit.
     #[arg(long)]
     pub plan_only: bool,
@@ -151,11 +157,59 @@ impl TrainArgs {
 }
 
 pub(super) fn run(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
+    let world = World::from_launcher()?;
+    let result = run_as_rank(opts, a, &world);
+    if let Err(e) = &result {
+        if world.size() > 1 {
+            // The other ranks would wait for this one forever.
+            eprintln!("error on rank {} of {}: {e}", world.rank(), world.size());
+            world.abort_others(1);
+        }
+    }
+    result
+}
+
+/// The adapter options of this rank: `--adapter` (or WGPU_ADAPTER_NAME) when
+/// given, else, among the adapters of the best adapter's backend (the others
+/// are the same devices through a slower API, e.g. GL), the one whose index
+/// is the rank's local rank, wrapping around when a machine runs more ranks
+/// than it has adapters.
+fn rank_adapter(opts: &GpuOptions, world: &World) -> Result<GpuOptions> {
+    let mut opts = opts.clone();
+    if world.size() > 1 && opts.adapter.is_none() && std::env::var_os("WGPU_ADAPTER_NAME").is_none()
+    {
+        let adapters = list_adapters(&opts)?;
+        let Some(best) = adapters.first().map(|a| a.get_info().backend) else {
+            return Ok(opts);
+        };
+        let same_api: Vec<usize> = (0..adapters.len())
+            .filter(|&i| adapters[i].get_info().backend == best)
+            .collect();
+        let index = same_api[world.local_rank() % same_api.len()];
+        opts.adapter = Some(index.to_string());
+    }
+    Ok(opts)
+}
+
+fn run_as_rank(opts: &GpuOptions, a: &TrainArgs, world: &World) -> Result<()> {
     let data = a.data_source()?.load()?;
     let config = a
         .options()
         .resolve(a.model.model_config()?, data.classes.len())?;
-    let gpu = Gpu::new(opts)?;
+    let gpu = Gpu::new(&rank_adapter(opts, world)?)?;
+    if world.size() > 1 {
+        eprintln!(
+            "rank {} of {} (local rank {}): adapter {}; effective batch {} = {} per micro-batch × {} micro-batches × {} ranks",
+            world.rank(),
+            world.size(),
+            world.local_rank(),
+            gpu.facts.name,
+            config.batch * config.accumulate * world.size(),
+            config.batch,
+            config.accumulate,
+            world.size()
+        );
+    }
     if a.plan_only {
         return crate::jobs::train::print_planned_memory(&gpu, &config);
     }
@@ -171,7 +225,10 @@ pub(super) fn run(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
         max_pixels: a.max_pixels,
         quiet: a.quiet,
     };
-    let m = run_train(&gpu, &job, &stop)?;
+    let m = run_train_across(&gpu, &job, &stop, world, a.check_every)?;
+    if !world.is_root() {
+        return Ok(());
+    }
     let parts = match (m.attention_loss, m.reconstruction_loss) {
         (Some(at), Some(r)) => format!(
             " (global {:.4}, attention {at:.4}, reconstruction {r:.5})",

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod collection;
 pub mod dataset;
 pub mod demo;
+pub mod distributed;
 pub mod eval;
 pub mod extract;
 pub mod local_match;

@@ -18,12 +18,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::gpu::{needs_bytes, Gpu};
+use crate::gpu::{needs_bytes, DeviceTensor, Gpu};
 use crate::graph::exec::{scratch_needs, Executable, ParamStore};
 use crate::graph::plan::plan_storages;
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::io::weights::WeightFile;
 use crate::jobs::dataset::{make_batch, Augment, Batch, Dataset};
+use crate::jobs::distributed::{checksum, data_index, World};
 use crate::model::builder::{ParamSpec, Role};
 use crate::model::contract::{LossOptions, ValidationGraph};
 use crate::model::params::random_weights;
@@ -234,12 +235,14 @@ const VELOCITY: &str = "optimizer.velocity.";
 pub const GRAD_SUM: &str = "optimizer.gradient_sum.";
 const META_STEP: &str = "delg_gpu.step";
 const META_TRAIN: &str = "delg_gpu.train_config";
+/// The number of ranks whose summed gradients a checkpoint's steps used.
+const META_RANKS: &str = "delg_gpu.ranks";
 
 /// One training step as two graphs. `graph` runs once per micro-batch: the
 /// forward pass, the gradients of the total loss for every trainable
 /// parameter, and their accumulation into `optimizer.gradient_sum.*` (scaled
-/// by 1/accumulate, so after the last micro-batch the sums hold the mean
-/// gradient). `update` runs once per step: global-norm clipping of the sums
+/// by 1/(accumulate × ranks), so after the last micro-batch, and the sum over
+/// the ranks of a distributed run, the sums hold the mean gradient). `update` runs once per step: global-norm clipping of the sums
 /// and one SGD step each. The sums only matter within a step (the first
 /// micro-batch overwrites them), so checkpoints never store them.
 pub struct StepGraph {
@@ -266,7 +269,13 @@ fn trainable(s: &ParamSpec) -> bool {
 }
 
 pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
-    if cfg.accumulate == 0 {
+    build_step_across(cfg, 1)
+}
+
+/// The step of one of `ranks` data-parallel processes, whose gradient sums
+/// are added up across the ranks before the update.
+pub fn build_step_across(cfg: &TrainConfig, ranks: usize) -> Result<StepGraph> {
+    if cfg.accumulate == 0 || ranks == 0 {
         return Err(Error::InvalidArgument(
             "--accumulate must be at least 1 (micro-batches per step)".into(),
         ));
@@ -292,7 +301,7 @@ pub fn build_step(cfg: &TrainConfig) -> Result<StepGraph> {
     let grads = g.grad(t.losses[0], &wrt)?;
     let keep = g.input("keep", [1]);
     let accumulate = GradAccumulate {
-        scale: 1.0 / cfg.accumulate as f32,
+        scale: 1.0 / (cfg.accumulate * ranks) as f32,
     };
     let mut update = Graph::new();
     let lr = update.input("lr", [1]);
@@ -687,7 +696,123 @@ pub fn check_init_fits(path: &Path, init: &WeightFile, model: &ModelConfig) -> R
 
 /// Trains, resuming from `run/checkpoint.safetensors` when it exists.
 pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<StepMetrics> {
+    run_train_across(gpu, job, stop, &World::single(), 0)
+}
+
+/// The device tensors of the gradient sums, in the update graph's order
+/// (the same on every rank).
+fn gradient_sums<'a>(sg: &StepGraph, store: &'a ParamStore) -> Result<Vec<&'a DeviceTensor>> {
+    sg.update
+        .tensors
+        .iter()
+        .filter(|i| i.name.starts_with(GRAD_SUM))
+        .map(|i| {
+            store
+                .get(&i.name)
+                .ok_or_else(|| Error::Internal(format!("no device tensor '{}'", i.name)))
+        })
+        .collect()
+}
+
+/// The values of `tensors`, downloaded one after the other into one vector.
+fn download_concat(gpu: &Gpu, tensors: &[&DeviceTensor]) -> Result<Vec<f32>> {
+    let mut all = Vec::new();
+    for t in tensors {
+        all.extend(t.download(gpu)?.data);
+    }
+    Ok(all)
+}
+
+/// Writes consecutive parts of `values` back into `tensors` (the inverse of
+/// `download_concat`).
+fn upload_split(gpu: &Gpu, tensors: &[&DeviceTensor], values: &[f32]) -> Result<()> {
+    let mut at = 0;
+    for t in tensors {
+        let n = t.shape.numel();
+        let part = values
+            .get(at..at + n)
+            .ok_or_else(|| Error::Internal("reduced values shorter than the tensors".into()))?;
+        gpu.queue
+            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(part));
+        at += n;
+    }
+    Ok(())
+}
+
+/// The store's tensors of the parameters with `role_filter`, in spec order.
+fn tensors_where<'a>(
+    sg: &StepGraph,
+    store: &'a ParamStore,
+    role_filter: impl Fn(&ParamSpec) -> bool,
+) -> Result<Vec<&'a DeviceTensor>> {
+    sg.specs
+        .iter()
+        .filter(|s| role_filter(s))
+        .map(|s| {
+            store
+                .get(&s.name)
+                .ok_or_else(|| Error::Internal(format!("no device tensor '{}'", s.name)))
+        })
+        .collect()
+}
+
+/// Stops with an error naming `step` when the trainable parameters of some
+/// rank are not bit-identical to rank 0's. A collective: all ranks call it.
+fn check_ranks_agree(
+    gpu: &Gpu,
+    sg: &StepGraph,
+    store: &ParamStore,
+    world: &World,
+    step: u64,
+) -> Result<()> {
+    let mine = checksum(download_concat(gpu, &tensors_where(sg, store, trainable)?)?);
+    let mut root = mine;
+    world.broadcast_u64(&mut root);
+    if world.all_false(mine != root) {
+        return Ok(());
+    }
+    Err(Error::Internal(format!(
+        "after step {step} the parameters of the {} ranks differ (rank {} checksum {mine:016x}, rank 0 {root:016x}): \
+         the ranks no longer train the same model; rerun from the last checkpoint",
+        world.size(),
+        world.rank()
+    )))
+}
+
+/// Averages the batch-norm running statistics (and other per-rank state such
+/// as CurricularFace's) over the ranks, so that a checkpoint, its validation
+/// and every rank continue from the same values. A collective.
+fn average_rank_state(gpu: &Gpu, sg: &StepGraph, store: &ParamStore, world: &World) -> Result<()> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let state = tensors_where(sg, store, |s| !trainable(s))?;
+    let mut values = download_concat(gpu, &state)?;
+    world.all_reduce_sum_f32(&mut values);
+    let ranks = world.size() as f32;
+    values.iter_mut().for_each(|v| *v /= ranks);
+    upload_split(gpu, &state, &values)
+}
+
+/// Trains as one of the ranks of `world` (see `jobs::distributed`): each rank
+/// runs its own disjoint micro-batches of every step, the gradient sums are
+/// added up across the ranks once per step (one all-reduce of their
+/// concatenation, after the last micro-batch; not bucketed or overlapped with
+/// the backward pass), and every rank applies the same update. Batch norm uses
+/// each rank's own micro-batch statistics, like one process with
+/// `--accumulate accumulate × ranks`; the running statistics are averaged
+/// across the ranks before each checkpoint. Only rank 0 writes files. Every
+/// `check_every` steps (0: only at the end) the ranks compare a checksum of
+/// their parameters.
+pub fn run_train_across(
+    gpu: &Arc<Gpu>,
+    job: &TrainJob,
+    stop: &AtomicBool,
+    world: &World,
+    check_every: u64,
+) -> Result<StepMetrics> {
     let cfg = &job.config;
+    let root = world.is_root();
     let io_err = |p: &Path, e: std::io::Error| Error::File {
         path: p.to_path_buf(),
         reason: e.to_string(),
@@ -702,7 +827,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         )));
     }
     let (train, val) = data.split(cfg.val_fraction, cfg.seed);
-    let step_graph = build_step(cfg)?;
+    let step_graph = build_step_across(cfg, world.size())?;
 
     let checkpoint = job.run.join("checkpoint.safetensors");
     let config_path = job.run.join("config.json");
@@ -718,6 +843,22 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
                 reason: "was written with a different training configuration; use a new run folder"
                     .into(),
             });
+        }
+        // Older checkpoints have no rank count: they come from one process.
+        let ranks = f
+            .metadata
+            .get(META_RANKS)
+            .map_or(Some(1), |r| r.parse::<usize>().ok());
+        if ranks != Some(world.size()) {
+            return Err(Error::file(
+                &checkpoint,
+                format!(
+                    "was written by a run of {} rank(s) but this run has {}: resume with the same \
+                     number of ranks (mpirun -np), or use a new run folder",
+                    f.metadata.get(META_RANKS).map_or("1", |r| r.as_str()),
+                    world.size()
+                ),
+            ));
         }
         let step = f
             .metadata
@@ -749,23 +890,39 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
     };
     let config_json =
         serde_json::to_string_pretty(cfg).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    crate::io::npy::write_atomic(&config_path, config_json.as_bytes())?;
+    if root {
+        crate::io::npy::write_atomic(&config_path, config_json.as_bytes())?;
+    }
 
     let store = upload_state(gpu, &step_graph, &file, cfg)?;
     drop(file);
     let sg = &step_graph;
     let (exe, update) = sg.executables(gpu, &store)?;
 
+    let grad_sums = gradient_sums(sg, &store)?;
+
+    // Only rank 0 writes: the other ranks' lines would be the same.
     let metrics_path = job.run.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| io_err(&metrics_path, e))?;
+    let mut metrics: Box<dyn Write> = if root {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| io_err(&metrics_path, e))?,
+        )
+    } else {
+        Box::new(std::io::sink())
+    };
     let save = |step: u64, store: &ParamStore| -> Result<()> {
+        average_rank_state(gpu, sg, store, world)?;
+        if !root {
+            return Ok(());
+        }
         let mut f = download_state(gpu, sg, store, true)?;
         f.metadata.insert(META_STEP.into(), step.to_string());
         f.metadata.insert(META_TRAIN.into(), config_json.clone());
+        f.metadata.insert(META_RANKS.into(), world.size().to_string());
         f.save(&checkpoint)
     };
 
@@ -775,11 +932,19 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         let (train, seed, batch) = (train.clone(), cfg.seed, cfg.batch);
         let micro = cfg.accumulate as u64;
         let (first, end) = (start * micro, cfg.steps * micro);
+        let (rank, ranks) = (world.rank(), world.size());
         std::thread::spawn(move || {
-            // Micro-batch k of step s is batch s·accumulate + k of the data order.
+            // Micro-batch k of step s is micro-batch s·accumulate + k of this
+            // rank's share of the data order.
             for index in first..end {
                 if tx
-                    .send(make_batch(&train, batch, aug, seed, index))
+                    .send(make_batch(
+                        &train,
+                        batch,
+                        aug,
+                        seed,
+                        data_index(index, rank, ranks),
+                    ))
                     .is_err()
                 {
                     return;
@@ -787,7 +952,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
             }
         });
     }
-    let bar = if job.quiet {
+    let bar = if job.quiet || !root {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new(cfg.steps)
@@ -828,10 +993,26 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
                 sums[losses + 1] += argmax_accuracy(&exe.read(logits)?, &batch.labels);
             }
         }
+        // One all-reduce per step carries the gradient sums, the metric sums
+        // and whether any rank was asked to stop.
+        let stopping = if world.size() > 1 {
+            let mut reduced = download_concat(gpu, &grad_sums)?;
+            let grads = reduced.len();
+            reduced.extend(&sums);
+            reduced.push(stop.load(Ordering::SeqCst) as u8 as f32);
+            world.all_reduce_sum_f32(&mut reduced);
+            upload_split(gpu, &grad_sums, &reduced[..grads])?;
+            let metric_sums = sums.len();
+            sums.copy_from_slice(&reduced[grads..grads + metric_sums]);
+            reduced[grads + metric_sums] > 0.0
+        } else {
+            stop.load(Ordering::SeqCst)
+        };
         let lr = cfg.learning_rate(step);
         update.set_input(sg.lr, &Tensor::new([1], vec![lr])?)?;
         update.run()?;
-        let mean: Vec<f32> = sums.iter().map(|v| v / cfg.accumulate as f32).collect();
+        let micro_batches = (cfg.accumulate * world.size()) as f32;
+        let mean: Vec<f32> = sums.iter().map(|v| v / micro_batches).collect();
         // A second classifier comes with DELG's local-head losses.
         let local_head = sg.logits.is_some();
         last = StepMetrics {
@@ -844,7 +1025,8 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
             grad_norm: update.read(sg.grad_norm)?.data[0],
             global_accuracy: mean[losses],
             attention_accuracy: local_head.then(|| mean[losses + 1]),
-            images_per_s: (cfg.batch * cfg.accumulate) as f64 / t0.elapsed().as_secs_f64(),
+            images_per_s: (cfg.batch * cfg.accumulate * world.size()) as f64
+                / t0.elapsed().as_secs_f64(),
         };
         if !last.loss.is_finite() {
             return Err(Error::Diverged {
@@ -871,12 +1053,15 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         if done {
             last_attention = exe.read(sg.attention)?.data;
         }
+        if world.size() > 1 && (done || (check_every > 0 && (step + 1) % check_every == 0)) {
+            check_ranks_agree(gpu, sg, &store, world, step + 1)?;
+        }
         if done
             || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0)
-            || stop.load(Ordering::SeqCst)
+            || stopping
         {
             save(step + 1, &store)?;
-            if !stop.load(Ordering::SeqCst) {
+            if !stopping && root {
                 if let Some(acc) = validate(gpu, cfg, &val, sg, &store, job.max_pixels)? {
                     let mut line =
                         serde_json::json!({"step": step + 1, "val_global_accuracy": acc[0]});
@@ -889,7 +1074,7 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
                     bar.println(format!("step {}: validation accuracy {text}", step + 1));
                 }
             }
-            if stop.load(Ordering::SeqCst) && !done {
+            if stopping && !done {
                 bar.abandon_with_message(format!(
                     "interrupted: checkpoint at step {} written; rerun the same command to resume",
                     step + 1
@@ -899,6 +1084,9 @@ pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<St
         }
     }
     bar.finish_and_clear();
+    if !root {
+        return Ok(last);
+    }
 
     // The extraction model: no optimiser state, no training-only heads; with
     // local features, τ = the median attention of the last batch (DELG's rule).
