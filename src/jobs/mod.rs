@@ -13,5 +13,6 @@ pub mod pair;
 pub mod scheduler;
 pub mod search;
 pub mod sharded;
+pub mod shortlist;
 pub mod train;
 pub mod weights_import;
