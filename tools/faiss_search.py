@@ -52,9 +52,12 @@ def main():
     if hasattr(index, "nprobe"):
         index.nprobe = a.nprobe
 
-    with open(os.path.join(a.queries, "ids.txt"), encoding="utf-8") as f:
-        query_ids = f.read().splitlines()
-    glob = np.load(os.path.join(a.queries, "global.npy"), mmap_mode="r")
+    try:
+        with open(os.path.join(a.queries, "ids.txt"), encoding="utf-8") as f:
+            query_ids = f.read().splitlines()
+        glob = np.load(os.path.join(a.queries, "global.npy"), mmap_mode="r")
+    except (OSError, ValueError) as e:
+        fail(f"{e}: QUERIES is a feature folder written by delg-gpu extract")
     if glob.ndim != 2 or glob.shape != (len(query_ids), index.d) or glob.dtype != np.float32:
         fail(f"{a.queries}/global.npy: {glob.dtype} {glob.shape}, the index needs [{len(query_ids)}, {index.d}] float32")
     try:
