@@ -14,8 +14,9 @@ pub struct EvalArgs {
     /// Ground truth in the gnd.json form; images are found beside it.
     #[arg(long)]
     pub gnd: PathBuf,
-    /// Extract features with these weights (into --work)...
-    #[arg(long)]
+    /// Extract features with these weights (a file, or a model fetched with
+    /// `delg-gpu weights get`) into --work...
+    #[arg(long, value_parser = super::weights::weights_path)]
     pub weights: Option<PathBuf>,
     /// ...or use existing feature folders.
     #[arg(long)]

@@ -15,8 +15,9 @@ use crate::jobs::extract::{CropBox, ExtractConfig};
 pub struct ExtractArgs {
     /// Folder of images (searched recursively).
     pub input: PathBuf,
-    /// Model weights (safetensors written by delg-gpu or its converters).
-    #[arg(long)]
+    /// Model weights: safetensors written by delg-gpu or its converters, or
+    /// the name of a model fetched with `delg-gpu weights get`.
+    #[arg(long, value_parser = super::weights::weights_path)]
     pub weights: PathBuf,
     /// Check that the weights hold this architecture (delg or dolg); the
     /// weights' metadata decides the model and the default settings.

@@ -15,8 +15,9 @@ pub struct MatchArgs {
     pub a: PathBuf,
     /// Second image (DELG's query side).
     pub b: PathBuf,
-    /// Model weights (safetensors written by delg-gpu or its converters).
-    #[arg(long)]
+    /// Model weights: safetensors written by delg-gpu or its converters, or
+    /// the name of a model fetched with `delg-gpu weights get`.
+    #[arg(long, value_parser = super::weights::weights_path)]
     pub weights: PathBuf,
     /// Write the picture here (PNG).
     #[arg(long)]

@@ -1,11 +1,12 @@
-//! `weights import`: a PyTorch or TensorFlow 2 checkpoint converted without
-//! Python.
+//! `weights list | get | import`: the public models of weights/registry.toml
+//! fetched, and PyTorch or TensorFlow 2 checkpoints converted without Python.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
 use crate::error::Result;
+use crate::jobs::weights_get::{self, GetOptions, Registry};
 use crate::jobs::weights_import::{import, Arch, ImportOptions, LayoutChoice};
 
 #[derive(Subcommand, Debug)]
@@ -15,6 +16,34 @@ pub enum WeightsCommand {
     /// weight file, as tools/convert_torch.py, tools/convert_dolg_pyth.py and
     /// tools/convert_delg_tf2.py do, without Python (docs/weights.md).
     Import(ImportArgs),
+    /// The public models `get` fetches (weights/registry.toml), and which are fetched.
+    List(RegistryArgs),
+    /// Download a model of `list`, verify its SHA-256, convert it and keep it
+    /// in the data directory (then `--weights NAME` finds it) or at --out.
+    /// A cut download resumes when run again.
+    Get(GetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RegistryArgs {
+    /// A registry file instead of the built-in one (also $DELG_GPU_REGISTRY).
+    #[arg(long)]
+    pub registry: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// The model's name in `delg-gpu weights list`.
+    pub name: String,
+    /// Write the weights here instead of the data directory
+    /// ($DELG_GPU_DATA_DIR, else the platform's data directory/delg-gpu/weights).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Use a download whose SHA-256 the registry does not record (its digest is printed).
+    #[arg(long)]
+    pub accept_unverified: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -47,7 +76,27 @@ pub struct ImportArgs {
 }
 
 pub fn run(what: WeightsCommand) -> Result<()> {
-    let WeightsCommand::Import(a) = what;
+    let lines = match what {
+        WeightsCommand::Import(a) => run_import(a)?,
+        WeightsCommand::List(a) => weights_get::list(&Registry::load(a.registry.as_deref())?)?,
+        WeightsCommand::Get(a) => {
+            let registry = Registry::load(a.registry.registry.as_deref())?;
+            let opts = GetOptions {
+                name: a.name,
+                out: a.out,
+                accept_unverified: a.accept_unverified,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            weights_get::get(&registry, &opts)?
+        }
+    };
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn run_import(a: ImportArgs) -> Result<Vec<String>> {
     let opts = ImportOptions {
         arch: a.arch.map(|arch| {
             if arch == "dolg" {
@@ -67,8 +116,11 @@ pub fn run(what: WeightsCommand) -> Result<()> {
         keep_classifier: a.keep_classifier,
         score_threshold: a.score_threshold,
     };
-    for line in import(&opts)? {
-        println!("{line}");
-    }
-    Ok(())
+    import(&opts)
+}
+
+/// `--weights`: a path, or the name of a fetched model of the registry
+/// (one resolution for every command; see [`weights_get::resolve`]).
+pub fn weights_path(arg: &str) -> std::result::Result<PathBuf, String> {
+    weights_get::resolve(std::path::Path::new(arg)).map_err(|e| e.to_string())
 }

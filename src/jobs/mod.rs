@@ -12,4 +12,5 @@ pub mod merge;
 pub mod pair;
 pub mod search;
 pub mod train;
+pub mod weights_get;
 pub mod weights_import;
