@@ -403,8 +403,75 @@ fn weights_by_name_extract_the_same_features_as_the_python_converted_file() {
     let (ok, text) = delg(&dir, &registry, &["weights", "get", "tiny-delg"]);
     assert!(ok, "{text}");
     let python = fixture("convert", "tf2_weights.safetensors");
-    assert_eq!(
-        extract("tiny-delg", "by-name"),
-        extract(python.to_str().unwrap(), "by-path")
+    let by_path = extract(python.to_str().unwrap(), "by-path");
+    assert_eq!(extract("tiny-delg", "by-name"), by_path);
+    // The default model: extract without --weights.
+    let (ok, text) = delg(&dir, &registry, &["weights", "default", "tiny-delg"]);
+    assert!(ok, "{text}");
+    let out = dir.join("by-default");
+    let (ok, text) = delg(
+        &dir,
+        &registry,
+        &[
+            "extract",
+            images.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--scales",
+            "1",
+            "--global-scales",
+            "0",
+            "--score-threshold",
+            "0",
+            "--quiet",
+        ],
     );
+    assert!(ok, "{text}");
+    assert_eq!(std::fs::read(out.join("global.npy")).unwrap(), by_path);
+}
+
+#[test]
+fn without_weights_or_a_default_model_one_line_says_how_to_get_one() {
+    let torch = std::fs::read(fixture("convert", "torch_source.pth")).unwrap();
+    let server = serve(
+        HashMap::from([("/w.pth".to_string(), torch.clone())]),
+        HashMap::new(),
+        2,
+    );
+    let dir = temp("default");
+    let registry = write_registry(
+        &dir,
+        &server,
+        &[Entry {
+            name: "w",
+            format: "torch-delg",
+            path: "/w.pth",
+            sha256: sha256(&torch),
+        }],
+    );
+    for args in [
+        &["extract", "images", "--out", "x"][..],
+        &["match", "a.png", "b.png", "--out", "m.png"],
+        &["eval", "--gnd", "gnd.json"],
+        &["weights", "default"],
+    ] {
+        let (ok, text) = delg(&dir, &registry, args);
+        assert!(
+            !ok && text.contains("`delg-gpu weights get ")
+                && text.contains("`delg-gpu weights default "),
+            "{args:?}: {text}"
+        );
+        assert_eq!(text.trim().lines().count(), 1, "{args:?}: {text}");
+    }
+    let (ok, text) = delg(&dir, &registry, &["weights", "default", "w"]);
+    assert!(
+        !ok && text.contains("run `delg-gpu weights get w`"),
+        "{text}"
+    );
+    let (ok, text) = delg(&dir, &registry, &["weights", "get", "w"]);
+    assert!(ok, "{text}");
+    let (ok, text) = delg(&dir, &registry, &["weights", "default", "w"]);
+    assert!(ok, "{text}");
+    let (ok, text) = delg(&dir, &registry, &["weights", "default"]);
+    assert!(ok && text.trim().ends_with("w.safetensors"), "{text}");
 }

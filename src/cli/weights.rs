@@ -22,6 +22,15 @@ pub enum WeightsCommand {
     /// in the data directory (then `--weights NAME` finds it) or at --out.
     /// A cut download resumes when run again.
     Get(GetArgs),
+    /// Make a fetched model (or a weight file) the one extract, eval and
+    /// match use when no --weights is given; without NAME, show it.
+    Default(DefaultArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DefaultArgs {
+    /// A model of `delg-gpu weights list` fetched with `get`, or a weight file.
+    pub name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +98,10 @@ pub fn run(what: WeightsCommand) -> Result<()> {
             };
             weights_get::get(&registry, &opts)?
         }
+        WeightsCommand::Default(a) => match a.name {
+            Some(name) => weights_get::set_default(&name)?,
+            None => vec![weights_get::default_weights()?.display().to_string()],
+        },
     };
     for line in lines {
         println!("{line}");
@@ -123,4 +136,12 @@ fn run_import(a: ImportArgs) -> Result<Vec<String>> {
 /// (one resolution for every command; see [`weights_get::resolve`]).
 pub fn weights_path(arg: &str) -> std::result::Result<PathBuf, String> {
     weights_get::resolve(std::path::Path::new(arg)).map_err(|e| e.to_string())
+}
+
+/// `--weights` when given, else the default model (`weights default`).
+pub fn weights_or_default(weights: Option<&std::path::Path>) -> Result<PathBuf> {
+    match weights {
+        Some(w) => Ok(w.to_path_buf()),
+        None => weights_get::default_weights(),
+    }
 }

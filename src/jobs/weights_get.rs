@@ -208,6 +208,62 @@ pub fn resolve(arg: &Path) -> Result<PathBuf> {
     Ok(kept)
 }
 
+/// The file in the data directory naming the default model.
+const DEFAULT_FILE: &str = "default-model";
+
+/// Makes `name` (a fetched model of the registry, or a weight file) what
+/// `extract`, `eval` and `match` use without `--weights`.
+pub fn set_default(name: &str) -> Result<Vec<String>> {
+    let path = resolve(Path::new(name))?;
+    if !path.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "'{name}' is neither a weight file nor a model of `delg-gpu weights list`"
+        )));
+    }
+    let stored = if path == Path::new(name) {
+        std::path::absolute(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .display()
+            .to_string()
+    } else {
+        name.to_string()
+    };
+    let dir = data_dir()?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let file = dir.join(DEFAULT_FILE);
+    std::fs::write(&file, format!("{stored}\n")).map_err(|e| Error::io(&file, e))?;
+    Ok(vec![format!(
+        "default model: {stored} ({})",
+        path.display()
+    )])
+}
+
+/// The weights of the default model, or the one line that says how to get one.
+pub fn default_weights() -> Result<PathBuf> {
+    let file = data_dir()?.join(DEFAULT_FILE);
+    let fetch = "fetch one with `delg-gpu weights get delg-r50-gldv2 --accept-unverified` and make it the default with `delg-gpu weights default delg-r50-gldv2`";
+    let text = match std::fs::read(&file) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes[..bytes.len().min(4096)])
+            .trim()
+            .to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(&file, e)),
+    };
+    if text.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no --weights given and no default model: {fetch}"
+        )));
+    }
+    let path = resolve(Path::new(&text))?;
+    if !path.is_file() {
+        return Err(Error::file(
+            &file,
+            format!("names '{text}' as the default model, which is not there: {fetch}"),
+        ));
+    }
+    Ok(path)
+}
+
 /// One line per model: name, whether it is fetched, what it is.
 pub fn list(registry: &Registry) -> Result<Vec<String>> {
     let mut lines = Vec::new();
