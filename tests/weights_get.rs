@@ -4,6 +4,8 @@
 //! download cut in half, and `--weights NAME` extracting the same features
 //! as the Python-converted file.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,15 +14,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::fixture;
 use delg_gpu::testing::test_gpu;
 use sha2::{Digest, Sha256};
-
-fn fixture(dir: &str, name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(dir)
-        .join(name)
-}
 
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("delg-get-{name}-{}", std::process::id()));
@@ -246,51 +242,87 @@ fn get_downloads_verifies_and_converts_to_the_python_converters_bytes() {
     assert_eq!(downloads.len(), 2, "{downloads:?}");
 }
 
+/// A server holding one file and a registry naming it as model `name`.
+struct OneModel {
+    server: Server,
+    dir: PathBuf,
+    registry: PathBuf,
+}
+
+impl OneModel {
+    /// `served` as model `name` with `recorded` as its SHA-256; the first
+    /// answer stops after `cut` bytes when given.
+    fn new(
+        test: &str,
+        name: &str,
+        format: &str,
+        served: Vec<u8>,
+        recorded: String,
+        cut: Option<usize>,
+    ) -> OneModel {
+        let path = format!("/{name}.download");
+        let cut = cut
+            .map(|n| HashMap::from([(path.clone(), n)]))
+            .unwrap_or_default();
+        let server = serve(HashMap::from([(path.clone(), served)]), cut, 8);
+        let dir = temp(test);
+        let registry = write_registry(
+            &dir,
+            &server,
+            &[Entry {
+                name,
+                format,
+                path: &path,
+                sha256: recorded,
+            }],
+        );
+        OneModel {
+            server,
+            dir,
+            registry,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        delg(&self.dir, &self.registry, args)
+    }
+}
+
 #[test]
 fn a_corrupted_download_is_refused_and_removed() {
     let torch = std::fs::read(fixture("convert", "torch_source.pth")).unwrap();
     let mut corrupted = torch.clone();
     corrupted[1000] ^= 0x40;
-    let server = serve(
-        HashMap::from([("/w.pth".to_string(), corrupted)]),
-        HashMap::new(),
-        4,
+    let m = OneModel::new(
+        "corrupt",
+        "w",
+        "torch-delg",
+        corrupted.clone(),
+        sha256(&torch),
+        None,
     );
-    let dir = temp("corrupt");
-    let registry = write_registry(
-        &dir,
-        &server,
-        &[Entry {
-            name: "w",
-            format: "torch-delg",
-            path: "/w.pth",
-            sha256: sha256(&torch),
-        }],
-    );
-    let (ok, text) = delg(&dir, &registry, &["weights", "get", "w"]);
+    let (ok, text) = m.run(&["weights", "get", "w"]);
     assert!(
         !ok && text.contains(&format!("records {}", sha256(&torch))) && text.contains("removed"),
         "{text}"
     );
-    assert!(!dir.join("data/w.safetensors").exists());
+    assert!(!m.dir.join("data/w.safetensors").exists());
     assert_eq!(
-        std::fs::read_dir(dir.join("data/downloads"))
+        std::fs::read_dir(m.dir.join("data/downloads"))
             .unwrap()
             .count(),
         0
     );
     // A registry without a checksum is refused unless told otherwise.
-    let registry = write_registry(
-        &dir,
-        &server,
-        &[Entry {
-            name: "w",
-            format: "torch-delg",
-            path: "/w.pth",
-            sha256: String::new(),
-        }],
+    let m = OneModel::new(
+        "unverified",
+        "w",
+        "torch-delg",
+        corrupted,
+        String::new(),
+        None,
     );
-    let (ok, text) = delg(&dir, &registry, &["weights", "get", "w"]);
+    let (ok, text) = m.run(&["weights", "get", "w"]);
     assert!(!ok && text.contains("--accept-unverified"), "{text}");
 }
 
@@ -298,39 +330,31 @@ fn a_corrupted_download_is_refused_and_removed() {
 fn a_download_cut_in_half_resumes_where_it_stopped() {
     let tgz = saved_model_tar_gz();
     let half = tgz.len() / 2;
-    let server = serve(
-        HashMap::from([("/m.tar.gz".to_string(), tgz.clone())]),
-        HashMap::from([("/m.tar.gz".to_string(), half)]),
-        4,
+    let m = OneModel::new(
+        "resume",
+        "m",
+        "tf2-savedmodel-tar-gz",
+        tgz.clone(),
+        sha256(&tgz),
+        Some(half),
     );
-    let dir = temp("resume");
-    let registry = write_registry(
-        &dir,
-        &server,
-        &[Entry {
-            name: "m",
-            format: "tf2-savedmodel-tar-gz",
-            path: "/m.tar.gz",
-            sha256: sha256(&tgz),
-        }],
-    );
-    let (ok, text) = delg(&dir, &registry, &["weights", "get", "m"]);
+    let (ok, text) = m.run(&["weights", "get", "m"]);
     assert!(
-        !ok && text.contains(&server.base)
+        !ok && text.contains(&m.server.base)
             && text.contains("resume")
             && text.contains("weights import"),
         "{text}"
     );
-    let partial = dir.join("data/downloads/m-m.tar.gz");
+    let partial = m.dir.join("data/downloads/m-m.download");
     assert_eq!(std::fs::metadata(&partial).unwrap().len(), half as u64);
-    let (ok, text) = delg(&dir, &registry, &["weights", "get", "m"]);
+    let (ok, text) = m.run(&["weights", "get", "m"]);
     assert!(ok, "{text}");
     assert_eq!(
-        *server.ranges.lock().unwrap(),
+        *m.server.ranges.lock().unwrap(),
         vec![String::new(), format!("bytes={half}-")]
     );
     assert!(
-        std::fs::read(dir.join("data/m.safetensors")).unwrap()
+        std::fs::read(m.dir.join("data/m.safetensors")).unwrap()
             == std::fs::read(fixture("convert", "tf2_weights.safetensors")).unwrap()
     );
 }
@@ -341,82 +365,27 @@ fn weights_by_name_extract_the_same_features_as_the_python_converted_file() {
         return;
     }
     let tgz = saved_model_tar_gz();
-    let server = serve(
-        HashMap::from([("/m.tar.gz".to_string(), tgz.clone())]),
-        HashMap::new(),
-        2,
+    let m = OneModel::new(
+        "by-name",
+        "tiny-delg",
+        "tf2-savedmodel-tar-gz",
+        tgz.clone(),
+        sha256(&tgz),
+        None,
     );
-    let dir = temp("by-name");
-    let registry = write_registry(
-        &dir,
-        &server,
-        &[Entry {
-            name: "tiny-delg",
-            format: "tf2-savedmodel-tar-gz",
-            path: "/m.tar.gz",
-            sha256: sha256(&tgz),
-        }],
-    );
-    let images = dir.join("images");
+    let images = m.dir.join("images");
     std::fs::create_dir_all(&images).unwrap();
     std::fs::copy(fixture("convert_dolg", "image.png"), images.join("a.png")).unwrap();
-    let extract = |weights: &str, out: &str| {
-        let out = dir.join(out);
-        let (ok, text) = delg(
-            &dir,
-            &registry,
-            &[
-                "extract",
-                images.to_str().unwrap(),
-                "--weights",
-                weights,
-                "--out",
-                out.to_str().unwrap(),
-                "--scales",
-                "1",
-                "--global-scales",
-                "0",
-                "--score-threshold",
-                "0",
-                "--quiet",
-            ],
-        );
-        assert!(ok, "{text}");
-        std::fs::read(out.join("global.npy")).unwrap()
-    };
-    let (ok, text) = delg(
-        &dir,
-        &registry,
-        &[
-            "extract",
-            images.to_str().unwrap(),
-            "--weights",
-            "tiny-delg",
-            "--out",
-            "x",
-        ],
-    );
-    assert!(
-        !ok && text.contains("delg-gpu weights get tiny-delg"),
-        "{text}"
-    );
-    let (ok, text) = delg(&dir, &registry, &["weights", "get", "tiny-delg"]);
-    assert!(ok, "{text}");
-    let python = fixture("convert", "tf2_weights.safetensors");
-    let by_path = extract(python.to_str().unwrap(), "by-path");
-    assert_eq!(extract("tiny-delg", "by-name"), by_path);
-    // The default model: extract without --weights.
-    let (ok, text) = delg(&dir, &registry, &["weights", "default", "tiny-delg"]);
-    assert!(ok, "{text}");
-    let out = dir.join("by-default");
-    let (ok, text) = delg(
-        &dir,
-        &registry,
-        &[
+    // Global descriptors with these weights (None: the default model).
+    let extract = |weights: Option<&str>, out: &str| {
+        let out = m.dir.join(out);
+        let mut args = vec![
             "extract",
             images.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
+        ];
+        args.extend([
             "--scales",
             "1",
             "--global-scales",
@@ -424,30 +393,40 @@ fn weights_by_name_extract_the_same_features_as_the_python_converted_file() {
             "--score-threshold",
             "0",
             "--quiet",
-        ],
+        ]);
+        if let Some(w) = weights {
+            args.extend(["--weights", w]);
+        }
+        let (ok, text) = m.run(&args);
+        (ok, text, std::fs::read(out.join("global.npy")).ok())
+    };
+    let (ok, text, _) = extract(Some("tiny-delg"), "before");
+    assert!(
+        !ok && text.contains("delg-gpu weights get tiny-delg"),
+        "{text}"
     );
+    let (ok, text) = m.run(&["weights", "get", "tiny-delg"]);
     assert!(ok, "{text}");
-    assert_eq!(std::fs::read(out.join("global.npy")).unwrap(), by_path);
+    let python = fixture("convert", "tf2_weights.safetensors");
+    let by_path = extract(Some(python.to_str().unwrap()), "by-path")
+        .2
+        .unwrap();
+    assert_eq!(extract(Some("tiny-delg"), "by-name").2.unwrap(), by_path);
+    let (ok, text) = m.run(&["weights", "default", "tiny-delg"]);
+    assert!(ok, "{text}");
+    assert_eq!(extract(None, "by-default").2.unwrap(), by_path);
 }
 
 #[test]
 fn without_weights_or_a_default_model_one_line_says_how_to_get_one() {
     let torch = std::fs::read(fixture("convert", "torch_source.pth")).unwrap();
-    let server = serve(
-        HashMap::from([("/w.pth".to_string(), torch.clone())]),
-        HashMap::new(),
-        2,
-    );
-    let dir = temp("default");
-    let registry = write_registry(
-        &dir,
-        &server,
-        &[Entry {
-            name: "w",
-            format: "torch-delg",
-            path: "/w.pth",
-            sha256: sha256(&torch),
-        }],
+    let m = OneModel::new(
+        "default",
+        "w",
+        "torch-delg",
+        torch.clone(),
+        sha256(&torch),
+        None,
     );
     for args in [
         &["extract", "images", "--out", "x"][..],
@@ -455,7 +434,7 @@ fn without_weights_or_a_default_model_one_line_says_how_to_get_one() {
         &["eval", "--gnd", "gnd.json"],
         &["weights", "default"],
     ] {
-        let (ok, text) = delg(&dir, &registry, args);
+        let (ok, text) = m.run(args);
         assert!(
             !ok && text.contains("`delg-gpu weights get ")
                 && text.contains("`delg-gpu weights default "),
@@ -463,15 +442,15 @@ fn without_weights_or_a_default_model_one_line_says_how_to_get_one() {
         );
         assert_eq!(text.trim().lines().count(), 1, "{args:?}: {text}");
     }
-    let (ok, text) = delg(&dir, &registry, &["weights", "default", "w"]);
+    let (ok, text) = m.run(&["weights", "default", "w"]);
     assert!(
         !ok && text.contains("run `delg-gpu weights get w`"),
         "{text}"
     );
-    let (ok, text) = delg(&dir, &registry, &["weights", "get", "w"]);
-    assert!(ok, "{text}");
-    let (ok, text) = delg(&dir, &registry, &["weights", "default", "w"]);
-    assert!(ok, "{text}");
-    let (ok, text) = delg(&dir, &registry, &["weights", "default"]);
+    for args in [&["weights", "get", "w"][..], &["weights", "default", "w"]] {
+        let (ok, text) = m.run(args);
+        assert!(ok, "{text}");
+    }
+    let (ok, text) = m.run(&["weights", "default"]);
     assert!(ok && text.trim().ends_with("w.safetensors"), "{text}");
 }

@@ -54,21 +54,12 @@ def main():
         shutil.rmtree(OUT)
     tf.train.Checkpoint(optimizer=opt, model=model).save(str(OUT / "ckpt" / "ckpt"))
 
-    class Export(tf.Module):
-        def __init__(self, model):
-            super().__init__()
-            self._model = model
-
-        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
-        def extract(self, x):
-            return self._model(x)[:3]
-
     with tempfile.TemporaryDirectory() as t:
         t = pathlib.Path(t)
         model.save_weights(str(t / "w" / "delf-weights"))
         unbuilt = tc.keras_delg(blocks, tc.WIDTH)
         unbuilt.load_weights(str(t / "w" / "delf-weights"))
-        tf.saved_model.save(Export(unbuilt), str(t / "exported"))
+        tf.saved_model.save(tc.export_module(unbuilt), str(t / "exported"))
         shutil.copytree(t / "exported" / "variables", OUT / "exported" / "variables")
         for src in (OUT / "ckpt", t / "exported"):
             convert_delg_tf2.main([str(src), str(t / "o.safetensors")])
