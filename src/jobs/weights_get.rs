@@ -432,7 +432,9 @@ fn fetch(url: &str, dest: &Path, size: u64, progress: bool, fix: &str) -> Result
     }
     let agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_body(Some(Duration::from_secs(120)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        // A stalled connection fails; a slow but moving one does not.
+        .timeout_per_read(Some(Duration::from_secs(60)))
         .http_status_as_error(false)
         .build()
         .new_agent();
