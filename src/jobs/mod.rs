@@ -14,4 +14,5 @@ pub mod scheduler;
 pub mod search;
 pub mod sharded;
 pub mod train;
+pub mod weights_get;
 pub mod weights_import;
