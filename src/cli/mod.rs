@@ -85,7 +85,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Match two images: local features, RANSAC, and a picture of the correspondences.
     Match(MatchArgs),
-    /// Model weights: import a PyTorch checkpoint without Python.
+    /// Model weights: list and fetch the public models, import a checkpoint without Python.
     Weights {
         #[command(subcommand)]
         what: WeightsCommand,

@@ -15,4 +15,5 @@ pub mod search;
 pub mod sharded;
 pub mod shortlist;
 pub mod train;
+pub mod weights_get;
 pub mod weights_import;
