@@ -249,6 +249,13 @@ pub fn search(
     db: &FeatureSet,
     k: usize,
 ) -> Result<Vec<Vec<Hit>>> {
+    for (set, what) in [(queries, "queries"), (db, "database")] {
+        if set.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the {what} hold no images: search needs at least one"
+            )));
+        }
+    }
     same_size("global", queries.global_dim, db.global_dim)?;
     global_search(gpu, &queries.global, &db.global, db.global_dim, k)
 }

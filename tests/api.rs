@@ -86,6 +86,12 @@ fn bad_inputs_are_one_error_each() {
         .to_string();
     assert!(err.contains("/no/such/image.png"), "{err}");
 
+    let empty_set = FeatureSet::default();
+    let err = delg_gpu::search(&gpu, &empty_set, &empty_set, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no images"), "{err}");
+
     let dir = temp("bad-writes");
     let err = write_features(&dir.join("none"), &[])
         .unwrap_err()

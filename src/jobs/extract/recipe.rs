@@ -462,11 +462,17 @@ pub fn prepare_rgb(
     cfg: &ExtractConfig,
 ) -> Result<super::PreparedImage> {
     let (w, h) = img.dimensions();
-    if u64::from(w) * u64::from(h) > cfg.max_pixels || w == 0 || h == 0 {
+    if w == 0 || h == 0 {
+        return Err(Error::file(
+            name,
+            format!("image is {w}×{h}: it has no pixels"),
+        ));
+    }
+    if u64::from(w) * u64::from(h) > cfg.max_pixels {
         return Err(Error::file(
             name,
             format!(
-                "image is {w}×{h}: outside 1 px to {} px in all; resize it first",
+                "image is {w}×{h}, more than the {} pixels allowed (max_pixels); resize it first",
                 cfg.max_pixels
             ),
         ));
