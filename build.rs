@@ -7,6 +7,7 @@ use std::{env, fs, path::Path};
 
 fn main() {
     println!("cargo:rerun-if-changed=shaders");
+    git_commit();
     let mut names: Vec<String> = fs::read_dir("shaders")
         .expect("shaders/ directory")
         .filter_map(|e| e.ok())
@@ -52,4 +53,33 @@ fn main() {
     }
     registry.push_str("        _ => None,\n    }\n}\n");
     fs::write(out.join("ops_registry.rs"), registry).expect("write registry");
+}
+
+/// Sets DELG_GIT_COMMIT for `--version`: the short commit hash, or "unknown"
+/// when building outside a git checkout or without git (never an error).
+fn git_commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=DELG_GIT_COMMIT={commit}");
+    // Rebuild when HEAD moves: a checkout changes HEAD, a commit the branch ref.
+    let mut watched = vec!["HEAD".to_string()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(branch);
+    }
+    for name in watched {
+        // A missing file (a packed ref) would rerun this script on every build.
+        let path = git(&["rev-parse", "--git-path", &name]).filter(|p| Path::new(p).exists());
+        if let Some(path) = path {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }

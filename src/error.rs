@@ -69,6 +69,14 @@ pub enum Error {
 
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A download that failed; `fix` says how to do it by hand.
+    #[error("could not download {url}: {reason}; {fix}")]
+    Download {
+        url: String,
+        reason: String,
+        fix: String,
+    },
 }
 
 fn backend_note(backend: &Option<String>) -> String {

@@ -1,6 +1,76 @@
 //! delg-gpu: DELG and DOLG image retrieval on any GPU through wgpu, with
 //! hand-written WGSL kernels and a small graph scheduler.
+//!
+//! # Using the library
+//!
+//! The entry points live at the crate root:
+//!
+//! - [`Gpu`]: a device (`Gpu::new(&GpuOptions::default())` picks the best
+//!   adapter; [`GpuOptions`] names a backend or adapter);
+//! - [`Model`]: a weight file with its extraction recipe ([`ExtractConfig`]),
+//!   or [`Model::tiny_random`] for trying things out (random weights give
+//!   meaningless features; docs/weights.md says where trained ones come from);
+//! - [`Extractor`]: images (files or [`RgbImage`]s in memory) to [`Features`]:
+//!   the global descriptor and the local descriptors with their locations,
+//!   scales and attention;
+//! - [`image_files`]: the images of a folder, as `delg-gpu extract` finds them;
+//! - [`write_features`] and [`FeatureSet::load`]: feature folders, the
+//!   layout `delg-gpu extract` writes and numpy reads;
+//! - [`search`] and [`search_reranked`]: global search on the device, and
+//!   DELG's re-ranking by local matching, returning [`Hit`]s;
+//! - [`match_features`]: two images' local features matched and verified
+//!   with RANSAC ([`Verified`]: correspondences, inliers, the fitted
+//!   [`Transform`]).
+//!
+//! A tour: extract three images, store them, search, and match a pair.
+//!
+//! ```
+//! use delg_gpu::{
+//!     match_features, search, write_features, Extractor, FeatureSet, Gpu, GpuOptions,
+//!     MatchParams, Model, RansacParams,
+//! };
+//! # fn main() -> delg_gpu::Result<()> {
+//! let gpu = Gpu::new(&GpuOptions::default())?;
+//! let model = Model::tiny_random(7)?; // or Model::load(Path::new("delg_r50.safetensors"))?
+//! let mut extractor = Extractor::new(&gpu, &model)?;
+//!
+//! // Two views of one generated scene and a view of another.
+//! let images = [
+//!     delg_gpu::jobs::demo::render_scene(1, 0, 128),
+//!     delg_gpu::jobs::demo::render_scene(1, 1, 128),
+//!     delg_gpu::jobs::demo::render_scene(2, 0, 128),
+//! ];
+//! let mut features = Vec::new();
+//! for (i, image) in images.iter().enumerate() {
+//!     let mut f = extractor.extract(image)?;
+//!     f.id = format!("image{i}.png");
+//!     let norm: f32 = f.global.iter().map(|v| v * v).sum::<f32>().sqrt();
+//!     assert!((norm - 1.0).abs() < 1e-4); // global descriptors are L2-normalised
+//!     assert_eq!(f.locations.len(), 2 * f.num_local()); // (y, x) per keypoint
+//!     features.push(f);
+//! }
+//!
+//! let dir = std::env::temp_dir().join(format!("delg-doc-tour-{}", std::process::id()));
+//! write_features(&dir, &features)?;
+//! let set = FeatureSet::load(&dir)?;
+//! assert_eq!(set.ids, ["image0.png", "image1.png", "image2.png"]);
+//!
+//! // Each image finds itself first (cosine similarity 1).
+//! let hits = search(&gpu, &set, &set, 2)?;
+//! for (q, ranking) in hits.iter().enumerate() {
+//!     assert_eq!(ranking[0].db, q);
+//!     assert!((ranking[0].score - 1.0).abs() < 1e-3);
+//! }
+//!
+//! // An image matched with itself: every keypoint pairs with its twin.
+//! let same = match_features(&set.image(0), &set.image(0), &MatchParams::default(), &RansacParams::default())?;
+//! assert!(same.matches.iter().all(|m| m.a == m.b));
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod api;
 pub mod cli;
 pub mod error;
 pub mod gpu;
@@ -14,4 +84,16 @@ pub mod tensor;
 #[cfg(any(test, feature = "test-harness"))]
 pub mod testing;
 
+pub use api::{
+    image_files, match_features, search, search_reranked, write_features, Extractor, Features,
+    Model, Verified,
+};
 pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuOptions};
+pub use image::RgbImage;
+pub use io::features::FeatureSet;
+pub use jobs::extract::ExtractConfig;
+pub use jobs::pair::PairMatch;
+pub use jobs::search::{Hit, RerankParams};
+pub use retrieval::matching::MatchParams;
+pub use retrieval::ransac::{RansacParams, Transform};

@@ -11,7 +11,8 @@ use delg_gpu::jobs::collection::Shard;
 use delg_gpu::jobs::demo::render_scene;
 use delg_gpu::jobs::extract::{run_extract, ExtractConfig, ExtractJob};
 use delg_gpu::jobs::merge::merge_shards;
-use delg_gpu::jobs::search::{run_search, Database, RerankParams, SearchInputs};
+use delg_gpu::jobs::search::{rerank_and_write, run_search, Database, RerankParams, SearchInputs};
+use delg_gpu::jobs::shortlist::read_shortlist;
 use delg_gpu::testing::test_gpu;
 
 const SHARDS: usize = 3;
@@ -102,6 +103,23 @@ fn search_over_shard_folders_equals_search_over_the_merged_folder() {
             assert!(
                 csv.lines().skip(1).any(|l| !l.ends_with(",0")),
                 "re-ranking verified no image:\n{csv}"
+            );
+        }
+    }
+    // The global search's ranking.csv read back as a shortlist from
+    // elsewhere and re-ranked: the very files `search --rerank` wrote.
+    for db in [&parent, &merged] {
+        let name = db.file_name().unwrap().to_string_lossy().into_owned();
+        let out = root.join(format!("from-shortlist-{name}"));
+        let inputs = SearchInputs::load(&queries, db, &out).unwrap();
+        let file = root.join(format!("global-{name}")).join("ranking.csv");
+        let hits = read_shortlist(&file, &inputs.queries.ids, inputs.db.ids()).unwrap();
+        rerank_and_write(&gpu, &inputs, hits, Some(rerank), &out).unwrap();
+        for f in ["ranking.csv", "ranks.npy", "scores.npy", "inliers.npy"] {
+            assert!(
+                std::fs::read(out.join(f)).unwrap()
+                    == std::fs::read(root.join(format!("reranked-{name}")).join(f)).unwrap(),
+                "{name}: {f} re-ranked from the shortlist file differs from search --rerank"
             );
         }
     }

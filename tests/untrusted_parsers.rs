@@ -1,6 +1,6 @@
 //! Property tests for the parsers of untrusted files (safetensors headers,
-//! `.npy` headers, gnd.json, CSV lists, the extraction journal): valid
-//! samples mutated by a seeded loop, and random bytes, give a result or an
+//! PyTorch and TensorFlow checkpoints, `.npy` headers, gnd.json, CSV lists,
+//! the extraction journal): valid samples mutated by a seeded loop, and random bytes, give a result or an
 //! error, never a panic, and never an allocation larger than the file
 //! justifies (a length field claiming 10^12 elements must not be believed).
 
@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 
 use delg_gpu::io::features::{FileStamp, ImageFeatures, Journal};
 use delg_gpu::io::groundtruth::GroundTruth;
+use delg_gpu::io::tf_checkpoint::{graph_variables, Checkpoint, OBJECT_GRAPH_KEY};
 use delg_gpu::io::weights::WeightFile;
 use delg_gpu::io::{gldv2, npy};
 use delg_gpu::jobs::collection::read_box_list;
+use delg_gpu::jobs::weights_import::{import, ImportOptions, LayoutChoice};
 use delg_gpu::tensor::{Rng, Tensor};
 
 /// The system allocator, noting the largest single request of the thread
@@ -127,6 +129,53 @@ fn torch_checkpoints() {
     assert!(!read(&std::env::temp_dir().join("missing.pth")));
     let parsed = mutate_and_parse("tiny.pth", &sample, |p| {
         let _ = read(p);
+    });
+    assert_eq!(parsed, 1500);
+}
+
+#[test]
+fn tf2_checkpoint_indexes() {
+    // The index of a TensorFlow training checkpoint (tools/make_tf2_checkpoint_fixture.py)
+    // mutated beside its intact data file, through the whole import.
+    let ckpt = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert_tf2/ckpt");
+    let sample = std::fs::read(ckpt.join("ckpt-1.index")).unwrap();
+    let data = std::fs::read(ckpt.join("ckpt-1.data-00000-of-00001")).unwrap();
+    let imported = Cell::new(0);
+    mutate_and_parse("ckpt-1.index", &sample, |p| {
+        let beside = p.with_file_name("ckpt-1.data-00000-of-00001");
+        if !beside.exists() {
+            std::fs::write(&beside, &data).unwrap();
+        }
+        let opts = ImportOptions {
+            src: p.to_path_buf(),
+            out: p.with_file_name("out.safetensors"),
+            arch: None,
+            layout: LayoutChoice::Auto,
+            dilations: vec![],
+            keep_classifier: false,
+            score_threshold: None,
+        };
+        imported.set(imported.get() + usize::from(import(&opts).is_ok()));
+    });
+    // Most mutations land in tensor entries and block contents, which the
+    // checksums refuse; some (the restart array, the footer's padding) are harmless.
+    assert!(imported.get() < 1500, "{} mutants imported", imported.get());
+}
+
+#[test]
+fn tf2_object_graphs() {
+    // The serialized object graph of the same checkpoint, parsed directly
+    // (in a checkpoint, its checksum would refuse most mutations first).
+    let ckpt =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert_tf2/ckpt/ckpt-1");
+    let checkpoint = Checkpoint::open(&ckpt).unwrap();
+    let sample = checkpoint.string_scalar(OBJECT_GRAPH_KEY).unwrap();
+    let variables = graph_variables(&sample).unwrap();
+    assert!(variables
+        .iter()
+        .any(|v| v.path == "model/backbone/conv1/kernel"));
+    let parsed = mutate_and_parse("graph.pb", &sample, |p| {
+        let _ = graph_variables(&std::fs::read(p).unwrap());
     });
     assert_eq!(parsed, 1500);
 }

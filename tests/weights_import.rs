@@ -177,3 +177,91 @@ fn storages_that_do_not_fit_the_archive_are_refused() {
     let cut = &tiny[..tiny.len() - 30];
     assert!(torch_checkpoint::parse(cut).unwrap_err().contains("zip"));
 }
+
+/// The TF2 fixtures: the model of tf2_weights.safetensors as TensorFlow wrote
+/// it (tools/make_tf2_checkpoint_fixture.py).
+fn tf2(path: &str) -> PathBuf {
+    fixture("convert_tf2", path)
+}
+
+#[test]
+fn tf2_checkpoints_import_to_the_python_converters_bytes() {
+    let want = fixture("convert", "tf2_weights.safetensors");
+    // A training checkpoint (with optimizer slots) by its directory, prefix
+    // and index file; a SavedModel's variables by their directory.
+    for (i, src) in [
+        "ckpt",
+        "ckpt/ckpt-1",
+        "ckpt/ckpt-1.index",
+        "exported/variables",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_same_bytes(&tf2(src), &want, &[], &format!("tf2-{i}.safetensors"));
+    }
+}
+
+/// A copy of the training checkpoint in a scratch directory, `damage`
+/// applied to (index bytes, data bytes) first; returns its prefix.
+fn damaged_checkpoint(name: &str, damage: impl Fn(&mut Vec<u8>, &mut Vec<u8>)) -> PathBuf {
+    let dir = scratch(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut index = std::fs::read(tf2("ckpt/ckpt-1.index")).unwrap();
+    let mut data = std::fs::read(tf2("ckpt/ckpt-1.data-00000-of-00001")).unwrap();
+    damage(&mut index, &mut data);
+    std::fs::write(dir.join("ckpt-1.index"), index).unwrap();
+    if !data.is_empty() {
+        std::fs::write(dir.join("ckpt-1.data-00000-of-00001"), data).unwrap();
+    }
+    dir.join("ckpt-1")
+}
+
+#[test]
+fn damaged_tf2_checkpoints_get_one_clear_line_naming_the_file() {
+    let out = scratch("tf2-damaged.safetensors");
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        (
+            "no data file",
+            damaged_checkpoint("tf2-nodata", |_, d| d.clear()),
+            "ckpt-1.data-00000-of-00001: cannot be read",
+        ),
+        (
+            "data cut short",
+            damaged_checkpoint("tf2-short", |_, d| d.truncate(d.len() / 2)),
+            "lies outside its data file",
+        ),
+        (
+            "a weight changed",
+            damaged_checkpoint("tf2-flip", |_, d| d[100] ^= 1),
+            "fails its checksum",
+        ),
+        (
+            "the object graph changed",
+            damaged_checkpoint("tf2-graph", |_, d| *d.last_mut().unwrap() ^= 1),
+            "'_CHECKPOINTABLE_OBJECT_GRAPH': fails its checksum",
+        ),
+        (
+            "an index block changed",
+            damaged_checkpoint("tf2-index", |i, _| i[200] ^= 1),
+            "ckpt-1.index: the block at byte 0 fails its checksum",
+        ),
+        (
+            "not an index",
+            damaged_checkpoint("tf2-noindex", |i, _| i.truncate(20)),
+            "no table footer",
+        ),
+    ];
+    for (what, src, needle) in cases {
+        let (ok, text) = import(&src, &out, &[]);
+        assert!(!ok && text.contains(needle), "{what}: {text}");
+        assert_eq!(text.trim().lines().count(), 1, "{what}: {text}");
+    }
+    let (ok, text) = import(&tf2("ckpt"), &out, &["--arch", "dolg"]);
+    assert!(!ok && text.contains("drop --arch dolg"), "{text}");
+    let (ok, text) = import(&fixture("convert", "torch_source.pth"), &out, &[]);
+    assert!(!ok && text.contains("--arch delg or --arch dolg"), "{text}");
+    let (ok, text) = import(&fixture("convert", "nothing-here"), &out, &[]);
+    assert!(!ok && text.contains("nothing-here"), "{text}");
+    assert!(!out.exists());
+}

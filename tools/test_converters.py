@@ -364,6 +364,22 @@ def randomize_keras(model, seed):
         v.assign(val.astype(np.float32))
 
 
+def export_module(model):
+    """export_local_and_global_model.py's module: the model under `_model`."""
+    import tensorflow as tf
+
+    class Export(tf.Module):
+        def __init__(self, model):
+            super().__init__()
+            self._model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+        def extract(self, x):
+            return self._model(x)[:3]
+
+    return Export(model)
+
+
 def test_tf2(tmp, image):
     require_tf_keras()
     import tensorflow as tf
@@ -378,23 +394,12 @@ def test_tf2(tmp, image):
     tf.train.Checkpoint(optimizer=opt, model=model).save(str(tmp / "ckpt" / "ckpt"))
     model.save_weights(str(tmp / "w" / "delf-weights"))
 
-    class Export(tf.Module):
-        """export_local_and_global_model.py's module: the model under `_model`."""
-
-        def __init__(self, model):
-            super().__init__()
-            self._model = model
-
-        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
-        def extract(self, x):
-            return self._model(x)[:3]
-
-    tf.saved_model.save(Export(model), str(tmp / "saved"))
+    tf.saved_model.save(export_module(model), str(tmp / "saved"))
     # As the official export does it: an unbuilt model restored with
     # load_weights, so Keras saves it without its own variable lists.
     unbuilt = keras_delg(blocks, WIDTH)
     unbuilt.load_weights(str(tmp / "w" / "delf-weights"))
-    tf.saved_model.save(Export(unbuilt), str(tmp / "exported"))
+    tf.saved_model.save(export_module(unbuilt), str(tmp / "exported"))
 
     out = OUT / "tf2_weights.safetensors"
     convert_delg_tf2.main([str(tmp / "ckpt"), str(out), "--depth", "auto"])

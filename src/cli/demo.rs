@@ -15,8 +15,9 @@ pub struct DemoArgs {
     /// Folder for the generated images, features and results.
     #[arg(long, default_value = "delg-demo")]
     pub out: PathBuf,
-    /// Weights to use (default: a tiny model initialised from a fixed seed).
-    #[arg(long)]
+    /// Weights to use, a file or a fetched model's name (default: a tiny
+    /// model initialised from a fixed seed).
+    #[arg(long, value_parser = super::weights::weights_path)]
     pub weights: Option<PathBuf>,
     /// Generated scenes, four views each.
     #[arg(long, value_parser = checks::int_in::<u32, 1, 10_000>, default_value_t = 4)]

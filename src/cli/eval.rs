@@ -14,8 +14,10 @@ pub struct EvalArgs {
     /// Ground truth in the gnd.json form; images are found beside it.
     #[arg(long)]
     pub gnd: PathBuf,
-    /// Extract features with these weights (into --work)...
-    #[arg(long)]
+    /// Extract features with these weights (a file, or a model fetched with
+    /// `delg-gpu weights get`; default without --db-features: the model set
+    /// by `delg-gpu weights default`) into --work...
+    #[arg(long, value_parser = super::weights::weights_path)]
     pub weights: Option<PathBuf>,
     /// ...or use existing feature folders.
     #[arg(long)]
@@ -36,7 +38,12 @@ pub struct EvalArgs {
 }
 
 pub(super) fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<()> {
-    let mut extract = match &a.weights {
+    // Without features to score, the default model extracts them.
+    let weights = match (&a.weights, &a.db_features) {
+        (None, None) => Some(super::weights::weights_or_default(None)?),
+        (w, _) => w.clone(),
+    };
+    let mut extract = match &weights {
         Some(w) => crate::jobs::extract::defaults_for_weights(w)?.1,
         None => Default::default(),
     };
@@ -44,7 +51,7 @@ pub(super) fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<()> {
     let gpu = Gpu::new(opts)?;
     let job = EvalJob {
         gnd: a.gnd.clone(),
-        weights: a.weights.clone(),
+        weights,
         db_features: a.db_features.clone(),
         query_features: a.query_features.clone(),
         work: a.work.clone(),

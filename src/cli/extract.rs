@@ -1,7 +1,7 @@
 //! `extract` and `merge`: a collection into a feature folder, shard by shard.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -15,9 +15,11 @@ use crate::jobs::extract::{CropBox, ExtractConfig};
 pub struct ExtractArgs {
     /// Folder of images (searched recursively).
     pub input: PathBuf,
-    /// Model weights (safetensors written by delg-gpu or its converters).
-    #[arg(long)]
-    pub weights: PathBuf,
+    /// Model weights: safetensors written by delg-gpu or its converters, or
+    /// the name of a model fetched with `delg-gpu weights get` (default: the
+    /// model set by `delg-gpu weights default`).
+    #[arg(long, value_parser = super::weights::weights_path)]
+    pub weights: Option<PathBuf>,
     /// Check that the weights hold this architecture (delg or dolg); the
     /// weights' metadata decides the model and the default settings.
     #[arg(long)]
@@ -72,13 +74,14 @@ pub struct MergeArgs {
 }
 
 pub(super) fn run(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
-    let config = extract_config(a)?;
+    let weights = super::weights::weights_or_default(a.weights.as_deref())?;
+    let config = extract_config(a, &weights)?;
     let (only, crops) = selection(a)?;
     let gpu = Gpu::new(opts)?;
     let job = crate::jobs::extract::ExtractJob {
         input: a.input.clone(),
         out: a.out.clone(),
-        weights: a.weights.clone(),
+        weights,
         config,
         shard: shard(a)?,
         only,
@@ -128,12 +131,12 @@ fn shard(a: &ExtractArgs) -> Result<Option<crate::jobs::collection::Shard>> {
 }
 
 /// The weights' defaults, then the --config file, then the flags.
-fn extract_config(a: &ExtractArgs) -> Result<ExtractConfig> {
-    let (stored, defaults) = crate::jobs::extract::defaults_for_weights(&a.weights)?;
+fn extract_config(a: &ExtractArgs, weights: &Path) -> Result<ExtractConfig> {
+    let (stored, defaults) = crate::jobs::extract::defaults_for_weights(weights)?;
     if let Some(arch) = &a.arch {
         if arch != stored {
             return Err(Error::file(
-                &a.weights,
+                weights,
                 format!(
                     "holds a '{stored}' model, not '{arch}': drop --arch or pass other weights"
                 ),

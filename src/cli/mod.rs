@@ -35,7 +35,7 @@ pub use weights::{ImportArgs, WeightsCommand};
 #[derive(Parser, Debug)]
 #[command(
     name = "delg-gpu",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DELG_GIT_COMMIT"), ")"),
     about = "DELG/DOLG image retrieval on any GPU (wgpu + WGSL)"
 )]
 pub struct Cli {
@@ -85,7 +85,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Match two images: local features, RANSAC, and a picture of the correspondences.
     Match(MatchArgs),
-    /// Model weights: import a PyTorch checkpoint without Python.
+    /// Model weights: list and fetch the public models, import a checkpoint without Python.
     Weights {
         #[command(subcommand)]
         what: WeightsCommand,
@@ -158,6 +158,18 @@ mod tests {
         let mut missing = Vec::new();
         undocumented(&super::Cli::command(), "delg-gpu", &mut missing);
         assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    #[test]
+    fn version_names_the_commit_or_says_it_is_unknown() {
+        let version = super::Cli::command().render_version();
+        let commit = version
+            .trim()
+            .strip_prefix(&format!("delg-gpu {} (commit ", env!("CARGO_PKG_VERSION")))
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("unexpected --version: {version}"));
+        let hash = commit.len() >= 4 && commit.chars().all(|c| c.is_ascii_hexdigit());
+        assert!(hash || commit == "unknown", "{version}");
     }
 
     #[test]

@@ -15,9 +15,11 @@ pub struct MatchArgs {
     pub a: PathBuf,
     /// Second image (DELG's query side).
     pub b: PathBuf,
-    /// Model weights (safetensors written by delg-gpu or its converters).
-    #[arg(long)]
-    pub weights: PathBuf,
+    /// Model weights: safetensors written by delg-gpu or its converters, or
+    /// the name of a model fetched with `delg-gpu weights get` (default: the
+    /// model set by `delg-gpu weights default`).
+    #[arg(long, value_parser = super::weights::weights_path)]
+    pub weights: Option<PathBuf>,
     /// Write the picture here (PNG).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -69,7 +71,7 @@ pub(super) fn run(opts: &GpuOptions, a: &MatchArgs) -> Result<()> {
     let job = pair::PairJob {
         a: a.a.clone(),
         b: a.b.clone(),
-        weights: a.weights.clone(),
+        weights: super::weights::weights_or_default(a.weights.as_deref())?,
         extract,
         matching: a.verify.matching(),
         ransac,

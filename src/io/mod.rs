@@ -7,5 +7,6 @@ pub mod gldv2;
 pub mod groundtruth;
 pub mod images;
 pub mod npy;
+pub mod tf_checkpoint;
 pub mod torch_checkpoint;
 pub mod weights;

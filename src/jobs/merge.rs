@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::io::features::{write_feature_set, FeatureSet};
+use crate::io::features::FeatureSetWriter;
 use crate::jobs::collection::Shard;
 use crate::jobs::extract::RunRecord;
+use crate::jobs::sharded::ShardedSet;
 
 #[derive(Clone, Debug)]
 pub struct MergeSummary {
@@ -33,37 +34,24 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary> {
             ));
         }
     }
-    let records = shard_records(inputs)?;
-
-    let mut all = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut first: Option<&FeatureSet> = None;
-    let sets = inputs
-        .iter()
-        .map(|d| FeatureSet::load(d))
-        .collect::<Result<Vec<_>>>()?;
-    for (set, dir) in sets.iter().zip(inputs) {
-        if let Some(f) = first {
-            set.check_same_model(dir, f, &inputs[0])?;
-        }
-        for i in 0..set.len() {
-            let f = set.image(i);
-            if !seen.insert(f.id.clone()) {
-                return Err(Error::file(
-                    dir,
-                    format!("'{}' also appears in another shard: were the shards extracted from one collection with one --shard count?", f.id),
-                ));
-            }
-            all.push(f);
-        }
-        first.get_or_insert(set);
-    }
-    all.sort_by(|a, b| a.id.cmp(&b.id));
-    let (global_dim, local_dim) = (sets[0].global_dim, sets[0].local_dim);
+    // Read in place, an image at a time: only ids and offsets are held
+    // whole, so memory does not grow with the descriptors.
+    let set = ShardedSet::of_folders(inputs)?;
     let binarized = inputs
         .iter()
         .all(|d| d.join("local_descriptors_bin.npy").exists());
-    write_feature_set(out, &all, global_dim, local_dim, binarized)?;
+    let mut writer = FeatureSetWriter::create(
+        out,
+        set.len(),
+        set.local_rows(),
+        set.global_dim,
+        set.local_dim,
+        binarized,
+    )?;
+    for i in 0..set.len() {
+        writer.push(&set.image(i)?)?;
+    }
+    writer.finish()?;
 
     // Every shard reports the folder entries discovery could not use, so
     // identical lines are kept once.
@@ -83,12 +71,12 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary> {
 
     let record = RunRecord {
         shard: None,
-        ..records[0].clone()
+        ..set.record.clone()
     };
     let json = serde_json::to_string_pretty(&record).map_err(|e| Error::Internal(e.to_string()))?;
     crate::io::npy::write_atomic(&out.join("config.json"), json.as_bytes())?;
     Ok(MergeSummary {
-        images: all.len(),
+        images: set.len(),
         shards: inputs.len(),
         failed: lines.len(),
     })

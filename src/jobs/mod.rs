@@ -14,5 +14,7 @@ pub mod pair;
 pub mod scheduler;
 pub mod search;
 pub mod sharded;
+pub mod shortlist;
 pub mod train;
+pub mod weights_get;
 pub mod weights_import;

@@ -14,14 +14,15 @@ use std::sync::Arc;
 use image::{Rgb, RgbImage};
 use serde_json::json;
 
+use crate::api::{match_features, Features};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::draw;
 use crate::io::images::{load_rgb, resize_pil_bilinear};
 use crate::jobs::extract::Extractor;
 use crate::jobs::extract::{prepare_image, ExtractConfig};
-use crate::retrieval::matching::{match_descriptors, MatchParams};
-use crate::retrieval::ransac::{verify, Model, RansacParams, Transform};
+use crate::retrieval::matching::MatchParams;
+use crate::retrieval::ransac::{Model, RansacParams, Transform};
 
 /// What `delg-gpu match` was asked to do.
 pub struct PairJob {
@@ -86,7 +87,7 @@ pub fn match_pair(gpu: &Arc<Gpu>, job: &PairJob) -> Result<PairResult> {
                     .into(),
         });
     }
-    let mut side = |path: &Path| -> Result<(Side, Vec<f32>, Vec<f32>)> {
+    let mut side = |path: &Path| -> Result<(Side, Features)> {
         let img = prepare_image(path, &job.extract, None)?;
         let [_, h, w, _] = img.pixels.shape.nhwc("image")?;
         // prepare_image resized by new/original per axis; undo it exactly.
@@ -103,30 +104,24 @@ pub fn match_pair(gpu: &Arc<Gpu>, job: &PairJob) -> Result<PairResult> {
             height: original(h, img.resize_factor.0),
             points,
         };
-        Ok((side, local.descriptors, local.locations))
+        let features = Features {
+            id: path.display().to_string(),
+            descriptors: local.descriptors,
+            locations: local.locations,
+            ..Features::default()
+        };
+        Ok((side, features))
     };
-    let (a, a_desc, a_loc) = side(&job.a)?;
-    let (b, b_desc, b_loc) = side(&job.b)?;
-    let putative = match_descriptors(&b_desc, &a_desc, dim, &job.matching)?;
-    let verification = verify(&b_loc, &a_loc, &putative, &job.ransac)?;
-    let mask = verification.ransac.as_ref().map(|r| r.inliers.as_slice());
-    let matches = putative
-        .iter()
-        .enumerate()
-        .map(|(i, m)| PairMatch {
-            a: m.db,
-            b: m.query,
-            distance: m.distance,
-            inlier: mask.is_some_and(|k| k[i]),
-        })
-        .collect();
+    let (a, a_features) = side(&job.a)?;
+    let (b, b_features) = side(&job.b)?;
+    let verified = match_features(&a_features, &b_features, &job.matching, &job.ransac)?;
     Ok(PairResult {
         a,
         b,
-        matches,
-        inliers: verification.score,
+        matches: verified.matches,
+        inliers: verified.inliers,
         ransac: job.ransac,
-        transform: verification.ransac.map(|r| r.model.swap_axes()),
+        transform: verified.transform,
     })
 }
 

@@ -427,9 +427,26 @@ pub fn run_search(
 ) -> Result<SearchSummary> {
     let (q, db) = (&inputs.queries, &inputs.db);
     let t = std::time::Instant::now();
-    let k = k.min(db.len());
-    let mut hits = db.global_search(gpu, &q.global, k)?;
+    let hits = db.global_search(gpu, &q.global, k.min(db.len()))?;
     let global_seconds = t.elapsed().as_secs_f64();
+    let rerank_seconds = rerank_and_write(gpu, inputs, hits, rerank_params, out)?;
+    Ok(SearchSummary {
+        global_seconds,
+        rerank_seconds,
+    })
+}
+
+/// Re-ranks every query's `hits` (a global search's, or a shortlist from
+/// `shortlist::read_shortlist`) when `rerank_params` is given, writes `out`
+/// as `run_search` does and returns the seconds re-ranking took.
+pub fn rerank_and_write(
+    gpu: &Arc<Gpu>,
+    inputs: &SearchInputs,
+    mut hits: Vec<Vec<Hit>>,
+    rerank_params: Option<RerankParams>,
+    out: &Path,
+) -> Result<f64> {
+    let (q, db) = (&inputs.queries, &inputs.db);
     let t = std::time::Instant::now();
     if let Some(p) = rerank_params {
         let mut matcher = LocalMatcher::new(gpu, p.match_on);
@@ -438,11 +455,10 @@ pub fn run_search(
         }
     }
     let rerank_seconds = t.elapsed().as_secs_f64();
+    // Every query has as many hits: the global top-k, or a checked shortlist.
+    let k = hits.first().map_or(0, Vec::len);
     write_results(out, q, db.ids(), &hits, k)?;
-    Ok(SearchSummary {
-        global_seconds,
-        rerank_seconds,
-    })
+    Ok(rerank_seconds)
 }
 
 /// Writes the `k` hits of every query into the folder `out`: ranking.csv

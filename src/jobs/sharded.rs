@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::io::npy::{self, NpyRows};
 use crate::jobs::collection::Shard;
 use crate::jobs::extract::RunRecord;
+use crate::io::features::ImageFeatures;
 use crate::jobs::search::{GlobalSearch, ImageLocals, LocalFeatures};
 
 /// One shard's feature files, opened but not read.
@@ -23,6 +24,8 @@ struct ShardFiles {
     global: NpyRows,
     descriptors: NpyRows,
     locations: NpyRows,
+    scales: NpyRows,
+    attention: NpyRows,
 }
 
 /// Every shard of one extraction, used as one feature set.
@@ -33,6 +36,8 @@ pub struct ShardedSet {
     pub global_dim: usize,
     pub local_dim: usize,
     pub model_id: Option<String>,
+    /// The run record of the shard first in `shard_folders` order (all agree).
+    pub(crate) record: RunRecord,
     shards: Vec<ShardFiles>,
     /// (shard, row within it) of each image.
     place: Vec<(usize, usize)>,
@@ -70,10 +75,16 @@ impl ShardedSet {
                 "holds neither features (ids.txt) nor shard folders (written by `delg-gpu extract --shard`)",
             ));
         }
-        let records = crate::jobs::merge::shard_records(&folders)?;
+        ShardedSet::of_folders(&folders)
+    }
+
+    /// Opens the shard folders `folders`, which must be every shard of one
+    /// extraction, each finished.
+    pub fn of_folders(folders: &[PathBuf]) -> Result<ShardedSet> {
+        let records = crate::jobs::merge::shard_records(folders)?;
         let mut by_index: Vec<(usize, &PathBuf)> = records
             .iter()
-            .zip(&folders)
+            .zip(folders)
             .map(|(r, d)| {
                 Ok((
                     Shard::parse(r.shard.as_deref().unwrap_or_default())?.index,
@@ -115,6 +126,7 @@ impl ShardedSet {
             global_dim: shards[0].global.shape[1],
             local_dim: shards[0].descriptors.shape[1],
             model_id: Some(records[0].model_id.clone()).filter(|m| !m.is_empty()),
+            record: records[0].clone(),
             shards,
             place,
         })
@@ -126,6 +138,26 @@ impl ShardedSet {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// Local feature rows of all shards together.
+    pub fn local_rows(&self) -> usize {
+        self.shards.iter().map(|s| s.descriptors.rows()).sum()
+    }
+
+    /// Everything extracted from image `i`, read from its shard's files.
+    pub fn image(&self, i: usize) -> Result<ImageFeatures> {
+        let (s, row) = self.place[i];
+        let shard = &self.shards[s];
+        let range = shard.local_range(row);
+        Ok(ImageFeatures {
+            id: self.ids[i].clone(),
+            global: shard.global.read(row..row + 1)?,
+            descriptors: shard.descriptors.read(range.clone())?,
+            locations: shard.locations.read(range.clone())?,
+            scales: shard.scales.read(range.clone())?,
+            attention: shard.attention.read(range)?,
+        })
     }
 
     /// Scores every image's global descriptor, a chunk of rows in memory
@@ -162,11 +194,18 @@ impl LocalFeatures for ShardedSet {
     fn locals(&self, i: usize) -> Result<ImageLocals> {
         let (s, row) = self.place[i];
         let shard = &self.shards[s];
-        let range = shard.offsets[row] as usize..shard.offsets[row + 1] as usize;
+        let range = shard.local_range(row);
         Ok(ImageLocals {
             descriptors: shard.descriptors.read(range.clone())?,
             locations: shard.locations.read(range)?,
         })
+    }
+}
+
+impl ShardFiles {
+    /// The local feature rows of the shard's image `row`.
+    fn local_range(&self, row: usize) -> std::ops::Range<usize> {
+        self.offsets[row] as usize..self.offsets[row + 1] as usize
     }
 }
 
@@ -187,11 +226,15 @@ fn open_shard(dir: &Path) -> Result<(ShardFiles, Vec<String>)> {
     let (_, offsets) = npy::read::<i64>(&dir.join("local_offsets.npy"))?;
     let descriptors = NpyRows::open::<f32>(&dir.join("local_descriptors.npy"))?;
     let locations = NpyRows::open::<f32>(&dir.join("local_locations.npy"))?;
+    let scales = NpyRows::open::<f32>(&dir.join("local_scales.npy"))?;
+    let attention = NpyRows::open::<f32>(&dir.join("local_attention.npy"))?;
     let (n, m) = (ids.len(), descriptors.rows());
     let consistent = global.shape.len() == 2
         && global.rows() == n
         && descriptors.shape.len() == 2
         && locations.shape == [m, 2]
+        && scales.shape == [m]
+        && attention.shape == [m]
         && offsets.len() == n + 1
         && offsets.first() == Some(&0)
         && offsets.last() == Some(&(m as i64))
@@ -209,6 +252,8 @@ fn open_shard(dir: &Path) -> Result<(ShardFiles, Vec<String>)> {
         global,
         descriptors,
         locations,
+        scales,
+        attention,
     };
     Ok((files, ids))
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::io::tf_checkpoint;
 use crate::io::torch_checkpoint::{self, Value};
 use crate::io::weights::{json_string, WeightFile};
 use crate::model::resnet::Layout;
@@ -34,7 +35,8 @@ pub enum LayoutChoice {
 pub struct ImportOptions {
     pub src: PathBuf,
     pub out: PathBuf,
-    pub arch: Arch,
+    /// The model a PyTorch checkpoint holds (a TF2 checkpoint is always DELG).
+    pub arch: Option<Arch>,
     pub layout: LayoutChoice,
     /// DOLG: rates of the multi-atrous block (not stored in checkpoints).
     pub dilations: Vec<usize>,
@@ -112,15 +114,43 @@ pub fn python_float_repr(x: f64) -> String {
     }
 }
 
-/// Imports `opts.src` into `opts.out`; returns the lines to show the user.
-pub fn import_torch(opts: &ImportOptions) -> Result<Vec<String>> {
+/// Imports `opts.src` (a PyTorch checkpoint, or a TensorFlow 2 checkpoint in
+/// any of the forms [`tf_checkpoint::checkpoint_prefix`] takes) into
+/// `opts.out`; returns the lines to show the user.
+pub fn import(opts: &ImportOptions) -> Result<Vec<String>> {
     let src = &opts.src;
-    let root = torch_checkpoint::load(src)?;
-    let (file, mut notes) = match opts.arch {
-        Arch::Delg => delg_file(src, &root, opts)?,
-        Arch::Dolg => dolg_file(src, &root, opts)?,
+    let (file, notes) = if tf_checkpoint::looks_like_checkpoint(src) {
+        if opts.arch == Some(Arch::Dolg) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: a TensorFlow checkpoint holds a DELG model (DOLG's official checkpoints are PyTorch's): drop --arch dolg",
+                src.display()
+            )));
+        }
+        tf2_delg_file(src, opts)?
+    } else {
+        let root = torch_checkpoint::load(src)?;
+        match opts.arch {
+            Some(Arch::Delg) => delg_file(src, &root, opts)?,
+            Some(Arch::Dolg) => dolg_file(src, &root, opts)?,
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: a PyTorch checkpoint: say which model it holds with --arch delg or --arch dolg",
+                    src.display()
+                )))
+            }
+        }
     };
-    // The file must be one the extractor accepts: configuration and shapes.
+    save_checked(src, file, notes, &opts.out)
+}
+
+/// Writes `file` to `out` once the extractor would accept it (configuration
+/// and shapes); the first note says what was written.
+fn save_checked(
+    src: &Path,
+    file: WeightFile,
+    mut notes: Vec<String>,
+    out: &Path,
+) -> Result<Vec<String>> {
     let model = ModelConfig::from_metadata(&file.metadata, src)?;
     let params = model.parameters()?;
     let expected: Vec<_> = params
@@ -129,13 +159,13 @@ pub fn import_torch(opts: &ImportOptions) -> Result<Vec<String>> {
         .map(|s| (s.name.clone(), s.shape.clone()))
         .collect();
     file.check(src, &expected, crate::model::params::TRAINING_ONLY)?;
-    file.save(&opts.out)?;
+    file.save(out)?;
     let n: usize = file.tensors.values().map(|t| t.data.len()).sum();
     notes.insert(
         0,
         format!(
             "wrote {}: {} model, {} tensors, {:.2} M parameters",
-            opts.out.display(),
+            out.display(),
             model.arch(),
             file.tensors.len(),
             n as f64 / 1e6
@@ -289,8 +319,6 @@ fn delg_file(src: &Path, root: &Value, opts: &ImportOptions) -> Result<(WeightFi
             format!("no 'conv1.weight': not a ResNet backbone in torchvision names{hint}"),
         ));
     }
-    let blocks = stage_blocks(src, tensors.keys().cloned())?;
-    let width = dim(src, &tensors, "conv1.weight", 0)?;
     let layout = match opts.layout {
         LayoutChoice::Auto => Layout::detect(|name| tensors.contains_key(name)).name(),
         LayoutChoice::Torchvision => "torchvision",
@@ -303,6 +331,22 @@ fn delg_file(src: &Path, root: &Value, opts: &ImportOptions) -> Result<(WeightFi
              initialise the heads with tools/convert_torch.py (--heads init), or start training from the backbone",
         ));
     }
+    let file = delg_weight_file(src, tensors, layout, opts.score_threshold)?;
+    let notes = dropped_note(&dropped, 6, "tensors delg-gpu does not use: ");
+    Ok((file, notes))
+}
+
+/// A whole DELG model in delg-gpu names → its weight file, configured as
+/// tools/delg_weights.py's `model_config` configures it (head sizes read
+/// from the heads, GeM p = 3).
+fn delg_weight_file(
+    src: &Path,
+    tensors: BTreeMap<String, HostTensor>,
+    layout: &str,
+    score_threshold: Option<f64>,
+) -> Result<WeightFile> {
+    let blocks = stage_blocks(src, tensors.keys().cloned())?;
+    let width = dim(src, &tensors, "conv1.weight", 0)?;
     let config = PyJson::Object(vec![
         (
             "backbone",
@@ -324,7 +368,7 @@ fn delg_file(src: &Path, root: &Value, opts: &ImportOptions) -> Result<(WeightFi
         ),
     ]);
     let mut file = metadata_file(tensors, "delg", config);
-    if let Some(tau) = opts.score_threshold {
+    if let Some(tau) = score_threshold {
         if !tau.is_finite() {
             return Err(Error::InvalidArgument(format!(
                 "--score-threshold {tau} is not a number"
@@ -333,8 +377,7 @@ fn delg_file(src: &Path, root: &Value, opts: &ImportOptions) -> Result<(WeightFi
         file.metadata
             .insert(META_SCORE_THRESHOLD.into(), python_float_repr(tau));
     }
-    let notes = dropped_note(&dropped, 6, "tensors delg-gpu does not use: ");
-    Ok((file, notes))
+    Ok(file)
 }
 
 fn dropped_note(dropped: &[String], shown: usize, what: &str) -> Vec<String> {
@@ -507,6 +550,234 @@ fn dolg_file(src: &Path, root: &Value, opts: &ImportOptions) -> Result<(WeightFi
     ]);
     let notes = dropped_note(&dropped, 8, "tensors: ");
     Ok((metadata_file(tensors, "dolg", config), notes))
+}
+
+// --- TensorFlow 2: the official Keras DELG model ----------------------------
+
+/// How a TF2 variable is laid out in ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TfLayout {
+    /// A convolution kernel: HWIO → OIHW.
+    Kernel,
+    /// A dense kernel `[in, out]` → `[out, in]` (all axes reversed, as numpy's `.T`).
+    Dense,
+    AsIs,
+}
+
+/// Keras variable names → ours.
+const TF_VARIABLE: &[(&str, &str)] = &[
+    ("kernel", "weight"),
+    ("bias", "bias"),
+    ("gamma", "weight"),
+    ("beta", "bias"),
+    ("moving_mean", "running_mean"),
+    ("moving_variance", "running_var"),
+];
+/// Layers of a residual block (`backbone/l{stage}{letter}/...`) → ours.
+const TF_BLOCK_LAYER: &[(&str, &str)] = &[
+    ("conv2a", "conv1"),
+    ("conv2b", "conv2"),
+    ("conv2c", "conv3"),
+    ("conv_shortcut", "downsample.0"),
+    ("bn2a", "bn1"),
+    ("bn2b", "bn2"),
+    ("bn2c", "bn3"),
+    ("bn_shortcut", "downsample.1"),
+];
+/// Every other layer of the model → ours.
+const TF_LAYER: &[(&str, &str)] = &[
+    ("backbone/conv1", "conv1"),
+    ("backbone/bn_conv1", "bn1"),
+    ("backbone/embedding_layer", "whiten"),
+    ("attention/conv1", "attention.conv1"),
+    ("attention/bn_conv1", "attention.bn"),
+    ("attention/conv2", "attention.conv2"),
+    ("autoencoder/conv1", "autoencoder.encoder"),
+    ("autoencoder/conv2", "autoencoder.decoder"),
+    ("attn_classification", "attention_classifier"),
+];
+
+fn lookup(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
+    table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+fn is_word(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// Variables of a training checkpoint that are not weights of the network.
+fn tf2_not_a_weight(rel: &str) -> bool {
+    rel.starts_with("optimizer/")
+        || matches!(
+            rel,
+            "save_counter" | "scale_factor" | "step" | "global_step"
+        )
+}
+
+/// (our name, layout) of a model-relative object path, or None
+/// (tools/convert_delg_tf2.py's `our_name`).
+fn tf2_name(path: &str) -> Option<(String, TfLayout)> {
+    let layout_of = |var: &str| {
+        if var == "kernel" {
+            TfLayout::Kernel
+        } else {
+            TfLayout::AsIs
+        }
+    };
+    // backbone/l{digit}{a-z}/{word}/{word}
+    if let Some(rest) = path.strip_prefix("backbone/l") {
+        let mut chars = rest.chars();
+        if let (Some(stage), Some(letter), Some('/')) = (chars.next(), chars.next(), chars.next()) {
+            let parts: Vec<&str> = chars.as_str().split('/').collect();
+            if stage.is_ascii_digit()
+                && letter.is_ascii_lowercase()
+                && parts.len() == 2
+                && parts.iter().all(|p| is_word(p))
+            {
+                let stage = stage.to_digit(10)?;
+                let layer = lookup(TF_BLOCK_LAYER, parts[0])?;
+                let var = lookup(TF_VARIABLE, parts[1])?;
+                if !(2..=5).contains(&stage) {
+                    return None;
+                }
+                let block = letter as u32 - 'a' as u32;
+                return Some((
+                    format!("layer{}.{block}.{layer}.{var}", stage - 1),
+                    layout_of(parts[1]),
+                ));
+            }
+        }
+    }
+    if path == "cosine_weights" {
+        return Some(("arcface.weight".into(), TfLayout::Dense));
+    }
+    let (layer, var) = path.rsplit_once('/').unwrap_or(("", path));
+    let ours = lookup(TF_LAYER, layer)?;
+    let our_var = lookup(TF_VARIABLE, var)?;
+    let dense = matches!(layer, "backbone/embedding_layer" | "attn_classification");
+    let layout = if dense && var == "kernel" {
+        TfLayout::Dense
+    } else {
+        layout_of(var)
+    };
+    Some((format!("{ours}.{our_var}"), layout))
+}
+
+/// `t` with its axes in the order `perm` (ours[i] = theirs[perm[i]]).
+fn permuted(t: &HostTensor, perm: &[usize]) -> Result<HostTensor> {
+    let dims = t.shape.dims();
+    let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+    let mut strides = vec![1usize; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * dims[i + 1];
+    }
+    let mut data = Vec::with_capacity(t.data.len());
+    let mut index = vec![0usize; dims.len()];
+    for _ in 0..t.data.len() {
+        let at: usize = index.iter().zip(perm).map(|(&i, &p)| i * strides[p]).sum();
+        data.push(t.data[at]);
+        for axis in (0..index.len()).rev() {
+            index[axis] += 1;
+            if index[axis] < out_dims[axis] {
+                break;
+            }
+            index[axis] = 0;
+        }
+    }
+    Tensor::new(out_dims, data)
+}
+
+/// As tools/convert_delg_tf2.py: the variables under the model's root
+/// (found by its `backbone/conv1/kernel`), renamed and laid out as ours.
+fn tf2_delg_file(src: &Path, opts: &ImportOptions) -> Result<(WeightFile, Vec<String>)> {
+    let prefix = tf_checkpoint::checkpoint_prefix(src)?;
+    let ckpt = tf_checkpoint::Checkpoint::open(&prefix)?;
+    let index = ckpt.index_path.clone();
+    let mut variables = ckpt.variables()?;
+    variables.sort_by(|a, b| a.path.cmp(&b.path));
+    const ANCHOR: &str = "backbone/conv1/kernel";
+    let anchors: Vec<&str> = variables
+        .iter()
+        .map(|v| v.path.as_str())
+        .filter(|p| *p == ANCHOR || p.ends_with(&format!("/{ANCHOR}")))
+        .collect();
+    if anchors.len() != 1 {
+        let sample: Vec<&str> = variables.iter().take(8).map(|v| v.path.as_str()).collect();
+        return Err(Error::file(
+            &index,
+            format!(
+                "expected one '{ANCHOR}' (a Keras DELG model), found {}; the checkpoint holds: {} ...",
+                anchors.len(),
+                sample.join(", ")
+            ),
+        ));
+    }
+    let root = anchors[0][..anchors[0].len() - ANCHOR.len()].to_string();
+    let mut tensors = BTreeMap::new();
+    let (mut skipped, mut unmapped) = (0usize, Vec::new());
+    for var in &variables {
+        let Some(rel) = var
+            .path
+            .strip_prefix(&root)
+            .filter(|r| !tf2_not_a_weight(r))
+        else {
+            skipped += 1;
+            continue;
+        };
+        let Some((name, layout)) = tf2_name(rel) else {
+            unmapped.push(format!("{} {:?}", var.path, ckpt.entries[&var.key].shape));
+            continue;
+        };
+        let t = ckpt.tensor(&var.key)?;
+        let t = match layout {
+            TfLayout::Kernel if t.shape.rank() == 4 => permuted(&t, &[3, 2, 0, 1])?,
+            TfLayout::Dense => {
+                let reversed: Vec<usize> = (0..t.shape.rank()).rev().collect();
+                permuted(&t, &reversed)?
+            }
+            _ => t,
+        };
+        if tensors.insert(name.clone(), t).is_some() {
+            return Err(Error::file(
+                &index,
+                format!("two variables map to '{name}' (the second is {})", var.path),
+            ));
+        }
+    }
+    if !unmapped.is_empty() {
+        unmapped.truncate(30);
+        return Err(Error::file(
+            &index,
+            format!(
+                "variables with no delg-gpu name (not the official Keras DELG model?):\n  {}",
+                unmapped.join("\n  ")
+            ),
+        ));
+    }
+    for (name, hint) in [
+        (
+            "whiten.weight",
+            "no embedding layer, a DELF rather than DELG model?",
+        ),
+        (
+            "autoencoder.encoder.weight",
+            "no autoencoder, trained with use_autoencoder=False?",
+        ),
+    ] {
+        if !tensors.contains_key(name) {
+            return Err(Error::file(
+                &index,
+                format!("has no '{name}' (docs/weights.md): {hint}"),
+            ));
+        }
+    }
+    let file = delg_weight_file(&index, tensors, "delg", opts.score_threshold)?;
+    let notes = if skipped > 0 {
+        vec![format!("skipped {skipped} variables that are not network weights (optimizer state, counters, ArcFace scale)")]
+    } else {
+        Vec::new()
+    };
+    Ok((file, notes))
 }
 
 #[cfg(test)]

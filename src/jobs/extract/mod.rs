@@ -7,8 +7,8 @@ pub mod recipe;
 
 pub use extractor::{Extracted, Extractor, PreparedImage, StageTimes};
 pub use recipe::{
-    aggregate_global, l2_normalize, prepare_image, select_local, CropBox, ExtractConfig,
-    LevelOutput, LocalFeatures, PixelNorm,
+    aggregate_global, l2_normalize, prepare_image, prepare_rgb, select_local, CropBox,
+    ExtractConfig, LevelOutput, LocalFeatures, PixelNorm,
 };
 
 use serde::{Deserialize, Serialize};

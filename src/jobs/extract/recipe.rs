@@ -440,7 +440,7 @@ pub fn prepare_image(
     cfg: &ExtractConfig,
     crop: Option<CropBox>,
 ) -> Result<super::PreparedImage> {
-    use crate::io::images::{capped_size, load_rgb, resize_pil_bilinear};
+    use crate::io::images::load_rgb;
     let mut img = load_rgb(path, cfg.max_pixels)?;
     let mut cap = cfg.max_image_size.map(f64::from);
     if let Some(crop) = crop {
@@ -451,9 +451,46 @@ pub fn prepare_image(
         let factor = img.width().max(img.height()) as f64 / original_side;
         cap = cap.map(|m| m * factor);
     }
+    prepare_decoded(path, &img, cfg, cap)
+}
+
+/// Resizes and normalises an image already in memory as `prepare_image` does
+/// a file (`name` labels it in errors).
+pub fn prepare_rgb(
+    name: &std::path::Path,
+    img: &image::RgbImage,
+    cfg: &ExtractConfig,
+) -> Result<super::PreparedImage> {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(Error::file(
+            name,
+            format!("image is {w}×{h}: it has no pixels"),
+        ));
+    }
+    if u64::from(w) * u64::from(h) > cfg.max_pixels {
+        return Err(Error::file(
+            name,
+            format!(
+                "image is {w}×{h}, more than the {} pixels allowed (max_pixels); resize it first",
+                cfg.max_pixels
+            ),
+        ));
+    }
+    prepare_decoded(name, img, cfg, cfg.max_image_size.map(f64::from))
+}
+
+/// Resizes to the longest side `cap` and normalises for the network.
+fn prepare_decoded(
+    path: &std::path::Path,
+    img: &image::RgbImage,
+    cfg: &ExtractConfig,
+    cap: Option<f64>,
+) -> Result<super::PreparedImage> {
+    use crate::io::images::{capped_size, resize_pil_bilinear};
     let (cw, ch) = img.dimensions();
     let (nw, nh) = capped_size(cw, ch, cap);
-    let img = resize_pil_bilinear(&img, nw, nh);
+    let img = resize_pil_bilinear(img, nw, nh);
     if nw.min(nh) < cfg.min_image_side {
         return Err(Error::file(
             path,

@@ -73,11 +73,16 @@ impl Op for Conv2dInputGrad {
         }])
     }
     fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
-        self.geom(inputs[0], inputs[1])?;
+        let g = self.geom(inputs[0], inputs[1])?;
         Ok(staging_needs(
             gpu,
-            inputs[0].numel() as u64,
-            inputs[1].numel() as u64,
+            &StagedProduct {
+                mode: Mode::InputGrad,
+                a_channels: g.cout,
+                n: g.cin,
+                a_elems: inputs[0].numel() as u64,
+                b_elems: inputs[1].numel() as u64,
+            },
         ))
     }
     fn record(
@@ -186,11 +191,16 @@ impl Op for Conv2dWeightGrad {
         }])
     }
     fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
-        self.geom(inputs[0], inputs[1])?;
+        let g = self.geom(inputs[0], inputs[1])?;
         Ok(staging_needs(
             gpu,
-            inputs[0].numel() as u64,
-            inputs[1].numel() as u64,
+            &StagedProduct {
+                mode: Mode::WeightGrad,
+                a_channels: g.cin,
+                n: g.cout,
+                a_elems: inputs[0].numel() as u64,
+                b_elems: inputs[1].numel() as u64,
+            },
         ))
     }
     fn record(

@@ -358,13 +358,22 @@ impl Op for Conv2d {
         let g = self.geom(inputs[0], inputs[1])?;
         let (x, w) = (inputs[0].numel() as u64, inputs[1].numel() as u64);
         let limit = gpu.max_window_elems();
+        let product = |a_channels, a_elems, b_elems| StagedProduct {
+            mode: Mode::Forward,
+            a_channels,
+            n: g.cout,
+            a_elems,
+            b_elems,
+        };
         Ok(match unfolded_width(gpu, &g, limit) {
             Some(k_rows) => {
-                // Chunks are planned so that one chunk's unfolded rows fit a window.
+                // Chunks are planned so that one chunk's unfolded rows fit a
+                // window; the unfold reads its source through the scalar slot.
                 let unfolded = ((g.n * g.oh * g.ow * k_rows) as u64).min(limit);
                 let padded = (k_rows * g.cout) as u64;
-                let mut needs = staging_needs(gpu, x.max(unfolded), padded);
+                let mut needs = staging_needs(gpu, &product(k_rows, unfolded, padded));
                 needs.extend([
+                    slot_need(gpu, Slot::AScalar, x),
                     ScratchNeed::Buffer {
                         purpose: UNFOLDED,
                         bytes: unfolded * 4,
@@ -376,7 +385,7 @@ impl Op for Conv2d {
                 ]);
                 needs
             }
-            None => staging_needs(gpu, x, w),
+            None => staging_needs(gpu, &product(g.cin, x, w)),
         })
     }
     fn record(

@@ -186,34 +186,60 @@ pub(super) fn record_padded_rows(
     gpu.window(&buffer, 0, (rows * n) as u64)
 }
 
-/// The scratch a convolution's subgroup-broadcast kernels may stage: slot
-/// A (vec4 and scalar forms) holds windows of a tensor of `a_elems` floats,
-/// slot B windows of `b_elems`; a window spans at most one binding and its
-/// alignment shift. The tiled kernels read their operands in place.
-pub(super) fn staging_needs(gpu: &Gpu, a_elems: u64, b_elems: u64) -> Vec<ScratchNeed> {
-    if gpu.tuning.matmul != MatmulVariant::SubgroupBroadcast {
+/// A staging texture for windows of a tensor of `elems` floats: a window
+/// spans at most one binding, its alignment shift included.
+pub(super) fn slot_need(gpu: &Gpu, slot: Slot, elems: u64) -> ScratchNeed {
+    let width = texture_width(gpu);
+    let (format, texel) = slot.format();
+    let bytes = (elems * 4 + gpu.binding_alignment()).min(gpu.max_binding_bytes());
+    let rows = bytes.div_ceil(texel).div_ceil(width);
+    ScratchNeed::Texture {
+        purpose: slot.purpose(),
+        need: TextureNeed {
+            format,
+            width: width as u32,
+            rows: rows.min(u32::MAX as u64) as u32,
+        },
+    }
+}
+
+/// One product of a convolution as `broadcast_form` sees it: A's channels
+/// (its source's last axis), the output columns, and the sizes of the
+/// tensors A and B are windows of.
+pub(super) struct StagedProduct {
+    pub(super) mode: Mode,
+    pub(super) a_channels: usize,
+    pub(super) n: usize,
+    pub(super) a_elems: u64,
+    pub(super) b_elems: u64,
+}
+
+/// The staging textures the subgroup-broadcast kernel may use for `p`:
+/// none when the output columns are not whole vec4s (the kernel then reads
+/// its operands in place), B, A as vec4 texels where A's steps are whole
+/// texels, and the scalar A where they are not or a vec4 window would not
+/// fit a texture (`broadcast_form` makes the same choice per window; graph
+/// tensors start at offset 0, so whole texels also mean aligned windows).
+/// The tiled kernels stage nothing.
+pub(super) fn staging_needs(gpu: &Gpu, p: &StagedProduct) -> Vec<ScratchNeed> {
+    if gpu.tuning.matmul != MatmulVariant::SubgroupBroadcast || !p.n.is_multiple_of(4) {
         return Vec::new();
     }
-    let width = texture_width(gpu);
-    let slot_need = |slot: Slot, elems: u64| {
-        let (format, texel) = slot.format();
-        let bytes = (elems * 4 + gpu.binding_alignment()).min(gpu.max_binding_bytes());
-        let rows = bytes.div_ceil(texel).div_ceil(width);
-        ScratchNeed::Texture {
-            purpose: slot.purpose(),
-            need: TextureNeed {
-                format,
-                width: width as u32,
-                rows: rows.min(u32::MAX as u64) as u32,
-            },
-        }
+    let whole_texels = match p.mode {
+        Mode::WeightGrad => p.a_channels.is_multiple_of(4),
+        _ => p.a_channels.is_multiple_of(8),
     };
-    [
-        (Slot::A, a_elems),
-        (Slot::AScalar, a_elems),
-        (Slot::B, b_elems),
-    ]
-    .into_iter()
-    .map(|(slot, elems)| slot_need(slot, elems))
-    .collect()
+    let vec4 = slot_need(gpu, Slot::A, p.a_elems);
+    let vec4_fits = match vec4 {
+        ScratchNeed::Texture { need, .. } => need.rows <= gpu.limits.max_texture_dimension_2d,
+        ScratchNeed::Buffer { .. } => false,
+    };
+    let mut needs = vec![slot_need(gpu, Slot::B, p.b_elems)];
+    if whole_texels {
+        needs.push(vec4);
+    }
+    if !whole_texels || !vec4_fits {
+        needs.push(slot_need(gpu, Slot::AScalar, p.a_elems));
+    }
+    needs
 }
