@@ -131,18 +131,29 @@ fn two_ranks_train_like_one_process_accumulating_their_micro_batches() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && stderr.contains("built without MPI") {
-        return unavailable(&format!("{} was built without `--features mpi`", bin.display()));
+        return unavailable(&format!(
+            "{} was built without `--features mpi`",
+            bin.display()
+        ));
     }
     let log = check(out, "mpirun train");
     for rank in 0..RANKS {
         assert!(
-            log.contains(&format!("rank {rank} of {RANKS} (local rank {rank}): adapter")),
+            log.contains(&format!(
+                "rank {rank} of {RANKS} (local rank {rank}): adapter"
+            )),
             "rank {rank} does not say which adapter it took:\n{log}"
         );
     }
-    assert!(log.contains("effective batch 8 = 4 per micro-batch × 1 micro-batches × 2 ranks"), "{log}");
+    assert!(
+        log.contains("effective batch 8 = 4 per micro-batch × 1 micro-batches × 2 ranks"),
+        "{log}"
+    );
     check(
-        Command::new(&bin).args(train("single", RANKS)).output().unwrap(),
+        Command::new(&bin)
+            .args(train("single", RANKS))
+            .output()
+            .unwrap(),
         "single-process train",
     );
 
@@ -154,7 +165,10 @@ fn two_ranks_train_like_one_process_accumulating_their_micro_batches() {
         .zip(&single)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    let (a, b) = (trainable(&root.join("ranks")), trainable(&root.join("single")));
+    let (a, b) = (
+        trainable(&root.join("ranks")),
+        trainable(&root.join("single")),
+    );
     assert_eq!(
         a.tensors.keys().collect::<Vec<_>>(),
         b.tensors.keys().collect::<Vec<_>>()
@@ -168,8 +182,13 @@ fn two_ranks_train_like_one_process_accumulating_their_micro_batches() {
             param_diff = param_diff.max((x - y).abs());
         }
     }
-    eprintln!("2 ranks vs accumulate 2: max loss diff {loss_diff:e}, max parameter diff {param_diff:e}");
-    assert!(loss_diff <= TOLERANCE, "losses differ by {loss_diff}: {ranked:?} vs {single:?}");
+    eprintln!(
+        "2 ranks vs accumulate 2: max loss diff {loss_diff:e}, max parameter diff {param_diff:e}"
+    );
+    assert!(
+        loss_diff <= TOLERANCE,
+        "losses differ by {loss_diff}: {ranked:?} vs {single:?}"
+    );
     assert!(param_diff <= TOLERANCE, "parameters differ by {param_diff}");
     // The run must have moved: equal untrained weights would prove nothing.
     assert!(ranked[0] != ranked[9], "the loss never changed: {ranked:?}");

@@ -9,8 +9,8 @@ use clap::Args;
 use super::checks;
 use super::groups::{ModelArgs, MAX_PIXELS};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuOptions};
 use crate::gpu::device::list_adapters;
+use crate::gpu::{Gpu, GpuOptions};
 use crate::jobs::distributed::World;
 use crate::jobs::train::{run_train_across, DataSource, TrainJob, TrainOptions};
 

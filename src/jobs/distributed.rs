@@ -67,9 +67,8 @@ impl World {
     #[cfg(feature = "mpi")]
     fn join(_announced: usize, local_rank: Option<usize>) -> Result<World> {
         use mpi::traits::Communicator;
-        let universe = mpi::initialize().ok_or_else(|| {
-            Error::Internal("MPI was initialised twice in one process".into())
-        })?;
+        let universe = mpi::initialize()
+            .ok_or_else(|| Error::Internal("MPI was initialised twice in one process".into()))?;
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         Ok(World {

@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::io::features::ImageFeatures;
 use crate::io::npy::{self, NpyRows};
 use crate::jobs::collection::Shard;
 use crate::jobs::extract::RunRecord;
-use crate::io::features::ImageFeatures;
 use crate::jobs::search::{GlobalSearch, ImageLocals, LocalFeatures};
 
 /// One shard's feature files, opened but not read.

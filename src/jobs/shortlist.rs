@@ -25,11 +25,18 @@ const MAX_ROWS_PER_QUERY: usize = 100_000;
 
 /// Reads the shortlist at `path` into each query's hits, best first, in the
 /// order of `query_ids`; `db_ids` numbers the database images.
-pub fn read_shortlist(path: &Path, query_ids: &[String], db_ids: &[String]) -> Result<Vec<Vec<Hit>>> {
+pub fn read_shortlist(
+    path: &Path,
+    query_ids: &[String],
+    db_ids: &[String],
+) -> Result<Vec<Vec<Hit>>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let index = |ids: &[String]| -> HashMap<String, usize> {
-        ids.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect()
+        ids.iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i))
+            .collect()
     };
     let (queries, db) = (index(query_ids), index(db_ids));
     let mut hits: Vec<Vec<Hit>> = vec![Vec::new(); query_ids.len()];
@@ -74,12 +81,16 @@ pub fn read_shortlist(path: &Path, query_ids: &[String], db_ids: &[String]) -> R
                 fields.len()
             )));
         };
-        let qi = *queries
-            .get(query)
-            .ok_or_else(|| bad(format!("query '{query}' is not one of the --queries images")))?;
-        let di = *db
-            .get(image)
-            .ok_or_else(|| bad(format!("database image '{image}' is not in the --db feature set")))?;
+        let qi = *queries.get(query).ok_or_else(|| {
+            bad(format!(
+                "query '{query}' is not one of the --queries images"
+            ))
+        })?;
+        let di = *db.get(image).ok_or_else(|| {
+            bad(format!(
+                "database image '{image}' is not in the --db feature set"
+            ))
+        })?;
         let rank: usize = rank
             .parse()
             .map_err(|_| bad(format!("rank '{rank}' is not a whole number")))?;
@@ -153,7 +164,8 @@ mod tests {
         let path = std::env::temp_dir().join(format!(
             "delg-shortlist-{}-{:x}.csv",
             std::process::id(),
-            text.iter().fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64))
+            text.iter()
+                .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64))
         ));
         std::fs::write(&path, text).unwrap();
         let r = read_shortlist(&path, &ids(&["q0", "q1"]), &ids(&["a", "b", "c"]));
@@ -192,27 +204,57 @@ mod tests {
         let h = "query,db,rank,global_score,inliers\n";
         for (text, want) in [
             (String::new(), "is empty".to_string()),
-            ("query,db,rank\nq0,a,1\n".into(), "line 1: the header is".into()),
+            (
+                "query,db,rank\nq0,a,1\n".into(),
+                "line 1: the header is".into(),
+            ),
             (format!("{h}q0,a,1,0.5\n"), "line 2: 4 columns".into()),
             (format!("{h}q0,a,1,0.5,0,9\n"), "line 2: 6 columns".into()),
             (format!("{h}qx,a,1,0.5,0\n"), "line 2: query 'qx'".into()),
-            (format!("{h}q0,zz,1,0.5,0\n"), "line 2: database image 'zz'".into()),
+            (
+                format!("{h}q0,zz,1,0.5,0\n"),
+                "line 2: database image 'zz'".into(),
+            ),
             (format!("{h}q0,a,one,0.5,0\n"), "line 2: rank 'one'".into()),
-            (format!("{h}q0,a,2,0.5,0\n"), "line 2: rank 2 for query 'q0' where rank 1".into()),
-            (format!("{h}q0,a,1,0.5,0\nq0,b,3,0.5,0\n"), "line 3: rank 3".into()),
-            (format!("{h}q0,a,1,NaN,0\n"), "line 2: global_score 'NaN'".into()),
-            (format!("{h}q0,a,1,inf,0\n"), "line 2: global_score 'inf'".into()),
+            (
+                format!("{h}q0,a,2,0.5,0\n"),
+                "line 2: rank 2 for query 'q0' where rank 1".into(),
+            ),
+            (
+                format!("{h}q0,a,1,0.5,0\nq0,b,3,0.5,0\n"),
+                "line 3: rank 3".into(),
+            ),
+            (
+                format!("{h}q0,a,1,NaN,0\n"),
+                "line 2: global_score 'NaN'".into(),
+            ),
+            (
+                format!("{h}q0,a,1,inf,0\n"),
+                "line 2: global_score 'inf'".into(),
+            ),
             (format!("{h}q0,a,1,0.5,-1\n"), "line 2: inliers '-1'".into()),
-            (format!("{h}q0,a,1,0.5,0\nq0,a,2,0.4,0\n"), "line 3: database image 'a' is listed twice".into()),
-            (format!("{h}q0,a,1,0.5,0\n"), "query 'q1' has no rows".into()),
+            (
+                format!("{h}q0,a,1,0.5,0\nq0,a,2,0.4,0\n"),
+                "line 3: database image 'a' is listed twice".into(),
+            ),
+            (
+                format!("{h}q0,a,1,0.5,0\n"),
+                "query 'q1' has no rows".into(),
+            ),
             (
                 format!("{h}q0,a,1,0.5,0\nq0,b,2,0.4,0\nq1,a,1,0.5,0\n"),
                 "query 'q1' has 1 rows but query 'q0' has 2".into(),
             ),
-            (format!("{h}{}\n", "x".repeat(70_000)), "line 2: longer than".into()),
+            (
+                format!("{h}{}\n", "x".repeat(70_000)),
+                "line 2: longer than".into(),
+            ),
         ] {
             let e = error(&text);
-            assert!(e.contains(&want) && e.contains("delg-shortlist-"), "{want:?} not in {e}");
+            assert!(
+                e.contains(&want) && e.contains("delg-shortlist-"),
+                "{want:?} not in {e}"
+            );
         }
         let e = read(b"query,db,rank,global_score,inliers\nq0,\xff,1,0.5,0\n").unwrap_err();
         assert!(e.to_string().contains("line 2: is not UTF-8"), "{e}");

@@ -922,7 +922,8 @@ pub fn run_train_across(
         let mut f = download_state(gpu, sg, store, true)?;
         f.metadata.insert(META_STEP.into(), step.to_string());
         f.metadata.insert(META_TRAIN.into(), config_json.clone());
-        f.metadata.insert(META_RANKS.into(), world.size().to_string());
+        f.metadata
+            .insert(META_RANKS.into(), world.size().to_string());
         f.save(&checkpoint)
     };
 
@@ -1056,9 +1057,7 @@ pub fn run_train_across(
         if world.size() > 1 && (done || (check_every > 0 && (step + 1) % check_every == 0)) {
             check_ranks_agree(gpu, sg, &store, world, step + 1)?;
         }
-        if done
-            || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0)
-            || stopping
+        if done || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) || stopping
         {
             save(step + 1, &store)?;
             if !stopping && root {
