@@ -56,6 +56,7 @@ pub struct Recorder<'g> {
     gpu: &'g Gpu,
     params: Vec<u8>,
     commands: Vec<Command>,
+    dispatches: usize,
 }
 
 /// Dispatch and copy counts of a recording, for reports and tests.
@@ -100,6 +101,7 @@ impl<'g> Recorder<'g> {
             gpu,
             params: Vec::new(),
             commands: Vec::new(),
+            dispatches: 0,
         }
     }
 
@@ -144,6 +146,7 @@ impl<'g> Recorder<'g> {
         self.params.extend_from_slice(params);
         let len = params.len().max(16).div_ceil(16) * 16;
         self.params.resize(start + len, 0);
+        self.dispatches += 1;
         self.commands.push(Command::Dispatch {
             pipeline,
             params: (start as u64, len as u64),
@@ -194,10 +197,7 @@ impl<'g> Recorder<'g> {
 
     /// Dispatches recorded so far.
     pub fn dispatches(&self) -> usize {
-        self.commands
-            .iter()
-            .filter(|c| matches!(c, Command::Dispatch { .. }))
-            .count()
+        self.dispatches
     }
 
     pub fn is_empty(&self) -> bool {
@@ -383,10 +383,11 @@ impl Recording {
             enc.resolve_query_set(&set, 0..queries, &resolved, 0);
             gpu.queue.submit([enc.finish()]);
             let bytes = gpu.read_bytes(&resolved, 0, queries as u64 * 8)?;
-            let stamp = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+            let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
             seconds.extend(
-                (0..dispatches)
-                    .map(|d| stamp(2 * d + 1).saturating_sub(stamp(2 * d)) as f64 * tick),
+                stamps
+                    .chunks_exact(2)
+                    .map(|t| t[1].saturating_sub(t[0]) as f64 * tick),
             );
             start = end;
         }

@@ -270,12 +270,13 @@ impl GemmShape {
             kc,
         })
     }
+}
 
-    /// The operand textures of the subgroup-broadcast kernel: A as
-    /// [rows][K/4 texels], B as [K rows][columns/4 texels], padded to tiles.
-    pub(super) fn sgb_textures(&self, lim: Limits) -> Result<[ScratchNeed; 2]> {
-        let b = self.sgb_blocking(lim)?;
-        let kp = round_up(b.kc, 8);
+impl SgbBlocking {
+    /// The operand textures of this blocking: A as [rows][K/4 texels], B as
+    /// [K rows][columns/4 texels], padded to tiles.
+    pub(super) fn textures(&self) -> [ScratchNeed; 2] {
+        let kp = round_up(self.kc, 8);
         let texture = |purpose, width: u64, rows: u64| ScratchNeed::Texture {
             purpose,
             need: TextureNeed {
@@ -284,10 +285,10 @@ impl GemmShape {
                 rows: rows as u32,
             },
         };
-        Ok([
-            texture("gemm A", kp / 4, round_up(b.mc, b.bm)),
-            texture("gemm B", round_up(b.nc, b.bn) / 4, kp),
-        ])
+        [
+            texture("gemm A", kp / 4, round_up(self.mc, self.bm)),
+            texture("gemm B", round_up(self.nc, self.bn) / 4, kp),
+        ]
     }
 }
 
@@ -382,6 +383,8 @@ impl Gemm<'_> {
 
     pub(super) fn record_sgb(&self, rec: &mut Recorder, lim: Limits) -> Result<()> {
         let Dims { m, n, k } = self.shape.d;
+        let blocking = self.shape.sgb_blocking(lim)?;
+        let [need_a, need_b] = blocking.textures();
         let SgbBlocking {
             sg_n,
             bm,
@@ -389,9 +392,8 @@ impl Gemm<'_> {
             mc,
             nc,
             kc,
-        } = self.shape.sgb_blocking(lim)?;
+        } = blocking;
         let gpu = rec.gpu();
-        let [need_a, need_b] = self.shape.sgb_textures(lim)?;
         let tex_a = OperandTexture::of(gpu, need_a)?;
         let tex_b = OperandTexture::of(gpu, need_b)?;
         let spec = sgb_spec(sg_n, self.bias.is_some());

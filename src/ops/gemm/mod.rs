@@ -162,7 +162,7 @@ impl Matmul {
         let shape = self.shape(inputs)?;
         Ok(match gpu.tuning.matmul {
             MatmulVariant::Tiled => Vec::new(),
-            MatmulVariant::SubgroupBroadcast => shape.sgb_textures(lim)?.to_vec(),
+            MatmulVariant::SubgroupBroadcast => shape.sgb_blocking(lim)?.textures().to_vec(),
         })
     }
 
