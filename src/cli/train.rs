@@ -162,7 +162,11 @@ pub(super) fn run(opts: &GpuOptions, a: &TrainArgs) -> Result<()> {
     if let Err(e) = &result {
         if world.size() > 1 {
             // The other ranks would wait for this one forever.
-            eprintln!("error on rank {} of {}: {e}", world.rank(), world.size());
+            rank_line(format!(
+                "error on rank {} of {}: {e}",
+                world.rank(),
+                world.size()
+            ));
             world.abort_others(1);
         }
     }
@@ -191,6 +195,15 @@ fn rank_adapter(opts: &GpuOptions, world: &World) -> Result<GpuOptions> {
     Ok(opts)
 }
 
+/// Writes one line to stderr in a single write. Every rank of a job shares the
+/// launcher's stderr pipe, and `eprintln!` writes each formatted piece
+/// separately, so lines of different ranks would interleave mid-line.
+fn rank_line(mut line: String) {
+    use std::io::Write;
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 fn run_as_rank(opts: &GpuOptions, a: &TrainArgs, world: &World) -> Result<()> {
     let data = a.data_source()?.load()?;
     let config = a
@@ -198,7 +211,7 @@ fn run_as_rank(opts: &GpuOptions, a: &TrainArgs, world: &World) -> Result<()> {
         .resolve(a.model.model_config()?, data.classes.len())?;
     let gpu = Gpu::new(&rank_adapter(opts, world)?)?;
     if world.size() > 1 {
-        eprintln!(
+        rank_line(format!(
             "rank {} of {} (local rank {}): adapter {}; effective batch {} = {} per micro-batch × {} micro-batches × {} ranks",
             world.rank(),
             world.size(),
@@ -208,7 +221,7 @@ fn run_as_rank(opts: &GpuOptions, a: &TrainArgs, world: &World) -> Result<()> {
             config.batch,
             config.accumulate,
             world.size()
-        );
+        ));
     }
     if a.plan_only {
         return crate::jobs::train::print_planned_memory(&gpu, &config);
