@@ -84,6 +84,15 @@ pub mod tensor;
 #[cfg(any(test, feature = "test-harness"))]
 pub mod testing;
 
+/// The version and the commit this build came from, as `delg-gpu --version`
+/// prints it: "0.1.0 (commit 1a2b3c4d5e6f)".
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DELG_GIT_COMMIT"),
+    ")"
+);
+
 pub use api::{
     image_files, match_features, search, search_reranked, write_features, Extractor, Features,
     Model, Verified,
