@@ -60,7 +60,7 @@ pub enum BenchWhat {
     },
     /// Every kernel at the shapes that matter, every matmul variant side by side.
     Kernels {
-        /// Only cases whose name contains this text.
+        /// Only cases whose name contains this text (default: every case).
         #[arg(long)]
         filter: Option<String>,
         /// Minimum repetitions per case.

@@ -19,10 +19,11 @@ pub struct EvalArgs {
     /// by `delg-gpu weights default`) into --work...
     #[arg(long, value_parser = super::weights::weights_path)]
     pub weights: Option<PathBuf>,
-    /// ...or use existing feature folders.
+    /// ...or use existing feature folders (default: extract into --work).
     #[arg(long)]
     pub db_features: Option<PathBuf>,
-    /// Query feature folder to use with --db-features (from `extract --queries-of`).
+    /// Query feature folder to use with --db-features (from `extract
+    /// --queries-of`; default: the queries are looked up in --db-features).
     #[arg(long)]
     pub query_features: Option<PathBuf>,
     /// Folder for extracted features (reused and resumed across runs).

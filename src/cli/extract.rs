@@ -27,7 +27,10 @@ pub struct ExtractArgs {
     /// Output folder (resumes an interrupted run into the same folder).
     #[arg(long)]
     pub out: PathBuf,
-    /// JSON file with extraction settings (see ExtractConfig); flags override it.
+    /// JSON object of extraction settings whose fields (max_image_size,
+    /// scales, global_scales, score_threshold, max_features, min_image_side,
+    /// ...) replace the recipe's; flags override it (default: the recipe of
+    /// the weights' architecture, docs/recipe.md §4).
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -38,20 +41,23 @@ pub struct ExtractArgs {
     /// Process only shard i of N (e.g. 0/4): several machines split a
     /// collection. `auto` takes the shard from a Slurm job array
     /// (SLURM_ARRAY_TASK_ID) or a Kubernetes Indexed Job
-    /// (JOB_COMPLETION_INDEX, with --shards).
+    /// (JOB_COMPLETION_INDEX, with --shards). Default: the whole collection.
     #[arg(long)]
     pub shard: Option<String>,
     /// With --shard auto: the number of shards. Needed for Kubernetes; for
     /// Slurm it makes the array's task ids the shard indices (0..N-1), so an
-    /// array with gaps can rerun some shards.
+    /// array with gaps can rerun some shards (default under Slurm: the array's task range).
     #[arg(long, requires = "shard")]
     pub shards: Option<usize>,
-    /// Extract the queries of this ground truth (gnd.json) instead of the whole
-    /// folder, each cropped to its box at the scale it has in the full image.
+    /// Extract the queries of this ground truth file (gnd.json) instead of the
+    /// whole folder, each cropped to its box at the scale it has in the full
+    /// image. INPUT must be the folder that holds gnd.json: query paths are
+    /// its image_dir/NAME.ext. Default: every image, uncropped.
     #[arg(long, conflicts_with = "boxes")]
     pub queries_of: Option<PathBuf>,
     /// Extract only the images of this CSV (path,x1,y1,x2,y2 per line, paths
-    /// relative to the folder), each cropped to its box.
+    /// relative to the folder), each cropped to its box (default: every
+    /// image, uncropped).
     #[arg(long)]
     pub boxes: Option<PathBuf>,
     /// No progress bar (the line of each skipped image is still printed).

@@ -137,7 +137,8 @@ pub struct RerankArgs {
     #[command(flatten)]
     pub verify: VerifyArgs,
     /// Match sign-binarised descriptors by Hamming distance below this many bits
-    /// (DELG's binarised variant), instead of float descriptors by L2.
+    /// (DELG's binarised variant), instead of float descriptors by L2
+    /// (default: float descriptors).
     #[arg(long, value_parser = checks::int_in::<u32, 0, 4096>)]
     pub hamming: Option<u32>,
     /// RANSAC with a homography instead of an affine model.
@@ -214,19 +215,24 @@ impl RerankArgs {
 /// are the paper's for the model in the weights.
 #[derive(Args, Debug)]
 pub struct ExtractFlags {
-    /// Largest image side after the initial resize; 0 keeps the original size.
+    /// Largest image side after the initial resize; 0 keeps the original size
+    /// (default: 1024 for DELG, the original size for DOLG).
     #[arg(long, value_parser = checks::int_in::<u32, 0, 65_535>)]
     pub max_image_size: Option<u32>,
     /// Attention threshold τ (default: the value stored with the weights).
     #[arg(long, value_parser = checks::finite)]
     pub score_threshold: Option<f32>,
-    /// Local features kept per image.
+    /// Local features kept per image, best attention first (default: 1000
+    /// for DELG; DOLG has no local features).
     #[arg(long, value_parser = checks::int_in::<usize, 1, 1_000_000>)]
     pub max_features: Option<usize>,
-    /// Pyramid scales, comma-separated.
+    /// Pyramid scales, comma-separated (default: 0.25,0.3536,0.5,0.7071,1,1.4142,2
+    /// for DELG, 0.3535,0.5,0.7071,1,1.4142 for DOLG).
     #[arg(long, value_parser = checks::pyramid_scale, value_delimiter = ',')]
     pub scales: Option<Vec<f64>>,
-    /// Indices of the scales whose global descriptors are aggregated, comma-separated.
+    /// Indices into --scales of the scales whose global descriptors are
+    /// aggregated, comma-separated (default: 3,4,5 for DELG, all for DOLG;
+    /// the middle one when --scales is given).
     #[arg(long, value_delimiter = ',')]
     pub global_scales: Option<Vec<usize>>,
     /// Images with more pixels are reported and skipped before decoding

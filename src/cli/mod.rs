@@ -35,7 +35,7 @@ pub use weights::{ImportArgs, WeightsCommand};
 #[derive(Parser, Debug)]
 #[command(
     name = "delg-gpu",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DELG_GIT_COMMIT"), ")"),
+    version = crate::VERSION,
     about = "DELG/DOLG image retrieval on any GPU (wgpu + WGSL)"
 )]
 pub struct Cli {
@@ -158,6 +158,44 @@ mod tests {
         let mut missing = Vec::new();
         undocumented(&super::Cli::command(), "delg-gpu", &mut missing);
         assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    /// Options that take a value and are neither required nor defaulted by
+    /// clap (which prints `[default: ...]` itself), as "command: --name".
+    fn silent_defaults(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let takes_value = a.get_num_args().is_some_and(|n| n.takes_values());
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            if takes_value
+                && !a.is_positional()
+                && !a.is_required_set()
+                && a.get_default_values().is_empty()
+                && !help.to_lowercase().contains("default")
+            {
+                out.push(format!(
+                    "{path}: --{}",
+                    a.get_long().unwrap_or(a.get_id().as_str())
+                ));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            silent_defaults(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    /// An optional value's help says what happens without it (README gap
+    /// list, issue 18): "(default: ...)" or "no default".
+    #[test]
+    fn every_optional_value_says_its_default() {
+        // Built, so that every argument knows its number of values.
+        let mut cli = super::Cli::command();
+        cli.build();
+        let mut silent = Vec::new();
+        silent_defaults(&cli, "delg-gpu", &mut silent);
+        assert!(
+            silent.is_empty(),
+            "options whose help hides the default: {silent:#?}"
+        );
     }
 
     #[test]

@@ -29,13 +29,15 @@ pub struct MatchArgs {
     /// Also draw outlier matches, faint.
     #[arg(long)]
     pub dim_outliers: bool,
-    /// Draw lines for at most this many inliers (dots for all), for dense matches.
+    /// Draw lines for at most this many inliers (dots for all), for dense
+    /// matches (default: a line for every inlier).
     #[arg(long, value_parser = checks::int_in::<usize, 0, 10_000_000>)]
     pub max_lines: Option<usize>,
     /// RANSAC model: affine (DELG's) or homography.
     #[arg(long, default_value = "affine")]
     pub model: String,
-    /// A true A→B homography (nine numbers, Oxford "H1to2p" form): report the corner error.
+    /// A true A→B homography (nine numbers, Oxford "H1to2p" form): report the
+    /// corner error (default: none).
     #[arg(long)]
     pub gt_homography: Option<PathBuf>,
     #[command(flatten)]

@@ -28,7 +28,8 @@ pub struct SearchArgs {
     pub k: usize,
     /// Re-rank this shortlist instead of a global search's: a ranking.csv as
     /// `search` writes it (README "Shortlists"), e.g. from
-    /// tools/faiss_search.py. Its rows per query replace --k.
+    /// tools/faiss_search.py. Its rows per query replace --k (default: the
+    /// global search's top --k).
     #[arg(long, value_name = "FILE", requires = "rerank", conflicts_with = "k")]
     pub shortlist_file: Option<PathBuf>,
     #[command(flatten)]

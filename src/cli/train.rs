@@ -16,22 +16,27 @@ use crate::jobs::train::{run_train_across, DataSource, TrainJob, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Training images: a folder with one sub-folder per class.
+    /// Training images: a folder with one sub-folder per class (one of
+    /// --data, --gnd or --csv is required; no default).
     #[arg(long, conflicts_with_all = ["csv", "gnd"])]
     pub data: Option<PathBuf>,
-    /// Or the labelled images of a gnd.json ground truth (its "labels" map).
+    /// Or the labelled images of a gnd.json ground truth (its "labels" map;
+    /// no default).
     #[arg(long, conflicts_with = "csv")]
     pub gnd: Option<PathBuf>,
-    /// Or a GLDv2-style CSV (id,landmark_id) with --images as the image root.
+    /// Or a GLDv2-style CSV (id,landmark_id) with --images as the image root
+    /// (no default).
     #[arg(long, requires = "images")]
     pub csv: Option<PathBuf>,
-    /// Image root of --csv: each id's image is found under it.
+    /// Image root of --csv: each id's image is found under it (required with
+    /// --csv; no default).
     #[arg(long)]
     pub images: Option<PathBuf>,
     /// Run folder: config, metrics.jsonl, checkpoints, model.safetensors. Rerun to resume.
     #[arg(long)]
     pub run: PathBuf,
-    /// Initial weights (e.g. a converted ImageNet backbone); other tensors start random.
+    /// Initial weights (e.g. a converted ImageNet backbone); other tensors
+    /// start random (default: every tensor random).
     #[arg(long)]
     pub init: Option<PathBuf>,
     #[command(flatten)]

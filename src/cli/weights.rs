@@ -35,7 +35,8 @@ pub struct DefaultArgs {
 
 #[derive(Args, Debug)]
 pub struct RegistryArgs {
-    /// A registry file instead of the built-in one (also $DELG_GPU_REGISTRY).
+    /// A registry file instead of the built-in one (default: $DELG_GPU_REGISTRY,
+    /// else the built-in registry).
     #[arg(long)]
     pub registry: Option<PathBuf>,
 }
@@ -44,8 +45,8 @@ pub struct RegistryArgs {
 pub struct GetArgs {
     /// The model's name in `delg-gpu weights list`.
     pub name: String,
-    /// Write the weights here instead of the data directory
-    /// ($DELG_GPU_DATA_DIR, else the platform's data directory/delg-gpu/weights).
+    /// Write the weights here instead of the data directory (default:
+    /// $DELG_GPU_DATA_DIR, else the platform's data directory/delg-gpu/weights).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Use a download whose SHA-256 the registry does not record (its digest is printed).
@@ -64,7 +65,8 @@ pub struct ImportArgs {
     pub path: PathBuf,
     /// The model a PyTorch checkpoint holds: a whole DELG model (torchvision
     /// backbone names, delg-gpu head names) or an official DOLG checkpoint.
-    /// A TensorFlow checkpoint is always DELG.
+    /// A TensorFlow checkpoint is always DELG. No default: required for a
+    /// PyTorch checkpoint.
     #[arg(long, value_parser = ["delg", "dolg"])]
     pub arch: Option<String>,
     /// DELG backbone layout; auto: delg when the convolutions have biases.

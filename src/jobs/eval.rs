@@ -19,7 +19,9 @@ use crate::io::groundtruth::{GroundTruth, QueryKind};
 use crate::jobs::extract::{run_extract, ExtractConfig, ExtractJob};
 use crate::jobs::local_match::LocalMatcher;
 use crate::jobs::search::{global_search, rerank, Hit, RerankParams};
-use crate::retrieval::metrics::{evaluate_groups, evaluate_rankings, Protocol, REVISITOP_KS};
+use crate::retrieval::metrics::{
+    evaluate_groups, evaluate_rankings, Protocol, GROUP_KS, REVISITOP_KS,
+};
 
 pub struct EvalJob {
     pub gnd: PathBuf,
@@ -40,6 +42,8 @@ pub struct EvalRow {
     pub queries: usize,
     pub global_map: Option<f64>,
     pub global_precision: Option<Vec<f64>>,
+    /// The k of each mean precision value (mP@k).
+    pub precision_ks: Vec<usize>,
     pub reranked_map: Option<f64>,
     pub reranked_precision: Option<Vec<f64>>,
     /// UKBench's N-S score (groups only).
@@ -277,6 +281,7 @@ pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
             queries: groups.len(),
             global_map: g.ranking.map,
             global_precision: g.ranking.mean_precision.clone(),
+            precision_ks: GROUP_KS.to_vec(),
             reranked_map: r.as_ref().and_then(|r| r.ranking.map),
             reranked_precision: r.as_ref().and_then(|r| r.ranking.mean_precision.clone()),
             global_ns: Some(g.ns_score),
@@ -295,6 +300,7 @@ pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
                 queries: g.n_valid(),
                 global_map: g.map,
                 global_precision: g.mean_precision.clone(),
+                precision_ks: REVISITOP_KS.to_vec(),
                 reranked_map: r.as_ref().and_then(|r| r.map),
                 reranked_precision: r.and_then(|r| r.mean_precision),
                 global_ns: None,
@@ -309,6 +315,23 @@ pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
         seconds_global,
         seconds_rerank: t2.elapsed().as_secs_f64(),
     })
+}
+
+/// What the report's columns mean, in percent where they are percentages.
+fn metrics_legend(ks: &str, groups: bool) -> String {
+    let mut legend = format!(
+        "mAP: mean average precision; mP@{ks}: mean precision at ranks {} \
+         (revisitop's rule: k shrinks to the rank of the last positive when \
+         every positive comes before k)",
+        ks.replace('/', ", ")
+    );
+    if groups {
+        legend.push_str(
+            "; N-S: UKBench's score, the mean number of a query's group (itself \
+             included) among its first 4 results, 4 at best",
+        );
+    }
+    legend + "; rr: after re-ranking"
 }
 
 pub fn print_report(r: &EvalReport) {
@@ -326,15 +349,22 @@ pub fn print_report(r: &EvalReport) {
             })
             .unwrap_or_else(|| "-".into())
     };
+    // Every row of a report has the same ks: revisitop's or the groups'.
+    let ks = r.rows.first().map_or(&[][..], |row| &row.precision_ks[..]);
+    let at = ks
+        .iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join("/");
     println!("{}", r.name);
     println!(
         "{:<8} {:>7} {:>10} {:>16} {:>10} {:>16} {:>8} {:>8}",
         "protocol",
         "queries",
         "global mAP",
-        "global mP@k",
+        format!("global mP@{at}"),
         "rerank mAP",
-        "rerank mP@k",
+        format!("rerank mP@{at}"),
         "N-S",
         "N-S rr"
     );
@@ -355,6 +385,10 @@ pub fn print_report(r: &EvalReport) {
                 .unwrap_or_else(|| "-".into()),
         );
     }
+    println!(
+        "{}",
+        metrics_legend(&at, r.rows.iter().any(|row| row.global_ns.is_some()))
+    );
     println!(
         "time: extraction {:.1} s, global search {:.3} s, re-ranking {:.2} s",
         r.seconds_extract, r.seconds_global, r.seconds_rerank

@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 /// The ranks at which revisitop reports precision and recall.
 pub const REVISITOP_KS: [usize; 3] = [1, 5, 10];
 
+/// The ranks at which group benchmarks (UKBench) report precision and recall.
+pub const GROUP_KS: [usize; 2] = [1, 4];
+
 /// One query's ground truth as lists of database indices.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueryGt {
@@ -310,7 +313,7 @@ pub fn evaluate_groups(
             junk: Vec::new(),
         })
         .collect();
-    let ranking = evaluate_rankings(rankings, &relevance, n_db, &[1, 4])?;
+    let ranking = evaluate_rankings(rankings, &relevance, n_db, &GROUP_KS)?;
     let nq = groups.len().max(1) as f64;
     let (mut ns, mut recall) = (0.0, 0.0);
     for (ranking, group) in rankings.iter().zip(groups) {
