@@ -232,3 +232,34 @@ fn the_header_compiles_as_cpp() {
         text(&out.stderr)
     );
 }
+
+/// The shared library exports the C API and nothing else: no Rust symbol a
+/// program could come to depend on (docs/c-api.md lists these nine).
+#[cfg(target_os = "linux")]
+#[test]
+fn only_the_c_api_is_exported() {
+    let library = library_dir().join("libdelg_gpu.so");
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&library)
+        .output()
+        .expect("running nm (Debian's binutils)");
+    assert!(out.status.success(), "nm: {}", text(&out.stderr));
+    let mut exported: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .collect();
+    exported.sort();
+    let api = [
+        "delg_close",
+        "delg_extract_file",
+        "delg_extract_rgb",
+        "delg_features_free",
+        "delg_last_error",
+        "delg_match",
+        "delg_open",
+        "delg_open_tiny_random",
+        "delg_version",
+    ];
+    assert_eq!(exported, api, "{} exports", library.display());
+}

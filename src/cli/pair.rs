@@ -20,7 +20,7 @@ pub struct MatchArgs {
     /// model set by `delg-gpu weights default`).
     #[arg(long, value_parser = super::weights::weights_path)]
     pub weights: Option<PathBuf>,
-    /// Write the picture here (PNG).
+    /// Write the picture here (PNG). No default: give --out, --json or both.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print the matches and the transform as JSON.
