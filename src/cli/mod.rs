@@ -97,6 +97,16 @@ pub enum Command {
     },
 }
 
+/// Opens the device for a job and, when it is a CPU emulation, says so in one
+/// line on stderr: a user who waits minutes should know why.
+fn open_gpu(opts: &GpuOptions) -> Result<std::sync::Arc<crate::gpu::Gpu>> {
+    let gpu = crate::gpu::Gpu::new(opts)?;
+    if let Some(note) = gpu.facts.emulation_note(opts.backend.is_some()) {
+        eprintln!("{note}");
+    }
+    Ok(gpu)
+}
+
 /// How a command that finished ended; errors are the `Err` of `run`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
