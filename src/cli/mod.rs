@@ -53,6 +53,9 @@ pub struct GpuArgs {
     /// Adapter name substring or index from `delg-gpu info` (default: WGPU_ADAPTER_NAME, else the best).
     #[arg(long, global = true)]
     pub adapter: Option<String>,
+    /// Compile every GPU pipeline afresh instead of keeping them across runs in the user's cache folder (DELG_GPU_CACHE_DIR, else e.g. ~/.cache/delg-gpu/pipelines).
+    #[arg(long, global = true)]
+    pub no_pipeline_cache: bool,
 }
 
 impl GpuArgs {
@@ -60,6 +63,11 @@ impl GpuArgs {
         GpuOptions {
             backend: self.backend.clone(),
             adapter: self.adapter.clone(),
+            pipeline_cache_dir: if self.no_pipeline_cache {
+                None
+            } else {
+                crate::io::user_dirs::UserDir::Pipelines.path()
+            },
             ..Default::default()
         }
     }

@@ -18,6 +18,10 @@ pub struct GpuOptions {
     /// many bytes: the one knob with which tests run every windowed path on
     /// tiny tensors. Bindings are still validated against the real limit.
     pub max_binding_override: Option<u64>,
+    /// Folder that keeps compiled pipelines across runs (see
+    /// `gpu::pipeline_store`); `None` compiles every pipeline afresh. The CLI
+    /// sets the user's cache folder unless `--no-pipeline-cache` is given.
+    pub pipeline_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Facts about the chosen adapter that kernels and reports need.
@@ -99,6 +103,7 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub tuning: Tuning,
     pub(crate) pipelines: super::pipeline::PipelineCache,
+    pub(crate) pipeline_store: Option<super::pipeline_store::PipelineStore>,
     max_binding_override: Option<u64>,
     pub(crate) scratch: Mutex<super::scratch::Scratch>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -107,6 +112,7 @@ pub struct Gpu {
 
 /// Features we use when the adapter has them; every kernel also has a path without them.
 pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::PIPELINE_CACHE)
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
@@ -232,13 +238,13 @@ fn pick_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
 impl Gpu {
     /// Opens the adapter the options name (or the best one) with its real limits.
     pub fn new(opts: &GpuOptions) -> Result<Arc<Gpu>> {
-        Self::from_adapter(pick_adapter(opts)?, None, opts.max_binding_override)
+        Self::from_adapter(pick_adapter(opts)?, None, opts)
     }
 
     /// Opens a device whose kernels use `tuning` instead of the adapter's table
     /// entry; tests use it to run every variant on one adapter.
     pub fn new_with_tuning(opts: &GpuOptions, tuning: Tuning) -> Result<Arc<Gpu>> {
-        Self::from_adapter(pick_adapter(opts)?, Some(tuning), opts.max_binding_override)
+        Self::from_adapter(pick_adapter(opts)?, Some(tuning), opts)
     }
 
     /// One device per matmul variant the adapter supports, the tuning
@@ -257,7 +263,7 @@ impl Gpu {
     pub fn from_adapter(
         adapter: wgpu::Adapter,
         tuning: Option<Tuning>,
-        max_binding_override: Option<u64>,
+        opts: &GpuOptions,
     ) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let features = adapter.features() & OPTIONAL_FEATURES;
@@ -290,6 +296,9 @@ impl Gpu {
             }
         });
 
+        let pipeline_store = opts.pipeline_cache_dir.as_deref().and_then(|dir| {
+            super::pipeline_store::PipelineStore::open(&device, &info, features, dir)
+        });
         let facts = AdapterFacts::from(&info);
         let tuning = tuning.unwrap_or_else(|| Tuning::for_adapter(&facts, features));
         Ok(Arc::new(Gpu {
@@ -300,7 +309,8 @@ impl Gpu {
             limits,
             tuning,
             pipelines: Default::default(),
-            max_binding_override,
+            pipeline_store,
+            max_binding_override: opts.max_binding_override,
             scratch: Default::default(),
             errors,
             lost,

@@ -3,6 +3,7 @@
 pub mod buffer;
 pub mod device;
 pub mod pipeline;
+pub mod pipeline_store;
 pub mod recorder;
 pub mod scratch;
 pub mod shader;
