@@ -104,6 +104,7 @@ pub struct Gpu {
     pub tuning: Tuning,
     pub(crate) pipelines: super::pipeline::PipelineCache,
     pub(crate) pipeline_store: Option<super::pipeline_store::PipelineStore>,
+    pub(crate) counters: super::counters::HostCounters,
     max_binding_override: Option<u64>,
     pub(crate) scratch: Mutex<super::scratch::Scratch>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -310,11 +311,17 @@ impl Gpu {
             tuning,
             pipelines: Default::default(),
             pipeline_store,
+            counters: Default::default(),
             max_binding_override: opts.max_binding_override,
             scratch: Default::default(),
             errors,
             lost,
         }))
+    }
+
+    /// The host's work for this device so far (see `gpu::counters`).
+    pub fn host_work(&self) -> super::counters::HostWork {
+        self.counters.snapshot()
     }
 
     pub fn has(&self, f: wgpu::Features) -> bool {

@@ -732,8 +732,7 @@ fn upload_split(gpu: &Gpu, tensors: &[&DeviceTensor], values: &[f32]) -> Result<
         let part = values
             .get(at..at + n)
             .ok_or_else(|| Error::Internal("reduced values shorter than the tensors".into()))?;
-        gpu.queue
-            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(part));
+        gpu.write(&t.buffer, t.offset, bytemuck::cast_slice(part));
         at += n;
     }
     Ok(())
