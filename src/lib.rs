@@ -89,8 +89,8 @@ pub mod tensor;
 pub mod testing;
 
 pub use api::{
-    image_files, match_features, search, search_global, search_reranked, write_features,
-    Extractor, Features, Model, Verified,
+    image_files, match_features, search, search_global, search_reranked, write_features, Extractor,
+    Features, Model, Verified,
 };
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};

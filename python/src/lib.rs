@@ -29,7 +29,10 @@ create_exception!(
 /// Runs `work` without the GIL (other Python threads go on while the device
 /// works); an engine error becomes `delg_gpu.Error` with the engine's
 /// message, and a panic becomes one too instead of crossing into Python.
-fn engine<T: Send>(py: Python<'_>, work: impl FnOnce() -> delg_gpu::Result<T> + Send) -> PyResult<T> {
+fn engine<T: Send>(
+    py: Python<'_>,
+    work: impl FnOnce() -> delg_gpu::Result<T> + Send,
+) -> PyResult<T> {
     match py.detach(|| catch_unwind(AssertUnwindSafe(work))) {
         Ok(result) => result.map_err(to_py),
         Err(panic) => {
@@ -320,9 +323,7 @@ fn search_global<'py>(
     }
     let gpu = device(py, backend, adapter)?;
     let (qv, dbv) = (rows_of(&q), rows_of(&db));
-    let rankings = engine(py, || {
-        delg_gpu::search_global(&gpu, &qv, &dbv, dq, k)
-    })?;
+    let rankings = engine(py, || delg_gpu::search_global(&gpu, &qv, &dbv, dq, k))?;
     let kept = rankings.first().map_or(0, Vec::len);
     let mut indices = Array2::<i64>::zeros((rankings.len(), kept));
     let mut scores = Array2::<f32>::zeros((rankings.len(), kept));
@@ -372,7 +373,6 @@ fn local_features(what: &str, image: &Bound<'_, PyAny>) -> PyResult<Features> {
 /// Matches B's local features to A's and verifies them with RANSAC; see
 /// delg_gpu.match.
 #[pyfunction]
-#[pyo3(name = "match_images")]
 fn match_images<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
@@ -382,9 +382,9 @@ fn match_images<'py>(
     let verified = engine(py, || {
         delg_gpu::match_features(&fa, &fb, &MatchParams::default(), &RansacParams::default())
     })?;
-    let transform = verified.transform.map(|t| {
-        Array2::from_shape_fn((3, 3), |(r, c)| t.0[r][c]).into_pyarray(py)
-    });
+    let transform = verified
+        .transform
+        .map(|t| Array2::from_shape_fn((3, 3), |(r, c)| t.0[r][c]).into_pyarray(py));
     Ok((verified.inliers, transform))
 }
 
@@ -394,7 +394,12 @@ fn match_images<'py>(
 fn open_feature_folder<'py>(
     py: Python<'py>,
     path: PathBuf,
-) -> PyResult<(Bound<'py, PyList>, Bound<'py, numpy::PyArray1<i64>>, usize, usize)> {
+) -> PyResult<(
+    Bound<'py, PyList>,
+    Bound<'py, numpy::PyArray1<i64>>,
+    usize,
+    usize,
+)> {
     let files = engine(py, || delg_gpu::FeatureFiles::open(&path))?;
     let (global_dim, local_dim) = (files.global_dim(), files.local_dim());
     Ok((
