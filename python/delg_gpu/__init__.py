@@ -57,7 +57,8 @@ class FeatureSet:
         self.attention = self._map("local_attention.npy")
 
     def _map(self, name: str) -> np.ndarray:
-        return np.load(os.path.join(self.path, name), mmap_mode="r")
+        mapped: np.ndarray = np.load(os.path.join(self.path, name), mmap_mode="r")
+        return mapped
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -300,6 +300,9 @@ fn float_rows<'py>(what: &str, value: &Bound<'py, PyAny>) -> PyResult<PyReadonly
     }
 }
 
+/// Each query's database rows, best first, and their scores.
+type Rankings<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
+
 /// Global search on the device; see delg_gpu.search.
 #[pyfunction]
 #[pyo3(signature = (queries, database, k, backend=None, adapter=None))]
@@ -310,7 +313,7 @@ fn search_global<'py>(
     k: usize,
     backend: Option<String>,
     adapter: Option<String>,
-) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+) -> PyResult<Rankings<'py>> {
     let (q, db) = (
         float_rows("queries", queries)?,
         float_rows("database", database)?,
@@ -388,18 +391,18 @@ fn match_images<'py>(
     Ok((verified.inliers, transform))
 }
 
-/// A feature folder checked (sizes agree, offsets ordered) without reading
-/// its arrays: its ids, local offsets, and the global and local sizes.
-#[pyfunction]
-fn open_feature_folder<'py>(
-    py: Python<'py>,
-    path: PathBuf,
-) -> PyResult<(
+/// A feature folder's ids, local offsets, and global and local sizes.
+type FolderLayout<'py> = (
     Bound<'py, PyList>,
     Bound<'py, numpy::PyArray1<i64>>,
     usize,
     usize,
-)> {
+);
+
+/// A feature folder checked (sizes agree, offsets ordered) without reading
+/// its arrays: its ids, local offsets, and the global and local sizes.
+#[pyfunction]
+fn open_feature_folder<'py>(py: Python<'py>, path: PathBuf) -> PyResult<FolderLayout<'py>> {
     let files = engine(py, || delg_gpu::FeatureFiles::open(&path))?;
     let (global_dim, local_dim) = (files.global_dim(), files.local_dim());
     Ok((

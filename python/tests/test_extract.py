@@ -148,3 +148,18 @@ def test_the_gil_is_released_while_the_gpu_works(extractor):
     worker.join()
     # Holding the GIL would stall this loop for the whole extraction.
     assert longest_gap < 0.5 * alone, (longest_gap, alone)
+
+
+def test_tiny_random_is_the_model_write_tiny_weights_writes(weights, extractor):
+    image = generated_image(6)
+    in_memory = delg_gpu.Extractor.tiny_random(seed=7).extract(image)
+    from_file = extractor.extract(image)  # weights: write_tiny_weights(seed=7)
+    for key in KEYS:
+        assert np.array_equal(in_memory[key], from_file[key]), key
+    other_seed = delg_gpu.Extractor.tiny_random(seed=8).extract(image)
+    assert not np.array_equal(other_seed["global"], from_file["global"])
+
+
+def test_an_unknown_adapter_is_an_error_listing_the_adapters(weights):
+    with pytest.raises(delg_gpu.Error, match="no-such-adapter.*available adapters"):
+        delg_gpu.Extractor(weights, adapter="no-such-adapter")
