@@ -1,5 +1,7 @@
 """Extraction through the package: arrays, equality with the CLI, folders."""
 
+import os
+import signal
 import threading
 import time
 
@@ -163,3 +165,30 @@ def test_tiny_random_is_the_model_write_tiny_weights_writes(weights, extractor):
 def test_an_unknown_adapter_is_an_error_listing_the_adapters(weights):
     with pytest.raises(delg_gpu.Error, match="no-such-adapter.*available adapters"):
         delg_gpu.Extractor(weights, adapter="no-such-adapter")
+
+
+def test_a_signal_stops_a_folder_run_between_images(extractor, images, workdir):
+    folder, _ = images
+    out = workdir / "signalled"
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    # SIGUSR1 rather than Ctrl-C's SIGINT: the same path (Python's handlers
+    # run between images), without risking pytest's own handler.
+    previous = signal.signal(signal.SIGUSR1, handler)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(Interrupted):
+            extractor.extract_folder(folder, out, progress=False)
+            time.sleep(5)  # a run that ignored the signal is caught below
+    finally:
+        timer.join()
+        signal.signal(signal.SIGUSR1, previous)
+    summary = extractor.extract_folder(folder, out, progress=False)
+    assert summary["resumed"] + summary["extracted"] == IMAGES
+    assert summary["extracted"] > 0, "the first run was not stopped before its end"
