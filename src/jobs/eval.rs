@@ -90,7 +90,10 @@ fn features_of(dir: &Path, names: &[String]) -> Result<FeatureSet> {
     let (images, global_dim, local_dim, model_id) = if ShardedSet::is_parent(dir)? {
         let set = ShardedSet::open(dir)?;
         let rows = rows_by_name(&set.ids, names, dir)?;
-        let images = rows.iter().map(|&r| set.image(r)).collect::<Result<Vec<_>>>()?;
+        let images = rows
+            .iter()
+            .map(|&r| set.image(r))
+            .collect::<Result<Vec<_>>>()?;
         (images, set.global_dim, set.local_dim, set.model_id)
     } else {
         let set = FeatureSet::load(dir)?;
