@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::features::{write_feature_set, FeatureSet, ImageFeatures};
 use crate::io::weights::WeightFile;
-use crate::jobs::extract::{prepare_image, prepare_rgb, ExtractConfig, Extracted, PreparedImage};
+use crate::jobs::extract::{
+    prepare_image, prepare_rgb, run_extract_with, ExtractConfig, ExtractJob, ExtractSummary,
+    Extracted, PreparedImage,
+};
 use crate::jobs::local_match::LocalMatcher;
 use crate::jobs::pair::PairMatch;
 use crate::jobs::search::{global_search, rerank, Hit, RerankParams};
@@ -139,6 +142,8 @@ impl Model {
 /// ```
 pub struct Extractor {
     inner: crate::jobs::extract::Extractor,
+    /// The model's weight file, recorded in the folders `extract_folder` writes.
+    weights: PathBuf,
 }
 
 impl Extractor {
@@ -149,7 +154,10 @@ impl Extractor {
             &model.path,
             model.recipe.clone(),
         )?;
-        Ok(Extractor { inner })
+        Ok(Extractor {
+            inner,
+            weights: model.path.clone(),
+        })
     }
 
     /// Features of an image in memory (its `id` is empty).
@@ -172,6 +180,65 @@ impl Extractor {
             .iter()
             .map(|p| self.extract_file(p.as_ref()))
             .collect()
+    }
+
+    /// Extracts the images below `input` into the feature folder `out`
+    /// exactly as `delg-gpu extract input --out out` does with this model
+    /// and recipe: same files, same resuming from an interrupted run, bad
+    /// images skipped and listed in `out/errors.txt` (an error only when
+    /// none could be extracted). `bar` shows the command's progress bar on
+    /// stderr; `on_image(processed, pending)` is called after each image,
+    /// and an error it returns stops the run (a rerun resumes).
+    ///
+    /// ```
+    /// use delg_gpu::{Extractor, FeatureFiles, Gpu, GpuOptions, Model};
+    /// # fn main() -> delg_gpu::Result<()> {
+    /// let dir = std::env::temp_dir().join(format!("delg-doc-folder-{}", std::process::id()));
+    /// let (images, out) = (dir.join("images"), dir.join("features"));
+    /// std::fs::create_dir_all(&images).unwrap();
+    /// for scene in 0..3 {
+    ///     let image = delg_gpu::jobs::demo::render_scene(scene, 0, 96);
+    ///     image.save(images.join(format!("scene{scene}.png"))).unwrap();
+    /// }
+    /// std::fs::write(images.join("broken.png"), b"not a png").unwrap();
+    ///
+    /// let gpu = Gpu::new(&GpuOptions::default())?;
+    /// let mut extractor = Extractor::new(&gpu, &Model::tiny_random(2)?)?;
+    /// let mut seen = Vec::new();
+    /// let summary = extractor.extract_folder(&images, &out, false, &mut |done, pending| {
+    ///     seen.push((done, pending));
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!((summary.extracted_now, summary.failed), (3, 1));
+    /// assert_eq!(seen.last(), Some(&(4, 4)));
+    ///
+    /// // The folder's files, checked but not read.
+    /// let files = FeatureFiles::open(&out)?;
+    /// assert_eq!(files.ids, ["scene0.png", "scene1.png", "scene2.png"]);
+    /// assert_eq!(files.global.shape, [3, files.global_dim()]);
+    /// assert_eq!(files.local_range(2).end, files.num_local());
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn extract_folder(
+        &mut self,
+        input: &Path,
+        out: &Path,
+        bar: bool,
+        on_image: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<ExtractSummary> {
+        let job = ExtractJob {
+            input: input.to_path_buf(),
+            out: out.to_path_buf(),
+            weights: self.weights.clone(),
+            config: self.inner.extract.clone(),
+            shard: None,
+            only: None,
+            crops: Default::default(),
+            quiet: !bar,
+        };
+        run_extract_with(&mut self.inner, &job, on_image)
     }
 
     fn run(&mut self, id: String, prepared: &PreparedImage) -> Result<Features> {
@@ -257,7 +324,48 @@ pub fn search(
         }
     }
     same_size("global", queries.global_dim, db.global_dim)?;
-    global_search(gpu, &queries.global, &db.global, db.global_dim, k)
+    search_global(gpu, &queries.global, &db.global, db.global_dim, k)
+}
+
+/// [`search`] on bare global descriptors: `queries` [nq, dim] and `db`
+/// [n, dim], row-major (e.g. the rows of memory-mapped `global.npy` files).
+///
+/// ```
+/// # fn main() -> delg_gpu::Result<()> {
+/// let gpu = delg_gpu::Gpu::new(&delg_gpu::GpuOptions::default())?;
+/// let db = [1.0, 0.0, 0.0, 1.0, 0.6, 0.8]; // three 2-d descriptors
+/// let hits = delg_gpu::search_global(&gpu, &[0.0, 1.0], &db, 2, 2)?;
+/// assert_eq!((hits[0][0].db, hits[0][1].db), (1, 2));
+/// assert!(delg_gpu::search_global(&gpu, &[0.0, 1.0, 0.0], &db, 2, 2).is_err());
+/// # Ok(())
+/// # }
+/// ```
+pub fn search_global(
+    gpu: &Arc<Gpu>,
+    queries: &[f32],
+    db: &[f32],
+    dim: usize,
+    k: usize,
+) -> Result<Vec<Vec<Hit>>> {
+    if dim == 0 {
+        return Err(Error::InvalidArgument(
+            "global descriptors of size 0: pass [n, d] arrays with d > 0".into(),
+        ));
+    }
+    for (values, what) in [(queries, "queries"), (db, "database")] {
+        if values.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the {what} hold no images: search needs at least one"
+            )));
+        }
+        if !values.len().is_multiple_of(dim) {
+            return Err(Error::InvalidArgument(format!(
+                "the {what} hold {} values, not rows of {dim}",
+                values.len()
+            )));
+        }
+    }
+    global_search(gpu, queries, db, dim, k)
 }
 
 /// Errors unless queries and database descriptors (`what`: global or

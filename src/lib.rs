@@ -14,9 +14,13 @@
 //!   the global descriptor and the local descriptors with their locations,
 //!   scales and attention;
 //! - [`image_files`]: the images of a folder, as `delg-gpu extract` finds them;
+//! - [`Extractor::extract_folder`]: a folder into a feature folder, as
+//!   `delg-gpu extract` does it;
 //! - [`write_features`] and [`FeatureSet::load`]: feature folders, the
-//!   layout `delg-gpu extract` writes and numpy reads;
-//! - [`search`] and [`search_reranked`]: global search on the device, and
+//!   layout `delg-gpu extract` writes and numpy reads ([`FeatureFiles`]
+//!   opens one without reading it);
+//! - [`search`] and [`search_reranked`]: global search on the device
+//!   ([`search_global`] on bare descriptor arrays), and
 //!   DELG's re-ranking by local matching, returning [`Hit`]s;
 //! - [`match_features`]: two images' local features matched and verified
 //!   with RANSAC ([`Verified`]: correspondences, inliers, the fitted
@@ -94,14 +98,14 @@ pub const VERSION: &str = concat!(
 );
 
 pub use api::{
-    image_files, match_features, search, search_reranked, write_features, Extractor, Features,
-    Model, Verified,
+    image_files, match_features, search, search_global, search_reranked, write_features, Extractor,
+    Features, Model, Verified,
 };
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};
 pub use image::RgbImage;
-pub use io::features::FeatureSet;
-pub use jobs::extract::ExtractConfig;
+pub use io::features::{FeatureFiles, FeatureSet};
+pub use jobs::extract::{ExtractConfig, ExtractSummary};
 pub use jobs::pair::PairMatch;
 pub use jobs::search::{Hit, RerankParams};
 pub use retrieval::matching::MatchParams;

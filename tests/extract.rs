@@ -310,12 +310,13 @@ fn timing_by_stage_names_every_stage_and_changes_no_output() {
     assert_eq!(
         stages,
         [
-            "pyramid (upload, resize)",
+            "upload",
+            "pyramid (resize)",
             "backbone at scale 0.500",
             "heads",
-            "readback",
             "backbone at scale 1.000",
             "backbone at scale 1.500",
+            "readback",
             "selection, global aggregation"
         ]
     );
@@ -324,5 +325,47 @@ fn timing_by_stage_names_every_stage_and_changes_no_output() {
     assert_eq!(plain.local.descriptors, timed.local.descriptors);
     assert_eq!(plain.local.locations, timed.local.locations);
     assert!(ex.device_bytes() > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_steady_state_creates_nothing_and_submits_once_per_image() {
+    use delg_gpu::jobs::extract::prepare_image;
+    use delg_gpu::jobs::extract::Extractor;
+    if test_gpu().is_none() {
+        return;
+    }
+    // A device of its own: tests running beside this one would add to the counts.
+    let gpu = delg_gpu::gpu::Gpu::new(&Default::default()).unwrap();
+    let dir = temp("steady");
+    let weights = dir.join("tiny.safetensors");
+    tiny_weights(&weights);
+    let (first, second) = (dir.join("a.png"), dir.join("b.png"));
+    render_scene(5, 0, 80).save(&first).unwrap();
+    render_scene(6, 0, 80).save(&second).unwrap();
+    let cfg = small_config();
+    let mut ex = Extractor::load(&gpu, &weights, cfg.clone()).unwrap();
+    ex.extract(&prepare_image(&first, &cfg, None).unwrap())
+        .unwrap();
+    let image = prepare_image(&second, &cfg, None).unwrap();
+    let before = gpu.host_work();
+    ex.extract(&image).unwrap();
+    let work = gpu.host_work() - before;
+    assert_eq!(
+        (
+            work.submissions,
+            work.bind_groups,
+            work.buffers,
+            work.textures
+        ),
+        (1, 0, 0, 0),
+        "{work:?}"
+    );
+    assert_eq!(
+        work.bytes_uploaded,
+        image.pixels.data.len() as u64 * 4,
+        "{work:?}"
+    );
+    assert!(work.bytes_read_back > 0, "{work:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -73,13 +73,8 @@ fn trainable(run: &Path) -> WeightFile {
     model
 }
 
-#[test]
-fn two_ranks_train_like_one_process_accumulating_their_micro_batches() {
-    let bin = match mpi_binary() {
-        Ok(b) => b,
-        Err(reason) => return unavailable(&reason),
-    };
-    let root = std::env::temp_dir().join(format!("delg-mpi-{}", std::process::id()));
+/// Three classes of four generated views each, under `root/data`.
+fn training_data(root: &Path) -> PathBuf {
     let data = root.join("data");
     for class in 0..3u64 {
         let dir = data.join(format!("class{class}"));
@@ -90,45 +85,78 @@ fn two_ranks_train_like_one_process_accumulating_their_micro_batches() {
                 .unwrap();
         }
     }
-    let train = |run: &str, accumulate: usize| -> Vec<String> {
-        let run = root.join(run);
-        [
-            "train",
-            "--depth",
-            "tiny",
-            "--data",
-            data.to_str().unwrap(),
-            "--run",
-            run.to_str().unwrap(),
-            "--batch",
-            "4",
-            "--accumulate",
-            &accumulate.to_string(),
-            "--size",
-            "48",
-            "--steps",
-            "10",
-            "--seed",
-            "5",
-            "--val-fraction",
-            "0",
-            "--flip",
-            "--check-every",
-            "3",
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    data
+}
 
-    let ranks = RANKS.to_string();
-    let out = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", &ranks])
-        .arg(&bin)
-        .args(train("ranks", 1))
-        .output()
-        .unwrap();
+/// `train` arguments for 10 steps of the tiny model on `data` into `run`.
+fn train_args(data: &Path, run: &Path, accumulate: usize) -> Vec<String> {
+    [
+        "train",
+        "--depth",
+        "tiny",
+        "--data",
+        data.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+        "--batch",
+        "4",
+        "--accumulate",
+        &accumulate.to_string(),
+        "--size",
+        "48",
+        "--steps",
+        "10",
+        "--seed",
+        "5",
+        "--val-fraction",
+        "0",
+        "--flip",
+        "--check-every",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn mpirun(bin: &Path, args: &[String]) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        &RANKS.to_string(),
+    ])
+    .arg(bin)
+    .args(args);
+    cmd
+}
+
+/// The mpi-enabled binary, or `None` when the tests cannot run (reported).
+fn mpi_ready(root: &Path) -> Option<PathBuf> {
+    match mpi_binary() {
+        Ok(bin) => {
+            std::fs::create_dir_all(root).unwrap();
+            Some(bin)
+        }
+        Err(reason) => {
+            unavailable(&reason);
+            None
+        }
+    }
+}
+
+#[test]
+fn two_ranks_train_like_one_process_accumulating_their_micro_batches() {
+    let root = std::env::temp_dir().join(format!("delg-mpi-{}", std::process::id()));
+    let Some(bin) = mpi_ready(&root) else { return };
+    let data = training_data(&root);
+    let train = |run: &str, accumulate: usize| train_args(&data, &root.join(run), accumulate);
+
+    let out = mpirun(&bin, &train("ranks", 1)).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && stderr.contains("built without MPI") {
         return unavailable(&format!(
@@ -192,5 +220,116 @@ fn two_ranks_train_like_one_process_accumulating_their_micro_batches() {
     assert!(param_diff <= TOLERANCE, "parameters differ by {param_diff}");
     // The run must have moved: equal untrained weights would prove nothing.
     assert!(ranked[0] != ranked[9], "the loss never changed: {ranked:?}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// The pid of the rank `rank` of the mpirun whose environment holds `marker`.
+fn rank_pid(marker: &str, rank: usize) -> Option<u32> {
+    let wanted = [marker.to_string(), format!("OMPI_COMM_WORLD_RANK={rank}")];
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+            wanted
+                .iter()
+                .all(|w| vars.contains(&w.as_bytes()))
+                .then_some(pid)
+        })
+}
+
+#[test]
+fn a_run_killed_on_one_rank_resumes_to_the_parameters_of_an_uninterrupted_one() {
+    let root = std::env::temp_dir().join(format!("delg-mpi-kill-{}", std::process::id()));
+    let Some(bin) = mpi_ready(&root) else { return };
+    let data = training_data(&root);
+    let (whole, killed) = (root.join("whole"), root.join("killed"));
+    check(
+        mpirun(&bin, &train_args(&data, &whole, 1))
+            .output()
+            .unwrap(),
+        "uninterrupted mpirun train",
+    );
+
+    // Kill rank 1 once rank 0 has written five steps (a checkpoint exists).
+    let marker = format!("DELG_MPI_KILL_TEST={}", std::process::id());
+    let (name, value) = marker.split_once('=').unwrap();
+    let mut run = mpirun(&bin, &train_args(&data, &killed, 1))
+        .env(name, value)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let steps = || {
+        std::fs::read_to_string(killed.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while steps() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never reached step 5"
+        );
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = rank_pid(&marker, 1).expect("rank 1 is running");
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let status = run.wait().unwrap();
+    assert!(
+        !status.success(),
+        "mpirun succeeded although rank 1 was killed"
+    );
+    assert!(
+        steps() < 10,
+        "the run finished all steps before the kill took effect: nothing was resumed"
+    );
+    assert!(
+        !killed.join("model.safetensors").exists(),
+        "a killed run must not leave a final model"
+    );
+
+    check(
+        mpirun(&bin, &train_args(&data, &killed, 1))
+            .output()
+            .unwrap(),
+        "resumed mpirun train",
+    );
+    let (a, b) = (
+        WeightFile::load(&whole.join("model.safetensors")).unwrap(),
+        WeightFile::load(&killed.join("model.safetensors")).unwrap(),
+    );
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
+    for (name, t) in &a.tensors {
+        let u = &b.tensors[name];
+        assert!(t.data.iter().all(|x| x.is_finite()), "{name} is not finite");
+        if name.ends_with("running_mean") || name.ends_with("running_var") {
+            // Averaged across ranks at every checkpoint: equal up to rounding.
+            let diff = t
+                .data
+                .iter()
+                .zip(&u.data)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= TOLERANCE, "{name} differs by {diff}");
+        } else {
+            assert_eq!(t.data, u.data, "{name} differs after the resume");
+        }
+    }
+    assert_eq!(
+        losses(&whole),
+        losses(&killed),
+        "the resumed run's losses differ"
+    );
     std::fs::remove_dir_all(&root).ok();
 }

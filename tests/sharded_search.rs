@@ -155,3 +155,49 @@ fn search_over_shard_folders_equals_search_over_the_merged_folder() {
     assert!(e.contains("ids.txt"), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn eval_over_shard_folders_scores_what_it_scores_over_one_folder() {
+    use delg_gpu::jobs::eval::{run_eval, EvalJob};
+    let Some(gpu) = test_gpu() else { return };
+    let root = std::env::temp_dir().join(format!("delg-sharded-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = root.join("data");
+    delg_gpu::jobs::demo::write_dataset(&data, 3, 96).unwrap();
+    let weights = root.join("tiny.safetensors");
+    common::tiny_weights_seeded(&weights, 9);
+    let parent = root.join("shards");
+    for index in 0..2 {
+        let shard = Shard { index, count: 2 };
+        let out = parent.join(format!("shard-{index}"));
+        run_extract(&gpu, &job(&data, &out, &weights, Some(shard))).unwrap();
+    }
+    let folder = root.join("folder");
+    run_extract(&gpu, &job(&data, &folder, &weights, None)).unwrap();
+    let eval = |db: &Path| {
+        let job = EvalJob {
+            gnd: data.join("gnd.json"),
+            weights: None,
+            db_features: Some(db.to_path_buf()),
+            query_features: None,
+            work: root.join("work"),
+            extract: Default::default(),
+            rerank: Some(RerankParams {
+                shortlist: 4,
+                ..Default::default()
+            }),
+        };
+        let report = run_eval(&gpu, &job).unwrap();
+        serde_json::to_value(&report.rows).unwrap()
+    };
+    let (sharded, whole) = (eval(&parent), eval(&folder));
+    assert_eq!(
+        sharded, whole,
+        "eval over the shards differs from eval over one folder"
+    );
+    let ns = whole[0]["global_ns"]
+        .as_f64()
+        .expect("a UKBench-style N-S score");
+    assert!(ns.is_finite() && ns > 0.0, "{whole}");
+    let _ = std::fs::remove_dir_all(&root);
+}

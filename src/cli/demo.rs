@@ -7,7 +7,7 @@ use clap::Args;
 use super::checks;
 use super::groups::ModelArgs;
 use crate::error::Result;
-use crate::gpu::{Gpu, GpuOptions};
+use crate::gpu::GpuOptions;
 use crate::jobs::demo;
 
 #[derive(Args, Debug)]
@@ -60,7 +60,7 @@ pub(super) fn run(opts: &GpuOptions, a: &DemoArgs) -> Result<()> {
         a.scenes,
         a.out.join("jpg").display()
     );
-    let gpu = Gpu::new(opts)?;
+    let gpu = super::open_gpu(opts)?;
     crate::jobs::eval::print_report(&demo::evaluate_dataset(&gpu, &a.out, weights)?);
     Ok(())
 }

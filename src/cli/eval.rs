@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::groups::{ExtractFlags, RerankArgs};
 use crate::error::Result;
-use crate::gpu::{Gpu, GpuOptions};
+use crate::gpu::GpuOptions;
 use crate::jobs::eval::{print_report, run_eval, EvalJob};
 
 #[derive(Args, Debug)]
@@ -49,7 +49,7 @@ pub(super) fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<()> {
         None => Default::default(),
     };
     a.settings.apply(&mut extract)?;
-    let gpu = Gpu::new(opts)?;
+    let gpu = super::open_gpu(opts)?;
     let job = EvalJob {
         gnd: a.gnd.clone(),
         weights,

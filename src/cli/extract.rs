@@ -8,7 +8,7 @@ use clap::Args;
 use super::groups::ExtractFlags;
 use super::Outcome;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuOptions};
+use crate::gpu::GpuOptions;
 use crate::jobs::extract::{CropBox, ExtractConfig};
 
 #[derive(Args, Debug)]
@@ -83,7 +83,7 @@ pub(super) fn run(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
     let weights = super::weights::weights_or_default(a.weights.as_deref())?;
     let config = extract_config(a, &weights)?;
     let (only, crops) = selection(a)?;
-    let gpu = Gpu::new(opts)?;
+    let gpu = super::open_gpu(opts)?;
     let job = crate::jobs::extract::ExtractJob {
         input: a.input.clone(),
         out: a.out.clone(),

@@ -53,6 +53,9 @@ pub struct GpuArgs {
     /// Adapter name substring or index from `delg-gpu info` (default: WGPU_ADAPTER_NAME, else the best).
     #[arg(long, global = true)]
     pub adapter: Option<String>,
+    /// Compile every GPU pipeline afresh instead of keeping them across runs in the user's cache folder (DELG_GPU_CACHE_DIR, else e.g. ~/.cache/delg-gpu/pipelines).
+    #[arg(long, global = true)]
+    pub no_pipeline_cache: bool,
 }
 
 impl GpuArgs {
@@ -60,6 +63,11 @@ impl GpuArgs {
         GpuOptions {
             backend: self.backend.clone(),
             adapter: self.adapter.clone(),
+            pipeline_cache_dir: if self.no_pipeline_cache {
+                None
+            } else {
+                crate::io::user_dirs::UserDir::Pipelines.path()
+            },
             ..Default::default()
         }
     }
@@ -95,6 +103,16 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+/// Opens the device for a job and, when it is a CPU emulation, says so in one
+/// line on stderr: a user who waits minutes should know why.
+fn open_gpu(opts: &GpuOptions) -> Result<std::sync::Arc<crate::gpu::Gpu>> {
+    let gpu = crate::gpu::Gpu::new(opts)?;
+    if let Some(note) = gpu.facts.emulation_note(opts.backend.is_some()) {
+        eprintln!("{note}");
+    }
+    Ok(gpu)
 }
 
 /// How a command that finished ended; errors are the `Err` of `run`.

@@ -228,6 +228,11 @@ fn run_as_rank(opts: &GpuOptions, a: &TrainArgs, world: &World) -> Result<()> {
             world.size()
         ));
     }
+    if world.rank() == 0 {
+        if let Some(note) = gpu.facts.emulation_note(opts.backend.is_some()) {
+            rank_line(note);
+        }
+    }
     if a.plan_only {
         return crate::jobs::train::print_planned_memory(&gpu, &config);
     }

@@ -2,6 +2,7 @@
 
 use wgpu::util::DeviceExt;
 
+use super::counters::Count;
 use super::device::Gpu;
 use super::window::Window;
 use crate::error::{Error, Result};
@@ -28,6 +29,7 @@ impl Gpu {
                 fix: "use a smaller batch or image size".into(),
             });
         }
+        self.counters.add(Count::Buffer, 1);
         self.scoped(
             &format!("allocating {} MiB for {label}", size >> 20),
             || {
@@ -43,8 +45,14 @@ impl Gpu {
 
     pub fn upload(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
         let buf = self.storage_buffer(label, (data.len() * 4) as u64)?;
-        self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(data));
+        self.write(&buf, 0, bytemuck::cast_slice(data));
         Ok(buf)
+    }
+
+    /// `queue.write_buffer`, counted.
+    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        self.counters.add(Count::Uploaded, bytes.len() as u64);
+        self.queue.write_buffer(buffer, offset, bytes);
     }
 
     pub fn upload_init(
@@ -53,6 +61,8 @@ impl Gpu {
         bytes: &[u8],
         usage: wgpu::BufferUsages,
     ) -> wgpu::Buffer {
+        self.counters.add(Count::Buffer, 1);
+        self.counters.add(Count::Uploaded, bytes.len() as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -67,43 +77,144 @@ impl Gpu {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// `bytes` bytes of `buffer` from `offset` (a multiple of 4), copied back to the host.
+    /// `bytes` bytes of `buffer` from `offset` (multiples of 4), copied back to the host.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         if bytes == 0 {
             return Ok(Vec::new());
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let readback = Readback::of_slices(self, vec![(buffer.clone(), offset, bytes)])?;
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        readback.encode(&mut enc);
+        let mut parts = self.submit_and_read(enc, &[&readback])?;
+        Ok(parts.swap_remove(0).swap_remove(0))
+    }
+
+    /// Submits `enc` (which ends with each readback's `encode`), waits once,
+    /// and returns every readback's parts as bytes, in order.
+    pub fn submit_and_read(
+        &self,
+        enc: wgpu::CommandEncoder,
+        readbacks: &[&Readback],
+    ) -> Result<Vec<Vec<Vec<u8>>>> {
+        self.counters.add(Count::Submission, 1);
+        self.counters.recording(|| {
+            self.scoped("submitting GPU work", || self.queue.submit([enc.finish()]))
+        })?;
+        let pending: Vec<_> = readbacks
+            .iter()
+            .map(|r| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                r.staging
+                    .slice(..)
+                    .map_async(wgpu::MapMode::Read, move |result| {
+                        let _ = tx.send(result);
+                    });
+                rx
+            })
+            .collect();
+        self.wait()?;
+        readbacks
+            .iter()
+            .zip(pending)
+            .map(|(r, rx)| {
+                rx.recv()
+                    .map_err(|_| Error::DeviceLost("readback callback never ran".into()))?
+                    .map_err(|e| Error::Validation {
+                        what: "reading back a buffer".into(),
+                        detail: e.to_string(),
+                    })?;
+                let parts =
+                    {
+                        let view = r.staging.slice(..).get_mapped_range().map_err(|e| {
+                            Error::Validation {
+                                what: "mapping a readback buffer".into(),
+                                detail: e.to_string(),
+                            }
+                        })?;
+                        r.parts
+                            .iter()
+                            .map(|p| view[p.at as usize..(p.at + p.bytes) as usize].to_vec())
+                            .collect()
+                    };
+                r.staging.unmap();
+                self.counters.add(Count::ReadBack, r.bytes());
+                Ok(parts)
+            })
+            .collect()
+    }
+}
+
+/// A host-readable buffer that receives the same device slices after every
+/// run: made once per plan, so reading results back creates nothing per run.
+pub struct Readback {
+    staging: wgpu::Buffer,
+    parts: Vec<ReadbackPart>,
+}
+
+struct ReadbackPart {
+    source: wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+    /// Where the part starts in the staging buffer.
+    at: u64,
+}
+
+impl Readback {
+    /// For whole tensors, read back in the order given.
+    pub fn new(gpu: &Gpu, tensors: &[&DeviceTensor]) -> Result<Readback> {
+        let slices = tensors
+            .iter()
+            .map(|t| (t.buffer.clone(), t.offset, t.shape.bytes()))
+            .collect();
+        Self::of_slices(gpu, slices)
+    }
+
+    /// For `(buffer, offset, bytes)` slices; offsets and sizes are multiples of 4.
+    fn of_slices(gpu: &Gpu, slices: Vec<(wgpu::Buffer, u64, u64)>) -> Result<Readback> {
+        let mut at = 0;
+        let mut parts = Vec::with_capacity(slices.len());
+        for (source, offset, bytes) in slices {
+            if offset % 4 != 0 || bytes % 4 != 0 {
+                return Err(Error::Internal(format!(
+                    "readback of {bytes} bytes at offset {offset}: both must be multiples of 4"
+                )));
+            }
+            parts.push(ReadbackPart {
+                source,
+                offset,
+                bytes,
+                at,
+            });
+            at += bytes;
+        }
+        if at > gpu.limits.max_buffer_size {
+            return Err(Error::LimitExceeded {
+                what: "a readback".into(),
+                needed: at,
+                limit: gpu.limits.max_buffer_size,
+                name: "max_buffer_size",
+                fix: "read the outputs back in parts".into(),
+            });
+        }
+        gpu.counters.add(Count::Buffer, 1);
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: bytes.div_ceil(4) * 4,
+            size: at.max(4),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, bytes);
-        self.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait()?;
-        rx.recv()
-            .map_err(|_| Error::DeviceLost("readback callback never ran".into()))?
-            .map_err(|e| Error::Validation {
-                what: "reading back a buffer".into(),
-                detail: e.to_string(),
-            })?;
-        let out = {
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Validation {
-                    what: "mapping a readback buffer".into(),
-                    detail: e.to_string(),
-                })?;
-            view[..bytes as usize].to_vec()
-        };
-        staging.unmap();
-        Ok(out)
+        Ok(Readback { staging, parts })
+    }
+
+    /// Copies every part into the staging buffer.
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+        for p in &self.parts {
+            enc.copy_buffer_to_buffer(&p.source, p.offset, &self.staging, p.at, p.bytes);
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.bytes).sum()
     }
 }
 

@@ -1,8 +1,10 @@
 //! The device layer: adapters, buffers, shaders, pipelines and dispatch recording.
 
 pub mod buffer;
+pub mod counters;
 pub mod device;
 pub mod pipeline;
+pub mod pipeline_store;
 pub mod recorder;
 pub mod scratch;
 pub mod shader;
@@ -11,6 +13,7 @@ pub mod uniform;
 pub mod window;
 
 pub use buffer::DeviceTensor;
+pub use counters::HostWork;
 pub use device::{list_adapters, AdapterFacts, Gpu, GpuOptions};
 pub use recorder::{Binding, RecordStats, Recorder, Recording};
 pub use scratch::{merge_needs, needs_bytes, ScratchNeed, TextureNeed};

@@ -43,13 +43,16 @@ impl Gpu {
                         module: &module,
                         entry_point: Some(spec.entry),
                         compilation_options: Default::default(),
-                        cache: None,
+                        cache: self.pipeline_store.as_ref().map(|s| &s.cache),
                     })
             })
             .map_err(|e| Error::Shader {
                 name: label.clone(),
                 detail: e.to_string(),
             })?;
+        if let Some(store) = &self.pipeline_store {
+            store.note_compiled();
+        }
         let pipeline = Arc::new(pipeline);
         self.pipelines
             .map
@@ -57,6 +60,11 @@ impl Gpu {
             .map_err(poisoned)?
             .insert(spec.clone(), pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// The file that keeps this adapter's compiled pipelines across runs, if any.
+    pub fn pipeline_cache_file(&self) -> Option<&std::path::Path> {
+        self.pipeline_store.as_ref().map(|s| s.file())
     }
 
     pub fn cached_pipelines(&self) -> usize {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::counters::Count;
 use super::device::Gpu;
 use super::shader::ShaderSpec;
 use super::window::{BufSlice, Window};
@@ -260,6 +261,7 @@ impl<'g> Recorder<'g> {
                             layout: &layout,
                             entries: &entries,
                         });
+                        gpu.counters.add(Count::BindGroup, 1);
                         stats.dispatches += 1;
                         if !in_pass {
                             stats.passes += 1;
@@ -325,6 +327,18 @@ const MAX_QUERIES: usize = 4096;
 impl Recording {
     /// Encodes every step into one command buffer and submits it.
     pub fn submit(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {
+        gpu.counters.add(Count::Submission, 1);
+        gpu.counters.recording(|| self.submit_uncounted(gpu))
+    }
+
+    /// Encodes every step into `enc`, for callers that submit several
+    /// recordings, or a recording and its readback, at once.
+    pub fn encode_into(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
+        gpu.counters
+            .recording(|| self.encode(enc, 0..self.steps.len(), None));
+    }
+
+    fn submit_uncounted(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {
         gpu.scoped("submitting GPU work", || {
             let mut enc = gpu
                 .device

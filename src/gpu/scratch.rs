@@ -144,6 +144,7 @@ impl Gpu {
     }
 
     fn scratch_texture_of(&self, purpose: &str, need: TextureNeed) -> Result<wgpu::Texture> {
+        self.counters.add(super::counters::Count::Texture, 1);
         self.scoped(&format!("allocating the {purpose} texture"), || {
             self.device.create_texture(&wgpu::TextureDescriptor {
                 label: Some(purpose),

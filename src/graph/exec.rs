@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::plan::{plan_storages, MemoryPlan, StoragePlan};
 use super::{Graph, TensorId, TensorKind};
 use crate::error::{Error, Result};
+use crate::gpu::buffer::Readback;
 use crate::gpu::{DeviceTensor, Gpu, Recorder, Recording, ScratchNeed};
 use crate::tensor::{HostTensor, Shape};
 
@@ -41,6 +42,7 @@ pub struct Executable {
     pub memory: MemoryPlan,
     /// Bytes the computed tensors would take without reuse.
     pub unplanned_bytes: u64,
+    owned_input_bytes: u64,
     pub flops: u64,
 }
 
@@ -52,6 +54,19 @@ impl Executable {
         graph: &Graph,
         targets: &[TensorId],
         params: &ParamStore,
+    ) -> Result<Executable> {
+        Self::with_inputs(gpu, graph, targets, params, &HashMap::new())
+    }
+
+    /// Like `new`, with the inputs in `bound` read from the tensors given
+    /// there: plans that share an input (every level of one image's pyramid)
+    /// take it from one buffer, uploaded once.
+    pub fn with_inputs(
+        gpu: &Arc<Gpu>,
+        graph: &Graph,
+        targets: &[TensorId],
+        params: &ParamStore,
+        bound: &HashMap<TensorId, DeviceTensor>,
     ) -> Result<Executable> {
         let mut tensors: HashMap<TensorId, DeviceTensor> = HashMap::new();
         for (i, info) in graph.tensors.iter().enumerate() {
@@ -73,7 +88,20 @@ impl Executable {
                     tensors.insert(id, p.clone());
                 }
                 TensorKind::Input => {
-                    tensors.insert(id, DeviceTensor::zeros(gpu, info.shape.clone())?);
+                    let tensor = match bound.get(&id) {
+                        Some(t) if t.shape == info.shape => t.clone(),
+                        Some(t) => {
+                            return Err(Error::shape(
+                                "bound input",
+                                format!(
+                                    "'{}' is {:?}, the graph expects {:?}",
+                                    info.name, t.shape, info.shape
+                                ),
+                            ))
+                        }
+                        None => DeviceTensor::zeros(gpu, info.shape.clone())?,
+                    };
+                    tensors.insert(id, tensor);
                 }
                 TensorKind::Computed => {}
             }
@@ -125,6 +153,13 @@ impl Executable {
         gpu.reserve_scratch(&scratch_needs(gpu, graph, &schedule)?)?;
         let (recording, node_dispatches) = record_nodes(gpu, graph, &tensors, &schedule)?;
         let unplanned_bytes = life_list.iter().map(|l| l.bytes).sum();
+        let owned_input_bytes = graph
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| t.kind == TensorKind::Input && !bound.contains_key(&TensorId(*i)))
+            .map(|(_, t)| t.shape.bytes())
+            .sum();
         let flops = graph.flops(&schedule);
         let exe = Executable {
             gpu: gpu.clone(),
@@ -135,6 +170,7 @@ impl Executable {
             schedule,
             memory,
             unplanned_bytes,
+            owned_input_bytes,
             flops,
         };
         if debug_level() >= 1 {
@@ -194,9 +230,23 @@ impl Executable {
             ));
         }
         self.gpu
-            .queue
-            .write_buffer(&dst.buffer, dst.offset, bytemuck::cast_slice(&value.data));
+            .write(&dst.buffer, dst.offset, bytemuck::cast_slice(&value.data));
         Ok(())
+    }
+
+    /// Appends the recorded work to `enc`; the caller submits it (see
+    /// `Gpu::submit_and_read`).
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+        self.recording.encode_into(&self.gpu, enc);
+    }
+
+    /// A readback of `targets`, made once and encoded after every run.
+    pub fn readback(&self, targets: &[TensorId]) -> Result<Readback> {
+        let tensors: Vec<&DeviceTensor> = targets
+            .iter()
+            .map(|t| self.tensor(*t))
+            .collect::<Result<_>>()?;
+        Readback::new(&self.gpu, &tensors)
     }
 
     /// Submits the recorded work and waits for it.
@@ -254,17 +304,10 @@ impl Executable {
         Ok(out)
     }
 
-    /// Device bytes this plan holds: its activation slots and its inputs
-    /// (parameters are shared and not counted).
+    /// Device bytes this plan holds: its activation slots and the inputs it
+    /// owns (parameters and bound inputs are shared and not counted).
     pub fn device_bytes(&self) -> u64 {
-        let inputs: u64 = self
-            .graph
-            .tensors
-            .iter()
-            .filter(|t| t.kind == TensorKind::Input)
-            .map(|t| t.shape.bytes())
-            .sum();
-        self.memory.slot_bytes.iter().sum::<u64>() + inputs
+        self.memory.slot_bytes.iter().sum::<u64>() + self.owned_input_bytes
     }
 
     pub fn read(&self, t: TensorId) -> Result<HostTensor> {
@@ -337,6 +380,16 @@ pub fn scratch_needs(gpu: &Gpu, graph: &Graph, nodes: &[usize]) -> Result<Vec<Sc
 /// Records the dispatches of `nodes`, in order, over the tensors' buffers;
 /// also returns how many dispatches each node recorded.
 fn record_nodes(
+    gpu: &Gpu,
+    graph: &Graph,
+    tensors: &HashMap<TensorId, DeviceTensor>,
+    nodes: &[usize],
+) -> Result<(Recording, Vec<usize>)> {
+    gpu.counters
+        .recording(|| record_nodes_uncounted(gpu, graph, tensors, nodes))
+}
+
+fn record_nodes_uncounted(
     gpu: &Gpu,
     graph: &Graph,
     tensors: &HashMap<TensorId, DeviceTensor>,

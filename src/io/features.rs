@@ -21,7 +21,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::io::npy;
+use crate::io::npy::{self, NpyRows};
 
 /// Everything extracted from one image.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -522,55 +522,26 @@ impl FeatureSet {
         self.ids.is_empty()
     }
 
+    /// Reads a feature folder whole; [`FeatureFiles::open`] checks it
+    /// without reading the arrays.
     pub fn load(dir: &Path) -> Result<FeatureSet> {
-        let ids_path = dir.join("ids.txt");
-        let ids: Vec<String> = fs::read_to_string(&ids_path)
-            .map_err(|e| {
-                file_err(
-                    &ids_path,
-                    format!("{e}; is this a folder written by `delg-gpu extract`?"),
-                )
-            })?
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let (gs, global) = npy::read::<f32>(&dir.join("global.npy"))?;
-        let (_, offsets) = npy::read::<i64>(&dir.join("local_offsets.npy"))?;
-        let (ds, descriptors) = npy::read::<f32>(&dir.join("local_descriptors.npy"))?;
-        let (_, locations) = npy::read::<f32>(&dir.join("local_locations.npy"))?;
-        let (_, scales) = npy::read::<f32>(&dir.join("local_scales.npy"))?;
-        let (_, attention) = npy::read::<f32>(&dir.join("local_attention.npy"))?;
-        let n = ids.len();
-        let m = scales.len();
-        let consistent = gs.len() == 2
-            && gs[0] == n
-            && offsets.len() == n + 1
-            && offsets.last().copied() == Some(m as i64)
-            && ds.len() == 2
-            && ds[0] == m
-            && locations.len() == 2 * m
-            && attention.len() == m;
-        if !consistent {
-            return Err(file_err(
-                dir,
-                "feature files disagree in their sizes (mixed or partially copied folder?)",
-            ));
-        }
+        let files = FeatureFiles::open(dir)?;
+        let (n, m) = (files.ids.len(), files.num_local());
         let model_id = fs::read_to_string(dir.join("config.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v.get("model_id")?.as_str().map(str::to_string));
         Ok(FeatureSet {
             model_id,
-            ids,
-            global_dim: gs[1],
-            global,
-            offsets,
-            local_dim: ds[1],
-            descriptors,
-            locations,
-            scales,
-            attention,
+            global_dim: files.global_dim(),
+            global: files.global.read(0..n)?,
+            local_dim: files.local_dim(),
+            descriptors: files.descriptors.read(0..m)?,
+            locations: files.locations.read(0..m)?,
+            scales: files.scales.read(0..m)?,
+            attention: files.attention.read(0..m)?,
+            offsets: files.offsets,
+            ids: files.ids,
         })
     }
 
@@ -796,5 +767,88 @@ mod tests {
         let e = write_feature_set(&dir, &[sample("a\nb.jpg", 0)], 4, 3, false).unwrap_err();
         assert!(e.to_string().contains("line break"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A finished feature folder's files, opened and checked to agree in their
+/// sizes, but not read: rows are read on demand (or memory-mapped by
+/// numpy), so a folder larger than memory can be used.
+#[derive(Debug)]
+pub struct FeatureFiles {
+    pub ids: Vec<String>,
+    /// [N+1]: image i owns local rows offsets[i]..offsets[i+1] (checked to
+    /// start at 0, never decrease and end at the number of rows).
+    pub offsets: Vec<i64>,
+    pub global: NpyRows,
+    pub descriptors: NpyRows,
+    pub locations: NpyRows,
+    pub scales: NpyRows,
+    pub attention: NpyRows,
+}
+
+impl FeatureFiles {
+    pub fn open(dir: &Path) -> Result<FeatureFiles> {
+        let ids_path = dir.join("ids.txt");
+        let ids: Vec<String> = match fs::read_to_string(&ids_path) {
+            Ok(text) => text.lines().map(str::to_string).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(file_err(
+                    dir,
+                    "has no ids.txt: its extraction has not finished (rerun it; it resumes from journal.bin), \
+                     or it is not a folder written by `delg-gpu extract`",
+                ))
+            }
+            Err(e) => return Err(Error::io(ids_path, e)),
+        };
+        let global = NpyRows::open::<f32>(&dir.join("global.npy"))?;
+        let (_, offsets) = npy::read::<i64>(&dir.join("local_offsets.npy"))?;
+        let descriptors = NpyRows::open::<f32>(&dir.join("local_descriptors.npy"))?;
+        let locations = NpyRows::open::<f32>(&dir.join("local_locations.npy"))?;
+        let scales = NpyRows::open::<f32>(&dir.join("local_scales.npy"))?;
+        let attention = NpyRows::open::<f32>(&dir.join("local_attention.npy"))?;
+        let (n, m) = (ids.len(), descriptors.rows());
+        let consistent = global.shape.len() == 2
+            && global.rows() == n
+            && descriptors.shape.len() == 2
+            && locations.shape == [m, 2]
+            && scales.shape == [m]
+            && attention.shape == [m]
+            && offsets.len() == n + 1
+            && offsets.first() == Some(&0)
+            && offsets.last() == Some(&(m as i64))
+            && offsets.windows(2).all(|w| w[0] <= w[1]);
+        if !consistent {
+            return Err(file_err(
+                dir,
+                "feature files disagree in their sizes (mixed or partially copied folder?)",
+            ));
+        }
+        Ok(FeatureFiles {
+            ids,
+            offsets,
+            global,
+            descriptors,
+            locations,
+            scales,
+            attention,
+        })
+    }
+
+    pub fn global_dim(&self) -> usize {
+        self.global.shape[1]
+    }
+
+    pub fn local_dim(&self) -> usize {
+        self.descriptors.shape[1]
+    }
+
+    /// Local feature rows of all images together.
+    pub fn num_local(&self) -> usize {
+        self.descriptors.rows()
+    }
+
+    /// The local feature rows of image `i`.
+    pub fn local_range(&self, i: usize) -> std::ops::Range<usize> {
+        self.offsets[i] as usize..self.offsets[i + 1] as usize
     }
 }

@@ -9,4 +9,5 @@ pub mod images;
 pub mod npy;
 pub mod tf_checkpoint;
 pub mod torch_checkpoint;
+pub mod user_dirs;
 pub mod weights;

@@ -367,10 +367,12 @@ pub fn bench_extract(
     ex.extract(&prepared(0)?)?;
     let start = Instant::now();
     let cpu0 = cpu_time();
+    let host0 = gpu.host_work();
     for i in 0..images {
         ex.extract(&prepared(i as u64 + 1)?)?;
     }
     let secs = start.elapsed().as_secs_f64();
+    let host = gpu.host_work() - host0;
     let gflop = ex.flops_per_image(height as usize, width as usize) as f64 / 1e9;
     let cpu = cpu_time().zip(cpu0).map(|(a, b)| (a - b).as_secs_f64());
     println!(
@@ -390,6 +392,7 @@ pub fn bench_extract(
         cpu.map(|c| format!(", {:.2} GFLOP per CPU-second", gflop * images as f64 / c))
             .unwrap_or_default()
     );
+    print_host_work(&host, images);
     let dir = std::env::temp_dir().join(format!("delg-gpu-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::File {
         path: dir.clone(),
@@ -418,6 +421,23 @@ pub fn bench_extract(
         ex.device_bytes() as f64 / (1u64 << 20) as f64
     );
     Ok((images as f64 / secs, gflop))
+}
+
+/// The host's work per image in the steady state: on a fast GPU this, not
+/// the kernels, bounds images/s (issue 17: at most 10 ms of recording CPU).
+fn print_host_work(host: &crate::gpu::HostWork, images: usize) {
+    let per = |n: u64| n as f64 / images as f64;
+    println!(
+        "host work per image: {:.1} submissions, {:.1} bind groups, {:.1} buffers and {:.1} textures created, \
+         {:.3} MiB uploaded, {:.1} KiB read back, {:.2} ms CPU recording and submitting (thread clocks)",
+        per(host.submissions),
+        per(host.bind_groups),
+        per(host.buffers),
+        per(host.textures),
+        per(host.bytes_uploaded) / (1u64 << 20) as f64,
+        per(host.bytes_read_back) / 1024.0,
+        host.record_submit_cpu.as_secs_f64() * 1e3 / images as f64
+    );
 }
 
 /// Extracts `images` generated images written as JPEG files into `dir`,
@@ -452,6 +472,7 @@ fn time_stages(
     // Pipeline order; the backbone's levels keep theirs (the sort is stable).
     let order = [
         "decode",
+        "upload",
         "pyramid",
         "backbone",
         "heads",

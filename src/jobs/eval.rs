@@ -61,9 +61,8 @@ pub struct EvalReport {
 }
 
 /// The feature row of every database name, by file stem of the stored ids.
-fn rows_by_name(set: &FeatureSet, names: &[String], what: &Path) -> Result<Vec<usize>> {
-    let by_stem: HashMap<&str, usize> = set
-        .ids
+fn rows_by_name(ids: &[String], names: &[String], what: &Path) -> Result<Vec<usize>> {
+    let by_stem: HashMap<&str, usize> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| {
@@ -87,8 +86,28 @@ fn rows_by_name(set: &FeatureSet, names: &[String], what: &Path) -> Result<Vec<u
         .collect()
 }
 
-fn reorder(set: &FeatureSet, rows: &[usize]) -> Vec<ImageFeatures> {
-    rows.iter().map(|&r| set.image(r)).collect()
+/// The features of the images `names`, in that order, from a feature
+/// folder or from a parent of shard folders, read in place (only the named
+/// images' rows are read).
+fn features_of(dir: &Path, names: &[String]) -> Result<FeatureSet> {
+    use crate::jobs::sharded::ShardedSet;
+    let (images, global_dim, local_dim, model_id) = if ShardedSet::is_parent(dir)? {
+        let set = ShardedSet::open(dir)?;
+        let rows = rows_by_name(&set.ids, names, dir)?;
+        let images = rows
+            .iter()
+            .map(|&r| set.image(r))
+            .collect::<Result<Vec<_>>>()?;
+        (images, set.global_dim, set.local_dim, set.model_id)
+    } else {
+        let set = FeatureSet::load(dir)?;
+        let rows = rows_by_name(&set.ids, names, dir)?;
+        let images = rows.iter().map(|&r| set.image(r)).collect();
+        (images, set.global_dim, set.local_dim, set.model_id)
+    };
+    let mut set = as_set(&images, global_dim, local_dim);
+    set.model_id = model_id;
+    Ok(set)
 }
 
 fn as_set(images: &[ImageFeatures], global_dim: usize, local_dim: usize) -> FeatureSet {
@@ -152,13 +171,7 @@ pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
             ))
         }
     };
-    let db_set = FeatureSet::load(&db_dir)?;
-    let db_rows = rows_by_name(&db_set, &gt.db, &db_dir)?;
-    let db = as_set(
-        &reorder(&db_set, &db_rows),
-        db_set.global_dim,
-        db_set.local_dim,
-    );
+    let db = features_of(&db_dir, &gt.db)?;
 
     // Queries: database rows for full-image queries of database images,
     // cropped extractions for the others.
@@ -215,14 +228,14 @@ pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
             }
         };
         let set = FeatureSet::load(&dir)?;
-        set.check_same_model(&dir, &db_set, &db_dir)?;
+        set.check_same_model(&dir, &db, &db_dir)?;
         Some((set, dir))
     };
     let mut queries = Vec::new();
     for q in &gt.queries {
         let f = match (&query_set, needs_crop(q), q.image_db_index) {
             (Some((set, dir)), true, _) => {
-                set.image(rows_by_name(set, std::slice::from_ref(&q.image), dir)?[0])
+                set.image(rows_by_name(&set.ids, std::slice::from_ref(&q.image), dir)?[0])
             }
             (_, false, Some(i)) => db.image(i),
             _ => {

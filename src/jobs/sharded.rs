@@ -8,8 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::io::features::ImageFeatures;
-use crate::io::npy::{self, NpyRows};
+use crate::io::features::{FeatureFiles, ImageFeatures};
 use crate::jobs::collection::Shard;
 use crate::jobs::extract::RunRecord;
 use crate::jobs::search::{GlobalSearch, ImageLocals, LocalFeatures};
@@ -20,12 +19,7 @@ struct ShardFiles {
     dir: PathBuf,
     /// The set's index of each of the shard's images.
     index: Vec<usize>,
-    offsets: Vec<i64>,
-    global: NpyRows,
-    descriptors: NpyRows,
-    locations: NpyRows,
-    scales: NpyRows,
-    attention: NpyRows,
+    files: FeatureFiles,
 }
 
 /// Every shard of one extraction, used as one feature set.
@@ -96,7 +90,13 @@ impl ShardedSet {
         let mut shards = Vec::new();
         let mut all: Vec<(String, usize, usize)> = Vec::new();
         for (s, (_, folder)) in by_index.iter().enumerate() {
-            let (files, ids) = open_shard(folder)?;
+            let mut files = FeatureFiles::open(folder)?;
+            let ids = std::mem::take(&mut files.ids);
+            let files = ShardFiles {
+                dir: folder.to_path_buf(),
+                index: vec![0; ids.len()],
+                files,
+            };
             if let Some(first) = shards.first() {
                 check_same_sizes(&files, first)?;
             }
@@ -123,8 +123,8 @@ impl ShardedSet {
         }
         Ok(ShardedSet {
             ids,
-            global_dim: shards[0].global.shape[1],
-            local_dim: shards[0].descriptors.shape[1],
+            global_dim: shards[0].files.global.shape[1],
+            local_dim: shards[0].files.descriptors.shape[1],
             model_id: Some(records[0].model_id.clone()).filter(|m| !m.is_empty()),
             record: records[0].clone(),
             shards,
@@ -142,21 +142,21 @@ impl ShardedSet {
 
     /// Local feature rows of all shards together.
     pub fn local_rows(&self) -> usize {
-        self.shards.iter().map(|s| s.descriptors.rows()).sum()
+        self.shards.iter().map(|s| s.files.descriptors.rows()).sum()
     }
 
     /// Everything extracted from image `i`, read from its shard's files.
     pub fn image(&self, i: usize) -> Result<ImageFeatures> {
         let (s, row) = self.place[i];
         let shard = &self.shards[s];
-        let range = shard.local_range(row);
+        let range = shard.files.local_range(row);
         Ok(ImageFeatures {
             id: self.ids[i].clone(),
-            global: shard.global.read(row..row + 1)?,
-            descriptors: shard.descriptors.read(range.clone())?,
-            locations: shard.locations.read(range.clone())?,
-            scales: shard.scales.read(range.clone())?,
-            attention: shard.attention.read(range)?,
+            global: shard.files.global.read(row..row + 1)?,
+            descriptors: shard.files.descriptors.read(range.clone())?,
+            locations: shard.files.locations.read(range.clone())?,
+            scales: shard.files.scales.read(range.clone())?,
+            attention: shard.files.attention.read(range)?,
         })
     }
 
@@ -168,11 +168,11 @@ impl ShardedSet {
         let mut chunk: Vec<f32> = Vec::with_capacity(rows * self.global_dim);
         let mut indices: Vec<usize> = Vec::with_capacity(rows);
         for shard in &self.shards {
-            let n = shard.global.rows();
+            let n = shard.files.global.rows();
             let mut start = 0;
             while start < n {
                 let end = n.min(start + rows - indices.len());
-                chunk.extend(shard.global.read::<f32>(start..end)?);
+                chunk.extend(shard.files.global.read::<f32>(start..end)?);
                 indices.extend_from_slice(&shard.index[start..end]);
                 start = end;
                 if indices.len() == rows {
@@ -194,72 +194,16 @@ impl LocalFeatures for ShardedSet {
     fn locals(&self, i: usize) -> Result<ImageLocals> {
         let (s, row) = self.place[i];
         let shard = &self.shards[s];
-        let range = shard.local_range(row);
+        let range = shard.files.local_range(row);
         Ok(ImageLocals {
-            descriptors: shard.descriptors.read(range.clone())?,
-            locations: shard.locations.read(range)?,
+            descriptors: shard.files.descriptors.read(range.clone())?,
+            locations: shard.files.locations.read(range)?,
         })
     }
 }
 
-impl ShardFiles {
-    /// The local feature rows of the shard's image `row`.
-    fn local_range(&self, row: usize) -> std::ops::Range<usize> {
-        self.offsets[row] as usize..self.offsets[row + 1] as usize
-    }
-}
-
-/// A finished shard's files, checked to agree in their sizes, and its ids.
-fn open_shard(dir: &Path) -> Result<(ShardFiles, Vec<String>)> {
-    let ids_path = dir.join("ids.txt");
-    let ids: Vec<String> = match std::fs::read_to_string(&ids_path) {
-        Ok(text) => text.lines().map(str::to_string).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::file(
-                dir,
-                "has no ids.txt: its extraction has not finished; rerun its task (it resumes from journal.bin)",
-            ))
-        }
-        Err(e) => return Err(Error::io(ids_path, e)),
-    };
-    let global = NpyRows::open::<f32>(&dir.join("global.npy"))?;
-    let (_, offsets) = npy::read::<i64>(&dir.join("local_offsets.npy"))?;
-    let descriptors = NpyRows::open::<f32>(&dir.join("local_descriptors.npy"))?;
-    let locations = NpyRows::open::<f32>(&dir.join("local_locations.npy"))?;
-    let scales = NpyRows::open::<f32>(&dir.join("local_scales.npy"))?;
-    let attention = NpyRows::open::<f32>(&dir.join("local_attention.npy"))?;
-    let (n, m) = (ids.len(), descriptors.rows());
-    let consistent = global.shape.len() == 2
-        && global.rows() == n
-        && descriptors.shape.len() == 2
-        && locations.shape == [m, 2]
-        && scales.shape == [m]
-        && attention.shape == [m]
-        && offsets.len() == n + 1
-        && offsets.first() == Some(&0)
-        && offsets.last() == Some(&(m as i64))
-        && offsets.windows(2).all(|w| w[0] <= w[1]);
-    if !consistent {
-        return Err(Error::file(
-            dir,
-            "feature files disagree in their sizes (mixed or partially copied folder?)",
-        ));
-    }
-    let files = ShardFiles {
-        dir: dir.to_path_buf(),
-        index: vec![0; n],
-        offsets,
-        global,
-        descriptors,
-        locations,
-        scales,
-        attention,
-    };
-    Ok((files, ids))
-}
-
 fn check_same_sizes(shard: &ShardFiles, first: &ShardFiles) -> Result<()> {
-    let dims = |s: &ShardFiles| (s.global.shape[1], s.descriptors.shape[1]);
+    let dims = |s: &ShardFiles| (s.files.global.shape[1], s.files.descriptors.shape[1]);
     if dims(shard) != dims(first) {
         return Err(Error::file(
             &shard.dir,

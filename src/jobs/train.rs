@@ -694,6 +694,32 @@ pub fn check_init_fits(path: &Path, init: &WeightFile, model: &ModelConfig) -> R
     Ok(())
 }
 
+/// Drops the lines of steps after `step` from a run's metrics: a run killed
+/// after its last checkpoint wrote them, and the resumed run writes those
+/// steps again. A torn last line (killed mid-write) goes too.
+fn keep_metrics_up_to(path: &Path, step: u64) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let step_of = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()?
+            .get("step")?
+            .as_u64()
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| step_of(line).is_some_and(|s| s <= step))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        crate::io::npy::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Trains, resuming from `run/checkpoint.safetensors` when it exists.
 pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<StepMetrics> {
     run_train_across(gpu, job, stop, &World::single(), 0)
@@ -732,8 +758,7 @@ fn upload_split(gpu: &Gpu, tensors: &[&DeviceTensor], values: &[f32]) -> Result<
         let part = values
             .get(at..at + n)
             .ok_or_else(|| Error::Internal("reduced values shorter than the tensors".into()))?;
-        gpu.queue
-            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(part));
+        gpu.write(&t.buffer, t.offset, bytemuck::cast_slice(part));
         at += n;
     }
     Ok(())
@@ -903,6 +928,9 @@ pub fn run_train_across(
 
     // Only rank 0 writes: the other ranks' lines would be the same.
     let metrics_path = job.run.join("metrics.jsonl");
+    if root {
+        keep_metrics_up_to(&metrics_path, start)?;
+    }
     let mut metrics: Box<dyn Write> = if root {
         Box::new(
             std::fs::OpenOptions::new()

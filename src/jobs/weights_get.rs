@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::io::user_dirs::UserDir;
 use crate::jobs::weights_import::{import, Arch, ImportOptions, LayoutChoice};
 
 /// The registry the binary carries.
@@ -19,8 +20,6 @@ const BUILT_IN: &str = include_str!("../../weights/registry.toml");
 const BUILT_IN_NAME: &str = "weights/registry.toml (built in)";
 /// Replaces the built-in registry (tests point it at a local server).
 pub const REGISTRY_ENV: &str = "DELG_GPU_REGISTRY";
-/// Replaces the data directory the weights are kept in.
-pub const DATA_DIR_ENV: &str = "DELG_GPU_DATA_DIR";
 /// A registry file larger than this is not one.
 const MAX_REGISTRY_BYTES: u64 = 1 << 20;
 
@@ -158,27 +157,12 @@ impl Registry {
 /// Where fetched weights are kept: $DELG_GPU_DATA_DIR, else the platform's
 /// data directory (XDG on Linux) under delg-gpu/weights.
 pub fn data_dir() -> Result<PathBuf> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = var(DATA_DIR_ENV) {
-        return Ok(dir);
-    }
-    let base = if cfg!(windows) {
-        var("APPDATA")
-    } else if cfg!(target_os = "macos") {
-        var("HOME").map(|h| h.join("Library/Application Support"))
-    } else {
-        var("XDG_DATA_HOME").or_else(|| var("HOME").map(|h| h.join(".local/share")))
-    };
-    base.map(|b| b.join("delg-gpu").join("weights"))
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "no home directory to keep weights in: set {DATA_DIR_ENV} or pass --out"
-            ))
-        })
+    UserDir::Weights.path().ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "no home directory to keep weights in: set {} or pass --out",
+            UserDir::Weights.env_var()
+        ))
+    })
 }
 
 /// Where `get NAME` keeps the model.

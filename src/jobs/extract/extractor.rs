@@ -1,6 +1,9 @@
 //! Runs a model (any architecture) over an image pyramid on the device: one
 //! planned, recorded executable per (image size, pyramid level), kept in a
-//! small cache because collections repeat sizes.
+//! small cache because collections repeat sizes. Per image the host uploads
+//! the pixels once (every level resizes from one shared buffer), encodes all
+//! levels and their readbacks into one submission and waits once: nothing is
+//! created and nothing is recorded in the steady state.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,7 +11,8 @@ use std::sync::Arc;
 
 use super::recipe::{aggregate_global, select_local, ExtractConfig, LevelOutput, LocalFeatures};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::buffer::Readback;
+use crate::gpu::{DeviceTensor, Gpu};
 use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
 use crate::io::weights::WeightFile;
@@ -20,7 +24,9 @@ const PLAN_CACHE: usize = 24;
 
 struct Plan {
     exe: Executable,
-    image: TensorId,
+    /// The global descriptor (if read), then attention and local descriptors
+    /// (for models with local features), in that order.
+    readback: Readback,
     global: Option<TensorId>,
     /// Attention and local descriptors, for models with local features.
     local: Option<(TensorId, TensorId)>,
@@ -38,6 +44,9 @@ pub struct Extractor {
     pub model_id: Option<String>,
     params: ParamStore,
     plans: HashMap<(usize, usize, usize), Plan>,
+    /// The pixels of the current image, one buffer per cached image size,
+    /// read by every level's plan.
+    images: HashMap<(usize, usize), DeviceTensor>,
     clock: u64,
     /// Time by stage, accumulated while Some (each stage then waits for the
     /// device on its own, so timing slows extraction a little).
@@ -116,6 +125,7 @@ impl Extractor {
             model_id: file.fingerprint.clone(),
             params,
             plans: HashMap::new(),
+            images: HashMap::new(),
             clock: 0,
             timing: None,
         })
@@ -138,8 +148,20 @@ impl Extractor {
                     .map(|(k, _)| *k)
                 {
                     self.plans.remove(&old);
+                    let (oh, ow, _) = old;
+                    if !self.plans.keys().any(|&(h, w, _)| (h, w) == (oh, ow)) {
+                        self.images.remove(&(oh, ow));
+                    }
                 }
             }
+            let pixels = match self.images.get(&(height, width)) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = DeviceTensor::zeros(&self.gpu, [1, height, width, 3].into())?;
+                    self.images.insert((height, width), t.clone());
+                    t
+                }
+            };
             let (lh, lw) = self.extract.level_sizes(height as u32, width as u32)[level];
             let (lh, lw) = (lh as usize, lw as usize);
             let mut g = Graph::new();
@@ -160,7 +182,11 @@ impl Extractor {
             let global = (wants_global || local.is_none()).then(|| map[&net.global]);
             let mut targets: Vec<TensorId> = local.iter().flat_map(|&(a, l)| [a, l]).collect();
             targets.extend(global);
-            let exe = Executable::new(&self.gpu, &g, &targets, &self.params)?;
+            let bound = HashMap::from([(image, pixels)]);
+            let exe = Executable::with_inputs(&self.gpu, &g, &targets, &self.params, &bound)?;
+            let mut read: Vec<TensorId> = global.into_iter().collect();
+            read.extend(local.iter().flat_map(|&(a, l)| [a, l]));
+            let readback = exe.readback(&read)?;
             let map_hw = match local {
                 Some((attention, _)) => {
                     let [_, mh, mw, _] = g.shape(attention).nhwc("attention")?;
@@ -172,7 +198,7 @@ impl Extractor {
                 key,
                 Plan {
                     exe,
-                    image,
+                    readback,
                     global,
                     local,
                     map_hw,
@@ -207,66 +233,97 @@ impl Extractor {
     pub fn device_bytes(&self) -> u64 {
         let params: u64 = self.params.tensors.values().map(|t| t.shape.bytes()).sum();
         let plans: u64 = self.plans.values().map(|p| p.exe.device_bytes()).sum();
-        params + plans + self.gpu.scratch_bytes()
+        let images: u64 = self.images.values().map(|t| t.shape.bytes()).sum();
+        params + plans + images + self.gpu.scratch_bytes()
     }
 
     /// Global descriptor and local features of one prepared image.
     pub fn extract(&mut self, img: &PreparedImage) -> Result<Extracted> {
-        let [_, h, w, _] = img.pixels.shape.nhwc("image")?;
-        let mut levels = Vec::new();
-        let mut globals = Vec::new();
+        let [n, h, w, c] = img.pixels.shape.nhwc("image")?;
+        if (n, c) != (1, 3) {
+            return Err(Error::shape(
+                "image",
+                format!("expected one RGB image, got {n} images of {c} channels"),
+            ));
+        }
         let global_only = self.local_dim() == 0;
         let timed = self.timing.is_some();
         let mut spent: Vec<(String, f64)> = Vec::new();
         let sizes = self.extract.level_sizes(h as u32, w as u32);
         let min_side = self.model.backbone().min_input_side();
-        for (level, &(lh, lw)) in sizes.iter().enumerate() {
-            if global_only && !self.extract.global_scales.contains(&level) {
-                continue;
-            }
-            // Levels too small for the network are dropped: local features
-            // come from the others, the global descriptor from the global
-            // scales that remain.
-            if lh.min(lw) < min_side {
-                continue;
-            }
+        // A model without local features runs only at the global scales, and
+        // levels too small for the network are dropped: local features come
+        // from the others, the global descriptor from the global scales left.
+        let run: Vec<usize> = (0..sizes.len())
+            .filter(|l| !global_only || self.extract.global_scales.contains(l))
+            .filter(|&l| sizes[l].0.min(sizes[l].1) >= min_side)
+            .collect();
+        for &level in &run {
+            self.plan(h, w, level)?;
+        }
+        let upload = std::time::Instant::now();
+        if let Some(pixels) = self.images.get(&(h, w)) {
+            let bytes = bytemuck::cast_slice(&img.pixels.data);
+            self.gpu.write(&pixels.buffer, pixels.offset, bytes);
+        }
+        spent.push(("upload".into(), upload.elapsed().as_secs_f64()));
+        let plans: Vec<(usize, &Plan)> =
+            run.iter().map(|&l| (l, &self.plans[&(h, w, l)])).collect();
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        for &(level, plan) in &plans {
             let scale = self.extract.scales[level];
-            let plan = self.plan(h, w, level)?;
-            plan.exe.set_input(plan.image, &img.pixels)?;
             if std::env::var_os("DELG_PROFILE").is_some() {
                 print_profile(
                     &format!("level {level} ({scale}), {}", plan.exe.timing_source()),
                     &plan.exe.profile()?,
                 );
             }
-            if timed {
-                for (stage, secs) in plan.exe.run_stages()? {
-                    let stage = match stage.as_str() {
-                        "backbone" => format!("backbone at scale {scale:.3}"),
-                        "pyramid" => "pyramid (upload, resize)".into(),
-                        _ => stage,
-                    };
-                    spent.push((stage, secs));
-                }
-            } else {
-                plan.exe.run()?;
+            if !timed {
+                plan.exe.encode(&mut enc);
+                continue;
             }
-            let readback = std::time::Instant::now();
-            if let Some(gt) = plan.global {
-                globals.push(plan.exe.read(gt)?.data);
+            for (stage, secs) in plan.exe.run_stages()? {
+                let stage = match stage.as_str() {
+                    "backbone" => format!("backbone at scale {scale:.3}"),
+                    "pyramid" => "pyramid (resize)".into(),
+                    _ => stage,
+                };
+                spent.push((stage, secs));
             }
-            if let Some((attention, local)) = plan.local {
+        }
+        // One submission runs every level (unless timed) and copies out its results.
+        let readback = std::time::Instant::now();
+        for (_, plan) in &plans {
+            plan.readback.encode(&mut enc);
+        }
+        let readbacks: Vec<&Readback> = plans.iter().map(|(_, p)| &p.readback).collect();
+        let results = self.gpu.submit_and_read(enc, &readbacks)?;
+        spent.push(("readback".into(), readback.elapsed().as_secs_f64()));
+        let mut globals = Vec::new();
+        let mut levels = Vec::new();
+        for ((level, plan), parts) in plans.iter().zip(results) {
+            let mut parts = parts
+                .iter()
+                .map(|b| bytemuck::pod_collect_to_vec::<u8, f32>(b));
+            let mut next = || {
+                parts
+                    .next()
+                    .ok_or_else(|| Error::Internal("a plan read back fewer outputs".into()))
+            };
+            if plan.global.is_some() {
+                globals.push(next()?);
+            }
+            if plan.local.is_some() {
                 let (mh, mw) = plan.map_hw;
                 levels.push(LevelOutput {
-                    scale,
+                    scale: self.extract.scales[*level],
                     height: mh,
                     width: mw,
                     global: Vec::new(),
-                    attention: plan.exe.read(attention)?.data,
-                    descriptors: plan.exe.read(local)?.data,
+                    attention: next()?,
+                    descriptors: next()?,
                 });
             }
-            spent.push(("readback".into(), readback.elapsed().as_secs_f64()));
         }
         if globals.is_empty() {
             let (lh, lw) = self

@@ -173,19 +173,37 @@ pub fn run_extract(
     gpu: &std::sync::Arc<crate::gpu::Gpu>,
     job: &ExtractJob,
 ) -> Result<ExtractSummary> {
+    check_out_folder(&job.out)?;
+    let mut extractor = Extractor::load(gpu, &job.weights, job.config.clone())?;
+    run_extract_with(&mut extractor, job, &mut |_, _| Ok(()))
+}
+
+fn check_out_folder(out: &std::path::Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::file(
+            out,
+            "is a file: --out takes a folder (created if missing)",
+        ));
+    }
+    Ok(())
+}
+
+/// [`run_extract`] with a loaded extractor (whose model is `job.weights`
+/// and whose settings are `job.config`); `progress(processed, pending)` is
+/// called after each image tried now (extracted or skipped), and an error
+/// from it stops the run (the journal keeps what is done: a rerun resumes).
+pub fn run_extract_with(
+    extractor: &mut Extractor,
+    job: &ExtractJob,
+    progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<ExtractSummary> {
     use crate::io::features::{FeatureSetWriter, FileStamp, ImageFeatures, Journal, JournalRecord};
     use crate::jobs::collection::{discover, Discovery};
     use std::io::Write;
 
     let start = std::time::Instant::now();
-    if job.out.exists() && !job.out.is_dir() {
-        return Err(Error::file(
-            &job.out,
-            "is a file: --out takes a folder (created if missing)",
-        ));
-    }
+    check_out_folder(&job.out)?;
     std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
-    let mut extractor = Extractor::load(gpu, &job.weights, job.config.clone())?;
     let bar = if job.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -315,7 +333,9 @@ pub fn run_extract(
         summary.failed += 1;
         report(path, reason)?;
     }
-    bar.set_length(pending.len() as u64);
+    let pending_count = pending.len();
+    let mut processed = 0;
+    bar.set_length(pending_count as u64);
     bar.set_position(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -356,6 +376,11 @@ pub fn run_extract(
             }
         }
         bar.inc(1);
+        processed += 1;
+        if let Err(e) = progress(processed, pending_count) {
+            bar.finish_and_clear();
+            return Err(e);
+        }
     }
     bar.finish_and_clear();
 

@@ -1,0 +1,114 @@
+//! What the host does on the device's behalf: submissions, objects created,
+//! bytes moved, and the CPU time spent recording and submitting. On a fast
+//! GPU these costs, not the kernels, can decide throughput, so `bench extract`
+//! reports them per image and the steady state must create nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct HostCounters {
+    submissions: AtomicU64,
+    bind_groups: AtomicU64,
+    buffers: AtomicU64,
+    textures: AtomicU64,
+    bytes_uploaded: AtomicU64,
+    bytes_read_back: AtomicU64,
+    record_submit_cpu_ns: AtomicU64,
+}
+
+/// A snapshot of `HostCounters`; the difference of two is the work between them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostWork {
+    pub submissions: u64,
+    pub bind_groups: u64,
+    /// Buffers created, readback staging and uniform blocks included.
+    pub buffers: u64,
+    pub textures: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_read_back: u64,
+    /// CPU time of the threads that recorded and submitted (their own
+    /// clocks, so time waiting for the device or other processes is excluded).
+    pub record_submit_cpu: Duration,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Count {
+    Submission,
+    BindGroup,
+    Buffer,
+    Texture,
+    Uploaded,
+    ReadBack,
+}
+
+impl HostCounters {
+    pub(crate) fn add(&self, what: Count, n: u64) {
+        let field = match what {
+            Count::Submission => &self.submissions,
+            Count::BindGroup => &self.bind_groups,
+            Count::Buffer => &self.buffers,
+            Count::Texture => &self.textures,
+            Count::Uploaded => &self.bytes_uploaded,
+            Count::ReadBack => &self.bytes_read_back,
+        };
+        field.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Runs `f`, adding the calling thread's CPU time to the recording total.
+    pub(crate) fn recording<T>(&self, f: impl FnOnce() -> T) -> T {
+        let start = thread_cpu_time();
+        let out = f();
+        if let (Some(a), Some(b)) = (start, thread_cpu_time()) {
+            let ns = b.saturating_sub(a).as_nanos() as u64;
+            self.record_submit_cpu_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+        out
+    }
+
+    pub fn snapshot(&self) -> HostWork {
+        let get = |f: &AtomicU64| f.load(Ordering::Relaxed);
+        HostWork {
+            submissions: get(&self.submissions),
+            bind_groups: get(&self.bind_groups),
+            buffers: get(&self.buffers),
+            textures: get(&self.textures),
+            bytes_uploaded: get(&self.bytes_uploaded),
+            bytes_read_back: get(&self.bytes_read_back),
+            record_submit_cpu: Duration::from_nanos(get(&self.record_submit_cpu_ns)),
+        }
+    }
+}
+
+impl std::ops::Sub for HostWork {
+    type Output = HostWork;
+    fn sub(self, earlier: HostWork) -> HostWork {
+        HostWork {
+            submissions: self.submissions - earlier.submissions,
+            bind_groups: self.bind_groups - earlier.bind_groups,
+            buffers: self.buffers - earlier.buffers,
+            textures: self.textures - earlier.textures,
+            bytes_uploaded: self.bytes_uploaded - earlier.bytes_uploaded,
+            bytes_read_back: self.bytes_read_back - earlier.bytes_read_back,
+            record_submit_cpu: self.record_submit_cpu - earlier.record_submit_cpu,
+        }
+    }
+}
+
+/// The calling thread's CPU time, where the OS exposes it.
+pub fn thread_cpu_time() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes into the struct we pass.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        (rc == 0).then(|| Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
