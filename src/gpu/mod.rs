@@ -1,6 +1,7 @@
 //! The device layer: adapters, buffers, shaders, pipelines and dispatch recording.
 
 pub mod buffer;
+pub mod cpu;
 pub mod device;
 pub mod pipeline;
 pub mod recorder;

@@ -1,7 +1,7 @@
 //! The per-adapter tuning table. Kernels that only pay off on one kind of
 //! device are variants chosen here, never hard-wired, and every variant runs on
-//! lavapipe in the tests (the 16-lane ones in a child process with llvmpipe
-//! at 512 bits, see `tests::sixteen_lane_variants_pass_at_512_bits`).
+//! lavapipe in the tests (those of the other llvmpipe width in a child
+//! process, see `tests::variants_pass_at_the_other_llvmpipe_width`).
 
 use super::device::AdapterFacts;
 
@@ -99,12 +99,13 @@ mod tests {
     const VARIANT_TESTS: [&str; 3] = ["ops::gemm::", "ops::conv2d::", "gpu::tuning::tests::table_"];
 
     /// llvmpipe's vector width is read once, when the Vulkan driver loads, so
-    /// the 16-lane kernels are tested by rerunning this test binary's variant
-    /// tests in a child process with LP_NATIVE_VECTOR_WIDTH=512 (any x86 CPU
-    /// can: LLVM splits 512-bit vectors it cannot execute natively). The
-    /// child fails unless the table chose the 16-lane variant.
+    /// the kernels of the other width (16 lanes at 512 bits, 8 at 256) are
+    /// tested by rerunning this test binary's variant tests in a child
+    /// process with LP_NATIVE_VECTOR_WIDTH set to it (any x86 CPU can run
+    /// 512: LLVM splits vectors it cannot execute natively). The child fails
+    /// unless the table chose that width's variant.
     #[test]
-    fn sixteen_lane_variants_pass_at_512_bits() {
+    fn variants_pass_at_the_other_llvmpipe_width() {
         if std::env::var_os(EXPECT_LANES_VAR).is_some() {
             return; // this is the child
         }
@@ -112,14 +113,21 @@ mod tests {
             return; // DELG_ALLOW_NO_GPU, reported by test_gpus
         };
         if gpu.facts.driver != "llvmpipe" {
-            eprintln!("not llvmpipe ({}): no 512-bit rerun", gpu.facts.name);
+            eprintln!(
+                "not llvmpipe ({}): no rerun at another width",
+                gpu.facts.name
+            );
             return;
         }
+        let (bits, lanes) = match gpu.facts.subgroup_min_size {
+            16 => ("256", "8"),
+            _ => ("512", "16"),
+        };
         let exe = std::env::current_exe().expect("the test binary's path");
         let out = Command::new(exe)
             .args(VARIANT_TESTS)
-            .env("LP_NATIVE_VECTOR_WIDTH", "512")
-            .env(EXPECT_LANES_VAR, "16")
+            .env(crate::gpu::cpu::WIDTH_VAR, bits)
+            .env(EXPECT_LANES_VAR, lanes)
             .output()
             .expect("the test binary runs again");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -140,7 +148,11 @@ mod tests {
                 tail(&String::from_utf8_lossy(&out.stderr))
             )
         };
-        assert!(out.status.success(), "the 512-bit run failed\n{}", report());
+        assert!(
+            out.status.success(),
+            "the {bits}-bit run failed\n{}",
+            report()
+        );
         let passed: usize = stdout
             .lines()
             .filter_map(|l| l.strip_prefix("test result: ok. "))
@@ -148,7 +160,7 @@ mod tests {
             .sum();
         assert!(
             passed >= 20,
-            "only {passed} tests ran at 512 bits\n{}",
+            "only {passed} tests ran at {bits} bits\n{}",
             report()
         );
     }
@@ -174,24 +186,23 @@ mod tests {
                 "{facts:?}"
             );
         }
-        // Widths the kernels are not written for get the tiled kernels.
-        let odd = AdapterFacts {
-            subgroup_min_size: 32,
-            subgroup_max_size: 32,
-            ..facts.clone()
-        };
-        assert_eq!(
-            Tuning::for_adapter(&odd, wgpu::Features::SUBGROUP).matmul,
-            MatmulVariant::Tiled
-        );
-        let ranged = AdapterFacts {
-            subgroup_min_size: 8,
-            subgroup_max_size: 16,
-            ..facts.clone()
-        };
-        assert_eq!(
-            Tuning::for_adapter(&ranged, wgpu::Features::SUBGROUP).matmul,
-            MatmulVariant::Tiled
-        );
+        // Widths the kernels are not written for, or a range of widths,
+        // get the tiled kernels; so does a device without subgroups.
+        for (min, max, features) in [
+            (32, 32, wgpu::Features::SUBGROUP),
+            (8, 16, wgpu::Features::SUBGROUP),
+            (16, 16, wgpu::Features::empty()),
+        ] {
+            let other = AdapterFacts {
+                subgroup_min_size: min,
+                subgroup_max_size: max,
+                ..facts.clone()
+            };
+            assert_eq!(
+                Tuning::for_adapter(&other, features).matmul,
+                MatmulVariant::Tiled,
+                "{min}..{max} lanes, {features:?}"
+            );
+        }
     }
 }
