@@ -159,7 +159,7 @@ mod tests {
             .filter_map(|l| l.split(' ').next()?.parse::<usize>().ok())
             .sum();
         assert!(
-            passed >= 20,
+            passed >= 10,
             "only {passed} tests ran at {bits} bits\n{}",
             report()
         );
