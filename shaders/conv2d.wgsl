@@ -436,7 +436,11 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     var py = (first.y - p.off_y) / p.mul_y;
     var px = (first.z - p.off_x) / p.mul_x;
     for (var k0 = 0u; k0 < p.k; k0 += LANES) {
-        for (var kk = 0u; kk < LANES; kk++) {
+        // Unrolled by #for: Mesa leaves a 16-step loop of this size rolled,
+        // and av is then indexed in memory.
+#for KK in 0..{{LANES}}
+        {
+            let kk = {{KK}}u;
             let live = k0 + kk < p.k;
             let o = vec3<i32>(img, py * p.mul_y + p.off_y, px * p.mul_x + p.off_x);
 #if ASCALAR
@@ -456,6 +460,7 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             py = select(py, 0, next_image);
             img = select(img, img + i32(p.src_h), next_image);
         }
+#endfor
         slab_b(k0 + lane, col0);
     }
 #else
