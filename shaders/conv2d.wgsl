@@ -10,9 +10,9 @@
 // B is always a row-major matrix [k, cols] and C a row-major [rows, cols] window.
 //
 // Variants: TILED (shared-memory block tiles, for GPUs whose workgroup memory is on
-// chip) and SGB (lavapipe: 8-lane subgroups, each lane owns 4 rows, the 8×16 slab of
-// B is loaded one row per lane and shared by subgroupBroadcast; see
-// shared/spec/lavapipe.md). SGB with TEX reads A and B as vec4 texels from read-only
+// chip) and SGB (lavapipe: subgroups of LANES lanes, 8 at llvmpipe's default 256 bits
+// and 16 at 512; each lane owns 4 rows, the LANES×16 slab of B is loaded one row per
+// lane and shared by subgroupBroadcast; see shared/spec/lavapipe.md). SGB with TEX reads A and B as vec4 texels from read-only
 // storage textures, whose loads llvmpipe inlines branch-free; without TEX it reads
 // scalars from storage buffers and handles any channel count.
 // (No `enable subgroups;`: naga 30 rejects it; the SGB variant is only chosen
@@ -313,7 +313,7 @@ fn conv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 #endif
 
 #if SGB
-// Per lane: 4 rows × 4·TNV columns of C, and the current 8-step slab of A as
+// Per lane: 4 rows × 4·TNV columns of C, and the current LANES-step slab of A as
 // av[kk] = (A[row0, kk], .., A[row3, kk]). The scalar form keeps one vec4 of
 // columns: its loads dominate anyway, and it compiles much faster.
 #if TEX
@@ -321,26 +321,23 @@ const TNV: u32 = 4u;
 #else
 const TNV: u32 = 1u;
 #endif
+const LANES: u32 = {{LANES}}u;
 var<private> acc: array<vec4<f32>, 16>;
-var<private> av: array<vec4<f32>, 8>;
+var<private> av: array<vec4<f32>, LANES>;
 
-// One column quad j over the slab's 8 steps of k: lane kk holds row kk of the
-// slab, handed to every lane by a broadcast from a constant lane. Quad by quad,
-// only 4 accumulators are live across the 8 steps, so those that spill are
-// reloaded once per 8 k rather than once per k (~1.5 % faster on lavapipe).
+// One column quad j over the slab's LANES steps of k: lane kk holds row kk of
+// the slab, handed to every lane by a broadcast from a constant lane (hence
+// the #for). Quad by quad, only 4 accumulators are live across the steps, so
+// those that spill are reloaded once per slab rather than once per k (~1.5 %
+// faster on lavapipe).
 fn quad(j: u32, b: vec4<f32>) {
     var c0 = acc[j];
     var c1 = acc[TNV + j];
     var c2 = acc[2u * TNV + j];
     var c3 = acc[3u * TNV + j];
-    let s0 = subgroupBroadcast(b, 0u); c0 += av[0].x * s0; c1 += av[0].y * s0; c2 += av[0].z * s0; c3 += av[0].w * s0;
-    let s1 = subgroupBroadcast(b, 1u); c0 += av[1].x * s1; c1 += av[1].y * s1; c2 += av[1].z * s1; c3 += av[1].w * s1;
-    let s2 = subgroupBroadcast(b, 2u); c0 += av[2].x * s2; c1 += av[2].y * s2; c2 += av[2].z * s2; c3 += av[2].w * s2;
-    let s3 = subgroupBroadcast(b, 3u); c0 += av[3].x * s3; c1 += av[3].y * s3; c2 += av[3].z * s3; c3 += av[3].w * s3;
-    let s4 = subgroupBroadcast(b, 4u); c0 += av[4].x * s4; c1 += av[4].y * s4; c2 += av[4].z * s4; c3 += av[4].w * s4;
-    let s5 = subgroupBroadcast(b, 5u); c0 += av[5].x * s5; c1 += av[5].y * s5; c2 += av[5].z * s5; c3 += av[5].w * s5;
-    let s6 = subgroupBroadcast(b, 6u); c0 += av[6].x * s6; c1 += av[6].y * s6; c2 += av[6].z * s6; c3 += av[6].w * s6;
-    let s7 = subgroupBroadcast(b, 7u); c0 += av[7].x * s7; c1 += av[7].y * s7; c2 += av[7].z * s7; c3 += av[7].w * s7;
+#for L in 0..{{LANES}}
+    let s{{L}} = subgroupBroadcast(b, {{L}}u); c0 += av[{{L}}].x * s{{L}}; c1 += av[{{L}}].y * s{{L}}; c2 += av[{{L}}].z * s{{L}}; c3 += av[{{L}}].w * s{{L}};
+#endfor
     acc[j] = c0;
     acc[TNV + j] = c1;
     acc[2u * TNV + j] = c2;
@@ -373,19 +370,23 @@ fn slab_b(k: u32, col0: u32) {
 #else
 #if DW
 #else
-// The 8-step of k at channels c0.. of one tap: per row, two texels from the
-// row's source pixel `base` (-1: padding, zeros).
+// The LANES-step of k at channels c0.. of one tap: per row, LANES/4 texels
+// (tT[m] is texel T of row m) from the row's source pixel `base` (-1:
+// padding, zeros).
 fn tap_slab(base: array<i32, 4>, c0: u32, kt: u32, col0: u32) {
-    var lo: array<vec4<f32>, 4>;
-    var hi: array<vec4<f32>, 4>;
+#for T in 0..{{TEXELS}}
+    var t{{T}}: array<vec4<f32>, 4>;
+#endfor
     for (var m = 0u; m < 4u; m++) {
         let e = u32(max(base[m], 0)) + c0;
-        lo[m] = select(vec4<f32>(0.0), a_vec(e), base[m] >= 0);
-        hi[m] = select(vec4<f32>(0.0), a_vec(e + 4u), base[m] >= 0);
+#for T in 0..{{TEXELS}}
+        t{{T}}[m] = select(vec4<f32>(0.0), a_vec(e + {{T}}u * 4u), base[m] >= 0);
+#endfor
     }
     for (var kk = 0u; kk < 4u; kk++) {
-        av[kk] = vec4<f32>(lo[0][kk], lo[1][kk], lo[2][kk], lo[3][kk]);
-        av[kk + 4u] = vec4<f32>(hi[0][kk], hi[1][kk], hi[2][kk], hi[3][kk]);
+#for T in 0..{{TEXELS}}
+        av[kk + {{T}}u * 4u] = vec4<f32>(t{{T}}[0][kk], t{{T}}[1][kk], t{{T}}[2][kk], t{{T}}[3][kk]);
+#endfor
     }
     slab_b(kt + c0, col0);
 }
@@ -410,8 +411,9 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (g >= row_tiles * p.col_tiles) {
         return;
     }
-    // 8 subgroups × 8 lanes × 4 rows = 256 rows, 4·TNV columns per workgroup.
-    let rbase = (g / p.col_tiles) * 256u + (lid / 8u) * 32u + lane * 4u;
+    // 64/LANES subgroups × LANES lanes × 4 rows = 256 rows, 4·TNV columns per
+    // workgroup.
+    let rbase = (g / p.col_tiles) * 256u + (lid / LANES) * (4u * LANES) + lane * 4u;
     let col0 = (g % p.col_tiles) * 4u * TNV;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
@@ -433,8 +435,12 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     var img = first.x;
     var py = (first.y - p.off_y) / p.mul_y;
     var px = (first.z - p.off_x) / p.mul_x;
-    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
-        for (var kk = 0u; kk < 8u; kk++) {
+    for (var k0 = 0u; k0 < p.k; k0 += LANES) {
+        // Unrolled by #for: Mesa leaves a 16-step loop of this size rolled,
+        // and av is then indexed in memory.
+#for KK in 0..{{LANES}}
+        {
+            let kk = {{KK}}u;
             let live = k0 + kk < p.k;
             let o = vec3<i32>(img, py * p.mul_y + p.off_y, px * p.mul_x + p.off_x);
 #if ASCALAR
@@ -454,11 +460,12 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             py = select(py, 0, next_image);
             img = select(img, img + i32(p.src_h), next_image);
         }
+#endfor
         slab_b(k0 + lane, col0);
     }
 #else
 #if ASCALAR
-    // Any channel count: an 8-step of k may span taps, so the tap of each k is
+    // Any channel count: a LANES-step of k may span taps, so the tap of each k is
     // advanced incrementally (no divisions) and each lane reads single floats.
     var origin: array<vec3<i32>, 4>;
     for (var m = 0u; m < 4u; m++) {
@@ -467,8 +474,8 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     var c = 0u;
     var kx = 0u;
     var ky = 0u;
-    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
-        for (var kk = 0u; kk < 8u; kk++) {
+    for (var k0 = 0u; k0 < p.k; k0 += LANES) {
+        for (var kk = 0u; kk < LANES; kk++) {
             let live = k0 + kk < p.k;
             for (var m = 0u; m < 4u; m++) {
                 let e = source_pixel(origin[m], ky, kx);
@@ -485,7 +492,8 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         slab_b(k0 + lane, col0);
     }
 #else
-    // Each 8-step of k stays inside one tap (src_c % 8 == 0): per row, two texels.
+    // Each LANES-step of k stays inside one tap (src_c % LANES == 0): per row,
+    // LANES/4 texels.
     var origin: array<vec3<i32>, 4>;
     for (var m = 0u; m < 4u; m++) {
         origin[m] = pixel_origin(p.row0 + min(rbase + m, p.m - 1u));
@@ -498,18 +506,19 @@ fn conv_sgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         for (var m = 0u; m < 4u; m++) {
             base[m] = select(-1, source_pixel(origin[m], ky, kx), rbase + m < p.m);
         }
-        // One 8-step per iteration: two per iteration (fewer exec-mask merges
-        // of the loop-carried accumulators) measured 10-30 % slower.
+        // One LANES-step per iteration: two per iteration at 8 lanes (fewer
+        // exec-mask merges of the loop-carried accumulators) measured 10-30 %
+        // slower.
         let kt = tap * p.src_c + lane;
-        for (var c0 = 0u; c0 < p.src_c; c0 += 8u) {
+        for (var c0 = 0u; c0 < p.src_c; c0 += LANES) {
             tap_slab(base, c0, kt, col0);
         }
     }
 #endif
 #endif
 #else
-    for (var k0 = 0u; k0 < p.k; k0 += 8u) {
-        for (var kk = 0u; kk < 8u; kk++) {
+    for (var k0 = 0u; k0 < p.k; k0 += LANES) {
+        for (var kk = 0u; kk < LANES; kk++) {
             av[kk] = vec4<f32>(a_elem(rbase, k0 + kk), a_elem(rbase + 1u, k0 + kk), a_elem(rbase + 2u, k0 + kk), a_elem(rbase + 3u, k0 + kk));
         }
         slab_b(k0 + lane, col0);

@@ -22,11 +22,17 @@ fn no_gpu_allowed() -> bool {
     std::env::var_os("DELG_ALLOW_NO_GPU").is_some_and(|v| v != "0" && v != "false")
 }
 
+/// Set (to a lane count) in the child process that reruns the variant tests
+/// with llvmpipe at 512 bits: every test then fails unless the tuning table
+/// chose the broadcast kernels of that width, so the child cannot pass by
+/// silently testing another variant.
+pub const EXPECT_LANES_VAR: &str = "DELG_TEST_EXPECT_LANES";
+
 /// One device per tuning variant the adapter supports (every variant is tested).
 pub fn test_gpus() -> &'static [Arc<Gpu>] {
     static GPUS: OnceLock<Vec<Arc<Gpu>>> = OnceLock::new();
     GPUS.get_or_init(|| {
-        Gpu::every_variant(&GpuOptions::default()).unwrap_or_else(|e| {
+        let gpus = Gpu::every_variant(&GpuOptions::default()).unwrap_or_else(|e| {
             if !no_gpu_allowed() {
                 panic!(
                     "no GPU adapter: {e}\n(set DELG_ALLOW_NO_GPU=1 to skip the GPU checks instead)"
@@ -34,7 +40,18 @@ pub fn test_gpus() -> &'static [Arc<Gpu>] {
             }
             eprintln!("skipping GPU checks (DELG_ALLOW_NO_GPU is set): {e}");
             Vec::new()
-        })
+        });
+        if let Some(lanes) = std::env::var_os(EXPECT_LANES_VAR) {
+            let chosen = gpus
+                .first()
+                .map(|g| (g.tuning.matmul, g.facts.name.clone()));
+            let lanes: u32 = lanes.to_string_lossy().parse().unwrap_or(0);
+            assert!(
+                matches!(chosen, Some((v, _)) if v.broadcast_lanes() == Some(lanes)),
+                "{EXPECT_LANES_VAR}={lanes}, but the tuning table chose {chosen:?}"
+            );
+        }
+        gpus
     })
 }
 

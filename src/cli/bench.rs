@@ -72,6 +72,14 @@ pub enum BenchWhat {
         /// Print one JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only the matmul variant the tuning table chooses, without the
+        /// slower ones as baselines.
+        #[arg(long)]
+        chosen_only: bool,
+        /// On llvmpipe (lavapipe), then run again in a child process with
+        /// the other vector width (256 or 512 bits, LP_NATIVE_VECTOR_WIDTH).
+        #[arg(long)]
+        both_widths: bool,
     },
 }
 
@@ -104,12 +112,15 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
             reps,
             seconds,
             json,
+            chosen_only,
+            both_widths,
         } => bench::run_kernels(
             opts,
             filter.as_deref(),
             reps,
             Duration::from_secs_f64(seconds),
             json,
+            [chosen_only, both_widths],
         ),
     }
 }

@@ -159,6 +159,8 @@ fn no_adapter_hint(backend: Option<&str>) -> String {
 }
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    // Before the Vulkan driver loads: llvmpipe reads its width only then.
+    super::cpu::choose_llvmpipe_width();
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle().with_env();
     desc.backends = backends;
     wgpu::Instance::new(desc)

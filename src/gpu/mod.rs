@@ -2,6 +2,7 @@
 
 pub mod buffer;
 pub mod counters;
+pub mod cpu;
 pub mod device;
 pub mod pipeline;
 pub mod pipeline_store;
@@ -18,7 +19,7 @@ pub use device::{list_adapters, AdapterFacts, Gpu, GpuOptions};
 pub use recorder::{Binding, RecordStats, Recorder, Recording};
 pub use scratch::{merge_needs, needs_bytes, ScratchNeed, TextureNeed};
 pub use shader::ShaderSpec;
-pub use tuning::{MatmulVariant, Tuning};
+pub use tuning::{MatmulVariant, Tuning, BROADCAST_LANES};
 pub use uniform::{ScalarKind, Uniform, UniformField, UniformShape, UniformSlot};
 pub use window::{
     chunks, image_rows, row_chunks, rows_per_window, scaled, vec4_pieces, BufSlice, Piece,

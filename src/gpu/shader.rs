@@ -1,7 +1,10 @@
 //! WGSL sources and their specialisation. Shaders live in `shaders/<family>.wgsl`
 //! and are embedded at build time. A tiny preprocessor specialises them:
 //! `#include "name"`, `#if NAME` / `#else` / `#endif` on defines whose value is
-//! not "0"/"false", and `{{NAME}}` substitution. Every specialisation a kernel
+//! not "0"/"false", `{{NAME}}` substitution, and `#for NAME in A..B` /
+//! `#endfor`, which repeats its lines with `{{NAME}}` = A, .., B-1 (bounds may
+//! be `{{DEFINE}}`s): kernels whose unrolling depends on a define, such as
+//! the subgroup-broadcast steps whose lane index must be a constant. Every specialisation a kernel
 //! can request is a `ShaderSpec`, and the same `ShaderSpec::source` feeds both
 //! the pipeline cache and the naga validation tests.
 
@@ -91,18 +94,36 @@ fn expand(
     out: &mut String,
     depth: usize,
 ) -> Result<()> {
+    if depth > 8 {
+        return Err(Error::Shader {
+            name: file.to_string(),
+            detail: "#include nested too deeply".into(),
+        });
+    }
+    let lines: Vec<&str> = raw_source(file)?.lines().collect();
+    expand_lines(file, &lines, 0, defines, out, depth)
+}
+
+/// Expands `lines` (which start at line `first` of `file`, for messages).
+fn expand_lines(
+    file: &str,
+    lines: &[&str],
+    first: usize,
+    defines: &BTreeMap<String, String>,
+    out: &mut String,
+    depth: usize,
+) -> Result<()> {
     let err = |detail: String| Error::Shader {
         name: file.to_string(),
         detail,
     };
-    if depth > 8 {
-        return Err(err("#include nested too deeply".into()));
-    }
-    let src = raw_source(file)?;
     // Stack of (this branch active, any branch taken) per open #if.
     let mut stack: Vec<(bool, bool)> = Vec::new();
     let active = |stack: &[(bool, bool)]| stack.iter().all(|(a, _)| *a);
-    for (lineno, line) in src.lines().enumerate() {
+    let mut i = 0;
+    while i < lines.len() {
+        let (line, lineno) = (lines[i], first + i + 1);
+        i += 1;
         let t = line.trim();
         if let Some(rest) = t.strip_prefix("#if ") {
             let cond = rest.trim();
@@ -115,21 +136,36 @@ fn expand(
         } else if t == "#else" {
             let top = stack
                 .last_mut()
-                .ok_or_else(|| err(format!("line {}: #else without #if", lineno + 1)))?;
+                .ok_or_else(|| err(format!("line {lineno}: #else without #if")))?;
             *top = (!top.1, true);
         } else if t == "#endif" {
             stack
                 .pop()
-                .ok_or_else(|| err(format!("line {}: #endif without #if", lineno + 1)))?;
+                .ok_or_else(|| err(format!("line {lineno}: #endif without #if")))?;
         } else if !active(&stack) {
+            // An inactive #for's body and #endfor are skipped line by line.
             continue;
         } else if let Some(rest) = t.strip_prefix("#include ") {
             let name = rest.trim().trim_matches('"');
             expand(name, defines, out, depth + 1)?;
+        } else if let Some(rest) = t.strip_prefix("#for ") {
+            let (var, range) =
+                for_header(rest, defines).map_err(|e| err(format!("line {lineno}: {e}")))?;
+            let end = matching_endfor(&lines[i..])
+                .ok_or_else(|| err(format!("line {lineno}: #for without #endfor")))?;
+            let body = &lines[i..i + end];
+            let mut inner = defines.clone();
+            for v in range {
+                inner.insert(var.clone(), v.to_string());
+                expand_lines(file, body, first + i, &inner, out, depth)?;
+            }
+            i += end + 1;
+        } else if t == "#endfor" {
+            return Err(err(format!("line {lineno}: #endfor without #for")));
         } else {
             out.push_str(
                 &substitute(line, defines)
-                    .map_err(|k| err(format!("line {}: undefined {{{{{k}}}}}", lineno + 1)))?,
+                    .map_err(|k| err(format!("line {lineno}: undefined {{{{{k}}}}}")))?,
             );
             out.push('\n');
         }
@@ -138,6 +174,39 @@ fn expand(
         return Err(err("unterminated #if".into()));
     }
     Ok(())
+}
+
+/// `NAME in A..B` of a `#for` line, its bounds substituted.
+fn for_header(
+    rest: &str,
+    defines: &BTreeMap<String, String>,
+) -> std::result::Result<(String, std::ops::Range<u32>), String> {
+    let rest = substitute(rest, defines).map_err(|k| format!("undefined {{{{{k}}}}}"))?;
+    let parsed = rest.split_once(" in ").and_then(|(var, range)| {
+        let (a, b) = range.trim().split_once("..")?;
+        Some((var.trim(), a.trim().parse().ok()?, b.trim().parse().ok()?))
+    });
+    match parsed {
+        Some((var, a, b)) if !var.is_empty() => Ok((var.to_string(), a..b)),
+        _ => Err(format!("expected `#for NAME in A..B`, got `#for {rest}`")),
+    }
+}
+
+/// Index in `lines` of the `#endfor` closing a `#for` just before them.
+fn matching_endfor(lines: &[&str]) -> Option<usize> {
+    let mut open = 0usize;
+    for (i, l) in lines.iter().enumerate() {
+        let t = l.trim();
+        if t.starts_with("#for ") {
+            open += 1;
+        } else if t == "#endfor" {
+            if open == 0 {
+                return Some(i);
+            }
+            open -= 1;
+        }
+    }
+    None
 }
 
 fn substitute(
@@ -188,6 +257,43 @@ mod tests {
             "x = 7 + 7;"
         );
         assert_eq!(substitute("x = {{B}};", &d).unwrap_err(), "B");
+    }
+
+    #[test]
+    fn for_repeats_lines_with_nested_loops_and_conditionals() {
+        let mut d = BTreeMap::new();
+        d.insert("N".to_string(), "3".to_string());
+        d.insert("ODD".to_string(), "1".to_string());
+        let lines = [
+            "#for I in 0..{{N}}",
+            "#for J in 1..2",
+            "a{{I}}{{J}}",
+            "#endfor",
+            "#if ODD",
+            "b{{I}}",
+            "#endif",
+            "#endfor",
+            "#if !ODD",
+            "#for K in 0..9",
+            "never",
+            "#endfor",
+            "#endif",
+        ];
+        let mut out = String::new();
+        expand_lines("t", &lines, 0, &d, &mut out, 0).unwrap();
+        assert_eq!(out, "a01\nb0\na11\nb1\na21\nb2\n");
+        for (bad, why) in [
+            (&["#for I in 0..2", "x"][..], "without #endfor"),
+            (&["#endfor"][..], "without #for"),
+            (
+                &["#for I 0..2", "#endfor"][..],
+                "expected `#for NAME in A..B`",
+            ),
+            (&["#for I in 0..{{M}}", "#endfor"][..], "undefined {{M}}"),
+        ] {
+            let e = expand_lines("t", bad, 0, &d, &mut String::new(), 0).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad:?}: {e}");
+        }
     }
 
     #[test]

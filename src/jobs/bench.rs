@@ -59,6 +59,8 @@ impl BenchCase {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     pub name: String,
+    /// The adapter's name: on llvmpipe it gives the vector width ("512 bits").
+    pub adapter: String,
     pub variant: String,
     pub reps: usize,
     pub ms: f64,
@@ -114,6 +116,7 @@ pub fn run_case(
     let bytes: u64 = case.inputs.iter().map(|s| s.bytes()).sum::<u64>() + out_bytes;
     Ok(BenchResult {
         name: case.name.clone(),
+        adapter: gpu.facts.name.clone(),
         variant: gpu.tuning.describe(),
         reps: times.len(),
         ms: median * 1e3,
@@ -226,15 +229,32 @@ pub fn kernel_cases() -> Vec<BenchCase> {
 
 /// Runs every kernel case whose name contains `filter` (all without one) on
 /// each matmul variant the adapter supports, printing a table row (or a JSON
-/// line with `json`) per case and variant.
+/// line with `json`) per case and variant (only the tuning table's own with
+/// `chosen_only`). With `both_widths` (llvmpipe only) the same command then
+/// runs again in a child process with llvmpipe at its other vector width.
 pub fn run_kernels(
     opts: &GpuOptions,
     filter: Option<&str>,
     reps: usize,
     budget: Duration,
     json: bool,
+    [chosen_only, both_widths]: [bool; 2],
 ) -> Result<()> {
-    let gpus = Gpu::every_variant(opts)?;
+    let mut gpus = Gpu::every_variant(opts)?;
+    if chosen_only {
+        gpus.truncate(1);
+    }
+    let other_width = if both_widths {
+        let bits = llvmpipe_bits(&gpus[0].facts.name).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "--both-widths needs llvmpipe (lavapipe), whose vector width can change; the adapter is {}",
+                gpus[0].facts.name
+            ))
+        })?;
+        Some(if bits == 512 { 256 } else { 512 })
+    } else {
+        None
+    };
     if !json {
         print_header(&gpus[0]);
     }
@@ -251,7 +271,37 @@ pub fn run_kernels(
             }
         }
     }
-    Ok(())
+    match other_width {
+        Some(bits) => rerun_at_width(bits, "--both-widths"),
+        None => Ok(()),
+    }
+}
+
+/// The vector width in an llvmpipe adapter name, "llvmpipe (LLVM 15.0.6, 256 bits)".
+pub fn llvmpipe_bits(adapter: &str) -> Option<u32> {
+    let inner = adapter.strip_prefix("llvmpipe (")?;
+    let (_, tail) = inner.rsplit_once(", ")?;
+    tail.strip_suffix(" bits)")?.parse().ok()
+}
+
+/// Runs this process's command line again (without `flag`) in a child with
+/// llvmpipe at `bits`: the width is read once, when the driver loads.
+fn rerun_at_width(bits: u32, flag: &str) -> Result<()> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("<this executable>", e))?;
+    let args = std::env::args_os().skip(1).filter(|a| a != flag);
+    println!("--- again with llvmpipe at {bits} bits (LP_NATIVE_VECTOR_WIDTH={bits}) ---");
+    let status = std::process::Command::new(&exe)
+        .args(args)
+        .env(crate::gpu::cpu::WIDTH_VAR, bits.to_string())
+        .status()
+        .map_err(|e| Error::io(&exe, e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!(
+            "the run with llvmpipe at {bits} bits failed ({status})"
+        )))
+    }
 }
 
 /// `delg-gpu info`: every adapter with its backend, driver, optional
@@ -289,6 +339,12 @@ pub fn print_adapters(opts: &GpuOptions) -> Result<()> {
             l.max_compute_workgroup_storage_size >> 10,
             l.max_storage_buffers_per_shader_stage
         );
+        if let Some(bits) = llvmpipe_bits(&info.name) {
+            println!(
+                "    llvmpipe vector width: {bits} bits ({})",
+                crate::gpu::cpu::width_reason()
+            );
+        }
         let facts = crate::gpu::AdapterFacts::from(&info);
         let tuning = Tuning::for_adapter(&facts, f & crate::gpu::device::OPTIONAL_FEATURES);
         println!("    tuning: {}", tuning.describe());
@@ -296,7 +352,8 @@ pub fn print_adapters(opts: &GpuOptions) -> Result<()> {
     Ok(())
 }
 
-/// The adapter line of every report.
+/// The adapter line of every report, and the CPU beside it: on CPU drivers
+/// such as lavapipe the CPU is the device.
 pub fn print_adapter(gpu: &Gpu) {
     println!(
         "adapter: {} | backend: {:?} | type: {:?} | driver: {} {}",
@@ -306,6 +363,7 @@ pub fn print_adapter(gpu: &Gpu) {
         gpu.facts.driver,
         gpu.facts.driver_info
     );
+    println!("cpu: {}", crate::gpu::cpu::describe_cpu());
 }
 
 pub fn print_header(gpu: &Gpu) {
@@ -578,4 +636,17 @@ pub fn bench_search(
         hits.first().and_then(|h| h.first()).map(|h| h.score).unwrap_or(0.0)
     );
     Ok(search_s)
+}
+
+#[cfg(test)]
+mod width_tests {
+    use super::llvmpipe_bits;
+
+    #[test]
+    fn llvmpipe_width_is_read_from_the_adapter_name() {
+        assert_eq!(llvmpipe_bits("llvmpipe (LLVM 15.0.6, 256 bits)"), Some(256));
+        assert_eq!(llvmpipe_bits("llvmpipe (LLVM 19.1.7, 512 bits)"), Some(512));
+        assert_eq!(llvmpipe_bits("NVIDIA GeForce RTX 4090"), None);
+        assert_eq!(llvmpipe_bits("llvmpipe (LLVM 15.0.6, wide bits)"), None);
+    }
 }

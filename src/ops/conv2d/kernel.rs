@@ -51,7 +51,9 @@ impl Kernel {
     }
 }
 
-pub(super) fn gemm_spec(kernel: Kernel, mode: Mode, ep: Epilogue) -> ShaderSpec {
+/// `lanes`: the subgroup size the broadcast kernels are specialised for
+/// (unused by the tiled one).
+pub(super) fn gemm_spec(kernel: Kernel, mode: Mode, ep: Epilogue, lanes: u32) -> ShaderSpec {
     let entry = if kernel == Kernel::Tiled {
         "conv_tiled"
     } else {
@@ -66,6 +68,9 @@ pub(super) fn gemm_spec(kernel: Kernel, mode: Mode, ep: Epilogue) -> ShaderSpec 
         Kernel::BroadcastTex => spec.def("SGB", 1).def("TEX", 1),
         Kernel::BroadcastTexGather => spec.def("SGB", 1).def("TEX", 1).def("ASCALAR", 1),
     };
+    if kernel != Kernel::Tiled {
+        spec = spec.def("LANES", lanes).def("TEXELS", lanes / 4);
+    }
     let mut next = 4;
     let mut binding = |spec: ShaderSpec, on: bool, names: &[&str]| {
         if !on {
@@ -108,11 +113,18 @@ pub(super) fn swap_spec() -> ShaderSpec {
 pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = vec![unfold_spec(), reduce_spec(), swap_spec()];
     for kernel in Kernel::ALL {
-        for mode in Mode::ALL {
-            if mode == Mode::Forward {
-                specs.extend(Epilogue::all().map(|ep| gemm_spec(kernel, mode, ep)));
-            } else {
-                specs.push(gemm_spec(kernel, mode, Epilogue::default()));
+        let lanes: &[u32] = if kernel == Kernel::Tiled {
+            &[0]
+        } else {
+            &crate::gpu::BROADCAST_LANES
+        };
+        for &lanes in lanes {
+            for mode in Mode::ALL {
+                if mode == Mode::Forward {
+                    specs.extend(Epilogue::all().map(|ep| gemm_spec(kernel, mode, ep, lanes)));
+                } else {
+                    specs.push(gemm_spec(kernel, mode, Epilogue::default(), lanes));
+                }
             }
         }
     }
@@ -184,11 +196,20 @@ pub(super) fn i32_of(v: i64) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::unsupported("conv2d", "geometry exceeds 32 bits"))
 }
 
+/// Whether A comes in whole vec4 texels for the broadcast kernel with
+/// `lanes` lanes: a subgroup step of k (FWD/DX) stays in one tap, or 4 rows
+/// (DW) are 4 channels of one tap.
+pub(super) fn whole_texels(mode: Mode, a_channels: usize, lanes: u32) -> bool {
+    match mode {
+        Mode::WeightGrad => a_channels.is_multiple_of(4),
+        _ => a_channels.is_multiple_of(lanes as usize),
+    }
+}
+
 /// The subgroup-broadcast form for this call: textures wherever B, C and the
 /// epilogue vectors come in whole vec4s and the windows fit a texture; A as
-/// vec4 texels when an 8-step of k (FWD/DX) or 4 rows (DW) are whole texels,
-/// else gathered floats.
-pub(super) fn broadcast_form(gpu: &Gpu, call: &GemmCall) -> Kernel {
+/// vec4 texels where `whole_texels`, else gathered floats.
+pub(super) fn broadcast_form(gpu: &Gpu, call: &GemmCall, lanes: u32) -> Kernel {
     let c = call.gather.src[2];
     let max_rows = gpu.limits.max_texture_dimension_2d as u64;
     let fits = |w: &Window, texel: u64| {
@@ -204,11 +225,7 @@ pub(super) fn broadcast_form(gpu: &Gpu, call: &GemmCall) -> Kernel {
         return Kernel::Broadcast;
     }
     let a_vec4 = call.a.shift.is_multiple_of(4) && fits(&call.a, 16);
-    let whole_texels = match call.mode {
-        Mode::WeightGrad => c.is_multiple_of(4),
-        _ => c.is_multiple_of(8),
-    };
-    if whole_texels && a_vec4 {
+    if whole_texels(call.mode, c, lanes) && a_vec4 {
         Kernel::BroadcastTex
     } else if fits(&call.a, 4) {
         Kernel::BroadcastTexGather
@@ -240,9 +257,9 @@ pub(super) fn gather_params(g: &Gather) -> Result<Params> {
 
 pub(super) fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
     let gpu = rec.gpu();
-    let kernel = match gpu.tuning.matmul {
-        MatmulVariant::Tiled => Kernel::Tiled,
-        MatmulVariant::SubgroupBroadcast => broadcast_form(gpu, &call),
+    let (kernel, lanes) = match gpu.tuning.matmul {
+        MatmulVariant::Tiled => (Kernel::Tiled, 0),
+        MatmulVariant::SubgroupBroadcast { lanes } => (broadcast_form(gpu, &call, lanes), lanes),
     };
     let (tm, tn) = kernel.tile();
     let col_tiles = call.n.div_ceil(tn);
@@ -278,7 +295,7 @@ pub(super) fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
     bindings.push((&call.c).into());
     bindings.extend(call.extra.iter().map(Binding::from));
     bindings.extend(call.residual.iter().map(Binding::from));
-    let spec = gemm_spec(kernel, call.mode, call.epilogue);
+    let spec = gemm_spec(kernel, call.mode, call.epilogue, lanes);
     let groups = (call.m.div_ceil(tm) * col_tiles) as u64;
     rec.dispatch_groups(&spec, bytemuck::bytes_of(&params), bindings, groups)
 }

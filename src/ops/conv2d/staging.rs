@@ -99,16 +99,16 @@ pub(super) const PADDED_WEIGHTS: &str = "conv2d padded weights";
 
 /// The row width of the unfolded forward A, where the product is unfolded
 /// before it is multiplied: on the broadcast kernels an input whose channels
-/// do not fill whole 8-steps of k (the RGB stem) would otherwise be gathered
-/// one scalar at a time, while its unfolded rows, padded to a multiple of 8,
-/// take the vec4 texture form. Not where one grid row of it exceeds `limit`,
+/// do not fill whole subgroup steps of k (the RGB stem) would otherwise be
+/// gathered one scalar at a time, while its unfolded rows, padded to a
+/// multiple of the lane count, take the vec4 texture form. Not where one grid row of it exceeds `limit`,
 /// nor where a source window of `limit` floats would not fit the r32float
 /// texture the unfold reads it from.
 pub(super) fn unfolded_width(gpu: &Gpu, g: &Geom, limit: u64) -> Option<usize> {
-    let width = (g.kh * g.kw * g.cin).next_multiple_of(8);
+    let lanes = gpu.tuning.matmul.broadcast_lanes()? as usize;
+    let width = (g.kh * g.kw * g.cin).next_multiple_of(lanes);
     let texture_rows = limit.div_ceil(texture_width(gpu));
-    (gpu.tuning.matmul == MatmulVariant::SubgroupBroadcast
-        && !g.cin.is_multiple_of(8)
+    (!g.cin.is_multiple_of(lanes)
         && g.cout.is_multiple_of(4)
         && (g.ow * width) as u64 <= limit
         && texture_rows <= gpu.limits.max_texture_dimension_2d as u64)
@@ -222,13 +222,13 @@ pub(super) struct StagedProduct {
 /// tensors start at offset 0, so whole texels also mean aligned windows).
 /// The tiled kernels stage nothing.
 pub(super) fn staging_needs(gpu: &Gpu, p: &StagedProduct) -> Vec<ScratchNeed> {
-    if gpu.tuning.matmul != MatmulVariant::SubgroupBroadcast || !p.n.is_multiple_of(4) {
+    let Some(lanes) = gpu.tuning.matmul.broadcast_lanes() else {
+        return Vec::new();
+    };
+    if !p.n.is_multiple_of(4) {
         return Vec::new();
     }
-    let whole_texels = match p.mode {
-        Mode::WeightGrad => p.a_channels.is_multiple_of(4),
-        _ => p.a_channels.is_multiple_of(8),
-    };
+    let whole_texels = whole_texels(p.mode, p.a_channels, lanes);
     let vec4 = slot_need(gpu, Slot::A, p.a_elems);
     let vec4_fits = match vec4 {
         ScratchNeed::Texture { need, .. } => need.rows <= gpu.limits.max_texture_dimension_2d,

@@ -251,7 +251,7 @@ fn errors_are_typed() {
 fn aligned_shapes_use_textures() {
     let Some(gpu) = crate::testing::test_gpus()
         .iter()
-        .find(|g| g.tuning.matmul == MatmulVariant::SubgroupBroadcast)
+        .find(|g| g.tuning.matmul.broadcast_lanes().is_some())
     else {
         return;
     };
@@ -267,13 +267,14 @@ fn aligned_shapes_use_textures() {
         },
     )
     .dilation([1, 2]);
-    let fwd = labels(&conv, &[&[2, 7, 9, 8], &[3, 3, 8, 8]]);
+    // 16 channels: whole subgroup steps at 8 and at 16 lanes.
+    let fwd = labels(&conv, &[&[2, 7, 9, 16], &[3, 3, 16, 8]]);
     let dx = labels(
         &Conv2dInputGrad {
             conv: conv.clone(),
             input_hw: [7, 9],
         },
-        &[&[2, 4, 4, 8], &[3, 3, 8, 4]],
+        &[&[2, 4, 4, 16], &[3, 3, 16, 4]],
     );
     let dw = labels(
         &Conv2dWeightGrad {

@@ -11,19 +11,27 @@ pub(super) fn tiled_spec(bias: bool) -> ShaderSpec {
         .def("BIAS", bias as u32)
 }
 
-/// Subgroups across N in a 32-subgroup workgroup; narrow outputs use fewer so
-/// no workgroup computes mostly padding.
+/// Subgroups across N in a 256-invocation workgroup; narrow outputs use
+/// fewer so no workgroup computes mostly padding.
 pub(super) const SGB_LAYOUTS: [u64; 4] = [1, 2, 4, 8];
-/// Rows and columns of C one subgroup computes (8 lanes × 4 rows, 32 columns;
-/// the shader's tile).
-pub(super) const SGB_ROWS: u64 = 32;
+/// Invocations per workgroup of the subgroup kernel.
+pub(super) const SGB_WORKGROUP: u64 = 256;
+/// Columns of C one subgroup computes (the shader's tile); its rows are 4
+/// per lane, strided by the lane count.
 pub(super) const SGB_COLS: u64 = 32;
 
-pub(super) fn sgb_spec(sg_n: u64, bias: bool) -> ShaderSpec {
+/// Subgroups of `lanes` lanes down M in a workgroup with `sg_n` across N.
+fn sgb_sg_m(lanes: u64, sg_n: u64) -> u64 {
+    SGB_WORKGROUP / lanes / sg_n
+}
+
+pub(super) fn sgb_spec(lanes: u64, sg_n: u64, bias: bool) -> ShaderSpec {
     ShaderSpec::new("gemm", "gemm_sgb")
         .def("GEMM", 1)
         .def("SGB", 1)
-        .def("SG_M", 32 / sg_n)
+        .def("LANES", lanes)
+        .def("TEXELS", lanes / 4)
+        .def("SG_M", sgb_sg_m(lanes, sg_n))
         .def("SG_N", sg_n)
         .def("BIAS", bias as u32)
 }
@@ -222,10 +230,12 @@ impl GemmShape {
     }
 }
 
-/// How the subgroup-broadcast kernel cuts a product: its workgroup layout
-/// (`sg_n` subgroups across N, `bm` × `bn` outputs) and the chunk sizes,
-/// each chunk's operands packed into one texture.
+/// How the subgroup-broadcast kernel cuts a product: its subgroup size, its
+/// workgroup layout (`sg_n` subgroups across N, `bm` × `bn` outputs) and the
+/// chunk sizes, each chunk's operands packed into one texture with K padded
+/// to whole steps of `lanes`.
 pub(super) struct SgbBlocking {
+    pub(super) lanes: u64,
     pub(super) sg_n: u64,
     pub(super) bm: u64,
     pub(super) bn: u64,
@@ -235,23 +245,23 @@ pub(super) struct SgbBlocking {
 }
 
 impl GemmShape {
-    pub(super) fn sgb_blocking(&self, lim: Limits) -> Result<SgbBlocking> {
+    pub(super) fn sgb_blocking(&self, lim: Limits, lanes: u64) -> Result<SgbBlocking> {
         let Dims { m, n, k } = self.d;
         let sg_n = SGB_LAYOUTS
             .into_iter()
             .find(|&s| SGB_COLS * s >= n)
             .unwrap_or(8);
-        let (bm, bn) = (SGB_ROWS * (32 / sg_n), SGB_COLS * sg_n);
+        let (bm, bn) = (4 * lanes * sgb_sg_m(lanes, sg_n), SGB_COLS * sg_n);
         let dim = lim.texture_dim;
         // Texture limits first: A is [rows][K/4 texels], B is [K rows][cols/4
         // texels], both padded to whole tiles and within the scratch budget
         // (which gives way to at least one tile).
         let kc = k
             .min(SGB_MAX_K)
-            .min(dim / 8 * 8)
-            .min((lim.texture_budget / bn / 8 * 8).max(8))
+            .min(dim / lanes * lanes)
+            .min((lim.texture_budget / bn / lanes * lanes).max(lanes))
             .max(1);
-        let kp = round_up(kc, 8);
+        let kp = round_up(kc, lanes);
         let nc = n
             .min(dim * 4 / bn * bn)
             .min((lim.texture_budget / kp / bn * bn).max(bn))
@@ -260,8 +270,9 @@ impl GemmShape {
             .min(dim / bm * bm)
             .min((lim.texture_budget / kp / bm * bm).max(bm))
             .max(1);
-        let [mc, nc, kc] = self.fit_windows([mc, nc, kc], [bm, bn, 8], lim.window)?;
+        let [mc, nc, kc] = self.fit_windows([mc, nc, kc], [bm, bn, lanes], lim.window)?;
         Ok(SgbBlocking {
+            lanes,
             sg_n,
             bm,
             bn,
@@ -276,7 +287,7 @@ impl SgbBlocking {
     /// The operand textures of this blocking: A as [rows][K/4 texels], B as
     /// [K rows][columns/4 texels], padded to tiles.
     pub(super) fn textures(&self) -> [ScratchNeed; 2] {
-        let kp = round_up(self.kc, 8);
+        let kp = round_up(self.kc, self.lanes);
         let texture = |purpose, width: u64, rows: u64| ScratchNeed::Texture {
             purpose,
             need: TextureNeed {
@@ -381,11 +392,12 @@ impl Gemm<'_> {
         Ok(())
     }
 
-    pub(super) fn record_sgb(&self, rec: &mut Recorder, lim: Limits) -> Result<()> {
+    pub(super) fn record_sgb(&self, rec: &mut Recorder, lim: Limits, lanes: u64) -> Result<()> {
         let Dims { m, n, k } = self.shape.d;
-        let blocking = self.shape.sgb_blocking(lim)?;
+        let blocking = self.shape.sgb_blocking(lim, lanes)?;
         let [need_a, need_b] = blocking.textures();
         let SgbBlocking {
+            lanes,
             sg_n,
             bm,
             bn,
@@ -396,7 +408,7 @@ impl Gemm<'_> {
         let gpu = rec.gpu();
         let tex_a = OperandTexture::of(gpu, need_a)?;
         let tex_b = OperandTexture::of(gpu, need_b)?;
-        let spec = sgb_spec(sg_n, self.bias.is_some());
+        let spec = sgb_spec(lanes, sg_n, self.bias.is_some());
         for n0 in (0..n).step_by(nc as usize) {
             let ncl = nc.min(n - n0);
             for k0 in (0..k).step_by(kc as usize) {
@@ -407,9 +419,9 @@ impl Gemm<'_> {
                     cols: ncl,
                     trans: self.shape.tb,
                     width: round_up(ncl, bn) / 4,
-                    height: round_up(kcl, 8),
+                    height: round_up(kcl, lanes),
                     // Padding columns only reach outputs that are not stored.
-                    copyable: kcl % 8 == 0 && ncl % 4 == 0,
+                    copyable: kcl % lanes == 0 && ncl % 4 == 0,
                 };
                 pb.record(rec, self.b, &bb, &tex_b)?;
                 for m0 in (0..m).step_by(mc as usize) {
@@ -419,10 +431,10 @@ impl Gemm<'_> {
                         rows: mcl,
                         cols: kcl,
                         trans: self.shape.ta,
-                        width: round_up(kcl, 8) / 4,
+                        width: round_up(kcl, lanes) / 4,
                         height: round_up(mcl, bm),
                         // Padding rows only reach outputs that are not stored.
-                        copyable: kcl % 8 == 0,
+                        copyable: kcl % lanes == 0,
                     };
                     pa.record(rec, self.a, &ab, &tex_a)?;
                     let groups_m = mcl.div_ceil(bm);

@@ -68,8 +68,10 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     for bias in [false, true] {
         specs.push(tiled_spec(bias));
-        for sg_n in SGB_LAYOUTS {
-            specs.push(sgb_spec(sg_n, bias));
+        for lanes in crate::gpu::BROADCAST_LANES {
+            for sg_n in SGB_LAYOUTS {
+                specs.push(sgb_spec(lanes as u64, sg_n, bias));
+            }
         }
     }
     specs.extend([pack_spec(), column_sum_spec(), broadcast_spec()]);
@@ -162,7 +164,9 @@ impl Matmul {
         let shape = self.shape(inputs)?;
         Ok(match gpu.tuning.matmul {
             MatmulVariant::Tiled => Vec::new(),
-            MatmulVariant::SubgroupBroadcast => shape.sgb_blocking(lim)?.textures().to_vec(),
+            MatmulVariant::SubgroupBroadcast { lanes } => {
+                shape.sgb_blocking(lim, lanes as u64)?.textures().to_vec()
+            }
         })
     }
 
@@ -183,7 +187,7 @@ impl Matmul {
         };
         match rec.gpu().tuning.matmul {
             MatmulVariant::Tiled => g.record_tiled(rec, lim),
-            MatmulVariant::SubgroupBroadcast => g.record_sgb(rec, lim),
+            MatmulVariant::SubgroupBroadcast { lanes } => g.record_sgb(rec, lim, lanes as u64),
         }
     }
 }

@@ -100,7 +100,7 @@ fn chunked_products_match_reference() {
     // Tiny windows and textures force splits of M, N and K (with
     // accumulation), windows with shifts, and texture reuse. The second
     // case has the layout the subgroup variant copies instead of packing
-    // (rows of 64 floats, K in steps of 8), with a last M-chunk shorter
+    // (rows of 64 floats, K in whole subgroup steps), with a last M-chunk shorter
     // than the texture so that stale rows of the previous chunk remain.
     let small = Limits {
         window: 4000,
@@ -141,7 +141,7 @@ fn chunked_products_match_reference() {
                 },
             );
             for (variant, st) in stats {
-                let sgb = variant == MatmulVariant::SubgroupBroadcast;
+                let sgb = variant.broadcast_lanes().is_some();
                 if lim.window == small.window {
                     assert!(
                         st.dispatches >= 10,
