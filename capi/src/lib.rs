@@ -248,8 +248,9 @@ fn open(mut model: Model, options: *const delg_options) -> Result<*mut delg_extr
     let gpu_options = GpuOptions {
         backend: options.map_or(Ok(None), |o| text(o.backend, "options->backend"))?,
         adapter: options.map_or(Ok(None), |o| text(o.adapter, "options->adapter"))?,
-        max_binding_override: None,
-    };
+        ..Default::default()
+    }
+    .with_user_pipeline_cache();
     if let Some(max) = options.map(|o| o.max_features).filter(|&m| m > 0) {
         model.recipe.max_features = max as usize;
     }

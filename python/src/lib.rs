@@ -72,7 +72,8 @@ fn device(py: Python<'_>, backend: Option<String>, adapter: Option<String>) -> P
         backend: key.0.clone(),
         adapter: key.1.clone(),
         ..Default::default()
-    };
+    }
+    .with_user_pipeline_cache();
     let gpu = engine(py, || Gpu::new(&options))?;
     DEVICES
         .get_or_init(Default::default)

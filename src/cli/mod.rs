@@ -60,15 +60,15 @@ pub struct GpuArgs {
 
 impl GpuArgs {
     pub fn options(&self) -> GpuOptions {
-        GpuOptions {
+        let options = GpuOptions {
             backend: self.backend.clone(),
             adapter: self.adapter.clone(),
-            pipeline_cache_dir: if self.no_pipeline_cache {
-                None
-            } else {
-                crate::io::user_dirs::UserDir::Pipelines.path()
-            },
             ..Default::default()
+        };
+        if self.no_pipeline_cache {
+            options
+        } else {
+            options.with_user_pipeline_cache()
         }
     }
 }

@@ -24,6 +24,16 @@ pub struct GpuOptions {
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
 }
 
+impl GpuOptions {
+    /// The options with compiled pipelines kept across runs in the user's
+    /// cache folder (`io::user_dirs`), as the command line, the Python
+    /// package and the C library open devices.
+    pub fn with_user_pipeline_cache(mut self) -> GpuOptions {
+        self.pipeline_cache_dir = crate::io::user_dirs::UserDir::Pipelines.path();
+        self
+    }
+}
+
 /// Facts about the chosen adapter that kernels and reports need.
 #[derive(Clone, Debug)]
 pub struct AdapterFacts {
