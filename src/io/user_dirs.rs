@@ -30,28 +30,31 @@ impl UserDir {
         if let Some(dir) = var(self.env_var()) {
             return Some(dir);
         }
-        let home = || var("HOME");
-        let (base, leaf) = match self {
+        // (Windows variable, macOS folder under HOME, XDG variable, its
+        // default under HOME, our sub-folder)
+        let (windows, macos, xdg, xdg_default, leaf) = match self {
             UserDir::Weights => (
-                if cfg!(windows) {
-                    var("APPDATA")
-                } else if cfg!(target_os = "macos") {
-                    home().map(|h| h.join("Library/Application Support"))
-                } else {
-                    var("XDG_DATA_HOME").or_else(|| home().map(|h| h.join(".local/share")))
-                },
+                "APPDATA",
+                "Library/Application Support",
+                "XDG_DATA_HOME",
+                ".local/share",
                 "weights",
             ),
             UserDir::Pipelines => (
-                if cfg!(windows) {
-                    var("LOCALAPPDATA")
-                } else if cfg!(target_os = "macos") {
-                    home().map(|h| h.join("Library/Caches"))
-                } else {
-                    var("XDG_CACHE_HOME").or_else(|| home().map(|h| h.join(".cache")))
-                },
+                "LOCALAPPDATA",
+                "Library/Caches",
+                "XDG_CACHE_HOME",
+                ".cache",
                 "pipelines",
             ),
+        };
+        let home = || var("HOME");
+        let base = if cfg!(windows) {
+            var(windows)
+        } else if cfg!(target_os = "macos") {
+            home().map(|h| h.join(macos))
+        } else {
+            var(xdg).or_else(|| home().map(|h| h.join(xdg_default)))
         };
         base.map(|b| b.join("delg-gpu").join(leaf))
     }

@@ -24,13 +24,12 @@ const PLAN_CACHE: usize = 24;
 
 struct Plan {
     exe: Executable,
-    /// The global descriptor (if read), then attention and local descriptors
-    /// (for models with local features), in that order.
+    /// The global descriptor (if `reads_global`), then attention and local
+    /// descriptors (for models with local features), in that order.
     readback: Readback,
-    global: Option<TensorId>,
-    /// Attention and local descriptors, for models with local features.
-    local: Option<(TensorId, TensorId)>,
-    map_hw: (usize, usize),
+    reads_global: bool,
+    /// The attention map's (height, width), for models with local features.
+    local_map: Option<(usize, usize)>,
     last_used: u64,
 }
 
@@ -180,28 +179,24 @@ impl Extractor {
             let local = net.local.map(|l| (map[&l.attention], map[&l.descriptors]));
             // A model without local features only runs at the global scales.
             let global = (wants_global || local.is_none()).then(|| map[&net.global]);
-            let mut targets: Vec<TensorId> = local.iter().flat_map(|&(a, l)| [a, l]).collect();
-            targets.extend(global);
-            let bound = HashMap::from([(image, pixels)]);
-            let exe = Executable::with_inputs(&self.gpu, &g, &targets, &self.params, &bound)?;
             let mut read: Vec<TensorId> = global.into_iter().collect();
             read.extend(local.iter().flat_map(|&(a, l)| [a, l]));
+            let bound = HashMap::from([(image, pixels)]);
+            let exe = Executable::with_inputs(&self.gpu, &g, &read, &self.params, &bound)?;
             let readback = exe.readback(&read)?;
-            let map_hw = match local {
-                Some((attention, _)) => {
+            let local_map = local
+                .map(|(attention, _)| {
                     let [_, mh, mw, _] = g.shape(attention).nhwc("attention")?;
-                    (mh, mw)
-                }
-                None => (0, 0),
-            };
+                    Ok::<_, Error>((mh, mw))
+                })
+                .transpose()?;
             self.plans.insert(
                 key,
                 Plan {
                     exe,
                     readback,
-                    global,
-                    local,
-                    map_hw,
+                    reads_global: global.is_some(),
+                    local_map,
                     last_used: 0,
                 },
             );
@@ -310,11 +305,10 @@ impl Extractor {
                     .next()
                     .ok_or_else(|| Error::Internal("a plan read back fewer outputs".into()))
             };
-            if plan.global.is_some() {
+            if plan.reads_global {
                 globals.push(next()?);
             }
-            if plan.local.is_some() {
-                let (mh, mw) = plan.map_hw;
+            if let Some((mh, mw)) = plan.local_map {
                 levels.push(LevelOutput {
                     scale: self.extract.scales[*level],
                     height: mh,
