@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use delg_gpu::io::torch_checkpoint::{self, Value};
+use delg_gpu::io::weights::WeightFile;
+use delg_gpu::jobs::demo::render_scene;
+use delg_gpu::tensor::Tensor;
 
 fn fixture(dir: &str, name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -264,4 +267,117 @@ fn damaged_tf2_checkpoints_get_one_clear_line_naming_the_file() {
     let (ok, text) = import(&fixture("convert", "nothing-here"), &out, &[]);
     assert!(!ok && text.contains("nothing-here"), "{text}");
     assert!(!out.exists());
+}
+
+/// Runs the binary with `args`; (success, stdout + stderr).
+fn delg_gpu(args: &[&str]) -> (bool, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_delg-gpu"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
+    (run.status.success(), text)
+}
+
+/// A bare ResNet backbone (what torchvision's ImageNet files hold; here a
+/// tiny random one as a plain `.safetensors` state dict with a classifier)
+/// imports as a backbone: a training run starts from its tensors and gives
+/// it heads, and extraction refuses it, saying what to do.
+#[test]
+fn a_bare_backbone_imports_as_one_and_starts_a_training_run() {
+    let whole = scratch("tiny-torchvision.safetensors");
+    let tiny = ["--depth", "tiny", "--layout", "torchvision"];
+    let out = whole.to_str().unwrap();
+    let (ok, text) =
+        delg_gpu(&[&["init-weights", "--out", out, "--seed", "3"][..], &tiny].concat());
+    assert!(ok, "{text}");
+    let mut state = WeightFile::load(&whole).unwrap();
+    state.metadata.clear();
+    state
+        .tensors
+        .retain(|n, _| n.starts_with("conv1.") || n.starts_with("bn1.") || n.starts_with("layer"));
+    let backbone_tensors = state.tensors.clone();
+    let classifier = Tensor::new([10, 64], vec![0.5; 640]).unwrap();
+    state.tensors.insert("fc.weight".into(), classifier);
+    let source = scratch("backbone-state-dict.safetensors");
+    state.save(&source).unwrap();
+
+    let imported = scratch("backbone.safetensors");
+    let (ok, text) = import(&source, &imported, &["--arch", "delg"]);
+    assert!(ok && text.contains("backbone without heads"), "{text}");
+    let file = WeightFile::load(&imported).unwrap();
+    assert_eq!(file.metadata["delg_gpu.arch"], "backbone");
+    assert!(
+        file.tensors == backbone_tensors,
+        "the classifier goes, the backbone stays as it was"
+    );
+
+    let (ok, text) = delg_gpu(&[
+        "extract",
+        "--weights",
+        imported.to_str().unwrap(),
+        "--out",
+        scratch("features").to_str().unwrap(),
+        fixture("convert", "image.npy")
+            .parent()
+            .unwrap()
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        !ok && text.contains("only a ResNet backbone") && text.contains("train --init"),
+        "{text}"
+    );
+
+    // A learning rate too small to move an f32 weight: after one step the
+    // backbone's convolutions are still the imported ones, heads exist.
+    let data = scratch("data");
+    for class in 0..2u64 {
+        let dir = data.join(format!("class{class}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for view in 0..2 {
+            render_scene(class, view, 48)
+                .save(dir.join(format!("{view}.png")))
+                .unwrap();
+        }
+    }
+    let run = scratch("run");
+    let (ok, text) = delg_gpu(
+        &[
+            &[
+                "train",
+                "--data",
+                data.to_str().unwrap(),
+                "--run",
+                run.to_str().unwrap(),
+                "--init",
+                imported.to_str().unwrap(),
+                "--batch",
+                "2",
+                "--size",
+                "48",
+                "--steps",
+                "1",
+                "--lr",
+                "1e-30",
+                "--val-fraction",
+                "0",
+                "--quiet",
+            ][..],
+            &tiny,
+        ]
+        .concat(),
+    );
+    assert!(ok, "{text}");
+    let trained = WeightFile::load(&run.join("model.safetensors")).unwrap();
+    assert!(trained.tensors.contains_key("whiten.weight"));
+    for (name, t) in &backbone_tensors {
+        if name.ends_with(".weight") && !name.contains("bn") && !name.contains("downsample.1") {
+            assert!(
+                trained.tensors[name].data == t.data,
+                "{name} is not the imported one"
+            );
+        }
+    }
 }

@@ -35,9 +35,10 @@ pub struct TrainArgs {
     /// Run folder: config, metrics.jsonl, checkpoints, model.safetensors. Rerun to resume.
     #[arg(long)]
     pub run: PathBuf,
-    /// Initial weights (e.g. a converted ImageNet backbone); other tensors
-    /// start random (default: every tensor random).
-    #[arg(long)]
+    /// Initial weights: a file, or a fetched model of `delg-gpu weights list`
+    /// such as resnet50-imagenet (an ImageNet backbone); tensors it lacks,
+    /// such as the heads, start random (default: every tensor random).
+    #[arg(long, value_parser = super::weights::weights_path)]
     pub init: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,

@@ -31,7 +31,7 @@ use crate::model::params::random_weights;
 use crate::model::resnet::Layout;
 // Re-exported where the training job's users have always found it.
 pub use crate::model::TrainModel;
-use crate::model::{ModelConfig, META_ARCH, META_SCORE_THRESHOLD};
+use crate::model::{ModelConfig, ARCH_BACKBONE, META_ARCH, META_SCORE_THRESHOLD};
 use crate::ops::optim::{GlobalNormClip, GradAccumulate, SgdStep};
 use crate::tensor::{HostTensor, Tensor};
 
@@ -661,7 +661,11 @@ fn validate(
 /// DELG layout's convolutions have biases.
 pub fn check_init_fits(path: &Path, init: &WeightFile, model: &ModelConfig) -> Result<()> {
     let wanted = model.backbone().layout;
-    let given = if init.metadata.contains_key(META_ARCH) {
+    let given = if init
+        .metadata
+        .get(META_ARCH)
+        .is_some_and(|a| a != ARCH_BACKBONE)
+    {
         let theirs = ModelConfig::from_metadata(&init.metadata, path)?;
         if theirs.arch() != model.arch() {
             return Err(Error::file(
@@ -896,19 +900,34 @@ pub fn run_train_across(
         if let Some(init) = &job.init {
             let given = WeightFile::load(init)?;
             check_init_fits(init, &given, &cfg.net.model_config())?;
+            let mut unknown = Vec::new();
             for (name, t) in given.tensors {
-                if let Some(slot) = f.tensors.get_mut(&name) {
-                    if slot.shape != t.shape {
-                        return Err(Error::File {
-                            path: init.clone(),
-                            reason: format!(
+                match f.tensors.get_mut(&name) {
+                    Some(slot) if slot.shape != t.shape => {
+                        return Err(Error::file(
+                            init,
+                            format!(
                                 "'{name}' is {:?}, the model needs {:?}",
                                 t.shape, slot.shape
                             ),
-                        });
+                        ));
                     }
-                    *slot = t;
+                    Some(slot) => *slot = t,
+                    None if name.ends_with("num_batches_tracked") => {}
+                    None => unknown.push(name),
                 }
+            }
+            if !unknown.is_empty() {
+                return Err(Error::file(
+                    init,
+                    format!(
+                        "holds {} tensors this model does not have ({}{}): a backbone of another depth? \
+                         match --depth to it; a raw torchvision state dict? `delg-gpu weights import` it first",
+                        unknown.len(),
+                        unknown[..unknown.len().min(3)].join(", "),
+                        if unknown.len() > 3 { ", …" } else { "" }
+                    ),
+                ));
             }
         }
         (f, 0)

@@ -59,7 +59,7 @@ enum Format {
     SavedModelTarGz,
     TorchDelg,
     TorchDolg,
-    /// An ImageNet backbone, kept as downloaded: it has no DELG heads yet.
+    /// An ImageNet backbone: imported as a backbone file, heads come at training.
     TorchBackbone,
 }
 
@@ -72,14 +72,6 @@ impl Format {
             "torch-backbone" => Format::TorchBackbone,
             _ => return None,
         })
-    }
-
-    /// The extension of the file `get` keeps.
-    fn kept_extension(self) -> &'static str {
-        match self {
-            Format::TorchBackbone => "pth",
-            _ => "safetensors",
-        }
     }
 }
 
@@ -167,8 +159,7 @@ pub fn data_dir() -> Result<PathBuf> {
 
 /// Where `get NAME` keeps the model.
 fn kept_path(model: &Model) -> Result<PathBuf> {
-    let format = Format::parse(&model.format).expect("checked when loaded");
-    Ok(data_dir()?.join(format!("{}.{}", model.name, format.kept_extension())))
+    Ok(data_dir()?.join(format!("{}.safetensors", model.name)))
 }
 
 /// The weight file `--weights` means: the path itself when it exists or
@@ -346,15 +337,10 @@ pub fn get(registry: &Registry, opts: &GetOptions) -> Result<Vec<String>> {
         score_threshold: model.score_threshold,
     };
     match format {
-        Format::TorchBackbone => {
-            std::fs::copy(&download, &out).map_err(|e| Error::io(&out, e))?;
-            lines.push(format!(
-                "kept {} as downloaded: an ImageNet backbone without DELG heads; initialise them with tools/convert_torch.py {} delg.safetensors",
-                out.display(),
-                out.display()
-            ));
+        // A backbone is kept as one (import gives it no heads): `train --init NAME`.
+        Format::TorchDelg | Format::TorchBackbone => {
+            lines.extend(import(&import_opts(download.clone(), Arch::Delg))?)
         }
-        Format::TorchDelg => lines.extend(import(&import_opts(download.clone(), Arch::Delg))?),
         Format::TorchDolg => lines.extend(import(&import_opts(download.clone(), Arch::Dolg))?),
         Format::SavedModelTarGz => {
             let unpacked = downloads.join(format!("{}.unpacked", model.name));
@@ -388,13 +374,14 @@ fn manual_fix(model: &Model, download: &Path) -> String {
             "run `delg-gpu weights import FILE --arch delg --out {}.safetensors`",
             model.name
         ),
+        Format::TorchBackbone => format!(
+            "run `delg-gpu weights import FILE --arch delg --out {0}.safetensors` and train from it (`delg-gpu train --init {0}.safetensors`)",
+            model.name
+        ),
         Format::TorchDolg => format!(
             "run `delg-gpu weights import FILE --arch dolg --out {}.safetensors`",
             model.name
         ),
-        Format::TorchBackbone => {
-            "use it as it is (tools/convert_torch.py gives it DELG heads)".into()
-        }
     };
     format!(
         "fetch it by hand (curl -C - -o {} {}), then {then}",

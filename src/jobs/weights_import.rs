@@ -7,13 +7,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::io::tf_checkpoint;
 use crate::io::torch_checkpoint::{self, Value};
 use crate::io::weights::{json_string, WeightFile};
-use crate::model::resnet::Layout;
-use crate::model::{ModelConfig, META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
+use crate::model::resnet::{self, Layout, ResNetConfig};
+use crate::model::{ModelConfig, ARCH_BACKBONE, META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
 use crate::tensor::{HostTensor, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +129,11 @@ pub fn import(opts: &ImportOptions) -> Result<Vec<String>> {
         }
         tf2_delg_file(src, opts)?
     } else {
-        let root = torch_checkpoint::load(src)?;
+        let root = if src.extension().is_some_and(|e| e == "safetensors") {
+            safetensors_state_dict(src)?
+        } else {
+            torch_checkpoint::load(src)?
+        };
         match opts.arch {
             Some(Arch::Delg) => delg_file(src, &root, opts)?,
             Some(Arch::Dolg) => dolg_file(src, &root, opts)?,
@@ -143,6 +148,17 @@ pub fn import(opts: &ImportOptions) -> Result<Vec<String>> {
     save_checked(src, file, notes, &opts.out)
 }
 
+/// A `.safetensors` state dict (PyTorch names, no delg-gpu metadata needed)
+/// as the dict a `torch.save` file pickles.
+fn safetensors_state_dict(src: &Path) -> Result<Value> {
+    let items = WeightFile::load(src)?
+        .tensors
+        .into_iter()
+        .map(|(name, t)| (Value::Str(name.into()), Value::Tensor(Rc::new(t))))
+        .collect();
+    Ok(Value::Dict(Rc::new(items), 1))
+}
+
 /// Writes `file` to `out` once the extractor would accept it (configuration
 /// and shapes); the first note says what was written.
 fn save_checked(
@@ -151,10 +167,20 @@ fn save_checked(
     mut notes: Vec<String>,
     out: &Path,
 ) -> Result<Vec<String>> {
-    let model = ModelConfig::from_metadata(&file.metadata, src)?;
-    let params = model.parameters()?;
-    let expected: Vec<_> = params
-        .specs
+    let (specs, what) = if file.metadata.get(META_ARCH).map(String::as_str) == Some(ARCH_BACKBONE) {
+        let config: ResNetConfig = serde_json::from_str(&file.metadata[META_CONFIG])
+            .map_err(|e| Error::Internal(format!("backbone configuration: {e}")))?;
+        let what = format!(
+            "a {}-layout ResNet backbone without heads (`delg-gpu train --init {}` gives it DELG or DOLG heads)",
+            config.layout.name(),
+            out.display()
+        );
+        (resnet::backbone_params(&config)?, what)
+    } else {
+        let model = ModelConfig::from_metadata(&file.metadata, src)?;
+        (model.parameters()?.specs, format!("{} model", model.arch()))
+    };
+    let expected: Vec<_> = specs
         .iter()
         .map(|s| (s.name.clone(), s.shape.clone()))
         .collect();
@@ -164,9 +190,8 @@ fn save_checked(
     notes.insert(
         0,
         format!(
-            "wrote {}: {} model, {} tensors, {:.2} M parameters",
+            "wrote {}: {what}, {} tensors, {:.2} M parameters",
             out.display(),
-            model.arch(),
             file.tensors.len(),
             n as f64 / 1e6
         ),
@@ -324,15 +349,17 @@ fn delg_file(src: &Path, root: &Value, opts: &ImportOptions) -> Result<(WeightFi
         LayoutChoice::Torchvision => "torchvision",
         LayoutChoice::Delg => "delg",
     };
+    let notes = dropped_note(&dropped, 6, "tensors delg-gpu does not use: ");
     if !tensors.contains_key("whiten.weight") {
-        return Err(Error::file(
-            src,
-            "holds a backbone without DELG heads (no 'whiten.weight'); native import keeps whole models only: \
-             initialise the heads with tools/convert_torch.py (--heads init), or start training from the backbone",
-        ));
+        // A bare backbone (an ImageNet initialisation) stays one: training
+        // creates the heads; tools/convert_torch.py --heads init is the way to
+        // random heads for extraction.
+        let blocks = stage_blocks(src, tensors.keys().cloned())?;
+        let width = dim(src, &tensors, "conv1.weight", 0)?;
+        let config = backbone_json(layout, blocks, width, false);
+        return Ok((metadata_file(tensors, ARCH_BACKBONE, config), notes));
     }
     let file = delg_weight_file(src, tensors, layout, opts.score_threshold)?;
-    let notes = dropped_note(&dropped, 6, "tensors delg-gpu does not use: ");
     Ok((file, notes))
 }
 

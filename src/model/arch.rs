@@ -16,7 +16,7 @@ use super::contract::{
 use super::delg::{self, DelgConfig, DelgLossConfig};
 use super::dolg::{self, DolgConfig, DolgLossConfig};
 use super::params;
-use super::{META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
+use super::{ARCH_BACKBONE, META_ARCH, META_CONFIG, META_SCORE_THRESHOLD};
 use crate::error::{Error, Result};
 
 /// A model's architecture and configuration, as a weight file records them.
@@ -46,6 +46,11 @@ impl ModelConfig {
             )),
             Some("dolg") => Ok(ModelConfig::Dolg(
                 serde_json::from_str(config()?).map_err(parse_err)?,
+            )),
+            Some(ARCH_BACKBONE) => Err(bad(
+                "holds only a ResNet backbone, without DELG or DOLG heads: start a training run from it \
+                 (`delg-gpu train --init FILE`); features need a trained model (`delg-gpu weights list`)"
+                    .into(),
             )),
             Some(other) => Err(bad(format!(
                 "holds a '{other}' model; delg-gpu runs 'delg' and 'dolg' models"

@@ -20,3 +20,7 @@ pub use contract::Architecture;
 pub const META_ARCH: &str = "delg_gpu.arch";
 pub const META_CONFIG: &str = "delg_gpu.config";
 pub const META_SCORE_THRESHOLD: &str = "delg_gpu.score_threshold";
+/// `META_ARCH` of a file that holds only a ResNet backbone (an ImageNet
+/// initialisation): it can start a training run, which gives it heads, but
+/// it cannot extract features.
+pub const ARCH_BACKBONE: &str = "backbone";

@@ -14,11 +14,11 @@
 //! training mode batch norm runs on batch statistics and updates its running
 //! statistics in place.
 
-use super::builder::{ConvSpec, NetBuilder};
+use super::builder::{ConvSpec, Mode, NetBuilder};
 // Re-exported where integration tests have always found it.
 pub use super::builder::ParamSpec;
 use crate::error::{Error, Result};
-use crate::graph::TensorId;
+use crate::graph::{Graph, TensorId};
 use crate::ops::pool::{MaxPool, Subsample};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -126,6 +126,16 @@ pub struct Features {
     pub s: TensorId,
     /// Deep map D (conv5), the global branch's input.
     pub d: TensorId,
+}
+
+/// The tensors the backbone alone reads, named and shaped as a weight file
+/// stores them.
+pub fn backbone_params(cfg: &ResNetConfig) -> Result<Vec<ParamSpec>> {
+    let mut g = Graph::new();
+    let image = g.input("image", [1, 64, 64, 3]);
+    let mut b = NetBuilder::new(&mut g, Mode::Inference, cfg.bn_eps());
+    backbone(&mut b, cfg, image)?;
+    Ok(b.specs)
 }
 
 /// Adds the backbone for input `x` [N, H, W, 3].
