@@ -74,17 +74,66 @@
 //! # }
 //! ```
 
+// A library build does not compile the proofs that reach into the engine
+// (each kernel's shader specs and uniform layout, the CPU interpreter, ops
+// kept as test vehicles for shared shaders), so it would call their only
+// callers' targets dead; the `test-harness` build, which `cargo test` uses,
+// compiles and runs them.
+#![cfg_attr(not(feature = "test-harness"), allow(dead_code, unused_imports))]
+
 pub mod api;
-pub mod cli;
 pub mod error;
+
+// The engine's internals: `pub(crate)` in a library build, so that the
+// crate root is the whole public surface; public but hidden from the docs
+// with the `test-harness` feature, which the integration tests, benches and
+// examples build with to reach kernels and jobs directly. (Written out, not
+// by a macro: macro-declared modules cannot hold `#[macro_export]` macros
+// that the crate names by path.)
+#[cfg(feature = "test-harness")]
+#[doc(hidden)]
 pub mod gpu;
+#[cfg(not(feature = "test-harness"))]
+pub(crate) mod gpu;
+#[cfg(feature = "test-harness")]
+#[doc(hidden)]
 pub mod graph;
+#[cfg(not(feature = "test-harness"))]
+pub(crate) mod graph;
+#[cfg(feature = "test-harness")]
+#[doc(hidden)]
 pub mod io;
+#[cfg(not(feature = "test-harness"))]
+pub(crate) mod io;
+#[cfg(feature = "test-harness")]
+#[doc(hidden)]
 pub mod jobs;
+#[cfg(not(feature = "test-harness"))]
+pub(crate) mod jobs;
+#[cfg(feature = "test-harness")]
+#[doc(hidden)]
 pub mod model;
+#[cfg(not(feature = "test-harness"))]
+pub(crate) mod model;
+#[cfg(feature = "test-harness")]
+#[doc(hidden)]
 pub mod ops;
+#[cfg(not(feature = "test-harness"))]
+pub(crate) mod ops;
+#[cfg(feature = "test-harness")]
+#[doc(hidden)]
 pub mod retrieval;
+#[cfg(not(feature = "test-harness"))]
+pub(crate) mod retrieval;
+#[cfg(feature = "test-harness")]
+#[doc(hidden)]
 pub mod tensor;
+#[cfg(not(feature = "test-harness"))]
+pub(crate) mod tensor;
+
+/// The command line, for the `delg-gpu` binary (not a library interface).
+#[doc(hidden)]
+pub mod cli;
 #[cfg(any(test, feature = "test-harness"))]
 pub mod testing;
 
@@ -104,8 +153,9 @@ pub use api::{
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};
 pub use image::RgbImage;
-pub use io::features::{FeatureFiles, FeatureSet};
-pub use jobs::extract::{ExtractConfig, ExtractSummary};
+pub use io::features::{FeatureFiles, FeatureSet, ImageFeatures};
+pub use jobs::extract::{ExtractConfig, ExtractSummary, PixelNorm};
+pub use jobs::local_match::MatchOn;
 pub use jobs::pair::PairMatch;
 pub use jobs::search::{Hit, RerankParams};
 pub use retrieval::matching::MatchParams;

@@ -248,3 +248,61 @@ fn converted_revisitop_pickle_parses() {
     // Query 0, Easy: junk 4 (and hard 3) removed → positives at ranks 0, 1.
     assert_eq!(m.easy.aps()[0], Some(1.0));
 }
+
+/// `delg-gpu score-gldv2 --json` on small challenge files; the expected
+/// values are worked out by hand in the comments.
+fn score_gldv2(task: &str, solution: &str, predictions: &str) -> Value {
+    let dir = std::env::temp_dir().join(format!("delg-gldv2-{task}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s, p) = (dir.join("solution.csv"), dir.join("predictions.csv"));
+    std::fs::write(&s, solution).unwrap();
+    std::fs::write(&p, predictions).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_delg-gpu"))
+        .args(["score-gldv2", "--task", task, "--json", "--solution"])
+        .arg(&s)
+        .arg("--predictions")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn close_to(v: &Value, want: f64) {
+    let got = v.as_f64().unwrap_or(f64::NAN);
+    assert!((got - want).abs() < 1e-9, "{got} != {want}");
+}
+
+#[test]
+fn gldv2_recognition_and_retrieval_scores_from_the_command_line() {
+    // Public, by score: q3 (no landmark, counted wrong), q1 right, q2 wrong:
+    // GAP = (1/2) / 2 landmark queries; without q3: (1/1) / 2; top-1 1 of 2.
+    // Private: q4 right. q5 is Ignored and its prediction dropped.
+    let v = score_gldv2(
+        "recognition",
+        "id,landmarks,Usage\nq1,10,Public\nq2,20,Public\nq3,,Public\nq4,30 31,Private\nq5,40,Ignored\n",
+        "id,landmarks\nq1,10 0.9\nq2,21 0.8\nq3,10 0.95\nq4,31 0.5\nq5,40 0.1\n",
+    );
+    let (public, private) = (&v[0], &v[1]);
+    assert_eq!(public["split"], "Public");
+    assert_eq!(public["predictions"], 3);
+    close_to(&public["gap"], 0.25);
+    close_to(&public["gap_landmark_queries_only"], 0.5);
+    close_to(&public["top1_accuracy"], 0.5);
+    close_to(&private["gap"], 1.0);
+    close_to(&private["top1_accuracy"], 1.0);
+
+    // r1: a and b relevant at ranks 2 and 3: (1/2 + 2/3) / 2. r2: c first.
+    let v = score_gldv2(
+        "retrieval",
+        "id,images,Usage\nr1,a b,Public\nr2,c,Private\n",
+        "id,images\nr1,x a b\nr2,c\n",
+    );
+    close_to(&v[0]["map_at_100"], 7.0 / 12.0);
+    close_to(&v[1]["map_at_100"], 1.0);
+    assert!(v[0]["gap"].is_null());
+}

@@ -7,7 +7,7 @@ use clap::Args;
 use super::groups::{ExtractFlags, RerankArgs};
 use crate::error::Result;
 use crate::gpu::GpuOptions;
-use crate::jobs::eval::{print_report, run_eval, EvalJob};
+use crate::jobs::eval::{print_report, run_eval, score_gldv2, EvalJob, Gldv2Task};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -67,6 +67,51 @@ pub(super) fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<()> {
         );
     } else {
         print_report(&report);
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreGldv2Args {
+    /// Which challenge the files are for.
+    #[arg(long, value_enum)]
+    pub task: Gldv2Task,
+    /// Solution CSV (id,landmarks,Usage or id,images,Usage).
+    #[arg(long)]
+    pub solution: PathBuf,
+    /// Predictions CSV in the challenge's submission format (id,landmarks
+    /// with "<class> <score>", or id,images with space-separated index ids).
+    #[arg(long)]
+    pub predictions: PathBuf,
+    /// Print the scores as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn run_score_gldv2(a: &ScoreGldv2Args) -> Result<()> {
+    let scores = score_gldv2(a.task, &a.solution, &a.predictions)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&scores).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    for s in &scores {
+        let metrics = match a.task {
+            Gldv2Task::Recognition => format!(
+                "GAP {}, GAP over landmark queries only {}, top-1 accuracy {}",
+                show(s.gap),
+                show(s.gap_landmark_queries_only),
+                show(s.top1_accuracy)
+            ),
+            Gldv2Task::Retrieval => format!("mAP@100 {}", show(s.map_at_100)),
+        };
+        println!(
+            "{:<8} {} queries, {} predicted: {metrics}",
+            s.split, s.queries, s.predictions
+        );
     }
     Ok(())
 }

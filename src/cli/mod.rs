@@ -23,7 +23,7 @@ mod weights;
 
 pub use bench::BenchWhat;
 pub use demo::DemoArgs;
-pub use eval::EvalArgs;
+pub use eval::{EvalArgs, ScoreGldv2Args};
 pub use extract::{ExtractArgs, MergeArgs};
 pub use groups::{ExtractFlags, ModelArgs, RerankArgs, VerifyArgs};
 pub use init::InitArgs;
@@ -91,6 +91,9 @@ pub enum Command {
     Search(SearchArgs),
     /// Score retrieval on a ground truth (gnd.json): global and re-ranked, side by side.
     Eval(EvalArgs),
+    /// Score Google Landmarks v2 challenge predictions (Kaggle CSV) against a
+    /// solution CSV: recognition GAP and top-1, or retrieval mAP@100, per split.
+    ScoreGldv2(ScoreGldv2Args),
     /// Match two images: local features, RANSAC, and a picture of the correspondences.
     Match(MatchArgs),
     /// Model weights: list and fetch the public models, import a checkpoint without Python.
@@ -147,6 +150,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Train(a) => train::run(&gpu, &a).map(done),
         Command::Search(a) => search::run(&gpu, &a).map(done),
         Command::Eval(a) => eval::run(&gpu, &a).map(done),
+        Command::ScoreGldv2(a) => eval::run_score_gldv2(&a).map(done),
         Command::Match(a) => pair::run(&gpu, &a).map(done),
         Command::Weights { what } => weights::run(what).map(done),
         Command::Bench { what } => bench::run(&gpu, what).map(done),

@@ -17,11 +17,10 @@ pub use buffer::DeviceTensor;
 pub use counters::HostWork;
 pub use device::{list_adapters, AdapterFacts, Gpu, GpuOptions};
 pub use recorder::{Binding, RecordStats, Recorder, Recording};
-pub use scratch::{merge_needs, needs_bytes, ScratchNeed, TextureNeed};
+pub use scratch::{needs_bytes, ScratchNeed, TextureNeed};
 pub use shader::ShaderSpec;
 pub use tuning::{MatmulVariant, Tuning, BROADCAST_LANES};
 pub use uniform::{ScalarKind, Uniform, UniformField, UniformShape, UniformSlot};
 pub use window::{
-    chunks, image_rows, row_chunks, rows_per_window, scaled, vec4_pieces, BufSlice, Piece,
-    RowLaunch, Window,
+    chunks, image_rows, rows_per_window, scaled, vec4_pieces, BufSlice, RowLaunch, Window,
 };

@@ -62,7 +62,6 @@ pub struct GroundTruth {
     pub queries: Vec<Query>,
     pub labels: BTreeMap<String, Vec<String>>,
     pub images: Option<BTreeMap<String, ImageInfo>>,
-    db_index: HashMap<String, usize>,
 }
 
 #[derive(Deserialize)]
@@ -210,12 +209,7 @@ impl GroundTruth {
             queries,
             labels: raw.labels,
             images: raw.images,
-            db_index,
         })
-    }
-
-    pub fn db_index(&self, name: &str) -> Option<usize> {
-        self.db_index.get(name).copied()
     }
 
     /// File of image `name` for a ground truth stored in `root`.
@@ -287,7 +281,7 @@ mod tests {
         );
         assert_eq!(g.queries[1].image_db_index, Some(0));
         assert_eq!(g.groups(), vec![vec![0, 1], vec![0, 1, 2]]);
-        assert_eq!(g.db_index("d"), Some(3));
+        assert_eq!(g.db[3], "d");
         assert_eq!(g.images.as_ref().unwrap()["q"].size, [5, 10]);
         assert_eq!(
             g.image_path(Path::new("/data"), "b"),

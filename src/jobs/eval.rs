@@ -407,3 +407,81 @@ pub fn print_report(r: &EvalReport) {
         r.seconds_extract, r.seconds_global, r.seconds_rerank
     );
 }
+
+/// The two tasks of the Google Landmarks v2 challenges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gldv2Task {
+    Recognition,
+    Retrieval,
+}
+
+/// One split's scores; a metric is `None` when the split has no query it
+/// can be computed on (e.g. a solution with no Private rows).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Gldv2SplitScores {
+    pub split: &'static str,
+    pub queries: usize,
+    pub predictions: usize,
+    /// Recognition: GAP (μAP) with out-of-domain predictions counted wrong...
+    pub gap: Option<f64>,
+    /// ...and with them dropped.
+    pub gap_landmark_queries_only: Option<f64>,
+    pub top1_accuracy: Option<f64>,
+    /// Retrieval: mAP@100.
+    pub map_at_100: Option<f64>,
+}
+
+/// Scores a GLDv2 prediction CSV against its solution CSV as the challenge
+/// (and delf's `compute_*_metrics.py`) does, for the Public and Private splits.
+pub fn score_gldv2(
+    task: Gldv2Task,
+    solution: &Path,
+    predictions: &Path,
+) -> Result<Vec<Gldv2SplitScores>> {
+    use crate::io::gldv2;
+    use crate::retrieval::metrics::{recognition_gap, recognition_top1_accuracy, retrieval_map_at};
+    let computable = |r: Result<f64>| match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::InvalidArgument(_)) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let mut scores = Vec::new();
+    match task {
+        Gldv2Task::Recognition => {
+            let sol = gldv2::read_recognition_solution(solution)?;
+            let pred = gldv2::read_recognition_predictions(predictions, &sol)?;
+            for (split, s, p) in [
+                ("Public", &sol.public, &pred.public),
+                ("Private", &sol.private, &pred.private),
+            ] {
+                scores.push(Gldv2SplitScores {
+                    split,
+                    queries: s.len(),
+                    predictions: p.len(),
+                    gap: computable(recognition_gap(p.values(), s, false))?,
+                    gap_landmark_queries_only: computable(recognition_gap(p.values(), s, true))?,
+                    top1_accuracy: computable(recognition_top1_accuracy(p, s))?,
+                    map_at_100: None,
+                });
+            }
+        }
+        Gldv2Task::Retrieval => {
+            let sol = gldv2::read_retrieval_solution(solution)?;
+            let pred = gldv2::read_retrieval_predictions(predictions, &sol)?;
+            for (split, s, p) in [
+                ("Public", &sol.public, &pred.public),
+                ("Private", &sol.private, &pred.private),
+            ] {
+                scores.push(Gldv2SplitScores {
+                    split,
+                    queries: s.len(),
+                    predictions: p.len(),
+                    map_at_100: computable(retrieval_map_at(p, s, 100))?,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(scores)
+}

@@ -591,7 +591,8 @@ impl Op for MaxPoolGrad {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::gpu::{image_rows, row_chunks, scaled};
+    use crate::gpu::window::row_chunks;
+    use crate::gpu::{image_rows, scaled};
     use crate::ops::global_pool::tests::power;
     use crate::ops::global_pool::*;
     use crate::testing::{check_op, dispatch_labels, grad_check, test_gpu, OpCase};

@@ -13,8 +13,6 @@ use rayon::prelude::*;
 
 use crate::{Error, Result};
 
-/// Dimension of DELG local descriptors.
-pub const LOCAL_DIM: usize = 128;
 /// DELG's descriptor-distance threshold (Euclidean, strict `<`).
 pub const DEFAULT_DISTANCE_THRESHOLD: f32 = 1.0;
 
@@ -307,6 +305,9 @@ pub fn check_threshold(params: &MatchParams) -> Result<()> {
 mod tests {
     use super::*;
     use crate::tensor::Rng;
+
+    /// DELG's local descriptor size.
+    const LOCAL_DIM: usize = 128;
 
     fn random_rows(rng: &mut Rng, rows: usize, dim: usize, unit: bool) -> Vec<f32> {
         let mut v: Vec<f32> = (0..rows * dim).map(|_| rng.normal() as f32).collect();
