@@ -1,5 +1,7 @@
-//! `bench`: kernel, extraction, search and matching throughput.
+//! `bench`: kernel, extraction, search and matching throughput, and the
+//! whole-adapter report `bench gpu`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use super::groups::ModelArgs;
 use crate::error::Result;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::jobs::bench;
+use crate::jobs::gpu_report::{self, ReportSize};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
@@ -81,6 +84,21 @@ pub enum BenchWhat {
         #[arg(long)]
         both_widths: bool,
     },
+    /// The report to send from a real GPU: adapter, every kernel variant at
+    /// ResNet-50 shapes, extraction, a training step, cold start with and
+    /// without the pipeline cache, host work per image and device memory
+    /// (docs/gpu-results.md). The full DELG-R50 report takes a few minutes
+    /// on a GPU and tens of minutes on a CPU emulation such as lavapipe.
+    Gpu {
+        /// Write the report here as JSON (schema-versioned, written
+        /// atomically; default: the summary on stdout only).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// The tiny model and small shapes: every section in about a
+        /// minute, to check the command works before the full run.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
@@ -105,7 +123,7 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
         } => {
             let gpu = open(opts)?;
             let model = model.model_config()?;
-            bench::bench_extract(&gpu, &model, image_width, image_height, images.max(1)).map(|_| ())
+            bench::bench_extract(&gpu, &model, image_width, image_height, images).map(|_| ())
         }
         BenchWhat::Kernels {
             filter,
@@ -122,6 +140,15 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
             json,
             [chosen_only, both_widths],
         ),
+        BenchWhat::Gpu { json, quick } => {
+            let size = if quick {
+                ReportSize::quick()?
+            } else {
+                ReportSize::full()?
+            };
+            let exe = gpu_report::this_program()?;
+            gpu_report::run_gpu_report(opts, &size, &exe, json.as_deref()).map(|_| ())
+        }
     }
 }
 

@@ -112,3 +112,31 @@ pub fn thread_cpu_time() -> Option<Duration> {
         None
     }
 }
+
+/// `HostWork` divided over the images it served, as reports give it.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct HostWorkPerImage {
+    pub submissions: f64,
+    pub bind_groups_created: f64,
+    pub buffers_created: f64,
+    pub textures_created: f64,
+    pub mib_uploaded: f64,
+    pub kib_read_back: f64,
+    /// CPU milliseconds of recording and submitting (thread clocks).
+    pub record_submit_cpu_ms: f64,
+}
+
+impl HostWork {
+    pub fn per_image(&self, images: usize) -> HostWorkPerImage {
+        let per = |n: u64| n as f64 / images.max(1) as f64;
+        HostWorkPerImage {
+            submissions: per(self.submissions),
+            bind_groups_created: per(self.bind_groups),
+            buffers_created: per(self.buffers),
+            textures_created: per(self.textures),
+            mib_uploaded: per(self.bytes_uploaded) / (1u64 << 20) as f64,
+            kib_read_back: per(self.bytes_read_back) / 1024.0,
+            record_submit_cpu_ms: self.record_submit_cpu.as_secs_f64() * 1e3 / images.max(1) as f64,
+        }
+    }
+}

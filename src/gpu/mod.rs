@@ -14,7 +14,7 @@ pub mod uniform;
 pub mod window;
 
 pub use buffer::DeviceTensor;
-pub use counters::HostWork;
+pub use counters::{HostWork, HostWorkPerImage};
 pub use device::{list_adapters, AdapterFacts, Gpu, GpuOptions};
 pub use recorder::{Binding, RecordStats, Recorder, Recording};
 pub use scratch::{needs_bytes, ScratchNeed, TextureNeed};

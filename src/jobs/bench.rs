@@ -63,6 +63,8 @@ pub struct BenchResult {
     pub adapter: String,
     pub variant: String,
     pub reps: usize,
+    /// GFLOP of one run (so figures of several cases can be summed).
+    pub gflop: f64,
     pub ms: f64,
     pub gflops: f64,
     /// FLOPs per second of process CPU time: less sensitive than wall time to
@@ -119,6 +121,7 @@ pub fn run_case(
         adapter: gpu.facts.name.clone(),
         variant: gpu.tuning.describe(),
         reps: times.len(),
+        gflop: flops / 1e9,
         ms: median * 1e3,
         gflops: flops / median / 1e9,
         gflop_per_cpu_s: cpu
@@ -129,26 +132,29 @@ pub fn run_case(
 }
 
 /// The kernel cases: every distinct convolution of ResNet-50 (torchvision
-/// layout) on a 1024×1024 image, the GEMMs of the acceptance figures, and the
-/// memory-bound ops at activation sizes of the same network.
-pub fn kernel_cases() -> Vec<BenchCase> {
+/// layout) on an `image`×`image` input (1024 for the published figures), the
+/// GEMMs of the acceptance figures (1024³ and 2048³ at 1024, scaled with the
+/// image), and the memory-bound ops at activation sizes of the same network.
+/// Channels never scale: a smaller `image` keeps every layer's shape of
+/// weights and only shrinks the maps (`bench gpu --quick`).
+pub fn kernel_cases(image: usize) -> Vec<BenchCase> {
     use crate::ops::batchnorm::BatchNormTrain;
     use crate::ops::conv2d::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, Padding};
     use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
     use crate::ops::gemm::Matmul;
     use crate::ops::pool::MaxPool;
-    let mut cases = vec![
-        BenchCase::new(
-            "gemm 1024x1024x1024",
-            Matmul::new(false, false),
-            &[&[1024, 1024], &[1024, 1024]],
-        ),
-        BenchCase::new(
-            "gemm 2048x2048x2048",
-            Matmul::new(false, false),
-            &[&[2048, 2048], &[2048, 2048]],
-        ),
-    ];
+    // A size given for a 1024-pixel input, at `image` pixels.
+    let at = |size: usize| (size * image / 1024).max(1);
+    let mut cases: Vec<BenchCase> = [at(1024), at(2048)]
+        .into_iter()
+        .map(|n| {
+            BenchCase::new(
+                format!("gemm {n}x{n}x{n}"),
+                Matmul::new(false, false),
+                &[&[n, n], &[n, n]],
+            )
+        })
+        .collect();
     // (input size, c_in, c_out, kernel, stride)
     let convs: &[(usize, usize, usize, usize, usize)] = &[
         (1024, 3, 64, 7, 2),
@@ -176,6 +182,7 @@ pub fn kernel_cases() -> Vec<BenchCase> {
         (32, 512, 512, 3, 1),
     ];
     for &(hw, ci, co, k, s) in convs {
+        let hw = at(hw);
         let op = Conv2d::new([s, s], Padding::symmetric(k / 2, k / 2));
         let name = format!("conv {k}x{k}/{s} {ci}->{co} {hw}x{hw}");
         cases.push(BenchCase::new(
@@ -186,43 +193,46 @@ pub fn kernel_cases() -> Vec<BenchCase> {
     }
     // The backward convolutions of the conv4 3×3, as a training step runs them.
     let conv = Conv2d::new([1, 1], Padding::symmetric(1, 1));
-    let (x, w): (&[usize], &[usize]) = (&[1, 64, 64, 256], &[3, 3, 256, 256]);
+    let hw = at(64);
+    let (x, w): (&[usize], &[usize]) = (&[1, hw, hw, 256], &[3, 3, 256, 256]);
     cases.push(BenchCase::new(
-        "conv 3x3/1 256->256 64x64 input grad",
+        format!("conv 3x3/1 256->256 {hw}x{hw} input grad"),
         Conv2dInputGrad {
             conv: conv.clone(),
-            input_hw: [64, 64],
+            input_hw: [hw, hw],
         },
         &[x, w],
     ));
     cases.push(BenchCase::new(
-        "conv 3x3/1 256->256 64x64 weight grad",
+        format!("conv 3x3/1 256->256 {hw}x{hw} weight grad"),
         Conv2dWeightGrad {
             conv,
             kernel: [3, 3],
         },
         &[x, x],
     ));
-    let act: &[usize] = &[1, 256, 256, 256];
+    let hw = at(256);
+    let act: &[usize] = &[1, hw, hw, 256];
     cases.push(BenchCase::new(
-        "batchnorm train 1x256x256x256",
+        format!("batchnorm train 1x{hw}x{hw}x256"),
         BatchNormTrain { eps: 1e-5 },
         &[act, &[256], &[256]],
     ));
     cases.push(BenchCase::new(
-        "relu 1x256x256x256",
+        format!("relu 1x{hw}x{hw}x256"),
         Unary(UnaryKind::Relu),
         &[act],
     ));
     cases.push(BenchCase::new(
-        "add 1x256x256x256",
+        format!("add 1x{hw}x{hw}x256"),
         Binary::new(BinaryKind::Add),
         &[act, act],
     ));
+    let hw = at(512);
     cases.push(BenchCase::new(
-        "maxpool 3x3/2 1x512x512x64",
+        format!("maxpool 3x3/2 1x{hw}x{hw}x64"),
         MaxPool::valid(3, 2),
-        &[&[1, 512, 512, 64]],
+        &[&[1, hw, hw, 64]],
     ));
     cases
 }
@@ -258,23 +268,39 @@ pub fn run_kernels(
     if !json {
         print_header(&gpus[0]);
     }
-    for case in kernel_cases() {
-        if filter.is_some_and(|f| !case.name.contains(f)) {
-            continue;
+    measure_kernels(&gpus, 1024, filter, reps, budget, |r| {
+        if json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            print_row(r);
         }
-        for gpu in &gpus {
-            let r = run_case(gpu, &case, reps, budget)?;
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                print_row(&r);
-            }
-        }
-    }
+    })?;
     match other_width {
         Some(bits) => rerun_at_width(bits, "--both-widths"),
         None => Ok(()),
     }
+}
+
+/// Runs every kernel case at `image` (see `kernel_cases`) whose name contains
+/// `filter` (all without one) on each device of `gpus` (one per matmul
+/// variant), handing each result to `each` as it comes.
+pub fn measure_kernels(
+    gpus: &[Arc<Gpu>],
+    image: usize,
+    filter: Option<&str>,
+    reps: usize,
+    budget: Duration,
+    mut each: impl FnMut(&BenchResult),
+) -> Result<()> {
+    for case in kernel_cases(image) {
+        if filter.is_some_and(|f| !case.name.contains(f)) {
+            continue;
+        }
+        for gpu in gpus {
+            each(&run_case(gpu, &case, reps, budget)?);
+        }
+    }
+    Ok(())
 }
 
 /// The vector width in an llvmpipe adapter name, "llvmpipe (LLVM 15.0.6, 256 bits)".
@@ -313,43 +339,117 @@ pub fn print_adapters(opts: &GpuOptions) -> Result<()> {
         Gpu::new(opts)?;
     }
     for (i, a) in adapters.iter().enumerate() {
-        let info = a.get_info();
-        let l = a.limits();
-        let f = a.features();
-        let has = |x: wgpu::Features| if f.contains(x) { "yes" } else { "no" };
+        let facts = crate::gpu::AdapterFacts::from(&a.get_info());
+        let features = a.features();
+        let tuning = Tuning::for_adapter(&facts, features & crate::gpu::device::OPTIONAL_FEATURES);
+        AdapterReport::new(&facts, features, &a.limits(), &tuning).print(&format!("[{i}] "));
+    }
+    Ok(())
+}
+
+/// An adapter as `info` and `bench gpu` report it: what it is, the optional
+/// features delg-gpu uses, the limits that shape its plans, and the tuning
+/// table's choice.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    /// lavapipe, llvmpipe, WARP, SwiftShader: the CPU is the device.
+    pub cpu_emulation: bool,
+    /// llvmpipe's vector width (256 or 512 bits), for llvmpipe only.
+    pub llvmpipe_bits: Option<u32>,
+    pub shader_f16: bool,
+    pub subgroup: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub timestamp_query: bool,
+    pub pipeline_cache: bool,
+    pub max_storage_buffer_binding_bytes: u64,
+    pub max_buffer_bytes: u64,
+    pub max_workgroups_per_dimension: u32,
+    pub max_invocations_per_workgroup: u32,
+    pub max_workgroup_memory_bytes: u32,
+    pub max_storage_buffers_per_stage: u32,
+    /// The tuning table's choice, e.g. "matmul=tiled".
+    pub tuning: String,
+}
+
+impl AdapterReport {
+    pub fn new(
+        facts: &crate::gpu::AdapterFacts,
+        features: wgpu::Features,
+        limits: &wgpu::Limits,
+        tuning: &Tuning,
+    ) -> AdapterReport {
+        AdapterReport {
+            name: facts.name.clone(),
+            backend: format!("{:?}", facts.backend),
+            device_type: format!("{:?}", facts.device_type),
+            driver: facts.driver.clone(),
+            driver_info: facts.driver_info.clone(),
+            cpu_emulation: facts.is_cpu_emulation(),
+            llvmpipe_bits: llvmpipe_bits(&facts.name),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroup: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: facts.subgroup_min_size,
+            subgroup_max_size: facts.subgroup_max_size,
+            timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            pipeline_cache: features.contains(wgpu::Features::PIPELINE_CACHE),
+            max_storage_buffer_binding_bytes: limits.max_storage_buffer_binding_size,
+            max_buffer_bytes: limits.max_buffer_size,
+            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_workgroup_memory_bytes: limits.max_compute_workgroup_storage_size,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            tuning: tuning.describe(),
+        }
+    }
+
+    /// The open device's report.
+    pub fn of(gpu: &Gpu) -> AdapterReport {
+        AdapterReport::new(&gpu.facts, gpu.features, &gpu.limits, &gpu.tuning)
+    }
+
+    /// Several lines, the first starting with `prefix`.
+    pub fn print(&self, prefix: &str) {
+        let yes = |b: bool| if b { "yes" } else { "no" };
         println!(
-            "[{i}] {} ({:?}, {:?})",
-            info.name, info.backend, info.device_type
+            "{prefix}{} ({}, {})",
+            self.name, self.backend, self.device_type
         );
-        println!("    driver: {} {}", info.driver, info.driver_info);
+        println!("    driver: {} {}", self.driver, self.driver_info);
         println!(
-            "    features: SHADER_F16 {} | SUBGROUP {} (size {}..{}) | TIMESTAMP_QUERY {}",
-            has(wgpu::Features::SHADER_F16),
-            has(wgpu::Features::SUBGROUP),
-            info.subgroup_min_size,
-            info.subgroup_max_size,
-            has(wgpu::Features::TIMESTAMP_QUERY)
+            "    features: SHADER_F16 {} | SUBGROUP {} (size {}..{}) | TIMESTAMP_QUERY {} | PIPELINE_CACHE {}",
+            yes(self.shader_f16),
+            yes(self.subgroup),
+            self.subgroup_min_size,
+            self.subgroup_max_size,
+            yes(self.timestamp_query),
+            yes(self.pipeline_cache)
         );
         println!(
             "    limits: storage binding {} MiB | buffer {} MiB | workgroups/dim {} | invocations/workgroup {} | workgroup memory {} KiB | storage buffers/stage {}",
-            l.max_storage_buffer_binding_size >> 20,
-            l.max_buffer_size >> 20,
-            l.max_compute_workgroups_per_dimension,
-            l.max_compute_invocations_per_workgroup,
-            l.max_compute_workgroup_storage_size >> 10,
-            l.max_storage_buffers_per_shader_stage
+            self.max_storage_buffer_binding_bytes >> 20,
+            self.max_buffer_bytes >> 20,
+            self.max_workgroups_per_dimension,
+            self.max_invocations_per_workgroup,
+            self.max_workgroup_memory_bytes >> 10,
+            self.max_storage_buffers_per_stage
         );
-        if let Some(bits) = llvmpipe_bits(&info.name) {
+        if let Some(bits) = self.llvmpipe_bits {
             println!(
                 "    llvmpipe vector width: {bits} bits ({})",
                 crate::gpu::cpu::width_reason()
             );
         }
-        let facts = crate::gpu::AdapterFacts::from(&info);
-        let tuning = Tuning::for_adapter(&facts, f & crate::gpu::device::OPTIONAL_FEATURES);
-        println!("    tuning: {}", tuning.describe());
+        if self.cpu_emulation {
+            println!("    cpu (the device): {}", crate::gpu::cpu::describe_cpu());
+        }
+        println!("    tuning: {}", self.tuning);
     }
-    Ok(())
 }
 
 /// The adapter line of every report, and the CPU beside it: on CPU drivers
@@ -368,6 +468,11 @@ pub fn print_adapter(gpu: &Gpu) {
 
 pub fn print_header(gpu: &Gpu) {
     print_adapter(gpu);
+    print_columns();
+}
+
+/// The column titles of `print_row`.
+pub fn print_columns() {
     println!(
         "{:<44} {:<28} {:>5} {:>10} {:>9} {:>11} {:>8}",
         "kernel", "variant", "reps", "ms", "GFLOP/s", "GFLOP/CPU-s", "GB/s"
@@ -385,22 +490,76 @@ pub fn print_row(r: &BenchResult) {
     );
 }
 
-/// End-to-end extraction throughput: a randomly initialised DELG or DOLG
-/// model over generated `width`×`height` images with the full recipe of its
-/// paper (DELG: 7-scale pyramid, global + local; DOLG: 5 global scales),
-/// after one warm-up image that pays the pipeline compilation. Then the same
-/// number of images again, from JPEG files through the real decoding path,
-/// with time by stage, and the device memory the model holds.
+/// What `measure_extract` found, per image in the steady state.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExtractFigures {
+    /// "DELG-R50", "DELG-ResNet[1, 1, 1, 1]w8", ...
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    /// Timed images (after one warm-up image).
+    pub images: usize,
+    pub images_per_s: f64,
+    pub seconds_per_image: f64,
+    pub gflop_per_image: f64,
+    pub gflops: f64,
+    pub gflop_per_cpu_s: Option<f64>,
+    pub host_per_image: crate::gpu::HostWorkPerImage,
+    /// Milliseconds per image by stage, JPEG decoding included (each stage
+    /// waits for the device on its own, so these sum to more than the
+    /// steady state's time per image).
+    pub stages_ms: Vec<StageMs>,
+    /// Parameters, every cached plan and the kernels' scratch.
+    pub device_bytes: u64,
+    pub plans_cached: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StageMs {
+    pub stage: String,
+    pub ms_per_image: f64,
+}
+
+/// A model's name in reports: "DELG-R50", "DOLG-R101", "DELG-ResNet[1, 1, 1, 1]w8".
+pub fn model_name(model: &crate::model::ModelConfig) -> String {
+    let backbone = model.backbone();
+    let depth = match backbone.blocks {
+        [3, 4, 6, 3] => "R50".to_string(),
+        [3, 4, 23, 3] => "R101".to_string(),
+        b => format!("ResNet{b:?}w{}", backbone.width),
+    };
+    format!("{}-{depth}", model.arch().to_uppercase())
+}
+
+/// End-to-end extraction throughput (`bench extract`): `measure_extract`, printed.
 pub fn bench_extract(
     gpu: &Arc<Gpu>,
     model: &crate::model::ModelConfig,
     width: u32,
     height: u32,
     images: usize,
-) -> Result<(f64, f64)> {
+) -> Result<ExtractFigures> {
+    let figures = measure_extract(gpu, model, width, height, images)?;
+    print_extract(&figures);
+    Ok(figures)
+}
+
+/// A randomly initialised DELG or DOLG model over generated `width`×`height`
+/// images with the full recipe of its paper (DELG: 7-scale pyramid, global +
+/// local; DOLG: 5 global scales), after one warm-up image that pays the
+/// pipeline compilation. Then the same number of images again, from JPEG
+/// files through the real decoding path, with time by stage, and the device
+/// memory the model holds.
+pub fn measure_extract(
+    gpu: &Arc<Gpu>,
+    model: &crate::model::ModelConfig,
+    width: u32,
+    height: u32,
+    images: usize,
+) -> Result<ExtractFigures> {
     use crate::jobs::extract::{Extractor, PreparedImage};
-    let backbone = model.backbone();
-    // bench_extract sets τ itself below, so the stored one does not matter.
+    let images = images.max(1);
+    // measure_extract sets τ itself below, so the stored one does not matter.
     let file = model.random_weights(0, 0.0)?;
     let cfg = crate::jobs::extract::ExtractConfig {
         score_threshold: Some(0.0),
@@ -433,68 +592,82 @@ pub fn bench_extract(
     let host = gpu.host_work() - host0;
     let gflop = ex.flops_per_image(height as usize, width as usize) as f64 / 1e9;
     let cpu = cpu_time().zip(cpu0).map(|(a, b)| (a - b).as_secs_f64());
-    println!(
-        "extract {}x{} {}-{}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
-        width,
-        height,
-        model.arch().to_uppercase(),
-        match backbone.blocks {
-            [3, 4, 6, 3] => "R50".to_string(),
-            [3, 4, 23, 3] => "R101".to_string(),
-            b => format!("ResNet{b:?}w{}", backbone.width),
-        },
-        images as f64 / secs,
-        secs / images as f64,
-        gflop,
-        gflop * images as f64 / secs,
-        cpu.map(|c| format!(", {:.2} GFLOP per CPU-second", gflop * images as f64 / c))
-            .unwrap_or_default()
-    );
-    print_host_work(&host, images);
     let dir = std::env::temp_dir().join(format!("delg-gpu-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::File {
-        path: dir.clone(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let staged = time_stages(&mut ex, &cfg, &dir, width, height, images);
     let _ = std::fs::remove_dir_all(&dir);
     let times = staged?;
+    let stages_ms = times
+        .seconds
+        .iter()
+        .map(|(stage, secs)| StageMs {
+            stage: stage.clone(),
+            ms_per_image: secs * 1e3 / times.images.max(1) as f64,
+        })
+        .collect();
+    Ok(ExtractFigures {
+        model: model_name(model),
+        width,
+        height,
+        images,
+        images_per_s: images as f64 / secs,
+        seconds_per_image: secs / images as f64,
+        gflop_per_image: gflop,
+        gflops: gflop * images as f64 / secs,
+        gflop_per_cpu_s: cpu.filter(|c| *c > 0.0).map(|c| gflop * images as f64 / c),
+        host_per_image: host.per_image(images),
+        stages_ms,
+        device_bytes: ex.device_bytes(),
+        plans_cached: ex.plans_cached(),
+    })
+}
+
+pub fn print_extract(f: &ExtractFigures) {
+    println!(
+        "extract {}x{} {}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
+        f.width,
+        f.height,
+        f.model,
+        f.images_per_s,
+        f.seconds_per_image,
+        f.gflop_per_image,
+        f.gflops,
+        f.gflop_per_cpu_s
+            .map(|v| format!(", {v:.2} GFLOP per CPU-second"))
+            .unwrap_or_default()
+    );
+    print_host_work(&f.host_per_image);
     println!("by stage, ms per image (each stage waits for the device on its own):");
-    let total: f64 = times.seconds.iter().map(|(_, s)| s).sum();
-    for (stage, secs) in &times.seconds {
+    let total: f64 = f.stages_ms.iter().map(|s| s.ms_per_image).sum();
+    for s in &f.stages_ms {
         println!(
-            "  {stage:<36} {:>10.1}  {:>5.1} %",
-            secs * 1e3 / times.images as f64,
-            100.0 * secs / total
+            "  {:<36} {:>10.1}  {:>5.1} %",
+            s.stage,
+            s.ms_per_image,
+            100.0 * s.ms_per_image / total
         );
     }
-    println!(
-        "  {:<36} {:>10.1}",
-        "total",
-        total * 1e3 / times.images as f64
-    );
+    println!("  {:<36} {:>10.1}", "total", total);
     println!(
         "device memory held (parameters, {} cached plans, conv scratch): {:.1} MiB",
-        ex.plans_cached(),
-        ex.device_bytes() as f64 / (1u64 << 20) as f64
+        f.plans_cached,
+        f.device_bytes as f64 / (1u64 << 20) as f64
     );
-    Ok((images as f64 / secs, gflop))
 }
 
 /// The host's work per image in the steady state: on a fast GPU this, not
 /// the kernels, bounds images/s (issue 17: at most 10 ms of recording CPU).
-fn print_host_work(host: &crate::gpu::HostWork, images: usize) {
-    let per = |n: u64| n as f64 / images as f64;
+pub fn print_host_work(h: &crate::gpu::HostWorkPerImage) {
     println!(
         "host work per image: {:.1} submissions, {:.1} bind groups, {:.1} buffers and {:.1} textures created, \
          {:.3} MiB uploaded, {:.1} KiB read back, {:.2} ms CPU recording and submitting (thread clocks)",
-        per(host.submissions),
-        per(host.bind_groups),
-        per(host.buffers),
-        per(host.textures),
-        per(host.bytes_uploaded) / (1u64 << 20) as f64,
-        per(host.bytes_read_back) / 1024.0,
-        host.record_submit_cpu.as_secs_f64() * 1e3 / images as f64
+        h.submissions,
+        h.bind_groups_created,
+        h.buffers_created,
+        h.textures_created,
+        h.mib_uploaded,
+        h.kib_read_back,
+        h.record_submit_cpu_ms
     );
 }
 

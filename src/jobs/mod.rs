@@ -8,6 +8,7 @@ pub mod demo;
 pub mod distributed;
 pub mod eval;
 pub mod extract;
+pub mod gpu_report;
 pub mod local_match;
 pub mod merge;
 pub mod pair;

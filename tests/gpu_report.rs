@@ -1,0 +1,105 @@
+//! `bench gpu --quick --json`: the report someone with a real GPU sends has
+//! every section, and every figure in it is a finite number.
+
+use std::process::Command;
+
+use delg_gpu::jobs::gpu_report::{missing_figures, SCHEMA, SCHEMA_VERSION};
+use delg_gpu::testing::test_gpu;
+use serde_json::Value;
+
+fn number(report: &Value, path: &str) -> f64 {
+    let mut v = report;
+    for key in path.split('.') {
+        v = &v[key];
+    }
+    let n = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number: {v}"));
+    assert!(n.is_finite(), "{path} = {n}");
+    n
+}
+
+#[test]
+fn the_quick_report_fills_every_section_with_finite_figures() {
+    let Some(gpu) = test_gpu() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("delg-gpu-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_delg-gpu"))
+        .env("DELG_GPU_CACHE_DIR", dir.join("cache"))
+        .args(["bench", "gpu", "--quick", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run delg-gpu");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench gpu failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+
+    assert_eq!(report["schema"], SCHEMA);
+    assert_eq!(report["schema_version"], SCHEMA_VERSION);
+    assert_eq!(report["size"], "quick");
+    // Only batched extraction may be missing: it does not exist yet.
+    let missing = missing_figures(&report, &["extraction.best_batch"]);
+    assert!(missing.is_empty(), "missing figures: {missing:?}");
+    assert_eq!(report["extraction"]["best_batch"], Value::Null);
+    assert_eq!(report["extraction"]["batching_available"], false);
+
+    let adapter = &report["adapter"];
+    assert_eq!(adapter["name"], gpu.facts.name.as_str());
+    assert_eq!(adapter["tuning"], gpu.tuning.describe().as_str());
+    assert_eq!(adapter["cpu_emulation"], gpu.facts.is_cpu_emulation());
+
+    // Every variant the adapter supports ran every case; the table's is marked.
+    let variants = report["kernels"]["variants"].as_array().unwrap();
+    let supported = delg_gpu::gpu::MatmulVariant::ALL
+        .iter()
+        .filter(|v| v.supported(gpu.features, &gpu.facts))
+        .count();
+    assert_eq!(variants.len(), supported, "{variants:?}");
+    let chosen: Vec<&Value> = variants.iter().filter(|v| v["chosen"] == true).collect();
+    assert_eq!(chosen.len(), 1, "{variants:?}");
+    assert_eq!(chosen[0]["variant"], report["kernels"]["chosen_variant"]);
+    let cases = report["kernels"]["cases"].as_array().unwrap();
+    assert_eq!(cases.len() % supported, 0);
+    for case in cases {
+        assert!(number(case, "gflops") > 0.0, "{case}");
+    }
+
+    for path in [
+        "extraction.batch_1.images_per_s",
+        "extraction.batch_1.gflop_per_image",
+        "training_step.ms_per_step",
+        "training_step.gflop_per_step",
+        "training_step.loss",
+        "cold_start.no_cache_s",
+        "cold_start.cache_first_run_s",
+        "cold_start.cache_warm_s",
+        "host_overhead.per_image.submissions",
+        "device_memory.extraction_bytes",
+        "device_memory.training_total_bytes",
+    ] {
+        assert!(number(&report, path) > 0.0, "{path}");
+    }
+    assert!(number(&report, "host_overhead.per_image.record_submit_cpu_ms") >= 0.0);
+    for section in [
+        "== adapter",
+        "== cold start",
+        "== kernels",
+        "== extraction",
+        "== one training step",
+        "== device memory",
+    ] {
+        assert!(
+            stdout.contains(section),
+            "no '{section}' in the summary:\n{stdout}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
