@@ -120,6 +120,24 @@ impl Buckets {
         })
     }
 
+    /// The share of the run's FLOPs done when each bucket is final, in
+    /// order: 1 minus it is the work a bucket's all-reduce can hide behind.
+    pub fn ready_shares(&self, graph: &Graph, exe: &Executable) -> Vec<f64> {
+        let total = exe.flops.max(1) as f64;
+        self.buckets
+            .iter()
+            .map(|b| graph.flops(&exe.schedule[..=b.ready_after]) as f64 / total)
+            .collect()
+    }
+
+    /// Each bucket's bytes, in order.
+    pub fn bytes(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.sums.iter().map(|t| t.shape.bytes()).sum())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.buckets.len()
     }

@@ -959,11 +959,20 @@ pub fn run_train_across(
         let sums = gradient_sums(sg, &store)?;
         let buckets = Buckets::new(gpu, &sg.graph, &exe, &sums, ranks.bucket_bytes)?;
         if root && !job.quiet {
-            let bytes: u64 = sums.iter().map(|(_, t)| t.shape.bytes()).sum();
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            let buckets_said: Vec<String> = buckets
+                .bytes()
+                .iter()
+                .zip(buckets.ready_shares(&sg.graph, &exe))
+                .map(|(&b, share)| format!("{:.1} MiB after {:.0} %", mib(b), share * 100.0))
+                .collect();
             eprintln!(
-                "all-reduce of {:.1} MiB of gradients per step in {} bucket(s)",
-                bytes as f64 / (1u64 << 20) as f64,
-                buckets.len()
+                "all-reduce of {:.1} MiB of gradients per step in {} bucket(s), each final \
+                 after a share of the micro-batch's {:.1} GFLOP: {}",
+                mib(buckets.bytes().iter().sum()),
+                buckets.len(),
+                exe.flops as f64 / 1e9,
+                buckets_said.join(", ")
             );
         }
         Some(buckets)
