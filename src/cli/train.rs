@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::device::list_adapters;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::jobs::distributed::World;
-use crate::jobs::train::{run_train_across, DataSource, TrainJob, TrainOptions};
+use crate::jobs::train::{run_train_across, DataSource, RankOptions, TrainJob, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -115,6 +115,12 @@ pub struct TrainArgs {
     /// parameters (a checksum; 0 checks only at the end).
     #[arg(long, value_parser = checks::int_in::<u64, 0, 1_000_000_000>, default_value_t = 100)]
     pub check_every: u64,
+    /// Under mpirun/srun: MiB of gradients per all-reduce bucket. Each bucket
+    /// is summed across the ranks as soon as the backward pass has finished
+    /// its gradients (last layers first), while the device computes the rest;
+    /// 0 sums all gradients at once after the backward pass. Same results.
+    #[arg(long, value_parser = checks::non_negative, default_value_t = crate::jobs::allreduce::DEFAULT_BUCKET_MIB as f32)]
+    pub allreduce_bucket_mb: f32,
     /// Print the planned device memory of a step on the chosen adapter by category (kernel scratch included) and exit.
     #[arg(long)]
     pub plan_only: bool,
@@ -249,7 +255,11 @@ fn run_as_rank(opts: &GpuOptions, a: &TrainArgs, world: &World) -> Result<()> {
         max_pixels: a.max_pixels,
         quiet: a.quiet,
     };
-    let m = run_train_across(&gpu, &job, &stop, world, a.check_every)?;
+    let ranks = RankOptions {
+        check_every: a.check_every,
+        bucket_bytes: (a.allreduce_bucket_mb as f64 * (1u64 << 20) as f64) as u64,
+    };
+    let m = run_train_across(&gpu, &job, &stop, world, ranks)?;
     if !world.is_root() {
         return Ok(());
     }

@@ -201,6 +201,12 @@ impl<'g> Recorder<'g> {
         self.dispatches
     }
 
+    /// Commands (dispatches, copies, clears) recorded so far: the step index
+    /// the next command will have in the recording.
+    pub fn commands(&self) -> usize {
+        self.commands.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty()
     }
@@ -334,8 +340,19 @@ impl Recording {
     /// Encodes every step into `enc`, for callers that submit several
     /// recordings, or a recording and its readback, at once.
     pub fn encode_into(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder) {
-        gpu.counters
-            .recording(|| self.encode(enc, 0..self.steps.len(), None));
+        self.encode_steps_into(gpu, enc, 0..self.steps.len());
+    }
+
+    /// Encodes steps `steps` (dispatches, copies and clears in recording
+    /// order) into `enc`: a part of the work, for callers that submit it in
+    /// segments.
+    pub fn encode_steps_into(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        steps: std::ops::Range<usize>,
+    ) {
+        gpu.counters.recording(|| self.encode(enc, steps, None));
     }
 
     fn submit_uncounted(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {

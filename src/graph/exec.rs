@@ -36,8 +36,10 @@ pub struct Executable {
     graph: Graph,
     tensors: HashMap<TensorId, DeviceTensor>,
     recording: Recording,
-    /// Dispatches each node of the schedule recorded, in order.
+    /// Dispatches, and recording steps (dispatches, copies, clears), each
+    /// node of the schedule recorded, in order.
     node_dispatches: Vec<usize>,
+    node_steps: Vec<usize>,
     pub schedule: Vec<usize>,
     pub memory: MemoryPlan,
     /// Bytes the computed tensors would take without reuse.
@@ -151,7 +153,11 @@ impl Executable {
         }
 
         gpu.reserve_scratch(&scratch_needs(gpu, graph, &schedule)?)?;
-        let (recording, node_dispatches) = record_nodes(gpu, graph, &tensors, &schedule)?;
+        let Recorded {
+            recording,
+            node_dispatches,
+            node_steps,
+        } = record_nodes(gpu, graph, &tensors, &schedule)?;
         let unplanned_bytes = life_list.iter().map(|l| l.bytes).sum();
         let owned_input_bytes = graph
             .tensors
@@ -167,6 +173,7 @@ impl Executable {
             tensors,
             recording,
             node_dispatches,
+            node_steps,
             schedule,
             memory,
             unplanned_bytes,
@@ -240,6 +247,16 @@ impl Executable {
         self.recording.encode_into(&self.gpu, enc);
     }
 
+    /// Appends the recorded work of the schedule's positions `positions`
+    /// (nodes `schedule[positions]`) to `enc`: runs that submit the plan in
+    /// segments encode consecutive ranges that together cover the schedule.
+    pub fn encode_part(&self, enc: &mut wgpu::CommandEncoder, positions: std::ops::Range<usize>) {
+        let first: usize = self.node_steps[..positions.start].iter().sum();
+        let count: usize = self.node_steps[positions].iter().sum();
+        self.recording
+            .encode_steps_into(&self.gpu, enc, first..first + count);
+    }
+
     /// A readback of `targets`, made once and encoded after every run.
     pub fn readback(&self, targets: &[TensorId]) -> Result<Readback> {
         let tensors: Vec<&DeviceTensor> = targets
@@ -295,7 +312,7 @@ impl Executable {
         }
         let mut out = Vec::new();
         for (name, nodes) in stages {
-            let (recording, _) = record_nodes(&self.gpu, &self.graph, &self.tensors, &nodes)?;
+            let recording = record_nodes(&self.gpu, &self.graph, &self.tensors, &nodes)?.recording;
             let t = std::time::Instant::now();
             recording.submit(&self.gpu)?;
             self.gpu.wait()?;
@@ -331,7 +348,8 @@ impl Executable {
             let seconds = if device.is_some() {
                 dispatch_seconds.by_ref().take(dispatches).sum()
             } else {
-                let (recording, _) = record_nodes(&self.gpu, &self.graph, &self.tensors, &[n])?;
+                let recording =
+                    record_nodes(&self.gpu, &self.graph, &self.tensors, &[n])?.recording;
                 let t = std::time::Instant::now();
                 recording.submit(&self.gpu)?;
                 self.gpu.wait()?;
@@ -377,14 +395,20 @@ pub fn scratch_needs(gpu: &Gpu, graph: &Graph, nodes: &[usize]) -> Result<Vec<Sc
     Ok(needs)
 }
 
-/// Records the dispatches of `nodes`, in order, over the tensors' buffers;
-/// also returns how many dispatches each node recorded.
+/// The recording of some nodes and what each node put in it.
+struct Recorded {
+    recording: Recording,
+    node_dispatches: Vec<usize>,
+    node_steps: Vec<usize>,
+}
+
+/// Records the dispatches of `nodes`, in order, over the tensors' buffers.
 fn record_nodes(
     gpu: &Gpu,
     graph: &Graph,
     tensors: &HashMap<TensorId, DeviceTensor>,
     nodes: &[usize],
-) -> Result<(Recording, Vec<usize>)> {
+) -> Result<Recorded> {
     gpu.counters
         .recording(|| record_nodes_uncounted(gpu, graph, tensors, nodes))
 }
@@ -394,9 +418,10 @@ fn record_nodes_uncounted(
     graph: &Graph,
     tensors: &HashMap<TensorId, DeviceTensor>,
     nodes: &[usize],
-) -> Result<(Recording, Vec<usize>)> {
+) -> Result<Recorded> {
     let mut rec = Recorder::new(gpu);
     let mut dispatches = Vec::with_capacity(nodes.len());
+    let mut steps = Vec::with_capacity(nodes.len());
     for &n in nodes {
         let node = &graph.nodes[n];
         let get = |t: &TensorId| {
@@ -406,11 +431,16 @@ fn record_nodes_uncounted(
         };
         let ins: Vec<&DeviceTensor> = node.inputs.iter().map(get).collect::<Result<_>>()?;
         let outs: Vec<&DeviceTensor> = node.outputs.iter().map(get).collect::<Result<_>>()?;
-        let before = rec.dispatches();
+        let (dispatches_before, steps_before) = (rec.dispatches(), rec.commands());
         node.op.record(&mut rec, &ins, &outs)?;
-        dispatches.push(rec.dispatches() - before);
+        dispatches.push(rec.dispatches() - dispatches_before);
+        steps.push(rec.commands() - steps_before);
     }
-    Ok((rec.finish()?, dispatches))
+    Ok(Recorded {
+        recording: rec.finish()?,
+        node_dispatches: dispatches,
+        node_steps: steps,
+    })
 }
 
 /// Runs one op eagerly on the GPU: upload, record, run, download.

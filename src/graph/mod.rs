@@ -8,6 +8,7 @@ pub mod exec;
 pub mod plan;
 pub mod reference;
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -293,6 +294,72 @@ impl Graph {
         (0..self.nodes.len()).filter(|i| keep[*i]).collect()
     }
 
+    /// The order the GPU runs the nodes for `targets`: `live_nodes`, except
+    /// that a node which only updates state no other node touches (a
+    /// gradient accumulator: it mutates its sum and has no read outputs) runs
+    /// right after the last node that writes one of its inputs. In a training
+    /// step each gradient is then folded into its sum, and its memory freed,
+    /// as soon as the backward pass produces it, so the sums of the last
+    /// layers are final early in the backward pass, where their all-reduce
+    /// can overlap the rest of it (`jobs::allreduce`). Same results: every
+    /// node still runs after everything it reads.
+    pub fn schedule(&self, targets: &[TensorId]) -> Vec<usize> {
+        let live = self.live_nodes(targets);
+        let storage = |t: &TensorId| self.info(*t).storage;
+        let mut touched_by: HashMap<TensorId, Vec<usize>> = HashMap::new();
+        for &n in &live {
+            let node = &self.nodes[n];
+            for t in node.inputs.iter().chain(&node.outputs) {
+                let nodes = touched_by.entry(storage(t)).or_default();
+                if nodes.last() != Some(&n) {
+                    nodes.push(n);
+                }
+            }
+        }
+        let targeted: HashSet<TensorId> = targets.iter().map(storage).collect();
+        let private = |n: usize, t: &TensorId| {
+            !targeted.contains(&storage(t)) && touched_by[&storage(t)] == [n]
+        };
+        let is_sink = |n: usize| {
+            let node = &self.nodes[n];
+            let mutated = node.op.mutates();
+            !mutated.is_empty()
+                && node.outputs.iter().all(|t| private(n, t))
+                && mutated.iter().all(|&i| private(n, &node.inputs[i]))
+        };
+        // The live position after which each sink can run; None: at the start.
+        let mut last_writer: HashMap<TensorId, usize> = HashMap::new();
+        let mut at_start = Vec::new();
+        let mut after: Vec<Vec<usize>> = vec![Vec::new(); live.len()];
+        for (position, &n) in live.iter().enumerate() {
+            let node = &self.nodes[n];
+            if is_sink(n) {
+                let ready = node
+                    .inputs
+                    .iter()
+                    .filter_map(|t| last_writer.get(&storage(t)).copied())
+                    .max();
+                match ready {
+                    Some(p) => after[p].push(n),
+                    None => at_start.push(n),
+                }
+                continue;
+            }
+            let mutated = node.op.mutates().iter().map(|&i| &node.inputs[i]);
+            for t in node.outputs.iter().chain(mutated) {
+                last_writer.insert(storage(t), position);
+            }
+        }
+        let mut order = at_start;
+        for (position, &n) in live.iter().enumerate() {
+            if !is_sink(n) {
+                order.push(n);
+                order.append(&mut after[position]);
+            }
+        }
+        order
+    }
+
     /// Total floating-point operations of the given nodes.
     pub fn flops(&self, nodes: &[usize]) -> u64 {
         nodes
@@ -303,5 +370,31 @@ impl Graph {
                 n.op.flops(&shapes)
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::elementwise::{Unary, UnaryKind};
+    use crate::ops::optim::GradAccumulate;
+
+    #[test]
+    fn a_gradient_accumulator_runs_as_soon_as_its_gradient_exists_and_others_keep_their_order() {
+        let mut g = Graph::new();
+        let x = g.input("x", [4]);
+        let keep = g.input("keep", [1]);
+        let (sum_a, sum_b) = (g.param("sum.a", [4]), g.param("sum.b", [4]));
+        let a = g.apply1(Unary(UnaryKind::Relu), &[x]).unwrap();
+        let b = g.apply1(Unary(UnaryKind::Scale(2.0)), &[a]).unwrap();
+        let c = g.apply1(Unary(UnaryKind::Relu), &[b]).unwrap();
+        let accumulate = GradAccumulate { scale: 1.0 };
+        g.apply(accumulate, &[sum_b, b, keep]).unwrap(); // node 3
+        g.apply(accumulate, &[sum_a, a, keep]).unwrap(); // node 4
+        assert_eq!(g.live_nodes(&[c]), [0, 1, 2, 3, 4]);
+        assert_eq!(g.schedule(&[c]), [0, 4, 1, 3, 2]);
+        // A sum something else reads stays where it was added.
+        let read = g.apply1(Unary(UnaryKind::Relu), &[sum_a]).unwrap();
+        assert_eq!(g.schedule(&[c, read]), [0, 1, 3, 2, 4, 5]);
     }
 }

@@ -81,7 +81,7 @@ pub struct StoragePlan {
 /// the step that writes it to the last step that reads it (targets to the
 /// end), and storages with disjoint lives share a slot.
 pub fn plan_storages(graph: &Graph, targets: &[TensorId]) -> StoragePlan {
-    let schedule = graph.live_nodes(targets);
+    let schedule = graph.schedule(targets);
     let mut lives: HashMap<TensorId, Lifetime> = HashMap::new();
     for (step, &n) in schedule.iter().enumerate() {
         let node = &graph.nodes[n];

@@ -67,7 +67,9 @@ impl World {
     #[cfg(feature = "mpi")]
     fn join(_announced: usize, local_rank: Option<usize>) -> Result<World> {
         use mpi::traits::Communicator;
-        let universe = mpi::initialize()
+        // Funneled: other threads (the data loader, the device worker of
+        // `jobs::allreduce`) run beside MPI, but only this one calls it.
+        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
             .ok_or_else(|| Error::Internal("MPI was initialised twice in one process".into()))?;
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);

@@ -1,6 +1,7 @@
 //! The jobs users run (extraction, training, search, evaluation, matching,
 //! benchmarks), each built on the model and engine layers below it.
 
+pub mod allreduce;
 pub mod bench;
 pub mod collection;
 pub mod dataset;

@@ -23,6 +23,7 @@ use crate::graph::exec::{scratch_needs, Executable, ParamStore};
 use crate::graph::plan::plan_storages;
 use crate::graph::{Graph, TensorId, TensorKind};
 use crate::io::weights::WeightFile;
+use crate::jobs::allreduce::{Buckets, StepTimes, DEFAULT_BUCKET_MIB};
 use crate::jobs::dataset::{make_batch, Augment, Batch, Dataset};
 use crate::jobs::distributed::{checksum, data_index, World};
 use crate::model::builder::{ParamSpec, Role};
@@ -229,6 +230,29 @@ pub struct StepMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attention_accuracy: Option<f32>,
     pub images_per_s: f64,
+    /// Under MPI: where rank 0's step spent its time.
+    #[serde(flatten)]
+    pub times: Option<StepTimes>,
+}
+
+/// How a rank of a data-parallel run works with the others.
+#[derive(Clone, Copy, Debug)]
+pub struct RankOptions {
+    /// Steps between checks that every rank holds the same parameters (0:
+    /// only at the end).
+    pub check_every: u64,
+    /// Gradient bytes per all-reduce bucket (`jobs::allreduce`); 0 reduces
+    /// all of them at once after the backward pass.
+    pub bucket_bytes: u64,
+}
+
+impl Default for RankOptions {
+    fn default() -> Self {
+        RankOptions {
+            check_every: 0,
+            bucket_bytes: DEFAULT_BUCKET_MIB << 20,
+        }
+    }
 }
 
 const VELOCITY: &str = "optimizer.velocity.";
@@ -726,20 +750,25 @@ fn keep_metrics_up_to(path: &Path, step: u64) -> Result<()> {
 
 /// Trains, resuming from `run/checkpoint.safetensors` when it exists.
 pub fn run_train(gpu: &Arc<Gpu>, job: &TrainJob, stop: &AtomicBool) -> Result<StepMetrics> {
-    run_train_across(gpu, job, stop, &World::single(), 0)
+    run_train_across(gpu, job, stop, &World::single(), RankOptions::default())
 }
 
-/// The device tensors of the gradient sums, in the update graph's order
-/// (the same on every rank).
-fn gradient_sums<'a>(sg: &StepGraph, store: &'a ParamStore) -> Result<Vec<&'a DeviceTensor>> {
-    sg.update
+/// The gradient sums: their tensors in the micro-batch graph and on the
+/// device, in the graph's order (the same on every rank).
+fn gradient_sums<'a>(
+    sg: &StepGraph,
+    store: &'a ParamStore,
+) -> Result<Vec<(TensorId, &'a DeviceTensor)>> {
+    sg.graph
         .tensors
         .iter()
-        .filter(|i| i.name.starts_with(GRAD_SUM))
-        .map(|i| {
-            store
+        .enumerate()
+        .filter(|(_, i)| i.kind == TensorKind::Param && i.name.starts_with(GRAD_SUM))
+        .map(|(k, i)| {
+            let t = store
                 .get(&i.name)
-                .ok_or_else(|| Error::Internal(format!("no device tensor '{}'", i.name)))
+                .ok_or_else(|| Error::Internal(format!("no device tensor '{}'", i.name)))?;
+            Ok((TensorId(k), t))
         })
         .collect()
 }
@@ -755,7 +784,7 @@ fn download_concat(gpu: &Gpu, tensors: &[&DeviceTensor]) -> Result<Vec<f32>> {
 
 /// Writes consecutive parts of `values` back into `tensors` (the inverse of
 /// `download_concat`).
-fn upload_split(gpu: &Gpu, tensors: &[&DeviceTensor], values: &[f32]) -> Result<()> {
+pub(crate) fn upload_split(gpu: &Gpu, tensors: &[&DeviceTensor], values: &[f32]) -> Result<()> {
     let mut at = 0;
     for t in tensors {
         let n = t.shape.numel();
@@ -825,21 +854,22 @@ fn average_rank_state(gpu: &Gpu, sg: &StepGraph, store: &ParamStore, world: &Wor
 
 /// Trains as one of the ranks of `world` (see `jobs::distributed`): each rank
 /// runs its own disjoint micro-batches of every step, the gradient sums are
-/// added up across the ranks once per step (one all-reduce of their
-/// concatenation, after the last micro-batch; not bucketed or overlapped with
-/// the backward pass), and every rank applies the same update. Batch norm uses
+/// added up across the ranks during the last micro-batch's backward pass (in
+/// buckets of `ranks.bucket_bytes`, see `jobs::allreduce`), and every rank
+/// applies the same update. Batch norm uses
 /// each rank's own micro-batch statistics, like one process with
 /// `--accumulate accumulate × ranks`; the running statistics are averaged
 /// across the ranks before each checkpoint. Only rank 0 writes files. Every
-/// `check_every` steps (0: only at the end) the ranks compare a checksum of
-/// their parameters.
+/// `ranks.check_every` steps (0: only at the end) the ranks compare a
+/// checksum of their parameters.
 pub fn run_train_across(
     gpu: &Arc<Gpu>,
     job: &TrainJob,
     stop: &AtomicBool,
     world: &World,
-    check_every: u64,
+    ranks: RankOptions,
 ) -> Result<StepMetrics> {
+    let check_every = ranks.check_every;
     let cfg = &job.config;
     let root = world.is_root();
     let io_err = |p: &Path, e: std::io::Error| Error::File {
@@ -943,7 +973,31 @@ pub fn run_train_across(
     let sg = &step_graph;
     let (exe, update) = sg.executables(gpu, &store)?;
 
-    let grad_sums = gradient_sums(sg, &store)?;
+    // A single rank has nothing to reduce and runs each micro-batch whole.
+    let buckets = if world.size() > 1 {
+        let sums = gradient_sums(sg, &store)?;
+        let buckets = Buckets::new(gpu, &sg.graph, &exe, &sums, ranks.bucket_bytes)?;
+        if root && !job.quiet {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            let buckets_said: Vec<String> = buckets
+                .bytes()
+                .iter()
+                .zip(buckets.ready_shares(&sg.graph, &exe))
+                .map(|(&b, share)| format!("{:.1} MiB after {:.0} %", mib(b), share * 100.0))
+                .collect();
+            eprintln!(
+                "all-reduce of {:.1} MiB of gradients per step in {} bucket(s), each final \
+                 after a share of the micro-batch's {:.1} GFLOP: {}",
+                mib(buckets.bytes().iter().sum()),
+                buckets.len(),
+                exe.flops as f64 / 1e9,
+                buckets_said.join(", ")
+            );
+        }
+        Some(buckets)
+    } else {
+        None
+    };
 
     // Only rank 0 writes: the other ranks' lines would be the same.
     let metrics_path = job.run.join("metrics.jsonl");
@@ -1022,6 +1076,7 @@ pub fn run_train_across(
         // Sums over the micro-batches: the losses, then the accuracies.
         let losses = sg.outputs.len();
         let mut sums = vec![0f32; losses + 2];
+        let mut times = StepTimes::default();
         for k in 0..cfg.accumulate {
             let batch = rx
                 .recv()
@@ -1032,7 +1087,18 @@ pub fn run_train_across(
             exe.set_input(sg.images, &batch.images)?;
             exe.set_input(sg.labels, &batch.labels)?;
             exe.set_input(sg.keep, &Tensor::new([1], vec![(k > 0) as u8 as f32])?)?;
-            exe.run()?;
+            match &buckets {
+                Some(buckets) if k + 1 == cfg.accumulate => {
+                    let compute_before = times.compute_s;
+                    times = buckets.run_and_reduce(gpu, &exe, world)?;
+                    times.compute_s += compute_before;
+                }
+                _ => {
+                    let t = std::time::Instant::now();
+                    exe.run()?;
+                    times.compute_s += t.elapsed().as_secs_f64();
+                }
+            }
             for (sum, &t) in sums.iter_mut().zip(&sg.outputs) {
                 *sum += exe.read(t)?.data[0];
             }
@@ -1041,24 +1107,23 @@ pub fn run_train_across(
                 sums[losses + 1] += argmax_accuracy(&exe.read(logits)?, &batch.labels);
             }
         }
-        // One all-reduce per step carries the gradient sums, the metric sums
-        // and whether any rank was asked to stop.
+        // The gradient sums were reduced with the backward pass; the metric
+        // sums and whether any rank was asked to stop follow.
         let stopping = if world.size() > 1 {
-            let mut reduced = download_concat(gpu, &grad_sums)?;
-            let grads = reduced.len();
-            reduced.extend(&sums);
-            reduced.push(stop.load(Ordering::SeqCst) as u8 as f32);
-            world.all_reduce_sum_f32(&mut reduced);
-            upload_split(gpu, &grad_sums, &reduced[..grads])?;
-            let metric_sums = sums.len();
-            sums.copy_from_slice(&reduced[grads..grads + metric_sums]);
-            reduced[grads + metric_sums] > 0.0
+            let mut shared = sums.clone();
+            shared.push(stop.load(Ordering::SeqCst) as u8 as f32);
+            world.all_reduce_sum_f32(&mut shared);
+            let stop_flag = shared.pop().unwrap_or(0.0);
+            sums.copy_from_slice(&shared);
+            stop_flag > 0.0
         } else {
             stop.load(Ordering::SeqCst)
         };
         let lr = cfg.learning_rate(step);
+        let update_started = std::time::Instant::now();
         update.set_input(sg.lr, &Tensor::new([1], vec![lr])?)?;
         update.run()?;
+        times.update_s = update_started.elapsed().as_secs_f64();
         let micro_batches = (cfg.accumulate * world.size()) as f32;
         let mean: Vec<f32> = sums.iter().map(|v| v / micro_batches).collect();
         // A second classifier comes with DELG's local-head losses.
@@ -1075,6 +1140,7 @@ pub fn run_train_across(
             attention_accuracy: local_head.then(|| mean[losses + 1]),
             images_per_s: (cfg.batch * cfg.accumulate * world.size()) as f64
                 / t0.elapsed().as_secs_f64(),
+            times: buckets.is_some().then_some(times),
         };
         if !last.loss.is_finite() {
             return Err(Error::Diverged {
