@@ -73,6 +73,8 @@ def global_block(b, dim):
 
 def global_rows(start, end, dim):
     """Rows start..end of the collection."""
+    if end <= start:
+        return np.empty((0, dim), dtype=np.float32)
     blocks = [global_block(b, dim) for b in range(start // BLOCK, (end - 1) // BLOCK + 1)]
     first = (start // BLOCK) * BLOCK
     return np.concatenate(blocks)[start - first : end - first]
