@@ -43,20 +43,20 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Images per micro-batch: what one forward and backward pass holds in device memory.
-    #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>, default_value_t = 16)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>, default_value_t = TrainOptions::default().batch)]
     pub batch: usize,
     /// Micro-batches averaged into one SGD step (effective batch = batch × accumulate);
     /// batch norm statistics stay per micro-batch.
-    #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>, default_value_t = 1)]
+    #[arg(long, value_parser = checks::int_in::<usize, 1, 4096>, default_value_t = TrainOptions::default().accumulate)]
     pub accumulate: usize,
     /// Square training size (the paper's is 512).
-    #[arg(long, value_parser = checks::int_in::<usize, 32, 4096>, default_value_t = 512)]
+    #[arg(long, value_parser = checks::int_in::<usize, 32, 4096>, default_value_t = TrainOptions::default().image_size)]
     pub size: usize,
     /// SGD steps of the whole run (the schedule spans them).
-    #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = 1000)]
+    #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = TrainOptions::default().steps)]
     pub steps: u64,
     /// Initial learning rate.
-    #[arg(long, value_parser = checks::positive, default_value_t = 0.01)]
+    #[arg(long, value_parser = checks::positive, default_value_t = TrainOptions::default().lr)]
     pub lr: f32,
     /// linear or cosine (with --warmup steps). Default: linear for DELG,
     /// cosine with a warm-up over the first 5% of the steps for DOLG.
@@ -66,7 +66,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = checks::int_in::<u64, 0, 1_000_000_000>)]
     pub warmup: Option<u64>,
     /// SGD momentum.
-    #[arg(long, value_parser = checks::fraction_f32, default_value_t = 0.9)]
+    #[arg(long, value_parser = checks::fraction_f32, default_value_t = TrainOptions::default().momentum)]
     pub momentum: f32,
     /// Nesterov momentum (default: off for DELG, on for DOLG).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -88,19 +88,19 @@ pub struct TrainArgs {
     #[arg(long)]
     pub plain_arcface: bool,
     /// DELG: weight of the attention head's classification loss.
-    #[arg(long, value_parser = checks::non_negative, default_value_t = 1.0)]
+    #[arg(long, value_parser = checks::non_negative, default_value_t = TrainOptions::default().attention_weight)]
     pub attention_weight: f32,
     /// DELG: weight of the local descriptors' reconstruction loss.
-    #[arg(long, value_parser = checks::non_negative, default_value_t = 10.0)]
+    #[arg(long, value_parser = checks::non_negative, default_value_t = TrainOptions::default().reconstruction_weight)]
     pub reconstruction_weight: f32,
     /// Seed of the initialisation, the validation split, batch order and augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainOptions::default().seed)]
     pub seed: u64,
     /// Steps between checkpoints (a run resumes from the last one).
-    #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = 500)]
+    #[arg(long, value_parser = checks::int_in::<u64, 1, 1_000_000_000>, default_value_t = TrainOptions::default().checkpoint_every)]
     pub checkpoint_every: u64,
     /// Fraction of the images held out to measure validation accuracy.
-    #[arg(long, value_parser = checks::fraction, default_value_t = 0.2)]
+    #[arg(long, value_parser = checks::fraction, default_value_t = TrainOptions::default().val_fraction)]
     pub val_fraction: f64,
     /// Random horizontal flips (default: off for DELG, on for DOLG).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]

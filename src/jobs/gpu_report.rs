@@ -430,25 +430,10 @@ fn measure_train_step(
     use crate::jobs::train::{build_step, upload_state, TrainOptions};
     let options = TrainOptions {
         batch: shape.batch,
-        accumulate: 1,
         image_size: shape.image_size,
-        steps: 1000,
-        lr: 0.01,
-        schedule: None,
-        warmup: None,
-        momentum: 0.9,
-        nesterov: None,
-        weight_decay: None,
-        clip_norm: None,
-        arcface_margin: None,
-        arcface_scale: None,
-        plain_arcface: false,
-        attention_weight: 1.0,
-        reconstruction_weight: 10.0,
-        seed: 0,
         checkpoint_every: 1000,
         val_fraction: 0.0,
-        flip: None,
+        ..Default::default()
     };
     let cfg = options.resolve(model.clone(), shape.classes)?;
     let sg = build_step(&cfg)?;

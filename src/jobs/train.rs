@@ -140,6 +140,35 @@ pub struct TrainOptions {
     pub flip: Option<bool>,
 }
 
+/// The command line's defaults (`delg-gpu train` takes its defaults from
+/// here): every `None` is the architecture's recipe value.
+impl Default for TrainOptions {
+    fn default() -> TrainOptions {
+        TrainOptions {
+            batch: 16,
+            accumulate: 1,
+            image_size: 512,
+            steps: 1000,
+            lr: 0.01,
+            schedule: None,
+            warmup: None,
+            momentum: 0.9,
+            nesterov: None,
+            weight_decay: None,
+            clip_norm: None,
+            arcface_margin: None,
+            arcface_scale: None,
+            plain_arcface: false,
+            attention_weight: 1.0,
+            reconstruction_weight: 10.0,
+            seed: 0,
+            checkpoint_every: 500,
+            val_fraction: 0.2,
+            flip: None,
+        }
+    }
+}
+
 impl TrainOptions {
     /// The full configuration for training `model` on `classes` classes.
     pub fn resolve(&self, model: ModelConfig, classes: usize) -> Result<TrainConfig> {
@@ -1296,25 +1325,11 @@ mod tests {
     fn options() -> TrainOptions {
         TrainOptions {
             batch: 2,
-            accumulate: 1,
             image_size: 64,
             steps: 200,
-            lr: 0.01,
-            schedule: None,
-            warmup: None,
-            momentum: 0.9,
-            nesterov: None,
-            weight_decay: None,
-            clip_norm: None,
-            arcface_margin: None,
-            arcface_scale: None,
-            plain_arcface: false,
-            attention_weight: 1.0,
-            reconstruction_weight: 10.0,
-            seed: 0,
             checkpoint_every: 0,
             val_fraction: 0.0,
-            flip: None,
+            ..Default::default()
         }
     }
 
