@@ -21,7 +21,7 @@ fn run(args: &[String]) -> delg_gpu::Result<()> {
         [] => {
             let dir = common::scratch("extract")?;
             for scene in 0..4 {
-                let image = delg_gpu::jobs::demo::render_scene(scene, 0, 128);
+                let image = delg_gpu::render_scene(scene, 0, 128);
                 common::save(&image, &dir.join(format!("scene{scene}.png")))?;
             }
             (dir.clone(), dir.join("features"))

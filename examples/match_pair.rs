@@ -21,7 +21,7 @@ fn run(args: &[String]) -> delg_gpu::Result<()> {
     let (a, b) = match args {
         [a, b, ..] => (PathBuf::from(a), PathBuf::from(b)),
         [] => {
-            let pair = delg_gpu::jobs::demo::write_pair(&common::scratch("match")?, 128)?;
+            let pair = delg_gpu::write_pair(&common::scratch("match")?, 128)?;
             (pair.scene, pair.warped)
         }
         _ => {

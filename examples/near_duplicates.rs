@@ -34,12 +34,12 @@ fn run(args: &[String]) -> delg_gpu::Result<()> {
         None => {
             let dir = common::scratch("duplicates")?;
             for scene in 0..3 {
-                let image = delg_gpu::jobs::demo::render_scene(scene, 0, 128);
+                let image = delg_gpu::render_scene(scene, 0, 128);
                 common::save(&image, &dir.join(format!("scene{scene}.png")))?;
             }
-            let copy = delg_gpu::jobs::demo::render_scene(0, 0, 128);
+            let copy = delg_gpu::render_scene(0, 0, 128);
             common::save(&copy, &dir.join("scene0_copy.png"))?;
-            let other_view = delg_gpu::jobs::demo::render_scene(1, 1, 128);
+            let other_view = delg_gpu::render_scene(1, 1, 128);
             common::save(&other_view, &dir.join("scene1_view1.png"))?;
             dir
         }

@@ -120,7 +120,7 @@ impl Model {
 /// let dir = std::env::temp_dir().join(format!("delg-doc-extract-{}", std::process::id()));
 /// std::fs::create_dir_all(&dir).unwrap();
 /// for scene in 0..2 {
-///     let image = delg_gpu::jobs::demo::render_scene(scene, 0, 96);
+///     let image = delg_gpu::render_scene(scene, 0, 96);
 ///     image.save(dir.join(format!("scene{scene}.png"))).unwrap();
 /// }
 ///
@@ -197,7 +197,7 @@ impl Extractor {
     /// let (images, out) = (dir.join("images"), dir.join("features"));
     /// std::fs::create_dir_all(&images).unwrap();
     /// for scene in 0..3 {
-    ///     let image = delg_gpu::jobs::demo::render_scene(scene, 0, 96);
+    ///     let image = delg_gpu::render_scene(scene, 0, 96);
     ///     image.save(images.join(format!("scene{scene}.png"))).unwrap();
     /// }
     /// std::fs::write(images.join("broken.png"), b"not a png").unwrap();
@@ -391,7 +391,7 @@ fn same_size(what: &str, queries: usize, db: usize) -> Result<()> {
 /// let mut extractor = Extractor::new(&gpu, &Model::tiny_random(5)?)?;
 /// let mut db = Vec::new();
 /// for scene in 0..3 {
-///     let mut f = extractor.extract(&delg_gpu::jobs::demo::render_scene(scene, 0, 96))?;
+///     let mut f = extractor.extract(&delg_gpu::render_scene(scene, 0, 96))?;
 ///     f.id = format!("scene{scene}");
 ///     db.push(f);
 /// }
@@ -456,7 +456,7 @@ pub struct Verified {
 /// # fn main() -> delg_gpu::Result<()> {
 /// let gpu = Gpu::new(&GpuOptions::default())?;
 /// let mut extractor = Extractor::new(&gpu, &Model::tiny_random(9)?)?;
-/// let image = extractor.extract(&delg_gpu::jobs::demo::render_scene(4, 0, 96))?;
+/// let image = extractor.extract(&delg_gpu::render_scene(4, 0, 96))?;
 ///
 /// // An image against itself: all keypoints verify and the transform is the identity.
 /// let verified = match_features(&image, &image, &MatchParams::default(), &RansacParams::default())?;

@@ -24,7 +24,9 @@
 //!   DELG's re-ranking by local matching, returning [`Hit`]s;
 //! - [`match_features`]: two images' local features matched and verified
 //!   with RANSAC ([`Verified`]: correspondences, inliers, the fitted
-//!   [`Transform`]).
+//!   [`Transform`]);
+//! - [`render_scene`] and [`write_pair`]: the demo's generated scenes (free
+//!   to redistribute, with ground truth), for trying things out and for tests.
 //!
 //! A tour: extract three images, store them, search, and match a pair.
 //!
@@ -40,9 +42,9 @@
 //!
 //! // Two views of one generated scene and a view of another.
 //! let images = [
-//!     delg_gpu::jobs::demo::render_scene(1, 0, 128),
-//!     delg_gpu::jobs::demo::render_scene(1, 1, 128),
-//!     delg_gpu::jobs::demo::render_scene(2, 0, 128),
+//!     delg_gpu::render_scene(1, 0, 128),
+//!     delg_gpu::render_scene(1, 1, 128),
+//!     delg_gpu::render_scene(2, 0, 128),
 //! ];
 //! let mut features = Vec::new();
 //! for (i, image) in images.iter().enumerate() {
@@ -154,6 +156,7 @@ pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};
 pub use image::RgbImage;
 pub use io::features::{FeatureFiles, FeatureSet, ImageFeatures};
+pub use jobs::demo::{render_scene, write_pair, DemoPair};
 pub use jobs::extract::{ExtractConfig, ExtractSummary, PixelNorm};
 pub use jobs::local_match::MatchOn;
 pub use jobs::pair::PairMatch;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use engine::jobs::demo::render_scene;
+use engine::render_scene;
 
 /// The folder holding libdelg_gpu.so (.dylib), built now: `cargo test`
 /// builds only this crate's test binaries, not the C library itself (and
