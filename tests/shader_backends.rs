@@ -17,6 +17,8 @@ use delg_gpu::gpu::shader::validate;
 use delg_gpu::gpu::shader::ShaderSpec;
 use delg_gpu::ops::all_shader_specs;
 
+mod naga_out;
+
 #[derive(Clone, Copy, Debug)]
 enum Backend {
     Msl,
@@ -61,34 +63,12 @@ fn generate(spec: &ShaderSpec) -> Generated {
     translate(&label, &src)
 }
 
-/// MSL and HLSL of WGSL `src`, with the options of tests/shaders.rs.
+/// MSL and HLSL of WGSL `src`.
 fn translate(label: &str, src: &str) -> Generated {
     let module = validate(label, src).unwrap_or_else(|e| panic!("{e}"));
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{label}: {e}"));
-    let msl_opts = naga::back::msl::Options {
-        lang_version: (2, 4),
-        ..Default::default()
-    };
-    let (msl, _) = naga::back::msl::write_string(
-        &module,
-        &info,
-        &msl_opts,
-        &naga::back::msl::PipelineOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{label}: MSL: {e}"));
-    let hlsl_opts = naga::back::hlsl::Options {
-        shader_model: naga::back::hlsl::ShaderModel::V6_2,
-        ..Default::default()
-    };
-    let mut hlsl = String::new();
-    naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_opts, &Default::default())
-        .write(&module, &info, None)
-        .unwrap_or_else(|e| panic!("{label}: HLSL: {e}"));
+    let info = naga_out::info(label, &module);
+    let msl = naga_out::msl(label, &module, &info);
+    let hlsl = naga_out::hlsl(label, &module, &info);
     Generated { module, msl, hlsl }
 }
 
