@@ -3,12 +3,13 @@
 //! translation, so it is checked in the MSL and HLSL naga generates from every
 //! tiled specialisation of the shader registry:
 //! - workgroup memory declared (`threadgroup` / `groupshared`);
-//! - workgroup barriers (`threadgroup_barrier` / `GroupMemoryBarrierWithGroupSync`)
-//!   around the tile loads;
-//! - the multiply-accumulate phase (the code between two barriers that reads
-//!   the tiles and writes none of them) free of branches other than the loop
-//!   control naga emits, and calling no shader function, so no per-element
-//!   bounds check hides there or in a helper.
+//! - two workgroup barriers (`threadgroup_barrier` /
+//!   `GroupMemoryBarrierWithGroupSync`) after the first tile store;
+//! - the multiply-accumulate loop (the outermost loop that multiplies from the
+//!   tiles and stores none of them; the K loop around it, which stages the
+//!   tiles, must hold a barrier) free of branches other than the loop control
+//!   naga emits, and calling no shader function, so no per-element bounds
+//!   check hides there or in a helper.
 //!
 //! The subgroup-broadcast variants are checked to lower to the backends' lane
 //! exchange (`simd_broadcast`/`simd_shuffle` in MSL, `WaveReadLaneAt` in HLSL).
@@ -72,16 +73,13 @@ fn translate(label: &str, src: &str) -> Generated {
     Generated { module, msl, hlsl }
 }
 
-/// The text of the function named `entry`: from its name to the brace that
-/// closes its body.
-fn function_text<'a>(code: &'a str, entry: &str) -> &'a str {
-    let start = code
-        .match_indices(entry)
-        .map(|(i, _)| i)
-        .find(|&i| code[i + entry.len()..].trim_start().starts_with('('))
-        .unwrap_or_else(|| panic!("function {entry} not found"));
-    let open = start + code[start..].find('{').expect("function body");
-    &code[start..=matching(code, open)]
+/// The text of the function named `name`, from its name to the brace that
+/// closes its body; None when the backend did not write it (or renamed it).
+fn function_text<'a>(code: &'a str, name: &str) -> Option<&'a str> {
+    let start = word_positions(code, name)
+        .find(|&i| code[i + name.len()..].trim_start().starts_with('('))?;
+    let open = start + code[start..].find('{')?;
+    Some(&code[start..=matching(code, open)])
 }
 
 /// Index of the bracket closing the one at `open` (`(`, `[` or `{`).
@@ -116,10 +114,10 @@ fn word_positions<'a>(code: &'a str, word: &'a str) -> impl Iterator<Item = usiz
     })
 }
 
-/// Whether `segment` stores into workgroup variable `name` (`name[i] =`, or
+/// Where `segment` stores into workgroup variable `name` (`name[i] =`, or
 /// MSL's `name.inner[i] =`), as opposed to reading it.
-fn writes(segment: &str, name: &str) -> bool {
-    word_positions(segment, name).any(|i| {
+fn store_positions<'a>(segment: &'a str, name: &'a str) -> impl Iterator<Item = usize> + 'a {
+    word_positions(segment, name).filter(move |&i| {
         let mut rest = &segment[i + name.len()..];
         if let Some(r) = rest.strip_prefix(".inner") {
             rest = r;
@@ -132,6 +130,10 @@ fn writes(segment: &str, name: &str) -> bool {
         let after = segment[close + 1..].trim_start();
         after.starts_with('=') && !after.starts_with("==")
     })
+}
+
+fn writes(segment: &str, name: &str) -> bool {
+    store_positions(segment, name).next().is_some()
 }
 
 /// Every `if` in `segment` that is not loop control as naga lowers WGSL
@@ -190,48 +192,81 @@ fn tiled_structure(
             problems.push(format!("workgroup tile {tile} not declared as such"));
         }
     }
-    let body = function_text(code, entry);
-    let cuts: Vec<usize> = body
-        .match_indices(backend.barrier())
-        .map(|(i, _)| i)
-        .collect();
-    if cuts.len() < 2 {
-        problems.push(format!(
-            "{} workgroup barriers, want one after the tile loads and one before they are overwritten",
-            cuts.len()
-        ));
-    }
-    // The multiply-accumulate phase: between two barriers, reads of the tiles
-    // and no write to them (the zero-initialisation and tile loads write).
+    let body = function_text(code, entry).unwrap_or_else(|| panic!("no function {entry}"));
     let helpers: Vec<&str> = module
         .functions
         .iter()
         .filter_map(|(_, f)| f.name.as_deref())
         .collect();
-    let mut compute_phases = 0;
-    for w in cuts.windows(2) {
-        let segment = &body[w[0]..w[1]];
-        let reads = tiles
+    // What stores into a tile: the tile itself, or a helper that does (a
+    // staging function called from the K loop).
+    let tile_writers: Vec<&str> = helpers
+        .iter()
+        .copied()
+        .filter(|h| {
+            function_text(code, h).is_some_and(|text| tiles.iter().any(|t| writes(text, t)))
+        })
+        .collect();
+    let first_store = |text: &str| {
+        let direct = tiles.iter().filter_map(|t| store_positions(text, t).next());
+        let called = tile_writers
             .iter()
-            .any(|t| word_positions(segment, t).next().is_some());
-        if !reads || tiles.iter().any(|t| writes(segment, t)) {
-            continue;
-        }
-        compute_phases += 1;
-        if !segment.contains('*') {
-            problems.push("the phase that reads the tiles multiplies nothing".into());
-        }
-        for branch in data_branches(segment) {
-            problems.push(format!("branch in the multiply-accumulate phase: {branch}"));
+            .filter_map(|h| word_positions(text, h).next());
+        direct.chain(called).min()
+    };
+    let stores_tiles = |text: &str| first_store(text).is_some();
+    // Barriers after the first tile store (naga's zero-initialisation of
+    // workgroup memory has its own, before it): one between the loads and
+    // the arithmetic, one before the tiles are stored again.
+    let first_store = first_store(body).unwrap_or(body.len());
+    let barriers = body[first_store..].matches(backend.barrier()).count();
+    if barriers < 2 {
+        problems.push(format!(
+            "{barriers} workgroup barriers after the tile loads, want one before the arithmetic and one before the tiles are stored again"
+        ));
+    }
+    // The multiply-accumulate loop: the outermost loop that reads the tiles,
+    // multiplies, and stores no tile (the K loop around it does).
+    let loops: Vec<(usize, usize)> = word_positions(body, "while")
+        .filter_map(|i| {
+            let open = i + body[i..].find('{')?;
+            Some((open, matching(body, open)))
+        })
+        .collect();
+    let mac = |&(o, c): &(usize, usize)| {
+        let text = &body[o..=c];
+        tiles
+            .iter()
+            .any(|t| word_positions(text, t).next().is_some())
+            && text.contains('*')
+            && !stores_tiles(text)
+    };
+    let candidates: Vec<(usize, usize)> = loops.iter().copied().filter(mac).collect();
+    let outermost: Vec<(usize, usize)> = candidates
+        .iter()
+        .copied()
+        .filter(|&(o, c)| !candidates.iter().any(|&(po, pc)| po < o && c < pc))
+        .collect();
+    if outermost.is_empty() {
+        problems.push("no loop that multiplies from the tiles without storing them".into());
+    }
+    for &(o, c) in &outermost {
+        let text = &body[o..=c];
+        for branch in data_branches(text) {
+            problems.push(format!("branch in the multiply-accumulate loop: {branch}"));
         }
         for helper in &helpers {
-            if word_positions(segment, helper).next().is_some() {
-                problems.push(format!("the multiply-accumulate phase calls {helper}"));
+            if word_positions(text, helper).next().is_some() {
+                problems.push(format!("the multiply-accumulate loop calls {helper}"));
             }
         }
-    }
-    if compute_phases == 0 {
-        problems.push("no phase between barriers that only reads the tiles".into());
+        let k_loop = loops
+            .iter()
+            .filter(|&&(po, pc)| po < o && c < pc)
+            .max_by_key(|&&(po, _)| po);
+        if !k_loop.is_some_and(|&(po, pc)| body[po..=pc].contains(backend.barrier())) {
+            problems.push("the loop around the multiply-accumulate loop has no barrier".into());
+        }
     }
     problems
 }
@@ -281,7 +316,7 @@ fn structure_check_catches_broken_kernels() {
     let broken = [
         (
             "bounds branch",
-            "branch in the multiply-accumulate phase",
+            "branch in the multiply-accumulate loop",
             good.replacen(
                 inner,
                 "if (row0 + i < p.m) { acc[i][j] += av[i] * bv[j]; }",
@@ -293,12 +328,16 @@ fn structure_check_catches_broken_kernels() {
             "calls load_b",
             good.replacen(inner, "acc[i][j] += av[i] * load_b(kk, j);", 1),
         ),
-        ("missing barrier", "no phase between barriers", {
-            let last = good.rfind("workgroupBarrier();").unwrap();
-            let mut s = good.clone();
-            s.replace_range(last..last + "workgroupBarrier();".len(), "");
-            s
-        }),
+        (
+            "missing barrier",
+            "workgroup barriers after the tile loads",
+            {
+                let last = good.rfind("workgroupBarrier();").unwrap();
+                let mut s = good.clone();
+                s.replace_range(last..last + "workgroupBarrier();".len(), "");
+                s
+            },
+        ),
     ];
     for (what, expected, src) in broken {
         let g = translate(what, &src);
