@@ -58,16 +58,21 @@ fn store_c(row: u32, col: u32, v: f32) {
 // Classic block tiling for GPUs with on-chip workgroup memory: a 64×64 block
 // of C per workgroup, K in steps of 16 through shared tiles, and a 4×4
 // register micro-tile per invocation, strided by 16 so that neighbouring
-// invocations touch neighbouring addresses in shared memory and in C.
+// invocations touch neighbouring addresses in shared memory and in C. The
+// tiles are double-buffered: step k+1 is staged into one buffer while step k
+// is multiplied from the other, with one barrier per step.
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 
 const TBM: u32 = 64u;
 const TBN: u32 = 64u;
 const TBK: u32 = 16u;
+// One buffer of a tile: TBK × TBM (= TBK × TBN).
+const TILE: u32 = 1024u;
 
-var<workgroup> tile_a: array<f32, 1024>; // [k][m], TBK × TBM
-var<workgroup> tile_b: array<f32, 1024>; // [k][n], TBK × TBN
+// Two buffers each (16 KiB in all, WebGPU's guaranteed workgroup storage).
+var<workgroup> tile_a: array<f32, 2048>; // [buffer][k][m]
+var<workgroup> tile_b: array<f32, 2048>; // [buffer][k][n]
 
 fn load_a(row: u32, kk: u32) -> f32 {
     if (row >= p.m || kk >= p.k) {
@@ -89,6 +94,18 @@ fn load_b(kk: u32, col: u32) -> f32 {
     return b[p.shift_b + kk * p.ldb + col];
 }
 
+// Stages K step `k0` into buffer `buf` (0 or TILE) of both tiles: 4
+// elements of each per invocation, consecutive invocations at consecutive
+// addresses, zero outside A and B.
+fn stage_tiles(buf: u32, row0: u32, col0: u32, k0: u32, lid: u32) {
+    for (var e = lid; e < TILE; e += 256u) {
+        let kk = e / TBM;
+        let mn = e % TBM;
+        tile_a[buf + e] = load_a(row0 + mn, k0 + kk);
+        tile_b[buf + e] = load_b(k0 + kk, col0 + mn);
+    }
+}
+
 @compute @workgroup_size(256)
 fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear_group(wid, nwg);
@@ -101,20 +118,20 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let tx = lid % 16u;
     let ty = lid / 16u;
     var acc: array<array<f32, 4>, 4>;
+    var cur = 0u;
+    stage_tiles(cur, row0, col0, 0u, lid);
+    workgroupBarrier();
     for (var k0 = 0u; k0 < p.k; k0 += TBK) {
-        for (var e = lid; e < TBK * TBM; e += 256u) {
-            let kk = e / TBM;
-            let mn = e % TBM;
-            tile_a[e] = load_a(row0 + mn, k0 + kk);
-            tile_b[e] = load_b(k0 + kk, col0 + mn);
+        // Everyone finished reading the other buffer before the last barrier.
+        if (k0 + TBK < p.k) {
+            stage_tiles(TILE - cur, row0, col0, k0 + TBK, lid);
         }
-        workgroupBarrier();
         for (var kk = 0u; kk < TBK; kk++) {
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
             for (var i = 0u; i < 4u; i++) {
-                av[i] = tile_a[kk * TBM + ty + 16u * i];
-                bv[i] = tile_b[kk * TBN + tx + 16u * i];
+                av[i] = tile_a[cur + kk * TBM + ty + 16u * i];
+                bv[i] = tile_b[cur + kk * TBN + tx + 16u * i];
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var j = 0u; j < 4u; j++) {
@@ -123,6 +140,7 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
         workgroupBarrier();
+        cur = TILE - cur;
     }
     for (var i = 0u; i < 4u; i++) {
         let row = row0 + ty + 16u * i;

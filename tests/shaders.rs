@@ -7,36 +7,18 @@ use delg_gpu::gpu::shader::validate;
 use delg_gpu::gpu::{ScalarKind, UniformShape, UniformSlot};
 use delg_gpu::ops::{all_shader_specs, uniform_shape};
 
+mod naga_out;
+
 fn translate_all(label: &str, module: &naga::Module) {
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(module)
-    .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let info = naga_out::info(label, module);
 
     let spv = naga::back::spv::write_vec(module, &info, &Default::default(), None);
     assert!(
         spv.is_ok_and(|w| !w.is_empty()),
         "{label}: SPIR-V translation failed"
     );
-
-    let msl_opts = naga::back::msl::Options {
-        lang_version: (2, 4),
-        ..Default::default()
-    };
-    let pipeline = naga::back::msl::PipelineOptions::default();
-    naga::back::msl::write_string(module, &info, &msl_opts, &pipeline)
-        .unwrap_or_else(|e| panic!("{label}: MSL: {e}"));
-
-    let hlsl_opts = naga::back::hlsl::Options {
-        shader_model: naga::back::hlsl::ShaderModel::V6_2,
-        ..Default::default()
-    };
-    let mut hlsl = String::new();
-    naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_opts, &Default::default())
-        .write(module, &info, None)
-        .unwrap_or_else(|e| panic!("{label}: HLSL: {e}"));
+    naga_out::msl(label, module, &info);
+    naga_out::hlsl(label, module, &info);
 
     for ep in &module.entry_points {
         let glsl_opts = naga::back::glsl::Options {
