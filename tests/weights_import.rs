@@ -27,17 +27,8 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Runs the binary's `weights import`; (success, stdout + stderr).
 fn import(src: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
-    let run = Command::new(env!("CARGO_BIN_EXE_delg-gpu"))
-        .args(["weights", "import"])
-        .arg(src)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
-    (run.status.success(), text)
+    let (src, out) = (src.to_str().unwrap(), out.to_str().unwrap());
+    delg_gpu(&[&["weights", "import", src, "--out", out][..], extra].concat())
 }
 
 fn assert_same_bytes(src: &Path, want: &Path, extra: &[&str], name: &str) {

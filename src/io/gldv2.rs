@@ -35,6 +35,24 @@ pub struct Predictions<T> {
     pub private: HashMap<String, T>,
 }
 
+impl<T> Solution<T> {
+    /// The Public and Private splits: name, ground truth and `predictions`.
+    #[allow(clippy::type_complexity)]
+    pub fn splits<'a, P>(
+        &'a self,
+        predictions: &'a Predictions<P>,
+    ) -> [(
+        &'static str,
+        &'a HashMap<String, Vec<T>>,
+        &'a HashMap<String, P>,
+    ); 2] {
+        [
+            ("Public", &self.public, &predictions.public),
+            ("Private", &self.private, &predictions.private),
+        ]
+    }
+}
+
 /// Recognition solution: landmark ids per query.
 pub fn read_recognition_solution(path: &Path) -> Result<Solution<i64>> {
     read_solution(path)

@@ -451,10 +451,7 @@ pub fn score_gldv2(
         Gldv2Task::Recognition => {
             let sol = gldv2::read_recognition_solution(solution)?;
             let pred = gldv2::read_recognition_predictions(predictions, &sol)?;
-            for (split, s, p) in [
-                ("Public", &sol.public, &pred.public),
-                ("Private", &sol.private, &pred.private),
-            ] {
+            for (split, s, p) in sol.splits(&pred) {
                 scores.push(Gldv2SplitScores {
                     split,
                     queries: s.len(),
@@ -469,10 +466,7 @@ pub fn score_gldv2(
         Gldv2Task::Retrieval => {
             let sol = gldv2::read_retrieval_solution(solution)?;
             let pred = gldv2::read_retrieval_predictions(predictions, &sol)?;
-            for (split, s, p) in [
-                ("Public", &sol.public, &pred.public),
-                ("Private", &sol.private, &pred.private),
-            ] {
+            for (split, s, p) in sol.splits(&pred) {
                 scores.push(Gldv2SplitScores {
                     split,
                     queries: s.len(),
