@@ -38,6 +38,11 @@ pub fn positive_f64(s: &str) -> Result<f64, String> {
     float_where(s, |v| v > 0.0, "a finite number above 0")
 }
 
+/// One of `DeviceProfile::all()`, by name.
+pub fn device_profile(s: &str) -> Result<crate::gpu::DeviceProfile, String> {
+    crate::gpu::DeviceProfile::named(s).map_err(|e| e.to_string())
+}
+
 /// A finite number, 0 or above.
 pub fn non_negative(s: &str) -> Result<f32, String> {
     float_where(s, |v| v >= 0.0, "a finite number, 0 or above").map(|v| v as f32)

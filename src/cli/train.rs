@@ -10,7 +10,7 @@ use super::checks;
 use super::groups::{ModelArgs, MAX_PIXELS};
 use crate::error::{Error, Result};
 use crate::gpu::device::list_adapters;
-use crate::gpu::{Gpu, GpuOptions};
+use crate::gpu::{DeviceProfile, Gpu, GpuOptions};
 use crate::jobs::distributed::World;
 use crate::jobs::train::{run_train_across, DataSource, RankOptions, TrainJob, TrainOptions};
 
@@ -124,6 +124,11 @@ pub struct TrainArgs {
     /// Print the planned device memory of a step on the chosen adapter by category (kernel scratch included) and exit.
     #[arg(long)]
     pub plan_only: bool,
+    /// With --plan-only: plan for a kind of adapter instead of the one
+    /// present, with no device at all (lavapipe-256, lavapipe-512,
+    /// discrete-gpu, wave32-64-gpu, webgpu-baseline, small-bindings).
+    #[arg(long, requires = "plan_only", value_name = "PROFILE", value_parser = checks::device_profile)]
+    pub device_profile: Option<DeviceProfile>,
 }
 
 impl TrainArgs {
@@ -221,7 +226,10 @@ fn run_as_rank(opts: &GpuOptions, a: &TrainArgs, world: &World) -> Result<()> {
     let config = a
         .options()
         .resolve(a.model.model_config()?, data.classes.len())?;
-    let gpu = Gpu::new(&rank_adapter(opts, world)?)?;
+    let gpu = match &a.device_profile {
+        Some(profile) => Gpu::without_device(profile)?,
+        None => Gpu::new(&rank_adapter(opts, world)?)?,
+    };
     if world.size() > 1 {
         rank_line(format!(
             "rank {} of {} (local rank {}): adapter {}; effective batch {} = {} per micro-batch × {} micro-batches × {} ranks",
@@ -235,7 +243,7 @@ fn run_as_rank(opts: &GpuOptions, a: &TrainArgs, world: &World) -> Result<()> {
             world.size()
         ));
     }
-    if world.rank() == 0 {
+    if world.rank() == 0 && gpu.executes() {
         if let Some(note) = gpu.facts.emulation_note(opts.backend.is_some()) {
             rank_line(note);
         }

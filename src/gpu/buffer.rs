@@ -96,6 +96,13 @@ impl Gpu {
         enc: wgpu::CommandEncoder,
         readbacks: &[&Readback],
     ) -> Result<Vec<Vec<Vec<u8>>>> {
+        if !self.executes() {
+            return Err(Error::InvalidArgument(format!(
+                "{} runs no kernels, so it has no results to read: a device profile \
+                 only plans and records (use a real adapter)",
+                self.facts.name
+            )));
+        }
         self.counters.add(Count::Submission, 1);
         self.counters.recording(|| {
             self.scoped("submitting GPU work", || self.queue.submit([enc.finish()]))

@@ -278,6 +278,17 @@ impl Gpu {
         tuning: Option<Tuning>,
         opts: &GpuOptions,
     ) -> Result<Arc<Gpu>> {
+        let facts = AdapterFacts::from(&adapter.get_info());
+        Self::open(adapter, facts, tuning, opts)
+    }
+
+    /// Opens `adapter`, described to the tuning table and reports by `facts`.
+    pub(super) fn open(
+        adapter: wgpu::Adapter,
+        facts: AdapterFacts,
+        tuning: Option<Tuning>,
+        opts: &GpuOptions,
+    ) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let features = adapter.features() & OPTIONAL_FEATURES;
         let limits = adapter.limits();
@@ -290,7 +301,7 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::DeviceRequest {
-            adapter: info.name.clone(),
+            adapter: facts.name.clone(),
             reason: e.to_string(),
         })?;
 
@@ -312,7 +323,6 @@ impl Gpu {
         let pipeline_store = opts.pipeline_cache_dir.as_deref().and_then(|dir| {
             super::pipeline_store::PipelineStore::open(&device, &info, features, dir)
         });
-        let facts = AdapterFacts::from(&info);
         let tuning = tuning.unwrap_or_else(|| Tuning::for_adapter(&facts, features));
         Ok(Arc::new(Gpu {
             device,

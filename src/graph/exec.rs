@@ -335,6 +335,11 @@ impl Executable {
         self.recording.stats
     }
 
+    /// The kernel of every recorded dispatch (`file::entry[defines]`), in order.
+    pub fn kernels(&self) -> &[String] {
+        &self.recording.labels
+    }
+
     /// Runs the plan once with every node timed, for finding the slow
     /// kernels: `(op name, output shape, FLOPs, seconds)` in schedule order.
     /// Device time from timestamp queries where the adapter has them, else
