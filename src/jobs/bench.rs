@@ -590,7 +590,7 @@ pub fn measure_extract(
     }
     let secs = start.elapsed().as_secs_f64();
     let host = gpu.host_work() - host0;
-    let gflop = ex.flops_per_image(height as usize, width as usize) as f64 / 1e9;
+    let gflop = ex.flops_per_image(1, height as usize, width as usize) as f64 / 1e9;
     let cpu = cpu_time().zip(cpu0).map(|(a, b)| (a - b).as_secs_f64());
     let dir = std::env::temp_dir().join(format!("delg-gpu-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
