@@ -63,8 +63,8 @@ pub struct ExtractArgs {
     /// Images of equal resized size run together, N per pyramid level (at
     /// most 64); the features do not depend on it. Default: the adapter's
     /// tuning table (1 on CPU emulations such as lavapipe, 4 on discrete GPUs).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub batch: Option<u16>,
+    #[arg(long, value_name = "N", value_parser = super::checks::int_in::<usize, 1, 64>)]
+    pub batch: Option<usize>,
     /// No progress bar (the line of each skipped image is still printed).
     #[arg(long)]
     pub quiet: bool,
@@ -98,7 +98,7 @@ pub(super) fn run(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
         only,
         crops,
         quiet: a.quiet,
-        batch: a.batch.map(usize::from),
+        batch: a.batch,
     };
     let s = crate::jobs::extract::run_extract(&gpu, &job)?;
     let errors = a.out.join("errors.txt");
