@@ -51,7 +51,10 @@ fn the_quick_report_fills_every_section_with_finite_figures() {
     let extraction = &report["extraction"];
     assert_eq!(extraction["batching_available"], true);
     let batches = extraction["batches"].as_array().unwrap();
-    let measured: Vec<u64> = batches.iter().map(|b| b["batch"].as_u64().unwrap()).collect();
+    let measured: Vec<u64> = batches
+        .iter()
+        .map(|b| b["batch"].as_u64().unwrap())
+        .collect();
     assert_eq!(measured, [1, 2, 4]);
     let fastest = batches
         .iter()

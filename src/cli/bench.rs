@@ -128,8 +128,7 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
             let gpu = open(opts)?;
             let model = model.model_config()?;
             let batch = batch.unwrap_or(gpu.tuning.extract_batch);
-            bench::bench_extract(&gpu, &model, image_width, image_height, images, batch)
-                .map(|_| ())
+            bench::bench_extract(&gpu, &model, image_width, image_height, images, batch).map(|_| ())
         }
         BenchWhat::Kernels {
             filter,

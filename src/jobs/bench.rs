@@ -597,7 +597,9 @@ pub fn measure_extract(
             })
             .collect()
     };
-    let warm_up: Vec<PreparedImage> = (0..batch).map(|i| prepared(i as u64)).collect::<Result<_>>()?;
+    let warm_up: Vec<PreparedImage> = (0..batch)
+        .map(|i| prepared(i as u64))
+        .collect::<Result<_>>()?;
     extract_all(&mut ex, &warm_up)?;
     let timed = batches(batch)?;
     let start = Instant::now();

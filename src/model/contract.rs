@@ -28,8 +28,7 @@ pub trait Architecture {
     /// (normalised RGB, NHWC) and the parameters it reads. Every image's
     /// outputs depend on that image alone (inference batch norm uses the
     /// running statistics), so a batch extracts what its images would one by one.
-    fn inference_graph(&self, batch: usize, height: usize, width: usize)
-        -> Result<InferenceGraph>;
+    fn inference_graph(&self, batch: usize, height: usize, width: usize) -> Result<InferenceGraph>;
 
     /// Size of the global descriptor.
     fn global_dim(&self) -> usize;

@@ -161,7 +161,11 @@ impl Extractor {
                 {
                     self.plans.remove(&old);
                     let (ob, oh, ow, _) = old;
-                    if !self.plans.keys().any(|&(b, h, w, _)| (b, h, w) == (ob, oh, ow)) {
+                    if !self
+                        .plans
+                        .keys()
+                        .any(|&(b, h, w, _)| (b, h, w) == (ob, oh, ow))
+                    {
                         self.images.remove(&(ob, oh, ow));
                     }
                 }
@@ -311,8 +315,11 @@ impl Extractor {
             let image_bytes = (h * w * 3 * std::mem::size_of::<f32>()) as u64;
             for (i, img) in imgs.iter().enumerate() {
                 let bytes = bytemuck::cast_slice(&img.pixels.data);
-                self.gpu
-                    .write(&pixels.buffer, pixels.offset + i as u64 * image_bytes, bytes);
+                self.gpu.write(
+                    &pixels.buffer,
+                    pixels.offset + i as u64 * image_bytes,
+                    bytes,
+                );
             }
         }
         spent.push(("upload".into(), upload.elapsed().as_secs_f64()));
@@ -385,7 +392,8 @@ impl Extractor {
             .iter()
             .zip(globals.iter().zip(&levels))
             .map(|(img, (globals, levels))| {
-                let global = aggregate_global(&globals.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+                let global =
+                    aggregate_global(&globals.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
                 let local = if global_only {
                     LocalFeatures::default()
                 } else {
