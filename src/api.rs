@@ -237,6 +237,7 @@ impl Extractor {
             only: None,
             crops: Default::default(),
             quiet: !bar,
+            batch: None,
         };
         run_extract_with(&mut self.inner, &job, on_image)
     }

@@ -19,6 +19,23 @@ fn tiny_weights(path: &Path) {
     tiny_weights_seeded(path, 5);
 }
 
+/// A tiny DOLG model (one block per stage, width 8, 24-d descriptors) with random weights.
+fn tiny_dolg_weights(path: &Path) {
+    use delg_gpu::model::dolg::{self, DolgConfig};
+    use delg_gpu::model::ModelConfig;
+    let mut model = DolgConfig::new(ResNetConfig {
+        blocks: [1, 1, 1, 1],
+        width: 8,
+        ..ResNetConfig::resnet50(Layout::Torchvision)
+    });
+    model.output_dim = 24;
+    let (_, _, _, params) = dolg::inference_graph(&model, 1, 64, 64).unwrap();
+    let mut w = random_weights(&params.specs, 3);
+    w.metadata
+        .extend(ModelConfig::Dolg(model).metadata().unwrap());
+    w.save(path).unwrap();
+}
+
 fn small_config() -> ExtractConfig {
     ExtractConfig {
         max_image_size: Some(96),
@@ -40,6 +57,7 @@ fn job(input: &Path, out: &Path, weights: &Path) -> ExtractJob {
         only: None,
         crops: Default::default(),
         quiet: true,
+        batch: None,
     }
 }
 
@@ -198,8 +216,6 @@ fn feature_folders_of_different_models_do_not_mix() {
 #[test]
 fn dolg_features_extract_and_search_like_delg_ones() {
     use delg_gpu::jobs::search::global_search;
-    use delg_gpu::model::dolg::{self, DolgConfig};
-    use delg_gpu::model::ModelConfig;
     let Some(gpu) = test_gpu() else { return };
     let root = temp("dolg");
     let images = root.join("images");
@@ -209,18 +225,8 @@ fn dolg_features_extract_and_search_like_delg_ones() {
             .save(images.join(format!("{scene}_{view}.png")))
             .unwrap();
     }
-    let mut model = DolgConfig::new(ResNetConfig {
-        blocks: [1, 1, 1, 1],
-        width: 8,
-        ..ResNetConfig::resnet50(Layout::Torchvision)
-    });
-    model.output_dim = 24;
-    let (_, _, _, params) = dolg::inference_graph(&model, 1, 64, 64).unwrap();
-    let mut w = random_weights(&params.specs, 3);
-    w.metadata
-        .extend(ModelConfig::Dolg(model).metadata().unwrap());
     let weights = root.join("dolg.safetensors");
-    w.save(&weights).unwrap();
+    tiny_dolg_weights(&weights);
     let out = root.join("out");
     let summary = run_extract(
         &gpu,
@@ -368,4 +374,102 @@ fn the_steady_state_creates_nothing_and_submits_once_per_image() {
     );
     assert!(work.bytes_read_back > 0, "{work:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `extract --batch 3` against `--batch 1` on a collection whose two sizes
+/// interleave, plus two 3×3 images (too small for DELG's network: a batch
+/// that fails runs its images alone, each reported): the same features, bit
+/// for bit, since no kernel's reduction runs across images or depends on the
+/// batch size, in fewer submissions.
+fn batched_matches_unbatched(
+    name: &str,
+    weights: impl Fn(&Path),
+    config: ExtractConfig,
+    too_small_fail: bool,
+) {
+    let config = ExtractConfig {
+        min_image_side: 1,
+        ..config
+    };
+    if test_gpu().is_none() {
+        return;
+    }
+    // A device of its own: tests running beside this one would add to the counts.
+    let gpu = delg_gpu::gpu::Gpu::new(&Default::default()).unwrap();
+    let root = temp(name);
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..9 {
+        let size = if i % 2 == 0 { 80 } else { 72 };
+        render_scene(i, 0, size)
+            .save(images.join(format!("scene{i}.png")))
+            .unwrap();
+    }
+    for i in 0..2 {
+        render_scene(20 + i, 0, 3)
+            .save(images.join(format!("tiny{i}.png")))
+            .unwrap();
+    }
+    let w = root.join("w.safetensors");
+    weights(&w);
+    let run = |batch: usize| {
+        let out = root.join(format!("batch{batch}"));
+        let before = gpu.host_work();
+        let s = run_extract(
+            &gpu,
+            &ExtractJob {
+                config: config.clone(),
+                batch: Some(batch),
+                ..job(&images, &out, &w)
+            },
+        )
+        .unwrap();
+        let submissions = (gpu.host_work() - before).submissions;
+        let failed = if too_small_fail { 2 } else { 0 };
+        assert_eq!(
+            (s.extracted_now, s.failed),
+            (11 - failed, failed),
+            "batch {batch}: {s:?}"
+        );
+        let errors = std::fs::read_to_string(out.join("errors.txt")).unwrap();
+        assert_eq!(
+            errors.contains("tiny0.png") && errors.contains("tiny1.png"),
+            too_small_fail,
+            "batch {batch}: {errors}"
+        );
+        (FeatureSet::load(&out).unwrap(), submissions)
+    };
+    let (one, one_submissions) = run(1);
+    let (three, three_submissions) = run(3);
+    // 9 images in groups of 3, 3, 2, 1 (and the tiny pair) against each alone.
+    assert!(
+        three_submissions + 5 <= one_submissions,
+        "batch 3 submitted {three_submissions} times, batch 1 {one_submissions}"
+    );
+    assert_eq!(one.ids, three.ids);
+    assert_eq!(one.global, three.global);
+    assert_eq!(one.offsets, three.offsets);
+    assert_eq!(one.descriptors, three.descriptors);
+    assert_eq!(one.locations, three.locations);
+    assert_eq!(one.scales, three.scales);
+    assert_eq!(one.attention, three.attention);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn delg_batched_extraction_equals_one_image_at_a_time() {
+    batched_matches_unbatched("batch-delg", tiny_weights, small_config(), true);
+}
+
+#[test]
+fn dolg_batched_extraction_equals_one_image_at_a_time() {
+    batched_matches_unbatched(
+        "batch-dolg",
+        tiny_dolg_weights,
+        ExtractConfig {
+            max_image_size: Some(96),
+            ..ExtractConfig::for_arch("dolg")
+        },
+        false,
+    );
 }

@@ -45,11 +45,26 @@ fn the_quick_report_fills_every_section_with_finite_figures() {
     assert_eq!(report["schema"], SCHEMA);
     assert_eq!(report["schema_version"], SCHEMA_VERSION);
     assert_eq!(report["size"], "quick");
-    // Only batched extraction may be missing: it does not exist yet.
-    let missing = missing_figures(&report, &["extraction.best_batch"]);
+    let missing = missing_figures(&report, &[]);
     assert!(missing.is_empty(), "missing figures: {missing:?}");
-    assert_eq!(report["extraction"]["best_batch"], Value::Null);
-    assert_eq!(report["extraction"]["batching_available"], false);
+    // Batches 1, 2 and 4 measured; the best is the fastest of them.
+    let extraction = &report["extraction"];
+    assert_eq!(extraction["batching_available"], true);
+    let batches = extraction["batches"].as_array().unwrap();
+    let measured: Vec<u64> = batches
+        .iter()
+        .map(|b| b["batch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(measured, [1, 2, 4]);
+    let fastest = batches
+        .iter()
+        .max_by(|a, b| number(a, "images_per_s").total_cmp(&number(b, "images_per_s")))
+        .unwrap();
+    assert_eq!(extraction["best_batch"]["batch"], fastest["batch"]);
+    assert_eq!(
+        extraction["best_batch"]["images_per_s"],
+        fastest["images_per_s"]
+    );
 
     let adapter = &report["adapter"];
     assert_eq!(adapter["name"], gpu.facts.name.as_str());
@@ -75,6 +90,7 @@ fn the_quick_report_fills_every_section_with_finite_figures() {
     for path in [
         "extraction.batch_1.images_per_s",
         "extraction.batch_1.gflop_per_image",
+        "extraction.best_batch.images_per_s",
         "training_step.ms_per_step",
         "training_step.gflop_per_step",
         "training_step.loss",

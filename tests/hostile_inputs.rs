@@ -43,6 +43,7 @@ fn job(input: &Path, out: &Path, weights: &Path) -> ExtractJob {
         only: None,
         crops: Default::default(),
         quiet: true,
+        batch: None,
     }
 }
 

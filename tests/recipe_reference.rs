@@ -201,6 +201,7 @@ fn run_case(case: &Value, manifest: &Value) -> Worst {
                 HashMap::new()
             },
             quiet: true,
+            batch: None,
         };
         let summary = run_extract(&gpu, &job).unwrap();
         let errors = std::fs::read_to_string(out.join("errors.txt")).unwrap();
@@ -307,6 +308,7 @@ fn an_image_too_small_for_every_level_is_reported_with_the_reason() {
         only: None,
         crops: HashMap::new(),
         quiet: true,
+        batch: None,
     };
     // With no image extracted the job fails as a whole, naming errors.txt.
     let err = run_extract(&gpu, &job).unwrap_err().to_string();

@@ -33,6 +33,7 @@ fn job(input: &Path, out: &Path, weights: &Path, shard: Option<Shard>) -> Extrac
         only: None,
         crops: Default::default(),
         quiet: true,
+        batch: None,
     }
 }
 

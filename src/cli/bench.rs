@@ -57,9 +57,12 @@ pub enum BenchWhat {
         /// Height of the generated test images.
         #[arg(long, value_parser = checks::int_in::<u32, 16, 16_384>, default_value_t = 768)]
         image_height: u32,
-        /// Timed images after one warm-up image.
+        /// Timed images after one warm-up batch (rounded up to whole batches).
         #[arg(long, value_parser = checks::int_in::<usize, 1, 10_000>, default_value_t = 2)]
         images: usize,
+        /// Images per batch, as `extract --batch` (default: the adapter's tuning table).
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 64>)]
+        batch: Option<usize>,
     },
     /// Every kernel at the shapes that matter, every matmul variant side by side.
     Kernels {
@@ -120,10 +123,12 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
             image_width,
             image_height,
             images,
+            batch,
         } => {
             let gpu = open(opts)?;
             let model = model.model_config()?;
-            bench::bench_extract(&gpu, &model, image_width, image_height, images).map(|_| ())
+            let batch = batch.unwrap_or(gpu.tuning.extract_batch);
+            bench::bench_extract(&gpu, &model, image_width, image_height, images, batch).map(|_| ())
         }
         BenchWhat::Kernels {
             filter,

@@ -60,6 +60,11 @@ pub struct ExtractArgs {
     /// image, uncropped).
     #[arg(long)]
     pub boxes: Option<PathBuf>,
+    /// Images of equal resized size run together, N per pyramid level (at
+    /// most 64); the features do not depend on it. Default: the adapter's
+    /// tuning table (1 on CPU emulations such as lavapipe, 4 on discrete GPUs).
+    #[arg(long, value_name = "N", value_parser = super::checks::int_in::<usize, 1, 64>)]
+    pub batch: Option<usize>,
     /// No progress bar (the line of each skipped image is still printed).
     #[arg(long)]
     pub quiet: bool,
@@ -93,6 +98,7 @@ pub(super) fn run(opts: &GpuOptions, a: &ExtractArgs) -> Result<Outcome> {
         only,
         crops,
         quiet: a.quiet,
+        batch: a.batch,
     };
     let s = crate::jobs::extract::run_extract(&gpu, &job)?;
     let errors = a.out.join("errors.txt");

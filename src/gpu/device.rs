@@ -267,7 +267,13 @@ impl Gpu {
         let mut gpus = vec![first.clone()];
         for v in MatmulVariant::ALL {
             if v != first.tuning.matmul && v.supported(first.features, &first.facts) {
-                gpus.push(Gpu::new_with_tuning(opts, Tuning { matmul: v })?);
+                gpus.push(Gpu::new_with_tuning(
+                    opts,
+                    Tuning {
+                        matmul: v,
+                        ..first.tuning
+                    },
+                )?);
             }
         }
         Ok(gpus)

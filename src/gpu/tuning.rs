@@ -64,12 +64,16 @@ impl MatmulVariant {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuning {
     pub matmul: MatmulVariant,
+    /// Images per batch that `extract` runs together when not told.
+    pub extract_batch: usize,
 }
 
 impl Tuning {
     /// The table: CPU rasterisers with fixed 8- or 16-wide subgroups
     /// (lavapipe/llvmpipe at 256 or 512 bits) get the subgroup-broadcast
     /// kernels for their width; everything else the shared-memory ones.
+    /// Extraction batches images on GPUs only: a CPU emulation already
+    /// fills its cores with one image's dispatches.
     pub fn for_adapter(facts: &AdapterFacts, features: wgpu::Features) -> Tuning {
         let sgb = MatmulVariant::SubgroupBroadcast {
             lanes: facts.subgroup_min_size,
@@ -80,7 +84,20 @@ impl Tuning {
         } else {
             MatmulVariant::Tiled
         };
-        Tuning { matmul }
+        let extract_batch = match facts.device_type {
+            wgpu::DeviceType::Cpu => 1,
+            // Unmeasured (no GPU here): 4 images of 1024 px keep a discrete
+            // GPU busy at the small pyramid levels within a few GiB of
+            // activations; `bench gpu` reports the best batch to revise it.
+            wgpu::DeviceType::DiscreteGpu => 4,
+            // Integrated and unknown GPUs share memory with the host: a
+            // modest batch, unmeasured too.
+            _ => 2,
+        };
+        Tuning {
+            matmul,
+            extract_batch,
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -186,6 +203,18 @@ mod tests {
                 "{facts:?}"
             );
         }
+        // Extraction batches images on GPUs, not on CPU emulations.
+        let batch_on = |device_type| {
+            let other = AdapterFacts {
+                device_type,
+                ..facts.clone()
+            };
+            Tuning::for_adapter(&other, gpu.features).extract_batch
+        };
+        assert_eq!(
+            [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu].map(batch_on),
+            [1, 4]
+        );
         // Widths the kernels are not written for, or a range of widths,
         // get the tiled kernels; so does a device without subgroups.
         for (min, max, features) in [

@@ -497,7 +497,9 @@ pub struct ExtractFigures {
     pub model: String,
     pub width: u32,
     pub height: u32,
-    /// Timed images (after one warm-up image).
+    /// Images per batch (`extract --batch`).
+    pub batch: usize,
+    /// Timed images (after one warm-up batch): a whole number of batches.
     pub images: usize,
     pub images_per_s: f64,
     pub seconds_per_image: f64,
@@ -538,27 +540,31 @@ pub fn bench_extract(
     width: u32,
     height: u32,
     images: usize,
+    batch: usize,
 ) -> Result<ExtractFigures> {
-    let figures = measure_extract(gpu, model, width, height, images)?;
+    let figures = measure_extract(gpu, model, width, height, images, batch)?;
     print_extract(&figures);
     Ok(figures)
 }
 
 /// A randomly initialised DELG or DOLG model over generated `width`×`height`
 /// images with the full recipe of its paper (DELG: 7-scale pyramid, global +
-/// local; DOLG: 5 global scales), after one warm-up image that pays the
-/// pipeline compilation. Then the same number of images again, from JPEG
-/// files through the real decoding path, with time by stage, and the device
-/// memory the model holds.
+/// local; DOLG: 5 global scales), `batch` images at a time (`images` rounded
+/// up to whole batches), after one warm-up batch that pays the pipeline
+/// compilation. Then the same number of images again, from JPEG files
+/// through the real decoding path, with time by stage, and the device memory
+/// the model holds.
 pub fn measure_extract(
     gpu: &Arc<Gpu>,
     model: &crate::model::ModelConfig,
     width: u32,
     height: u32,
     images: usize,
+    batch: usize,
 ) -> Result<ExtractFigures> {
     use crate::jobs::extract::{Extractor, PreparedImage};
-    let images = images.max(1);
+    let batch = batch.max(1);
+    let images = images.max(1).div_ceil(batch) * batch;
     // measure_extract sets τ itself below, so the stored one does not matter.
     let file = model.random_weights(0, 0.0)?;
     let cfg = crate::jobs::extract::ExtractConfig {
@@ -581,20 +587,34 @@ pub fn measure_extract(
             resize_factor: (1.0, 1.0),
         })
     };
-    ex.extract(&prepared(0)?)?;
+    // Generating a batch's images is not extraction's work: done before the clocks start.
+    let batches = |first: usize| -> Result<Vec<Vec<PreparedImage>>> {
+        (0..images / batch)
+            .map(|b| {
+                (0..batch)
+                    .map(|i| prepared((first + b * batch + i) as u64))
+                    .collect()
+            })
+            .collect()
+    };
+    let warm_up: Vec<PreparedImage> = (0..batch)
+        .map(|i| prepared(i as u64))
+        .collect::<Result<_>>()?;
+    extract_all(&mut ex, &warm_up)?;
+    let timed = batches(batch)?;
     let start = Instant::now();
     let cpu0 = cpu_time();
     let host0 = gpu.host_work();
-    for i in 0..images {
-        ex.extract(&prepared(i as u64 + 1)?)?;
+    for group in &timed {
+        extract_all(&mut ex, group)?;
     }
     let secs = start.elapsed().as_secs_f64();
     let host = gpu.host_work() - host0;
-    let gflop = ex.flops_per_image(height as usize, width as usize) as f64 / 1e9;
+    let gflop = ex.flops_per_image(batch, height as usize, width as usize) as f64 / 1e9;
     let cpu = cpu_time().zip(cpu0).map(|(a, b)| (a - b).as_secs_f64());
     let dir = std::env::temp_dir().join(format!("delg-gpu-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let staged = time_stages(&mut ex, &cfg, &dir, width, height, images);
+    let staged = time_stages(&mut ex, &cfg, &dir, (width, height), images, batch);
     let _ = std::fs::remove_dir_all(&dir);
     let times = staged?;
     let stages_ms = times
@@ -609,6 +629,7 @@ pub fn measure_extract(
         model: model_name(model),
         width,
         height,
+        batch,
         images,
         images_per_s: images as f64 / secs,
         seconds_per_image: secs / images as f64,
@@ -622,12 +643,25 @@ pub fn measure_extract(
     })
 }
 
+/// Extracts `images` (of one size) as one batch; any image's error fails the bench.
+fn extract_all(
+    ex: &mut crate::jobs::extract::Extractor,
+    images: &[crate::jobs::extract::PreparedImage],
+) -> Result<()> {
+    let group: Vec<_> = images.iter().collect();
+    for result in ex.extract_batch(&group)? {
+        result?;
+    }
+    Ok(())
+}
+
 pub fn print_extract(f: &ExtractFigures) {
     println!(
-        "extract {}x{} {}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
+        "extract {}x{} {} at batch {}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
         f.width,
         f.height,
         f.model,
+        f.batch,
         f.images_per_s,
         f.seconds_per_image,
         f.gflop_per_image,
@@ -677,12 +711,13 @@ fn time_stages(
     ex: &mut crate::jobs::extract::Extractor,
     cfg: &crate::jobs::extract::ExtractConfig,
     dir: &std::path::Path,
-    width: u32,
-    height: u32,
+    (width, height): (u32, u32),
     images: usize,
+    batch: usize,
 ) -> Result<crate::jobs::extract::StageTimes> {
     ex.timing = Some(Default::default());
     let mut decode = 0.0;
+    let mut group = Vec::new();
     for i in 0..images {
         let img = crate::jobs::demo::render_scene(i as u64 + 100, 0, width.max(height));
         let img = image::imageops::crop_imm(&img, 0, 0, width, height).to_image();
@@ -692,9 +727,12 @@ fn time_stages(
             reason: e.to_string(),
         })?;
         let t = Instant::now();
-        let prepared = crate::jobs::extract::prepare_image(&path, cfg, None)?;
+        group.push(crate::jobs::extract::prepare_image(&path, cfg, None)?);
         decode += t.elapsed().as_secs_f64();
-        ex.extract(&prepared)?;
+        if group.len() == batch || i + 1 == images {
+            extract_all(ex, &group)?;
+            group.clear();
+        }
     }
     let mut times = ex.timing.take().unwrap_or_default();
     times

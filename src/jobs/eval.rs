@@ -161,6 +161,7 @@ pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
                 only: Some(only),
                 crops: HashMap::new(),
                 quiet: false,
+                batch: None,
             };
             run_extract(gpu, &ej)?;
             out
@@ -216,6 +217,7 @@ pub fn run_eval(gpu: &Arc<Gpu>, job: &EvalJob) -> Result<EvalReport> {
                     only: Some(only),
                     crops,
                     quiet: false,
+                    batch: None,
                 };
                 run_extract(gpu, &ej)?;
                 out

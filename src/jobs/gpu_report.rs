@@ -22,15 +22,18 @@ use crate::tensor::{Rng, Tensor};
 pub const SCHEMA_VERSION: u32 = 1;
 pub const SCHEMA: &str = "delg-gpu/bench-gpu";
 
-/// Fields that may be null in a complete report, with why: batched
-/// extraction does not exist yet; the rest depend on the OS or the adapter.
-pub const OPTIONAL_FIELDS: [&str; 5] = [
-    "extraction.best_batch",
+/// Fields that may be null in a complete report: they depend on the OS or the adapter.
+pub const OPTIONAL_FIELDS: [&str; 6] = [
     "adapter.llvmpipe_bits",
     "host.load_average",
     "kernels.cases[].gflop_per_cpu_s",
     "extraction.batch_1.gflop_per_cpu_s",
+    "extraction.best_batch.gflop_per_cpu_s",
+    "extraction.batches[].gflop_per_cpu_s",
 ];
+
+/// The batches extraction is measured at besides 1; the fastest is `best_batch`.
+const BATCHES: [usize; 2] = [2, 4];
 
 /// Issue 17's bound on the host's recording and submitting CPU per image.
 const HOST_CPU_BOUND_MS: f64 = 10.0;
@@ -161,10 +164,19 @@ pub struct VariantSummary {
 #[derive(Debug, Serialize)]
 pub struct ExtractionSection {
     pub batch_1: ExtractFigures,
-    /// Images at the adapter's best batch: null while `extract --batch`
-    /// does not exist (issue 17 item 2).
-    pub best_batch: Option<ExtractFigures>,
+    /// The fastest batch measured (batch 1 included): what the tuning
+    /// table's `extract_batch` should be for this adapter.
+    pub best_batch: ExtractFigures,
+    /// Every batch measured, in order.
+    pub batches: Vec<BatchRate>,
     pub batching_available: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchRate {
+    pub batch: usize,
+    pub images_per_s: f64,
+    pub gflop_per_cpu_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -305,9 +317,37 @@ pub fn run_gpu_report(
         );
     }
 
-    println!("== extraction, batch 1 (batched extraction is not available yet)");
+    println!("== extraction, batch 1 and {BATCHES:?}");
     let (w, h) = size.image;
-    let batch_1 = bench::bench_extract(&gpu, &size.model, w, h, size.extract_images)?;
+    let batch_1 = bench::bench_extract(&gpu, &size.model, w, h, size.extract_images, 1)?;
+    let mut batched = Vec::new();
+    for batch in BATCHES {
+        batched.push(bench::bench_extract(
+            &gpu,
+            &size.model,
+            w,
+            h,
+            size.extract_images,
+            batch,
+        )?);
+    }
+    let batches: Vec<BatchRate> = std::iter::once(&batch_1)
+        .chain(&batched)
+        .map(|f| BatchRate {
+            batch: f.batch,
+            images_per_s: f.images_per_s,
+            gflop_per_cpu_s: f.gflop_per_cpu_s,
+        })
+        .collect();
+    let best_batch = batched
+        .into_iter()
+        .filter(|f| f.images_per_s > batch_1.images_per_s)
+        .max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s))
+        .unwrap_or_else(|| batch_1.clone());
+    println!(
+        "best batch {}: {:.3} images/s (batch 1: {:.3})",
+        best_batch.batch, best_batch.images_per_s, batch_1.images_per_s
+    );
 
     println!("== one training step");
     let (training_step, train_config) = measure_train_step(&gpu, &size.model, size.train)?;
@@ -351,8 +391,9 @@ pub fn run_gpu_report(
         kernels,
         extraction: ExtractionSection {
             batch_1,
-            best_batch: None,
-            batching_available: false,
+            best_batch,
+            batches,
+            batching_available: true,
         },
         training_step,
         cold_start,

@@ -24,9 +24,11 @@ pub trait Architecture {
 
     fn backbone(&self) -> &ResNetConfig;
 
-    /// The extraction graph for one image of `height`×`width` (normalised
-    /// RGB, NHWC) and the parameters it reads.
-    fn inference_graph(&self, height: usize, width: usize) -> Result<InferenceGraph>;
+    /// The extraction graph for `batch` images of `height`×`width`
+    /// (normalised RGB, NHWC) and the parameters it reads. Every image's
+    /// outputs depend on that image alone (inference batch norm uses the
+    /// running statistics), so a batch extracts what its images would one by one.
+    fn inference_graph(&self, batch: usize, height: usize, width: usize) -> Result<InferenceGraph>;
 
     /// Size of the global descriptor.
     fn global_dim(&self) -> usize;
@@ -60,7 +62,7 @@ pub trait Architecture {
     /// once at a small size (graph construction only; nothing runs): the
     /// builder is the one description of what a model holds.
     fn parameters(&self) -> Result<ModelParams> {
-        Ok(self.inference_graph(64, 64)?.params)
+        Ok(self.inference_graph(1, 64, 64)?.params)
     }
 
     /// Uploads the parameters of `params` from `file` with this model's
@@ -78,12 +80,12 @@ pub trait Architecture {
     }
 }
 
-/// An extraction graph: one image in, a global descriptor and (when the
-/// model has them) local features out.
+/// An extraction graph: a batch of images in, per image a global descriptor
+/// and (when the model has them) local features out.
 pub struct InferenceGraph {
     pub graph: Graph,
     pub image: TensorId,
-    /// Global descriptor before L2 normalisation, [1, G].
+    /// Global descriptor before L2 normalisation, [batch, G].
     pub global: TensorId,
     pub local: Option<LocalOutputs>,
     pub params: ModelParams,

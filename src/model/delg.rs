@@ -66,8 +66,8 @@ impl Architecture for DelgConfig {
         &self.backbone
     }
 
-    fn inference_graph(&self, height: usize, width: usize) -> Result<InferenceGraph> {
-        let (graph, image, out, params) = inference_graph(self, height, width)?;
+    fn inference_graph(&self, batch: usize, height: usize, width: usize) -> Result<InferenceGraph> {
+        let (graph, image, out, params) = inference_graph(self, batch, height, width)?;
         Ok(InferenceGraph {
             graph,
             image,
@@ -158,13 +158,13 @@ impl DelgLossConfig {
     }
 }
 
-/// Extraction outputs of one image at one scale.
+/// Extraction outputs of a batch of B images at one scale.
 pub struct DelgOutputs {
-    /// Global descriptor before L2 normalisation, [1, G].
+    /// Global descriptor before L2 normalisation, [B, G].
     pub global: TensorId,
-    /// Attention scores A = softplus(M(S)), [1, h, w, 1].
+    /// Attention scores A = softplus(M(S)), [B, h, w, 1].
     pub attention: TensorId,
-    /// Local descriptors L = T(S), [1, h, w, L].
+    /// Local descriptors L = T(S), [B, h, w, L].
     pub local: TensorId,
 }
 
@@ -207,14 +207,15 @@ fn heads(b: &mut NetBuilder, cfg: &DelgConfig, image: TensorId) -> Result<Heads>
     })
 }
 
-/// The extraction graph for one image of `height`×`width` (normalised RGB, NHWC).
+/// The extraction graph for `batch` images of `height`×`width` (normalised RGB, NHWC).
 pub fn inference_graph(
     cfg: &DelgConfig,
+    batch: usize,
     height: usize,
     width: usize,
 ) -> Result<(Graph, TensorId, DelgOutputs, ModelParams)> {
     let mut g = Graph::new();
-    let image = g.input("image", [1, height, width, 3]);
+    let image = g.input("image", [batch, height, width, 3]);
     let mut b = NetBuilder::new(&mut g, Mode::Inference, cfg.backbone.bn_eps());
     let h = heads(&mut b, cfg, image)?;
     let params = ModelParams {

@@ -117,8 +117,8 @@ impl Architecture for DolgConfig {
         &self.backbone
     }
 
-    fn inference_graph(&self, height: usize, width: usize) -> Result<InferenceGraph> {
-        let (graph, image, descriptor, params) = inference_graph(self, 1, height, width)?;
+    fn inference_graph(&self, batch: usize, height: usize, width: usize) -> Result<InferenceGraph> {
+        let (graph, image, descriptor, params) = inference_graph(self, batch, height, width)?;
         Ok(InferenceGraph {
             graph,
             image,

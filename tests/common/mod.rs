@@ -31,7 +31,7 @@ pub fn tiny_weights_seeded(path: &std::path::Path, seed: u64) {
     });
     model.attention_dim = 8;
     model.local_dim = 16;
-    let (_, _, _, params) = inference_graph(&model, 64, 64).unwrap();
+    let (_, _, _, params) = inference_graph(&model, 1, 64, 64).unwrap();
     let mut w = delg_gpu::model::params::random_weights(&params.specs, seed);
     w.metadata.insert(META_ARCH.into(), "delg".into());
     w.metadata
@@ -78,7 +78,7 @@ pub fn run_delg(
     image: &HostTensor,
 ) -> [HostTensor; 3] {
     let [_, h, w, _] = image.shape.nhwc("image").unwrap();
-    let (g, input, out, params) = inference_graph(cfg, h, w).unwrap();
+    let (g, input, out, params) = inference_graph(cfg, 1, h, w).unwrap();
     let constants = [(
         "gem.p".to_string(),
         Tensor::new([1], vec![cfg.gem_p]).unwrap(),

@@ -1,9 +1,11 @@
 //! Runs a model (any architecture) over an image pyramid on the device: one
-//! planned, recorded executable per (image size, pyramid level), kept in a
-//! small cache because collections repeat sizes. Per image the host uploads
-//! the pixels once (every level resizes from one shared buffer), encodes all
-//! levels and their readbacks into one submission and waits once: nothing is
-//! created and nothing is recorded in the steady state.
+//! planned, recorded executable per (batch, image size, pyramid level), kept
+//! in a small cache because collections repeat sizes. Images of equal size
+//! run together as one batched graph per level (`extract_batch`), which fills
+//! a GPU that a small pyramid level of one image leaves idle. Per batch the
+//! host uploads the pixels once (every level resizes from one shared buffer),
+//! encodes all levels and their readbacks into one submission and waits once:
+//! nothing is created and nothing is recorded in the steady state.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,12 +22,18 @@ use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::ops::resize::ResizeBilinear;
 use crate::tensor::HostTensor;
 
-const PLAN_CACHE: usize = 24;
+/// Plans kept: a pyramid of 7 levels for a few image sizes, and for batched
+/// extraction also the smaller batches a size group can end with.
+const PLAN_CACHE: usize = 32;
+
+/// A plan's cache key: images per batch, image height and width, pyramid level.
+type PlanKey = (usize, usize, usize, usize);
 
 struct Plan {
     exe: Executable,
     /// The global descriptor (if `reads_global`), then attention and local
-    /// descriptors (for models with local features), in that order.
+    /// descriptors (for models with local features), in that order, each
+    /// holding the batch's images one after another.
     readback: Readback,
     reads_global: bool,
     /// The attention map's (height, width), for models with local features.
@@ -42,10 +50,10 @@ pub struct Extractor {
     /// The weight file's fingerprint (None for weights built in memory).
     pub model_id: Option<String>,
     params: ParamStore,
-    plans: HashMap<(usize, usize, usize), Plan>,
-    /// The pixels of the current image, one buffer per cached image size,
-    /// read by every level's plan.
-    images: HashMap<(usize, usize), DeviceTensor>,
+    plans: HashMap<PlanKey, Plan>,
+    /// The pixels of the current batch, one buffer per cached (batch, image
+    /// size), read by every level's plan.
+    images: HashMap<(usize, usize, usize), DeviceTensor>,
     clock: u64,
     /// Time by stage, accumulated while Some (each stage then waits for the
     /// device on its own, so timing slows extraction a little).
@@ -130,14 +138,19 @@ impl Extractor {
         })
     }
 
+    /// Images per batch the adapter's tuning table gives extraction.
+    pub fn default_batch(&self) -> usize {
+        self.gpu.tuning.extract_batch
+    }
+
     /// Size of the stored local descriptors (0: the model has none).
     pub fn local_dim(&self) -> usize {
         self.model.local_dim()
     }
 
-    fn plan(&mut self, height: usize, width: usize, level: usize) -> Result<&Plan> {
+    fn plan(&mut self, batch: usize, height: usize, width: usize, level: usize) -> Result<&Plan> {
         self.clock += 1;
-        let key = (height, width, level);
+        let key = (batch, height, width, level);
         if !self.plans.contains_key(&key) {
             if self.plans.len() >= PLAN_CACHE {
                 if let Some(old) = self
@@ -147,24 +160,28 @@ impl Extractor {
                     .map(|(k, _)| *k)
                 {
                     self.plans.remove(&old);
-                    let (oh, ow, _) = old;
-                    if !self.plans.keys().any(|&(h, w, _)| (h, w) == (oh, ow)) {
-                        self.images.remove(&(oh, ow));
+                    let (ob, oh, ow, _) = old;
+                    if !self
+                        .plans
+                        .keys()
+                        .any(|&(b, h, w, _)| (b, h, w) == (ob, oh, ow))
+                    {
+                        self.images.remove(&(ob, oh, ow));
                     }
                 }
             }
-            let pixels = match self.images.get(&(height, width)) {
+            let pixels = match self.images.get(&(batch, height, width)) {
                 Some(t) => t.clone(),
                 None => {
-                    let t = DeviceTensor::zeros(&self.gpu, [1, height, width, 3].into())?;
-                    self.images.insert((height, width), t.clone());
+                    let t = DeviceTensor::zeros(&self.gpu, [batch, height, width, 3].into())?;
+                    self.images.insert((batch, height, width), t.clone());
                     t
                 }
             };
             let (lh, lw) = self.extract.level_sizes(height as u32, width as u32)[level];
             let (lh, lw) = (lh as usize, lw as usize);
             let mut g = Graph::new();
-            let image = g.input("image", [1, height, width, 3]);
+            let image = g.input("image", [batch, height, width, 3]);
             g.begin_stage("pyramid");
             let resized = g.apply1(
                 ResizeBilinear {
@@ -174,7 +191,7 @@ impl Extractor {
                 &[image],
             )?;
             let wants_global = self.extract.global_scales.contains(&level);
-            let net = self.model.inference_graph(lh, lw)?;
+            let net = self.model.inference_graph(batch, lh, lw)?;
             let map = g.import(&net.graph, &[(net.image, resized)])?;
             let local = net.local.map(|l| (map[&l.attention], map[&l.descriptors]));
             // A model without local features only runs at the global scales.
@@ -210,12 +227,14 @@ impl Extractor {
         Ok(plan)
     }
 
-    /// FLOPs of one image through every pyramid level (after `extract` ran on its size).
-    pub fn flops_per_image(&self, height: usize, width: usize) -> u64 {
+    /// FLOPs per image through every pyramid level at `batch` images per
+    /// batch (after `extract_batch` ran on that batch and size).
+    pub fn flops_per_image(&self, batch: usize, height: usize, width: usize) -> u64 {
         (0..self.extract.scales.len())
-            .filter_map(|l| self.plans.get(&(height, width, l)))
+            .filter_map(|l| self.plans.get(&(batch, height, width, l)))
             .map(|p| p.exe.flops)
-            .sum()
+            .sum::<u64>()
+            / batch.max(1) as u64
     }
 
     pub fn plans_cached(&self) -> usize {
@@ -234,13 +253,35 @@ impl Extractor {
 
     /// Global descriptor and local features of one prepared image.
     pub fn extract(&mut self, img: &PreparedImage) -> Result<Extracted> {
-        let [n, h, w, c] = img.pixels.shape.nhwc("image")?;
-        if (n, c) != (1, 3) {
-            return Err(Error::shape(
-                "image",
-                format!("expected one RGB image, got {n} images of {c} channels"),
-            ));
+        self.extract_batch(&[img])?
+            .pop()
+            .ok_or_else(|| Error::Internal("a batch of one returned no result".into()))?
+    }
+
+    /// Global descriptors and local features of images of one size, run as
+    /// one batch per pyramid level; the same results as one by one (tested).
+    /// The outer error fails the whole batch (a size too small for the
+    /// network, a device error); the inner ones are per image.
+    pub fn extract_batch(&mut self, imgs: &[&PreparedImage]) -> Result<Vec<Result<Extracted>>> {
+        let first = imgs
+            .first()
+            .ok_or_else(|| Error::Internal("an empty batch".into()))?;
+        let [_, h, w, _] = first.pixels.shape.nhwc("image")?;
+        for img in imgs {
+            let [n, ih, iw, c] = img.pixels.shape.nhwc("image")?;
+            if (n, c) != (1, 3) {
+                return Err(Error::shape(
+                    "image",
+                    format!("expected one RGB image, got {n} images of {c} channels"),
+                ));
+            }
+            if (ih, iw) != (h, w) {
+                return Err(Error::Internal(format!(
+                    "a batch mixes {iw}×{ih} and {w}×{h} images"
+                )));
+            }
         }
+        let batch = imgs.len();
         let global_only = self.local_dim() == 0;
         let timed = self.timing.is_some();
         let mut spent: Vec<(String, f64)> = Vec::new();
@@ -253,17 +294,39 @@ impl Extractor {
             .filter(|l| !global_only || self.extract.global_scales.contains(l))
             .filter(|&l| sizes[l].0.min(sizes[l].1) >= min_side)
             .collect();
+        if !run.iter().any(|l| self.extract.global_scales.contains(l)) {
+            let (lh, lw) = self
+                .extract
+                .global_scales
+                .iter()
+                .map(|&l| sizes[l])
+                .max()
+                .unwrap_or_default();
+            return Err(Error::InvalidArgument(format!(
+                "a {w}×{h} image is too small: its largest global pyramid level is {lw}×{lh}, \
+                 below the network's minimum of {min_side} px a side; use larger images"
+            )));
+        }
         for &level in &run {
-            self.plan(h, w, level)?;
+            self.plan(batch, h, w, level)?;
         }
         let upload = std::time::Instant::now();
-        if let Some(pixels) = self.images.get(&(h, w)) {
-            let bytes = bytemuck::cast_slice(&img.pixels.data);
-            self.gpu.write(&pixels.buffer, pixels.offset, bytes);
+        if let Some(pixels) = self.images.get(&(batch, h, w)) {
+            let image_bytes = (h * w * 3 * std::mem::size_of::<f32>()) as u64;
+            for (i, img) in imgs.iter().enumerate() {
+                let bytes = bytemuck::cast_slice(&img.pixels.data);
+                self.gpu.write(
+                    &pixels.buffer,
+                    pixels.offset + i as u64 * image_bytes,
+                    bytes,
+                );
+            }
         }
         spent.push(("upload".into(), upload.elapsed().as_secs_f64()));
-        let plans: Vec<(usize, &Plan)> =
-            run.iter().map(|&l| (l, &self.plans[&(h, w, l)])).collect();
+        let plans: Vec<(usize, &Plan)> = run
+            .iter()
+            .map(|&l| (l, &self.plans[&(batch, h, w, l)]))
+            .collect();
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         for &(level, plan) in &plans {
             let scale = self.extract.scales[level];
@@ -294,70 +357,85 @@ impl Extractor {
         let readbacks: Vec<&Readback> = plans.iter().map(|(_, p)| &p.readback).collect();
         let results = self.gpu.submit_and_read(enc, &readbacks)?;
         spent.push(("readback".into(), readback.elapsed().as_secs_f64()));
-        let mut globals = Vec::new();
-        let mut levels = Vec::new();
+        // Per image: its global descriptor of each global level, its local outputs per level.
+        let mut globals: Vec<Vec<Vec<f32>>> = vec![Vec::new(); batch];
+        let mut levels: Vec<Vec<LevelOutput>> = (0..batch).map(|_| Vec::new()).collect();
         for ((level, plan), parts) in plans.iter().zip(results) {
-            let mut parts = parts
-                .iter()
-                .map(|b| bytemuck::pod_collect_to_vec::<u8, f32>(b));
+            let mut parts = parts.iter().map(|b| split_images(b, batch));
             let mut next = || {
                 parts
                     .next()
-                    .ok_or_else(|| Error::Internal("a plan read back fewer outputs".into()))
+                    .ok_or_else(|| Error::Internal("a plan read back fewer outputs".into()))?
             };
             if plan.reads_global {
-                globals.push(next()?);
+                for (image, g) in globals.iter_mut().zip(next()?) {
+                    image.push(g);
+                }
             }
             if let Some((mh, mw)) = plan.local_map {
-                levels.push(LevelOutput {
-                    scale: self.extract.scales[*level],
-                    height: mh,
-                    width: mw,
-                    global: Vec::new(),
-                    attention: next()?,
-                    descriptors: next()?,
-                });
+                let attention = next()?;
+                let descriptors = next()?;
+                for ((image, a), d) in levels.iter_mut().zip(attention).zip(descriptors) {
+                    image.push(LevelOutput {
+                        scale: self.extract.scales[*level],
+                        height: mh,
+                        width: mw,
+                        global: Vec::new(),
+                        attention: a,
+                        descriptors: d,
+                    });
+                }
             }
         }
-        if globals.is_empty() {
-            let (lh, lw) = self
-                .extract
-                .global_scales
-                .iter()
-                .map(|&l| sizes[l])
-                .max()
-                .unwrap_or_default();
-            return Err(Error::InvalidArgument(format!(
-                "a {w}×{h} image is too small: its largest global pyramid level is {lw}×{lh}, \
-                 below the network's minimum of {min_side} px a side; use larger images"
-            )));
-        }
         let selection = std::time::Instant::now();
-        let global = aggregate_global(&globals.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
-        let local = if global_only {
-            LocalFeatures::default()
-        } else {
-            select_local(
-                &levels,
-                self.tau,
-                &self.extract,
-                self.model.backbone().keypoint_stride(),
-                img.resize_factor,
-                self.local_dim(),
-            )
-        };
+        let extracted = imgs
+            .iter()
+            .zip(globals.iter().zip(&levels))
+            .map(|(img, (globals, levels))| {
+                let global =
+                    aggregate_global(&globals.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+                let local = if global_only {
+                    LocalFeatures::default()
+                } else {
+                    select_local(
+                        levels,
+                        self.tau,
+                        &self.extract,
+                        self.model.backbone().keypoint_stride(),
+                        img.resize_factor,
+                        self.local_dim(),
+                    )
+                };
+                Ok(Extracted { global, local })
+            })
+            .collect();
         if let Some(times) = &mut self.timing {
             spent.push((
                 "selection, global aggregation".into(),
                 selection.elapsed().as_secs_f64(),
             ));
-            times.images += 1;
+            times.images += batch;
             for (stage, secs) in spent {
                 times.add(&stage, secs);
             }
         }
-        Ok(Extracted { global, local })
+        Ok(extracted)
     }
+}
+
+/// One read-back output of a batch, split into its images' values.
+fn split_images(bytes: &[u8], batch: usize) -> Result<Vec<Vec<f32>>> {
+    let values: Vec<f32> = bytemuck::pod_collect_to_vec::<u8, f32>(bytes);
+    if values.is_empty() || values.len() % batch != 0 {
+        return Err(Error::Internal(format!(
+            "{} values read back do not split into {batch} images",
+            values.len()
+        )));
+    }
+    Ok(values
+        .chunks(values.len() / batch)
+        .map(<[f32]>::to_vec)
+        .collect())
 }
 
 /// Prints a per-op profile, slowest op kinds first (DELG_PROFILE=1).

@@ -27,7 +27,14 @@ pub struct ExtractJob {
     /// Crop boxes by relative path.
     pub crops: std::collections::HashMap<String, CropBox>,
     pub quiet: bool,
+    /// Images of equal resized size run together per pyramid level (None:
+    /// the adapter's tuning table decides). Outputs do not depend on it.
+    pub batch: Option<usize>,
 }
+
+/// How many batches' worth of images the job looks ahead for images of the
+/// oldest one's size: bounds memory while mixed sizes still fill batches.
+const LOOK_AHEAD_BATCHES: usize = 4;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ExtractSummary {
@@ -351,35 +358,61 @@ pub fn run_extract_with(
         let stamp = FileStamp::of(path)?;
         Ok((prepare_image(path, &cfg, crops.get(rel).copied())?, stamp))
     });
-    for (rel, prepared) in rx {
-        let result = prepared.and_then(|(img, stamp)| Ok((extractor.extract(&img)?, stamp)));
-        match result {
-            Ok((x, stamp)) => {
-                let f = ImageFeatures {
-                    id: rel,
-                    global: x.global,
-                    descriptors: x.local.descriptors,
-                    locations: x.local.locations,
-                    scales: x.local.scales,
-                    attention: x.local.attention,
-                };
-                summary.local_features += f.num_local();
-                let record = journal.append(&f, stamp)?;
-                journal.flush()?;
-                finished.insert(record.id.clone(), record);
-                summary.extracted_now += 1;
-            }
-            Err(e @ (Error::DeviceLost(_) | Error::OutOfMemory { .. })) => return Err(e),
-            Err(e) => {
-                summary.failed += 1;
-                report(&rel, &reason_of(&e))?;
-            }
+    let batch = job
+        .batch
+        .unwrap_or_else(|| extractor.default_batch())
+        .max(1);
+    let mut window = SizeWindow {
+        source: rx.into_iter(),
+        waiting: std::collections::VecDeque::new(),
+        batch,
+        exhausted: false,
+    };
+    loop {
+        let (group, unreadable) = window.next_group();
+        let mut outcomes: Vec<(String, Result<(Extracted, FileStamp)>)> = unreadable
+            .into_iter()
+            .map(|(rel, e)| (rel, Err(e)))
+            .collect();
+        let results = run_group(extractor, &group)?;
+        outcomes.extend(
+            group
+                .into_iter()
+                .zip(results)
+                .map(|(d, r)| (d.rel, r.map(|x| (x, d.stamp)))),
+        );
+        if outcomes.is_empty() {
+            break;
         }
-        bar.inc(1);
-        processed += 1;
-        if let Err(e) = progress(processed, pending_count) {
-            bar.finish_and_clear();
-            return Err(e);
+        for (rel, result) in outcomes {
+            match result {
+                Ok((x, stamp)) => {
+                    let f = ImageFeatures {
+                        id: rel,
+                        global: x.global,
+                        descriptors: x.local.descriptors,
+                        locations: x.local.locations,
+                        scales: x.local.scales,
+                        attention: x.local.attention,
+                    };
+                    summary.local_features += f.num_local();
+                    let record = journal.append(&f, stamp)?;
+                    journal.flush()?;
+                    finished.insert(record.id.clone(), record);
+                    summary.extracted_now += 1;
+                }
+                Err(e @ (Error::DeviceLost(_) | Error::OutOfMemory { .. })) => return Err(e),
+                Err(e) => {
+                    summary.failed += 1;
+                    report(&rel, &reason_of(&e))?;
+                }
+            }
+            bar.inc(1);
+            processed += 1;
+            if let Err(e) = progress(processed, pending_count) {
+                bar.finish_and_clear();
+                return Err(e);
+            }
         }
     }
     bar.finish_and_clear();
@@ -409,6 +442,88 @@ pub fn run_extract_with(
         ));
     }
     Ok(summary)
+}
+
+/// An image decoded and waiting for its batch.
+struct Decoded {
+    rel: String,
+    image: PreparedImage,
+    stamp: crate::io::features::FileStamp,
+}
+
+/// Decoded images in collection order, handed out in groups of equal size:
+/// the oldest image and the next ones of its size within a look-ahead of
+/// `LOOK_AHEAD_BATCHES` batches (so memory stays bounded however the sizes mix).
+struct SizeWindow<I> {
+    source: I,
+    waiting: std::collections::VecDeque<Decoded>,
+    batch: usize,
+    exhausted: bool,
+}
+
+type Prepared = Result<(PreparedImage, crate::io::features::FileStamp)>;
+
+impl<I: Iterator<Item = (String, Prepared)>> SizeWindow<I> {
+    /// The next group (at most `batch` images, empty at the end) and the
+    /// images that failed to decode meanwhile.
+    fn next_group(&mut self) -> (Vec<Decoded>, Vec<(String, Error)>) {
+        let mut unreadable = Vec::new();
+        let capacity = self.batch * LOOK_AHEAD_BATCHES;
+        while !self.exhausted
+            && self.waiting.len() < capacity
+            && self.same_size_as_oldest() < self.batch
+        {
+            match self.source.next() {
+                Some((rel, Ok((image, stamp)))) => {
+                    self.waiting.push_back(Decoded { rel, image, stamp })
+                }
+                Some((rel, Err(e))) => {
+                    unreadable.push((rel, e));
+                    // Reported at once when nothing waits to be extracted.
+                    if self.waiting.is_empty() {
+                        break;
+                    }
+                }
+                None => self.exhausted = true,
+            }
+        }
+        let mut group: Vec<Decoded> = self.waiting.pop_front().into_iter().collect();
+        let mut i = 0;
+        while i < self.waiting.len() && group.len() < self.batch {
+            if self.waiting[i].image.pixels.shape == group[0].image.pixels.shape {
+                group.extend(self.waiting.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        (group, unreadable)
+    }
+
+    fn same_size_as_oldest(&self) -> usize {
+        self.waiting.front().map_or(0, |oldest| {
+            self.waiting
+                .iter()
+                .filter(|d| d.image.pixels.shape == oldest.image.pixels.shape)
+                .count()
+        })
+    }
+}
+
+/// Runs a group of images of one size as one batch. When the batch fails
+/// short of losing the device (too large for memory, an image the network
+/// rejects), each image runs alone: one bad image cannot take the others of
+/// its group with it, and its own error is the one reported.
+fn run_group(extractor: &mut Extractor, group: &[Decoded]) -> Result<Vec<Result<Extracted>>> {
+    let images: Vec<&PreparedImage> = group.iter().map(|d| &d.image).collect();
+    if images.is_empty() {
+        return Ok(Vec::new());
+    }
+    match extractor.extract_batch(&images) {
+        Ok(results) => Ok(results),
+        Err(e @ Error::DeviceLost(_)) => Err(e),
+        Err(e) if images.len() == 1 => Ok(vec![Err(e)]),
+        Err(_) => Ok(images.iter().map(|img| extractor.extract(img)).collect()),
+    }
 }
 
 /// A per-file error without the path (errors.txt and the stderr line already
