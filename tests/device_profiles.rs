@@ -98,12 +98,14 @@ fn the_tuning_table_chooses_by_profile() {
     let sgb = |lanes| MatmulVariant::SubgroupBroadcast { lanes };
     for (profile, gpu) in devices() {
         let expected = match profile.name {
-            "lavapipe-256" => sgb(8),
-            "lavapipe-512" | "small-bindings" => sgb(16),
-            "discrete-gpu" | "wave32-64-gpu" | "webgpu-baseline" => MatmulVariant::Tiled,
-            other => panic!("a new profile, {other}: add its expected variant here"),
+            "lavapipe-256" => (sgb(8), 1),
+            "lavapipe-512" | "small-bindings" => (sgb(16), 1),
+            "discrete-gpu" | "wave32-64-gpu" => (MatmulVariant::Tiled, 4),
+            "webgpu-baseline" => (MatmulVariant::Tiled, 2),
+            other => panic!("a new profile, {other}: add its expected tuning here"),
         };
-        assert_eq!(gpu.tuning.matmul, expected, "{}", profile.name);
+        let chosen = (gpu.tuning.matmul, gpu.tuning.extract_batch);
+        assert_eq!(chosen, expected, "{}", profile.name);
         assert!(!gpu.executes(), "{}", profile.name);
         assert!(gpu.facts.name.contains(profile.name));
     }
@@ -114,8 +116,14 @@ fn the_tuning_table_chooses_by_profile() {
     );
 }
 
-/// Records `model`'s extraction graph at `h`×`w` on `gpu`; returns the plan.
-fn record_extraction(gpu: &Arc<Gpu>, model: &ModelConfig, h: usize, w: usize) -> Executable {
+/// Records `model`'s extraction graph for `batch` images of `h`×`w` on `gpu`.
+fn record_extraction(
+    gpu: &Arc<Gpu>,
+    model: &ModelConfig,
+    batch: usize,
+    h: usize,
+    w: usize,
+) -> Executable {
     let file = model.random_weights(7, 0.0).unwrap();
     let params = model
         .load_params(
@@ -125,7 +133,7 @@ fn record_extraction(gpu: &Arc<Gpu>, model: &ModelConfig, h: usize, w: usize) ->
             &model.parameters().unwrap(),
         )
         .unwrap();
-    let net = model.inference_graph(h, w).unwrap();
+    let net = model.inference_graph(batch, h, w).unwrap();
     let mut targets = vec![net.global];
     targets.extend(net.local.iter().flat_map(|l| [l.attention, l.descriptors]));
     Executable::new(gpu, &net.graph, &targets, &params)
@@ -139,11 +147,13 @@ fn extraction_records_and_validates_on_every_profile() {
             ModelConfig::Delg(tiny_delg()),
             ModelConfig::Dolg(tiny_dolg()),
         ] {
-            // Odd sizes: every level of a real pyramid is one.
-            let exe = record_extraction(&gpu, &model, 75, 93);
-            assert_variant(&profile, &gpu, exe.kernels());
-            assert_eq!(exe.stats().dispatches, exe.kernels().len());
-            gpu.check("recording").unwrap();
+            // Odd sizes, as most pyramid levels are; one image and a batch.
+            for batch in [1, 3] {
+                let exe = record_extraction(&gpu, &model, batch, 75, 93);
+                assert_variant(&profile, &gpu, exe.kernels());
+                assert_eq!(exe.stats().dispatches, exe.kernels().len());
+                gpu.check("recording").unwrap();
+            }
         }
     }
 }
@@ -201,8 +211,8 @@ fn small_bindings_split_large_operands_into_validated_windows() {
     let (whole, windowed) = (open("lavapipe-512"), open("small-bindings"));
     let model = ModelConfig::Delg(tiny_delg());
     // 1.4 MiB of input pixels and larger activations: far above 256 KiB.
-    let a = record_extraction(&whole, &model, 352, 336);
-    let b = record_extraction(&windowed, &model, 352, 336);
+    let a = record_extraction(&whole, &model, 1, 352, 336);
+    let b = record_extraction(&windowed, &model, 1, 352, 336);
     assert!(
         b.stats().dispatches > a.stats().dispatches,
         "windows: {} dispatches against {} unsplit",
@@ -215,7 +225,7 @@ fn small_bindings_split_large_operands_into_validated_windows() {
 #[test]
 fn a_device_profile_refuses_to_read_results() {
     let gpu = Gpu::without_device(&DeviceProfile::named("discrete-gpu").unwrap()).unwrap();
-    let exe = record_extraction(&gpu, &ModelConfig::Delg(tiny_delg()), 64, 64);
+    let exe = record_extraction(&gpu, &ModelConfig::Delg(tiny_delg()), 1, 64, 64);
     exe.run().unwrap();
     let err = exe
         .read(delg_gpu::graph::TensorId(0))

@@ -163,8 +163,10 @@ impl Gpu {
                     reason: e.to_string(),
                 }
             })?;
+        // wgpu 30's no-op adapter always reports a CPU, whatever it was told.
         let facts = AdapterFacts {
             name: format!("{} (device profile, no device)", profile.name),
+            device_type: profile.device_type,
             driver: "none (wgpu no-op backend)".into(),
             ..AdapterFacts::from(&adapter.get_info())
         };
