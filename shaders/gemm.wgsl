@@ -345,3 +345,45 @@ fn broadcast_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     out[p.shift_out + i] = x[p.shift_x + i % p.cols];
 }
 #endif
+
+#if ROW_DOT
+// out[r] = Σ_k matrix[r][k]·vector[k] (+ bias[r·bias_step]), one invocation
+// per row: matrix-vector products (M = 1 or N = 1), which the tiled kernels
+// would compute as whole tiles of mostly padding. K is bounded by the host
+// (llvmpipe's loop cap).
+struct Params {
+    rows: u32,
+    k: u32,
+    shift_matrix: u32,
+    shift_vector: u32,
+    shift_out: u32,
+    shift_bias: u32,
+    bias_step: u32,
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> row_data: array<f32>;
+@group(0) @binding(2) var<storage, read> vec_data: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#if ROW_BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+
+@compute @workgroup_size(64)
+fn row_dot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = linear_index(wid, nwg, lid, 64u);
+    if (r >= p.rows) {
+        return;
+    }
+    let base = p.shift_matrix + r * p.k;
+    var s = 0.0;
+    for (var i = 0u; i < p.k; i++) {
+        s += row_data[base + i] * vec_data[p.shift_vector + i];
+    }
+#if ROW_BIAS
+    s += bias[p.shift_bias + r * p.bias_step];
+#endif
+    out[p.shift_out + r] = s;
+}
+#endif

@@ -341,7 +341,7 @@ impl Executable {
     }
 
     /// Runs the plan once with every node timed, for finding the slow
-    /// kernels: `(op name, output shape, FLOPs, seconds)` in schedule order.
+    /// kernels: `(op label, output shape, FLOPs, seconds)` in schedule order.
     /// Device time from timestamp queries where the adapter has them, else
     /// host time with one submission per node. The results equal those of `run`.
     pub fn profile(&self) -> Result<Vec<(String, Shape, u64, f64)>> {
@@ -367,7 +367,7 @@ impl Executable {
                 .map(|o| self.graph.shape(*o).clone())
                 .unwrap_or_default();
             out.push((
-                node.op.name().to_string(),
+                node.op.profile_label(&shapes),
                 shape,
                 node.op.flops(&shapes),
                 seconds,

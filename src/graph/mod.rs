@@ -87,6 +87,12 @@ pub trait Op: Debug + Send + Sync {
         0
     }
 
+    /// The op's name in per-node profiles, with whatever tells its instances
+    /// apart in time (a convolution's kernel, stride and channels).
+    fn profile_label(&self, _inputs: &[&Shape]) -> String {
+        self.name().to_string()
+    }
+
     /// Inputs this op overwrites in place (optimiser state, running statistics).
     fn mutates(&self) -> &'static [usize] {
         &[]

@@ -129,6 +129,10 @@ impl Op for Conv2dInputGrad {
     fn flops(&self, inputs: &[&Shape]) -> u64 {
         self.geom(inputs[0], inputs[1]).map_or(0, |g| g.flops())
     }
+    fn profile_label(&self, inputs: &[&Shape]) -> String {
+        self.conv
+            .label(self.name(), self.geom(inputs[0], inputs[1]))
+    }
 }
 
 /// dw of a convolution: inputs x [N, H, W, C_in] and dy [N, OH, OW, C_out];
@@ -247,6 +251,10 @@ impl Op for Conv2dWeightGrad {
     }
     fn flops(&self, inputs: &[&Shape]) -> u64 {
         self.geom(inputs[0], inputs[1]).map_or(0, |g| g.flops())
+    }
+    fn profile_label(&self, inputs: &[&Shape]) -> String {
+        self.conv
+            .label(self.name(), self.geom(inputs[0], inputs[1]))
     }
 }
 

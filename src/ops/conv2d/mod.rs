@@ -19,6 +19,7 @@ use crate::gpu::{
 };
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Binary, BinaryKind};
+use crate::ops::gemm::{record_row_dot, RowBias, ROW_DOT_MAX_K};
 use crate::tensor::{RefTensor, Shape, Tensor};
 
 mod geometry;
@@ -356,6 +357,9 @@ impl Op for Conv2d {
 
     fn scratch(&self, gpu: &Gpu, inputs: &[&Shape]) -> Result<Vec<ScratchNeed>> {
         let g = self.geom(inputs[0], inputs[1])?;
+        if self.is_row_dot(&g) {
+            return Ok(Vec::new());
+        }
         let (x, w) = (inputs[0].numel() as u64, inputs[1].numel() as u64);
         let limit = gpu.max_window_elems();
         let product = |a_channels, a_elems, b_elems| StagedProduct {
@@ -396,6 +400,17 @@ impl Op for Conv2d {
     ) -> Result<()> {
         let gpu = rec.gpu();
         let g = self.geom(&inputs[0].shape, &inputs[1].shape)?;
+        if self.is_row_dot(&g) {
+            // Each pixel's channels dotted with the one filter.
+            let bias = self.epilogue.bias.then(|| RowBias {
+                values: inputs[2],
+                per_row: false,
+            });
+            let rows = (g.n * g.h * g.w) as u64;
+            let dims = [rows, g.cin as u64];
+            let limit = gpu.max_window_elems();
+            return record_row_dot(rec, inputs[0], inputs[1], bias, outputs[0], dims, limit);
+        }
         let gather = self.forward_gather(&g);
         let (x, out) = (inputs[0], outputs[0]);
         let weights = inputs[1].whole(gpu)?;
@@ -518,6 +533,50 @@ impl Op for Conv2d {
 
     fn flops(&self, inputs: &[&Shape]) -> u64 {
         self.geom(inputs[0], inputs[1]).map_or(0, |g| g.flops())
+    }
+
+    fn profile_label(&self, inputs: &[&Shape]) -> String {
+        self.label(self.name(), self.geom(inputs[0], inputs[1]))
+    }
+}
+
+impl Conv2d {
+    /// A 1×1 convolution to one channel with at most a bias (attention
+    /// logits) is a matrix-vector product: the implicit GEMM would compute
+    /// 32 output channels per pixel and keep one.
+    fn is_row_dot(&self, g: &Geom) -> bool {
+        let Epilogue {
+            scale_shift,
+            residual,
+            relu,
+            ..
+        } = self.epilogue;
+        [g.kh, g.kw, g.cout] == [1, 1, 1]
+            && self.stride == [1, 1]
+            && self.padding == Padding::default()
+            && !(scale_shift || residual || relu)
+            && g.cin as u64 <= ROW_DOT_MAX_K
+    }
+
+    /// `op` with the kernel, stride, dilation and channels of `geom`, the way
+    /// `bench kernels` names its cases ("conv2d 3x3/2 256->256").
+    fn label(&self, op: &str, geom: Result<Geom>) -> String {
+        let Ok(g) = geom else {
+            return op.to_string();
+        };
+        let dilation = match self.dilation {
+            [1, 1] => String::new(),
+            [dh, dw] if dh == dw => format!(" dilation {dh}"),
+            [dh, dw] => format!(" dilation {dh}x{dw}"),
+        };
+        let stride = match self.stride {
+            [sh, sw] if sh == sw => format!("{sh}"),
+            [sh, sw] => format!("{sh}x{sw}"),
+        };
+        format!(
+            "{op} {}x{}/{stride}{dilation} {}->{}",
+            g.kh, g.kw, g.cin, g.cout
+        )
     }
 }
 

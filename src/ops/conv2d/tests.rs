@@ -365,3 +365,70 @@ fn stem_2048_chunked() {
     }
     assert!(worst < 1e-4, "worst sampled error {worst}");
 }
+
+#[test]
+fn profile_labels_name_kernel_stride_and_channels() {
+    let s = |d: &[usize]| Shape::new(d);
+    let strided = Conv2d::new([2, 2], Padding::symmetric(1, 1));
+    assert_eq!(
+        strided.profile_label(&[&s(&[1, 9, 7, 5]), &s(&[3, 3, 5, 6])]),
+        "conv2d 3x3/2 5->6"
+    );
+    let dilated = Conv2d {
+        dilation: [6, 6],
+        ..Conv2d::new([1, 1], Padding::symmetric(6, 6))
+    };
+    assert_eq!(
+        dilated.profile_label(&[&s(&[1, 13, 13, 4]), &s(&[3, 3, 4, 2])]),
+        "conv2d 3x3/1 dilation 6 4->2"
+    );
+    // The gradients say which convolution they differentiate.
+    let dx = Conv2dInputGrad {
+        conv: strided.clone(),
+        input_hw: [9, 7],
+    };
+    assert_eq!(
+        dx.profile_label(&[&s(&[1, 5, 4, 6]), &s(&[3, 3, 6, 5])]),
+        "conv2d_input_grad 3x3/2 5->6"
+    );
+    let dw = Conv2dWeightGrad {
+        conv: strided,
+        kernel: [3, 3],
+    };
+    assert_eq!(
+        dw.profile_label(&[&s(&[1, 9, 7, 5]), &s(&[1, 5, 4, 6])]),
+        "conv2d_weight_grad 3x3/2 5->6"
+    );
+    // A shape the op rejects still gets its name.
+    let flat = Conv2d::new([2, 2], Padding::default());
+    assert_eq!(
+        flat.profile_label(&[&s(&[1, 4]), &s(&[3, 3, 5, 6])]),
+        "conv2d"
+    );
+}
+
+#[test]
+fn one_channel_1x1_is_a_matrix_vector_product() {
+    // The attention logits: a 1×1 convolution to one channel, with and
+    // without a bias, on odd maps, whole and in windows of 3 pixels.
+    let plain = Conv2d::new([1, 1], Padding::default());
+    let biased = plain.clone().bias();
+    let geom = |op: &Conv2d, x: [usize; 4]| op.geom(&Shape::new(&x), &Shape::new(&[1, 1, x[3], 1]));
+    for op in [&plain, &biased] {
+        assert!(op.is_row_dot(&geom(op, [2, 5, 7, 13]).unwrap()));
+    }
+    check_op(&case(biased.clone(), [2, 5, 7, 13], [1, 1], 1));
+    check_op(&case(biased.clone(), [2, 5, 7, 13], [1, 1], 1).windows(3 * 13));
+    check_op(&case(plain, [1, 3, 4, 9], [1, 1], 1));
+    // A ReLU, a stride or a second channel keep the implicit GEMM.
+    let relu = biased.clone().relu();
+    assert!(!relu.is_row_dot(&geom(&relu, [1, 3, 4, 9]).unwrap()));
+    check_op(&case(relu, [1, 3, 4, 9], [1, 1], 1));
+    let strided = Conv2d::new([2, 2], Padding::default()).bias();
+    assert!(!strided.is_row_dot(&geom(&strided, [1, 3, 4, 9]).unwrap()));
+    assert!(!biased.is_row_dot(
+        &biased
+            .geom(&Shape::new(&[1, 3, 4, 9]), &Shape::new(&[1, 1, 9, 2]))
+            .unwrap()
+    ));
+}

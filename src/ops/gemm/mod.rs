@@ -20,10 +20,13 @@ use crate::tensor::{RefTensor, Shape, Tensor};
 
 mod columns;
 mod kernel;
+mod row_dot;
 
 use columns::*;
 pub use columns::{BroadcastRows, ColumnSum};
 use kernel::*;
+use row_dot::*;
+pub(crate) use row_dot::{record_row_dot, RowBias, ROW_DOT_MAX_K};
 
 const WG: u64 = 256;
 /// Tiled kernel block (rows = columns).
@@ -60,6 +63,7 @@ pub(crate) fn uniform_shape(entry: &str) -> Option<crate::gpu::UniformShape> {
         "pack" => PackParams::shape(),
         "column_sum" => SumParams::shape(),
         "broadcast_rows" => BroadcastParams::shape(),
+        "row_dot" => RowDotParams::shape(),
         _ => return None,
     })
 }
@@ -75,6 +79,7 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
         }
     }
     specs.extend([pack_spec(), column_sum_spec(), broadcast_spec()]);
+    specs.extend([row_dot_spec(false), row_dot_spec(true)]);
     specs
 }
 
@@ -162,6 +167,9 @@ impl Matmul {
     /// kernel reads its operands in place).
     fn scratch_with(&self, gpu: &Gpu, inputs: &[&Shape], lim: Limits) -> Result<Vec<ScratchNeed>> {
         let shape = self.shape(inputs)?;
+        if shape.row_dot().is_some() {
+            return Ok(Vec::new());
+        }
         Ok(match gpu.tuning.matmul {
             MatmulVariant::Tiled => Vec::new(),
             MatmulVariant::SubgroupBroadcast { lanes } => {
@@ -185,6 +193,22 @@ impl Matmul {
             c,
             shape: self.shape(&shapes)?,
         };
+        if let Some((a_is_vector, rows)) = g.shape.row_dot() {
+            let (matrix, vector) = if a_is_vector { (g.b, g.a) } else { (g.a, g.b) };
+            let bias = g.bias.map(|values| RowBias {
+                values,
+                per_row: a_is_vector,
+            });
+            return record_row_dot(
+                rec,
+                matrix,
+                vector,
+                bias,
+                c,
+                [rows, g.shape.d.k],
+                lim.window,
+            );
+        }
         match rec.gpu().tuning.matmul {
             MatmulVariant::Tiled => g.record_tiled(rec, lim),
             MatmulVariant::SubgroupBroadcast { lanes } => g.record_sgb(rec, lim, lanes as u64),

@@ -277,3 +277,77 @@ fn flops_are_two_mnk() {
         2 * 30 * 6 * 7
     );
 }
+
+#[test]
+fn matrix_vector_products_take_the_row_kernel() {
+    // M = 1 with B stored [N, K] (DOLG's FC layers at batch 1) and N = 1 with
+    // A stored [M, K], with and without a bias, in windows of two rows: one
+    // dispatch per window and nothing packed.
+    let lim = Limits {
+        window: 80,
+        texture_dim: 256,
+        texture_budget: 2048,
+        sum_block: 4,
+    };
+    for (ta, tb, m, n, k) in [
+        (false, true, 1, 45, 37),
+        (true, true, 1, 45, 37),
+        (false, false, 53, 1, 29),
+        (false, true, 53, 1, 29),
+    ] {
+        let op = Matmul::new(ta, tb);
+        let (sa, sb) = stored(op, m, n, k);
+        let rows = (m * n) as u64;
+        assert_eq!(
+            op.shape(&[&Shape::new(&sa), &Shape::new(&sb)])
+                .unwrap()
+                .row_dot(),
+            Some((m == 1, rows))
+        );
+        for bias in [false, true] {
+            let mut rng = Rng::new(11);
+            let mut ins = vec![rng.tensor(sa, -1.0, 1.0), rng.tensor(sb, -1.0, 1.0)];
+            if bias {
+                ins.push(rng.tensor([n], -1.0, 1.0));
+            }
+            let refs: Vec<RefTensor> = ins.iter().map(|t| t.to_ref()).collect();
+            let want = op
+                .reference(&refs.iter().collect::<Vec<_>>())
+                .unwrap()
+                .remove(0);
+            let stats = run_with(
+                &ins.iter().collect::<Vec<_>>(),
+                want.shape.clone(),
+                &want,
+                |rec, ins, out| op.record_with(rec, ins, out, lim),
+            );
+            for (variant, st) in stats {
+                let windows = rows.div_ceil(lim.window / k as u64) as usize;
+                assert_eq!((st.dispatches, st.copies), (windows, 0), "{variant:?}");
+            }
+        }
+    }
+    // Rows longer than one invocation may loop over, and products with two
+    // rows and two columns, keep the tiled kernels.
+    let long = GemmShape {
+        d: Dims {
+            m: 1,
+            n: 3,
+            k: ROW_DOT_MAX_K + 1,
+        },
+        ta: false,
+        tb: true,
+    };
+    assert_eq!(long.row_dot(), None);
+    check_op(&case(
+        Matmul::new(false, true),
+        1,
+        3,
+        ROW_DOT_MAX_K as usize + 1,
+        true,
+    ));
+    for (ta, tb) in FLAGS {
+        let two = Matmul::new(ta, tb).shape(&[&Shape::new(&[2, 2]), &Shape::new(&[2, 2])]);
+        assert_eq!(two.unwrap().row_dot(), None);
+    }
+}
