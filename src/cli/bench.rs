@@ -60,6 +60,9 @@ pub enum BenchWhat {
         /// Timed images after one warm-up image.
         #[arg(long, value_parser = checks::int_in::<usize, 1, 10_000>, default_value_t = 2)]
         images: usize,
+        /// How the backbone stores weights and activations (f16 needs SHADER_F16).
+        #[arg(long, value_parser = ["f32", "f16"], default_value = "f32")]
+        precision: String,
     },
     /// Every kernel at the shapes that matter, every matmul variant side by side.
     Kernels {
@@ -120,10 +123,13 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
             image_width,
             image_height,
             images,
+            precision,
         } => {
             let gpu = open(opts)?;
             let model = model.model_config()?;
-            bench::bench_extract(&gpu, &model, image_width, image_height, images).map(|_| ())
+            let precision = precision.parse()?;
+            bench::bench_extract(&gpu, &model, image_width, image_height, images, precision)
+                .map(|_| ())
         }
         BenchWhat::Kernels {
             filter,

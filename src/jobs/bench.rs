@@ -495,6 +495,8 @@ pub fn print_row(r: &BenchResult) {
 pub struct ExtractFigures {
     /// "DELG-R50", "DELG-ResNet[1, 1, 1, 1]w8", ...
     pub model: String,
+    /// How the backbone stored its weights and activations.
+    pub precision: crate::tensor::Precision,
     pub width: u32,
     pub height: u32,
     /// Timed images (after one warm-up image).
@@ -538,8 +540,9 @@ pub fn bench_extract(
     width: u32,
     height: u32,
     images: usize,
+    precision: crate::tensor::Precision,
 ) -> Result<ExtractFigures> {
-    let figures = measure_extract(gpu, model, width, height, images)?;
+    let figures = measure_extract(gpu, model, width, height, images, precision)?;
     print_extract(&figures);
     Ok(figures)
 }
@@ -556,6 +559,7 @@ pub fn measure_extract(
     width: u32,
     height: u32,
     images: usize,
+    precision: crate::tensor::Precision,
 ) -> Result<ExtractFigures> {
     use crate::jobs::extract::{Extractor, PreparedImage};
     let images = images.max(1);
@@ -563,6 +567,7 @@ pub fn measure_extract(
     let file = model.random_weights(0, 0.0)?;
     let cfg = crate::jobs::extract::ExtractConfig {
         score_threshold: Some(0.0),
+        precision,
         ..crate::jobs::extract::ExtractConfig::for_arch(model.arch())
     };
     let norm = cfg.pixel_norm;
@@ -607,6 +612,7 @@ pub fn measure_extract(
         .collect();
     Ok(ExtractFigures {
         model: model_name(model),
+        precision,
         width,
         height,
         images,
@@ -624,10 +630,11 @@ pub fn measure_extract(
 
 pub fn print_extract(f: &ExtractFigures) {
     println!(
-        "extract {}x{} {}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
+        "extract {}x{} {} ({}): {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
         f.width,
         f.height,
         f.model,
+        f.precision.name(),
         f.images_per_s,
         f.seconds_per_image,
         f.gflop_per_image,

@@ -307,7 +307,14 @@ pub fn run_gpu_report(
 
     println!("== extraction, batch 1 (batched extraction is not available yet)");
     let (w, h) = size.image;
-    let batch_1 = bench::bench_extract(&gpu, &size.model, w, h, size.extract_images)?;
+    let batch_1 = bench::bench_extract(
+        &gpu,
+        &size.model,
+        w,
+        h,
+        size.extract_images,
+        crate::tensor::Precision::F32,
+    )?;
 
     println!("== one training step");
     let (training_step, train_config) = measure_train_step(&gpu, &size.model, size.train)?;
