@@ -17,6 +17,16 @@
 // scalars from storage buffers and handles any channel count.
 // (No `enable subgroups;`: naga 30 rejects it; the SGB variant is only chosen
 // when the device has SUBGROUP, see MatmulVariant::supported.)
+// F16 (forward only): x, w, the residual and y are stored in f16 and read
+// into f32, every sum accumulates in f32 and each output is rounded once on
+// store; bias, scale and shift stay f32. The TEX form stages A and B as
+// rgba16float texels, which the texture loads widen to f32.
+#if F16
+enable f16;
+alias Store = f16;
+#else
+alias Store = f32;
+#endif
 #include "common"
 
 struct Params {
@@ -61,12 +71,20 @@ struct Params {
 #if ASCALAR
 @group(0) @binding(1) var a_tex: texture_storage_2d<r32float, read>;
 #else
+#if F16
+@group(0) @binding(1) var a_tex: texture_storage_2d<rgba16float, read>;
+#else
 @group(0) @binding(1) var a_tex: texture_storage_2d<rgba32float, read>;
 #endif
-@group(0) @binding(2) var b_tex: texture_storage_2d<rgba32float, read>;
+#endif
+#if F16
+@group(0) @binding(2) var b_tex: texture_storage_2d<rgba16float, read>;
 #else
-@group(0) @binding(1) var<storage, read> a_buf: array<f32>;
-@group(0) @binding(2) var<storage, read> b_buf: array<f32>;
+@group(0) @binding(2) var b_tex: texture_storage_2d<rgba32float, read>;
+#endif
+#else
+@group(0) @binding(1) var<storage, read> a_buf: array<Store>;
+@group(0) @binding(2) var<storage, read> b_buf: array<Store>;
 #endif
 #endif
 
@@ -141,14 +159,14 @@ fn a_elem(row: u32, k: u32) -> f32 {
     if (e < 0) {
         return 0.0;
     }
-    return a_buf[e];
+    return f32(a_buf[e]);
 }
 
 fn b_elem(k: u32, col: u32) -> f32 {
     if (k >= p.k || col >= p.n) {
         return 0.0;
     }
-    return b_buf[k * p.n + col + p.b_shift];
+    return f32(b_buf[k * p.n + col + p.b_shift]);
 }
 #endif
 
@@ -164,8 +182,26 @@ struct Cols {
     add: vec4<f32>,
 }
 
+// A finished value as stored: f16 stores saturate at +-65504 first (WGSL
+// leaves the conversion of larger values undefined; tensor::f16_store).
+fn stored(v: f32) -> Store {
+#if F16
+    return f16(clamp(v, -65504.0, 65504.0));
+#else
+    return v;
+#endif
+}
+
+fn stored4(v: vec4<f32>) -> vec4<Store> {
+#if F16
+    return vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+#else
+    return v;
+#endif
+}
+
 #if TEX
-@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<Store>>;
 #if BIAS
 @group(0) @binding({{BIAS_BINDING}}) var<storage, read> bias: array<vec4<f32>>;
 #endif
@@ -174,7 +210,7 @@ struct Cols {
 @group(0) @binding({{SHIFT_BINDING}}) var<storage, read> shift: array<vec4<f32>>;
 #endif
 #if RESIDUAL
-@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<vec4<f32>>;
+@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<vec4<Store>>;
 #endif
 
 fn columns(col0: u32) -> Cols {
@@ -195,7 +231,7 @@ fn store4(row0: u32, col0: u32, acc4: vec4<f32>, c: Cols) {
     let col = min(col0, p.n - 4u);
     var v = acc4 * c.mul + c.add;
 #if RESIDUAL
-    v += residual[(row * p.n + col + p.r_shift) / 4u];
+    v += vec4<f32>(residual[(row * p.n + col + p.r_shift) / 4u]);
 #endif
 #if RELU
     v = max(v, vec4<f32>(0.0));
@@ -203,15 +239,15 @@ fn store4(row0: u32, col0: u32, acc4: vec4<f32>, c: Cols) {
     let io = (row * p.n + col + p.c_shift) / 4u;
 #if DW
     if (p.accum != 0u) {
-        v += out[io];
+        v += vec4<f32>(out[io]);
     }
 #endif
     if (row0 < p.m && col0 < p.n) {
-        out[io] = v;
+        out[io] = stored4(v);
     }
 }
 #else
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<Store>;
 #if BIAS
 @group(0) @binding({{BIAS_BINDING}}) var<storage, read> bias: array<f32>;
 #endif
@@ -220,7 +256,7 @@ fn store4(row0: u32, col0: u32, acc4: vec4<f32>, c: Cols) {
 @group(0) @binding({{SHIFT_BINDING}}) var<storage, read> shift: array<f32>;
 #endif
 #if RESIDUAL
-@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<f32>;
+@group(0) @binding({{RESIDUAL_BINDING}}) var<storage, read> residual: array<Store>;
 #endif
 
 fn clamped4(col: u32) -> vec4<u32> {
@@ -248,7 +284,7 @@ fn store4(row0: u32, col: u32, acc4: vec4<f32>, c: Cols) {
     var v = acc4 * c.mul + c.add;
 #if RESIDUAL
     let r = clamped4(col) + row * p.n + p.r_shift;
-    v += vec4<f32>(residual[r.x], residual[r.y], residual[r.z], residual[r.w]);
+    v += vec4<f32>(f32(residual[r.x]), f32(residual[r.y]), f32(residual[r.z]), f32(residual[r.w]));
 #endif
 #if RELU
     v = max(v, vec4<f32>(0.0));
@@ -256,13 +292,13 @@ fn store4(row0: u32, col: u32, acc4: vec4<f32>, c: Cols) {
     let io = clamped4(col) + row * p.n + p.c_shift;
 #if DW
     if (p.accum != 0u) {
-        v += vec4<f32>(out[io.x], out[io.y], out[io.z], out[io.w]);
+        v += vec4<f32>(f32(out[io.x]), f32(out[io.y]), f32(out[io.z]), f32(out[io.w]));
     }
 #endif
     if (row0 < p.m) {
         for (var e = 0u; e < 4u; e++) {
             if (col + e < p.n) {
-                out[io[e]] = v[e];
+                out[io[e]] = stored(v[e]);
             }
         }
     }

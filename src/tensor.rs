@@ -29,6 +29,10 @@ impl Shape {
     pub fn bytes(&self) -> u64 {
         self.numel() as u64 * 4
     }
+    /// Bytes of the tensor stored at `precision`.
+    pub fn bytes_as(&self, precision: Precision) -> u64 {
+        self.numel() as u64 * precision.bytes()
+    }
     /// The four NHWC dimensions, or a shape error naming `op`.
     pub fn nhwc(&self, op: &str) -> Result<[usize; 4]> {
         match self.0.as_slice() {
@@ -74,6 +78,120 @@ impl<const N: usize> From<[usize; N]> for Shape {
     fn from(d: [usize; N]) -> Self {
         Shape(d.to_vec())
     }
+}
+
+/// How a device tensor stores its elements. Arithmetic is always f32: f16
+/// tensors are read into f32, accumulated in f32 and rounded once on store.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// `v` as stored at this precision (f16: `f16_store` of it as f32).
+    pub fn round(self, v: f64) -> f64 {
+        match self {
+            Precision::F32 => v as f32 as f64,
+            Precision::F16 => f16_to_f32(f16_store(v as f32)) as f64,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown precision '{other}': use f32 or f16"
+            ))),
+        }
+    }
+}
+
+/// IEEE half-precision bits to f32 (exact).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: value = f · 2^-24.
+            let v = f as f32 * (1.0 / (1 << 24) as f32);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// f32 to IEEE half-precision bits, rounded to nearest even as GPUs store
+/// f16: overflow gives ±infinity, NaN stays NaN.
+pub fn f32_to_f16(v: f32) -> u16 {
+    let x = v.to_bits();
+    let sign = ((x >> 16) & 0x8000) as u16;
+    let exp = ((x >> 23) & 0xff) as i32;
+    let man = x & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e <= 0 {
+        // Subnormal (or zero): the value in units of 2^-24, rounded.
+        if e < -10 {
+            return sign;
+        }
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let rounded = (m + (1 << (shift - 1)) - 1 + ((m >> shift) & 1)) >> shift;
+        return sign | rounded as u16;
+    }
+    let rounded = man + 0xfff + ((man >> 13) & 1);
+    let (e, m) = if rounded & 0x80_0000 != 0 {
+        (e + 1, 0)
+    } else {
+        (e, rounded >> 13)
+    };
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    sign | ((e as u16) << 10) | m as u16
+}
+
+/// The largest finite f16.
+pub const F16_MAX: f32 = 65504.0;
+
+/// How every f16 store rounds, on the host and in the kernels: saturated to
+/// ±`F16_MAX` (WGSL leaves the conversion of larger values undefined), then
+/// rounded to nearest even. NaN stays NaN, so checks still see it.
+pub fn f16_store(v: f32) -> u16 {
+    f32_to_f16(v.clamp(-F16_MAX, F16_MAX))
 }
 
 /// A dense host tensor. `HostTensor` (f32) crosses to and from the device;
@@ -168,5 +286,41 @@ impl Rng {
             .map(|_| self.range(lo, hi) as f32)
             .collect();
         Tensor { shape, data }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_f16_value_survives_a_round_trip_through_f32() {
+        for h in 0..=u16::MAX {
+            let v = f16_to_f32(h);
+            if v.is_nan() {
+                assert!(f16_to_f32(f32_to_f16(v)).is_nan());
+            } else {
+                assert_eq!(f32_to_f16(v), h, "{h:#06x} = {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn f32_to_f16_rounds_to_nearest_even_and_saturates_to_infinity() {
+        // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties go to the even 1.
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3c00);
+        // Just above the tie rounds up.
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11) + 2f32.powi(-20)), 0x3c01);
+        // 1 + 3·2^-11 ties between odd 0x3c01 and even 0x3c02.
+        assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02);
+        assert_eq!(f32_to_f16(65504.0), 0x7bff);
+        assert_eq!(f32_to_f16(65520.0), 0x7c00, "the tie past the largest f16 overflows");
+        assert_eq!(f32_to_f16(-1e6), 0xfc00);
+        // Half of the smallest subnormal ties to zero; a little more rounds up.
+        assert_eq!(f32_to_f16(2f32.powi(-25)), 0);
+        assert_eq!(f32_to_f16(2f32.powi(-25) * 1.5), 1);
+        assert_eq!(Precision::F16.round(0.1), 0.0999755859375);
+        assert_eq!(Precision::F16.round(1e9), 65504.0, "stores saturate");
+        assert!(Precision::F16.round(f64::NAN).is_nan());
     }
 }

@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::gpu::{DeviceTensor, Gpu, GpuOptions, Recorder};
-use crate::graph::exec::{run_op, Executable, ParamStore};
+use crate::graph::exec::{run_op_stored, Executable, ParamStore};
 use crate::graph::reference::eval_reference;
 use crate::graph::{Graph, Op, TensorId};
-use crate::tensor::{HostTensor, RefTensor, Rng, Shape};
+use crate::tensor::{HostTensor, Precision, RefTensor, Rng, Shape};
 
 fn no_gpu_allowed() -> bool {
     std::env::var_os("DELG_ALLOW_NO_GPU").is_some_and(|v| v != "0" && v != "false")
@@ -87,6 +87,8 @@ pub fn windowed_gpus(elems: u64) -> Vec<Arc<Gpu>> {
 pub struct OpCase {
     pub op: Arc<dyn Op>,
     pub inputs: Vec<HostTensor>,
+    /// How each input is stored on the device (f32 unless `stored` says).
+    pub precisions: Vec<Precision>,
     /// Inputs whose gradients are checked (default: all for which backward gives one).
     pub differentiable: Option<Vec<usize>>,
     /// Outputs `grad_check` seeds (default: all). Fused losses also output the
@@ -104,6 +106,7 @@ impl OpCase {
         OpCase {
             op: Arc::new(op),
             inputs: Vec::new(),
+            precisions: Vec::new(),
             differentiable: None,
             seeded_outputs: None,
             forward_tol: 1e-4,
@@ -115,11 +118,17 @@ impl OpCase {
     /// Adds a uniform random input in [lo, hi).
     pub fn input(mut self, shape: impl Into<Shape>, lo: f64, hi: f64) -> Self {
         let t = self.rng.tensor(shape, lo, hi);
-        self.inputs.push(t);
-        self
+        self.tensor(t)
     }
     pub fn tensor(mut self, t: HostTensor) -> Self {
         self.inputs.push(t);
+        self.precisions.push(Precision::F32);
+        self
+    }
+    /// Stores input `i` at `precision` on the device; the reference then
+    /// sees it rounded the same way.
+    pub fn stored(mut self, i: usize, precision: Precision) -> Self {
+        self.precisions[i] = precision;
         self
     }
     pub fn only_grads(mut self, which: &[usize]) -> Self {
@@ -214,16 +223,26 @@ pub fn dispatch_labels(gpu: &Gpu, op: &dyn Op, shapes: &[&[usize]]) -> Vec<Strin
 
 /// Runs the op on every test device and compares every output with the reference.
 pub fn check_op(case: &OpCase) {
-    let refs: Vec<RefTensor> = case.inputs.iter().map(|t| t.to_ref()).collect();
+    let refs: Vec<RefTensor> = case
+        .inputs
+        .iter()
+        .zip(&case.precisions)
+        .map(|(t, p)| {
+            let mut r = t.to_ref();
+            r.data.iter_mut().for_each(|v| *v = p.round(*v));
+            r
+        })
+        .collect();
     let want = case
         .op
         .reference(&refs.iter().collect::<Vec<_>>())
         .expect("reference");
     for gpu in &case.gpus() {
-        let got = run_op(
+        let got = run_op_stored(
             gpu,
             case.op.clone(),
             &case.inputs.iter().collect::<Vec<_>>(),
+            &case.precisions,
         )
         .unwrap_or_else(|e| panic!("{} on {}: {e}", case.op.name(), gpu.tuning.describe()));
         assert_eq!(got.len(), want.len());

@@ -473,3 +473,39 @@ fn dolg_batched_extraction_equals_one_image_at_a_time() {
         false,
     );
 }
+
+#[test]
+fn f16_extraction_agrees_with_f32_or_is_refused_with_the_fix() {
+    use delg_gpu::jobs::extract::{agreement, prepare_image, Extractor};
+    use delg_gpu::tensor::Precision;
+    let Some(gpu) = test_gpu() else { return };
+    let dir = temp("f16");
+    let weights = dir.join("tiny.safetensors");
+    tiny_weights(&weights);
+    let half = ExtractConfig {
+        precision: Precision::F16,
+        ..small_config()
+    };
+    if !gpu.features.contains(wgpu::Features::SHADER_F16) {
+        let err = Extractor::load(&gpu, &weights, half).err().expect("refused");
+        let msg = err.to_string();
+        assert!(msg.contains(&gpu.facts.name) && msg.contains("--precision f32"), "{msg}");
+        return;
+    }
+    let mut full = Extractor::load(&gpu, &weights, small_config()).unwrap();
+    let mut halved = Extractor::load(&gpu, &weights, half).unwrap();
+    for seed in [3, 4] {
+        let image = dir.join(format!("scene{seed}.png"));
+        render_scene(seed, 0, 96).save(&image).unwrap();
+        let prepared = prepare_image(&image, &small_config(), None).unwrap();
+        let a = full.extract(&prepared).unwrap();
+        let b = halved.extract(&prepared).unwrap();
+        let m = agreement(&a, &b, 1.0);
+        // Rounding every activation to f16 moves the descriptors by ~1e-3:
+        // far below what separates images. NaN fails every comparison.
+        assert!(m.global_cosine > 0.999, "{m:?}");
+        assert!(m.keypoints > 10 && m.found_share() > 0.9, "{m:?}");
+        assert!(m.descriptor_max < 0.05, "{m:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

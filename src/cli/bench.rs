@@ -63,6 +63,9 @@ pub enum BenchWhat {
         /// Images per batch, as `extract --batch` (default: the adapter's tuning table).
         #[arg(long, value_parser = checks::int_in::<usize, 1, 64>)]
         batch: Option<usize>,
+        /// How the backbone stores weights and activations (f16 needs SHADER_F16).
+        #[arg(long, value_parser = ["f32", "f16"], default_value = "f32")]
+        precision: String,
     },
     /// Every kernel at the shapes that matter, every matmul variant side by side.
     Kernels {
@@ -124,11 +127,14 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
             image_height,
             images,
             batch,
+            precision,
         } => {
             let gpu = open(opts)?;
             let model = model.model_config()?;
             let batch = batch.unwrap_or(gpu.tuning.extract_batch);
-            bench::bench_extract(&gpu, &model, image_width, image_height, images, batch).map(|_| ())
+            let precision = precision.parse()?;
+            bench::bench_extract(&gpu, &model, image_width, image_height, images, batch, precision)
+                .map(|_| ())
         }
         BenchWhat::Kernels {
             filter,

@@ -239,6 +239,10 @@ pub struct ExtractFlags {
     /// (forged headers and decompression bombs); default 100 megapixels.
     #[arg(long, value_parser = MAX_PIXELS)]
     pub max_pixels: Option<u64>,
+    /// How the backbone stores its weights and activations: f32, or f16
+    /// (half the memory; sums still in f32) on adapters with SHADER_F16.
+    #[arg(long, value_parser = ["f32", "f16"])]
+    pub precision: Option<String>,
 }
 
 /// `--max-pixels`: 1 pixel to 1 terapixel.
@@ -270,6 +274,9 @@ impl ExtractFlags {
         }
         if let Some(m) = self.max_pixels {
             cfg.max_pixels = m;
+        }
+        if let Some(p) = &self.precision {
+            cfg.precision = p.parse()?;
         }
         cfg.validate()
     }

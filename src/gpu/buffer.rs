@@ -6,6 +6,7 @@ use super::counters::Count;
 use super::device::Gpu;
 use super::window::Window;
 use crate::error::{Error, Result};
+use crate::tensor::{f16_store, f16_to_f32, Precision};
 
 pub const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
@@ -171,7 +172,7 @@ impl Readback {
     pub fn new(gpu: &Gpu, tensors: &[&DeviceTensor]) -> Result<Readback> {
         let slices = tensors
             .iter()
-            .map(|t| (t.buffer.clone(), t.offset, t.shape.bytes()))
+            .map(|t| (t.buffer.clone(), t.offset, t.bytes()))
             .collect();
         Self::of_slices(gpu, slices)
     }
@@ -231,19 +232,24 @@ pub struct DeviceTensor {
     pub shape: crate::tensor::Shape,
     pub buffer: wgpu::Buffer,
     pub offset: u64,
+    pub precision: Precision,
 }
 
 impl DeviceTensor {
     pub fn numel(&self) -> u64 {
         self.shape.numel() as u64
     }
+    /// Bytes of its elements.
+    pub fn bytes(&self) -> u64 {
+        self.shape.bytes_as(self.precision)
+    }
     /// First element index of this tensor inside its buffer.
     pub fn base(&self) -> u64 {
-        self.offset / 4
+        self.offset / self.precision.bytes()
     }
     /// A window over elements [start, start+count) of this tensor.
     pub fn window(&self, gpu: &Gpu, start: u64, count: u64) -> Result<Window> {
-        gpu.window(&self.buffer, self.base() + start, count)
+        gpu.window_of(&self.buffer, self.base() + start, count, self.precision)
     }
     /// The whole tensor as one window; errors when it exceeds one binding,
     /// for kernels that have no chunked path.
@@ -251,24 +257,68 @@ impl DeviceTensor {
         self.window(gpu, 0, self.numel())
     }
     pub fn upload(gpu: &Gpu, t: &crate::tensor::HostTensor) -> Result<DeviceTensor> {
+        Self::upload_as(gpu, t, Precision::F32)
+    }
+    /// Uploads `t` stored at `precision` (f16: rounded by `f16_store`).
+    pub fn upload_as(
+        gpu: &Gpu,
+        t: &crate::tensor::HostTensor,
+        precision: Precision,
+    ) -> Result<DeviceTensor> {
+        let buffer = match precision {
+            Precision::F32 => gpu.upload("tensor", &t.data)?,
+            Precision::F16 => {
+                let halves: Vec<u16> = t.data.iter().map(|&v| f16_store(v)).collect();
+                let buf = gpu.storage_buffer("tensor", t.shape.bytes_as(precision))?;
+                gpu.write(&buf, 0, &padded_to_4(bytemuck::cast_slice(&halves)));
+                buf
+            }
+        };
         Ok(DeviceTensor {
             shape: t.shape.clone(),
-            buffer: gpu.upload("tensor", &t.data)?,
+            buffer,
             offset: 0,
+            precision,
         })
     }
     pub fn zeros(gpu: &Gpu, shape: crate::tensor::Shape) -> Result<DeviceTensor> {
+        Self::zeros_as(gpu, shape, Precision::F32)
+    }
+    pub fn zeros_as(
+        gpu: &Gpu,
+        shape: crate::tensor::Shape,
+        precision: Precision,
+    ) -> Result<DeviceTensor> {
         Ok(DeviceTensor {
-            buffer: gpu.storage_buffer("tensor", shape.bytes())?,
+            buffer: gpu.storage_buffer("tensor", shape.bytes_as(precision))?,
             shape,
             offset: 0,
+            precision,
         })
     }
+    /// The tensor's values as f32 (f16 ones widened exactly).
     pub fn download(&self, gpu: &Gpu) -> Result<crate::tensor::HostTensor> {
-        let data = gpu.download(&self.buffer, self.offset, self.shape.numel())?;
+        let data = match self.precision {
+            Precision::F32 => gpu.download(&self.buffer, self.offset, self.shape.numel())?,
+            Precision::F16 => {
+                let bytes = gpu.read_bytes(&self.buffer, self.offset, self.bytes().next_multiple_of(4))?;
+                bytes
+                    .chunks_exact(2)
+                    .take(self.shape.numel())
+                    .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                    .collect()
+            }
+        };
         Ok(crate::tensor::Tensor {
             shape: self.shape.clone(),
             data,
         })
     }
+}
+
+/// `bytes` with zeros appended to a multiple of 4, as `write_buffer` needs.
+fn padded_to_4(bytes: &[u8]) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v.resize(bytes.len().next_multiple_of(4), 0);
+    v
 }

@@ -11,6 +11,7 @@ use super::device::Gpu;
 use super::recorder::Recorder;
 use super::shader::ShaderSpec;
 use crate::error::{Error, Result};
+use crate::tensor::Precision;
 
 /// A byte range of a buffer bound as one storage binding.
 #[derive(Clone, Debug)]
@@ -31,11 +32,27 @@ pub struct Window {
 impl Gpu {
     /// A window of `count` f32 elements from element `start` of `buffer`.
     pub fn window(&self, buffer: &wgpu::Buffer, start: u64, count: u64) -> Result<Window> {
+        self.window_of(buffer, start, count, Precision::F32)
+    }
+
+    /// A window of `count` elements stored at `precision` from element
+    /// `start` of `buffer`; its size is a whole number of 4-byte words, as
+    /// storage bindings require.
+    pub fn window_of(
+        &self,
+        buffer: &wgpu::Buffer,
+        start: u64,
+        count: u64,
+        precision: Precision,
+    ) -> Result<Window> {
+        let elem = precision.bytes();
         let align = self.binding_alignment();
-        let byte = start * 4;
+        let byte = start * elem;
         let offset = byte / align * align;
-        let shift = (byte - offset) / 4;
-        let size = ((shift + count.max(1)) * 4).min(buffer.size() - offset);
+        let shift = (byte - offset) / elem;
+        let size = ((shift + count.max(1)) * elem)
+            .next_multiple_of(4)
+            .min(buffer.size() - offset);
         if size > self.device_binding_bytes() {
             return Err(Error::LimitExceeded {
                 what: format!("a window of {count} elements"),

@@ -9,7 +9,7 @@ use super::{Graph, TensorId, TensorKind};
 use crate::error::{Error, Result};
 use crate::gpu::buffer::Readback;
 use crate::gpu::{DeviceTensor, Gpu, Recorder, Recording, ScratchNeed};
-use crate::tensor::{HostTensor, Shape};
+use crate::tensor::{HostTensor, Precision, Shape};
 
 /// Persistent tensors by name: weights, optimiser state, running statistics.
 /// Shared by every plan built for the same model, whatever the input shape.
@@ -20,8 +20,20 @@ pub struct ParamStore {
 
 impl ParamStore {
     pub fn insert(&mut self, gpu: &Gpu, name: &str, value: &HostTensor) -> Result<()> {
-        self.tensors
-            .insert(name.to_string(), DeviceTensor::upload(gpu, value)?);
+        self.insert_as(gpu, name, value, Precision::F32)
+    }
+    /// Uploads `value` stored at `precision`.
+    pub fn insert_as(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        value: &HostTensor,
+        precision: Precision,
+    ) -> Result<()> {
+        self.tensors.insert(
+            name.to_string(),
+            DeviceTensor::upload_as(gpu, value, precision)?,
+        );
         Ok(())
     }
     pub fn get(&self, name: &str) -> Option<&DeviceTensor> {
@@ -87,6 +99,14 @@ impl Executable {
                             ),
                         ));
                     }
+                    if p.precision != info.precision {
+                        return Err(Error::Internal(format!(
+                            "parameter '{}' is stored in {}, the graph reads {}",
+                            info.name,
+                            p.precision.name(),
+                            info.precision.name()
+                        )));
+                    }
                     tensors.insert(id, p.clone());
                 }
                 TensorKind::Input => {
@@ -138,6 +158,7 @@ impl Executable {
                         shape: info.shape.clone(),
                         buffer: slots[slot].clone(),
                         offset: 0,
+                        precision: info.precision,
                     },
                 );
             } else if let Some(base) = tensors.get(&info.storage).cloned() {
@@ -230,6 +251,9 @@ impl Executable {
 
     pub fn set_input(&self, t: TensorId, value: &HostTensor) -> Result<()> {
         let dst = self.tensor(t)?;
+        if dst.precision != Precision::F32 {
+            return Err(Error::Internal("inputs are fed as f32".into()));
+        }
         if dst.shape != value.shape {
             return Err(Error::shape(
                 "input",
@@ -258,11 +282,19 @@ impl Executable {
     }
 
     /// A readback of `targets`, made once and encoded after every run.
+    /// Its targets must be f32: callers decode the bytes as f32.
     pub fn readback(&self, targets: &[TensorId]) -> Result<Readback> {
         let tensors: Vec<&DeviceTensor> = targets
             .iter()
             .map(|t| self.tensor(*t))
             .collect::<Result<_>>()?;
+        if let Some(t) = tensors.iter().find(|t| t.precision != Precision::F32) {
+            return Err(Error::Internal(format!(
+                "a readback of a {} tensor {:?}: cast graph outputs to f32",
+                t.precision.name(),
+                t.shape
+            )));
+        }
         Readback::new(&self.gpu, &tensors)
     }
 
@@ -454,15 +486,28 @@ pub fn run_op(
     op: Arc<dyn super::Op>,
     inputs: &[&HostTensor],
 ) -> Result<Vec<HostTensor>> {
+    run_op_stored(gpu, op, inputs, &vec![Precision::F32; inputs.len()])
+}
+
+/// `run_op` with input i uploaded at `precisions[i]`; outputs are stored as
+/// the op says and read back as f32.
+pub fn run_op_stored(
+    gpu: &Arc<Gpu>,
+    op: Arc<dyn super::Op>,
+    inputs: &[&HostTensor],
+    precisions: &[Precision],
+) -> Result<Vec<HostTensor>> {
     let shapes: Vec<&Shape> = inputs.iter().map(|t| &t.shape).collect();
     let out_shapes = op.infer(&shapes)?;
+    let out_precision = op.output_precision(precisions)?;
     let ins: Vec<DeviceTensor> = inputs
         .iter()
-        .map(|t| DeviceTensor::upload(gpu, t))
+        .zip(precisions)
+        .map(|(t, p)| DeviceTensor::upload_as(gpu, t, *p))
         .collect::<Result<_>>()?;
     let outs: Vec<DeviceTensor> = out_shapes
         .into_iter()
-        .map(|s| DeviceTensor::zeros(gpu, s))
+        .map(|s| DeviceTensor::zeros_as(gpu, s, out_precision))
         .collect::<Result<_>>()?;
     gpu.reserve_scratch(&op.scratch(gpu, &shapes)?)?;
     let mut rec = Recorder::new(gpu);

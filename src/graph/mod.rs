@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceTensor, Gpu, Recorder, ScratchNeed};
-use crate::tensor::{RefTensor, Shape};
+use crate::tensor::{Precision, RefTensor, Shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorId(pub usize);
@@ -38,6 +38,19 @@ pub struct TensorInfo {
     pub producer: Option<usize>,
     /// The tensor whose memory this one shares (itself unless it is a view).
     pub storage: TensorId,
+    /// How its elements are stored on the device.
+    pub precision: Precision,
+}
+
+/// The default of `Op::output_precision`: f32 in, f32 out.
+pub fn f32_only(op: &str, inputs: &[Precision]) -> Result<Precision> {
+    match inputs.iter().position(|p| *p != Precision::F32) {
+        None => Ok(Precision::F32),
+        Some(i) => Err(Error::Internal(format!(
+            "{op} reads f32 only, but its input {i} is stored in {}: cast it first",
+            inputs[i].name()
+        ))),
+    }
 }
 
 /// One kernel family's operation. Every op has a plain-Rust reference in f64
@@ -48,6 +61,13 @@ pub trait Op: Debug + Send + Sync {
 
     /// Output shapes for these input shapes, or a shape error.
     fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>>;
+
+    /// The storage precision of every output for inputs stored at `inputs`;
+    /// an op whose kernels read only f32 refuses others here, where the
+    /// graph is built.
+    fn output_precision(&self, inputs: &[Precision]) -> Result<Precision> {
+        f32_only(self.name(), inputs)
+    }
 
     /// The reference computation.
     fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>>;
@@ -146,6 +166,7 @@ impl Graph {
         shape: Shape,
         kind: TensorKind,
         producer: Option<usize>,
+        precision: Precision,
     ) -> TensorId {
         let id = TensorId(self.tensors.len());
         self.tensors.push(TensorInfo {
@@ -154,16 +175,43 @@ impl Graph {
             name,
             producer,
             storage: id,
+            precision,
         });
         id
     }
 
     pub fn input(&mut self, name: &str, shape: impl Into<Shape>) -> TensorId {
-        self.add_tensor(name.into(), shape.into(), TensorKind::Input, None)
+        self.add_tensor(
+            name.into(),
+            shape.into(),
+            TensorKind::Input,
+            None,
+            Precision::F32,
+        )
     }
 
     pub fn param(&mut self, name: &str, shape: impl Into<Shape>) -> TensorId {
-        self.add_tensor(name.into(), shape.into(), TensorKind::Param, None)
+        self.param_as(name, shape, Precision::F32)
+    }
+
+    /// A parameter stored at `precision` (f16 convolution weights).
+    pub fn param_as(
+        &mut self,
+        name: &str,
+        shape: impl Into<Shape>,
+        precision: Precision,
+    ) -> TensorId {
+        self.add_tensor(
+            name.into(),
+            shape.into(),
+            TensorKind::Param,
+            None,
+            precision,
+        )
+    }
+
+    pub fn precision(&self, t: TensorId) -> Precision {
+        self.tensors[t.0].precision
     }
 
     pub fn info(&self, t: TensorId) -> &TensorInfo {
@@ -188,6 +236,11 @@ impl Graph {
         }
         let shapes: Vec<&Shape> = inputs.iter().map(|t| self.shape(*t)).collect();
         let out_shapes = op.infer(&shapes)?;
+        let in_precisions: Vec<Precision> = inputs.iter().map(|t| self.precision(*t)).collect();
+        let precision = match op.view_of() {
+            Some(v) => in_precisions[v],
+            None => op.output_precision(&in_precisions)?,
+        };
         let node = self.nodes.len();
         let outputs: Vec<TensorId> = out_shapes
             .into_iter()
@@ -198,6 +251,7 @@ impl Graph {
                     s,
                     TensorKind::Computed,
                     Some(node),
+                    precision,
                 )
             })
             .collect();
@@ -250,14 +304,19 @@ impl Graph {
                         .iter()
                         .position(|t| t.kind == TensorKind::Param && t.name == info.name);
                     let mine = match existing {
-                        Some(j) if self.tensors[j].shape == info.shape => TensorId(j),
+                        Some(j)
+                            if self.tensors[j].shape == info.shape
+                                && self.tensors[j].precision == info.precision =>
+                        {
+                            TensorId(j)
+                        }
                         Some(_) => {
                             return Err(Error::Internal(format!(
-                                "import: parameter '{}' exists with another shape",
+                                "import: parameter '{}' exists with another shape or precision",
                                 info.name
                             )))
                         }
-                        None => self.param(&info.name, info.shape.clone()),
+                        None => self.param_as(&info.name, info.shape.clone(), info.precision),
                     };
                     map.insert(id, mine);
                 }

@@ -89,7 +89,7 @@ pub fn plan_storages(graph: &Graph, targets: &[TensorId]) -> StoragePlan {
             let st = graph.info(*o).storage;
             if graph.info(st).kind == TensorKind::Computed {
                 lives.entry(st).or_insert(Lifetime {
-                    bytes: graph.shape(st).bytes(),
+                    bytes: graph.shape(st).bytes_as(graph.precision(st)),
                     first: step,
                     last: step,
                 });

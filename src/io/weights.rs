@@ -9,7 +9,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::tensor::{HostTensor, Shape, Tensor};
+use crate::tensor::{f16_to_f32, HostTensor, Shape, Tensor};
 
 #[derive(Clone, Debug, Default)]
 pub struct WeightFile {
@@ -48,22 +48,6 @@ pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, f) => {
-            // Subnormal: value = f · 2^-24.
-            let v = f as f32 * (1.0 / (1 << 24) as f32);
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
-        (e, f) => sign | ((e + 112) << 23) | (f << 13),
-    };
-    f32::from_bits(bits)
-}
 
 impl WeightFile {
     pub fn load(path: &Path) -> Result<WeightFile> {

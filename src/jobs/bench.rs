@@ -495,6 +495,8 @@ pub fn print_row(r: &BenchResult) {
 pub struct ExtractFigures {
     /// "DELG-R50", "DELG-ResNet[1, 1, 1, 1]w8", ...
     pub model: String,
+    /// How the backbone stored its weights and activations.
+    pub precision: crate::tensor::Precision,
     pub width: u32,
     pub height: u32,
     /// Images per batch (`extract --batch`).
@@ -541,8 +543,9 @@ pub fn bench_extract(
     height: u32,
     images: usize,
     batch: usize,
+    precision: crate::tensor::Precision,
 ) -> Result<ExtractFigures> {
-    let figures = measure_extract(gpu, model, width, height, images, batch)?;
+    let figures = measure_extract(gpu, model, width, height, images, batch, precision)?;
     print_extract(&figures);
     Ok(figures)
 }
@@ -561,6 +564,7 @@ pub fn measure_extract(
     height: u32,
     images: usize,
     batch: usize,
+    precision: crate::tensor::Precision,
 ) -> Result<ExtractFigures> {
     use crate::jobs::extract::{Extractor, PreparedImage};
     let batch = batch.max(1);
@@ -569,6 +573,7 @@ pub fn measure_extract(
     let file = model.random_weights(0, 0.0)?;
     let cfg = crate::jobs::extract::ExtractConfig {
         score_threshold: Some(0.0),
+        precision,
         ..crate::jobs::extract::ExtractConfig::for_arch(model.arch())
     };
     let norm = cfg.pixel_norm;
@@ -627,6 +632,7 @@ pub fn measure_extract(
         .collect();
     Ok(ExtractFigures {
         model: model_name(model),
+        precision,
         width,
         height,
         batch,
@@ -657,10 +663,11 @@ fn extract_all(
 
 pub fn print_extract(f: &ExtractFigures) {
     println!(
-        "extract {}x{} {} at batch {}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
+        "extract {}x{} {} ({}) at batch {}: {:.3} images/s ({:.2} s/image), {:.1} GFLOP/image, {:.2} GFLOP/s{}",
         f.width,
         f.height,
         f.model,
+        f.precision.name(),
         f.batch,
         f.images_per_s,
         f.seconds_per_image,

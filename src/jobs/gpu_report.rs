@@ -319,7 +319,8 @@ pub fn run_gpu_report(
 
     println!("== extraction, batch 1 and {BATCHES:?}");
     let (w, h) = size.image;
-    let batch_1 = bench::bench_extract(&gpu, &size.model, w, h, size.extract_images, 1)?;
+    let f32 = crate::tensor::Precision::F32;
+    let batch_1 = bench::bench_extract(&gpu, &size.model, w, h, size.extract_images, 1, f32)?;
     let mut batched = Vec::new();
     for batch in BATCHES {
         batched.push(bench::bench_extract(
@@ -329,6 +330,7 @@ pub fn run_gpu_report(
             h,
             size.extract_images,
             batch,
+            f32,
         )?);
     }
     let batches: Vec<BatchRate> = std::iter::once(&batch_1)

@@ -6,9 +6,10 @@
 use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
 use crate::ops::batchnorm::{BatchNormRunningUpdate, BatchNormTrain};
+use crate::ops::cast::Cast;
 use crate::ops::conv2d::{Conv2d, Padding};
 use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
-use crate::tensor::{HostTensor, Shape, Tensor};
+use crate::tensor::{HostTensor, Precision, Shape, Tensor};
 
 /// How batch norm runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,6 +121,8 @@ pub struct ParamSpec {
     pub name: String,
     pub shape: Shape,
     pub role: Role,
+    /// How the device stores it (f16: the weights of f16 convolutions).
+    pub precision: Precision,
 }
 
 /// The parameters a model graph reads: the file's tensors and, for
@@ -141,6 +144,9 @@ pub struct NetBuilder<'g> {
     /// How `conv1x1` head weights initialise: DELG's Keras heads are
     /// `HeadConvWeight`, DOLG's pycls heads `ConvWeight`.
     pub head_conv: Role,
+    /// How the backbone stores its activations and convolution weights
+    /// (inference only); the heads always read f32.
+    pub precision: Precision,
 }
 
 /// One convolution (+ batch norm) with its epilogue.
@@ -186,16 +192,36 @@ impl<'g> NetBuilder<'g> {
             folds: Vec::new(),
             bn_eps,
             head_conv: Role::HeadConvWeight,
+            precision: Precision::F32,
         }
     }
 
     pub fn param(&mut self, name: &str, shape: &[usize], role: Role) -> TensorId {
+        self.param_as(name, shape, role, Precision::F32)
+    }
+
+    fn param_as(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        role: Role,
+        precision: Precision,
+    ) -> TensorId {
         self.specs.push(ParamSpec {
             name: name.into(),
             shape: Shape::new(shape),
             role,
+            precision,
         });
-        self.g.param(name, role.device_shape(shape))
+        self.g.param_as(name, role.device_shape(shape), precision)
+    }
+
+    /// `x` stored at `precision`: itself, or a cast of it.
+    pub fn cast(&mut self, x: TensorId, precision: Precision) -> Result<TensorId> {
+        if self.g.precision(x) == precision {
+            return Ok(x);
+        }
+        self.g.apply1(Cast { to: precision }, &[x])
     }
 
     fn derived(&mut self, name: &str, shape: &[usize]) -> TensorId {
@@ -227,9 +253,17 @@ impl<'g> NetBuilder<'g> {
         )
     }
 
-    /// conv → [bias] → [batch norm] → [+ residual] → [ReLU].
+    /// conv → [bias] → [batch norm] → [+ residual] → [ReLU], stored at the
+    /// precision of `x` (its weight too).
     pub fn conv(&mut self, x: TensorId, s: ConvSpec) -> Result<TensorId> {
         let [_, h, w, c_in] = self.g.shape(x).nhwc("conv")?;
+        let precision = self.g.precision(x);
+        if precision != Precision::F32 && self.mode != Mode::Inference {
+            return Err(Error::unsupported(
+                "conv",
+                "training runs in f32: only extraction stores f16",
+            ));
+        }
         let k = s.kernel;
         let padding = if s.tf_same {
             Padding::same(
@@ -242,15 +276,18 @@ impl<'g> NetBuilder<'g> {
             let p = s.dilation * (k - 1) / 2;
             Padding::symmetric(p, p)
         };
-        let weight = self.param(
+        let weight = self.param_as(
             &format!("{}.weight", s.conv),
             &[s.c_out, c_in, k, k],
             s.role,
+            precision,
         );
         let bias = s
             .bias
             .then(|| self.param(&format!("{}.bias", s.conv), &[s.c_out], Role::Bias));
-        let base = Conv2d::new([s.stride, s.stride], padding).dilation([s.dilation, s.dilation]);
+        let base = Conv2d::new([s.stride, s.stride], padding)
+            .dilation([s.dilation, s.dilation])
+            .stored(precision);
         let Some(bn) = s.bn else {
             let mut op = base;
             let mut ins = vec![x, weight];

@@ -15,7 +15,7 @@ use crate::gpu::Gpu;
 use crate::graph::exec::ParamStore;
 use crate::graph::{Graph, TensorId};
 use crate::io::weights::WeightFile;
-use crate::tensor::HostTensor;
+use crate::tensor::{HostTensor, Precision};
 
 /// The questions every job asks of a model, whatever its architecture.
 pub trait Architecture {
@@ -28,7 +28,18 @@ pub trait Architecture {
     /// (normalised RGB, NHWC) and the parameters it reads. Every image's
     /// outputs depend on that image alone (inference batch norm uses the
     /// running statistics), so a batch extracts what its images would one by one.
-    fn inference_graph(&self, batch: usize, height: usize, width: usize) -> Result<InferenceGraph>;
+    fn inference_graph(&self, batch: usize, height: usize, width: usize) -> Result<InferenceGraph> {
+        self.inference_graph_at(batch, height, width, Precision::F32)
+    }
+
+    /// `inference_graph` with the backbone stored at `precision`.
+    fn inference_graph_at(
+        &self,
+        batch: usize,
+        height: usize,
+        width: usize,
+        precision: Precision,
+    ) -> Result<InferenceGraph>;
 
     /// Size of the global descriptor.
     fn global_dim(&self) -> usize;
@@ -62,7 +73,12 @@ pub trait Architecture {
     /// once at a small size (graph construction only; nothing runs): the
     /// builder is the one description of what a model holds.
     fn parameters(&self) -> Result<ModelParams> {
-        Ok(self.inference_graph(1, 64, 64)?.params)
+        self.parameters_at(Precision::F32)
+    }
+
+    /// `parameters` of the extraction graph at `precision`.
+    fn parameters_at(&self, precision: Precision) -> Result<ModelParams> {
+        Ok(self.inference_graph_at(1, 64, 64, precision)?.params)
     }
 
     /// Uploads the parameters of `params` from `file` with this model's

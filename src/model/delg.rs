@@ -27,7 +27,7 @@ use crate::ops::gemm::Matmul;
 use crate::ops::global_pool::{AttentionPool, GeMPool};
 use crate::ops::loss::{ArcFaceLoss, MseLoss, SoftmaxCrossEntropy};
 use crate::ops::normalize::L2Normalize;
-use crate::tensor::{HostTensor, Tensor};
+use crate::tensor::{HostTensor, Precision, Tensor};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DelgConfig {
@@ -66,8 +66,15 @@ impl Architecture for DelgConfig {
         &self.backbone
     }
 
-    fn inference_graph(&self, batch: usize, height: usize, width: usize) -> Result<InferenceGraph> {
-        let (graph, image, out, params) = inference_graph(self, batch, height, width)?;
+    fn inference_graph_at(
+        &self,
+        batch: usize,
+        height: usize,
+        width: usize,
+        precision: Precision,
+    ) -> Result<InferenceGraph> {
+        let (graph, image, out, params) =
+            inference_graph_at(self, batch, height, width, precision)?;
         Ok(InferenceGraph {
             graph,
             image,
@@ -214,9 +221,21 @@ pub fn inference_graph(
     height: usize,
     width: usize,
 ) -> Result<(Graph, TensorId, DelgOutputs, ModelParams)> {
+    inference_graph_at(cfg, batch, height, width, Precision::F32)
+}
+
+/// `inference_graph` with the backbone stored at `precision`.
+pub fn inference_graph_at(
+    cfg: &DelgConfig,
+    batch: usize,
+    height: usize,
+    width: usize,
+    precision: Precision,
+) -> Result<(Graph, TensorId, DelgOutputs, ModelParams)> {
     let mut g = Graph::new();
     let image = g.input("image", [batch, height, width, 3]);
     let mut b = NetBuilder::new(&mut g, Mode::Inference, cfg.backbone.bn_eps());
+    b.precision = precision;
     let h = heads(&mut b, cfg, image)?;
     let params = ModelParams {
         specs: b.specs,
@@ -376,4 +395,25 @@ pub fn training_graph(
         },
         params,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::plan::plan_storages;
+    use crate::model::resnet::Layout;
+
+    #[test]
+    fn an_f16_backbone_plans_far_less_activation_memory() {
+        let cfg = DelgConfig::new(ResNetConfig::resnet50(Layout::Delg));
+        let planned = |precision| {
+            let (g, _, out, _) = inference_graph_at(&cfg, 1, 768, 1024, precision).unwrap();
+            plan_storages(&g, &[out.global, out.attention, out.local])
+                .memory
+                .total_bytes()
+        };
+        let (full, half) = (planned(Precision::F32), planned(Precision::F16));
+        eprintln!("R50 at 1024×768: f32 {full} bytes, f16 {half} bytes");
+        assert!((half as f64) < 0.7 * full as f64, "f16 {half} against f32 {full}");
+    }
 }

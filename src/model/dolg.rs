@@ -33,7 +33,7 @@ use crate::ops::global_pool::{AttentionPool, GeMPool, MeanPool};
 use crate::ops::loss::{ArcFaceLoss, ArcFaceScale, CurricularUpdate, MarginFallback};
 use crate::ops::normalize::L2Normalize;
 use crate::ops::resize::ResizeBilinear;
-use crate::tensor::Shape;
+use crate::tensor::{Precision, Shape};
 
 /// The optional multi-atrous block in front of the local branch (docs/recipe.md §8.3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -117,8 +117,15 @@ impl Architecture for DolgConfig {
         &self.backbone
     }
 
-    fn inference_graph(&self, batch: usize, height: usize, width: usize) -> Result<InferenceGraph> {
-        let (graph, image, descriptor, params) = inference_graph(self, batch, height, width)?;
+    fn inference_graph_at(
+        &self,
+        batch: usize,
+        height: usize,
+        width: usize,
+        precision: Precision,
+    ) -> Result<InferenceGraph> {
+        let (graph, image, descriptor, params) =
+            inference_graph_at(self, batch, height, width, precision)?;
         Ok(InferenceGraph {
             graph,
             image,
@@ -295,9 +302,21 @@ pub fn inference_graph(
     height: usize,
     width: usize,
 ) -> Result<(Graph, TensorId, TensorId, ModelParams)> {
+    inference_graph_at(cfg, batch, height, width, Precision::F32)
+}
+
+/// `inference_graph` with the backbone stored at `precision`.
+pub fn inference_graph_at(
+    cfg: &DolgConfig,
+    batch: usize,
+    height: usize,
+    width: usize,
+    precision: Precision,
+) -> Result<(Graph, TensorId, TensorId, ModelParams)> {
     let mut g = Graph::new();
     let image = g.input("image", [batch, height, width, 3]);
     let mut b = NetBuilder::new(&mut g, Mode::Inference, cfg.backbone.bn_eps());
+    b.precision = precision;
     let f = forward(&mut b, cfg, image)?;
     let params = model_params(b);
     Ok((g, image, f.descriptor, params))

@@ -56,7 +56,7 @@ pub fn load_params(
     let mut store = ParamStore::default();
     for s in &model.specs {
         let t = get(&file.tensors, &s.name, path)?;
-        store.insert(gpu, &s.name, &s.role.to_device(t)?)?;
+        store.insert_as(gpu, &s.name, &s.role.to_device(t)?, s.precision)?;
     }
     for (conv, bn, has_bias) in &model.folds {
         let p = |suffix: &str| {

@@ -20,6 +20,7 @@ pub use super::builder::ParamSpec;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, TensorId};
 use crate::ops::pool::{MaxPool, Subsample};
+use crate::tensor::Precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,7 +139,10 @@ pub fn backbone_params(cfg: &ResNetConfig) -> Result<Vec<ParamSpec>> {
     Ok(b.specs)
 }
 
-/// Adds the backbone for input `x` [N, H, W, 3].
+/// Adds the backbone for input `x` [N, H, W, 3]. Its activations after the
+/// stem's max-pool are stored at `b.precision`; the stem itself stays f32
+/// (its RGB input takes the f32 unfold path, and its pool reads f32), and S
+/// and D come out as f32 for the heads.
 pub fn backbone(b: &mut NetBuilder, cfg: &ResNetConfig, x: TensorId) -> Result<Features> {
     b.g.begin_stage("backbone");
     let delg = cfg.layout == Layout::Delg;
@@ -162,6 +166,7 @@ pub fn backbone(b: &mut NetBuilder, cfg: &ResNetConfig, x: TensorId) -> Result<F
         MaxPool::padded(3, 2, 1)
     };
     t = b.g.apply1(pool, &[t])?;
+    t = b.cast(t, b.precision)?;
     let mut s = None;
     for stage in 0..4 {
         let planes = cfg.width << stage;
@@ -182,20 +187,24 @@ pub fn backbone(b: &mut NetBuilder, cfg: &ResNetConfig, x: TensorId) -> Result<F
             )?;
         }
         if stage == 2 {
+            // The subsample and the heads read f32.
+            let conv4 = b.cast(t, Precision::F32)?;
             s = Some(if delg {
                 // DELG subsamples conv4 itself; conv5 then runs at stride 1.
-                t = b.g.apply1(Subsample { stride: 2 }, &[t])?;
-                t
+                let sub = b.g.apply1(Subsample { stride: 2 }, &[conv4])?;
+                t = b.cast(sub, b.precision)?;
+                sub
             } else if cfg.s_stride32 {
                 // Only the local branch sees the subsampled map; conv5 keeps its stride.
-                b.g.apply1(Subsample { stride: 2 }, &[t])?
+                b.g.apply1(Subsample { stride: 2 }, &[conv4])?
             } else {
-                t
+                conv4
             });
         }
     }
     let s = s.ok_or_else(|| Error::Internal("conv4 output missing".into()))?;
-    Ok(Features { s, d: t })
+    let d = b.cast(t, Precision::F32)?;
+    Ok(Features { s, d })
 }
 
 fn bottleneck(

@@ -3,6 +3,7 @@
 
 pub mod autodiff;
 pub mod batchnorm;
+pub mod cast;
 pub mod concat;
 pub mod conv2d;
 pub mod elementwise;

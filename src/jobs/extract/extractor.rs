@@ -20,7 +20,7 @@ use crate::graph::{Graph, TensorId};
 use crate::io::weights::WeightFile;
 use crate::model::{ModelConfig, META_SCORE_THRESHOLD};
 use crate::ops::resize::ResizeBilinear;
-use crate::tensor::HostTensor;
+use crate::tensor::{HostTensor, Precision};
 
 /// Plans kept: a pyramid of 7 levels for a few image sizes, and for batched
 /// extraction also the smaller batches a size group can end with.
@@ -105,6 +105,16 @@ impl Extractor {
         extract: ExtractConfig,
     ) -> Result<Extractor> {
         extract.validate()?;
+        if extract.precision == Precision::F16
+            && !gpu.features.contains(wgpu::Features::SHADER_F16)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "--precision f16 needs 16-bit floats in shaders (SHADER_F16), which the adapter \
+                 '{}' does not offer: extract with --precision f32, or pick an adapter that has \
+                 them (`delg-gpu info` lists its features)",
+                gpu.facts.name
+            )));
+        }
         let model = ModelConfig::from_metadata(&file.metadata, path)?;
         let tau = if model.local_dim() == 0 {
             0.0
@@ -123,7 +133,12 @@ impl Extractor {
                     })?,
             }
         };
-        let params = model.load_params(gpu, path, file, &model.parameters()?)?;
+        let params = model.load_params(
+            gpu,
+            path,
+            file,
+            &model.parameters_at(extract.precision)?,
+        )?;
         Ok(Extractor {
             gpu: gpu.clone(),
             model,
@@ -191,7 +206,9 @@ impl Extractor {
                 &[image],
             )?;
             let wants_global = self.extract.global_scales.contains(&level);
-            let net = self.model.inference_graph(batch, lh, lw)?;
+            let net = self
+                .model
+                .inference_graph_at(batch, lh, lw, self.extract.precision)?;
             let map = g.import(&net.graph, &[(net.image, resized)])?;
             let local = net.local.map(|l| (map[&l.attention], map[&l.descriptors]));
             // A model without local features only runs at the global scales.

@@ -2,9 +2,11 @@
 //! a journal so that an interrupted run resumes, and the feature set streamed
 //! from the journal at the end (memory does not grow with the collection).
 
+pub mod agreement;
 pub mod extractor;
 pub mod recipe;
 
+pub use agreement::{agreement, Agreement};
 pub use extractor::{Extracted, Extractor, PreparedImage, StageTimes};
 pub use recipe::{
     aggregate_global, l2_normalize, prepare_image, prepare_rgb, select_local, CropBox,

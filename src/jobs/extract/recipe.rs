@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::tensor::Precision;
 use crate::model::contract::ExtractionDefaults;
 // Re-exported where the extraction recipe's users have always found it.
 pub use crate::model::contract::PixelNorm;
@@ -44,6 +45,11 @@ pub struct ExtractConfig {
     /// not part of the recipe: not recorded, so a rerun may raise it and resume.
     #[serde(skip, default = "default_max_pixels")]
     pub max_pixels: u64,
+    /// How the backbone stores its weights and activations (f16 needs an
+    /// adapter with SHADER_F16). Recorded only when not f32, so f32 runs
+    /// record exactly what they did before f16 existed.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 fn default_max_pixels() -> u64 {
@@ -80,6 +86,7 @@ impl ExtractConfig {
             pixel_norm: d.pixel_norm,
             truncate_boxes: d.truncate_boxes,
             max_pixels: default_max_pixels(),
+            precision: Precision::F32,
         }
     }
 }

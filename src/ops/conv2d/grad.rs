@@ -77,6 +77,7 @@ impl Op for Conv2dInputGrad {
         Ok(staging_needs(
             gpu,
             &StagedProduct {
+                precision: Precision::F32,
                 mode: Mode::InputGrad,
                 a_channels: g.cout,
                 n: g.cin,
@@ -102,6 +103,7 @@ impl Op for Conv2dInputGrad {
             record_gemm(
                 rec,
                 GemmCall {
+                    precision: Precision::F32,
                     mode: Mode::InputGrad,
                     epilogue: Epilogue::default(),
                     gather,
@@ -199,6 +201,7 @@ impl Op for Conv2dWeightGrad {
         Ok(staging_needs(
             gpu,
             &StagedProduct {
+                precision: Precision::F32,
                 mode: Mode::WeightGrad,
                 a_channels: g.cin,
                 n: g.cout,
@@ -225,6 +228,7 @@ impl Op for Conv2dWeightGrad {
             record_gemm(
                 rec,
                 GemmCall {
+                    precision: Precision::F32,
                     mode: Mode::WeightGrad,
                     epilogue: Epilogue::default(),
                     gather,

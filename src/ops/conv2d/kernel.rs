@@ -53,7 +53,13 @@ impl Kernel {
 
 /// `lanes`: the subgroup size the broadcast kernels are specialised for
 /// (unused by the tiled one).
-pub(super) fn gemm_spec(kernel: Kernel, mode: Mode, ep: Epilogue, lanes: u32) -> ShaderSpec {
+pub(super) fn gemm_spec(
+    kernel: Kernel,
+    mode: Mode,
+    ep: Epilogue,
+    lanes: u32,
+    precision: Precision,
+) -> ShaderSpec {
     let entry = if kernel == Kernel::Tiled {
         "conv_tiled"
     } else {
@@ -70,6 +76,9 @@ pub(super) fn gemm_spec(kernel: Kernel, mode: Mode, ep: Epilogue, lanes: u32) ->
     };
     if kernel != Kernel::Tiled {
         spec = spec.def("LANES", lanes).def("TEXELS", lanes / 4);
+    }
+    if precision == Precision::F16 {
+        spec = spec.def("F16", 1);
     }
     let mut next = 4;
     let mut binding = |spec: ShaderSpec, on: bool, names: &[&str]| {
@@ -120,11 +129,18 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
         };
         for &lanes in lanes {
             for mode in Mode::ALL {
+                let f32_spec = |ep| gemm_spec(kernel, mode, ep, lanes, Precision::F32);
                 if mode == Mode::Forward {
-                    specs.extend(Epilogue::all().map(|ep| gemm_spec(kernel, mode, ep, lanes)));
+                    specs.extend(Epilogue::all().map(f32_spec));
                 } else {
-                    specs.push(gemm_spec(kernel, mode, Epilogue::default(), lanes));
+                    specs.push(f32_spec(Epilogue::default()));
                 }
+            }
+            // f16: the forward, without the scalar-gather texture form.
+            if kernel != Kernel::BroadcastTexGather {
+                specs.extend(Epilogue::all().map(|ep| {
+                    gemm_spec(kernel, Mode::Forward, ep, lanes, Precision::F16)
+                }));
             }
         }
     }
@@ -169,6 +185,8 @@ crate::uniform! {
 /// One GEMM dispatch: C[m, n] (+)= A[m, k]·B[k, n] with the epilogue.
 pub(super) struct GemmCall<'a> {
     pub(super) mode: Mode,
+    /// How A, B, C and the residual are stored.
+    pub(super) precision: Precision,
     pub(super) epilogue: Epilogue,
     pub(super) gather: Gather,
     pub(super) m: usize,
@@ -208,9 +226,11 @@ pub(super) fn whole_texels(mode: Mode, a_channels: usize, lanes: u32) -> bool {
 
 /// The subgroup-broadcast form for this call: textures wherever B, C and the
 /// epilogue vectors come in whole vec4s and the windows fit a texture; A as
-/// vec4 texels where `whole_texels`, else gathered floats.
+/// vec4 texels where `whole_texels`, else gathered floats (f32 only: f16
+/// then reads its operands in place).
 pub(super) fn broadcast_form(gpu: &Gpu, call: &GemmCall, lanes: u32) -> Kernel {
     let c = call.gather.src[2];
+    let texel = Slot::b(call.precision).format().1;
     let max_rows = gpu.limits.max_texture_dimension_2d as u64;
     let fits = |w: &Window, texel: u64| {
         w.slice.offset.is_multiple_of(texel)
@@ -221,13 +241,13 @@ pub(super) fn broadcast_form(gpu: &Gpu, call: &GemmCall, lanes: u32) -> Kernel {
         .chain(call.extra)
         .chain(&call.residual)
         .all(|w| w.shift.is_multiple_of(4));
-    if !call.n.is_multiple_of(4) || !vec4s || !fits(&call.b, 16) {
+    if !call.n.is_multiple_of(4) || !vec4s || !fits(&call.b, texel) {
         return Kernel::Broadcast;
     }
-    let a_vec4 = call.a.shift.is_multiple_of(4) && fits(&call.a, 16);
+    let a_vec4 = call.a.shift.is_multiple_of(4) && fits(&call.a, texel);
     if whole_texels(call.mode, c, lanes) && a_vec4 {
         Kernel::BroadcastTex
-    } else if fits(&call.a, 4) {
+    } else if call.precision == Precision::F32 && fits(&call.a, 4) {
         Kernel::BroadcastTexGather
     } else {
         Kernel::Broadcast
@@ -281,13 +301,17 @@ pub(super) fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
     };
     let mut bindings: Vec<Binding> = Vec::new();
     if let Some(a_slot) = match kernel {
-        Kernel::BroadcastTex => Some(Slot::A),
+        Kernel::BroadcastTex => Some(Slot::a(call.precision)),
         Kernel::BroadcastTexGather => Some(Slot::AScalar),
         _ => None,
     } {
         params.tex_log2 = texture_width(gpu).trailing_zeros();
         bindings.push(Binding::Texture(stage_texture(rec, a_slot, &call.a)?));
-        bindings.push(Binding::Texture(stage_texture(rec, Slot::B, &call.b)?));
+        bindings.push(Binding::Texture(stage_texture(
+            rec,
+            Slot::b(call.precision),
+            &call.b,
+        )?));
     } else {
         bindings.push((&call.a).into());
         bindings.push((&call.b).into());
@@ -295,7 +319,7 @@ pub(super) fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
     bindings.push((&call.c).into());
     bindings.extend(call.extra.iter().map(Binding::from));
     bindings.extend(call.residual.iter().map(Binding::from));
-    let spec = gemm_spec(kernel, call.mode, call.epilogue, lanes);
+    let spec = gemm_spec(kernel, call.mode, call.epilogue, lanes, call.precision);
     let groups = (call.m.div_ceil(tm) * col_tiles) as u64;
     rec.dispatch_groups(&spec, bytemuck::bytes_of(&params), bindings, groups)
 }

@@ -20,7 +20,7 @@ use crate::gpu::{
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Binary, BinaryKind};
 use crate::ops::gemm::{record_row_dot, RowBias, ROW_DOT_MAX_K};
-use crate::tensor::{RefTensor, Shape, Tensor};
+use crate::tensor::{Precision, RefTensor, Shape, Tensor};
 
 mod geometry;
 mod grad;
@@ -105,13 +105,16 @@ impl Epilogue {
 
 /// y = conv(x, w) with the epilogue. Inputs, in order: x [N, H, W, C_in],
 /// w [kh, kw, C_in, C_out], then bias [C_out], scale and shift [C_out] and the
-/// residual [N, OH, OW, C_out] when the epilogue has them.
+/// residual [N, OH, OW, C_out] when the epilogue has them. x, w, the residual
+/// and y are stored at `precision` (f16: forward only, sums in f32, y rounded
+/// once); bias, scale and shift are always f32.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conv2d {
     pub stride: [usize; 2],
     pub dilation: [usize; 2],
     pub padding: Padding,
     pub epilogue: Epilogue,
+    pub precision: Precision,
 }
 
 impl Conv2d {
@@ -121,7 +124,13 @@ impl Conv2d {
             dilation: [1, 1],
             padding,
             epilogue: Epilogue::default(),
+            precision: Precision::F32,
         }
+    }
+    /// Stores x, w, the residual and y at `precision`.
+    pub fn stored(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
     pub fn dilation(mut self, d: [usize; 2]) -> Self {
         self.dilation = d;
@@ -146,6 +155,15 @@ impl Conv2d {
     fn input_count(&self) -> usize {
         let e = self.epilogue;
         2 + e.bias as usize + 2 * e.scale_shift as usize + e.residual as usize
+    }
+
+    /// The row width of the unfolded forward A (`unfolded_width`), for f32
+    /// only: the unfold stages its source in an r32float texture, and f16
+    /// has no storage-texture format every adapter reads.
+    fn unfold(&self, gpu: &Gpu, g: &Geom, limit: u64) -> Option<usize> {
+        (self.precision == Precision::F32)
+            .then(|| unfolded_width(gpu, g, limit))
+            .flatten()
     }
 
     /// Output spatial size for an input of `in_hw` and a kernel of `k`.
@@ -281,6 +299,26 @@ impl Op for Conv2d {
         "conv2d"
     }
 
+    fn output_precision(&self, inputs: &[Precision]) -> Result<Precision> {
+        let vectors = 2 + self.epilogue.bias as usize + 2 * self.epilogue.scale_shift as usize;
+        for (i, p) in inputs.iter().enumerate() {
+            let want = if (2..vectors).contains(&i) {
+                Precision::F32
+            } else {
+                self.precision
+            };
+            if *p != want {
+                return Err(Error::Internal(format!(
+                    "conv2d ({}) input {i} is stored in {}, it reads {}",
+                    self.precision.name(),
+                    p.name(),
+                    want.name()
+                )));
+            }
+        }
+        Ok(self.precision)
+    }
+
     fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
         expect_inputs(self.name(), inputs, self.input_count())?;
         let g = self.geom(inputs[0], inputs[1])?;
@@ -348,6 +386,9 @@ impl Op for Conv2d {
             if e.relu {
                 *v = v.max(0.0);
             }
+            // The kernel rounds once, on store (its inputs are stored
+            // rounded already, and so are the reference's).
+            *v = self.precision.round(*v);
         }
         Ok(vec![Tensor {
             shape: out_shape,
@@ -364,12 +405,13 @@ impl Op for Conv2d {
         let limit = gpu.max_window_elems();
         let product = |a_channels, a_elems, b_elems| StagedProduct {
             mode: Mode::Forward,
+            precision: self.precision,
             a_channels,
             n: g.cout,
             a_elems,
             b_elems,
         };
-        Ok(match unfolded_width(gpu, &g, limit) {
+        Ok(match self.unfold(gpu, &g, limit) {
             Some(k_rows) => {
                 // Chunks are planned so that one chunk's unfolded rows fit a
                 // window; the unfold reads its source through the scalar slot.
@@ -423,7 +465,7 @@ impl Op for Conv2d {
         let (out_row, in_row) = ((g.ow * g.cout) as u64, (g.w * g.cin) as u64);
         let k = g.kh * g.kw * g.cin;
         let limit = gpu.max_window_elems();
-        let unfold = unfolded_width(gpu, &g, limit);
+        let unfold = self.unfold(gpu, &g, limit);
         let (k_rows, dest_row, b) = match unfold {
             Some(k_rows) => {
                 let b = record_padded_rows(rec, &weights, k, g.cout, k_rows)?;
@@ -448,6 +490,7 @@ impl Op for Conv2d {
                 rec,
                 GemmCall {
                     mode: Mode::Forward,
+                    precision: self.precision,
                     epilogue: self.epilogue,
                     gather,
                     m: pixels,
@@ -480,6 +523,12 @@ impl Op for Conv2d {
         outputs: &[TensorId],
         grads: &[Option<TensorId>],
     ) -> Result<Vec<Option<TensorId>>> {
+        if self.precision != Precision::F32 {
+            return Err(Error::unsupported(
+                "conv2d",
+                "no backward through an f16 convolution: train in f32",
+            ));
+        }
         if self.epilogue.scale_shift || self.epilogue.residual {
             return Err(Error::unsupported(
                 "conv2d",

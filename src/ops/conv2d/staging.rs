@@ -11,26 +11,53 @@ pub(super) fn texture_width(gpu: &Gpu) -> u64 {
     4096.min(1 << max_dim.ilog2())
 }
 
-/// The staging textures: vec4 A, vec4 B, and scalar A.
+/// The staging textures: vec4 A, vec4 B, and scalar A, and the vec4 A and
+/// B of f16 products (rgba16float: each texel still holds 4 elements).
 #[derive(Clone, Copy)]
 pub(super) enum Slot {
     A,
     B,
     AScalar,
+    AHalf,
+    BHalf,
 }
 
 impl Slot {
+    /// The vec4 A slot for operands stored at `precision`.
+    pub(super) fn a(precision: Precision) -> Slot {
+        match precision {
+            Precision::F32 => Slot::A,
+            Precision::F16 => Slot::AHalf,
+        }
+    }
+    pub(super) fn b(precision: Precision) -> Slot {
+        match precision {
+            Precision::F32 => Slot::B,
+            Precision::F16 => Slot::BHalf,
+        }
+    }
     pub(super) fn purpose(self) -> &'static str {
         match self {
             Slot::A => "conv2d staging A",
             Slot::B => "conv2d staging B",
             Slot::AScalar => "conv2d staging scalar A",
+            Slot::AHalf => "conv2d staging f16 A",
+            Slot::BHalf => "conv2d staging f16 B",
         }
     }
+    /// The texture format and the bytes of one texel.
     pub(super) fn format(self) -> (wgpu::TextureFormat, u64) {
         match self {
             Slot::AScalar => (wgpu::TextureFormat::R32Float, 4),
-            _ => (wgpu::TextureFormat::Rgba32Float, 16),
+            Slot::A | Slot::B => (wgpu::TextureFormat::Rgba32Float, 16),
+            Slot::AHalf | Slot::BHalf => (wgpu::TextureFormat::Rgba16Float, 8),
+        }
+    }
+    /// Bytes of one element of the staged tensor.
+    fn element_bytes(self) -> u64 {
+        match self {
+            Slot::AScalar => 4,
+            _ => self.format().1 / 4,
         }
     }
 }
@@ -191,7 +218,8 @@ pub(super) fn record_padded_rows(
 pub(super) fn slot_need(gpu: &Gpu, slot: Slot, elems: u64) -> ScratchNeed {
     let width = texture_width(gpu);
     let (format, texel) = slot.format();
-    let bytes = (elems * 4 + gpu.binding_alignment()).min(gpu.max_binding_bytes());
+    let bytes =
+        (elems * slot.element_bytes() + gpu.binding_alignment()).min(gpu.max_binding_bytes());
     let rows = bytes.div_ceil(texel).div_ceil(width);
     ScratchNeed::Texture {
         purpose: slot.purpose(),
@@ -208,6 +236,7 @@ pub(super) fn slot_need(gpu: &Gpu, slot: Slot, elems: u64) -> ScratchNeed {
 /// tensors A and B are windows of.
 pub(super) struct StagedProduct {
     pub(super) mode: Mode,
+    pub(super) precision: Precision,
     pub(super) a_channels: usize,
     pub(super) n: usize,
     pub(super) a_elems: u64,
@@ -229,16 +258,16 @@ pub(super) fn staging_needs(gpu: &Gpu, p: &StagedProduct) -> Vec<ScratchNeed> {
         return Vec::new();
     }
     let whole_texels = whole_texels(p.mode, p.a_channels, lanes);
-    let vec4 = slot_need(gpu, Slot::A, p.a_elems);
+    let vec4 = slot_need(gpu, Slot::a(p.precision), p.a_elems);
     let vec4_fits = match vec4 {
         ScratchNeed::Texture { need, .. } => need.rows <= gpu.limits.max_texture_dimension_2d,
         ScratchNeed::Buffer { .. } => false,
     };
-    let mut needs = vec![slot_need(gpu, Slot::B, p.b_elems)];
+    let mut needs = vec![slot_need(gpu, Slot::b(p.precision), p.b_elems)];
     if whole_texels {
         needs.push(vec4);
     }
-    if !whole_texels || !vec4_fits {
+    if p.precision == Precision::F32 && (!whole_texels || !vec4_fits) {
         needs.push(slot_need(gpu, Slot::AScalar, p.a_elems));
     }
     needs

@@ -432,3 +432,81 @@ fn one_channel_1x1_is_a_matrix_vector_product() {
             .unwrap()
     ));
 }
+
+/// `case` with x, w and the residual stored in f16 (bias, scale and shift
+/// stay f32), as the backbone of an f16 extraction stores them.
+fn half_case(op: Conv2d, x: [usize; 4], k: [usize; 2], cout: usize) -> OpCase {
+    let residual = op.epilogue.residual.then_some(op.input_count() - 1);
+    let mut c = case(op.stored(Precision::F16), x, k, cout)
+        .stored(0, Precision::F16)
+        .stored(1, Precision::F16);
+    if let Some(r) = residual {
+        c = c.stored(r, Precision::F16);
+    }
+    // The reference sees the f16-rounded operands, sums exactly and rounds y
+    // once to f16. The kernels sum in f32 (error ~k·2^-24, negligible) and
+    // round once on store, to either f16 neighbour (WGSL allows both): at
+    // most one f16 step, 2^-10 of |y| ≤ the largest |y|. Summing in f16
+    // instead would be off by ~√k steps (k = 144 here: ~1e-2), and storing
+    // in f32 would read back as garbage.
+    c.tol(1.1e-3, 0.0)
+}
+
+#[test]
+fn f16_forward_matches_a_reference_that_rounds_like_the_device() {
+    let asym = Padding {
+        top: 1,
+        bottom: 2,
+        left: 0,
+        right: 1,
+    };
+    let full = |c: Conv2d| c.bias().scale_shift().residual().relu();
+    // Odd channels: the scalar broadcast form (f16 has no gathered texture
+    // form and no unfold), stride 2, asymmetric padding.
+    check_op(&half_case(
+        Conv2d::new([2, 2], asym).bias().relu(),
+        [2, 7, 9, 3],
+        [3, 3],
+        5,
+    ));
+    check_op(&half_case(
+        full(Conv2d::new([1, 2], asym).dilation([2, 1])),
+        [3, 6, 5, 5],
+        [2, 3],
+        8,
+    ));
+    // Whole texels: the rgba16float texture form, dilation 2, every epilogue.
+    let same = Padding::same([9, 10], [3, 3], [1, 1], [2, 2]);
+    check_op(&half_case(
+        full(Conv2d::new([1, 1], same).dilation([2, 2])),
+        [2, 9, 10, 16],
+        [3, 3],
+        12,
+    ));
+    check_op(&half_case(
+        full(Conv2d::new([2, 2], asym)),
+        [2, 8, 7, 32],
+        [1, 1],
+        36,
+    ));
+    // Chunks of three grid rows: f16 windows whose shifts count 2-byte elements.
+    let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
+    check_op(&half_case(op, [2, 9, 7, 16], [3, 3], 16).windows(3 * 7 * 16));
+    let op = full(Conv2d::new([2, 2], asym));
+    check_op(&half_case(op, [2, 9, 4, 3], [3, 2], 4).windows(40));
+}
+
+#[test]
+fn f16_convolutions_refuse_f32_operands_and_training() {
+    let mut g = Graph::new();
+    let x = g.input("x", [1, 3, 3, 2]);
+    let w = g.param_as("w", [1, 1, 2, 4], Precision::F16);
+    let half = Conv2d::new([1, 1], Padding::default()).stored(Precision::F16);
+    let err = g.apply1(half.clone(), &[x, w]).unwrap_err();
+    assert!(err.to_string().contains("input 0 is stored in f32"), "{err}");
+    let x = g.apply1(crate::ops::cast::Cast { to: Precision::F16 }, &[x]).unwrap();
+    let y = g.apply1(half, &[x, w]).unwrap();
+    assert_eq!(g.precision(y), Precision::F16);
+    let err = g.backward(&[(y, y)], &[w]).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}

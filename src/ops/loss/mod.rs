@@ -195,6 +195,7 @@ impl SquareSums {
             shape: Shape::new(&[slots as usize]),
             buffer: rec.gpu().scratch_buffer(SQUARE_PARTIALS, slots * 4)?,
             offset: 0,
+            precision: crate::tensor::Precision::F32,
         };
         Ok(SquareSums {
             partials,

@@ -444,6 +444,7 @@ impl RowXent {
             shape: Shape::new(&[2 * b as usize]),
             buffer: gpu.scratch_buffer(ROW_TERMS, 2 * b * 4)?,
             offset: 0,
+            precision: crate::tensor::Precision::F32,
         };
         let rows_win = rows.whole(gpu)?;
         let gamma = match self.gamma {
