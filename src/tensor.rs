@@ -111,10 +111,12 @@ impl Precision {
         }
     }
 
-    /// `v` as stored at this precision (f16: `f16_store` of it as f32).
+    /// `v` as the f64 references see it stored at this precision: f16
+    /// rounds (`f16_store` of it as f32); f32 leaves it unchanged, since the
+    /// references stand for f32 storage in f64 (finite differences need that).
     pub fn round(self, v: f64) -> f64 {
         match self {
-            Precision::F32 => v as f32 as f64,
+            Precision::F32 => v,
             Precision::F16 => f16_to_f32(f16_store(v as f32)) as f64,
         }
     }

@@ -67,6 +67,23 @@ pub enum BenchWhat {
         #[arg(long, value_parser = ["f32", "f16"], default_value = "f32")]
         precision: String,
     },
+    /// f16 against f32 extraction of the same photos: global cosine, local
+    /// keypoints found again, descriptor error, device memory and time.
+    Precision {
+        /// Folders of photos; `--per-folder` images are taken from each,
+        /// evenly spaced in name order.
+        #[arg(required = true)]
+        folders: Vec<PathBuf>,
+        /// Images taken from each folder.
+        #[arg(long, value_parser = checks::int_in::<usize, 1, 100_000>, default_value_t = 10)]
+        per_folder: usize,
+        /// A weight file (default: a model of --arch/--depth/... with random
+        /// weights and τ = 0).
+        #[arg(long, value_parser = super::weights::weights_path)]
+        weights: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
     /// Every kernel at the shapes that matter, every matmul variant side by side.
     Kernels {
         /// Only cases whose name contains this text (default: every case).
@@ -135,6 +152,34 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
             let precision = precision.parse()?;
             bench::bench_extract(&gpu, &model, image_width, image_height, images, batch, precision)
                 .map(|_| ())
+        }
+        BenchWhat::Precision {
+            folders,
+            per_folder,
+            weights,
+            model,
+        } => {
+            let mut images = Vec::new();
+            for dir in &folders {
+                let found = crate::jobs::collection::discover(dir, &indicatif::ProgressBar::hidden())?;
+                let step = (found.images.len() / per_folder).max(1);
+                images.extend(
+                    found
+                        .images
+                        .iter()
+                        .step_by(step)
+                        .take(per_folder)
+                        .map(|rel| dir.join(rel)),
+                );
+            }
+            let (file, tau) = match &weights {
+                Some(path) => (crate::io::weights::WeightFile::load(path)?, None),
+                None => (model.model_config()?.random_weights(0, 0.0)?, Some(0.0)),
+            };
+            let gpu = open(opts)?;
+            let figures = bench::compare_precisions(&gpu, &file, &images, tau)?;
+            bench::print_precision(&figures);
+            Ok(())
         }
         BenchWhat::Kernels {
             filter,

@@ -239,8 +239,8 @@ pub struct ExtractFlags {
     /// (forged headers and decompression bombs); default 100 megapixels.
     #[arg(long, value_parser = MAX_PIXELS)]
     pub max_pixels: Option<u64>,
-    /// How the backbone stores its weights and activations: f32, or f16
-    /// (half the memory; sums still in f32) on adapters with SHADER_F16.
+    /// How the backbone stores its weights and activations: f32 (default),
+    /// or f16 (less memory; sums still in f32) on adapters with SHADER_F16.
     #[arg(long, value_parser = ["f32", "f16"])]
     pub precision: Option<String>,
 }

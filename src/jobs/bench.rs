@@ -868,3 +868,152 @@ mod width_tests {
         assert_eq!(llvmpipe_bits("llvmpipe (LLVM 15.0.6, wide bits)"), None);
     }
 }
+
+/// f16 against f32 extraction of the same photos (`bench precision`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PrecisionFigures {
+    pub model: String,
+    pub images: usize,
+    pub worst_global_cosine: f64,
+    pub median_global_cosine: f64,
+    /// Keypoints of the f32 extraction, over every image.
+    pub keypoints: usize,
+    /// Share of them with an f16 keypoint at the same scale within 1 px.
+    pub found_again: f64,
+    /// L2 distance of the (unit) local descriptors of the keypoints found
+    /// again: the largest, and the mean over all of them.
+    pub descriptor_max: f64,
+    pub descriptor_mean: f64,
+    /// Device memory held after the run (parameters, cached plans, scratch).
+    pub f32_device_bytes: u64,
+    pub f16_device_bytes: u64,
+    /// Median seconds and process CPU-seconds per image, the two precisions
+    /// interleaved image by image so that load changes touch both alike.
+    pub f32_seconds_per_image: f64,
+    pub f16_seconds_per_image: f64,
+    pub f32_cpu_seconds_per_image: Option<f64>,
+    pub f16_cpu_seconds_per_image: Option<f64>,
+}
+
+/// Extracts every image of `images` with `file`'s model at f32 and at f16
+/// (the weights' recipe, τ from `score_threshold` or the file) and measures
+/// how far f16 moves the features. The first image of each precision pays
+/// the pipeline compilation and is left out of the times.
+pub fn compare_precisions(
+    gpu: &Arc<Gpu>,
+    file: &crate::io::weights::WeightFile,
+    images: &[std::path::PathBuf],
+    score_threshold: Option<f32>,
+) -> Result<PrecisionFigures> {
+    use crate::jobs::extract::{agreement, prepare_image, ExtractConfig, Extractor, PreparedImage};
+    use crate::tensor::Precision;
+    let model = crate::model::ModelConfig::from_metadata(&file.metadata, "<weights>".as_ref())?;
+    let cfg = |precision| ExtractConfig {
+        score_threshold,
+        precision,
+        ..ExtractConfig::for_arch(model.arch())
+    };
+    let name = std::path::Path::new("<weights>");
+    let mut full = Extractor::from_weights(gpu, file, name, cfg(Precision::F32))?;
+    let mut half = Extractor::from_weights(gpu, file, name, cfg(Precision::F16))?;
+    let timed = |ex: &mut Extractor, img: &PreparedImage| -> Result<(_, f64, Option<f64>)> {
+        let (t, c) = (Instant::now(), cpu_time());
+        let out = ex.extract(img)?;
+        let cpu = cpu_time().zip(c).map(|(a, b)| (a - b).as_secs_f64());
+        Ok((out, t.elapsed().as_secs_f64(), cpu))
+    };
+    let (mut cosines, mut wall, mut cpu) = (Vec::new(), [Vec::new(), Vec::new()], [0.0, 0.0]);
+    let (mut keypoints, mut found, mut worst, mut sum) = (0, 0, 0f64, 0f64);
+    let mut cpu_known = true;
+    for (i, path) in images.iter().enumerate() {
+        let prepared = prepare_image(path, &cfg(Precision::F32), None)?;
+        let (a, wa, ca) = timed(&mut full, &prepared)?;
+        let (b, wb, cb) = timed(&mut half, &prepared)?;
+        let m = agreement(&a, &b, 1.0);
+        println!(
+            "{}: global cosine 1 - {:.2e}, {} of {} keypoints found again, descriptor error max {:.4} mean {:.4}",
+            path.display(),
+            1.0 - m.global_cosine,
+            m.found_again,
+            m.keypoints,
+            m.descriptor_max,
+            m.descriptor_mean
+        );
+        cosines.push(m.global_cosine);
+        keypoints += m.keypoints;
+        found += m.found_again;
+        worst = if m.descriptor_max.is_nan() { f64::NAN } else { worst.max(m.descriptor_max) };
+        sum += m.descriptor_mean * m.found_again as f64;
+        if i > 0 {
+            wall[0].push(wa);
+            wall[1].push(wb);
+            match (ca, cb) {
+                (Some(ca), Some(cb)) => {
+                    cpu[0] += ca;
+                    cpu[1] += cb;
+                }
+                _ => cpu_known = false,
+            }
+        }
+    }
+    if cosines.is_empty() {
+        return Err(Error::InvalidArgument("no images to compare".into()));
+    }
+    // NaN sorts last with total_cmp, so a NaN cosine is never the median
+    // unnoticed: the worst is taken by a NaN-propagating fold.
+    let worst_cosine = cosines
+        .iter()
+        .fold(f64::INFINITY, |m, &c| if c.is_nan() || m.is_nan() { f64::NAN } else { m.min(c) });
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[v.len() / 2]
+        }
+    };
+    let timed_images = wall[0].len();
+    let per_image_cpu =
+        |c: f64| (cpu_known && timed_images > 0).then(|| c / timed_images as f64);
+    Ok(PrecisionFigures {
+        model: model_name(&model),
+        images: images.len(),
+        worst_global_cosine: worst_cosine,
+        median_global_cosine: median(&mut cosines),
+        keypoints,
+        found_again: if keypoints == 0 { 1.0 } else { found as f64 / keypoints as f64 },
+        descriptor_max: worst,
+        descriptor_mean: if found == 0 { 0.0 } else { sum / found as f64 },
+        f32_device_bytes: full.device_bytes(),
+        f16_device_bytes: half.device_bytes(),
+        f32_seconds_per_image: median(&mut wall[0]),
+        f16_seconds_per_image: median(&mut wall[1]),
+        f32_cpu_seconds_per_image: per_image_cpu(cpu[0]),
+        f16_cpu_seconds_per_image: per_image_cpu(cpu[1]),
+    })
+}
+
+pub fn print_precision(f: &PrecisionFigures) {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let cpu = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.2}"));
+    println!(
+        "{} over {} images, f16 against f32:\n  global cosine: worst 1 - {:.2e}, median 1 - {:.2e}\n  \
+         keypoints found again within 1 px: {:.2} % of {}\n  descriptor error (L2 of unit descriptors): max {:.4}, mean {:.5}\n  \
+         device memory: f32 {:.1} MiB, f16 {:.1} MiB\n  \
+         s/image (median): f32 {:.2}, f16 {:.2}; CPU-s/image: f32 {}, f16 {}",
+        f.model,
+        f.images,
+        1.0 - f.worst_global_cosine,
+        1.0 - f.median_global_cosine,
+        100.0 * f.found_again,
+        f.keypoints,
+        f.descriptor_max,
+        f.descriptor_mean,
+        mib(f.f32_device_bytes),
+        mib(f.f16_device_bytes),
+        f.f32_seconds_per_image,
+        f.f16_seconds_per_image,
+        cpu(f.f32_cpu_seconds_per_image),
+        cpu(f.f16_cpu_seconds_per_image)
+    );
+}

@@ -262,9 +262,9 @@ impl Extractor {
     /// activations and inputs, and the convolutions' scratch memory. Nothing
     /// is freed between images, so after a run this is its peak.
     pub fn device_bytes(&self) -> u64 {
-        let params: u64 = self.params.tensors.values().map(|t| t.shape.bytes()).sum();
+        let params: u64 = self.params.tensors.values().map(|t| t.bytes()).sum();
         let plans: u64 = self.plans.values().map(|p| p.exe.device_bytes()).sum();
-        let images: u64 = self.images.values().map(|t| t.shape.bytes()).sum();
+        let images: u64 = self.images.values().map(|t| t.bytes()).sum();
         params + plans + images + self.gpu.scratch_bytes()
     }
 

@@ -87,8 +87,8 @@ fn chunk_plan_covers_rows_within_limit() {
     }
 }
 
-#[test]
-fn forward_matches_reference() {
+/// Forward cases over every kernel form: (op, x, kernel, c_out).
+fn forward_cases() -> Vec<(Conv2d, [usize; 4], [usize; 2], usize)> {
     let asym = Padding {
         top: 1,
         bottom: 2,
@@ -98,44 +98,28 @@ fn forward_matches_reference() {
     // Each distinct epilogue is a pipeline to JIT: the cases share two
     // (bias + ReLU, and all four).
     let full = |c: Conv2d| c.bias().scale_shift().residual().relu();
-    // Scalar and gathered-A paths: 3, 1 and 5 input channels, odd outputs, a 1×1 output.
-    check_op(&case(
-        Conv2d::new([2, 2], asym).bias().relu(),
-        [2, 7, 9, 3],
-        [3, 3],
-        5,
-    ));
-    check_op(&case(
-        Conv2d::new([1, 1], Padding::default()).bias().relu(),
-        [1, 3, 3, 1],
-        [3, 3],
-        1,
-    ));
-    check_op(&case(
-        full(Conv2d::new([1, 2], asym).dilation([2, 1])),
-        [3, 6, 5, 5],
-        [2, 3],
-        8,
-    ));
-    // Texture path (c_in % 8, c_out % 4), dilation 2 and 6.
     let same = Padding::same([9, 10], [3, 3], [1, 1], [2, 2]);
-    check_op(&case(
-        full(Conv2d::new([1, 1], same).dilation([2, 2])),
-        [2, 9, 10, 16],
-        [3, 3],
-        12,
-    ));
     let atrous = Conv2d::new([1, 1], Padding::symmetric(6, 6))
         .dilation([6, 6])
         .bias()
         .relu();
-    check_op(&case(atrous, [1, 13, 11, 8], [3, 3], 20));
-    check_op(&case(
-        full(Conv2d::new([2, 2], asym)),
-        [2, 8, 7, 24],
-        [1, 1],
-        36,
-    ));
+    vec![
+        // Scalar and gathered-A paths: 3, 1 and 5 input channels, odd outputs, a 1×1 output.
+        (Conv2d::new([2, 2], asym).bias().relu(), [2, 7, 9, 3], [3, 3], 5),
+        (Conv2d::new([1, 1], Padding::default()).bias().relu(), [1, 3, 3, 1], [3, 3], 1),
+        (full(Conv2d::new([1, 2], asym).dilation([2, 1])), [3, 6, 5, 5], [2, 3], 8),
+        // Texture path (c_in % 8, c_out % 4), dilation 2 and 6.
+        (full(Conv2d::new([1, 1], same).dilation([2, 2])), [2, 9, 10, 16], [3, 3], 12),
+        (atrous, [1, 13, 11, 8], [3, 3], 20),
+        (full(Conv2d::new([2, 2], asym)), [2, 8, 7, 24], [1, 1], 36),
+    ]
+}
+
+#[test]
+fn forward_matches_reference() {
+    for (op, x, k, cout) in forward_cases() {
+        check_op(&case(op, x, k, cout));
+    }
 }
 
 #[test]
@@ -454,45 +438,16 @@ fn half_case(op: Conv2d, x: [usize; 4], k: [usize; 2], cout: usize) -> OpCase {
 
 #[test]
 fn f16_forward_matches_a_reference_that_rounds_like_the_device() {
-    let asym = Padding {
-        top: 1,
-        bottom: 2,
-        left: 0,
-        right: 1,
-    };
-    let full = |c: Conv2d| c.bias().scale_shift().residual().relu();
-    // Odd channels: the scalar broadcast form (f16 has no gathered texture
-    // form and no unfold), stride 2, asymmetric padding.
-    check_op(&half_case(
-        Conv2d::new([2, 2], asym).bias().relu(),
-        [2, 7, 9, 3],
-        [3, 3],
-        5,
-    ));
-    check_op(&half_case(
-        full(Conv2d::new([1, 2], asym).dilation([2, 1])),
-        [3, 6, 5, 5],
-        [2, 3],
-        8,
-    ));
-    // Whole texels: the rgba16float texture form, dilation 2, every epilogue.
-    let same = Padding::same([9, 10], [3, 3], [1, 1], [2, 2]);
-    check_op(&half_case(
-        full(Conv2d::new([1, 1], same).dilation([2, 2])),
-        [2, 9, 10, 16],
-        [3, 3],
-        12,
-    ));
-    check_op(&half_case(
-        full(Conv2d::new([2, 2], asym)),
-        [2, 8, 7, 32],
-        [1, 1],
-        36,
-    ));
-    // Chunks of three grid rows: f16 windows whose shifts count 2-byte elements.
+    // The f32 cases: odd channels take the scalar broadcast form (f16 has
+    // no gathered texture form and no unfold), whole texels the rgba16float
+    // texture form; then chunks of three grid rows, whose f16 windows shift
+    // by 2-byte elements.
+    for (op, x, k, cout) in forward_cases() {
+        check_op(&half_case(op, x, k, cout));
+    }
     let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
     check_op(&half_case(op, [2, 9, 7, 16], [3, 3], 16).windows(3 * 7 * 16));
-    let op = full(Conv2d::new([2, 2], asym));
+    let op = Conv2d::new([2, 2], Padding::symmetric(1, 0)).bias().scale_shift().residual();
     check_op(&half_case(op, [2, 9, 4, 3], [3, 2], 4).windows(40));
 }
 
