@@ -316,7 +316,11 @@ mod tests {
         // 1 + 3·2^-11 ties between odd 0x3c01 and even 0x3c02.
         assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02);
         assert_eq!(f32_to_f16(65504.0), 0x7bff);
-        assert_eq!(f32_to_f16(65520.0), 0x7c00, "the tie past the largest f16 overflows");
+        assert_eq!(
+            f32_to_f16(65520.0),
+            0x7c00,
+            "the tie past the largest f16 overflows"
+        );
         assert_eq!(f32_to_f16(-1e6), 0xfc00);
         // Half of the smallest subnormal ties to zero; a little more rounds up.
         assert_eq!(f32_to_f16(2f32.powi(-25)), 0);

@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use delg_gpu::gpu::{DeviceProfile, Gpu, MatmulVariant};
 use delg_gpu::graph::exec::Executable;
+use delg_gpu::jobs::extract::{ExtractConfig, Extractor};
 use delg_gpu::jobs::train::{build_step, upload_state, Schedule, TrainConfig, TrainModel};
 use delg_gpu::model::delg::{DelgConfig, DelgLossConfig};
 use delg_gpu::model::dolg::{DolgConfig, DolgLossConfig, MultiAtrous};
 use delg_gpu::model::params::random_weights;
 use delg_gpu::model::resnet::{Layout, ResNetConfig};
 use delg_gpu::model::ModelConfig;
+use delg_gpu::tensor::Precision;
 
 fn devices() -> Vec<(DeviceProfile, Arc<Gpu>)> {
     DeviceProfile::all()
@@ -124,16 +126,24 @@ fn record_extraction(
     h: usize,
     w: usize,
 ) -> Executable {
+    record_extraction_at(gpu, model, batch, h, w, Precision::F32)
+}
+
+/// `record_extraction` with the backbone stored at `precision`.
+fn record_extraction_at(
+    gpu: &Arc<Gpu>,
+    model: &ModelConfig,
+    batch: usize,
+    h: usize,
+    w: usize,
+    precision: Precision,
+) -> Executable {
     let file = model.random_weights(7, 0.0).unwrap();
+    let specs = model.parameters_at(precision).unwrap();
     let params = model
-        .load_params(
-            gpu,
-            Path::new("random"),
-            &file,
-            &model.parameters().unwrap(),
-        )
+        .load_params(gpu, Path::new("random"), &file, &specs)
         .unwrap();
-    let net = model.inference_graph(batch, h, w).unwrap();
+    let net = model.inference_graph_at(batch, h, w, precision).unwrap();
     let mut targets = vec![net.global];
     targets.extend(net.local.iter().flat_map(|l| [l.attention, l.descriptors]));
     Executable::new(gpu, &net.graph, &targets, &params)
@@ -153,6 +163,20 @@ fn extraction_records_and_validates_on_every_profile() {
                 assert_variant(&profile, &gpu, exe.kernels());
                 assert_eq!(exe.stats().dispatches, exe.kernels().len());
                 gpu.check("recording").unwrap();
+            }
+            if gpu.features.contains(wgpu::Features::SHADER_F16) {
+                let exe = record_extraction_at(&gpu, &model, 2, 75, 93, Precision::F16);
+                assert_variant(&profile, &gpu, exe.kernels());
+                gpu.check("recording").unwrap();
+            } else {
+                let config = ExtractConfig {
+                    precision: Precision::F16,
+                    ..ExtractConfig::for_arch(model.arch())
+                };
+                let file = model.random_weights(7, 0.0).unwrap();
+                let refused = Extractor::from_weights(&gpu, &file, Path::new("w"), config);
+                let err = refused.err().expect("f16 without SHADER_F16").to_string();
+                assert!(err.contains("--precision f32"), "{}: {err}", profile.name);
             }
         }
     }

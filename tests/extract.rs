@@ -487,9 +487,14 @@ fn f16_extraction_agrees_with_f32_or_is_refused_with_the_fix() {
         ..small_config()
     };
     if !gpu.features.contains(wgpu::Features::SHADER_F16) {
-        let err = Extractor::load(&gpu, &weights, half).err().expect("refused");
+        let err = Extractor::load(&gpu, &weights, half)
+            .err()
+            .expect("refused");
         let msg = err.to_string();
-        assert!(msg.contains(&gpu.facts.name) && msg.contains("--precision f32"), "{msg}");
+        assert!(
+            msg.contains(&gpu.facts.name) && msg.contains("--precision f32"),
+            "{msg}"
+        );
         return;
     }
     let mut full = Extractor::load(&gpu, &weights, small_config()).unwrap();

@@ -150,8 +150,16 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
             let model = model.model_config()?;
             let batch = batch.unwrap_or(gpu.tuning.extract_batch);
             let precision = precision.parse()?;
-            bench::bench_extract(&gpu, &model, image_width, image_height, images, batch, precision)
-                .map(|_| ())
+            bench::bench_extract(
+                &gpu,
+                &model,
+                image_width,
+                image_height,
+                images,
+                batch,
+                precision,
+            )
+            .map(|_| ())
         }
         BenchWhat::Precision {
             folders,
@@ -161,7 +169,8 @@ pub(super) fn run(opts: &GpuOptions, what: BenchWhat) -> Result<()> {
         } => {
             let mut images = Vec::new();
             for dir in &folders {
-                let found = crate::jobs::collection::discover(dir, &indicatif::ProgressBar::hidden())?;
+                let found =
+                    crate::jobs::collection::discover(dir, &indicatif::ProgressBar::hidden())?;
                 let step = (found.images.len() / per_folder).max(1);
                 images.extend(
                     found

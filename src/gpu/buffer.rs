@@ -301,7 +301,8 @@ impl DeviceTensor {
         let data = match self.precision {
             Precision::F32 => gpu.download(&self.buffer, self.offset, self.shape.numel())?,
             Precision::F16 => {
-                let bytes = gpu.read_bytes(&self.buffer, self.offset, self.bytes().next_multiple_of(4))?;
+                let bytes =
+                    gpu.read_bytes(&self.buffer, self.offset, self.bytes().next_multiple_of(4))?;
                 bytes
                     .chunks_exact(2)
                     .take(self.shape.numel())

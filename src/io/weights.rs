@@ -48,7 +48,6 @@ pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
-
 impl WeightFile {
     pub fn load(path: &Path) -> Result<WeightFile> {
         let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;

@@ -942,7 +942,11 @@ pub fn compare_precisions(
         cosines.push(m.global_cosine);
         keypoints += m.keypoints;
         found += m.found_again;
-        worst = if m.descriptor_max.is_nan() { f64::NAN } else { worst.max(m.descriptor_max) };
+        worst = if m.descriptor_max.is_nan() {
+            f64::NAN
+        } else {
+            worst.max(m.descriptor_max)
+        };
         sum += m.descriptor_mean * m.found_again as f64;
         if i > 0 {
             wall[0].push(wa);
@@ -961,9 +965,13 @@ pub fn compare_precisions(
     }
     // NaN sorts last with total_cmp, so a NaN cosine is never the median
     // unnoticed: the worst is taken by a NaN-propagating fold.
-    let worst_cosine = cosines
-        .iter()
-        .fold(f64::INFINITY, |m, &c| if c.is_nan() || m.is_nan() { f64::NAN } else { m.min(c) });
+    let worst_cosine = cosines.iter().fold(f64::INFINITY, |m, &c| {
+        if c.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.min(c)
+        }
+    });
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         if v.is_empty() {
@@ -973,15 +981,18 @@ pub fn compare_precisions(
         }
     };
     let timed_images = wall[0].len();
-    let per_image_cpu =
-        |c: f64| (cpu_known && timed_images > 0).then(|| c / timed_images as f64);
+    let per_image_cpu = |c: f64| (cpu_known && timed_images > 0).then(|| c / timed_images as f64);
     Ok(PrecisionFigures {
         model: model_name(&model),
         images: images.len(),
         worst_global_cosine: worst_cosine,
         median_global_cosine: median(&mut cosines),
         keypoints,
-        found_again: if keypoints == 0 { 1.0 } else { found as f64 / keypoints as f64 },
+        found_again: if keypoints == 0 {
+            1.0
+        } else {
+            found as f64 / keypoints as f64
+        },
         descriptor_max: worst,
         descriptor_mean: if found == 0 { 0.0 } else { sum / found as f64 },
         f32_device_bytes: full.device_bytes(),

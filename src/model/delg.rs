@@ -414,6 +414,9 @@ mod tests {
         };
         let (full, half) = (planned(Precision::F32), planned(Precision::F16));
         eprintln!("R50 at 1024×768: f32 {full} bytes, f16 {half} bytes");
-        assert!((half as f64) < 0.7 * full as f64, "f16 {half} against f32 {full}");
+        assert!(
+            (half as f64) < 0.7 * full as f64,
+            "f16 {half} against f32 {full}"
+        );
     }
 }

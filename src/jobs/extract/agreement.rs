@@ -34,9 +34,8 @@ impl Agreement {
 /// the nearest keypoint of `other` at the same scale, if one lies within
 /// `radius` pixels.
 pub fn agreement(reference: &Extracted, other: &Extracted, radius: f64) -> Agreement {
-    let dot = |a: &[f32], b: &[f32]| -> f64 {
-        a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
-    };
+    let dot =
+        |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum() };
     let (g, h) = (&reference.global, &other.global);
     let global_cosine = dot(g, h) / (dot(g, g) * dot(h, h)).sqrt();
     let (r, o) = (&reference.local, &other.local);
@@ -52,7 +51,10 @@ pub fn agreement(reference: &Extracted, other: &Extracted, radius: f64) -> Agree
         let nearest = (0..o.scales.len())
             .filter(|&j| o.scales[j] == r.scales[i])
             .map(|j| {
-                let (dy, dx) = (o.locations[2 * j] as f64 - y, o.locations[2 * j + 1] as f64 - x);
+                let (dy, dx) = (
+                    o.locations[2 * j] as f64 - y,
+                    o.locations[2 * j + 1] as f64 - x,
+                );
                 (j, (dy * dy + dx * dx).sqrt())
             })
             .filter(|(_, d)| *d <= radius)

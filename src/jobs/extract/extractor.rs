@@ -105,8 +105,7 @@ impl Extractor {
         extract: ExtractConfig,
     ) -> Result<Extractor> {
         extract.validate()?;
-        if extract.precision == Precision::F16
-            && !gpu.features.contains(wgpu::Features::SHADER_F16)
+        if extract.precision == Precision::F16 && !gpu.features.contains(wgpu::Features::SHADER_F16)
         {
             return Err(Error::InvalidArgument(format!(
                 "--precision f16 needs 16-bit floats in shaders (SHADER_F16), which the adapter \
@@ -133,12 +132,8 @@ impl Extractor {
                     })?,
             }
         };
-        let params = model.load_params(
-            gpu,
-            path,
-            file,
-            &model.parameters_at(extract.precision)?,
-        )?;
+        let params =
+            model.load_params(gpu, path, file, &model.parameters_at(extract.precision)?)?;
         Ok(Extractor {
             gpu: gpu.clone(),
             model,

@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::tensor::Precision;
 use crate::model::contract::ExtractionDefaults;
+use crate::tensor::Precision;
 // Re-exported where the extraction recipe's users have always found it.
 pub use crate::model::contract::PixelNorm;
 

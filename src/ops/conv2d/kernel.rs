@@ -138,9 +138,10 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
             }
             // f16: the forward, without the scalar-gather texture form.
             if kernel != Kernel::BroadcastTexGather {
-                specs.extend(Epilogue::all().map(|ep| {
-                    gemm_spec(kernel, Mode::Forward, ep, lanes, Precision::F16)
-                }));
+                specs.extend(
+                    Epilogue::all()
+                        .map(|ep| gemm_spec(kernel, Mode::Forward, ep, lanes, Precision::F16)),
+                );
             }
         }
     }

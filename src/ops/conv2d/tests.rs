@@ -105,11 +105,31 @@ fn forward_cases() -> Vec<(Conv2d, [usize; 4], [usize; 2], usize)> {
         .relu();
     vec![
         // Scalar and gathered-A paths: 3, 1 and 5 input channels, odd outputs, a 1×1 output.
-        (Conv2d::new([2, 2], asym).bias().relu(), [2, 7, 9, 3], [3, 3], 5),
-        (Conv2d::new([1, 1], Padding::default()).bias().relu(), [1, 3, 3, 1], [3, 3], 1),
-        (full(Conv2d::new([1, 2], asym).dilation([2, 1])), [3, 6, 5, 5], [2, 3], 8),
+        (
+            Conv2d::new([2, 2], asym).bias().relu(),
+            [2, 7, 9, 3],
+            [3, 3],
+            5,
+        ),
+        (
+            Conv2d::new([1, 1], Padding::default()).bias().relu(),
+            [1, 3, 3, 1],
+            [3, 3],
+            1,
+        ),
+        (
+            full(Conv2d::new([1, 2], asym).dilation([2, 1])),
+            [3, 6, 5, 5],
+            [2, 3],
+            8,
+        ),
         // Texture path (c_in % 8, c_out % 4), dilation 2 and 6.
-        (full(Conv2d::new([1, 1], same).dilation([2, 2])), [2, 9, 10, 16], [3, 3], 12),
+        (
+            full(Conv2d::new([1, 1], same).dilation([2, 2])),
+            [2, 9, 10, 16],
+            [3, 3],
+            12,
+        ),
         (atrous, [1, 13, 11, 8], [3, 3], 20),
         (full(Conv2d::new([2, 2], asym)), [2, 8, 7, 24], [1, 1], 36),
     ]
@@ -447,7 +467,10 @@ fn f16_forward_matches_a_reference_that_rounds_like_the_device() {
     }
     let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
     check_op(&half_case(op, [2, 9, 7, 16], [3, 3], 16).windows(3 * 7 * 16));
-    let op = Conv2d::new([2, 2], Padding::symmetric(1, 0)).bias().scale_shift().residual();
+    let op = Conv2d::new([2, 2], Padding::symmetric(1, 0))
+        .bias()
+        .scale_shift()
+        .residual();
     check_op(&half_case(op, [2, 9, 4, 3], [3, 2], 4).windows(40));
 }
 
@@ -458,8 +481,13 @@ fn f16_convolutions_refuse_f32_operands_and_training() {
     let w = g.param_as("w", [1, 1, 2, 4], Precision::F16);
     let half = Conv2d::new([1, 1], Padding::default()).stored(Precision::F16);
     let err = g.apply1(half.clone(), &[x, w]).unwrap_err();
-    assert!(err.to_string().contains("input 0 is stored in f32"), "{err}");
-    let x = g.apply1(crate::ops::cast::Cast { to: Precision::F16 }, &[x]).unwrap();
+    assert!(
+        err.to_string().contains("input 0 is stored in f32"),
+        "{err}"
+    );
+    let x = g
+        .apply1(crate::ops::cast::Cast { to: Precision::F16 }, &[x])
+        .unwrap();
     let y = g.apply1(half, &[x, w]).unwrap();
     assert_eq!(g.precision(y), Precision::F16);
     let err = g.backward(&[(y, y)], &[w]).unwrap_err();
