@@ -95,6 +95,28 @@ fn run_with(
     counts
 }
 
+/// Random operands of op(A)·op(B) for op(A) = m×k and op(B) = k×n, with a
+/// bias if asked, and their reference product.
+fn random_product(
+    op: Matmul,
+    [m, n, k]: [usize; 3],
+    bias: bool,
+    seed: u64,
+) -> (Vec<HostTensor>, RefTensor) {
+    let (sa, sb) = stored(op, m, n, k);
+    let mut rng = Rng::new(seed);
+    let mut ins = vec![rng.tensor(sa, -1.0, 1.0), rng.tensor(sb, -1.0, 1.0)];
+    if bias {
+        ins.push(rng.tensor([n], -1.0, 1.0));
+    }
+    let refs: Vec<RefTensor> = ins.iter().map(|t| t.to_ref()).collect();
+    let want = op
+        .reference(&refs.iter().collect::<Vec<_>>())
+        .unwrap()
+        .remove(0);
+    (ins, want)
+}
+
 #[test]
 fn chunked_products_match_reference() {
     // Tiny windows and textures force splits of M, N and K (with
@@ -117,18 +139,7 @@ fn chunked_products_match_reference() {
     for (lim, (m, n, k)) in [(small, (150, 200, 45)), (copyable, (300, 128, 192))] {
         for (ta, tb) in FLAGS {
             let op = Matmul::new(ta, tb);
-            let (sa, sb) = stored(op, m, n, k);
-            let mut rng = Rng::new(7);
-            let ins = [
-                rng.tensor(sa, -1.0, 1.0),
-                rng.tensor(sb, -1.0, 1.0),
-                rng.tensor([n], -1.0, 1.0),
-            ];
-            let refs: Vec<RefTensor> = ins.iter().map(|t| t.to_ref()).collect();
-            let want = op
-                .reference(&refs.iter().collect::<Vec<_>>())
-                .unwrap()
-                .remove(0);
+            let (ins, want) = random_product(op, [m, n, k], true, 7);
             let stats = run_with(
                 &ins.iter().collect::<Vec<_>>(),
                 want.shape.clone(),
@@ -305,16 +316,7 @@ fn matrix_vector_products_take_the_row_kernel() {
             Some((m == 1, rows))
         );
         for bias in [false, true] {
-            let mut rng = Rng::new(11);
-            let mut ins = vec![rng.tensor(sa, -1.0, 1.0), rng.tensor(sb, -1.0, 1.0)];
-            if bias {
-                ins.push(rng.tensor([n], -1.0, 1.0));
-            }
-            let refs: Vec<RefTensor> = ins.iter().map(|t| t.to_ref()).collect();
-            let want = op
-                .reference(&refs.iter().collect::<Vec<_>>())
-                .unwrap()
-                .remove(0);
+            let (ins, want) = random_product(op, [m, n, k], bias, 11);
             let stats = run_with(
                 &ins.iter().collect::<Vec<_>>(),
                 want.shape.clone(),
