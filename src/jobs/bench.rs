@@ -923,7 +923,7 @@ pub fn compare_precisions(
         Ok((out, t.elapsed().as_secs_f64(), cpu))
     };
     let (mut cosines, mut wall, mut cpu) = (Vec::new(), [Vec::new(), Vec::new()], [0.0, 0.0]);
-    let (mut keypoints, mut found, mut worst, mut sum) = (0, 0, 0f64, 0f64);
+    let mut total: Option<crate::jobs::extract::Agreement> = None;
     let mut cpu_known = true;
     for (i, path) in images.iter().enumerate() {
         let prepared = prepare_image(path, &cfg(Precision::F32), None)?;
@@ -940,14 +940,7 @@ pub fn compare_precisions(
             m.descriptor_mean
         );
         cosines.push(m.global_cosine);
-        keypoints += m.keypoints;
-        found += m.found_again;
-        worst = if m.descriptor_max.is_nan() {
-            f64::NAN
-        } else {
-            worst.max(m.descriptor_max)
-        };
-        sum += m.descriptor_mean * m.found_again as f64;
+        total = Some(total.map_or(m, |t| t.combined(&m)));
         if i > 0 {
             wall[0].push(wa);
             wall[1].push(wb);
@@ -960,18 +953,9 @@ pub fn compare_precisions(
             }
         }
     }
-    if cosines.is_empty() {
-        return Err(Error::InvalidArgument("no images to compare".into()));
-    }
     // NaN sorts last with total_cmp, so a NaN cosine is never the median
-    // unnoticed: the worst is taken by a NaN-propagating fold.
-    let worst_cosine = cosines.iter().fold(f64::INFINITY, |m, &c| {
-        if c.is_nan() || m.is_nan() {
-            f64::NAN
-        } else {
-            m.min(c)
-        }
-    });
+    // unnoticed: the worst comes from `combined`, which keeps a NaN.
+    let total = total.ok_or_else(|| Error::InvalidArgument("no images to compare".into()))?;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         if v.is_empty() {
@@ -985,16 +969,12 @@ pub fn compare_precisions(
     Ok(PrecisionFigures {
         model: model_name(&model),
         images: images.len(),
-        worst_global_cosine: worst_cosine,
+        worst_global_cosine: total.global_cosine,
         median_global_cosine: median(&mut cosines),
-        keypoints,
-        found_again: if keypoints == 0 {
-            1.0
-        } else {
-            found as f64 / keypoints as f64
-        },
-        descriptor_max: worst,
-        descriptor_mean: if found == 0 { 0.0 } else { sum / found as f64 },
+        keypoints: total.keypoints,
+        found_again: total.found_share(),
+        descriptor_max: total.descriptor_max,
+        descriptor_mean: total.descriptor_mean,
         f32_device_bytes: full.device_bytes(),
         f16_device_bytes: half.device_bytes(),
         f32_seconds_per_image: median(&mut wall[0]),

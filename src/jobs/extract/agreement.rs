@@ -28,6 +28,41 @@ impl Agreement {
             self.found_again as f64 / self.keypoints as f64
         }
     }
+
+    /// The agreement over the images of both: the worse global cosine, every
+    /// keypoint, the largest descriptor error and the mean over every
+    /// keypoint found again. A NaN in either stays NaN.
+    pub fn combined(&self, other: &Agreement) -> Agreement {
+        let found_again = self.found_again + other.found_again;
+        let sum = self.descriptor_mean * self.found_again as f64
+            + other.descriptor_mean * other.found_again as f64;
+        Agreement {
+            global_cosine: nan_or(self.global_cosine, other.global_cosine, f64::min),
+            keypoints: self.keypoints + other.keypoints,
+            found_again,
+            descriptor_max: nan_or(self.descriptor_max, other.descriptor_max, f64::max),
+            descriptor_mean: mean(sum, found_again),
+        }
+    }
+}
+
+/// `pick(a, b)`, or NaN when either is (`f64::min` and `max` drop a NaN,
+/// and a NaN anywhere must fail the checks).
+fn nan_or(a: f64, b: f64, pick: fn(f64, f64) -> f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        pick(a, b)
+    }
+}
+
+/// `sum / count`, 0 for no values.
+fn mean(sum: f64, count: usize) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        sum / count as f64
+    }
 }
 
 /// Compares `other` with `reference`: each reference keypoint is matched to
@@ -69,8 +104,7 @@ pub fn agreement(reference: &Extracted, other: &Extracted, radius: f64) -> Agree
                 .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
                 .sum::<f64>()
                 .sqrt();
-            // NaN propagates into the worst distance: a check on it fails.
-            worst = if d.is_nan() { f64::NAN } else { worst.max(d) };
+            worst = nan_or(worst, d, f64::max);
             sum += d;
         }
     }
@@ -79,11 +113,7 @@ pub fn agreement(reference: &Extracted, other: &Extracted, radius: f64) -> Agree
         keypoints: r.scales.len(),
         found_again,
         descriptor_max: worst,
-        descriptor_mean: if found_again == 0 {
-            0.0
-        } else {
-            sum / found_again as f64
-        },
+        descriptor_mean: mean(sum, found_again),
     }
 }
 
@@ -124,5 +154,42 @@ mod tests {
         assert!((m.descriptor_max - d).abs() < 1e-6 && (m.descriptor_mean - d).abs() < 1e-6);
         let nan = extracted(vec![f32::NAN, 0.0], &[], &[]);
         assert!(agreement(&a, &nan, 1.0).global_cosine.is_nan());
+    }
+
+    #[test]
+    fn agreements_combine_over_images_and_keep_a_nan() {
+        let a = extracted(
+            vec![1.0, 0.0],
+            &[(10.0, 10.0, 1.0), (20.0, 20.0, 1.0)],
+            &[[1.0, 0.0], [0.0, 1.0]],
+        );
+        let b = extracted(
+            vec![1.0, 1.0],
+            &[(10.0, 10.0, 1.0), (20.0, 20.0, 1.0)],
+            &[[0.6, 0.8], [0.0, 1.0]],
+        );
+        let one = agreement(&a, &b, 1.0);
+        let same = agreement(&a, &a, 1.0);
+        let both = one.combined(&same);
+        assert_eq!((both.keypoints, both.found_again), (4, 4));
+        assert_eq!(both.global_cosine, one.global_cosine);
+        assert_eq!(both.descriptor_max, one.descriptor_max);
+        assert!((both.descriptor_mean - one.descriptor_mean / 2.0).abs() < 1e-12);
+        // A NaN descriptor, then a finite one: the worst stays NaN.
+        let broken = extracted(
+            vec![1.0, 0.0],
+            &[(10.0, 10.0, 1.0), (20.0, 20.0, 1.0)],
+            &[[f32::NAN, 0.0], [0.0, 1.0]],
+        );
+        assert!(agreement(&a, &broken, 1.0).descriptor_max.is_nan());
+        assert!(same
+            .combined(&agreement(&a, &broken, 1.0))
+            .descriptor_max
+            .is_nan());
+        let nan = extracted(vec![f32::NAN, 0.0], &[], &[]);
+        assert!(same
+            .combined(&agreement(&a, &nan, 1.0))
+            .global_cosine
+            .is_nan());
     }
 }
