@@ -844,12 +844,14 @@ pub fn bench_search(
         search_s += t.elapsed().as_secs_f64();
         done += n;
     }
+    let chunks = db.div_ceil(rows);
+    let selected = search.selected_chunks();
     let t = Instant::now();
     let hits = search.finish();
     search_s += t.elapsed().as_secs_f64();
     let flops = 2.0 * queries as f64 * db as f64 * dim as f64;
     println!(
-        "search {queries} queries x {db} database x {dim}-d, top {k}: {search_s:.1} s ({:.1} GFLOP/s; chunks of {rows} rows; generating the data took another {gen_s:.1} s); best score of query 0: {:.4}",
+        "search {queries} queries x {db} database x {dim}-d, top {k}: {search_s:.1} s ({:.1} GFLOP/s; chunks of {rows} rows, {selected} of {chunks} merged from device-selected candidates; generating the data took another {gen_s:.1} s); best score of query 0: {:.4}",
         flops / search_s / 1e9,
         hits.first().and_then(|h| h.first()).map(|h| h.score).unwrap_or(0.0)
     );

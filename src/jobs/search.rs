@@ -1,5 +1,6 @@
 //! Retrieval (docs/recipe.md §5): global search as GPU matrix products over database
-//! chunks with a top-k merge on the host, then DELG's re-ranking of the
+//! chunks, each query's candidates selected on the device against its current
+//! k-th best and merged into its top k on the host, then DELG's re-ranking of the
 //! shortlist by local matching and RANSAC, final order by (inliers, global
 //! similarity).
 
@@ -16,6 +17,7 @@ use crate::graph::{Graph, TensorId};
 use crate::io::features::FeatureSet;
 use crate::jobs::local_match::{LocalMatcher, MatchOn};
 use crate::ops::gemm::Matmul;
+use crate::ops::select::ThresholdCandidates;
 use crate::retrieval::matching::{
     binarize, check_threshold, match_binary, select_matches, MatchParams,
 };
@@ -47,6 +49,42 @@ impl Ord for Worst {
     }
 }
 
+/// Keeps `w` if it beats the worst of the `k` kept.
+fn offer(heap: &mut BinaryHeap<Worst>, k: usize, w: Worst) {
+    if heap.len() < k {
+        heap.push(w);
+    } else if heap.peek().is_some_and(|top| w < *top) {
+        heap.pop();
+        heap.push(w);
+    }
+}
+
+/// Candidate slots per query and chunk: 4k, at least 64. Once a query holds
+/// k hits from `seen` rows, about k·c/seen of the next c random rows beat its
+/// k-th best, so after the first chunk about k or fewer do; the margin covers
+/// clustered data and the long tail of small k (with k = 3, some query of 64
+/// exceeds 12 one time in five), and a chunk where some query has more than
+/// its slots is read whole.
+fn candidate_slots(k: usize) -> usize {
+    (4 * k).max(64)
+}
+
+/// The device work for one chunk size.
+struct ChunkPlan {
+    exe: Executable,
+    database: TensorId,
+    scores: TensorId,
+    /// Present when the chunk is wide enough for selection to pay.
+    select: Option<Selection>,
+}
+
+struct Selection {
+    capacity: usize,
+    thresholds: TensorId,
+    found: TensorId,
+    counts: TensorId,
+}
+
 /// Scores queries against database chunks on the device, keeping each
 /// query's best `k`. One executable per chunk size, reused across chunks.
 pub struct GlobalSearch {
@@ -55,7 +93,12 @@ pub struct GlobalSearch {
     dim: usize,
     k: usize,
     heaps: Vec<BinaryHeap<Worst>>,
-    plans: HashMap<usize, (Executable, TensorId, TensorId, TensorId)>,
+    plans: HashMap<usize, ChunkPlan>,
+    /// Whether chunks select candidates on the device (tests turn it off to
+    /// compare with reading every score).
+    selects: bool,
+    /// Chunks merged from their candidates alone.
+    selected_chunks: usize,
     seen: usize,
 }
 
@@ -76,6 +119,8 @@ impl GlobalSearch {
             k,
             heaps: (0..nq).map(|_| BinaryHeap::new()).collect(),
             plans: HashMap::new(),
+            selects: true,
+            selected_chunks: 0,
             seen: 0,
         })
     }
@@ -129,34 +174,97 @@ impl GlobalSearch {
             return Ok(());
         }
         if !self.plans.contains_key(&c) {
-            let mut g = Graph::new();
-            let q = g.input("queries", self.queries.shape.clone());
-            let d = g.input("database", [c, self.dim]);
-            let s = g.apply1(Matmul::new(false, true), &[q, d])?;
-            let exe = Executable::new(&self.gpu, &g, &[s], &ParamStore::default())?;
-            exe.set_input(q, &self.queries)?;
-            self.plans.insert(c, (exe, q, d, s));
+            let plan = self.plan(c)?;
+            self.plans.insert(c, plan);
         }
-        let (exe, _, d, s) = &self.plans[&c];
-        exe.set_input(*d, &Tensor::new([c, self.dim], chunk.to_vec())?)?;
-        exe.run()?;
-        let scores = exe.read(*s)?.data;
+        let plan = &self.plans[&c];
+        plan.exe
+            .set_input(plan.database, &Tensor::new([c, self.dim], chunk.to_vec())?)?;
         let k = self.k;
+        // Until every query holds k hits any score can enter, so the whole
+        // chunk is read; after that only the candidates, unless a query
+        // had more than its slots.
+        let select = plan
+            .select
+            .as_ref()
+            .filter(|_| self.selects && self.heaps.iter().all(|h| h.len() >= k));
+        if let Some(sel) = select {
+            let worst: Vec<f32> = self
+                .heaps
+                .iter()
+                .map(|h| h.peek().map_or(f32::NEG_INFINITY, |w| w.0))
+                .collect();
+            plan.exe
+                .set_input(sel.thresholds, &Tensor::new([worst.len(), 1], worst)?)?;
+        }
+        plan.exe.run()?;
+        if let Some(sel) = select {
+            let counts = plan.exe.read(sel.counts)?.data;
+            if counts.iter().all(|&n| n as usize <= sel.capacity) {
+                let found = plan.exe.read(sel.found)?.data;
+                self.heaps
+                    .par_iter_mut()
+                    .zip(found.par_chunks(2 * sel.capacity))
+                    .zip(counts.par_iter())
+                    .for_each(|((heap, slots), &n)| {
+                        for pair in slots[..2 * n as usize].chunks(2) {
+                            offer(heap, k, Worst(pair[0], index_of(pair[1] as usize)));
+                        }
+                    });
+                self.selected_chunks += 1;
+                return Ok(());
+            }
+        }
+        let scores = plan.exe.read(plan.scores)?.data;
         self.heaps
             .par_iter_mut()
             .zip(scores.par_chunks(c))
             .for_each(|(heap, row)| {
                 for (j, &v) in row.iter().enumerate() {
-                    let w = Worst(v, index_of(j));
-                    if heap.len() < k {
-                        heap.push(w);
-                    } else if heap.peek().is_some_and(|top| w < *top) {
-                        heap.pop();
-                        heap.push(w);
-                    }
+                    offer(heap, k, Worst(v, index_of(j)));
                 }
             });
         Ok(())
+    }
+
+    /// The product of the queries with a chunk of `c` rows, and the
+    /// selection of its candidates where their slots are at most a quarter
+    /// of a row (the read-back then shrinks at least twofold).
+    fn plan(&self, c: usize) -> Result<ChunkPlan> {
+        let nq = self.heaps.len();
+        let mut g = Graph::new();
+        let q = g.input("queries", self.queries.shape.clone());
+        let database = g.input("database", [c, self.dim]);
+        let scores = g.apply1(Matmul::new(false, true), &[q, database])?;
+        let capacity = candidate_slots(self.k);
+        let select = if self.k > 0 && capacity <= c / 4 {
+            let thresholds = g.input("thresholds", [nq, 1]);
+            let out = g.apply(ThresholdCandidates { capacity }, &[scores, thresholds])?;
+            Some(Selection {
+                capacity,
+                thresholds,
+                found: out[0],
+                counts: out[1],
+            })
+        } else {
+            None
+        };
+        let mut outputs = vec![scores];
+        outputs.extend(select.iter().flat_map(|s| [s.found, s.counts]));
+        let exe = Executable::new(&self.gpu, &g, &outputs, &ParamStore::default())?;
+        exe.set_input(q, &self.queries)?;
+        Ok(ChunkPlan {
+            exe,
+            database,
+            scores,
+            select,
+        })
+    }
+
+    /// How many chunks so far were merged from their candidates alone, not
+    /// from every score.
+    pub fn selected_chunks(&self) -> usize {
+        self.selected_chunks
     }
 
     /// Each query's hits, best first.
@@ -495,4 +603,94 @@ pub fn write_results(
     npy::write(&out.join("scores.npy"), &[q.len(), k], &scores)?;
     npy::write(&out.join("inliers.npy"), &[q.len(), k], &inliers)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Rng;
+    use crate::testing::test_gpus;
+
+    /// Unit rows; rows `dup.0` repeat row `dup.1` (exact ties).
+    fn unit_rows(
+        rng: &mut Rng,
+        rows: usize,
+        dim: usize,
+        dup: (std::ops::Range<usize>, usize),
+    ) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..rows * dim)
+            .map(|_| rng.range(-1.0, 1.0) as f32)
+            .collect();
+        for r in v.chunks_mut(dim) {
+            crate::jobs::extract::l2_normalize(r);
+        }
+        for r in dup.0 {
+            let src = v[dup.1 * dim..(dup.1 + 1) * dim].to_vec();
+            v[r * dim..(r + 1) * dim].copy_from_slice(&src);
+        }
+        v
+    }
+
+    /// The hits, and how many chunks were merged from candidates alone.
+    fn search(
+        gpu: &Arc<Gpu>,
+        q: &[f32],
+        db: &[f32],
+        dim: usize,
+        k: usize,
+        chunk: usize,
+        selects: bool,
+    ) -> (Vec<Vec<Hit>>, usize) {
+        let mut s = GlobalSearch::new(gpu, q, dim, k).unwrap();
+        s.selects = selects;
+        for part in db.chunks(chunk * dim) {
+            s.push(part).unwrap();
+        }
+        let selected = s.selected_chunks();
+        (s.finish(), selected)
+    }
+
+    /// Selecting candidates on the device gives exactly the hits of reading
+    /// every score: with ties (duplicated rows inside and across chunks), a
+    /// last chunk too narrow to select, and a cluster of rows near one query
+    /// that overflows its slots (that chunk is read whole).
+    #[test]
+    fn device_selection_equals_reading_every_score() {
+        let (nq, dim, k, chunk) = (37, 24, 5, 300);
+        let mut rng = Rng::new(11);
+        let q = unit_rows(&mut rng, nq, dim, (0..0, 0));
+        let mut db = unit_rows(&mut rng, 1650, dim, (280..320, 3));
+        // Rows 900..1000, in the fourth chunk: query 0 with a little noise,
+        // 100 candidates for its 64 slots.
+        for r in 900..1000 {
+            for d in 0..dim {
+                db[r * dim + d] = q[d] + 0.01 * rng.range(-1.0, 1.0) as f32;
+            }
+            crate::jobs::extract::l2_normalize(&mut db[r * dim..(r + 1) * dim]);
+        }
+        for gpu in test_gpus() {
+            let (want, whole) = search(gpu, &q, &db, dim, k, chunk, false);
+            let (got, selected) = search(gpu, &q, &db, dim, k, chunk, true);
+            assert_eq!(got, want, "{}", gpu.tuning.describe());
+            assert!(want.iter().all(|h| h.len() == k));
+            // Chunks 1, 2 and 4 selected; 0 (queries not yet full), 3 (the
+            // cluster) and the last (150 rows: 64 slots are over a quarter)
+            // read whole.
+            assert_eq!((whole, selected), (0, 3), "{}", gpu.tuning.describe());
+        }
+    }
+
+    /// The selection path really runs: every chunk after the first is
+    /// merged from its candidates (random data: about k of them per query).
+    #[test]
+    fn later_chunks_merge_only_candidates() {
+        let (nq, dim, k) = (64, 16, 3);
+        let mut rng = Rng::new(5);
+        let q = unit_rows(&mut rng, nq, dim, (0..0, 0));
+        let db = unit_rows(&mut rng, 4096, dim, (0..0, 0));
+        for gpu in test_gpus() {
+            let (_, selected) = search(gpu, &q, &db, dim, k, 512, true);
+            assert_eq!(selected, 7, "{}", gpu.tuning.describe());
+        }
+    }
 }

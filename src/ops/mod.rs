@@ -15,6 +15,7 @@ pub mod normalize;
 pub mod optim;
 pub mod pool;
 pub mod resize;
+pub mod select;
 
 // all_shader_specs() and uniform_shape(), one line per shaders/<family>.wgsl.
 include!(concat!(env!("OUT_DIR"), "/ops_registry.rs"));
