@@ -21,6 +21,7 @@ __all__ = [
     "FeatureSet",
     "match",
     "search",
+    "search_reranked",
     "write_tiny_weights",
     "__version__",
 ]
@@ -104,6 +105,40 @@ def search(
     """
     return _native.search_global(
         _global_of(queries), _global_of(database), k, backend, adapter
+    )
+
+
+def search_reranked(
+    queries: FeatureSet,
+    database: FeatureSet,
+    k: int = 100,
+    *,
+    shortlist: int = 100,
+    backend: Optional[str] = None,
+    adapter: Optional[str] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``search``, then DELG's re-ranking: each query's first ``shortlist``
+    hits are verified by local matching and RANSAC (as ``delg-gpu search
+    --rerank``), and the ranking is ordered by (inliers, global score).
+
+    Both sets must be feature folders of a model with local features
+    (DELG). Returns ``(indices, scores, inliers)``: int64, float32 and int64
+    arrays [n_queries, min(k, n_database)], best first; ``inliers`` is 0 for
+    hits beyond the shortlist.
+    """
+    for what, s in (("queries", queries), ("database", database)):
+        if not isinstance(s, FeatureSet):
+            raise TypeError(
+                f"search_reranked needs FeatureSets (feature folders), got {type(s).__name__} "
+                f"for {what}: open the folder with delg_gpu.FeatureSet(path)"
+            )
+        if s.local_dim == 0:
+            raise ValueError(
+                f"{s.path} holds no local features (a global-only model such as DOLG): "
+                "re-ranking needs DELG features; use search() instead"
+            )
+    return _native.search_reranked(
+        queries.path, database.path, k, shortlist, backend, adapter
     )
 
 

@@ -68,6 +68,14 @@ def search_global(
     backend: Optional[str] = None,
     adapter: Optional[str] = None,
 ) -> Tuple[np.ndarray, np.ndarray]: ...
+def search_reranked(
+    queries: PathLike,
+    database: PathLike,
+    k: int,
+    shortlist: int,
+    backend: Optional[str] = None,
+    adapter: Optional[str] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def match_images(
     a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]
 ) -> Tuple[int, Optional[np.ndarray]]: ...

@@ -9,7 +9,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use delg_gpu::{Features, Gpu, GpuOptions, MatchParams, Model, RansacParams, RgbImage};
+use delg_gpu::{
+    FeatureSet, Features, Gpu, GpuOptions, Hit, MatchParams, Model, RansacParams, RerankParams,
+    RgbImage,
+};
 use numpy::ndarray::{Array1, Array2};
 use numpy::{
     IntoPyArray, PyArray2, PyArray3, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods,
@@ -304,6 +307,13 @@ fn float_rows<'py>(what: &str, value: &Bound<'py, PyAny>) -> PyResult<PyReadonly
 /// Each query's database rows, best first, and their scores.
 type Rankings<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
 
+/// Rankings with each hit's RANSAC inliers.
+type VerifiedRankings<'py> = (
+    Bound<'py, PyArray2<i64>>,
+    Bound<'py, PyArray2<f32>>,
+    Bound<'py, PyArray2<i64>>,
+);
+
 /// Global search on the device; see delg_gpu.search.
 #[pyfunction]
 #[pyo3(signature = (queries, database, k, backend=None, adapter=None))]
@@ -328,9 +338,20 @@ fn search_global<'py>(
     let gpu = device(py, backend, adapter)?;
     let (qv, dbv) = (rows_of(&q), rows_of(&db));
     let rankings = engine(py, || delg_gpu::search_global(&gpu, &qv, &dbv, dq, k))?;
+    let (indices, scores, _) = ranking_arrays(py, &rankings)?;
+    Ok((indices, scores))
+}
+
+/// Each query's database rows, scores and RANSAC inliers as [queries, kept]
+/// arrays (every query keeps as many hits: min(k, database size)).
+fn ranking_arrays<'py>(
+    py: Python<'py>,
+    rankings: &[Vec<Hit>],
+) -> PyResult<VerifiedRankings<'py>> {
     let kept = rankings.first().map_or(0, Vec::len);
     let mut indices = Array2::<i64>::zeros((rankings.len(), kept));
     let mut scores = Array2::<f32>::zeros((rankings.len(), kept));
+    let mut inliers = Array2::<i64>::zeros((rankings.len(), kept));
     for (q, ranking) in rankings.iter().enumerate() {
         if ranking.len() != kept {
             return Err(Error::new_err(
@@ -340,9 +361,45 @@ fn search_global<'py>(
         for (r, hit) in ranking.iter().enumerate() {
             indices[(q, r)] = hit.db as i64;
             scores[(q, r)] = hit.score;
+            inliers[(q, r)] = hit.inliers as i64;
         }
     }
-    Ok((indices.into_pyarray(py), scores.into_pyarray(py)))
+    Ok((
+        indices.into_pyarray(py),
+        scores.into_pyarray(py),
+        inliers.into_pyarray(py),
+    ))
+}
+
+/// Global search, then DELG's re-ranking of each query's first `shortlist`
+/// hits by local matching and RANSAC, between two feature folders; see
+/// delg_gpu.search_reranked.
+#[pyfunction]
+#[pyo3(signature = (queries, database, k, shortlist, backend=None, adapter=None))]
+fn search_reranked<'py>(
+    py: Python<'py>,
+    queries: PathBuf,
+    database: PathBuf,
+    k: usize,
+    shortlist: usize,
+    backend: Option<String>,
+    adapter: Option<String>,
+) -> PyResult<VerifiedRankings<'py>> {
+    if k == 0 || shortlist == 0 {
+        return Err(PyValueError::new_err(format!(
+            "k and shortlist must be at least 1 (got k={k}, shortlist={shortlist})"
+        )));
+    }
+    let gpu = device(py, backend, adapter)?;
+    let rankings = engine(py, || {
+        let (q, db) = (FeatureSet::load(&queries)?, FeatureSet::load(&database)?);
+        let params = RerankParams {
+            shortlist,
+            ..RerankParams::default()
+        };
+        delg_gpu::search_reranked(&gpu, &q, &db, k, &params)
+    })?;
+    ranking_arrays(py, &rankings)
 }
 
 /// An image's local features from a dict of extract() or FeatureSet[i].
@@ -428,6 +485,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyExtractor>()?;
     m.add_function(wrap_pyfunction!(search_global, m)?)?;
+    m.add_function(wrap_pyfunction!(search_reranked, m)?)?;
     m.add_function(wrap_pyfunction!(match_images, m)?)?;
     m.add_function(wrap_pyfunction!(open_feature_folder, m)?)?;
     m.add_function(wrap_pyfunction!(write_tiny_weights, m)?)?;

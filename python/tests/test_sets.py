@@ -1,6 +1,7 @@
 """Feature sets, search, matching, and errors through the package."""
 
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -55,6 +56,34 @@ def test_search_refuses_bad_arrays(feature_set):
         delg_gpu.search(np.zeros((2, 3), np.float32), feature_set, k=2)
     with pytest.raises(delg_gpu.Error, match="no images"):
         delg_gpu.search(np.zeros((0, feature_set.global_dim), np.float32), feature_set, k=2)
+
+
+def test_reranked_search_equals_the_cli(feature_set, cli, workdir):
+    indices, scores, inliers = delg_gpu.search_reranked(feature_set, feature_set, k=6, shortlist=4)
+    assert indices.dtype == inliers.dtype == np.int64 and scores.dtype == np.float32
+    assert indices.shape == scores.shape == inliers.shape == (IMAGES, 6)
+    # Each image verifies against itself first; beyond the shortlist nothing is verified.
+    assert (indices[:, 0] == np.arange(IMAGES)).all()
+    assert (inliers[:, 0] > 0).all() and (inliers[:, 4:] == 0).all()
+    assert (np.diff(inliers[:, :4], axis=1) <= 0).all(), "ordered by inliers first"
+    out = workdir / "cli_reranked"
+    run = subprocess.run(
+        [cli, "search", "--queries", feature_set.path, "--db", feature_set.path, "--out", str(out),
+         "--k", "6", "--rerank", "--shortlist", "4"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, f"delg-gpu search failed: {run.stderr}"
+    assert (np.load(out / "ranks.npy") == indices).all()
+    assert (np.load(out / "inliers.npy") == inliers).all()
+    assert (np.load(out / "scores.npy") == scores).all()
+
+
+def test_reranked_search_refuses_arrays(feature_set):
+    with pytest.raises(TypeError, match="FeatureSet"):
+        delg_gpu.search_reranked(feature_set.global_descriptors, feature_set)
+    with pytest.raises(ValueError, match="at least 1"):
+        delg_gpu.search_reranked(feature_set, feature_set, k=0)
 
 
 def test_match_of_an_image_with_itself_is_the_identity(extractor):
