@@ -82,9 +82,28 @@ typedef struct delg_match_result {
   size_t inliers;
   // Whether RANSAC fitted a transform; when false, `transform` is the identity.
   bool has_transform;
-  // Row-major 3x3 affine map from A's (x, y, 1) pixels to B's.
+  // Row-major 3x3 map from A's (x, y, 1) pixels to B's: affine, or
+  // projective when `delg_match_with` was asked for a homography.
   double transform[3][3];
 } delg_match_result;
+
+// Matching and RANSAC settings for `delg_match_with`. A zero field (or a
+// NULL pointer for all of them) means DELG's setting, as `delg_match` uses.
+typedef struct delg_match_params {
+  // B's keypoint matches when its nearest descriptor in A is closer than
+  // this (with `ratio_test`: closer than this times the second nearest);
+  // 0 means 1.0, DELG's distance for unit descriptors.
+  float match_threshold;
+  // Lowe's ratio test instead of an absolute distance threshold.
+  bool ratio_test;
+  // Fit a homography (4-point samples) instead of DELG's affine model;
+  // `transform` is then the full 3x3 projective map.
+  bool homography;
+  // RANSAC inlier threshold in pixels (residual strictly below); 0 means 20.
+  double residual_threshold;
+  // RANSAC trials, at most 10 000 000; 0 means 1000.
+  uint32_t ransac_trials;
+} delg_match_params;
 
 #ifdef __cplusplus
 extern "C" {
@@ -153,8 +172,8 @@ void delg_features_free(struct delg_features *features);
 
 // Matches B's local descriptors to A's (DELG's rule: nearest neighbour
 // below the distance threshold) and verifies the matches with RANSAC (an
-// affine model), as `delg-gpu match` does. Runs on the CPU: no extractor
-// needed, and safe from any thread.
+// affine model), as `delg-gpu match` does: `delg_match_with` with DELG's
+// settings. Runs on the CPU: no extractor needed, and safe from any thread.
 //
 // # Safety
 // `a` and `b` point to features from `delg_extract_*` (or structs whose
@@ -162,6 +181,17 @@ void delg_features_free(struct delg_features *features);
 enum delg_status delg_match(const struct delg_features *a,
                             const struct delg_features *b,
                             struct delg_match_result *result);
+
+// `delg_match` with `params`' matching and RANSAC settings, as
+// `delg-gpu match --match-threshold --ratio-test --model
+// --residual-threshold --ransac-trials` take them; NULL means DELG's.
+//
+// # Safety
+// As `delg_match`; `params` is NULL or valid.
+enum delg_status delg_match_with(const struct delg_features *a,
+                                 const struct delg_features *b,
+                                 const struct delg_match_params *params,
+                                 struct delg_match_result *result);
 
 // The message of the last call on this thread that failed ("" if none).
 // Owned by the library; valid until the next failing call on this thread.

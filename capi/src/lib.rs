@@ -99,8 +99,80 @@ pub struct delg_match_result {
     pub inliers: usize,
     /// Whether RANSAC fitted a transform; when false, `transform` is the identity.
     pub has_transform: bool,
-    /// Row-major 3x3 affine map from A's (x, y, 1) pixels to B's.
+    /// Row-major 3x3 map from A's (x, y, 1) pixels to B's: affine, or
+    /// projective when `delg_match_with` was asked for a homography.
     pub transform: [[f64; 3]; 3],
+}
+
+/// Matching and RANSAC settings for `delg_match_with`. A zero field (or a
+/// NULL pointer for all of them) means DELG's setting, as `delg_match` uses.
+#[repr(C)]
+pub struct delg_match_params {
+    /// B's keypoint matches when its nearest descriptor in A is closer than
+    /// this (with `ratio_test`: closer than this times the second nearest);
+    /// 0 means 1.0, DELG's distance for unit descriptors.
+    pub match_threshold: f32,
+    /// Lowe's ratio test instead of an absolute distance threshold.
+    pub ratio_test: bool,
+    /// Fit a homography (4-point samples) instead of DELG's affine model;
+    /// `transform` is then the full 3x3 projective map.
+    pub homography: bool,
+    /// RANSAC inlier threshold in pixels (residual strictly below); 0 means 20.
+    pub residual_threshold: f64,
+    /// RANSAC trials, at most 10 000 000; 0 means 1000.
+    pub ransac_trials: u32,
+}
+
+/// Most RANSAC trials a call may ask for, as `--ransac-trials` allows.
+const MAX_RANSAC_TRIALS: u32 = 10_000_000;
+
+/// The engine's settings for `params` (NULL: DELG's), checked.
+fn verify_params(
+    params: Option<&delg_match_params>,
+) -> Result<(MatchParams, RansacParams), Failure> {
+    let (matching, ransac) = (MatchParams::default(), RansacParams::default());
+    let Some(p) = params else {
+        return Ok((matching, ransac));
+    };
+    let invalid = Failure::invalid;
+    if !(p.match_threshold >= 0.0 && p.match_threshold.is_finite()) {
+        return Err(invalid(format!(
+            "params->match_threshold must be a finite number ≥ 0 (0: the default), got {}",
+            p.match_threshold
+        )));
+    }
+    if !(p.residual_threshold >= 0.0 && p.residual_threshold.is_finite()) {
+        return Err(invalid(format!(
+            "params->residual_threshold must be a finite number of pixels ≥ 0 (0: the default), got {}",
+            p.residual_threshold
+        )));
+    }
+    if p.ransac_trials > MAX_RANSAC_TRIALS {
+        return Err(invalid(format!(
+            "params->ransac_trials is {}, above the limit of {MAX_RANSAC_TRIALS}",
+            p.ransac_trials
+        )));
+    }
+    let or = |value: f64, default: f64| if value == 0.0 { default } else { value };
+    let base = if p.homography {
+        RansacParams::homography()
+    } else {
+        ransac
+    };
+    Ok((
+        MatchParams {
+            threshold: or(p.match_threshold as f64, matching.threshold as f64) as f32,
+            ratio_test: p.ratio_test,
+        },
+        RansacParams {
+            residual_threshold: or(p.residual_threshold, base.residual_threshold),
+            max_trials: match p.ransac_trials {
+                0 => base.max_trials,
+                n => n as usize,
+            },
+            ..base
+        },
+    ))
 }
 
 /// What `delg_features_free` releases: the view C reads, first so that a
@@ -468,8 +540,8 @@ fn local_features(f: &delg_features, name: &str) -> Result<Features, Failure> {
 
 /// Matches B's local descriptors to A's (DELG's rule: nearest neighbour
 /// below the distance threshold) and verifies the matches with RANSAC (an
-/// affine model), as `delg-gpu match` does. Runs on the CPU: no extractor
-/// needed, and safe from any thread.
+/// affine model), as `delg-gpu match` does: `delg_match_with` with DELG's
+/// settings. Runs on the CPU: no extractor needed, and safe from any thread.
 ///
 /// # Safety
 /// `a` and `b` point to features from `delg_extract_*` (or structs whose
@@ -480,20 +552,47 @@ pub unsafe extern "C" fn delg_match(
     b: *const delg_features,
     result: *mut delg_match_result,
 ) -> delg_status {
-    guard("delg_match", || {
-        let result = required_mut(result, "result")?;
-        let a = local_features(required(a, "a")?, "a")?;
-        let b = local_features(required(b, "b")?, "b")?;
-        let verified = match_features(&a, &b, &MatchParams::default(), &RansacParams::default())?;
-        const IDENTITY: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
-        *result = delg_match_result {
-            matches: verified.matches.len(),
-            inliers: verified.inliers,
-            has_transform: verified.transform.is_some(),
-            transform: verified.transform.map_or(IDENTITY, |t| t.0),
-        };
-        Ok(())
+    guard("delg_match", || match_into(a, b, None, result))
+}
+
+/// `delg_match` with `params`' matching and RANSAC settings, as
+/// `delg-gpu match --match-threshold --ratio-test --model
+/// --residual-threshold --ransac-trials` take them; NULL means DELG's.
+///
+/// # Safety
+/// As `delg_match`; `params` is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn delg_match_with(
+    a: *const delg_features,
+    b: *const delg_features,
+    params: *const delg_match_params,
+    result: *mut delg_match_result,
+) -> delg_status {
+    // SAFETY: as in `required`; NULL means the defaults.
+    guard("delg_match_with", || {
+        match_into(a, b, unsafe { params.as_ref() }, result)
     })
+}
+
+fn match_into(
+    a: *const delg_features,
+    b: *const delg_features,
+    params: Option<&delg_match_params>,
+    result: *mut delg_match_result,
+) -> Result<(), Failure> {
+    let result = required_mut(result, "result")?;
+    let a = local_features(required(a, "a")?, "a")?;
+    let b = local_features(required(b, "b")?, "b")?;
+    let (matching, ransac) = verify_params(params)?;
+    let verified = match_features(&a, &b, &matching, &ransac)?;
+    const IDENTITY: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+    *result = delg_match_result {
+        matches: verified.matches.len(),
+        inliers: verified.inliers,
+        has_transform: verified.transform.is_some(),
+        transform: verified.transform.map_or(IDENTITY, |t| t.0),
+    };
+    Ok(())
 }
 
 /// The message of the last call on this thread that failed ("" if none).
@@ -655,6 +754,96 @@ mod tests {
             DELG_ERROR_NULL_ARGUMENT
         );
         assert_eq!(last_error(), "delg_match: b->descriptors is NULL");
+    }
+
+    #[test]
+    fn match_params_change_the_verdict_and_bad_ones_are_refused() {
+        // Five keypoints with one-hot descriptors; B's lean 0.1 towards the
+        // next one, so each is 0.1 from its own in A and ~1 from the others.
+        let dim = 5;
+        let a_desc: Vec<f32> = (0..dim * dim)
+            .map(|i| if i / dim == i % dim { 1.0 } else { 0.0 })
+            .collect();
+        let mut b_desc = a_desc.clone();
+        for k in 0..dim {
+            b_desc[k * dim + (k + 1) % dim] = 0.1;
+        }
+        let locations = [10.0f32, 20.0, 30.0, 5.0, 40.0, 60.0, 70.0, 15.0, 55.0, 45.0];
+        let scales = [1.0f32; 5];
+        let view = |descriptors: &[f32]| delg_features {
+            global_dim: 0,
+            global: std::ptr::null(),
+            num_local: dim,
+            local_dim: dim,
+            descriptors: descriptors.as_ptr(),
+            locations: locations.as_ptr(),
+            scales: scales.as_ptr(),
+            attention: std::ptr::null(),
+        };
+        let (a, b) = (view(&a_desc), view(&b_desc));
+        let run = |params: *const delg_match_params| {
+            let mut result = delg_match_result {
+                matches: 99,
+                inliers: 99,
+                has_transform: false,
+                transform: [[0.0; 3]; 3],
+            };
+            let status = unsafe { delg_match_with(&a, &b, params, &mut result) };
+            (status, result.matches, result.inliers)
+        };
+        let zero = delg_match_params {
+            match_threshold: 0.0,
+            ratio_test: false,
+            homography: false,
+            residual_threshold: 0.0,
+            ransac_trials: 0,
+        };
+        // NULL and all-zero are DELG's settings: every keypoint verifies.
+        assert_eq!(run(std::ptr::null()), (DELG_OK, 5, 5), "{}", last_error());
+        assert_eq!(run(&zero), (DELG_OK, 5, 5));
+        let strict = delg_match_params {
+            match_threshold: 0.05,
+            ..zero
+        };
+        assert_eq!(run(&strict), (DELG_OK, 0, 0));
+        let ratio = delg_match_params {
+            match_threshold: 0.05,
+            ratio_test: true,
+            ..zero
+        };
+        assert_eq!(run(&ratio), (DELG_OK, 0, 0));
+        let homography = delg_match_params {
+            homography: true,
+            ..zero
+        };
+        assert_eq!(run(&homography), (DELG_OK, 5, 5));
+        for (bad, field) in [
+            (
+                delg_match_params {
+                    match_threshold: f32::NAN,
+                    ..zero
+                },
+                "params->match_threshold",
+            ),
+            (
+                delg_match_params {
+                    residual_threshold: -1.0,
+                    ..zero
+                },
+                "params->residual_threshold",
+            ),
+            (
+                delg_match_params {
+                    ransac_trials: MAX_RANSAC_TRIALS + 1,
+                    ..zero
+                },
+                "params->ransac_trials",
+            ),
+        ] {
+            assert_eq!(run(&bad).0, DELG_ERROR_INVALID_ARGUMENT, "{field}");
+            assert!(last_error().starts_with("delg_match_with: "), "{}", last_error());
+            assert!(last_error().contains(field), "{}", last_error());
+        }
     }
 
     #[test]

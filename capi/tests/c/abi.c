@@ -120,6 +120,22 @@ int main(int argc, char **argv) {
             for (int c = 0; c < 3; c++)
                 CHECK(fabs(match.transform[r][c] - (r == c ? 1.0 : 0.0)) < 1e-6,
                       "transform[%d][%d] = %f", r, c, match.transform[r][c]);
+
+        /* Zeroed settings are DELG's; a homography verifies them all too. */
+        delg_match_params params = {0};
+        delg_match_result with;
+        status = delg_match_with(f, m, &params, &with);
+        CHECK(status == DELG_OK && with.matches == match.matches && with.inliers == match.inliers,
+              "%s: %zu matches, %zu inliers", delg_last_error(), with.matches, with.inliers);
+        params.homography = true;
+        status = delg_match_with(f, m, &params, &with);
+        CHECK(status == DELG_OK && with.inliers == f->num_local, "%s: %zu inliers",
+              delg_last_error(), with.inliers);
+        params.residual_threshold = -1.0;
+        status = delg_match_with(f, m, &params, &with);
+        CHECK(status == DELG_ERROR_INVALID_ARGUMENT, "status %d", (int)status);
+        CHECK(strstr(delg_last_error(), "params->residual_threshold") != NULL, "'%s'",
+              delg_last_error());
     }
 
     /* Bad calls: a status, *out left NULL, and a message naming the problem. */
