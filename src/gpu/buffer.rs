@@ -144,9 +144,8 @@ impl Gpu {
             )));
         }
         self.counters.submitted();
-        self.counters.recording(|| {
-            self.scoped("submitting GPU work", || self.queue.submit([enc.finish()]))
-        })
+        self.counters
+            .recording(|| self.scoped("submitting GPU work", || self.queue.submit([enc.finish()])))
     }
 }
 

@@ -40,7 +40,7 @@ struct Plan {
     /// another.
     outputs: Vec<TensorId>,
     /// Readbacks of `outputs`: one is busy per batch in flight (its
-    /// `PendingBatch` holds it), so a job that overlaps batches uses two.
+    /// `PendingBatch` holds it); a job keeps at most two batches in flight.
     readbacks: Vec<Arc<Readback>>,
     reads: LevelReads,
     last_used: u64,
@@ -254,7 +254,12 @@ impl Extractor {
             read.extend(local.iter().flat_map(|&(a, l)| [a, l]));
             let bound = HashMap::from([(image, pixels)]);
             let exe = Executable::with_inputs(&self.gpu, &g, &read, &self.params, &bound)?;
-            let readback = Arc::new(exe.readback(&read)?);
+            // Two from the start: a job keeps two batches in flight, and
+            // the steady state creates nothing.
+            let readbacks = vec![
+                Arc::new(exe.readback(&read)?),
+                Arc::new(exe.readback(&read)?),
+            ];
             let local_map = local
                 .map(|(attention, _)| {
                     let [_, mh, mw, _] = g.shape(attention).nhwc("attention")?;
@@ -266,7 +271,7 @@ impl Extractor {
                 Plan {
                     exe,
                     outputs: read,
-                    readbacks: vec![readback],
+                    readbacks,
                     reads: LevelReads {
                         level,
                         global: global.is_some(),
