@@ -377,16 +377,20 @@ fn the_steady_state_creates_nothing_and_submits_once_per_image() {
 }
 
 /// `extract --batch 3` against `--batch 1` on a collection whose two sizes
-/// interleave, plus two 3×3 images (too small for DELG's network: a batch
-/// that fails runs its images alone, each reported): the same features, bit
-/// for bit, since no kernel's reduction runs across images or depends on the
-/// batch size, in fewer submissions.
+/// interleave, with two 3×3 images (too small for DELG's network: a batch
+/// that fails runs its images alone, each reported) and a file that does not
+/// decode in the middle: the same features, bit for bit, since no kernel's
+/// reduction runs across images or depends on the batch size, in fewer
+/// submissions. Both runs overlap groups (each submitted before the last
+/// one is read back) and equal the synchronous `Extractor::extract` of each
+/// image alone, which overlaps nothing.
 fn batched_matches_unbatched(
     name: &str,
     weights: impl Fn(&Path),
     config: ExtractConfig,
     too_small_fail: bool,
 ) {
+    use delg_gpu::jobs::extract::{prepare_image, Extractor, LocalFeatures};
     let config = ExtractConfig {
         min_image_side: 1,
         ..config
@@ -405,11 +409,13 @@ fn batched_matches_unbatched(
             .save(images.join(format!("scene{i}.png")))
             .unwrap();
     }
+    // Sorted among the scenes, so they fail mid-collection.
     for i in 0..2 {
         render_scene(20 + i, 0, 3)
-            .save(images.join(format!("tiny{i}.png")))
+            .save(images.join(format!("scene{}tiny{i}.png", 3 + 2 * i)))
             .unwrap();
     }
+    std::fs::write(images.join("scene4broken.png"), b"not a png").unwrap();
     let w = root.join("w.safetensors");
     weights(&w);
     let run = |batch: usize| {
@@ -424,11 +430,11 @@ fn batched_matches_unbatched(
             },
         )
         .unwrap();
-        let submissions = (gpu.host_work() - before).submissions;
-        let failed = if too_small_fail { 2 } else { 0 };
+        let work = gpu.host_work() - before;
+        let failed = if too_small_fail { 3 } else { 1 };
         assert_eq!(
             (s.extracted_now, s.failed),
-            (11 - failed, failed),
+            (12 - failed, failed),
             "batch {batch}: {s:?}"
         );
         let errors = std::fs::read_to_string(out.join("errors.txt")).unwrap();
@@ -437,10 +443,45 @@ fn batched_matches_unbatched(
             too_small_fail,
             "batch {batch}: {errors}"
         );
-        (FeatureSet::load(&out).unwrap(), submissions)
+        assert!(
+            errors.contains("scene4broken.png"),
+            "batch {batch}: {errors}"
+        );
+        // Every submission went in before the previous group was read, but
+        // the first and those after a group that failed (read already).
+        assert!(
+            work.submissions_overlapped >= work.submissions - 1 - failed as u64,
+            "batch {batch}: {work:?}"
+        );
+        (FeatureSet::load(&out).unwrap(), work.submissions)
     };
     let (one, one_submissions) = run(1);
     let (three, three_submissions) = run(3);
+    let mut ex = Extractor::load(&gpu, &w, config.clone()).unwrap();
+    let before = gpu.host_work();
+    let alone: Vec<_> = one
+        .ids
+        .iter()
+        .map(|id| {
+            let image = prepare_image(&images.join(id), &config, None).unwrap();
+            ex.extract(&image).unwrap()
+        })
+        .collect();
+    assert_eq!((gpu.host_work() - before).submissions_overlapped, 0);
+    assert_eq!(
+        one.global,
+        alone
+            .iter()
+            .flat_map(|x| x.global.clone())
+            .collect::<Vec<_>>()
+    );
+    let local = |pick: fn(&LocalFeatures) -> &Vec<f32>| -> Vec<f32> {
+        alone.iter().flat_map(|x| pick(&x.local).clone()).collect()
+    };
+    assert_eq!(one.descriptors, local(|l| &l.descriptors));
+    assert_eq!(one.locations, local(|l| &l.locations));
+    assert_eq!(one.scales, local(|l| &l.scales));
+    assert_eq!(one.attention, local(|l| &l.attention));
     // 9 images in groups of 3, 3, 2, 1 (and the tiny pair) against each alone.
     assert!(
         three_submissions + 5 <= one_submissions,
@@ -512,5 +553,60 @@ fn f16_extraction_agrees_with_f32_or_is_refused_with_the_fix() {
         assert!(m.keypoints > 10 && m.found_share() > 0.9, "{m:?}");
         assert!(m.descriptor_max < 0.05, "{m:?}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two images of one size in flight at once share the pixel buffer (the
+/// second upload is ordered after the first submission) and take the two
+/// readbacks each plan has from the start: each reads back its own features,
+/// bit for bit those of running it alone, and nothing is created.
+#[test]
+fn two_batches_in_flight_read_back_their_own_images() {
+    use delg_gpu::jobs::extract::{prepare_image, Extractor};
+    if test_gpu().is_none() {
+        return;
+    }
+    // A device of its own: tests running beside this one would add to the counts.
+    let gpu = delg_gpu::gpu::Gpu::new(&Default::default()).unwrap();
+    let dir = temp("in-flight");
+    let weights = dir.join("tiny.safetensors");
+    tiny_weights(&weights);
+    let cfg = small_config();
+    let images: Vec<_> = (0..2)
+        .map(|i| {
+            let path = dir.join(format!("{i}.png"));
+            render_scene(30 + i, 0, 80).save(&path).unwrap();
+            prepare_image(&path, &cfg, None).unwrap()
+        })
+        .collect();
+    let mut ex = Extractor::load(&gpu, &weights, cfg.clone()).unwrap();
+    let alone: Vec<_> = images.iter().map(|img| ex.extract(img).unwrap()).collect();
+    let before = gpu.host_work();
+    let first = ex.submit_batch(&[&images[0]]).unwrap();
+    let second = ex.submit_batch(&[&images[1]]).unwrap();
+    let mut both = ex.finish(first).unwrap();
+    both.extend(ex.finish(second).unwrap());
+    let work = gpu.host_work() - before;
+    assert_eq!(
+        (work.submissions, work.submissions_overlapped, work.buffers),
+        (2, 1, 0),
+        "{work:?}"
+    );
+    for (x, y) in both.into_iter().map(Result::unwrap).zip(&alone) {
+        assert_eq!(x.global, y.global);
+        assert_eq!(x.local.descriptors, y.local.descriptors);
+        assert_eq!(x.local.locations, y.local.locations);
+        assert_eq!(x.local.attention, y.local.attention);
+    }
+    let before = gpu.host_work();
+    let first = ex.submit_batch(&[&images[0]]).unwrap();
+    let second = ex.submit_batch(&[&images[1]]).unwrap();
+    drop(first);
+    let again = ex.finish(second).unwrap().pop().unwrap().unwrap();
+    let work = gpu.host_work() - before;
+    assert_eq!(work.buffers, 0, "{work:?}");
+    assert_eq!(again.global, alone[1].global);
+    // The dropped batch's readbacks are free again: a run alone still works.
+    assert_eq!(ex.extract(&images[0]).unwrap().global, alone[0].global);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,8 +1,10 @@
 //! Device buffers, uploads, readbacks, and tensors living in them.
 
+use std::borrow::Borrow;
+
 use wgpu::util::DeviceExt;
 
-use super::counters::Count;
+use super::counters::{Count, UnreadGuard};
 use super::device::Gpu;
 use super::window::Window;
 use crate::error::{Error, Result};
@@ -97,6 +99,43 @@ impl Gpu {
         enc: wgpu::CommandEncoder,
         readbacks: &[&Readback],
     ) -> Result<Vec<Vec<Vec<u8>>>> {
+        self.submit_reading(enc, readbacks.to_vec())?.wait(self)
+    }
+
+    /// Submits `enc` (which ends with each readback's `encode`) and starts
+    /// mapping the readbacks without waiting: the host works on while the
+    /// device runs, and `PendingRead::wait` collects the bytes. A readback
+    /// stays busy until its ticket is waited on or dropped, so the next
+    /// submission must copy into another one.
+    pub fn submit_reading<R: Borrow<Readback>>(
+        &self,
+        enc: wgpu::CommandEncoder,
+        readbacks: Vec<R>,
+    ) -> Result<PendingRead<R>> {
+        let submission = self.submit(enc)?;
+        let maps = readbacks
+            .into_iter()
+            .map(|r| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                r.borrow()
+                    .staging
+                    .slice(..)
+                    .map_async(wgpu::MapMode::Read, move |result| {
+                        let _ = tx.send(result);
+                    });
+                (r, rx)
+            })
+            .collect();
+        Ok(PendingRead {
+            submission,
+            maps,
+            _unread: self.counters.read_started(),
+        })
+    }
+
+    /// Submits `enc`, counted (and counted as overlapped when an earlier
+    /// submission's results are still unread).
+    pub fn submit(&self, enc: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
         if !self.executes() {
             return Err(Error::InvalidArgument(format!(
                 "{} runs no kernels, so it has no results to read: a device profile \
@@ -104,51 +143,67 @@ impl Gpu {
                 self.facts.name
             )));
         }
-        self.counters.add(Count::Submission, 1);
-        self.counters.recording(|| {
-            self.scoped("submitting GPU work", || self.queue.submit([enc.finish()]))
-        })?;
-        let pending: Vec<_> = readbacks
-            .iter()
-            .map(|r| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                r.staging
-                    .slice(..)
-                    .map_async(wgpu::MapMode::Read, move |result| {
-                        let _ = tx.send(result);
-                    });
-                rx
+        self.counters.submitted();
+        self.counters
+            .recording(|| self.scoped("submitting GPU work", || self.queue.submit([enc.finish()])))
+    }
+}
+
+/// Results of a submitted run on their way back: `wait` blocks on that
+/// submission alone and returns every readback's parts; dropped unread, it
+/// releases the staging buffers (the map is aborted) so they can be reused.
+pub struct PendingRead<R: Borrow<Readback>> {
+    submission: wgpu::SubmissionIndex,
+    /// Each readback with the channel its map callback answers on; emptied when read.
+    maps: Vec<(R, MapAnswer)>,
+    /// Keeps the device's count of unread submissions up while this lives
+    /// (only its drop matters).
+    _unread: UnreadGuard,
+}
+
+type MapAnswer = std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+impl<R: Borrow<Readback>> PendingRead<R> {
+    pub fn wait(mut self, gpu: &Gpu) -> Result<Vec<Vec<Vec<u8>>>> {
+        gpu.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(self.submission.clone()),
+                timeout: None,
             })
-            .collect();
-        self.wait()?;
-        readbacks
-            .iter()
-            .zip(pending)
-            .map(|(r, rx)| {
-                rx.recv()
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        gpu.check("waiting for the GPU")?;
+        // Every readback is read (and so unmapped) even after one fails, so
+        // none stays mapped for the next run's copy.
+        let parts: Vec<Result<Vec<Vec<u8>>>> = std::mem::take(&mut self.maps)
+            .into_iter()
+            .map(|(r, answer)| {
+                let r = r.borrow();
+                answer
+                    .recv()
                     .map_err(|_| Error::DeviceLost("readback callback never ran".into()))?
                     .map_err(|e| Error::Validation {
                         what: "reading back a buffer".into(),
                         detail: e.to_string(),
                     })?;
-                let parts =
-                    {
-                        let view = r.staging.slice(..).get_mapped_range().map_err(|e| {
-                            Error::Validation {
-                                what: "mapping a readback buffer".into(),
-                                detail: e.to_string(),
-                            }
-                        })?;
-                        r.parts
-                            .iter()
-                            .map(|p| view[p.at as usize..(p.at + p.bytes) as usize].to_vec())
-                            .collect()
-                    };
+                let parts = r.mapped_parts();
                 r.staging.unmap();
-                self.counters.add(Count::ReadBack, r.bytes());
-                Ok(parts)
+                gpu.counters.add(Count::ReadBack, r.bytes());
+                parts
             })
-            .collect()
+            .collect();
+        parts.into_iter().collect()
+    }
+}
+
+impl<R: Borrow<Readback>> Drop for PendingRead<R> {
+    fn drop(&mut self) {
+        for (r, answer) in &self.maps {
+            // Unmapping a pending map aborts it; a map that failed left the
+            // buffer unmapped already.
+            if !matches!(answer.try_recv(), Ok(Err(_))) {
+                r.borrow().staging.unmap();
+            }
+        }
     }
 }
 
@@ -223,6 +278,23 @@ impl Readback {
 
     pub fn bytes(&self) -> u64 {
         self.parts.iter().map(|p| p.bytes).sum()
+    }
+
+    /// Every part's bytes, copied out of the mapped staging buffer.
+    fn mapped_parts(&self) -> Result<Vec<Vec<u8>>> {
+        let view = self
+            .staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Validation {
+                what: "mapping a readback buffer".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(self
+            .parts
+            .iter()
+            .map(|p| view[p.at as usize..(p.at + p.bytes) as usize].to_vec())
+            .collect())
     }
 }
 

@@ -4,11 +4,15 @@
 //! reports them per image and the steady state must create nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Default)]
 pub struct HostCounters {
     submissions: AtomicU64,
+    submissions_overlapped: AtomicU64,
+    /// Submissions whose results are on their way back (`PendingRead`s alive).
+    unread: Arc<AtomicU64>,
     bind_groups: AtomicU64,
     buffers: AtomicU64,
     textures: AtomicU64,
@@ -21,6 +25,9 @@ pub struct HostCounters {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostWork {
     pub submissions: u64,
+    /// Submissions made while an earlier one's results were still unread:
+    /// the device got its next work before the host waited for the last.
+    pub submissions_overlapped: u64,
     pub bind_groups: u64,
     /// Buffers created, readback staging and uniform blocks included.
     pub buffers: u64,
@@ -55,6 +62,20 @@ impl HostCounters {
         field.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts a submission, as overlapped when results of an earlier one are unread.
+    pub(crate) fn submitted(&self) {
+        self.add(Count::Submission, 1);
+        if self.unread.load(Ordering::Relaxed) > 0 {
+            self.submissions_overlapped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a submission's results unread until the guard drops.
+    pub(crate) fn read_started(&self) -> UnreadGuard {
+        self.unread.fetch_add(1, Ordering::Relaxed);
+        UnreadGuard(self.unread.clone())
+    }
+
     /// Runs `f`, adding the calling thread's CPU time to the recording total.
     pub(crate) fn recording<T>(&self, f: impl FnOnce() -> T) -> T {
         let start = thread_cpu_time();
@@ -70,6 +91,7 @@ impl HostCounters {
         let get = |f: &AtomicU64| f.load(Ordering::Relaxed);
         HostWork {
             submissions: get(&self.submissions),
+            submissions_overlapped: get(&self.submissions_overlapped),
             bind_groups: get(&self.bind_groups),
             buffers: get(&self.buffers),
             textures: get(&self.textures),
@@ -85,6 +107,7 @@ impl std::ops::Sub for HostWork {
     fn sub(self, earlier: HostWork) -> HostWork {
         HostWork {
             submissions: self.submissions - earlier.submissions,
+            submissions_overlapped: self.submissions_overlapped - earlier.submissions_overlapped,
             bind_groups: self.bind_groups - earlier.bind_groups,
             buffers: self.buffers - earlier.buffers,
             textures: self.textures - earlier.textures,
@@ -92,6 +115,15 @@ impl std::ops::Sub for HostWork {
             bytes_read_back: self.bytes_read_back - earlier.bytes_read_back,
             record_submit_cpu: self.record_submit_cpu - earlier.record_submit_cpu,
         }
+    }
+}
+
+/// Held by a `PendingRead`: its submission counts as unread while it lives.
+pub(crate) struct UnreadGuard(Arc<AtomicU64>);
+
+impl Drop for UnreadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -117,6 +149,8 @@ pub fn thread_cpu_time() -> Option<Duration> {
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct HostWorkPerImage {
     pub submissions: f64,
+    /// Of which submitted before the previous one's results were read.
+    pub submissions_overlapped: f64,
     pub bind_groups_created: f64,
     pub buffers_created: f64,
     pub textures_created: f64,
@@ -131,6 +165,7 @@ impl HostWork {
         let per = |n: u64| n as f64 / images.max(1) as f64;
         HostWorkPerImage {
             submissions: per(self.submissions),
+            submissions_overlapped: per(self.submissions_overlapped),
             bind_groups_created: per(self.bind_groups),
             buffers_created: per(self.buffers),
             textures_created: per(self.textures),

@@ -333,7 +333,7 @@ const MAX_QUERIES: usize = 4096;
 impl Recording {
     /// Encodes every step into one command buffer and submits it.
     pub fn submit(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {
-        gpu.counters.add(Count::Submission, 1);
+        gpu.counters.submitted();
         gpu.counters.recording(|| self.submit_uncounted(gpu))
     }
 

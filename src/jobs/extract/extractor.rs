@@ -5,7 +5,10 @@
 //! a GPU that a small pyramid level of one image leaves idle. Per batch the
 //! host uploads the pixels once (every level resizes from one shared buffer),
 //! encodes all levels and their readbacks into one submission and waits once:
-//! nothing is created and nothing is recorded in the steady state.
+//! nothing is created and nothing is recorded in the steady state. Submitting
+//! and reading back are separate steps (`submit_batch`, `finish`), so a job
+//! submits the next batch before it waits for the last one's results and the
+//! device never idles while the host selects keypoints and writes files.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,7 +16,7 @@ use std::sync::Arc;
 
 use super::recipe::{aggregate_global, select_local, ExtractConfig, LevelOutput, LocalFeatures};
 use crate::error::{Error, Result};
-use crate::gpu::buffer::Readback;
+use crate::gpu::buffer::{PendingRead, Readback};
 use crate::gpu::{DeviceTensor, Gpu};
 use crate::graph::exec::{Executable, ParamStore};
 use crate::graph::{Graph, TensorId};
@@ -31,14 +34,47 @@ type PlanKey = (usize, usize, usize, usize);
 
 struct Plan {
     exe: Executable,
-    /// The global descriptor (if `reads_global`), then attention and local
-    /// descriptors (for models with local features), in that order, each
-    /// holding the batch's images one after another.
-    readback: Readback,
-    reads_global: bool,
+    /// What the readbacks copy: the global descriptor (if `reads.global`),
+    /// then attention and local descriptors (for models with local
+    /// features), in that order, each holding the batch's images one after
+    /// another.
+    outputs: Vec<TensorId>,
+    /// Readbacks of `outputs`: one is busy per batch in flight (its
+    /// `PendingBatch` holds it); a job keeps at most two batches in flight.
+    readbacks: Vec<Arc<Readback>>,
+    reads: LevelReads,
+    last_used: u64,
+}
+
+/// How one level's read-back bytes split into outputs.
+#[derive(Clone, Copy)]
+struct LevelReads {
+    level: usize,
+    global: bool,
     /// The attention map's (height, width), for models with local features.
     local_map: Option<(usize, usize)>,
-    last_used: u64,
+}
+
+impl Plan {
+    /// A readback no batch in flight holds (made when all are busy).
+    fn free_readback(&mut self) -> Result<Arc<Readback>> {
+        if let Some(free) = self.readbacks.iter().find(|r| Arc::strong_count(r) == 1) {
+            return Ok(free.clone());
+        }
+        let made = Arc::new(self.exe.readback(&self.outputs)?);
+        self.readbacks.push(made.clone());
+        Ok(made)
+    }
+}
+
+/// A batch submitted to the device whose results are not read yet: it owns
+/// all that reading them needs, so the plans it ran may be evicted meanwhile.
+pub struct PendingBatch {
+    resize_factors: Vec<(f64, f64)>,
+    levels: Vec<LevelReads>,
+    read: PendingRead<Arc<Readback>>,
+    /// Stage times so far (when timing).
+    spent: Vec<(String, f64)>,
 }
 
 pub struct Extractor {
@@ -158,7 +194,13 @@ impl Extractor {
         self.model.local_dim()
     }
 
-    fn plan(&mut self, batch: usize, height: usize, width: usize, level: usize) -> Result<&Plan> {
+    fn plan(
+        &mut self,
+        batch: usize,
+        height: usize,
+        width: usize,
+        level: usize,
+    ) -> Result<&mut Plan> {
         self.clock += 1;
         let key = (batch, height, width, level);
         if !self.plans.contains_key(&key) {
@@ -212,7 +254,12 @@ impl Extractor {
             read.extend(local.iter().flat_map(|&(a, l)| [a, l]));
             let bound = HashMap::from([(image, pixels)]);
             let exe = Executable::with_inputs(&self.gpu, &g, &read, &self.params, &bound)?;
-            let readback = exe.readback(&read)?;
+            // Two from the start: a job keeps two batches in flight, and
+            // the steady state creates nothing.
+            let readbacks = vec![
+                Arc::new(exe.readback(&read)?),
+                Arc::new(exe.readback(&read)?),
+            ];
             let local_map = local
                 .map(|(attention, _)| {
                     let [_, mh, mw, _] = g.shape(attention).nhwc("attention")?;
@@ -223,9 +270,13 @@ impl Extractor {
                 key,
                 Plan {
                     exe,
-                    readback,
-                    reads_global: global.is_some(),
-                    local_map,
+                    outputs: read,
+                    readbacks,
+                    reads: LevelReads {
+                        level,
+                        global: global.is_some(),
+                        local_map,
+                    },
                     last_used: 0,
                 },
             );
@@ -275,6 +326,14 @@ impl Extractor {
     /// The outer error fails the whole batch (a size too small for the
     /// network, a device error); the inner ones are per image.
     pub fn extract_batch(&mut self, imgs: &[&PreparedImage]) -> Result<Vec<Result<Extracted>>> {
+        let pending = self.submit_batch(imgs)?;
+        self.finish(pending)
+    }
+
+    /// The first half of `extract_batch`: uploads the images and submits
+    /// every level with its readback, without waiting for the device. At
+    /// most a few batches should be in flight: each holds a readback per level.
+    pub fn submit_batch(&mut self, imgs: &[&PreparedImage]) -> Result<PendingBatch> {
         let first = imgs
             .first()
             .ok_or_else(|| Error::Internal("an empty batch".into()))?;
@@ -319,11 +378,14 @@ impl Extractor {
                  below the network's minimum of {min_side} px a side; use larger images"
             )));
         }
+        let mut readbacks = Vec::with_capacity(run.len());
         for &level in &run {
-            self.plan(batch, h, w, level)?;
+            readbacks.push(self.plan(batch, h, w, level)?.free_readback()?);
         }
         let upload = std::time::Instant::now();
         if let Some(pixels) = self.images.get(&(batch, h, w)) {
+            // Ordered after the batches in flight (a queue write runs at the
+            // start of the next submission), so one buffer serves them all.
             let image_bytes = (h * w * 3 * std::mem::size_of::<f32>()) as u64;
             for (i, img) in imgs.iter().enumerate() {
                 let bytes = bytemuck::cast_slice(&img.pixels.data);
@@ -335,16 +397,20 @@ impl Extractor {
             }
         }
         spent.push(("upload".into(), upload.elapsed().as_secs_f64()));
-        let plans: Vec<(usize, &Plan)> = run
+        let plans: Vec<&Plan> = run
             .iter()
-            .map(|&l| (l, &self.plans[&(batch, h, w, l)]))
+            .map(|&l| &self.plans[&(batch, h, w, l)])
             .collect();
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        for &(level, plan) in &plans {
-            let scale = self.extract.scales[level];
+        for plan in &plans {
+            let scale = self.extract.scales[plan.reads.level];
             if std::env::var_os("DELG_PROFILE").is_some() {
                 print_profile(
-                    &format!("level {level} ({scale}), {}", plan.exe.timing_source()),
+                    &format!(
+                        "level {} ({scale}), {}",
+                        plan.reads.level,
+                        plan.exe.timing_source()
+                    ),
                     &plan.exe.profile()?,
                 );
             }
@@ -363,33 +429,55 @@ impl Extractor {
         }
         // One submission runs every level (unless timed) and copies out its results.
         let readback = std::time::Instant::now();
-        for (_, plan) in &plans {
-            plan.readback.encode(&mut enc);
+        for r in &readbacks {
+            r.encode(&mut enc);
         }
-        let readbacks: Vec<&Readback> = plans.iter().map(|(_, p)| &p.readback).collect();
-        let results = self.gpu.submit_and_read(enc, &readbacks)?;
+        let levels = plans.iter().map(|p| p.reads).collect();
+        let read = self.gpu.submit_reading(enc, readbacks)?;
+        spent.push(("readback".into(), readback.elapsed().as_secs_f64()));
+        Ok(PendingBatch {
+            resize_factors: imgs.iter().map(|img| img.resize_factor).collect(),
+            levels,
+            read,
+            spent,
+        })
+    }
+
+    /// The second half of `extract_batch`: waits for the batch's results
+    /// and selects each image's features.
+    pub fn finish(&mut self, pending: PendingBatch) -> Result<Vec<Result<Extracted>>> {
+        let PendingBatch {
+            resize_factors,
+            levels: reads,
+            read,
+            mut spent,
+        } = pending;
+        let batch = resize_factors.len();
+        let global_only = self.local_dim() == 0;
+        let readback = std::time::Instant::now();
+        let results = read.wait(&self.gpu)?;
         spent.push(("readback".into(), readback.elapsed().as_secs_f64()));
         // Per image: its global descriptor of each global level, its local outputs per level.
         let mut globals: Vec<Vec<Vec<f32>>> = vec![Vec::new(); batch];
         let mut levels: Vec<Vec<LevelOutput>> = (0..batch).map(|_| Vec::new()).collect();
-        for ((level, plan), parts) in plans.iter().zip(results) {
+        for (level, parts) in reads.iter().zip(results) {
             let mut parts = parts.iter().map(|b| split_images(b, batch));
             let mut next = || {
                 parts
                     .next()
                     .ok_or_else(|| Error::Internal("a plan read back fewer outputs".into()))?
             };
-            if plan.reads_global {
+            if level.global {
                 for (image, g) in globals.iter_mut().zip(next()?) {
                     image.push(g);
                 }
             }
-            if let Some((mh, mw)) = plan.local_map {
+            if let Some((mh, mw)) = level.local_map {
                 let attention = next()?;
                 let descriptors = next()?;
                 for ((image, a), d) in levels.iter_mut().zip(attention).zip(descriptors) {
                     image.push(LevelOutput {
-                        scale: self.extract.scales[*level],
+                        scale: self.extract.scales[level.level],
                         height: mh,
                         width: mw,
                         global: Vec::new(),
@@ -400,10 +488,10 @@ impl Extractor {
             }
         }
         let selection = std::time::Instant::now();
-        let extracted = imgs
+        let extracted = resize_factors
             .iter()
             .zip(globals.iter().zip(&levels))
-            .map(|(img, (globals, levels))| {
+            .map(|(&resize_factor, (globals, levels))| {
                 let global =
                     aggregate_global(&globals.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
                 let local = if global_only {
@@ -414,7 +502,7 @@ impl Extractor {
                         self.tau,
                         &self.extract,
                         self.model.backbone().keypoint_stride(),
-                        img.resize_factor,
+                        resize_factor,
                         self.local_dim(),
                     )
                 };

@@ -7,7 +7,7 @@ pub mod extractor;
 pub mod recipe;
 
 pub use agreement::{agreement, Agreement};
-pub use extractor::{Extracted, Extractor, PreparedImage, StageTimes};
+pub use extractor::{Extracted, Extractor, PendingBatch, PreparedImage, StageTimes};
 pub use recipe::{
     aggregate_global, l2_normalize, prepare_image, prepare_rgb, select_local, CropBox,
     ExtractConfig, LevelOutput, LocalFeatures, PixelNorm,
@@ -370,22 +370,40 @@ pub fn run_extract_with(
         batch,
         exhausted: false,
     };
+    // Group k is submitted before group k-1's results are read, so the
+    // device runs k while the host selects k-1's features, writes them and
+    // decodes k+1: at most two groups are in flight.
+    let mut previous: Option<InFlight> = None;
     loop {
         let (group, unreadable) = window.next_group();
-        let mut outcomes: Vec<(String, Result<(Extracted, FileStamp)>)> = unreadable
+        let last = group.is_empty() && unreadable.is_empty();
+        let current = if last {
+            None
+        } else {
+            let flight = submit_group(extractor, &group)?;
+            Some(InFlight {
+                unreadable,
+                group,
+                flight,
+            })
+        };
+        let Some(done) = std::mem::replace(&mut previous, current) else {
+            if last {
+                break;
+            }
+            continue;
+        };
+        let results = finish_group(extractor, &done.group, done.flight)?;
+        let outcomes = done
+            .unreadable
             .into_iter()
             .map(|(rel, e)| (rel, Err(e)))
-            .collect();
-        let results = run_group(extractor, &group)?;
-        outcomes.extend(
-            group
-                .into_iter()
-                .zip(results)
-                .map(|(d, r)| (d.rel, r.map(|x| (x, d.stamp)))),
-        );
-        if outcomes.is_empty() {
-            break;
-        }
+            .chain(
+                done.group
+                    .into_iter()
+                    .zip(results)
+                    .map(|(d, r)| (d.rel, r.map(|x| (x, d.stamp)))),
+            );
         for (rel, result) in outcomes {
             match result {
                 Ok((x, stamp)) => {
@@ -415,6 +433,9 @@ pub fn run_extract_with(
                 bar.finish_and_clear();
                 return Err(e);
             }
+        }
+        if last {
+            break;
         }
     }
     bar.finish_and_clear();
@@ -511,20 +532,66 @@ impl<I: Iterator<Item = (String, Prepared)>> SizeWindow<I> {
     }
 }
 
-/// Runs a group of images of one size as one batch. When the batch fails
-/// short of losing the device (too large for memory, an image the network
-/// rejects), each image runs alone: one bad image cannot take the others of
-/// its group with it, and its own error is the one reported.
-fn run_group(extractor: &mut Extractor, group: &[Decoded]) -> Result<Vec<Result<Extracted>>> {
+/// A group of images submitted (or already run alone) whose results the
+/// job has not handled yet, with the images that failed to decode before it.
+struct InFlight {
+    unreadable: Vec<(String, Error)>,
+    group: Vec<Decoded>,
+    flight: Flight,
+}
+
+enum Flight {
+    Submitted(PendingBatch),
+    /// Results known at submission: an empty group, or a batch that failed
+    /// and ran its images alone.
+    Done(Vec<Result<Extracted>>),
+}
+
+/// Submits a group of images of one size as one batch (see `run_alone`
+/// for a batch that fails).
+fn submit_group(extractor: &mut Extractor, group: &[Decoded]) -> Result<Flight> {
     let images: Vec<&PreparedImage> = group.iter().map(|d| &d.image).collect();
     if images.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Flight::Done(Vec::new()));
     }
-    match extractor.extract_batch(&images) {
-        Ok(results) => Ok(results),
-        Err(e @ Error::DeviceLost(_)) => Err(e),
-        Err(e) if images.len() == 1 => Ok(vec![Err(e)]),
-        Err(_) => Ok(images.iter().map(|img| extractor.extract(img)).collect()),
+    match extractor.submit_batch(&images) {
+        Ok(pending) => Ok(Flight::Submitted(pending)),
+        Err(e) => run_alone(extractor, &images, e).map(Flight::Done),
+    }
+}
+
+/// Each image's features of a submitted group (see `run_alone` for a batch
+/// that fails).
+fn finish_group(
+    extractor: &mut Extractor,
+    group: &[Decoded],
+    flight: Flight,
+) -> Result<Vec<Result<Extracted>>> {
+    match flight {
+        Flight::Done(results) => Ok(results),
+        Flight::Submitted(pending) => match extractor.finish(pending) {
+            Ok(results) => Ok(results),
+            Err(e) => {
+                let images: Vec<&PreparedImage> = group.iter().map(|d| &d.image).collect();
+                run_alone(extractor, &images, e)
+            }
+        },
+    }
+}
+
+/// After a batch failed with `e` short of losing the device (too large for
+/// memory, an image the network rejects), each image runs alone: one bad
+/// image cannot take the others of its group with it, and its own error is
+/// the one reported.
+fn run_alone(
+    extractor: &mut Extractor,
+    images: &[&PreparedImage],
+    e: Error,
+) -> Result<Vec<Result<Extracted>>> {
+    match e {
+        e @ Error::DeviceLost(_) => Err(e),
+        e if images.len() == 1 => Ok(vec![Err(e)]),
+        _ => Ok(images.iter().map(|img| extractor.extract(img)).collect()),
     }
 }
 
