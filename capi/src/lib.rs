@@ -841,7 +841,11 @@ mod tests {
             ),
         ] {
             assert_eq!(run(&bad).0, DELG_ERROR_INVALID_ARGUMENT, "{field}");
-            assert!(last_error().starts_with("delg_match_with: "), "{}", last_error());
+            assert!(
+                last_error().starts_with("delg_match_with: "),
+                "{}",
+                last_error()
+            );
             assert!(last_error().contains(field), "{}", last_error());
         }
     }

@@ -344,10 +344,7 @@ fn search_global<'py>(
 
 /// Each query's database rows, scores and RANSAC inliers as [queries, kept]
 /// arrays (every query keeps as many hits: min(k, database size)).
-fn ranking_arrays<'py>(
-    py: Python<'py>,
-    rankings: &[Vec<Hit>],
-) -> PyResult<VerifiedRankings<'py>> {
+fn ranking_arrays<'py>(py: Python<'py>, rankings: &[Vec<Hit>]) -> PyResult<VerifiedRankings<'py>> {
     let kept = rankings.first().map_or(0, Vec::len);
     let mut indices = Array2::<i64>::zeros((rankings.len(), kept));
     let mut scores = Array2::<f32>::zeros((rankings.len(), kept));
