@@ -25,7 +25,7 @@ fn kernels(c: &mut Criterion) {
         Ok(gpu) => gpu,
         Err(e) => panic!("no GPU adapter to benchmark: {e}"),
     };
-    let cases = kernel_cases();
+    let cases = kernel_cases(1024);
     for name in CASES {
         let case = cases
             .iter()
