@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use super::device::{AdapterFacts, Gpu, GpuOptions};
+use super::tuning::{VENDOR_AMD, VENDOR_APPLE, VENDOR_INTEL, VENDOR_NVIDIA};
 use crate::error::{Error, Result};
 
 /// What a kind of adapter reports, as the tuning table and the ops see it.
@@ -20,6 +21,8 @@ pub struct DeviceProfile {
     pub name: &'static str,
     pub summary: &'static str,
     pub device_type: wgpu::DeviceType,
+    /// PCI vendor id the tuning table picks the tiled config by (0: none).
+    pub vendor: u32,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
     /// Smallest and largest subgroup the adapter may run.
@@ -41,6 +44,7 @@ impl DeviceProfile {
             name,
             summary,
             device_type: wgpu::DeviceType::Cpu,
+            vendor: 0,
             features: MODERN_FEATURES.union(wgpu::Features::PIPELINE_CACHE),
             limits: wgpu::Limits {
                 max_storage_buffer_binding_size: 128 << 20,
@@ -72,9 +76,10 @@ impl DeviceProfile {
             lavapipe_512.clone(),
             DeviceProfile {
                 name: "discrete-gpu",
-                summary: "a desktop GPU on Vulkan, Metal or DX12: 32-lane subgroups, \
+                summary: "an NVIDIA desktop GPU on Vulkan or DX12: 32-lane subgroups, \
                           f16, 48 KiB of workgroup memory, 2 GiB bindings",
                 device_type: wgpu::DeviceType::DiscreteGpu,
+                vendor: VENDOR_NVIDIA,
                 features: MODERN_FEATURES.union(wgpu::Features::PIPELINE_CACHE),
                 limits: wgpu::Limits {
                     max_storage_buffer_binding_size: 2 << 30,
@@ -93,6 +98,7 @@ impl DeviceProfile {
                 summary: "a GPU whose subgroups are 32 or 64 lanes, chosen per pipeline \
                           by the driver (as AMD's RDNA reports)",
                 device_type: wgpu::DeviceType::DiscreteGpu,
+                vendor: VENDOR_AMD,
                 features: MODERN_FEATURES,
                 limits: wgpu::Limits {
                     max_storage_buffer_binding_size: 2 << 30,
@@ -109,12 +115,51 @@ impl DeviceProfile {
                           128 MiB bindings, 16 KiB of workgroup memory, 8 storage buffers \
                           per stage",
                 device_type: wgpu::DeviceType::Other,
+                vendor: 0,
                 features: wgpu::Features::empty(),
                 limits: wgpu::Limits::default(),
                 subgroup_sizes: (
                     wgpu::MINIMUM_SUBGROUP_MIN_SIZE,
                     wgpu::MAXIMUM_SUBGROUP_MAX_SIZE,
                 ),
+            },
+            DeviceProfile {
+                name: "apple-gpu",
+                summary: "an Apple silicon GPU on Metal: 32-wide simdgroups, f16, \
+                          32 KiB of threadgroup memory",
+                device_type: wgpu::DeviceType::IntegratedGpu,
+                vendor: VENDOR_APPLE,
+                features: MODERN_FEATURES,
+                limits: wgpu::Limits {
+                    max_storage_buffer_binding_size: 1 << 30,
+                    max_buffer_size: 1 << 30,
+                    max_storage_buffers_per_shader_stage: 31,
+                    max_compute_workgroup_storage_size: 32 << 10,
+                    max_compute_invocations_per_workgroup: 1024,
+                    max_compute_workgroup_size_x: 1024,
+                    max_compute_workgroup_size_y: 1024,
+                    ..wgpu::Limits::default()
+                },
+                subgroup_sizes: (32, 32),
+            },
+            DeviceProfile {
+                name: "intel-igpu",
+                summary: "an Intel integrated GPU on Vulkan or DX12: subgroups of 8 to \
+                          32 lanes chosen by the compiler, 64 KiB of shared local memory",
+                device_type: wgpu::DeviceType::IntegratedGpu,
+                vendor: VENDOR_INTEL,
+                features: MODERN_FEATURES,
+                limits: wgpu::Limits {
+                    max_storage_buffer_binding_size: 1 << 30,
+                    max_buffer_size: 2 << 30,
+                    max_storage_buffers_per_shader_stage: 64,
+                    max_compute_workgroup_storage_size: 64 << 10,
+                    max_compute_invocations_per_workgroup: 1024,
+                    max_compute_workgroup_size_x: 1024,
+                    max_compute_workgroup_size_y: 1024,
+                    ..wgpu::Limits::default()
+                },
+                subgroup_sizes: (8, 32),
             },
             DeviceProfile {
                 name: "small-bindings",
@@ -167,6 +212,7 @@ impl Gpu {
         let facts = AdapterFacts {
             name: format!("{} (device profile, no device)", profile.name),
             device_type: profile.device_type,
+            vendor: profile.vendor,
             driver: "none (wgpu no-op backend)".into(),
             ..AdapterFacts::from(&adapter.get_info())
         };

@@ -15,6 +15,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::{
     Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ScratchNeed, ShaderSpec,
+    TiledConfig, TILED_CONFIGS,
     TextureNeed, Window,
 };
 use crate::graph::{Graph, Op, TensorId};
