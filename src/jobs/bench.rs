@@ -377,7 +377,7 @@ pub struct AdapterReport {
     pub max_invocations_per_workgroup: u32,
     pub max_workgroup_memory_bytes: u32,
     pub max_storage_buffers_per_stage: u32,
-    /// The tuning table's choice, e.g. "matmul=tiled".
+    /// The tuning table's choice, e.g. "matmul=tiled-128x128".
     pub tuning: String,
 }
 
