@@ -12,9 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::gpu::{
-    DeviceTensor, Gpu, GpuOptions, MatmulVariant, Recorder, Tuning, TILED_CONFIGS,
-};
+use crate::gpu::{DeviceTensor, Gpu, GpuOptions, MatmulVariant, Recorder, Tuning, TILED_CONFIGS};
 use crate::graph::exec::{run_op_stored, Executable, ParamStore};
 use crate::graph::reference::eval_reference;
 use crate::graph::{Graph, Op, TensorId};

@@ -324,8 +324,15 @@ fn tiled_kernels_keep_their_structure_in_msl_and_hlsl() {
             c.dedup();
             c.len()
         };
-        assert!(configs(true) >= 4, "{entry}: vec4 forms of fewer than 4 configs");
-        assert_eq!(configs(true), configs(false), "{entry}: a config lacks a form");
+        assert!(
+            configs(true) >= 4,
+            "{entry}: vec4 forms of fewer than 4 configs"
+        );
+        assert_eq!(
+            configs(true),
+            configs(false),
+            "{entry}: a config lacks a form"
+        );
     }
     let mut failures = Vec::new();
     for spec in &specs {

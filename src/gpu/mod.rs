@@ -22,9 +22,8 @@ pub use recorder::{Binding, RecordStats, Recorder, Recording};
 pub use scratch::{needs_bytes, ScratchNeed, TextureNeed};
 pub use shader::ShaderSpec;
 pub use tuning::{
-    MatmulVariant, TiledConfig, Tuning, BROADCAST_LANES, TILED_APPLE, TILED_COMPACT,
-    TILED_CONFIGS, TILED_WAVE64, TILED_WIDE, VENDOR_AMD, VENDOR_APPLE, VENDOR_INTEL,
-    VENDOR_NVIDIA,
+    MatmulVariant, TiledConfig, Tuning, BROADCAST_LANES, TILED_APPLE, TILED_COMPACT, TILED_CONFIGS,
+    TILED_WAVE64, TILED_WIDE, VENDOR_AMD, VENDOR_APPLE, VENDOR_INTEL, VENDOR_NVIDIA,
 };
 pub use uniform::{ScalarKind, Uniform, UniformField, UniformShape, UniformSlot};
 pub use window::{

@@ -36,6 +36,27 @@ const MODERN_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
+/// WebGPU's default limits with a profile's binding and buffer sizes,
+/// storage buffers per stage, KiB of workgroup memory, and the 1024
+/// invocations per workgroup desktop drivers allow.
+fn compute_limits(
+    binding: u64,
+    buffer: u64,
+    buffers_per_stage: u32,
+    workgroup_kib: u32,
+) -> wgpu::Limits {
+    wgpu::Limits {
+        max_storage_buffer_binding_size: binding,
+        max_buffer_size: buffer,
+        max_storage_buffers_per_shader_stage: buffers_per_stage,
+        max_compute_workgroup_storage_size: workgroup_kib << 10,
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size_x: 1024,
+        max_compute_workgroup_size_y: 1024,
+        ..wgpu::Limits::default()
+    }
+}
+
 impl DeviceProfile {
     /// Mesa's lavapipe as `delg-gpu info` reports it (Mesa 22.3): one
     /// subgroup is one SIMD register, 8 lanes at 256 bits, 16 at 512.
@@ -46,16 +67,7 @@ impl DeviceProfile {
             device_type: wgpu::DeviceType::Cpu,
             vendor: 0,
             features: MODERN_FEATURES.union(wgpu::Features::PIPELINE_CACHE),
-            limits: wgpu::Limits {
-                max_storage_buffer_binding_size: 128 << 20,
-                max_buffer_size: (2047 << 20) as u64,
-                max_storage_buffers_per_shader_stage: 32,
-                max_compute_workgroup_storage_size: 32 << 10,
-                max_compute_invocations_per_workgroup: 1024,
-                max_compute_workgroup_size_x: 1024,
-                max_compute_workgroup_size_y: 1024,
-                ..wgpu::Limits::default()
-            },
+            limits: compute_limits(128 << 20, (2047 << 20) as u64, 32, 32),
             subgroup_sizes: (lanes, lanes),
         }
     }
@@ -81,16 +93,7 @@ impl DeviceProfile {
                 device_type: wgpu::DeviceType::DiscreteGpu,
                 vendor: VENDOR_NVIDIA,
                 features: MODERN_FEATURES.union(wgpu::Features::PIPELINE_CACHE),
-                limits: wgpu::Limits {
-                    max_storage_buffer_binding_size: 2 << 30,
-                    max_buffer_size: 4 << 30,
-                    max_storage_buffers_per_shader_stage: 64,
-                    max_compute_workgroup_storage_size: 48 << 10,
-                    max_compute_invocations_per_workgroup: 1024,
-                    max_compute_workgroup_size_x: 1024,
-                    max_compute_workgroup_size_y: 1024,
-                    ..wgpu::Limits::default()
-                },
+                limits: compute_limits(2 << 30, 4 << 30, 64, 48),
                 subgroup_sizes: (32, 32),
             },
             DeviceProfile {
@@ -130,16 +133,7 @@ impl DeviceProfile {
                 device_type: wgpu::DeviceType::IntegratedGpu,
                 vendor: VENDOR_APPLE,
                 features: MODERN_FEATURES,
-                limits: wgpu::Limits {
-                    max_storage_buffer_binding_size: 1 << 30,
-                    max_buffer_size: 1 << 30,
-                    max_storage_buffers_per_shader_stage: 31,
-                    max_compute_workgroup_storage_size: 32 << 10,
-                    max_compute_invocations_per_workgroup: 1024,
-                    max_compute_workgroup_size_x: 1024,
-                    max_compute_workgroup_size_y: 1024,
-                    ..wgpu::Limits::default()
-                },
+                limits: compute_limits(1 << 30, 1 << 30, 31, 32),
                 subgroup_sizes: (32, 32),
             },
             DeviceProfile {
@@ -149,16 +143,7 @@ impl DeviceProfile {
                 device_type: wgpu::DeviceType::IntegratedGpu,
                 vendor: VENDOR_INTEL,
                 features: MODERN_FEATURES,
-                limits: wgpu::Limits {
-                    max_storage_buffer_binding_size: 1 << 30,
-                    max_buffer_size: 2 << 30,
-                    max_storage_buffers_per_shader_stage: 64,
-                    max_compute_workgroup_storage_size: 64 << 10,
-                    max_compute_invocations_per_workgroup: 1024,
-                    max_compute_workgroup_size_x: 1024,
-                    max_compute_workgroup_size_y: 1024,
-                    ..wgpu::Limits::default()
-                },
+                limits: compute_limits(1 << 30, 2 << 30, 64, 64),
                 subgroup_sizes: (8, 32),
             },
             DeviceProfile {

@@ -27,7 +27,10 @@ impl Mode {
 pub(super) enum Kernel {
     /// Shared-memory tiles in the shape of `config`, staged with vec4 loads
     /// when `vec4` (see `tiled_vec4`).
-    Tiled { config: TiledConfig, vec4: bool },
+    Tiled {
+        config: TiledConfig,
+        vec4: bool,
+    },
     Broadcast,
     /// Broadcast with A and B staged into read-only storage textures.
     BroadcastTex,

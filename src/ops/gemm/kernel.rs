@@ -368,10 +368,20 @@ impl Gemm<'_> {
         let GemmShape { ta, tb, .. } = self.shape;
         let a_contiguous = if ta { mc } else { kc };
         let b_contiguous = if tb { kc } else { nc };
-        let [lda, ldb] = [self.shape.block_a(0, 0, 1, 1).ld, self.shape.block_b(0, 0, 1, 1).ld];
-        [a_contiguous, b_contiguous, lda, ldb, a_shift as u64, b_shift as u64]
-            .iter()
-            .all(|v| v.is_multiple_of(4))
+        let [lda, ldb] = [
+            self.shape.block_a(0, 0, 1, 1).ld,
+            self.shape.block_b(0, 0, 1, 1).ld,
+        ];
+        [
+            a_contiguous,
+            b_contiguous,
+            lda,
+            ldb,
+            a_shift as u64,
+            b_shift as u64,
+        ]
+        .iter()
+        .all(|v| v.is_multiple_of(4))
     }
 
     pub(super) fn record_tiled(
