@@ -83,8 +83,13 @@ struct Params {
 @group(0) @binding(2) var b_tex: texture_storage_2d<rgba32float, read>;
 #endif
 #else
+#if VEC4
+@group(0) @binding(1) var<storage, read> a_buf: array<vec4<Store>>;
+@group(0) @binding(2) var<storage, read> b_buf: array<vec4<Store>>;
+#else
 @group(0) @binding(1) var<storage, read> a_buf: array<Store>;
 @group(0) @binding(2) var<storage, read> b_buf: array<Store>;
+#endif
 #endif
 #endif
 
@@ -146,6 +151,34 @@ fn b_vec(e: u32) -> vec4<f32> {
     return textureLoad(b_tex, texel(e));
 }
 #else
+#if VEC4
+// The tiled kernel's 16-byte loads: 4 consecutive elements along A's
+// contiguous axis, channels of one tap: k..k+3 (FWD, DX) or rows
+// row..row+3 (DW), zero outside A or in the padding. The host makes the
+// channel count, that axis's extent and the window's start whole quads.
+fn a_quad(row: u32, k: u32) -> vec4<f32> {
+    if (row >= p.m || k >= p.k) {
+        return vec4<f32>(0.0);
+    }
+#if DW
+    let e = gather_index(p.k0 + k, row);
+#else
+    let e = gather_index(p.row0 + row, k);
+#endif
+    if (e < 0) {
+        return vec4<f32>(0.0);
+    }
+    return vec4<f32>(a_buf[u32(e) / 4u]);
+}
+
+// B[k, col..col+3] (n and the shift are whole quads), zero outside.
+fn b_quad(k: u32, col: u32) -> vec4<f32> {
+    if (k >= p.k || col >= p.n) {
+        return vec4<f32>(0.0);
+    }
+    return vec4<f32>(b_buf[(k * p.n + col + p.b_shift) / 4u]);
+}
+#else
 // A[row, k] of this dispatch (row and k local), zero outside.
 fn a_elem(row: u32, k: u32) -> f32 {
     if (row >= p.m || k >= p.k) {
@@ -168,6 +201,7 @@ fn b_elem(k: u32, col: u32) -> f32 {
     }
     return f32(b_buf[k * p.n + col + p.b_shift]);
 }
+#endif
 #endif
 
 // The epilogue of 4 consecutive columns of one row. llvmpipe scalarises every
@@ -306,14 +340,70 @@ fn store4(row0: u32, col: u32, acc4: vec4<f32>, c: Cols) {
 #endif
 
 #if TILED
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
+// Shared-memory block tiling in the shape of a TiledConfig (see gemm_tiled):
+// a BM×BN block of C per workgroup, K in steps of BK through double-buffered
+// tiles (one barrier per step), MM consecutive rows × MN consecutive columns
+// per invocation so the epilogue stores column quads. VEC4 stages the tiles
+// with 16-byte loads.
+const BM: u32 = {{TILE_M}}u;
+const BN: u32 = {{TILE_N}}u;
+const BK: u32 = {{TILE_K}}u;
+const MM: u32 = {{MICRO_M}}u;
+const MN: u32 = {{MICRO_N}}u;
+const WG: u32 = {{WORKGROUP}}u;
+// Invocations across N, column quads per invocation, accumulators.
+const GN: u32 = BN / MN;
+const QN: u32 = MN / 4u;
+const ACC: u32 = MM * QN;
+const TILE_A: u32 = BK * BM;
+const TILE_B: u32 = BK * BN;
+const TILES_A: u32 = 2u * TILE_A;
+const TILES_B: u32 = 2u * TILE_B;
 
-var<workgroup> a_tile: array<f32, 1024>; // [BK][BM]
-var<workgroup> b_tile: array<f32, 1024>; // [BK][BN]
+var<workgroup> a_tile: array<f32, TILES_A>; // [buffer][k][m]
+var<workgroup> b_tile: array<f32, TILES_B>; // [buffer][k][n]
 
-@compute @workgroup_size(256)
+// Stages K step `k0` into buffers `buf_a`, `buf_b`, zero outside A and B.
+fn stage_tiles(buf_a: u32, buf_b: u32, r0: u32, c0: u32, k0: u32, lid: u32) {
+#if VEC4
+    // Consecutive invocations read consecutive quads of the contiguous
+    // axis and scatter them into the [k][m] / [k][n] tiles.
+    for (var v = lid; v < TILE_A / 4u; v += WG) {
+#if DW
+        let kk = v / (BM / 4u);
+        let mm = (v % (BM / 4u)) * 4u;
+        let q = a_quad(r0 + mm, k0 + kk);
+        for (var e = 0u; e < 4u; e++) {
+            a_tile[buf_a + kk * BM + mm + e] = q[e];
+        }
+#else
+        let kk = (v % (BK / 4u)) * 4u;
+        let mm = v / (BK / 4u);
+        let q = a_quad(r0 + mm, k0 + kk);
+        for (var e = 0u; e < 4u; e++) {
+            a_tile[buf_a + (kk + e) * BM + mm] = q[e];
+        }
+#endif
+    }
+    for (var v = lid; v < TILE_B / 4u; v += WG) {
+        let kk = v / (BN / 4u);
+        let nn = (v % (BN / 4u)) * 4u;
+        let q = b_quad(k0 + kk, c0 + nn);
+        for (var e = 0u; e < 4u; e++) {
+            b_tile[buf_b + kk * BN + nn + e] = q[e];
+        }
+    }
+#else
+    for (var e = lid; e < TILE_A; e += WG) {
+        a_tile[buf_a + e] = a_elem(r0 + e % BM, k0 + e / BM);
+    }
+    for (var e = lid; e < TILE_B; e += WG) {
+        b_tile[buf_b + e] = b_elem(k0 + e / BN, c0 + e % BN);
+    }
+#endif
+}
+
+@compute @workgroup_size(WG)
 fn conv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear_group(wid, nwg);
     let row_tiles = (p.m + BM - 1u) / BM;
@@ -322,28 +412,45 @@ fn conv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     let r0 = (g / p.col_tiles) * BM;
     let c0 = (g % p.col_tiles) * BN;
-    let tr = (lid / 16u) * 4u;
-    let tc = (lid % 16u) * 4u;
-    var acc: array<vec4<f32>, 4>;
+    let tr = (lid / GN) * MM;
+    let tc = (lid % GN) * MN;
+    var acc: array<vec4<f32>, ACC>;
+    // Which buffer (0 or 1) holds the step being multiplied.
+    var cur = 0u;
+    stage_tiles(0u, 0u, r0, c0, 0u, lid);
+    workgroupBarrier();
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var i = 0u; i < 4u; i++) {
-            let e = lid + i * 256u;
-            a_tile[e] = a_elem(r0 + e % BM, k0 + e / BM);
-            b_tile[e] = b_elem(k0 + e / BN, c0 + e % BN);
+        // Everyone finished reading the other buffer before the last barrier.
+        if (k0 + BK < p.k) {
+            stage_tiles((1u - cur) * TILE_A, (1u - cur) * TILE_B, r0, c0, k0 + BK, lid);
         }
-        workgroupBarrier();
+        let base_a = cur * TILE_A;
+        let base_b = cur * TILE_B;
         for (var kk = 0u; kk < BK; kk++) {
-            let a = vec4<f32>(a_tile[kk * BM + tr], a_tile[kk * BM + tr + 1u], a_tile[kk * BM + tr + 2u], a_tile[kk * BM + tr + 3u]);
-            let b = vec4<f32>(b_tile[kk * BN + tc], b_tile[kk * BN + tc + 1u], b_tile[kk * BN + tc + 2u], b_tile[kk * BN + tc + 3u]);
-            for (var m = 0u; m < 4u; m++) {
-                acc[m] += a[m] * b;
+            var av: array<f32, MM>;
+            var bv: array<vec4<f32>, QN>;
+            for (var i = 0u; i < MM; i++) {
+                av[i] = a_tile[base_a + kk * BM + tr + i];
+            }
+            for (var q = 0u; q < QN; q++) {
+                let o = base_b + kk * BN + tc + 4u * q;
+                bv[q] = vec4<f32>(b_tile[o], b_tile[o + 1u], b_tile[o + 2u], b_tile[o + 3u]);
+            }
+            for (var i = 0u; i < MM; i++) {
+                for (var q = 0u; q < QN; q++) {
+                    acc[i * QN + q] += av[i] * bv[q];
+                }
             }
         }
         workgroupBarrier();
+        cur = 1u - cur;
     }
-    let cols = columns(c0 + tc);
-    for (var m = 0u; m < 4u; m++) {
-        store4(r0 + tr + m, c0 + tc, acc[m], cols);
+    for (var q = 0u; q < QN; q++) {
+        let col = c0 + tc + 4u * q;
+        let cols = columns(col);
+        for (var i = 0u; i < MM; i++) {
+            store4(r0 + tr + i, col, acc[i * QN + q], cols);
+        }
     }
 }
 #endif

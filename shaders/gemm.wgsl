@@ -55,25 +55,101 @@ fn store_c(row: u32, col: u32, v: f32) {
 #endif
 
 #if TILED
-// Classic block tiling for GPUs with on-chip workgroup memory: a 64×64 block
-// of C per workgroup, K in steps of 16 through shared tiles, and a 4×4
-// register micro-tile per invocation, strided by 16 so that neighbouring
-// invocations touch neighbouring addresses in shared memory and in C. The
-// tiles are double-buffered: step k+1 is staged into one buffer while step k
-// is multiplied from the other, with one barrier per step.
+// Classic block tiling for GPUs with on-chip workgroup memory, in the shape
+// of a TiledConfig (src/gpu/tuning.rs): a TBM×TBN block of C per workgroup, K
+// in steps of TBK through shared tiles, and an MM×MN register block per
+// invocation, strided by GM (GN) so that neighbouring invocations touch
+// neighbouring addresses in shared memory and in C. The tiles are
+// double-buffered: step k+1 is staged into one buffer while step k is
+// multiplied from the other, with one barrier per step.
+// VEC4 (the host's choice where both operands' contiguous axes, leading
+// dimensions and window shifts are whole vec4s) stages them with 16-byte
+// loads; the scalar form handles every layout.
+#if VEC4
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+#else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
+#endif
 
-const TBM: u32 = 64u;
-const TBN: u32 = 64u;
-const TBK: u32 = 16u;
-// One buffer of a tile: TBK × TBM (= TBK × TBN).
-const TILE: u32 = 1024u;
+const TBM: u32 = {{TILE_M}}u;
+const TBN: u32 = {{TILE_N}}u;
+const TBK: u32 = {{TILE_K}}u;
+const MM: u32 = {{MICRO_M}}u;
+const MN: u32 = {{MICRO_N}}u;
+const WG: u32 = {{WORKGROUP}}u;
+// Invocations down M and across N.
+const GM: u32 = TBM / MM;
+const GN: u32 = TBN / MN;
+// One buffer of each tile: TBK × TBM and TBK × TBN.
+const TILE_A: u32 = TBK * TBM;
+const TILE_B: u32 = TBK * TBN;
+const TILES_A: u32 = 2u * TILE_A;
+const TILES_B: u32 = 2u * TILE_B;
 
-// Two buffers each (16 KiB in all, WebGPU's guaranteed workgroup storage).
-var<workgroup> tile_a: array<f32, 2048>; // [buffer][k][m]
-var<workgroup> tile_b: array<f32, 2048>; // [buffer][k][n]
+var<workgroup> tile_a: array<f32, TILES_A>; // [buffer][k][m]
+var<workgroup> tile_b: array<f32, TILES_B>; // [buffer][k][n]
 
+#if VEC4
+// Quad q of A's contiguous axis (K, or M when transposed) starting at
+// element `first` of the window, zero when the quad starts outside A (the
+// host keeps that axis a whole number of quads, so none straddles the edge).
+fn quad_a(inside: bool, first: u32) -> vec4<f32> {
+    if (!inside) {
+        return vec4<f32>(0.0);
+    }
+    return a[(p.shift_a + first) / 4u];
+}
+
+fn quad_b(inside: bool, first: u32) -> vec4<f32> {
+    if (!inside) {
+        return vec4<f32>(0.0);
+    }
+    return b[(p.shift_b + first) / 4u];
+}
+
+// Stages K step `k0` into buffers `buf_a`, `buf_b`: one quad per
+// invocation and pass, consecutive invocations at consecutive addresses
+// along the operand's contiguous axis, scattered into the [k][m] / [k][n]
+// tiles (a transposed A and a plain B are stored k-major already).
+fn stage_tiles(buf_a: u32, buf_b: u32, row0: u32, col0: u32, k0: u32, lid: u32) {
+    for (var v = lid; v < TILE_A / 4u; v += WG) {
+        if (p.trans_a != 0u) {
+            let kk = v / (TBM / 4u);
+            let mm = (v % (TBM / 4u)) * 4u;
+            let q = quad_a(row0 + mm < p.m && k0 + kk < p.k, (k0 + kk) * p.lda + row0 + mm);
+            for (var e = 0u; e < 4u; e++) {
+                tile_a[buf_a + kk * TBM + mm + e] = q[e];
+            }
+        } else {
+            let kk = (v % (TBK / 4u)) * 4u;
+            let mm = v / (TBK / 4u);
+            let q = quad_a(row0 + mm < p.m && k0 + kk < p.k, (row0 + mm) * p.lda + k0 + kk);
+            for (var e = 0u; e < 4u; e++) {
+                tile_a[buf_a + (kk + e) * TBM + mm] = q[e];
+            }
+        }
+    }
+    for (var v = lid; v < TILE_B / 4u; v += WG) {
+        if (p.trans_b != 0u) {
+            let kk = (v % (TBK / 4u)) * 4u;
+            let nn = v / (TBK / 4u);
+            let q = quad_b(col0 + nn < p.n && k0 + kk < p.k, (col0 + nn) * p.ldb + k0 + kk);
+            for (var e = 0u; e < 4u; e++) {
+                tile_b[buf_b + (kk + e) * TBN + nn] = q[e];
+            }
+        } else {
+            let kk = v / (TBN / 4u);
+            let nn = (v % (TBN / 4u)) * 4u;
+            let q = quad_b(col0 + nn < p.n && k0 + kk < p.k, (k0 + kk) * p.ldb + col0 + nn);
+            for (var e = 0u; e < 4u; e++) {
+                tile_b[buf_b + kk * TBN + nn + e] = q[e];
+            }
+        }
+    }
+}
+#else
 fn load_a(row: u32, kk: u32) -> f32 {
     if (row >= p.m || kk >= p.k) {
         return 0.0;
@@ -94,19 +170,20 @@ fn load_b(kk: u32, col: u32) -> f32 {
     return b[p.shift_b + kk * p.ldb + col];
 }
 
-// Stages K step `k0` into buffer `buf` (0 or TILE) of both tiles: 4
-// elements of each per invocation, consecutive invocations at consecutive
-// addresses, zero outside A and B.
-fn stage_tiles(buf: u32, row0: u32, col0: u32, k0: u32, lid: u32) {
-    for (var e = lid; e < TILE; e += 256u) {
-        let kk = e / TBM;
-        let mn = e % TBM;
-        tile_a[buf + e] = load_a(row0 + mn, k0 + kk);
-        tile_b[buf + e] = load_b(k0 + kk, col0 + mn);
+// Stages K step `k0` into buffers `buf_a`, `buf_b` of the tiles, one element
+// per invocation and pass, consecutive invocations at consecutive addresses,
+// zero outside A and B.
+fn stage_tiles(buf_a: u32, buf_b: u32, row0: u32, col0: u32, k0: u32, lid: u32) {
+    for (var e = lid; e < TILE_A; e += WG) {
+        tile_a[buf_a + e] = load_a(row0 + e % TBM, k0 + e / TBM);
+    }
+    for (var e = lid; e < TILE_B; e += WG) {
+        tile_b[buf_b + e] = load_b(k0 + e / TBN, col0 + e % TBN);
     }
 }
+#endif
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear_group(wid, nwg);
     let groups_n = (p.n + TBN - 1u) / TBN;
@@ -115,37 +192,42 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     let row0 = (g % p.groups_m) * TBM;
     let col0 = (g / p.groups_m) * TBN;
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    var acc: array<array<f32, 4>, 4>;
+    let tx = lid % GN;
+    let ty = lid / GN;
+    var acc: array<array<f32, MN>, MM>;
+    // Which buffer (0 or 1) holds the step being multiplied.
     var cur = 0u;
-    stage_tiles(cur, row0, col0, 0u, lid);
+    stage_tiles(0u, 0u, row0, col0, 0u, lid);
     workgroupBarrier();
     for (var k0 = 0u; k0 < p.k; k0 += TBK) {
         // Everyone finished reading the other buffer before the last barrier.
         if (k0 + TBK < p.k) {
-            stage_tiles(TILE - cur, row0, col0, k0 + TBK, lid);
+            stage_tiles((1u - cur) * TILE_A, (1u - cur) * TILE_B, row0, col0, k0 + TBK, lid);
         }
+        let base_a = cur * TILE_A;
+        let base_b = cur * TILE_B;
         for (var kk = 0u; kk < TBK; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = tile_a[cur + kk * TBM + ty + 16u * i];
-                bv[i] = tile_b[cur + kk * TBN + tx + 16u * i];
+            var av: array<f32, MM>;
+            var bv: array<f32, MN>;
+            for (var i = 0u; i < MM; i++) {
+                av[i] = tile_a[base_a + kk * TBM + ty + GM * i];
             }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
+            for (var j = 0u; j < MN; j++) {
+                bv[j] = tile_b[base_b + kk * TBN + tx + GN * j];
+            }
+            for (var i = 0u; i < MM; i++) {
+                for (var j = 0u; j < MN; j++) {
                     acc[i][j] += av[i] * bv[j];
                 }
             }
         }
         workgroupBarrier();
-        cur = TILE - cur;
+        cur = 1u - cur;
     }
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + ty + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + tx + 16u * j;
+    for (var i = 0u; i < MM; i++) {
+        let row = row0 + ty + GM * i;
+        for (var j = 0u; j < MN; j++) {
+            let col = col0 + tx + GN * j;
             if (row < p.m && col < p.n) {
                 store_c(row, col, acc[i][j]);
             }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::gpu::{DeviceTensor, Gpu, GpuOptions, Recorder};
+use crate::gpu::{DeviceTensor, Gpu, GpuOptions, MatmulVariant, Recorder, Tuning, TILED_CONFIGS};
 use crate::graph::exec::{run_op_stored, Executable, ParamStore};
 use crate::graph::reference::eval_reference;
 use crate::graph::{Graph, Op, TensorId};
@@ -83,6 +83,42 @@ pub fn windowed_gpus(elems: u64) -> Vec<Arc<Gpu>> {
     gpus
 }
 
+/// A device per tiled config that `test_gpus` (or `windowed_gpus(elems)`)
+/// does not already run, each forced to that config. Cached per window.
+pub fn tiled_config_gpus(window: Option<u64>) -> Vec<Arc<Gpu>> {
+    static CACHE: Mutex<Vec<(Option<u64>, Vec<Arc<Gpu>>)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, gpus)) = cache.iter().find(|(w, _)| *w == window) {
+        return gpus.clone();
+    }
+    let base = match window {
+        Some(elems) => windowed_gpus(elems),
+        None => test_gpus().to_vec(),
+    };
+    let Some(first) = base.first() else {
+        return Vec::new();
+    };
+    let opts = GpuOptions {
+        max_binding_override: window.map(|elems| elems * 4 + first.binding_alignment()),
+        ..Default::default()
+    };
+    let gpus: Vec<Arc<Gpu>> = TILED_CONFIGS
+        .into_iter()
+        .map(MatmulVariant::Tiled)
+        .filter(|v| base.iter().all(|g| g.tuning.matmul != *v))
+        .filter(|v| v.supported(first.features, &first.facts, &first.limits))
+        .map(|matmul| {
+            let tuning = Tuning {
+                matmul,
+                ..first.tuning
+            };
+            Gpu::new_with_tuning(&opts, tuning).expect("the test adapter opened again")
+        })
+        .collect();
+    cache.push((window, gpus.clone()));
+    gpus
+}
+
 /// An op and its inputs for a check.
 pub struct OpCase {
     pub op: Arc<dyn Op>,
@@ -98,6 +134,8 @@ pub struct OpCase {
     pub grad_tol: f64,
     /// Run on devices whose windows hold at most this many elements.
     pub window: Option<u64>,
+    /// Run on a device per tiled config too (`every_tiled_config`).
+    pub tiled_configs: bool,
     rng: Rng,
 }
 
@@ -112,6 +150,7 @@ impl OpCase {
             forward_tol: 1e-4,
             grad_tol: 1e-3,
             window: None,
+            tiled_configs: false,
             rng: Rng::new(0x5eed),
         }
     }
@@ -144,11 +183,21 @@ impl OpCase {
         self.window = Some(elems);
         self
     }
+    /// Checks on a device per tiled config as well (the matmul family's
+    /// tests: the configs only differ in their kernels).
+    pub fn every_tiled_config(mut self) -> Self {
+        self.tiled_configs = true;
+        self
+    }
     fn gpus(&self) -> Vec<Arc<Gpu>> {
-        match self.window {
+        let mut gpus = match self.window {
             Some(elems) => windowed_gpus(elems),
             None => test_gpus().to_vec(),
+        };
+        if self.tiled_configs {
+            gpus.extend(tiled_config_gpus(self.window));
         }
+        gpus
     }
     pub fn tol(mut self, forward: f64, grad: f64) -> Self {
         self.forward_tol = forward;

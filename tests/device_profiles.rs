@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use delg_gpu::gpu::{DeviceProfile, Gpu, MatmulVariant};
+use delg_gpu::gpu::{
+    DeviceProfile, Gpu, MatmulVariant, TILED_APPLE, TILED_COMPACT, TILED_WAVE64, TILED_WIDE,
+};
 use delg_gpu::graph::exec::Executable;
 use delg_gpu::jobs::extract::{ExtractConfig, Extractor};
 use delg_gpu::jobs::train::{build_step, upload_state, Schedule, TrainConfig, TrainModel};
@@ -71,7 +73,9 @@ fn matmul_kernels(kernels: &[String]) -> Vec<&String> {
         .collect()
 }
 
-/// Every matrix product in a recording is the profile's variant.
+/// Every matrix product in a recording is the profile's variant, in the
+/// tiled config the table chose for it; a tiled recording stages some
+/// tiles with vec4 loads (the tiny models' 8-channel layers allow it).
 fn assert_variant(profile: &DeviceProfile, gpu: &Gpu, kernels: &[String]) {
     let products = matmul_kernels(kernels);
     assert!(
@@ -81,7 +85,18 @@ fn assert_variant(profile: &DeviceProfile, gpu: &Gpu, kernels: &[String]) {
     );
     for k in products {
         let ok = match gpu.tuning.matmul {
-            MatmulVariant::Tiled => k.contains("_tiled["),
+            MatmulVariant::Tiled(c) => {
+                k.contains("_tiled[")
+                    && [
+                        ("TILE_M", c.tile_m),
+                        ("TILE_N", c.tile_n),
+                        ("TILE_K", c.tile_k),
+                        ("MICRO_M", c.micro_m),
+                        ("MICRO_N", c.micro_n),
+                    ]
+                    .iter()
+                    .all(|(def, v)| k.contains(&format!("{def}={v},")))
+            }
             MatmulVariant::SubgroupBroadcast { lanes } => {
                 k.contains("_sgb[") && k.contains(&format!("LANES={lanes},"))
             }
@@ -93,6 +108,13 @@ fn assert_variant(profile: &DeviceProfile, gpu: &Gpu, kernels: &[String]) {
             gpu.tuning.matmul.name()
         );
     }
+    if let MatmulVariant::Tiled(_) = gpu.tuning.matmul {
+        assert!(
+            matmul_kernels(kernels).iter().any(|k| k.contains("VEC4=1")),
+            "{}: no tiled product staged with vec4 loads",
+            profile.name
+        );
+    }
 }
 
 #[test]
@@ -102,8 +124,11 @@ fn the_tuning_table_chooses_by_profile() {
         let expected = match profile.name {
             "lavapipe-256" => (sgb(8), 1),
             "lavapipe-512" | "small-bindings" => (sgb(16), 1),
-            "discrete-gpu" | "wave32-64-gpu" => (MatmulVariant::Tiled, 4),
-            "webgpu-baseline" => (MatmulVariant::Tiled, 2),
+            // Vendor and subgroup width pick the tiled config.
+            "discrete-gpu" => (MatmulVariant::Tiled(TILED_WIDE), 4),
+            "wave32-64-gpu" => (MatmulVariant::Tiled(TILED_WAVE64), 4),
+            "apple-gpu" => (MatmulVariant::Tiled(TILED_APPLE), 2),
+            "intel-igpu" | "webgpu-baseline" => (MatmulVariant::Tiled(TILED_COMPACT), 2),
             other => panic!("a new profile, {other}: add its expected tuning here"),
         };
         let chosen = (gpu.tuning.matmul, gpu.tuning.extract_batch);

@@ -75,7 +75,7 @@ fn the_quick_report_fills_every_section_with_finite_figures() {
     let variants = report["kernels"]["variants"].as_array().unwrap();
     let supported = delg_gpu::gpu::MatmulVariant::ALL
         .iter()
-        .filter(|v| v.supported(gpu.features, &gpu.facts))
+        .filter(|v| v.supported(gpu.features, &gpu.facts, &gpu.limits))
         .count();
     assert_eq!(variants.len(), supported, "{variants:?}");
     let chosen: Vec<&Value> = variants.iter().filter(|v| v["chosen"] == true).collect();

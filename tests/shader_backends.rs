@@ -11,6 +11,10 @@
 //!   naga emits, and calling no shader function, so no per-element bounds
 //!   check hides there or in a helper.
 //!
+//! The `VEC4=1` specialisations (every tiled config has one, chosen where the
+//! layout allows) must load whole vec4s from both operand buffers (`float4`
+//! or `half4` in MSL, `Load4` in HLSL), and the scalar ones none.
+//!
 //! The subgroup-broadcast variants are checked to lower to the backends' lane
 //! exchange (`simd_broadcast`/`simd_shuffle` in MSL, `WaveReadLaneAt` in HLSL).
 
@@ -271,6 +275,23 @@ fn tiled_structure(
     problems
 }
 
+/// Whether `code` loads whole vec4s from the operand buffer `name`: an MSL
+/// line reading `name[..]` as a `float4`/`half4`, HLSL's `name.Load4(` (f32)
+/// or `name.Load<vector<half, 4> >(` (f16).
+fn loads_vec4(backend: Backend, code: &str, name: &str) -> bool {
+    match backend {
+        Backend::Msl => code.lines().any(|l| {
+            (l.contains("float4") || l.contains("half4"))
+                && word_positions(l, name).any(|i| l[i + name.len()..].starts_with('['))
+        }),
+        Backend::Hlsl => {
+            code.contains(&format!("{name}.Load4("))
+                || code.contains(&format!("{name}.Load<vector<half, 4>"))
+                || code.contains(&format!("{name}.Load<half4>"))
+        }
+    }
+}
+
 fn tiled_specs() -> Vec<ShaderSpec> {
     all_shader_specs()
         .into_iter()
@@ -287,12 +308,52 @@ fn tiled_kernels_keep_their_structure_in_msl_and_hlsl() {
             "no {entry} specialisation in the registry"
         );
     }
+    let vec4 = |s: &ShaderSpec| s.defines.get("VEC4").is_some_and(|v| v == "1");
+    for entry in ["gemm_tiled", "conv_tiled"] {
+        let configs = |vec4_form: bool| {
+            let mut c: Vec<Vec<&String>> = specs
+                .iter()
+                .filter(|s| s.entry == entry && vec4(s) == vec4_form)
+                .map(|s| {
+                    ["TILE_M", "TILE_N", "TILE_K", "MICRO_M", "MICRO_N"]
+                        .map(|d| &s.defines[d])
+                        .to_vec()
+                })
+                .collect();
+            c.sort();
+            c.dedup();
+            c.len()
+        };
+        assert!(
+            configs(true) >= 4,
+            "{entry}: vec4 forms of fewer than 4 configs"
+        );
+        assert_eq!(
+            configs(true),
+            configs(false),
+            "{entry}: a config lacks a form"
+        );
+    }
     let mut failures = Vec::new();
     for spec in &specs {
         let g = generate(spec);
+        let operands = match spec.entry {
+            "gemm_tiled" => ["a", "b"],
+            _ => ["a_buf", "b_buf"],
+        };
         for (backend, code) in [(Backend::Msl, &g.msl), (Backend::Hlsl, &g.hlsl)] {
             for p in tiled_structure(backend, &g.module, code, spec.entry) {
                 failures.push(format!("{} ({backend:?}): {p}", spec.label()));
+            }
+            for name in operands {
+                if loads_vec4(backend, code, name) != vec4(spec) {
+                    failures.push(format!(
+                        "{} ({backend:?}): vec4 loads from {name}: {}, want {}",
+                        spec.label(),
+                        loads_vec4(backend, code, name),
+                        vec4(spec)
+                    ));
+                }
             }
         }
     }
@@ -305,8 +366,8 @@ fn tiled_kernels_keep_their_structure_in_msl_and_hlsl() {
 fn structure_check_catches_broken_kernels() {
     let spec = tiled_specs()
         .into_iter()
-        .find(|s| s.entry == "gemm_tiled")
-        .expect("gemm_tiled");
+        .find(|s| s.entry == "gemm_tiled" && s.defines.get("VEC4").is_some_and(|v| v == "0"))
+        .expect("gemm_tiled's scalar form");
     let good = spec.source().unwrap();
     let inner = "acc[i][j] += av[i] * bv[j];";
     assert!(

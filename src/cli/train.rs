@@ -126,7 +126,8 @@ pub struct TrainArgs {
     pub plan_only: bool,
     /// With --plan-only: plan for a kind of adapter instead of the one
     /// present, with no device at all (lavapipe-256, lavapipe-512,
-    /// discrete-gpu, wave32-64-gpu, webgpu-baseline, small-bindings;
+    /// discrete-gpu, wave32-64-gpu, apple-gpu, intel-igpu, webgpu-baseline,
+    /// small-bindings;
     /// default: the adapter present).
     #[arg(long, requires = "plan_only", value_name = "PROFILE", value_parser = checks::device_profile)]
     pub device_profile: Option<DeviceProfile>,

@@ -42,6 +42,9 @@ pub struct AdapterFacts {
     pub device_type: wgpu::DeviceType,
     pub driver: String,
     pub driver_info: String,
+    /// PCI vendor id (0x10de NVIDIA, 0x1002 AMD, 0x8086 Intel, 0x106b
+    /// Apple), 0 where the backend gives none.
+    pub vendor: u32,
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
 }
@@ -54,6 +57,7 @@ impl From<&wgpu::AdapterInfo> for AdapterFacts {
             device_type: info.device_type,
             driver: info.driver.clone(),
             driver_info: info.driver_info.clone(),
+            vendor: info.vendor,
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
         }
@@ -260,13 +264,20 @@ impl Gpu {
         Self::from_adapter(pick_adapter(opts)?, Some(tuning), opts)
     }
 
-    /// One device per matmul variant the adapter supports, the tuning
-    /// table's own first: benchmarks and tests run every variant side by side.
+    /// One device per matmul variant of `MatmulVariant::ALL` the adapter
+    /// supports, the tuning table's own first: tests run every variant side
+    /// by side.
     pub fn every_variant(opts: &GpuOptions) -> Result<Vec<Arc<Gpu>>> {
+        Self::each_variant(opts, &MatmulVariant::ALL)
+    }
+
+    /// The same for `variants`, e.g. `MatmulVariant::every()` (benchmarks).
+    pub fn each_variant(opts: &GpuOptions, variants: &[MatmulVariant]) -> Result<Vec<Arc<Gpu>>> {
         let first = Gpu::new(opts)?;
         let mut gpus = vec![first.clone()];
-        for v in MatmulVariant::ALL {
-            if v != first.tuning.matmul && v.supported(first.features, &first.facts) {
+        for &v in variants {
+            if v != first.tuning.matmul && v.supported(first.features, &first.facts, &first.limits)
+            {
                 gpus.push(Gpu::new_with_tuning(
                     opts,
                     Tuning {
@@ -329,7 +340,7 @@ impl Gpu {
         let pipeline_store = opts.pipeline_cache_dir.as_deref().and_then(|dir| {
             super::pipeline_store::PipelineStore::open(&device, &info, features, dir)
         });
-        let tuning = tuning.unwrap_or_else(|| Tuning::for_adapter(&facts, features));
+        let tuning = tuning.unwrap_or_else(|| Tuning::for_adapter(&facts, features, &limits));
         Ok(Arc::new(Gpu {
             device,
             queue,
@@ -445,6 +456,7 @@ mod tests {
             device_type,
             driver: String::new(),
             driver_info: String::new(),
+            vendor: 0,
             subgroup_min_size: 8,
             subgroup_max_size: 8,
         }

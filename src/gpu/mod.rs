@@ -21,7 +21,10 @@ pub use profile::DeviceProfile;
 pub use recorder::{Binding, RecordStats, Recorder, Recording};
 pub use scratch::{needs_bytes, ScratchNeed, TextureNeed};
 pub use shader::ShaderSpec;
-pub use tuning::{MatmulVariant, Tuning, BROADCAST_LANES};
+pub use tuning::{
+    MatmulVariant, TiledConfig, Tuning, BROADCAST_LANES, TILED_APPLE, TILED_COMPACT, TILED_CONFIGS,
+    TILED_WAVE64, TILED_WIDE, VENDOR_AMD, VENDOR_APPLE, VENDOR_INTEL, VENDOR_NVIDIA,
+};
 pub use uniform::{ScalarKind, Uniform, UniformField, UniformShape, UniformSlot};
 pub use window::{
     chunks, image_rows, rows_per_window, scaled, vec4_pieces, BufSlice, RowLaunch, Window,

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use super::device::{AdapterFacts, Gpu, GpuOptions};
+use super::tuning::{VENDOR_AMD, VENDOR_APPLE, VENDOR_INTEL, VENDOR_NVIDIA};
 use crate::error::{Error, Result};
 
 /// What a kind of adapter reports, as the tuning table and the ops see it.
@@ -20,6 +21,8 @@ pub struct DeviceProfile {
     pub name: &'static str,
     pub summary: &'static str,
     pub device_type: wgpu::DeviceType,
+    /// PCI vendor id the tuning table picks the tiled config by (0: none).
+    pub vendor: u32,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
     /// Smallest and largest subgroup the adapter may run.
@@ -33,6 +36,27 @@ const MODERN_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 
+/// WebGPU's default limits with a profile's binding and buffer sizes,
+/// storage buffers per stage, KiB of workgroup memory, and the 1024
+/// invocations per workgroup desktop drivers allow.
+fn compute_limits(
+    binding: u64,
+    buffer: u64,
+    buffers_per_stage: u32,
+    workgroup_kib: u32,
+) -> wgpu::Limits {
+    wgpu::Limits {
+        max_storage_buffer_binding_size: binding,
+        max_buffer_size: buffer,
+        max_storage_buffers_per_shader_stage: buffers_per_stage,
+        max_compute_workgroup_storage_size: workgroup_kib << 10,
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size_x: 1024,
+        max_compute_workgroup_size_y: 1024,
+        ..wgpu::Limits::default()
+    }
+}
+
 impl DeviceProfile {
     /// Mesa's lavapipe as `delg-gpu info` reports it (Mesa 22.3): one
     /// subgroup is one SIMD register, 8 lanes at 256 bits, 16 at 512.
@@ -41,17 +65,9 @@ impl DeviceProfile {
             name,
             summary,
             device_type: wgpu::DeviceType::Cpu,
+            vendor: 0,
             features: MODERN_FEATURES.union(wgpu::Features::PIPELINE_CACHE),
-            limits: wgpu::Limits {
-                max_storage_buffer_binding_size: 128 << 20,
-                max_buffer_size: (2047 << 20) as u64,
-                max_storage_buffers_per_shader_stage: 32,
-                max_compute_workgroup_storage_size: 32 << 10,
-                max_compute_invocations_per_workgroup: 1024,
-                max_compute_workgroup_size_x: 1024,
-                max_compute_workgroup_size_y: 1024,
-                ..wgpu::Limits::default()
-            },
+            limits: compute_limits(128 << 20, (2047 << 20) as u64, 32, 32),
             subgroup_sizes: (lanes, lanes),
         }
     }
@@ -72,20 +88,12 @@ impl DeviceProfile {
             lavapipe_512.clone(),
             DeviceProfile {
                 name: "discrete-gpu",
-                summary: "a desktop GPU on Vulkan, Metal or DX12: 32-lane subgroups, \
+                summary: "an NVIDIA desktop GPU on Vulkan or DX12: 32-lane subgroups, \
                           f16, 48 KiB of workgroup memory, 2 GiB bindings",
                 device_type: wgpu::DeviceType::DiscreteGpu,
+                vendor: VENDOR_NVIDIA,
                 features: MODERN_FEATURES.union(wgpu::Features::PIPELINE_CACHE),
-                limits: wgpu::Limits {
-                    max_storage_buffer_binding_size: 2 << 30,
-                    max_buffer_size: 4 << 30,
-                    max_storage_buffers_per_shader_stage: 64,
-                    max_compute_workgroup_storage_size: 48 << 10,
-                    max_compute_invocations_per_workgroup: 1024,
-                    max_compute_workgroup_size_x: 1024,
-                    max_compute_workgroup_size_y: 1024,
-                    ..wgpu::Limits::default()
-                },
+                limits: compute_limits(2 << 30, 4 << 30, 64, 48),
                 subgroup_sizes: (32, 32),
             },
             DeviceProfile {
@@ -93,6 +101,7 @@ impl DeviceProfile {
                 summary: "a GPU whose subgroups are 32 or 64 lanes, chosen per pipeline \
                           by the driver (as AMD's RDNA reports)",
                 device_type: wgpu::DeviceType::DiscreteGpu,
+                vendor: VENDOR_AMD,
                 features: MODERN_FEATURES,
                 limits: wgpu::Limits {
                     max_storage_buffer_binding_size: 2 << 30,
@@ -109,12 +118,33 @@ impl DeviceProfile {
                           128 MiB bindings, 16 KiB of workgroup memory, 8 storage buffers \
                           per stage",
                 device_type: wgpu::DeviceType::Other,
+                vendor: 0,
                 features: wgpu::Features::empty(),
                 limits: wgpu::Limits::default(),
                 subgroup_sizes: (
                     wgpu::MINIMUM_SUBGROUP_MIN_SIZE,
                     wgpu::MAXIMUM_SUBGROUP_MAX_SIZE,
                 ),
+            },
+            DeviceProfile {
+                name: "apple-gpu",
+                summary: "an Apple silicon GPU on Metal: 32-wide simdgroups, f16, \
+                          32 KiB of threadgroup memory",
+                device_type: wgpu::DeviceType::IntegratedGpu,
+                vendor: VENDOR_APPLE,
+                features: MODERN_FEATURES,
+                limits: compute_limits(1 << 30, 1 << 30, 31, 32),
+                subgroup_sizes: (32, 32),
+            },
+            DeviceProfile {
+                name: "intel-igpu",
+                summary: "an Intel integrated GPU on Vulkan or DX12: subgroups of 8 to \
+                          32 lanes chosen by the compiler, 64 KiB of shared local memory",
+                device_type: wgpu::DeviceType::IntegratedGpu,
+                vendor: VENDOR_INTEL,
+                features: MODERN_FEATURES,
+                limits: compute_limits(1 << 30, 2 << 30, 64, 64),
+                subgroup_sizes: (8, 32),
             },
             DeviceProfile {
                 name: "small-bindings",
@@ -167,6 +197,7 @@ impl Gpu {
         let facts = AdapterFacts {
             name: format!("{} (device profile, no device)", profile.name),
             device_type: profile.device_type,
+            vendor: profile.vendor,
             driver: "none (wgpu no-op backend)".into(),
             ..AdapterFacts::from(&adapter.get_info())
         };

@@ -250,7 +250,7 @@ pub fn run_kernels(
     json: bool,
     [chosen_only, both_widths]: [bool; 2],
 ) -> Result<()> {
-    let mut gpus = Gpu::every_variant(opts)?;
+    let mut gpus = Gpu::each_variant(opts, &crate::gpu::MatmulVariant::every())?;
     if chosen_only {
         gpus.truncate(1);
     }
@@ -341,7 +341,11 @@ pub fn print_adapters(opts: &GpuOptions) -> Result<()> {
     for (i, a) in adapters.iter().enumerate() {
         let facts = crate::gpu::AdapterFacts::from(&a.get_info());
         let features = a.features();
-        let tuning = Tuning::for_adapter(&facts, features & crate::gpu::device::OPTIONAL_FEATURES);
+        let tuning = Tuning::for_adapter(
+            &facts,
+            features & crate::gpu::device::OPTIONAL_FEATURES,
+            &a.limits(),
+        );
         AdapterReport::new(&facts, features, &a.limits(), &tuning).print(&format!("[{i}] "));
     }
     Ok(())
@@ -373,7 +377,7 @@ pub struct AdapterReport {
     pub max_invocations_per_workgroup: u32,
     pub max_workgroup_memory_bytes: u32,
     pub max_storage_buffers_per_stage: u32,
-    /// The tuning table's choice, e.g. "matmul=tiled".
+    /// The tuning table's choice, e.g. "matmul=tiled-128x128".
     pub tuning: String,
 }
 

@@ -22,10 +22,15 @@ impl Mode {
     }
 }
 
-/// The three compiled forms of the GEMM body.
+/// The compiled forms of the GEMM body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kernel {
-    Tiled,
+    /// Shared-memory tiles in the shape of `config`, staged with vec4 loads
+    /// when `vec4` (see `tiled_vec4`).
+    Tiled {
+        config: TiledConfig,
+        vec4: bool,
+    },
     Broadcast,
     /// Broadcast with A and B staged into read-only storage textures.
     BroadcastTex,
@@ -35,16 +40,22 @@ pub(super) enum Kernel {
 }
 
 impl Kernel {
-    const ALL: [Kernel; 4] = [
-        Kernel::Tiled,
-        Kernel::Broadcast,
-        Kernel::BroadcastTex,
-        Kernel::BroadcastTexGather,
-    ];
+    fn all() -> Vec<Kernel> {
+        let tiled = TILED_CONFIGS
+            .into_iter()
+            .flat_map(|config| [false, true].map(|vec4| Kernel::Tiled { config, vec4 }));
+        tiled
+            .chain([
+                Kernel::Broadcast,
+                Kernel::BroadcastTex,
+                Kernel::BroadcastTexGather,
+            ])
+            .collect()
+    }
     /// Rows × columns of C one workgroup computes.
     pub(super) fn tile(self) -> (usize, usize) {
         match self {
-            Kernel::Tiled => (64, 64),
+            Kernel::Tiled { config, .. } => (config.tile_m as usize, config.tile_n as usize),
             Kernel::Broadcast => (256, 4),
             Kernel::BroadcastTex | Kernel::BroadcastTexGather => (256, 16),
         }
@@ -60,21 +71,20 @@ pub(super) fn gemm_spec(
     lanes: u32,
     precision: Precision,
 ) -> ShaderSpec {
-    let entry = if kernel == Kernel::Tiled {
-        "conv_tiled"
-    } else {
-        "conv_sgb"
+    let entry = match kernel {
+        Kernel::Tiled { .. } => "conv_tiled",
+        _ => "conv_sgb",
     };
     let mut spec = ShaderSpec::new("conv2d", entry)
         .def("GEMM", 1)
         .def(mode.define(), 1);
     spec = match kernel {
-        Kernel::Tiled => spec.def("TILED", 1),
+        Kernel::Tiled { config, vec4 } => config.specialise(spec).def("VEC4", vec4 as u32),
         Kernel::Broadcast => spec.def("SGB", 1),
         Kernel::BroadcastTex => spec.def("SGB", 1).def("TEX", 1),
         Kernel::BroadcastTexGather => spec.def("SGB", 1).def("TEX", 1).def("ASCALAR", 1),
     };
-    if kernel != Kernel::Tiled {
+    if !matches!(kernel, Kernel::Tiled { .. }) {
         spec = spec.def("LANES", lanes).def("TEXELS", lanes / 4);
     }
     if precision == Precision::F16 {
@@ -121,11 +131,10 @@ pub(super) fn swap_spec() -> ShaderSpec {
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = vec![unfold_spec(), reduce_spec(), swap_spec()];
-    for kernel in Kernel::ALL {
-        let lanes: &[u32] = if kernel == Kernel::Tiled {
-            &[0]
-        } else {
-            &crate::gpu::BROADCAST_LANES
+    for kernel in Kernel::all() {
+        let lanes: &[u32] = match kernel {
+            Kernel::Tiled { .. } => &[0],
+            _ => &crate::gpu::BROADCAST_LANES,
         };
         for &lanes in lanes {
             for mode in Mode::ALL {
@@ -255,6 +264,22 @@ pub(super) fn broadcast_form(gpu: &Gpu, call: &GemmCall, lanes: u32) -> Kernel {
     }
 }
 
+/// Whether the tiled kernel can stage this call's tiles with vec4 loads:
+/// A's quads (4 channels of one tap, along K for FWD and DX, along the rows
+/// for DW) and B's (4 columns) never straddle an edge and start on 16 bytes
+/// of their windows. Elsewhere (e.g. the 3-channel stem) it reads scalars.
+pub(super) fn tiled_vec4(call: &GemmCall) -> bool {
+    let along_a = match call.mode {
+        Mode::WeightGrad => call.m,
+        _ => call.k,
+    };
+    let a_start = (call.a.shift as i64 - call.a_base as i64).rem_euclid(4);
+    [call.gather.src[2], along_a, call.n, call.b.shift as usize]
+        .iter()
+        .all(|v| v.is_multiple_of(4))
+        && a_start == 0
+}
+
 /// The parameters that describe how A walks its source.
 pub(super) fn gather_params(g: &Gather) -> Result<Params> {
     Ok(Params {
@@ -279,7 +304,13 @@ pub(super) fn gather_params(g: &Gather) -> Result<Params> {
 pub(super) fn record_gemm(rec: &mut Recorder, call: GemmCall) -> Result<()> {
     let gpu = rec.gpu();
     let (kernel, lanes) = match gpu.tuning.matmul {
-        MatmulVariant::Tiled => (Kernel::Tiled, 0),
+        MatmulVariant::Tiled(config) => (
+            Kernel::Tiled {
+                config,
+                vec4: tiled_vec4(&call),
+            },
+            0,
+        ),
         MatmulVariant::SubgroupBroadcast { lanes } => (broadcast_form(gpu, &call, lanes), lanes),
     };
     let (tm, tn) = kernel.tile();

@@ -15,7 +15,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::{
     Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ScratchNeed, ShaderSpec,
-    TextureNeed, Window,
+    TextureNeed, TiledConfig, Window, TILED_CONFIGS,
 };
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Binary, BinaryKind};

@@ -138,14 +138,18 @@ fn forward_cases() -> Vec<(Conv2d, [usize; 4], [usize; 2], usize)> {
 #[test]
 fn forward_matches_reference() {
     for (op, x, k, cout) in forward_cases() {
-        check_op(&case(op, x, k, cout));
+        check_op(&case(op, x, k, cout).every_tiled_config());
     }
 }
 
 #[test]
 fn forward_in_chunks() {
     let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
-    check_op(&case(op, [2, 9, 7, 16], [3, 3], 16).windows(3 * 7 * 16));
+    check_op(
+        &case(op, [2, 9, 7, 16], [3, 3], 16)
+            .every_tiled_config()
+            .windows(3 * 7 * 16),
+    );
     let pad = Padding {
         top: 0,
         bottom: 1,
@@ -153,10 +157,18 @@ fn forward_in_chunks() {
         right: 1,
     };
     let op = Conv2d::new([2, 2], pad).bias().relu();
-    check_op(&case(op, [2, 9, 4, 3], [3, 2], 4).windows(40));
+    check_op(
+        &case(op, [2, 9, 4, 3], [3, 2], 4)
+            .every_tiled_config()
+            .windows(40),
+    );
     // Unfolded RGB-like input, three grid rows of 7 × 32 per chunk.
     let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
-    check_op(&case(op, [2, 9, 7, 3], [3, 3], 8).windows(3 * 7 * 32));
+    check_op(
+        &case(op, [2, 9, 7, 3], [3, 3], 8)
+            .every_tiled_config()
+            .windows(3 * 7 * 32),
+    );
 }
 
 #[test]
@@ -168,12 +180,15 @@ fn gradients() {
         right: 2,
     };
     // Gathered-A and scalar paths, stride 2, odd channels, batch 2.
-    grad_check(&case(
-        Conv2d::new([2, 2], asym).bias().relu(),
-        [2, 7, 6, 3],
-        [3, 3],
-        4,
-    ));
+    grad_check(
+        &case(
+            Conv2d::new([2, 2], asym).bias().relu(),
+            [2, 7, 6, 3],
+            [3, 3],
+            4,
+        )
+        .every_tiled_config(),
+    );
     grad_check(&case(
         Conv2d::new([2, 1], asym).dilation([2, 2]).bias().relu(),
         [1, 9, 8, 1],
@@ -181,21 +196,27 @@ fn gradients() {
         1,
     ));
     // Texture paths: DW with c_in % 4, DX with c_out % 8.
-    grad_check(&case(
-        Conv2d::new([2, 2], asym).dilation([1, 2]).bias().relu(),
-        [2, 7, 9, 4],
-        [3, 3],
-        8,
-    ));
-    grad_check(&case(
-        Conv2d::new([1, 1], Padding::symmetric(2, 2))
-            .dilation([2, 2])
-            .bias()
-            .relu(),
-        [1, 6, 6, 8],
-        [3, 3],
-        12,
-    ));
+    grad_check(
+        &case(
+            Conv2d::new([2, 2], asym).dilation([1, 2]).bias().relu(),
+            [2, 7, 9, 4],
+            [3, 3],
+            8,
+        )
+        .every_tiled_config(),
+    );
+    grad_check(
+        &case(
+            Conv2d::new([1, 1], Padding::symmetric(2, 2))
+                .dilation([2, 2])
+                .bias()
+                .relu(),
+            [1, 6, 6, 8],
+            [3, 3],
+            12,
+        )
+        .every_tiled_config(),
+    );
 }
 
 #[test]
@@ -211,8 +232,16 @@ fn gradients_in_chunks() {
     )
     .bias()
     .relu();
-    grad_check(&case(op.clone(), [2, 8, 4, 4], [3, 3], 8).windows(64));
-    grad_check(&case(op, [2, 8, 4, 3], [3, 3], 8).windows(64));
+    grad_check(
+        &case(op.clone(), [2, 8, 4, 4], [3, 3], 8)
+            .every_tiled_config()
+            .windows(64),
+    );
+    grad_check(
+        &case(op, [2, 8, 4, 3], [3, 3], 8)
+            .every_tiled_config()
+            .windows(64),
+    );
 }
 
 #[test]
@@ -463,15 +492,23 @@ fn f16_forward_matches_a_reference_that_rounds_like_the_device() {
     // texture form; then chunks of three grid rows, whose f16 windows shift
     // by 2-byte elements.
     for (op, x, k, cout) in forward_cases() {
-        check_op(&half_case(op, x, k, cout));
+        check_op(&half_case(op, x, k, cout).every_tiled_config());
     }
     let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
-    check_op(&half_case(op, [2, 9, 7, 16], [3, 3], 16).windows(3 * 7 * 16));
+    check_op(
+        &half_case(op, [2, 9, 7, 16], [3, 3], 16)
+            .every_tiled_config()
+            .windows(3 * 7 * 16),
+    );
     let op = Conv2d::new([2, 2], Padding::symmetric(1, 0))
         .bias()
         .scale_shift()
         .residual();
-    check_op(&half_case(op, [2, 9, 4, 3], [3, 2], 4).windows(40));
+    check_op(
+        &half_case(op, [2, 9, 4, 3], [3, 2], 4)
+            .every_tiled_config()
+            .windows(40),
+    );
 }
 
 #[test]

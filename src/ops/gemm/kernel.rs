@@ -4,11 +4,14 @@
 
 use super::*;
 
-pub(super) fn tiled_spec(bias: bool) -> ShaderSpec {
-    ShaderSpec::new("gemm", "gemm_tiled")
+/// The tiled kernel in the shape of `config`, staging its tiles with vec4
+/// loads when `vec4` (see `Gemm::vec4_operands`).
+pub(super) fn tiled_spec(config: TiledConfig, bias: bool, vec4: bool) -> ShaderSpec {
+    config
+        .specialise(ShaderSpec::new("gemm", "gemm_tiled"))
         .def("GEMM", 1)
-        .def("TILED", 1)
         .def("BIAS", bias as u32)
+        .def("VEC4", vec4 as u32)
 }
 
 /// Subgroups across N in a 256-invocation workgroup; narrow outputs use
@@ -356,12 +359,42 @@ impl Gemm<'_> {
         rec.dispatch_groups(spec, bytemuck::bytes_of(&p), bindings, groups)
     }
 
-    pub(super) fn record_tiled(&self, rec: &mut Recorder, lim: Limits) -> Result<()> {
+    /// Whether both operand windows of a chunk can be read as vec4s: the
+    /// axis each is contiguous along (K of a plain A, M of a transposed one;
+    /// N of a plain B, K of a transposed one), its leading dimension and its
+    /// window's start all whole vec4s, so no quad straddles an edge and every
+    /// quad is inside the window's vec4 view.
+    fn vec4_operands(&self, [mc, nc, kc]: [u64; 3], [a_shift, b_shift]: [u32; 2]) -> bool {
+        let GemmShape { ta, tb, .. } = self.shape;
+        let a_contiguous = if ta { mc } else { kc };
+        let b_contiguous = if tb { kc } else { nc };
+        let [lda, ldb] = [
+            self.shape.block_a(0, 0, 1, 1).ld,
+            self.shape.block_b(0, 0, 1, 1).ld,
+        ];
+        [
+            a_contiguous,
+            b_contiguous,
+            lda,
+            ldb,
+            a_shift as u64,
+            b_shift as u64,
+        ]
+        .iter()
+        .all(|v| v.is_multiple_of(4))
+    }
+
+    pub(super) fn record_tiled(
+        &self,
+        rec: &mut Recorder,
+        lim: Limits,
+        config: TiledConfig,
+    ) -> Result<()> {
         let Dims { m, n, k } = self.shape.d;
-        let q = [TILED_BLOCK, TILED_BLOCK, 16];
+        let (tm, tn) = (config.tile_m as u64, config.tile_n as u64);
+        let q = [tm, tn, config.tile_k as u64];
         let [mc, nc, kc] = self.shape.fit_windows([m, n, k], q, lim.window)?;
         let kc = kc.min(TILED_MAX_K);
-        let spec = tiled_spec(self.bias.is_some());
         let gpu = rec.gpu();
         for n0 in (0..n).step_by(nc as usize) {
             let ncl = nc.min(n - n0);
@@ -373,11 +406,13 @@ impl Gemm<'_> {
                     let mcl = mc.min(m - m0);
                     let ab = self.shape.block_a(m0, k0, mcl, kcl);
                     let wa = self.a.window(gpu, ab.start, ab.span)?;
-                    let groups_m = mcl.div_ceil(TILED_BLOCK);
+                    let groups_m = mcl.div_ceil(tm);
                     let mut p = self.gemm_params(m0, n0, k0, [mcl, ncl, kcl], groups_m);
                     p.shift_a = wa.shift;
                     p.shift_b = wb.shift;
-                    let groups = groups_m * ncl.div_ceil(TILED_BLOCK);
+                    let vec4 = self.vec4_operands([mcl, ncl, kcl], [wa.shift, wb.shift]);
+                    let spec = tiled_spec(config, self.bias.is_some(), vec4);
+                    let groups = groups_m * ncl.div_ceil(tn);
                     self.dispatch_gemm(
                         rec,
                         &spec,

@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::{
     Binding, BufSlice, DeviceTensor, Gpu, MatmulVariant, Recorder, ScratchNeed, ShaderSpec,
-    TextureNeed, Window,
+    TextureNeed, TiledConfig, Window, TILED_CONFIGS,
 };
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::{expect_inputs, Reshape};
@@ -29,8 +29,6 @@ use row_dot::*;
 pub(crate) use row_dot::{record_row_dot, RowBias, ROW_DOT_MAX_K};
 
 const WG: u64 = 256;
-/// Tiled kernel block (rows = columns).
-const TILED_BLOCK: u64 = 64;
 /// Floats per operand texture of the subgroup kernel. Each op records its
 /// own pair of textures, so this bounds its scratch memory (16 MiB per
 /// operand) while keeping chunks big enough that each dispatch still runs
@@ -71,7 +69,11 @@ pub(crate) fn uniform_shape(entry: &str) -> Option<crate::gpu::UniformShape> {
 pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = Vec::new();
     for bias in [false, true] {
-        specs.push(tiled_spec(bias));
+        for config in TILED_CONFIGS {
+            for vec4 in [false, true] {
+                specs.push(tiled_spec(config, bias, vec4));
+            }
+        }
         for lanes in crate::gpu::BROADCAST_LANES {
             for sg_n in SGB_LAYOUTS {
                 specs.push(sgb_spec(lanes as u64, sg_n, bias));
@@ -171,7 +173,7 @@ impl Matmul {
             return Ok(Vec::new());
         }
         Ok(match gpu.tuning.matmul {
-            MatmulVariant::Tiled => Vec::new(),
+            MatmulVariant::Tiled(_) => Vec::new(),
             MatmulVariant::SubgroupBroadcast { lanes } => {
                 shape.sgb_blocking(lim, lanes as u64)?.textures().to_vec()
             }
@@ -210,7 +212,7 @@ impl Matmul {
             );
         }
         match rec.gpu().tuning.matmul {
-            MatmulVariant::Tiled => g.record_tiled(rec, lim),
+            MatmulVariant::Tiled(config) => g.record_tiled(rec, lim, config),
             MatmulVariant::SubgroupBroadcast { lanes } => g.record_sgb(rec, lim, lanes as u64),
         }
     }

@@ -1,7 +1,7 @@
 use super::*;
 use crate::gpu::RecordStats;
 use crate::tensor::{HostTensor, Rng};
-use crate::testing::{assert_close, check_op, grad_check, test_gpus, OpCase};
+use crate::testing::{assert_close, check_op, grad_check, test_gpus, tiled_config_gpus, OpCase};
 
 const FLAGS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
 
@@ -25,7 +25,9 @@ fn case(op: Matmul, m: usize, n: usize, k: usize, bias: bool) -> OpCase {
 #[test]
 fn matmul_matches_reference_on_edge_sizes() {
     // Sizes that are not multiples of any tile, K = 1, M = 1, N = 1, and
-    // several workgroups in both directions.
+    // several workgroups in both directions; the last two in whole vec4s
+    // (the tiled kernels' vec4 staging) with a partial last K step. Every
+    // tiled config runs them.
     for (ta, tb) in FLAGS {
         let op = Matmul::new(ta, tb);
         for (i, (m, n, k)) in [
@@ -35,11 +37,13 @@ fn matmul_matches_reference_on_edge_sizes() {
             (37, 19, 13),
             (130, 70, 1),
             (33, 133, 17),
+            (36, 20, 28),
+            (132, 68, 36),
         ]
         .into_iter()
         .enumerate()
         {
-            check_op(&case(op, m, n, k, i % 2 == 1));
+            check_op(&case(op, m, n, k, i % 2 == 1).every_tiled_config());
         }
     }
 }
@@ -76,7 +80,7 @@ fn run_with(
     record: impl Fn(&mut Recorder, &[&DeviceTensor], &DeviceTensor) -> Result<()>,
 ) -> Vec<(MatmulVariant, RecordStats)> {
     let mut counts = Vec::new();
-    for gpu in test_gpus() {
+    for gpu in test_gpus().iter().chain(&tiled_config_gpus(None)) {
         let ins: Vec<DeviceTensor> = inputs
             .iter()
             .map(|t| DeviceTensor::upload(gpu, t).unwrap())
@@ -171,7 +175,7 @@ fn chunked_products_match_reference() {
 #[test]
 fn matmul_gradients() {
     for (ta, tb) in FLAGS {
-        grad_check(&case(Matmul::new(ta, tb), 5, 3, 4, true));
+        grad_check(&case(Matmul::new(ta, tb), 5, 3, 4, true).every_tiled_config());
     }
     let op = Matmul::default();
     grad_check(
