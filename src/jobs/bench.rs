@@ -215,7 +215,7 @@ pub fn kernel_cases(image: usize) -> Vec<BenchCase> {
     let act: &[usize] = &[1, hw, hw, 256];
     cases.push(BenchCase::new(
         format!("batchnorm train 1x{hw}x{hw}x256"),
-        BatchNormTrain { eps: 1e-5 },
+        BatchNormTrain::new(1e-5),
         &[act, &[256], &[256]],
     ));
     cases.push(BenchCase::new(
