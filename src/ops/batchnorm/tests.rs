@@ -1,5 +1,5 @@
 use super::*;
-use crate::tensor::Rng;
+use crate::tensor::{HostTensor, Rng};
 use crate::testing::{check_op, grad_check, OpCase};
 
 fn bn_case(shape: &[usize], lo: f64, hi: f64) -> OpCase {
@@ -79,18 +79,26 @@ fn batchnorm_beyond_one_binding() {
     check_op(&bn_case(&[2, 520, 520, 64], -1.0, 3.0));
     let mut rng = Rng::new(11);
     let x = rng.tensor([2, 520, 520, 64], -1.0, 3.0);
+    let dy = rng.tensor([2, 520, 520, 64], -1.0, 1.0);
+    check_op(&grad_case(1e-5, false, x, dy));
+}
+
+/// BatchNormGrad (without statistic gradients) at x's batch statistics;
+/// with `relu_mask` the mask input is still to be added.
+fn grad_case(eps: f32, relu_mask: bool, x: HostTensor, dy: HostTensor) -> OpCase {
     let (mean, var) = ref_moments(&x.to_ref());
-    let case = OpCase::new(BatchNormGrad {
-        eps: 1e-5,
+    let c = *x.shape.dims().last().unwrap();
+    let op = BatchNormGrad {
+        eps,
         stat_grads: false,
-        relu_mask: false,
-    })
-    .tensor(x)
-    .input([64], 0.5, 1.5)
-    .tensor(vector(mean).to_host())
-    .tensor(vector(var).to_host())
-    .input([2, 520, 520, 64], -1.0, 1.0);
-    check_op(&case);
+        relu_mask,
+    };
+    OpCase::new(op)
+        .tensor(x)
+        .input([c], 0.5, 1.5)
+        .tensor(vector(mean).to_host())
+        .tensor(vector(var).to_host())
+        .tensor(dy)
 }
 
 #[test]
@@ -116,20 +124,9 @@ fn batchnorm_grad_without_stat_gradients() {
     assert_eq!(node.op.name(), "batchnorm_grad");
     assert_eq!(node.inputs.len(), 5);
     let mut rng = Rng::new(3);
-    let op = BatchNormGrad {
-        eps: 1e-3,
-        stat_grads: false,
-        relu_mask: false,
-    };
     let x = rng.tensor([3, 11, 5], -1.0, 1.0);
-    let (mean, var) = ref_moments(&x.to_ref());
-    let case = OpCase::new(op)
-        .tensor(x)
-        .input([5], 0.5, 1.5)
-        .tensor(vector(mean).to_host())
-        .tensor(vector(var).to_host())
-        .input([3, 11, 5], -1.0, 1.0);
-    check_op(&case);
+    let dy = rng.tensor([3, 11, 5], -1.0, 1.0);
+    check_op(&grad_case(1e-3, false, x, dy));
 }
 
 /// A batch norm with its fused epilogue; the residual input comes last.
@@ -191,24 +188,12 @@ fn relu_gradient_rides_on_the_batchnorm_backward() {
     // is zero at about half the elements, and dy NaN at one masked element.
     let mut rng = Rng::new(5);
     let x = rng.tensor([3, 11, 5], -1.0, 1.0);
-    let (mean, var) = ref_moments(&x.to_ref());
     let mut mask = rng.tensor([3, 11, 5], -1.0, 1.0);
     mask.data.iter_mut().for_each(|v| *v = v.max(0.0));
     let mut dy = rng.tensor([3, 11, 5], -1.0, 1.0);
     let hidden = mask.data.iter().position(|&v| v == 0.0).unwrap();
     dy.data[hidden] = f32::NAN;
-    let case = OpCase::new(BatchNormGrad {
-        eps: 1e-3,
-        stat_grads: false,
-        relu_mask: true,
-    })
-    .tensor(x)
-    .input([5], 0.5, 1.5)
-    .tensor(vector(mean).to_host())
-    .tensor(vector(var).to_host())
-    .tensor(dy)
-    .tensor(mask);
-    check_op(&case);
+    check_op(&grad_case(1e-3, true, x, dy).tensor(mask));
 }
 
 #[test]
