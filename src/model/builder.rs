@@ -8,7 +8,7 @@ use crate::graph::{Graph, TensorId};
 use crate::ops::batchnorm::{BatchNormRunningUpdate, BatchNormTrain};
 use crate::ops::cast::Cast;
 use crate::ops::conv2d::{Conv2d, Padding};
-use crate::ops::elementwise::{Unary, UnaryKind};
+use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
 use crate::tensor::{HostTensor, Precision, Shape, Tensor};
 
 /// How batch norm runs.
@@ -337,18 +337,11 @@ impl<'g> NetBuilder<'g> {
                     ins.push(b);
                 }
                 let y = self.g.apply1(op, &ins)?;
-                // The residual add and the ReLU ride on the batch norm's
-                // output pass (and its backward's reads of dy).
-                let mut bn = BatchNormTrain::new(self.bn_eps);
-                let mut bn_ins = vec![y, gamma, beta];
-                if let Some(r) = s.residual {
-                    bn = bn.residual();
-                    bn_ins.push(r);
-                }
-                if s.relu {
-                    bn = bn.relu();
-                }
-                let outs = self.g.apply(bn, &bn_ins)?;
+                // Not BatchNormTrain's fused ReLU and residual: on lavapipe
+                // they measured slower than these separate passes (BENCHMARKS.md).
+                let outs = self
+                    .g
+                    .apply(BatchNormTrain::new(self.bn_eps), &[y, gamma, beta])?;
                 let rows = self.g.shape(y).numel() / c;
                 let update = BatchNormRunningUpdate {
                     momentum,
@@ -356,7 +349,14 @@ impl<'g> NetBuilder<'g> {
                     count: rows,
                 };
                 self.g.apply(update, &[mean, var, outs[1], outs[2]])?;
-                Ok(outs[0])
+                let mut t = outs[0];
+                if let Some(r) = s.residual {
+                    t = self.g.apply1(Binary::new(BinaryKind::Add), &[t, r])?;
+                }
+                if s.relu {
+                    t = self.relu(t)?;
+                }
+                Ok(t)
             }
         }
     }
