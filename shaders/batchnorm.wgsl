@@ -46,10 +46,14 @@ fn sh(binding: u32) -> u32 {
 #if DOT
 @group(0) @binding({{B_B}}) var<storage, read> b: array<f32>;
 #endif
+#if MASK
+@group(0) @binding({{B_MASK}}) var<storage, read> mask: array<f32>;
+#endif
 
 // MOMENTS: s1 = the block's mean of a, s2 = Σ(a − that mean)² (Welford)
 // DOT:     s1 = Σa, s2 = Σa·(b−m)  (m = 0 without CENTER)
 // else:    s1 = Σa
+// MASK reads a as a·[mask > 0]: a ReLU's gradient, mask its output.
 @compute @workgroup_size(64)
 fn col_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear_group(wid, nwg);
@@ -79,7 +83,11 @@ fn col_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 #endif
     for (var r = r0; r < r1; r++) {
         let i = r * p.c + c;
+#if MASK
+        let av = select(0.0, a[sh(1u) + i], mask[sh({{B_MASK}}) + i] > 0.0);
+#else
         let av = a[sh(1u) + i];
+#endif
 #if MOMENTS
         k += 1.0;
         let xs = av - origin;
@@ -248,9 +256,16 @@ fn running_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 #if SHIFT
 @group(0) @binding({{B_T}}) var<storage, read> t: array<f32>;
 #endif
+#if MASK
+@group(0) @binding({{B_MASK}}) var<storage, read> mask: array<f32>;
+#endif
+#if RESIDUAL
+@group(0) @binding({{B_R}}) var<storage, read> res: array<f32>;
+#endif
 
-// out = (u − m[c])·su[c] + v·sv[c] + t[c], each term present per its define,
-// over one window of whole rows. Laid out like col_partial so that a lane
+// out = act((u − m[c])·su[c] + v·sv[c] + t[c] + r), each term present per
+// its define, over one window of whole rows. MASK reads v as v·[mask > 0]
+// (a ReLU's gradient), RELU makes act max(0, ·) (else the identity). Laid out like col_partial so that a lane
 // loads its channel's operands once and then touches one element per row
 // (no per-element channel division): lanes cover tw = min(c, 64) channels of
 // a tile, and when c < 64 the 64/c lane groups take interleaved rows.
@@ -292,10 +307,20 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         y *= suc;
 #endif
 #if V
+#if MASK
+        y += select(0.0, v[sh({{B_V}}) + i], mask[sh({{B_MASK}}) + i] > 0.0) * svc;
+#else
         y += v[sh({{B_V}}) + i] * svc;
+#endif
 #endif
 #if SHIFT
         y += tc;
+#endif
+#if RESIDUAL
+        y += res[sh({{B_R}}) + i];
+#endif
+#if RELU
+        y = max(y, 0.0);
 #endif
         out[sh({{B_OUT}}) + i] = y;
     }

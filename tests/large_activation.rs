@@ -28,7 +28,7 @@ fn stem_at_2048_pixels() {
         .apply1(Conv2d::new([2, 2], Padding::symmetric(3, 3)), &[x, w])
         .unwrap();
     let bn = g
-        .apply(BatchNormTrain { eps: 1e-5 }, &[conv, gamma, beta])
+        .apply(BatchNormTrain::new(1e-5), &[conv, gamma, beta])
         .unwrap();
     let relu = g.apply1(Unary(UnaryKind::Relu), &[bn[0]]).unwrap();
     let pool = g.apply1(MaxPool::padded(3, 2, 1), &[relu]).unwrap();

@@ -138,7 +138,7 @@ pub fn run_case(
 /// Channels never scale: a smaller `image` keeps every layer's shape of
 /// weights and only shrinks the maps (`bench gpu --quick`).
 pub fn kernel_cases(image: usize) -> Vec<BenchCase> {
-    use crate::ops::batchnorm::BatchNormTrain;
+    use crate::ops::batchnorm::{BatchNormGrad, BatchNormTrain};
     use crate::ops::conv2d::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, Padding};
     use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
     use crate::ops::gemm::Matmul;
@@ -215,13 +215,48 @@ pub fn kernel_cases(image: usize) -> Vec<BenchCase> {
     let act: &[usize] = &[1, hw, hw, 256];
     cases.push(BenchCase::new(
         format!("batchnorm train 1x{hw}x{hw}x256"),
-        BatchNormTrain { eps: 1e-5 },
+        BatchNormTrain::new(1e-5),
         &[act, &[256], &[256]],
     ));
+    let fused = BatchNormTrain::new(1e-5).relu();
+    cases.push(BenchCase::new(
+        format!("batchnorm train+relu 1x{hw}x{hw}x256"),
+        fused,
+        &[act, &[256], &[256]],
+    ));
+    cases.push(BenchCase::new(
+        format!("batchnorm train+residual+relu 1x{hw}x{hw}x256"),
+        fused.residual(),
+        &[act, &[256], &[256], act],
+    ));
+    // The backward with and without the ReLU mask folded in (inputs only
+    // timed: the variances drawn from [-1, 1] give NaN for some channels).
+    let v: &[usize] = &[256];
+    for relu_mask in [false, true] {
+        let grad = BatchNormGrad {
+            eps: 1e-5,
+            stat_grads: false,
+            relu_mask,
+        };
+        let ins: &[&[usize]] = &[act, v, v, v, act, act];
+        cases.push(BenchCase::new(
+            format!(
+                "batchnorm grad{} 1x{hw}x{hw}x256",
+                if relu_mask { "+relu mask" } else { "" }
+            ),
+            grad,
+            &ins[..5 + relu_mask as usize],
+        ));
+    }
     cases.push(BenchCase::new(
         format!("relu 1x{hw}x{hw}x256"),
         Unary(UnaryKind::Relu),
         &[act],
+    ));
+    cases.push(BenchCase::new(
+        format!("relu grad 1x{hw}x{hw}x256"),
+        Binary::new(BinaryKind::ReluGrad),
+        &[act, act],
     ));
     cases.push(BenchCase::new(
         format!("add 1x{hw}x{hw}x256"),

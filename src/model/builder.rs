@@ -337,9 +337,11 @@ impl<'g> NetBuilder<'g> {
                     ins.push(b);
                 }
                 let y = self.g.apply1(op, &ins)?;
+                // Not BatchNormTrain's fused ReLU and residual: on lavapipe
+                // they measured slower than these separate passes (BENCHMARKS.md).
                 let outs = self
                     .g
-                    .apply(BatchNormTrain { eps: self.bn_eps }, &[y, gamma, beta])?;
+                    .apply(BatchNormTrain::new(self.bn_eps), &[y, gamma, beta])?;
                 let rows = self.g.shape(y).numel() / c;
                 let update = BatchNormRunningUpdate {
                     momentum,

@@ -171,13 +171,15 @@ fn col_plan(rows: u64, c: u64, max_elems: u64) -> Result<ColPlan> {
 enum Reduce<'a> {
     Sum,
     Moments,
+    /// `mask`: a is read as a·[mask > 0] (a ReLU's gradient folded in).
     Dot {
         b: &'a DeviceTensor,
         center: Option<&'a DeviceTensor>,
+        mask: Option<&'a DeviceTensor>,
     },
 }
 
-fn partial_spec(moments: bool, dot: bool, center: bool) -> ShaderSpec {
+fn partial_spec(moments: bool, dot: bool, center: bool, mask: bool) -> ShaderSpec {
     let mut s = ShaderSpec::new("batchnorm", "col_partial").def("COL_PARTIAL", 1);
     if moments {
         s = s.def("MOMENTS", 1).def("SECOND", 1);
@@ -190,6 +192,9 @@ fn partial_spec(moments: bool, dot: bool, center: bool) -> ShaderSpec {
             .def("DOT", 1)
             .def("SECOND", 1)
             .def("B_B", if center { 4 } else { 3 });
+    }
+    if mask {
+        s = s.def("MASK", 1).def("B_MASK", 3 + center as u32 + dot as u32);
     }
     s
 }
@@ -218,57 +223,78 @@ fn running_spec() -> ShaderSpec {
     ShaderSpec::new("batchnorm", "running_update").def("RUNNING", 1)
 }
 
-/// Which terms of out = (u − m)·su + v·sv + t an `apply` specialisation has.
+/// Which terms of out = act((u − m)·su + v·sv + t + r) an `apply`
+/// specialisation has: `mask` reads v as v·[mask > 0], `relu` makes act max(0, ·).
 #[derive(Clone, Copy)]
 struct Terms {
     center: bool,
     scale: bool,
     v: bool,
     shift: bool,
+    mask: bool,
+    residual: bool,
+    relu: bool,
 }
 
+const NO_TERMS: Terms = Terms {
+    center: false,
+    scale: false,
+    v: false,
+    shift: false,
+    mask: false,
+    residual: false,
+    relu: false,
+};
 const AFFINE: Terms = Terms {
     center: false,
     scale: true,
     v: false,
     shift: true,
+    ..NO_TERMS
 };
 const BIAS: Terms = Terms {
     center: false,
     scale: false,
     v: false,
     shift: true,
+    ..NO_TERMS
 };
 const SCALE_ONLY: Terms = Terms {
     center: false,
     scale: true,
     v: false,
     shift: false,
+    ..NO_TERMS
 };
 const BN_FORWARD: Terms = Terms {
     center: true,
     scale: true,
     v: false,
     shift: true,
+    ..NO_TERMS
 };
 const BN_BACKWARD: Terms = Terms {
     center: true,
     scale: true,
     v: true,
     shift: true,
+    ..NO_TERMS
 };
 
-/// Bindings: u, out, then m, su, (v, sv), t as present, numbered in that order.
+/// Bindings: u, out, then m, su, (v, sv), t, mask, r as present, numbered in that order.
 fn apply_spec(t: Terms) -> ShaderSpec {
     let mut spec = ShaderSpec::new("batchnorm", "apply")
         .def("APPLY", 1)
         .def("B_OUT", 2);
     let mut next = 3;
-    let groups: [(bool, &str, &[&str]); 4] = [
+    let groups: [(bool, &str, &[&str]); 7] = [
         (t.center, "CENTER", &["B_M"]),
         (t.scale, "SCALE", &["B_SU"]),
         (t.v, "V", &["B_V", "B_SV"]),
         (t.shift, "SHIFT", &["B_T"]),
+        (t.mask, "MASK", &["B_MASK"]),
+        (t.residual, "RESIDUAL", &["B_R"]),
+        (t.relu, "RELU", &[]),
     ];
     for (on, flag, names) in groups {
         if on {
@@ -289,10 +315,11 @@ pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = vec![
-        partial_spec(false, false, false),
-        partial_spec(true, false, false),
-        partial_spec(false, true, false),
-        partial_spec(false, true, true),
+        partial_spec(false, false, false, false),
+        partial_spec(true, false, false, false),
+        partial_spec(false, true, false, false),
+        partial_spec(false, true, true, false),
+        partial_spec(false, true, true, true),
         sums_spec(false),
         sums_spec(true),
         moments_spec(),
@@ -301,6 +328,18 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
         running_spec(),
     ];
     specs.extend([AFFINE, BIAS, SCALE_ONLY, BN_FORWARD, BN_BACKWARD].map(apply_spec));
+    // The fused epilogues of BatchNormTrain and the ReLU-masked backward.
+    for (residual, relu) in [(false, true), (true, false), (true, true)] {
+        specs.push(apply_spec(Terms {
+            residual,
+            relu,
+            ..BN_FORWARD
+        }));
+    }
+    specs.push(apply_spec(Terms {
+        mask: true,
+        ..BN_BACKWARD
+    }));
     specs
 }
 
@@ -347,12 +386,15 @@ impl Partials {
             nblocks,
             window_rows,
         } = self.plan;
-        let (spec, center, b) = match what {
-            Reduce::Sum => (partial_spec(false, false, false), None, None),
-            Reduce::Moments => (partial_spec(true, false, false), None, None),
-            Reduce::Dot { b, center } => {
-                (partial_spec(false, true, center.is_some()), center, Some(b))
-            }
+        let (spec, center, b, mask) = match what {
+            Reduce::Sum => (partial_spec(false, false, false, false), None, None, None),
+            Reduce::Moments => (partial_spec(true, false, false, false), None, None, None),
+            Reduce::Dot { b, center, mask } => (
+                partial_spec(false, true, center.is_some(), mask.is_some()),
+                center,
+                Some(b),
+                mask,
+            ),
         };
         let center = center.map(|m| m.whole(gpu)).transpose()?;
         let ntiles = c.div_ceil(WG_CHANNELS);
@@ -362,6 +404,9 @@ impl Partials {
             windows.extend(center.clone());
             if let Some(b) = b {
                 windows.push(b.window(gpu, range.start * c, n * c)?);
+            }
+            if let Some(mask) = mask {
+                windows.push(mask.window(gpu, range.start * c, n * c)?);
             }
             let p = Params {
                 n: n as u32,
@@ -437,16 +482,20 @@ fn channel_scratch(
     Ok((gpu.window(&buffer, 0, c * count)?, planes))
 }
 
-/// The per-channel operands of `apply`; `v` comes with its scale.
+/// The operands of `apply`: per-channel m, su, t; `v` comes with its scale,
+/// `mask` (v's ReLU mask) and `residual` are elementwise like u.
 #[derive(Default)]
 struct ChannelTerms<'a> {
     m: Option<Window>,
     su: Option<Window>,
     v: Option<(&'a DeviceTensor, Window)>,
     t: Option<Window>,
+    mask: Option<&'a DeviceTensor>,
+    residual: Option<&'a DeviceTensor>,
+    relu: bool,
 }
 
-/// out = (u − m)·su + v·sv + t over windows of whole rows.
+/// out = act((u − m)·su + v·sv + t + r) over windows of whole rows.
 fn record_apply(
     rec: &mut Recorder,
     u: &DeviceTensor,
@@ -455,11 +504,17 @@ fn record_apply(
 ) -> Result<()> {
     let gpu = rec.gpu();
     let (rows, c) = rows_channels(&u.shape);
+    if terms.mask.is_some() && terms.v.is_none() {
+        return Err(Error::Internal("batchnorm apply: a mask without v".into()));
+    }
     let spec = apply_spec(Terms {
         center: terms.m.is_some(),
         scale: terms.su.is_some(),
         v: terms.v.is_some(),
         shift: terms.t.is_some(),
+        mask: terms.mask.is_some(),
+        residual: terms.residual.is_some(),
+        relu: terms.relu,
     });
     // As in the shader: lanes per row, and rows per lane group in a block.
     let lane_rows = WG_CHANNELS / c.min(WG_CHANNELS);
@@ -475,6 +530,9 @@ fn record_apply(
             windows.push(sv.clone());
         }
         windows.extend(terms.t.clone());
+        for elementwise in [terms.mask, terms.residual].into_iter().flatten() {
+            windows.push(elementwise.window(gpu, start, n)?);
+        }
         let window_rows = range.end - range.start;
         let p = Params {
             n: window_rows as u32,

@@ -1,10 +1,14 @@
 use super::*;
-use crate::tensor::Rng;
+use crate::tensor::{HostTensor, Rng};
 use crate::testing::{check_op, grad_check, OpCase};
 
 fn bn_case(shape: &[usize], lo: f64, hi: f64) -> OpCase {
+    bn_case_of(BatchNormTrain::new(1e-5), shape, lo, hi)
+}
+
+fn bn_case_of(op: BatchNormTrain, shape: &[usize], lo: f64, hi: f64) -> OpCase {
     let c = *shape.last().unwrap();
-    OpCase::new(BatchNormTrain { eps: 1e-5 })
+    OpCase::new(op)
         .input(shape.to_vec(), lo, hi)
         .input([c], 0.5, 1.5)
         .input([c], -1.0, 1.0)
@@ -75,17 +79,26 @@ fn batchnorm_beyond_one_binding() {
     check_op(&bn_case(&[2, 520, 520, 64], -1.0, 3.0));
     let mut rng = Rng::new(11);
     let x = rng.tensor([2, 520, 520, 64], -1.0, 3.0);
+    let dy = rng.tensor([2, 520, 520, 64], -1.0, 1.0);
+    check_op(&grad_case(1e-5, false, x, dy));
+}
+
+/// BatchNormGrad (without statistic gradients) at x's batch statistics;
+/// with `relu_mask` the mask input is still to be added.
+fn grad_case(eps: f32, relu_mask: bool, x: HostTensor, dy: HostTensor) -> OpCase {
     let (mean, var) = ref_moments(&x.to_ref());
-    let case = OpCase::new(BatchNormGrad {
-        eps: 1e-5,
+    let c = *x.shape.dims().last().unwrap();
+    let op = BatchNormGrad {
+        eps,
         stat_grads: false,
-    })
-    .tensor(x)
-    .input([64], 0.5, 1.5)
-    .tensor(vector(mean).to_host())
-    .tensor(vector(var).to_host())
-    .input([2, 520, 520, 64], -1.0, 1.0);
-    check_op(&case);
+        relu_mask,
+    };
+    OpCase::new(op)
+        .tensor(x)
+        .input([c], 0.5, 1.5)
+        .tensor(vector(mean).to_host())
+        .tensor(vector(var).to_host())
+        .tensor(dy)
 }
 
 #[test]
@@ -102,7 +115,7 @@ fn batchnorm_grad_without_stat_gradients() {
     let gamma = g.input("gamma", [5]);
     let beta = g.input("beta", [5]);
     let out = g
-        .apply(BatchNormTrain { eps: 1e-3 }, &[x, gamma, beta])
+        .apply(BatchNormTrain::new(1e-3), &[x, gamma, beta])
         .unwrap();
     let seed = g.input("seed", [3, 11, 5]);
     let grads = g.backward(&[(out[0], seed)], &[x, gamma, beta]).unwrap();
@@ -111,24 +124,81 @@ fn batchnorm_grad_without_stat_gradients() {
     assert_eq!(node.op.name(), "batchnorm_grad");
     assert_eq!(node.inputs.len(), 5);
     let mut rng = Rng::new(3);
-    let op = BatchNormGrad {
-        eps: 1e-3,
-        stat_grads: false,
-    };
     let x = rng.tensor([3, 11, 5], -1.0, 1.0);
-    let (mean, var) = ref_moments(&x.to_ref());
-    let case = OpCase::new(op)
-        .tensor(x)
-        .input([5], 0.5, 1.5)
-        .tensor(vector(mean).to_host())
-        .tensor(vector(var).to_host())
-        .input([3, 11, 5], -1.0, 1.0);
-    check_op(&case);
+    let dy = rng.tensor([3, 11, 5], -1.0, 1.0);
+    check_op(&grad_case(1e-3, false, x, dy));
+}
+
+/// A batch norm with its fused epilogue; the residual input comes last.
+fn fused_case(op: BatchNormTrain, shape: &[usize]) -> OpCase {
+    let case = bn_case_of(op, shape, -2.0, 2.0);
+    if op.residual {
+        case.input(shape.to_vec(), -1.0, 1.0)
+    } else {
+        case
+    }
+}
+
+fn fused_variants() -> [BatchNormTrain; 3] {
+    let bn = BatchNormTrain::new(1e-5);
+    [bn.relu(), bn.residual(), bn.residual().relu()]
+}
+
+#[test]
+fn batchnorm_with_fused_relu_and_residual_matches_reference() {
+    for op in fused_variants() {
+        check_op(&fused_case(op, &[2, 3, 5, 7]));
+        check_op(&fused_case(op, &[3, 67, 5]));
+        check_op(&fused_case(op, &[1, 9, 9, 130]));
+        // Several windows of rows (5 channels → 192 rows each).
+        check_op(&fused_case(op, &[2, 19, 23, 5]).windows(1000));
+    }
+    // The ReLU clips: about half the outputs are exactly zero.
+    let case = fused_case(BatchNormTrain::new(1e-5).relu(), &[4, 33, 3]);
+    let ins: Vec<RefTensor> = case.inputs.iter().map(|t| t.to_ref()).collect();
+    let y = case.op.reference(&ins.iter().collect::<Vec<_>>()).unwrap();
+    let zeros = y[0].data.iter().filter(|&&v| v == 0.0).count();
+    assert!(zeros > y[0].data.len() / 4 && y[0].data.iter().all(|&v| v >= 0.0));
+}
+
+#[test]
+fn batchnorm_with_fused_relu_and_residual_gradients() {
+    for op in fused_variants() {
+        grad_check(&fused_case(op, &[3, 5, 3]));
+        grad_check(&fused_case(op, &[2, 3, 5, 65]));
+        grad_check(&fused_case(op, &[2, 13, 11, 5]).windows(1000));
+    }
+}
+
+#[test]
+fn relu_gradient_rides_on_the_batchnorm_backward() {
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 9, 7]);
+    let gamma = g.input("gamma", [7]);
+    let beta = g.input("beta", [7]);
+    let out = g
+        .apply(BatchNormTrain::new(1e-5).relu(), &[x, gamma, beta])
+        .unwrap();
+    let seed = g.input("seed", [2, 9, 7]);
+    g.backward(&[(out[0], seed)], &[x, gamma, beta]).unwrap();
+    let names: Vec<&str> = g.nodes.iter().map(|n| n.op.name()).collect();
+    assert_eq!(names, ["batchnorm_train", "batchnorm_grad"], "no separate ReLU pass");
+    assert_eq!(g.nodes[1].inputs.last(), Some(&out[0]), "masked by the output");
+    // The masked backward alone, without statistic gradients, on a mask that
+    // is zero at about half the elements, and dy NaN at one masked element.
+    let mut rng = Rng::new(5);
+    let x = rng.tensor([3, 11, 5], -1.0, 1.0);
+    let mut mask = rng.tensor([3, 11, 5], -1.0, 1.0);
+    mask.data.iter_mut().for_each(|v| *v = v.max(0.0));
+    let mut dy = rng.tensor([3, 11, 5], -1.0, 1.0);
+    let hidden = mask.data.iter().position(|&v| v == 0.0).unwrap();
+    dy.data[hidden] = f32::NAN;
+    check_op(&grad_case(1e-3, true, x, dy).tensor(mask));
 }
 
 #[test]
 fn batchnorm_bad_shapes_are_errors() {
-    let op = BatchNormTrain { eps: 1e-5 };
+    let op = BatchNormTrain::new(1e-5);
     let s = |d: &[usize]| Shape::new(d);
     let err = op.infer(&[&s(&[4, 3]), &s(&[4]), &s(&[3])]).unwrap_err();
     assert!(
@@ -139,18 +209,34 @@ fn batchnorm_bad_shapes_are_errors() {
         .infer(&[&s(&[1, 1, 1, 3]), &s(&[3]), &s(&[3])])
         .unwrap_err();
     assert!(err.to_string().contains("at least 2 rows"), "{err}");
-    let err = BatchNormTrain { eps: -1.0 }
+    let err = BatchNormTrain::new(-1.0)
         .infer(&[&s(&[4, 3]), &s(&[3]), &s(&[3])])
         .unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     let grad = BatchNormGrad {
         eps: 1e-5,
         stat_grads: false,
+        relu_mask: false,
     };
     let err = grad
         .infer(&[&s(&[4, 3]), &s(&[3]), &s(&[3]), &s(&[3]), &s(&[4, 2])])
         .unwrap_err();
     assert!(err.to_string().contains("dy"), "{err}");
+    let err = BatchNormTrain::new(1e-5)
+        .residual()
+        .infer(&[&s(&[4, 3]), &s(&[3]), &s(&[3]), &s(&[4, 2])])
+        .unwrap_err();
+    assert!(err.to_string().contains("residual"), "{err}");
+    let masked = BatchNormGrad {
+        relu_mask: true,
+        ..grad
+    };
+    let (x, v) = (s(&[4, 3]), s(&[3]));
+    let err = masked
+        .infer(&[&x, &v, &v, &v, &x, &s(&[4, 2])])
+        .unwrap_err();
+    assert!(err.to_string().contains("ReLU mask"), "{err}");
+    assert!(masked.infer(&[&x, &v, &v, &v, &x]).is_err());
 }
 
 #[test]
@@ -189,7 +275,7 @@ fn running_update_mutates_state_in_a_graph() {
     let rm = g.input("running_mean", [3]);
     let rv = g.input("running_var", [3]);
     let out = g
-        .apply(BatchNormTrain { eps: 1e-5 }, &[x, gamma, beta])
+        .apply(BatchNormTrain::new(1e-5), &[x, gamma, beta])
         .unwrap();
     let upd = g
         .apply(

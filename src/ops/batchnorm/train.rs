@@ -2,6 +2,7 @@
 //! normalised output, the backward pass, and the running averages.
 
 use super::*;
+use crate::ops::elementwise::{Binary, BinaryKind};
 
 const SCALE: &str = "batchnorm scale";
 const BACKWARD_COEFFICIENTS: &str = "batchnorm backward coefficients";
@@ -9,10 +10,36 @@ const BACKWARD_COEFFICIENTS: &str = "batchnorm backward coefficients";
 /// Batch normalisation in training mode: y = (x − μ)/√(σ² + ε)·γ + β with the
 /// batch mean μ and biased variance σ² per channel (over all leading
 /// dimensions). Inputs x [..., C] (at least 2 rows), γ [C], β [C]; outputs
-/// y, μ [C], σ² [C].
+/// y, μ [C], σ² [C]. A ResNet's epilogue can be fused in: with `residual`
+/// a fourth input r (x's shape) is added to y, with `relu` the output is
+/// max(0, ·); the write of y then does the work of up to two more passes,
+/// and the backward folds the ReLU's mask into its reads of dy.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchNormTrain {
     pub eps: f32,
+    pub residual: bool,
+    pub relu: bool,
+}
+
+impl BatchNormTrain {
+    pub fn new(eps: f32) -> Self {
+        BatchNormTrain {
+            eps,
+            residual: false,
+            relu: false,
+        }
+    }
+    /// Adds a fourth input, the residual, to the normalised output.
+    pub fn residual(self) -> Self {
+        BatchNormTrain {
+            residual: true,
+            ..self
+        }
+    }
+    /// Writes max(0, ·) of the (normalised + residual) output.
+    pub fn relu(self) -> Self {
+        BatchNormTrain { relu: true, ..self }
+    }
 }
 
 impl Op for BatchNormTrain {
@@ -20,19 +47,29 @@ impl Op for BatchNormTrain {
         "batchnorm_train"
     }
     fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
-        expect_inputs(self.name(), inputs, 3)?;
+        expect_inputs(self.name(), inputs, 3 + self.residual as usize)?;
         expect_eps(self.name(), self.eps)?;
         let c = expect_batch(self.name(), inputs[0])?;
         expect_channel_vector(self.name(), "gamma", inputs[1], c)?;
         expect_channel_vector(self.name(), "beta", inputs[2], c)?;
+        if self.residual {
+            expect_same(self.name(), "residual", inputs[3], inputs[0])?;
+        }
         Ok(vec![inputs[0].clone(), Shape::new(&[c]), Shape::new(&[c])])
     }
     fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
         let (x, gamma, beta) = (inputs[0], &inputs[1].data, &inputs[2].data);
         let (mean, var) = ref_moments(x);
         let eps = self.eps as f64;
-        let y = map_channels(x, |_, c, v| {
-            (v - mean[c]) / (var[c] + eps).sqrt() * gamma[c] + beta[c]
+        let y = map_channels(x, |i, c, v| {
+            let mut y = (v - mean[c]) / (var[c] + eps).sqrt() * gamma[c] + beta[c];
+            if self.residual {
+                y += inputs[3].data[i];
+            }
+            if self.relu {
+                y = y.max(0.0);
+            }
+            y
         });
         Ok(vec![y, vector(mean), vector(var)])
     }
@@ -69,7 +106,9 @@ impl Op for BatchNormTrain {
             m: Some(mean.whole(gpu)?),
             su: Some(scale),
             t: Some(beta.whole(gpu)?),
-            v: None,
+            residual: inputs.get(3).copied(),
+            relu: self.relu,
+            ..Default::default()
         };
         record_apply(rec, x, y, terms)
     }
@@ -85,6 +124,15 @@ impl Op for BatchNormTrain {
             Some(d) => d,
             None => zeros(g, &g.shape(x).clone())?,
         };
+        // The residual's gradient is the masked dy itself, so it is
+        // materialised once and read by both; without a residual the
+        // mask is applied as BatchNormGrad reads dy.
+        let masked = self.relu && self.residual;
+        let dy = if masked {
+            g.apply1(Binary::new(BinaryKind::ReluGrad), &[outputs[0], dy])?
+        } else {
+            dy
+        };
         let mut ins = vec![x, gamma, outputs[1], outputs[2], dy];
         let stat_grads = grads[1].is_some() || grads[2].is_some();
         if stat_grads {
@@ -95,14 +143,23 @@ impl Op for BatchNormTrain {
                 });
             }
         }
+        let relu_mask = self.relu && !masked;
+        if relu_mask {
+            ins.push(outputs[0]);
+        }
         let out = g.apply(
             BatchNormGrad {
                 eps: self.eps,
                 stat_grads,
+                relu_mask,
             },
             &ins,
         )?;
-        Ok(out.into_iter().map(Some).collect())
+        let mut in_grads: Vec<Option<TensorId>> = out.into_iter().map(Some).collect();
+        if self.residual {
+            in_grads.push(Some(dy));
+        }
+        Ok(in_grads)
     }
     fn flops(&self, inputs: &[&Shape]) -> u64 {
         8 * inputs[0].numel() as u64
@@ -110,12 +167,15 @@ impl Op for BatchNormTrain {
 }
 
 /// The batch-norm backward through the batch statistics. Inputs x, γ, μ, σ²,
-/// dy, and with `stat_grads` also dμ, dσ² (gradients reaching the mean and
-/// variance outputs); outputs dx, dγ, dβ.
+/// dy, with `stat_grads` also dμ, dσ² (gradients reaching the mean and
+/// variance outputs), and with `relu_mask` last the output of a ReLU that
+/// followed the batch norm: dy is then read as dy·[mask > 0], the ReLU's
+/// gradient without a pass of its own. Outputs dx, dγ, dβ.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchNormGrad {
     pub eps: f32,
     pub stat_grads: bool,
+    pub relu_mask: bool,
 }
 
 impl Op for BatchNormGrad {
@@ -123,7 +183,12 @@ impl Op for BatchNormGrad {
         "batchnorm_grad"
     }
     fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
-        expect_inputs(self.name(), inputs, if self.stat_grads { 7 } else { 5 })?;
+        let stats = if self.stat_grads { 2 } else { 0 };
+        expect_inputs(
+            self.name(),
+            inputs,
+            5 + stats + self.relu_mask as usize,
+        )?;
         expect_eps(self.name(), self.eps)?;
         let x = inputs[0];
         let c = expect_batch(self.name(), x)?;
@@ -131,19 +196,22 @@ impl Op for BatchNormGrad {
             expect_channel_vector(self.name(), what, s, c)?;
         }
         expect_same(self.name(), "dy", inputs[4], x)?;
-        for (what, s) in ["dmean", "dvar"].iter().zip(&inputs[5..]) {
+        for (what, s) in ["dmean", "dvar"].iter().zip(&inputs[5..5 + stats]) {
             expect_channel_vector(self.name(), what, s, c)?;
+        }
+        if self.relu_mask {
+            expect_same(self.name(), "ReLU mask", inputs[5 + stats], x)?;
         }
         Ok(vec![x.clone(), Shape::new(&[c]), Shape::new(&[c])])
     }
     fn reference(&self, inputs: &[&RefTensor]) -> Result<Vec<RefTensor>> {
-        let (x, gamma, mean, var, dy) = (
-            inputs[0],
-            &inputs[1].data,
-            &inputs[2].data,
-            &inputs[3].data,
-            inputs[4],
-        );
+        let (x, gamma, mean, var) = (inputs[0], &inputs[1].data, &inputs[2].data, &inputs[3].data);
+        let dy = match self.mask(inputs) {
+            Some(mask) => Binary::new(BinaryKind::ReluGrad)
+                .reference(&[mask, inputs[4]])?
+                .remove(0),
+            None => inputs[4].clone(),
+        };
         let (rows, c) = rows_channels(&x.shape);
         let (n, c) = (rows as f64, c as usize);
         let inv: Vec<f64> = var
@@ -186,6 +254,7 @@ impl Op for BatchNormGrad {
     ) -> Result<()> {
         let gpu = rec.gpu();
         let (x, gamma, mean, var, dy) = (inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]);
+        let mask = self.mask(inputs);
         let (dx, dgamma, dbeta) = (outputs[0], outputs[1], outputs[2]);
         let (rows, c) = rows_channels(&x.shape);
         let parts = Partials::new(gpu, &x.shape, 2)?;
@@ -195,6 +264,7 @@ impl Op for BatchNormGrad {
             Reduce::Dot {
                 b: x,
                 center: Some(mean),
+                mask,
             },
         )?;
         let (coef, planes) = channel_scratch(gpu, BACKWARD_COEFFICIENTS, c, 3)?;
@@ -206,8 +276,10 @@ impl Op for BatchNormGrad {
             dbeta.whole(gpu)?,
             coef,
         ];
-        for t in &inputs[5..] {
-            windows.push(t.whole(gpu)?);
+        if self.stat_grads {
+            for t in &inputs[5..7] {
+                windows.push(t.whole(gpu)?);
+            }
         }
         let p = parts.finalize_params(1.0 / rows as f32, self.eps);
         launch(
@@ -225,11 +297,20 @@ impl Op for BatchNormGrad {
             su: Some(k),
             v: Some((dy, a)),
             t: Some(d),
+            mask,
+            ..Default::default()
         };
         record_apply(rec, x, dx, terms)
     }
     fn flops(&self, inputs: &[&Shape]) -> u64 {
         8 * inputs[0].numel() as u64
+    }
+}
+
+impl BatchNormGrad {
+    /// The ReLU mask input, when there is one (always the last).
+    fn mask<'a, T>(&self, inputs: &[&'a T]) -> Option<&'a T> {
+        self.relu_mask.then(|| inputs[inputs.len() - 1])
     }
 }
 
