@@ -162,7 +162,10 @@ fn assert_f16_stem(profile: &DeviceProfile, gpu: &Gpu, kernels: &[String]) {
         .into_iter()
         .find(|k| k.starts_with("conv2d::"))
         .unwrap_or_else(|| panic!("{name}: no convolution"));
-    assert!(stem_conv.contains("F16=1"), "{name}: the stem is {stem_conv}");
+    assert!(
+        stem_conv.contains("F16=1"),
+        "{name}: the stem is {stem_conv}"
+    );
     // The stem's max-pool comes first (DELG's subsample of conv4, later,
     // shares its kernel and reads f32).
     let pools = of("pool::max_pool[");

@@ -191,7 +191,9 @@ pub enum F16Section {
         /// f16 device bytes over f32's: below 1 where f16 holds less.
         memory_vs_f32: f64,
     },
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Serialize)]

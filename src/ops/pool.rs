@@ -726,7 +726,8 @@ pub(crate) mod tests {
         let pool = MaxPool::valid(3, 2);
         for c in [8, 6] {
             let shape: &[usize] = &[1, 7, 6, c];
-            let labels = crate::testing::dispatch_labels_as(&gpu, &pool, &[shape], &[Precision::F16]);
+            let labels =
+                crate::testing::dispatch_labels_as(&gpu, &pool, &[shape], &[Precision::F16]);
             assert!(labels.iter().all(|l| l.contains("F16=1")), "{labels:?}");
         }
         let mut g = Graph::new();
