@@ -712,8 +712,22 @@ fn column_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 // texture form as a 1×1 product instead of one scalar load per element.
 // The source is staged in an r32float texture (its loads are the bulk of the
 // work); the destination is a scratch buffer of its own, starting at element 0.
+// F16 reads the source window in place (no 16-bit scalar storage texture
+// format exists in WebGPU) and writes f16: a copy, so it rounds nothing.
+#if F16
+@group(0) @binding(1) var<storage, read> a_src: array<f16>;
+#else
 @group(0) @binding(1) var a_tex: texture_storage_2d<r32float, read>;
-@group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;
+#endif
+@group(0) @binding(2) var<storage, read_write> dst: array<vec4<Store>>;
+
+fn unfold_source(e: u32) -> f32 {
+#if F16
+    return f32(a_src[e]);
+#else
+    return a_scalar(e);
+#endif
+}
 
 // One invocation per row: the walk over k is then the same in every lane, so
 // its divisions leave the loop and only the loads and stores vary per lane.
@@ -733,7 +747,7 @@ fn unfold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         for (var j = 0u; j < 4u; j++) {
             let e = source_pixel(o, ky, kx);
             if (t4 * 4u + j < p.k && e >= 0) {
-                v[j] = a_scalar(u32(e) + c);
+                v[j] = unfold_source(u32(e) + c);
             }
             c += 1u;
             if (c == p.src_c) {
@@ -745,7 +759,7 @@ fn unfold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 }
             }
         }
-        dst[row * per_row + t4] = v;
+        dst[row * per_row + t4] = vec4<Store>(v);
     }
 }
 #endif

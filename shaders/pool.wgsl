@@ -8,17 +8,28 @@
 // (window shift minus window start, wrapping), so one index formula serves
 // every chunk. Backward passes gather (each output element sums what reaches
 // it) instead of scattering, so they need no atomics and are deterministic.
+//
+// F16 (max_pool values only): x and y are stored in f16. A maximum picks one
+// of its inputs, so it runs in f16 and is exact.
+#if F16
+enable f16;
+#endif
 #include "common"
 #include "pool_params"
 
 #if MAX_POOL
+#if F16
+alias Scalar = f16;
+#else
+alias Scalar = f32;
+#endif
 #if VEC4
 // Four channels per invocation (c and the offsets in vec4s): a quarter of the
 // lane-varying loads and index arithmetic, which llvmpipe pays per lane. Only
 // values: the argmax is per channel.
-alias Elem = vec4<f32>;
+alias Elem = vec4<Scalar>;
 #else
-alias Elem = f32;
+alias Elem = Scalar;
 #endif
 @group(0) @binding(1) var<storage, read> x: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> y: array<Elem>;
@@ -75,7 +86,7 @@ fn max_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let g = p.row0 + t / (p.c * p.ow);
     let best = window_max(g / p.oh, g % p.oh, ox, c);
 #if INDEX
-    y[(g * p.ow + ox) * p.c + c + p.o2] = f32(best.k);
+    y[(g * p.ow + ox) * p.c + c + p.o2] = Scalar(best.k);
 #else
     y[(g * p.ow + ox) * p.c + c + p.o2] = best.v;
 #endif

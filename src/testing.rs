@@ -256,13 +256,27 @@ pub fn assert_close(what: &str, got: &HostTensor, want: &RefTensor, tol: f64) {
 /// The shader labels of the dispatches `op` records for zero inputs of
 /// `shapes`: which kernel variant it chose.
 pub fn dispatch_labels(gpu: &Gpu, op: &dyn Op, shapes: &[&[usize]]) -> Vec<String> {
+    dispatch_labels_as(gpu, op, shapes, &vec![Precision::F32; shapes.len()])
+}
+
+/// `dispatch_labels` with the inputs stored at `precisions` (the output as
+/// the op stores it).
+pub fn dispatch_labels_as(
+    gpu: &Gpu,
+    op: &dyn Op,
+    shapes: &[&[usize]],
+    precisions: &[Precision],
+) -> Vec<String> {
     let ins: Vec<DeviceTensor> = shapes
         .iter()
-        .map(|s| DeviceTensor::zeros(gpu, Shape::new(s)).unwrap())
+        .zip(precisions)
+        .map(|(s, p)| DeviceTensor::zeros_as(gpu, Shape::new(s), *p).unwrap())
         .collect();
     let refs: Vec<&DeviceTensor> = ins.iter().collect();
     let shape_refs: Vec<&Shape> = ins.iter().map(|t| &t.shape).collect();
-    let out = DeviceTensor::zeros(gpu, op.infer(&shape_refs).unwrap().remove(0)).unwrap();
+    let out_precision = op.output_precision(precisions).unwrap();
+    let out_shape = op.infer(&shape_refs).unwrap().remove(0);
+    let out = DeviceTensor::zeros_as(gpu, out_shape, out_precision).unwrap();
     gpu.reserve_scratch(&op.scratch(gpu, &shape_refs).unwrap())
         .unwrap();
     let mut rec = Recorder::new(gpu);

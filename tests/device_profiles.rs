@@ -175,6 +175,48 @@ fn record_extraction_at(
         .unwrap_or_else(|e| panic!("{}: {} did not record: {e}", gpu.facts.name, model.arch()))
 }
 
+/// An f16 extraction casts the image before the stem (its first kernel):
+/// the stem's convolution (unfolded on the broadcast kernels) and its
+/// max-pool are the f16 forms.
+fn assert_f16_stem(profile: &DeviceProfile, gpu: &Gpu, kernels: &[String]) {
+    let name = profile.name;
+    let of = |prefix: &str| -> Vec<&String> {
+        kernels.iter().filter(|k| k.starts_with(prefix)).collect()
+    };
+    let stem_conv = matmul_kernels(kernels)
+        .into_iter()
+        .find(|k| k.starts_with("conv2d::"))
+        .unwrap_or_else(|| panic!("{name}: no convolution"));
+    assert!(
+        stem_conv.contains("F16=1"),
+        "{name}: the stem is {stem_conv}"
+    );
+    // The stem's max-pool comes first (DELG's subsample of conv4, later,
+    // shares its kernel and reads f32).
+    let pools = of("pool::max_pool[");
+    assert!(
+        pools.first().is_some_and(|k| k.contains("F16=1")),
+        "{name}: {pools:?}"
+    );
+    // The broadcast kernels unfold the RGB stem first (in f16; later f16
+    // convolutions whose channels do not fill subgroup steps too, and f32
+    // head convolutions in f32); the tiled kernel unfolds nothing.
+    let unfolds = of("conv2d::unfold[");
+    if gpu.tuning.matmul.broadcast_lanes().is_some() {
+        assert!(
+            unfolds.first().is_some_and(|k| k.contains("F16=1")),
+            "{name}: {unfolds:?}"
+        );
+    } else {
+        assert!(unfolds.is_empty(), "{name}: {unfolds:?}");
+    }
+    assert!(
+        kernels[0].starts_with("cast::") && kernels[0].contains("TO_F16=1"),
+        "{name}: the first kernel is {}",
+        kernels[0]
+    );
+}
+
 #[test]
 fn extraction_records_and_validates_on_every_profile() {
     for (profile, gpu) in devices() {
@@ -192,6 +234,7 @@ fn extraction_records_and_validates_on_every_profile() {
             if gpu.features.contains(wgpu::Features::SHADER_F16) {
                 let exe = record_extraction_at(&gpu, &model, 2, 75, 93, Precision::F16);
                 assert_variant(&profile, &gpu, exe.kernels());
+                assert_f16_stem(&profile, &gpu, exe.kernels());
                 gpu.check("recording").unwrap();
             } else {
                 let config = ExtractConfig {

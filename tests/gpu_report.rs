@@ -66,6 +66,28 @@ fn the_quick_report_fills_every_section_with_finite_figures() {
         fastest["images_per_s"]
     );
 
+    // f16 at batch 1 against f32 where the adapter has SHADER_F16 (lavapipe
+    // does), else skipped with the reason.
+    let f16 = &report["f16_extraction"];
+    if gpu.features.contains(wgpu::Features::SHADER_F16) {
+        assert_eq!(f16["status"], "measured", "{f16}");
+        for (side, precision) in [("f32", "f32"), ("f16", "f16")] {
+            assert_eq!(f16[side]["precision"], precision, "{f16}");
+            assert_eq!(f16[side]["batch"], 1, "{f16}");
+            for figure in ["images_per_s", "device_bytes"] {
+                assert!(number(&f16[side], figure) > 0.0, "{side}.{figure}");
+            }
+        }
+        let ratio = number(f16, "memory_vs_f32");
+        let want = number(&f16["f16"], "device_bytes") / number(&f16["f32"], "device_bytes");
+        assert!((ratio - want).abs() < 1e-9, "{ratio} against {want}");
+        assert!(number(f16, "speed_vs_f32") > 0.0);
+    } else {
+        assert_eq!(f16["status"], "skipped", "{f16}");
+        let reason = f16["reason"].as_str().unwrap();
+        assert!(reason.contains("SHADER_F16"), "{reason}");
+    }
+
     let adapter = &report["adapter"];
     assert_eq!(adapter["name"], gpu.facts.name.as_str());
     assert_eq!(adapter["tuning"], gpu.tuning.describe().as_str());
@@ -109,6 +131,7 @@ fn the_quick_report_fills_every_section_with_finite_figures() {
         "== cold start",
         "== kernels",
         "== extraction",
+        "== f16 extraction",
         "== one training step",
         "== device memory",
     ] {

@@ -23,13 +23,15 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const SCHEMA: &str = "delg-gpu/bench-gpu";
 
 /// Fields that may be null in a complete report: they depend on the OS or the adapter.
-pub const OPTIONAL_FIELDS: [&str; 6] = [
+pub const OPTIONAL_FIELDS: [&str; 8] = [
     "adapter.llvmpipe_bits",
     "host.load_average",
     "kernels.cases[].gflop_per_cpu_s",
     "extraction.batch_1.gflop_per_cpu_s",
     "extraction.best_batch.gflop_per_cpu_s",
     "extraction.batches[].gflop_per_cpu_s",
+    "f16_extraction.f32.gflop_per_cpu_s",
+    "f16_extraction.f16.gflop_per_cpu_s",
 ];
 
 /// The batches extraction is measured at besides 1; the fastest is `best_batch`.
@@ -122,6 +124,7 @@ pub struct GpuReport {
     pub adapter: AdapterReport,
     pub kernels: KernelSection,
     pub extraction: ExtractionSection,
+    pub f16_extraction: F16Section,
     pub training_step: TrainStepFigures,
     pub cold_start: ColdStart,
     pub host_overhead: HostOverhead,
@@ -170,6 +173,27 @@ pub struct ExtractionSection {
     /// Every batch measured, in order.
     pub batches: Vec<BatchRate>,
     pub batching_available: bool,
+}
+
+/// Extraction at batch 1 with the backbone stored in f16 (`--precision
+/// f16`) against f32, or why it was not measured.
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum F16Section {
+    /// Each precision on a device of its own, so that each one's
+    /// `device_bytes` counts only its own scratch (the sections before
+    /// leave theirs on the report's device).
+    Measured {
+        f32: ExtractFigures,
+        f16: ExtractFigures,
+        /// f16 images/s over f32's: above 1 where f16 is faster.
+        speed_vs_f32: f64,
+        /// f16 device bytes over f32's: below 1 where f16 holds less.
+        memory_vs_f32: f64,
+    },
+    Skipped {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -351,6 +375,19 @@ pub fn run_gpu_report(
         best_batch.batch, best_batch.images_per_s, batch_1.images_per_s
     );
 
+    println!("== f16 extraction, batch 1, against f32");
+    let f16_extraction = measure_f16(&gpu, opts, size)?;
+    match &f16_extraction {
+        F16Section::Measured {
+            speed_vs_f32,
+            memory_vs_f32,
+            ..
+        } => println!(
+            "f16 against f32: {speed_vs_f32:.3}x the images/s, {memory_vs_f32:.3}x the device memory"
+        ),
+        F16Section::Skipped { reason } => println!("skipped: {reason}"),
+    }
+
     println!("== one training step");
     let (training_step, train_config) = measure_train_step(&gpu, &size.model, size.train)?;
     println!(
@@ -397,6 +434,7 @@ pub fn run_gpu_report(
             batches,
             batching_available: true,
         },
+        f16_extraction,
         training_step,
         cold_start,
         host_overhead: HostOverhead {
@@ -422,6 +460,34 @@ pub fn run_gpu_report(
         )));
     }
     Ok(report)
+}
+
+/// The f16 section: batch 1 at f32 and at f16, each on a fresh device with
+/// `gpu`'s tuning; skipped with the reason on adapters without SHADER_F16.
+fn measure_f16(gpu: &Arc<Gpu>, opts: &GpuOptions, size: &ReportSize) -> Result<F16Section> {
+    use crate::tensor::Precision;
+    if !gpu.features.contains(wgpu::Features::SHADER_F16) {
+        return Ok(F16Section::Skipped {
+            reason: format!(
+                "the adapter {} does not offer 16-bit floats in shaders (SHADER_F16), \
+                 so extract refuses --precision f16 on it",
+                gpu.facts.name
+            ),
+        });
+    }
+    let (w, h) = size.image;
+    let at = |precision| -> Result<ExtractFigures> {
+        let fresh = Gpu::new_with_tuning(opts, gpu.tuning)?;
+        bench::bench_extract(&fresh, &size.model, w, h, size.extract_images, 1, precision)
+    };
+    let f32 = at(Precision::F32)?;
+    let f16 = at(Precision::F16)?;
+    Ok(F16Section::Measured {
+        speed_vs_f32: f16.images_per_s / f32.images_per_s,
+        memory_vs_f32: f16.device_bytes as f64 / f32.device_bytes as f64,
+        f32,
+        f16,
+    })
 }
 
 /// GFLOP/s of the GEMMs and convolutions together, per matmul variant.

@@ -419,4 +419,34 @@ mod tests {
             "f16 {half} against f32 {full}"
         );
     }
+
+    #[test]
+    fn an_f16_backbone_halves_the_largest_activation_of_every_level() {
+        // The stem's output (64 channels at stride 2) and conv2's (256 at
+        // stride 4) are the largest tensors, equally large; both are f16
+        // once the image is cast before the stem, so the largest of every
+        // level halves exactly. (With an f32 stem it stayed as in f32.)
+        let cfg = DelgConfig::new(ResNetConfig::resnet50(Layout::Delg));
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let levels = crate::jobs::extract::ExtractConfig::default().level_sizes(768, 1024);
+        for (h, w) in levels {
+            let planned = |precision| {
+                let (g, _, out, _) =
+                    inference_graph_at(&cfg, 1, h as usize, w as usize, precision).unwrap();
+                let plan = plan_storages(&g, &[out.global, out.attention, out.local]);
+                let largest = plan.lifetimes.iter().map(|l| l.bytes).max().unwrap();
+                (largest, plan.memory.total_bytes())
+            };
+            let ((full, full_total), (half, half_total)) =
+                (planned(Precision::F32), planned(Precision::F16));
+            eprintln!(
+                "R50 level {w}×{h}: largest activation f32 {:.1} MiB, f16 {:.1} MiB; planned f32 {:.1} MiB, f16 {:.1} MiB",
+                mib(full),
+                mib(half),
+                mib(full_total),
+                mib(half_total)
+            );
+            assert_eq!(2 * half, full, "level {w}×{h}");
+        }
+    }
 }

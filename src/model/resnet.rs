@@ -139,10 +139,10 @@ pub fn backbone_params(cfg: &ResNetConfig) -> Result<Vec<ParamSpec>> {
     Ok(b.specs)
 }
 
-/// Adds the backbone for input `x` [N, H, W, 3]. Its activations after the
-/// stem's max-pool are stored at `b.precision`; the stem itself stays f32
-/// (its RGB input takes the f32 unfold path, and its pool reads f32), and S
-/// and D come out as f32 for the heads.
+/// Adds the backbone for input `x` [N, H, W, 3]. The image is cast to
+/// `b.precision` first, so every activation from the stem on (the stem's
+/// output is the largest of all) and every convolution weight is stored at
+/// it; S and D come out as f32 for the heads.
 pub fn backbone(b: &mut NetBuilder, cfg: &ResNetConfig, x: TensorId) -> Result<Features> {
     b.g.begin_stage("backbone");
     let delg = cfg.layout == Layout::Delg;
@@ -159,6 +159,7 @@ pub fn backbone(b: &mut NetBuilder, cfg: &ResNetConfig, x: TensorId) -> Result<F
         relu: true,
         ..ConvSpec::new("conv1", cfg.width, 7)
     };
+    let x = b.cast(x, b.precision)?;
     let mut t = b.conv(x, stem)?;
     let pool = if delg {
         MaxPool::valid(3, 2)
@@ -166,7 +167,6 @@ pub fn backbone(b: &mut NetBuilder, cfg: &ResNetConfig, x: TensorId) -> Result<F
         MaxPool::padded(3, 2, 1)
     };
     t = b.g.apply1(pool, &[t])?;
-    t = b.cast(t, b.precision)?;
     let mut s = None;
     for stage in 0..4 {
         let planes = cfg.width << stage;

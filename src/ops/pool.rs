@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{image_rows, scaled, DeviceTensor, Recorder, RowLaunch, ShaderSpec};
 use crate::graph::{Graph, Op, TensorId};
 use crate::ops::elementwise::expect_inputs;
-use crate::tensor::{RefTensor, Shape, Tensor};
+use crate::tensor::{Precision, RefTensor, Shape, Tensor};
 
 /// Mesa 22's llvmpipe silently ends a loop nest after 65535 iterations in
 /// total per invocation, so reducing kernels (and max-pool windows) take at most this many rows'
@@ -53,19 +53,26 @@ pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
     vec![
-        max_pool_spec(false, false),
-        max_pool_spec(false, true),
-        max_pool_spec(true, false),
+        max_pool_spec(false, false, Precision::F32),
+        max_pool_spec(false, true, Precision::F32),
+        max_pool_spec(true, false, Precision::F32),
+        max_pool_spec(false, false, Precision::F16),
+        max_pool_spec(false, true, Precision::F16),
         pool_grad_spec(true),
         pool_grad_spec(false),
     ]
 }
 
-fn max_pool_spec(index: bool, vec4: bool) -> ShaderSpec {
-    ShaderSpec::new("pool", "max_pool")
+/// f16: values only (the argmax is an f32 index for training).
+fn max_pool_spec(index: bool, vec4: bool, precision: Precision) -> ShaderSpec {
+    let spec = ShaderSpec::new("pool", "max_pool")
         .def("MAX_POOL", 1)
         .def("INDEX", index as u32)
-        .def("VEC4", vec4 as u32)
+        .def("VEC4", vec4 as u32);
+    match precision {
+        Precision::F32 => spec,
+        Precision::F16 => spec.def("F16", 1),
+    }
 }
 fn pool_grad_spec(indexed: bool) -> ShaderSpec {
     ShaderSpec::new("pool", "pool_grad")
@@ -272,6 +279,13 @@ impl MaxPool {
         index: bool,
     ) -> Result<()> {
         let d = self.dims(op, &x.shape)?;
+        if y.precision != x.precision || (index && x.precision != Precision::F32) {
+            return Err(Error::Internal(format!(
+                "{op}: input stored in {}, output in {}",
+                x.precision.name(),
+                y.precision.name()
+            )));
+        }
         let base = self.params(&d);
         let (h, w, c, oh, ow) = (d.h as u64, d.w as u64, d.c as u64, d.oh as u64, d.ow as u64);
         // Values (not the argmax) of whole vec4s of channels: every window's
@@ -283,7 +297,7 @@ impl MaxPool {
         let lanes = if vec4 { 4 } else { 1 };
         RowLaunch {
             op,
-            spec: &max_pool_spec(index, vec4),
+            spec: &max_pool_spec(index, vec4, x.precision),
             operands: &[x, y],
             rows: d.n as u64 * oh,
             max_rows: u64::MAX,
@@ -340,6 +354,15 @@ impl MaxPool {
 impl Op for MaxPool {
     fn name(&self) -> &'static str {
         "max_pool"
+    }
+    /// Stored as its input: the maximum is one of the inputs, exact in f16.
+    fn output_precision(&self, inputs: &[Precision]) -> Result<Precision> {
+        match inputs {
+            [p] => Ok(*p),
+            _ => Err(Error::Internal(format!(
+                "max_pool of inputs stored in {inputs:?}"
+            ))),
+        }
     }
     fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
         expect_inputs(self.name(), inputs, 1)?;
@@ -673,6 +696,50 @@ pub(crate) mod tests {
                 .unwrap()[0],
             Shape::new(&[1, 4, 3, 4])
         );
+    }
+
+    #[test]
+    fn f16_max_pool_is_exact_on_both_kernels_and_in_chunks() {
+        // The reference sees the f16-rounded input and the maximum is one of
+        // its elements, so the f16 kernels must match it exactly: tolerance 0.
+        let half = |pool: MaxPool, shape: [usize; 4]| {
+            OpCase::new(pool)
+                .input(shape, -2.0, 2.0)
+                .stored(0, Precision::F16)
+                .tol(0.0, 0.0)
+        };
+        for pool in POOLS {
+            for shape in [[2, 9, 7, 3], [2, 9, 7, 8], [1, 5, 6, 4]] {
+                check_op(&half(pool, shape));
+            }
+        }
+        // The stem's pool in chunks of a few rows: f16 windows shift by
+        // 2-byte elements, vec4 ones by 8.
+        for c in [3, 8] {
+            check_op(&half(MaxPool::valid(3, 2), [2, 11, 7, c]).windows(3 * 7 * 8));
+        }
+    }
+
+    #[test]
+    fn f16_max_pool_takes_the_f16_kernels_and_stores_f16() {
+        let Some(gpu) = test_gpu() else { return };
+        let pool = MaxPool::valid(3, 2);
+        for c in [8, 6] {
+            let shape: &[usize] = &[1, 7, 6, c];
+            let labels =
+                crate::testing::dispatch_labels_as(&gpu, &pool, &[shape], &[Precision::F16]);
+            assert!(labels.iter().all(|l| l.contains("F16=1")), "{labels:?}");
+        }
+        let mut g = Graph::new();
+        let x = g.input("x", [1, 7, 6, 8]);
+        let x = g
+            .apply1(crate::ops::cast::Cast { to: Precision::F16 }, &[x])
+            .unwrap();
+        let y = g.apply1(pool, &[x]).unwrap();
+        assert_eq!(g.precision(y), Precision::F16);
+        // Training's argmax reads f32 only.
+        let err = g.apply1(MaxPoolArgmax { pool }, &[x]).unwrap_err();
+        assert!(err.to_string().contains("cast it first"), "{err}");
     }
 
     #[test]

@@ -116,10 +116,13 @@ pub(super) fn gemm_spec(
     spec
 }
 
-pub(super) fn unfold_spec() -> ShaderSpec {
-    ShaderSpec::new("conv2d", "unfold")
-        .def("UNFOLD", 1)
-        .def("ASCALAR", 1)
+/// f32 reads its source staged in the r32float texture, f16 in place.
+pub(super) fn unfold_spec(precision: Precision) -> ShaderSpec {
+    let spec = ShaderSpec::new("conv2d", "unfold").def("UNFOLD", 1);
+    match precision {
+        Precision::F32 => spec.def("ASCALAR", 1),
+        Precision::F16 => spec.def("F16", 1),
+    }
 }
 
 pub(super) fn reduce_spec() -> ShaderSpec {
@@ -130,7 +133,12 @@ pub(super) fn swap_spec() -> ShaderSpec {
 }
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
-    let mut specs = vec![unfold_spec(), reduce_spec(), swap_spec()];
+    let mut specs = vec![
+        unfold_spec(Precision::F32),
+        unfold_spec(Precision::F16),
+        reduce_spec(),
+        swap_spec(),
+    ];
     for kernel in Kernel::all() {
         let lanes: &[u32] = match kernel {
             Kernel::Tiled { .. } => &[0],

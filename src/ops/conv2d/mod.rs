@@ -157,13 +157,10 @@ impl Conv2d {
         2 + e.bias as usize + 2 * e.scale_shift as usize + e.residual as usize
     }
 
-    /// The row width of the unfolded forward A (`unfolded_width`), for f32
-    /// only: the unfold stages its source in an r32float texture, and f16
-    /// has no storage-texture format every adapter reads.
+    /// The row width of the unfolded forward A (`unfolded_width`), at
+    /// either precision: the unfolded rows are stored as x is.
     fn unfold(&self, gpu: &Gpu, g: &Geom, limit: u64) -> Option<usize> {
-        (self.precision == Precision::F32)
-            .then(|| unfolded_width(gpu, g, limit))
-            .flatten()
+        unfolded_width(gpu, g, limit)
     }
 
     /// Output spatial size for an input of `in_hw` and a kernel of `k`.
@@ -417,16 +414,19 @@ impl Op for Conv2d {
                 // window; the unfold reads its source through the scalar slot.
                 let unfolded = ((g.n * g.oh * g.ow * k_rows) as u64).min(limit);
                 let padded = (k_rows * g.cout) as u64;
+                let elem = self.precision.bytes();
                 let mut needs = staging_needs(gpu, &product(k_rows, unfolded, padded));
+                if self.precision == Precision::F32 {
+                    needs.push(slot_need(gpu, Slot::AScalar, x));
+                }
                 needs.extend([
-                    slot_need(gpu, Slot::AScalar, x),
                     ScratchNeed::Buffer {
                         purpose: UNFOLDED,
-                        bytes: unfolded * 4,
+                        bytes: unfolded * elem,
                     },
                     ScratchNeed::Buffer {
                         purpose: PADDED_WEIGHTS,
-                        bytes: padded * 4,
+                        bytes: padded * elem,
                     },
                 ]);
                 needs
@@ -468,7 +468,7 @@ impl Op for Conv2d {
         let unfold = self.unfold(gpu, &g, limit);
         let (k_rows, dest_row, b) = match unfold {
             Some(k_rows) => {
-                let b = record_padded_rows(rec, &weights, k, g.cout, k_rows)?;
+                let b = record_padded_rows(rec, self.precision, &weights, k, g.cout, k_rows)?;
                 (k_rows, out_row.max((g.ow * k_rows) as u64), b)
             }
             None => (k, out_row, weights),
@@ -480,7 +480,17 @@ impl Op for Conv2d {
             let src = x.window(gpu, src_base, chunk.src.len() as u64 * in_row)?;
             let row0 = chunk.rows.start * g.ow;
             let (gather, a, a_base, row0) = if unfold.is_some() {
-                let a = record_unfold(rec, &gather, &src, src_base, row0, pixels, k, k_rows)?;
+                let a = record_unfold(
+                    rec,
+                    self.precision,
+                    &gather,
+                    &src,
+                    src_base,
+                    row0,
+                    pixels,
+                    k,
+                    k_rows,
+                )?;
                 (Gather::rows(pixels, k_rows), a, 0, 0)
             } else {
                 (gather, src, src_base, row0)

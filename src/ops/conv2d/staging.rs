@@ -128,9 +128,10 @@ pub(super) const PADDED_WEIGHTS: &str = "conv2d padded weights";
 /// before it is multiplied: on the broadcast kernels an input whose channels
 /// do not fill whole subgroup steps of k (the RGB stem) would otherwise be
 /// gathered one scalar at a time, while its unfolded rows, padded to a
-/// multiple of the lane count, take the vec4 texture form. Not where one grid row of it exceeds `limit`,
-/// nor where a source window of `limit` floats would not fit the r32float
-/// texture the unfold reads it from.
+/// multiple of the lane count, take the vec4 texture form (f16: rgba16float).
+/// Not where one grid row of it exceeds `limit`, nor where a source window of
+/// `limit` floats would not fit the r32float texture the f32 unfold reads it
+/// from (f16 reads it in place, but keeps the same bound: one rule for both).
 pub(super) fn unfolded_width(gpu: &Gpu, g: &Geom, limit: u64) -> Option<usize> {
     let lanes = gpu.tuning.matmul.broadcast_lanes()? as usize;
     let width = (g.kh * g.kw * g.cin).next_multiple_of(lanes);
@@ -144,11 +145,12 @@ pub(super) fn unfolded_width(gpu: &Gpu, g: &Geom, limit: u64) -> Option<usize> {
 
 /// Records the unfold of `rows` rows of the forward A, from grid pixel `row0`
 /// of the input window `src` (which starts at global element `src_base`),
-/// into the device's scratch buffer, `width` floats per row with zeros past
-/// `k`, and returns that matrix.
+/// into the device's scratch buffer, `width` elements per row with zeros
+/// past `k`, stored at `precision` as the source is, and returns that matrix.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record_unfold(
     rec: &mut Recorder,
+    precision: Precision,
     gather: &Gather,
     src: &Window,
     src_base: u64,
@@ -159,8 +161,8 @@ pub(super) fn record_unfold(
 ) -> Result<Window> {
     let gpu = rec.gpu();
     let elems = (rows * width) as u64;
-    let buffer = gpu.scratch_buffer(UNFOLDED, elems * 4)?;
-    let dst = gpu.window(&buffer, 0, elems)?;
+    let buffer = gpu.scratch_buffer(UNFOLDED, elems * precision.bytes())?;
+    let dst = gpu.window_of(&buffer, 0, elems, precision)?;
     let params = Params {
         m: u32_of(rows, "rows")?,
         n: u32_of(width, "columns")?,
@@ -171,32 +173,46 @@ pub(super) fn record_unfold(
         tex_log2: texture_width(gpu).trailing_zeros(),
         ..gather_params(gather)?
     };
-    let staged = stage_texture(rec, Slot::AScalar, src)?;
+    let source = match precision {
+        Precision::F32 => Binding::Texture(stage_texture(rec, Slot::AScalar, src)?),
+        Precision::F16 => src.into(),
+    };
     rec.dispatch_groups(
-        &unfold_spec(),
+        &unfold_spec(precision),
         bytemuck::bytes_of(&params),
-        vec![Binding::Texture(staged), (&dst).into()],
+        vec![source, (&dst).into()],
         rows.div_ceil(64) as u64,
     )?;
     Ok(dst)
 }
 
-/// Records a copy of the row-major matrix `b` [k, n] with zero rows appended
-/// up to `rows`, in the device's scratch buffer, and returns it.
+/// Records a copy of the row-major matrix `b` [k, n] stored at `precision`
+/// with zero rows appended up to `rows`, in the device's scratch buffer,
+/// and returns it.
 pub(super) fn record_padded_rows(
     rec: &mut Recorder,
+    precision: Precision,
     b: &Window,
     k: usize,
     n: usize,
     rows: usize,
 ) -> Result<Window> {
     let gpu = rec.gpu();
-    let (bytes, padded) = ((k * n * 4) as u64, (rows * n * 4) as u64);
+    let elem = precision.bytes();
+    let (bytes, padded) = ((k * n) as u64 * elem, (rows * n) as u64 * elem);
+    let offset = b.slice.offset + b.shift as u64 * elem;
+    // Buffer copies and clears move whole 4-byte words: n is a multiple of
+    // 4 here (`unfolded_width`), and parameters start on 16-byte boundaries.
+    if !(offset.is_multiple_of(4) && bytes.is_multiple_of(4)) {
+        return Err(Error::Internal(format!(
+            "conv2d padded weights: {bytes} bytes at byte {offset} are not whole words"
+        )));
+    }
     let buffer = gpu.scratch_buffer(PADDED_WEIGHTS, padded)?;
     rec.copy(
         BufSlice {
             buffer: b.slice.buffer.clone(),
-            offset: b.slice.offset + b.shift as u64 * 4,
+            offset,
             size: bytes,
         },
         BufSlice {
@@ -210,7 +226,7 @@ pub(super) fn record_padded_rows(
         offset: bytes,
         size: padded - bytes,
     });
-    gpu.window(&buffer, 0, (rows * n) as u64)
+    gpu.window_of(&buffer, 0, (rows * n) as u64, precision)
 }
 
 /// A staging texture for windows of a tensor of `elems` floats: a window

@@ -334,6 +334,23 @@ fn aligned_shapes_use_textures() {
             .all(|l| l.contains("TEX=1") && !l.contains("ASCALAR")),
         "{stem:?}"
     );
+    // The f16 stem: unfolded in f16 (read in place), then rgba16float texels.
+    let half = crate::testing::dispatch_labels_as(
+        gpu,
+        &conv.clone().stored(Precision::F16),
+        &[&[1, 9, 9, 3], &[7, 7, 3, 8]],
+        &[Precision::F16; 2],
+    );
+    assert!(
+        half[0].contains("unfold") && half[0].contains("F16=1") && !half[0].contains("ASCALAR"),
+        "{half:?}"
+    );
+    assert!(
+        half[1..]
+            .iter()
+            .all(|l| l.contains("TEX=1") && l.contains("F16=1") && !l.contains("ASCALAR")),
+        "{half:?}"
+    );
     let dw = Conv2dWeightGrad {
         conv,
         kernel: [7, 7],
@@ -487,13 +504,21 @@ fn half_case(op: Conv2d, x: [usize; 4], k: [usize; 2], cout: usize) -> OpCase {
 
 #[test]
 fn f16_forward_matches_a_reference_that_rounds_like_the_device() {
-    // The f32 cases: odd channels take the scalar broadcast form (f16 has
-    // no gathered texture form and no unfold), whole texels the rgba16float
+    // The f32 cases: odd channels with whole vec4s of outputs are unfolded
+    // in f16 on the broadcast kernels (others take the scalar broadcast
+    // form: f16 has no gathered texture form), whole texels the rgba16float
     // texture form; then chunks of three grid rows, whose f16 windows shift
     // by 2-byte elements.
     for (op, x, k, cout) in forward_cases() {
         check_op(&half_case(op, x, k, cout).every_tiled_config());
     }
+    // The DELG stem: RGB, 7×7/2 with TF "same" padding on odd sizes, the
+    // folded batch norm and ReLU; whole and in chunks of three grid rows of
+    // unfolded f16 rows.
+    let pad = Padding::same([11, 9], [7, 7], [2, 2], [1, 1]);
+    let stem = Conv2d::new([2, 2], pad).bias().scale_shift().relu();
+    check_op(&half_case(stem.clone(), [2, 11, 9, 3], [7, 7], 8));
+    check_op(&half_case(stem, [2, 11, 9, 3], [7, 7], 8).windows(3 * 5 * 160));
     let op = Conv2d::new([1, 1], Padding::symmetric(1, 1)).bias().relu();
     check_op(
         &half_case(op, [2, 9, 7, 16], [3, 3], 16)
