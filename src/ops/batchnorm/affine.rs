@@ -131,11 +131,15 @@ impl Op for ChannelAffineGrad {
         let gpu = rec.gpu();
         let (x, scale, dy) = (inputs[0], inputs[1], inputs[2]);
         let parts = Partials::new(gpu, &x.shape, 2)?;
-        parts.record(rec, dy, Reduce::Dot {
+        parts.record(
+            rec,
+            dy,
+            Reduce::Dot {
                 b: x,
                 center: None,
                 mask: None,
-            },)?;
+            },
+        )?;
         parts.record_sums(rec, outputs[2], Some(outputs[1]))?;
         record_apply(
             rec,

@@ -194,7 +194,9 @@ fn partial_spec(moments: bool, dot: bool, center: bool, mask: bool) -> ShaderSpe
             .def("B_B", if center { 4 } else { 3 });
     }
     if mask {
-        s = s.def("MASK", 1).def("B_MASK", 3 + center as u32 + dot as u32);
+        s = s
+            .def("MASK", 1)
+            .def("B_MASK", 3 + center as u32 + dot as u32);
     }
     s
 }

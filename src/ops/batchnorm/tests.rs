@@ -182,8 +182,16 @@ fn relu_gradient_rides_on_the_batchnorm_backward() {
     let seed = g.input("seed", [2, 9, 7]);
     g.backward(&[(out[0], seed)], &[x, gamma, beta]).unwrap();
     let names: Vec<&str> = g.nodes.iter().map(|n| n.op.name()).collect();
-    assert_eq!(names, ["batchnorm_train", "batchnorm_grad"], "no separate ReLU pass");
-    assert_eq!(g.nodes[1].inputs.last(), Some(&out[0]), "masked by the output");
+    assert_eq!(
+        names,
+        ["batchnorm_train", "batchnorm_grad"],
+        "no separate ReLU pass"
+    );
+    assert_eq!(
+        g.nodes[1].inputs.last(),
+        Some(&out[0]),
+        "masked by the output"
+    );
     // The masked backward alone, without statistic gradients, on a mask that
     // is zero at about half the elements, and dy NaN at one masked element.
     let mut rng = Rng::new(5);

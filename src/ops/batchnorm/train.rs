@@ -184,11 +184,7 @@ impl Op for BatchNormGrad {
     }
     fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>> {
         let stats = if self.stat_grads { 2 } else { 0 };
-        expect_inputs(
-            self.name(),
-            inputs,
-            5 + stats + self.relu_mask as usize,
-        )?;
+        expect_inputs(self.name(), inputs, 5 + stats + self.relu_mask as usize)?;
         expect_eps(self.name(), self.eps)?;
         let x = inputs[0];
         let c = expect_batch(self.name(), x)?;
