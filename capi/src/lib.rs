@@ -153,7 +153,6 @@ fn verify_params(
             p.ransac_trials
         )));
     }
-    let or = |value: f64, default: f64| if value == 0.0 { default } else { value };
     let base = if p.homography {
         RansacParams::homography()
     } else {
@@ -161,11 +160,19 @@ fn verify_params(
     };
     Ok((
         MatchParams {
-            threshold: or(p.match_threshold as f64, matching.threshold as f64) as f32,
+            threshold: if p.match_threshold == 0.0 {
+                matching.threshold
+            } else {
+                p.match_threshold
+            },
             ratio_test: p.ratio_test,
         },
         RansacParams {
-            residual_threshold: or(p.residual_threshold, base.residual_threshold),
+            residual_threshold: if p.residual_threshold == 0.0 {
+                base.residual_threshold
+            } else {
+                p.residual_threshold
+            },
             max_trials: match p.ransac_trials {
                 0 => base.max_trials,
                 n => n as usize,

@@ -814,6 +814,17 @@ fn time_stages(
     Ok(times)
 }
 
+/// `rows` random descriptors of `dim` values, each L2-normalised: the
+/// synthetic queries and databases of the search and matching benches.
+pub(crate) fn random_unit_rows(rng: &mut Rng, rows: usize, dim: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..rows * dim)
+        .map(|_| rng.range(-1.0, 1.0) as f32)
+        .collect();
+    v.chunks_mut(dim)
+        .for_each(crate::jobs::extract::l2_normalize);
+    v
+}
+
 /// Times one query's neighbour search against a shortlist on both paths
 /// (the GPU one after a warm-up call that builds its executable) and
 /// checks they found the same nearest neighbours.
@@ -826,14 +837,10 @@ pub fn bench_local_matching(
 ) -> Result<()> {
     use crate::jobs::local_match::{LocalMatcher, MatchOn};
     let mut rng = Rng::new(11);
-    let mut unit = |n: usize| {
-        let mut v: Vec<f32> = (0..n * dim).map(|_| rng.range(-1.0, 1.0) as f32).collect();
-        v.chunks_mut(dim)
-            .for_each(crate::jobs::extract::l2_normalize);
-        v
-    };
-    let query = unit(rows);
-    let dbs: Vec<Vec<f32>> = (0..shortlist).map(|_| unit(db_rows)).collect();
+    let query = random_unit_rows(&mut rng, rows, dim);
+    let dbs: Vec<Vec<f32>> = (0..shortlist)
+        .map(|_| random_unit_rows(&mut rng, db_rows, dim))
+        .collect();
     let views: Vec<&[f32]> = dbs.iter().map(Vec::as_slice).collect();
     let mut results = Vec::new();
     for on in [MatchOn::Cpu, MatchOn::Gpu] {
@@ -872,17 +879,8 @@ pub fn bench_search(
     dim: usize,
     k: usize,
 ) -> Result<f64> {
-    let unit_rows = |rng: &mut Rng, rows: usize| -> Vec<f32> {
-        let mut v: Vec<f32> = (0..rows * dim)
-            .map(|_| rng.range(-1.0, 1.0) as f32)
-            .collect();
-        for r in v.chunks_mut(dim) {
-            crate::jobs::extract::l2_normalize(r);
-        }
-        v
-    };
     let mut rng = Rng::new(7);
-    let q = unit_rows(&mut rng, queries);
+    let q = random_unit_rows(&mut rng, queries, dim);
     let mut search = crate::jobs::search::GlobalSearch::new(gpu, &q, dim, k)?;
     let rows = search.chunk_rows();
     let (mut gen_s, mut search_s) = (0.0, 0.0);
@@ -890,7 +888,7 @@ pub fn bench_search(
     while done < db {
         let n = rows.min(db - done);
         let t = Instant::now();
-        let chunk = unit_rows(&mut rng, n);
+        let chunk = random_unit_rows(&mut rng, n, dim);
         gen_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
         search.push(&chunk)?;

@@ -608,28 +608,9 @@ pub fn write_results(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::bench::random_unit_rows;
     use crate::tensor::Rng;
     use crate::testing::test_gpus;
-
-    /// Unit rows; rows `dup.0` repeat row `dup.1` (exact ties).
-    fn unit_rows(
-        rng: &mut Rng,
-        rows: usize,
-        dim: usize,
-        dup: (std::ops::Range<usize>, usize),
-    ) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..rows * dim)
-            .map(|_| rng.range(-1.0, 1.0) as f32)
-            .collect();
-        for r in v.chunks_mut(dim) {
-            crate::jobs::extract::l2_normalize(r);
-        }
-        for r in dup.0 {
-            let src = v[dup.1 * dim..(dup.1 + 1) * dim].to_vec();
-            v[r * dim..(r + 1) * dim].copy_from_slice(&src);
-        }
-        v
-    }
 
     /// The hits, and how many chunks were merged from candidates alone.
     fn search(
@@ -658,8 +639,12 @@ mod tests {
     fn device_selection_equals_reading_every_score() {
         let (nq, dim, k, chunk) = (37, 24, 5, 300);
         let mut rng = Rng::new(11);
-        let q = unit_rows(&mut rng, nq, dim, (0..0, 0));
-        let mut db = unit_rows(&mut rng, 1650, dim, (280..320, 3));
+        let q = random_unit_rows(&mut rng, nq, dim);
+        let mut db = random_unit_rows(&mut rng, 1650, dim);
+        // Rows 280..320 repeat row 3: exact ties, across the first chunk boundary.
+        for r in 280..320 {
+            db.copy_within(3 * dim..4 * dim, r * dim);
+        }
         // Rows 900..1000, in the fourth chunk: query 0 with a little noise,
         // 100 candidates for its 64 slots.
         for r in 900..1000 {
@@ -686,8 +671,8 @@ mod tests {
     fn later_chunks_merge_only_candidates() {
         let (nq, dim, k) = (64, 16, 3);
         let mut rng = Rng::new(5);
-        let q = unit_rows(&mut rng, nq, dim, (0..0, 0));
-        let db = unit_rows(&mut rng, 4096, dim, (0..0, 0));
+        let q = random_unit_rows(&mut rng, nq, dim);
+        let db = random_unit_rows(&mut rng, 4096, dim);
         for gpu in test_gpus() {
             let (_, selected) = search(gpu, &q, &db, dim, k, 512, true);
             assert_eq!(selected, 7, "{}", gpu.tuning.describe());
