@@ -12,7 +12,19 @@
 //
 // Binding numbers depend on the specialisation, so they arrive as B_NAME
 // defines; the element shift of binding k (see Window) is sh(k).
+//
+// With VEC4 the row-walking kernels (col_partial, apply) see four channels
+// as one vec4: p.c counts vec4s and the shifts are in vec4s. Each channel
+// is summed in the same order either way, so the results are identical;
+// on lavapipe every lane-varying load is scalarised, and four values per
+// load is what makes these memory-bound passes fast.
 #include "common"
+
+#if VEC4
+alias T = vec4<f32>;
+#else
+alias T = f32;
+#endif
 
 struct Params {
     // Rows: in this window (col_partial, apply) or in all (finalize_moments).
@@ -38,43 +50,45 @@ fn sh(binding: u32) -> u32 {
 }
 
 #if COL_PARTIAL
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> part: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<T>;
+@group(0) @binding(2) var<storage, read_write> part: array<T>;
 #if CENTER
-@group(0) @binding({{B_M}}) var<storage, read> m: array<f32>;
+@group(0) @binding({{B_M}}) var<storage, read> m: array<T>;
 #endif
 #if DOT
-@group(0) @binding({{B_B}}) var<storage, read> b: array<f32>;
+@group(0) @binding({{B_B}}) var<storage, read> b: array<T>;
 #endif
 #if MASK
-@group(0) @binding({{B_MASK}}) var<storage, read> mask: array<f32>;
+@group(0) @binding({{B_MASK}}) var<storage, read> mask: array<T>;
 #endif
 
 // MOMENTS: s1 = the block's mean of a, s2 = Σ(a − that mean)² (Welford)
 // DOT:     s1 = Σa, s2 = Σa·(b−m)  (m = 0 without CENTER)
 // else:    s1 = Σa
 // MASK reads a as a·[mask > 0]: a ReLU's gradient, mask its output.
+// Lanes cover tw = min(c, 64) channels of a tile; when c < 64 the 64/c lane
+// groups take consecutive blocks, so every lane has work.
 @compute @workgroup_size(64)
 fn col_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear_group(wid, nwg);
     let blocks = (p.n + p.row_block - 1u) / p.row_block;
-    if (g >= p.ntiles * blocks) {
+    let tw = min(p.c, 64u);
+    let rs = 64u / tw;
+    let ro = lid / tw;
+    let c = (g % p.ntiles) * 64u + lid % tw;
+    let blk = (g / p.ntiles) * rs + ro;
+    if (c >= p.c || ro >= rs || blk >= blocks) {
         return;
     }
-    let c = (g % p.ntiles) * 64u + lid;
-    if (c >= p.c) {
-        return;
-    }
-    let blk = g / p.ntiles;
     let r0 = blk * p.row_block;
     let r1 = min(r0 + p.row_block, p.n);
 #if CENTER
     let mc = m[sh({{B_M}}) + c];
 #else
-    let mc = 0.0;
+    let mc = T(0.0);
 #endif
-    var s1 = 0.0;
-    var s2 = 0.0;
+    var s1 = T(0.0);
+    var s2 = T(0.0);
 #if MOMENTS
     // Welford on values shifted by the block's first one: with |mean| ≫ std the
     // running mean's f32 roundings would otherwise be relative to |mean|.
@@ -84,7 +98,7 @@ fn col_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     for (var r = r0; r < r1; r++) {
         let i = r * p.c + c;
 #if MASK
-        let av = select(0.0, a[sh(1u) + i], mask[sh({{B_MASK}}) + i] > 0.0);
+        let av = select(T(0.0), a[sh(1u) + i], mask[sh({{B_MASK}}) + i] > T(0.0));
 #else
         let av = a[sh(1u) + i];
 #endif
@@ -241,26 +255,26 @@ fn running_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 #endif
 
 #if APPLY
-@group(0) @binding(1) var<storage, read> u: array<f32>;
-@group(0) @binding({{B_OUT}}) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> u: array<T>;
+@group(0) @binding({{B_OUT}}) var<storage, read_write> out: array<T>;
 #if CENTER
-@group(0) @binding({{B_M}}) var<storage, read> m: array<f32>;
+@group(0) @binding({{B_M}}) var<storage, read> m: array<T>;
 #endif
 #if SCALE
-@group(0) @binding({{B_SU}}) var<storage, read> su: array<f32>;
+@group(0) @binding({{B_SU}}) var<storage, read> su: array<T>;
 #endif
 #if V
-@group(0) @binding({{B_V}}) var<storage, read> v: array<f32>;
-@group(0) @binding({{B_SV}}) var<storage, read> sv: array<f32>;
+@group(0) @binding({{B_V}}) var<storage, read> v: array<T>;
+@group(0) @binding({{B_SV}}) var<storage, read> sv: array<T>;
 #endif
 #if SHIFT
-@group(0) @binding({{B_T}}) var<storage, read> t: array<f32>;
+@group(0) @binding({{B_T}}) var<storage, read> t: array<T>;
 #endif
 #if MASK
-@group(0) @binding({{B_MASK}}) var<storage, read> mask: array<f32>;
+@group(0) @binding({{B_MASK}}) var<storage, read> mask: array<T>;
 #endif
 #if RESIDUAL
-@group(0) @binding({{B_R}}) var<storage, read> res: array<f32>;
+@group(0) @binding({{B_R}}) var<storage, read> res: array<T>;
 #endif
 
 // out = act((u − m[c])·su[c] + v·sv[c] + t[c] + r), each term present per
@@ -308,7 +322,7 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 #endif
 #if V
 #if MASK
-        y += select(0.0, v[sh({{B_V}}) + i], mask[sh({{B_MASK}}) + i] > 0.0) * svc;
+        y += select(T(0.0), v[sh({{B_V}}) + i], mask[sh({{B_MASK}}) + i] > T(0.0)) * svc;
 #else
         y += v[sh({{B_V}}) + i] * svc;
 #endif
@@ -320,7 +334,7 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         y += res[sh({{B_R}}) + i];
 #endif
 #if RELU
-        y = max(y, 0.0);
+        y = max(y, T(0.0));
 #endif
         out[sh({{B_OUT}}) + i] = y;
     }

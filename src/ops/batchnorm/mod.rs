@@ -61,8 +61,31 @@ crate::uniform! {
 fn launch(
     rec: &mut Recorder,
     spec: &ShaderSpec,
+    p: Params,
+    windows: &[Window],
+    groups: u64,
+) -> Result<()> {
+    launch_lanes(rec, spec, p, windows, 1, groups)
+}
+
+/// Channels a lane of the row kernels (`col_partial`, `apply`) takes at a
+/// time: four (their VEC4 form) when the channel count and every window's
+/// shift allow vec4 access, else one.
+fn channel_lanes(c: u64, windows: &[Window]) -> u64 {
+    if c % 4 == 0 && windows.iter().all(|w| w.shift % 4 == 0) {
+        4
+    } else {
+        1
+    }
+}
+
+/// `launch` with the shifts counted in units of `lanes` elements.
+fn launch_lanes(
+    rec: &mut Recorder,
+    spec: &ShaderSpec,
     mut p: Params,
     windows: &[Window],
+    lanes: u64,
     groups: u64,
 ) -> Result<()> {
     if windows.len() > p.shifts.len() {
@@ -73,7 +96,7 @@ fn launch(
         )));
     }
     for (s, w) in p.shifts.iter_mut().zip(windows) {
-        *s = w.shift;
+        *s = w.shift / lanes as u32;
     }
     rec.dispatch_groups(
         spec,
@@ -179,8 +202,10 @@ enum Reduce<'a> {
     },
 }
 
-fn partial_spec(moments: bool, dot: bool, center: bool, mask: bool) -> ShaderSpec {
-    let mut s = ShaderSpec::new("batchnorm", "col_partial").def("COL_PARTIAL", 1);
+fn partial_spec(moments: bool, dot: bool, center: bool, mask: bool, vec4: bool) -> ShaderSpec {
+    let mut s = ShaderSpec::new("batchnorm", "col_partial")
+        .def("COL_PARTIAL", 1)
+        .def("VEC4", vec4 as u32);
     if moments {
         s = s.def("MOMENTS", 1).def("SECOND", 1);
     }
@@ -284,9 +309,10 @@ const BN_BACKWARD: Terms = Terms {
 };
 
 /// Bindings: u, out, then m, su, (v, sv), t, mask, r as present, numbered in that order.
-fn apply_spec(t: Terms) -> ShaderSpec {
+fn apply_spec(t: Terms, vec4: bool) -> ShaderSpec {
     let mut spec = ShaderSpec::new("batchnorm", "apply")
         .def("APPLY", 1)
+        .def("VEC4", vec4 as u32)
         .def("B_OUT", 2);
     let mut next = 3;
     let groups: [(bool, &str, &[&str]); 7] = [
@@ -317,11 +343,6 @@ pub(crate) fn uniform_shape(_entry: &str) -> Option<crate::gpu::UniformShape> {
 
 pub fn shader_specs() -> Vec<ShaderSpec> {
     let mut specs = vec![
-        partial_spec(false, false, false, false),
-        partial_spec(true, false, false, false),
-        partial_spec(false, true, false, false),
-        partial_spec(false, true, true, false),
-        partial_spec(false, true, true, true),
         sums_spec(false),
         sums_spec(true),
         moments_spec(),
@@ -329,19 +350,29 @@ pub fn shader_specs() -> Vec<ShaderSpec> {
         bn_backward_spec(true),
         running_spec(),
     ];
-    specs.extend([AFFINE, BIAS, SCALE_ONLY, BN_FORWARD, BN_BACKWARD].map(apply_spec));
-    // The fused epilogues of BatchNormTrain and the ReLU-masked backward.
-    for (residual, relu) in [(false, true), (true, false), (true, true)] {
-        specs.push(apply_spec(Terms {
-            residual,
-            relu,
-            ..BN_FORWARD
-        }));
+    for vec4 in [false, true] {
+        specs.extend([
+            partial_spec(false, false, false, false, vec4),
+            partial_spec(true, false, false, false, vec4),
+            partial_spec(false, true, false, false, vec4),
+            partial_spec(false, true, true, false, vec4),
+            partial_spec(false, true, true, true, vec4),
+        ]);
+        let mut terms = vec![AFFINE, BIAS, SCALE_ONLY, BN_FORWARD, BN_BACKWARD];
+        // The fused epilogues of BatchNormTrain and the ReLU-masked backward.
+        for (residual, relu) in [(false, true), (true, false), (true, true)] {
+            terms.push(Terms {
+                residual,
+                relu,
+                ..BN_FORWARD
+            });
+        }
+        terms.push(Terms {
+            mask: true,
+            ..BN_BACKWARD
+        });
+        specs.extend(terms.into_iter().map(|t| apply_spec(t, vec4)));
     }
-    specs.push(apply_spec(Terms {
-        mask: true,
-        ..BN_BACKWARD
-    }));
     specs
 }
 
@@ -388,18 +419,12 @@ impl Partials {
             nblocks,
             window_rows,
         } = self.plan;
-        let (spec, center, b, mask) = match what {
-            Reduce::Sum => (partial_spec(false, false, false, false), None, None, None),
-            Reduce::Moments => (partial_spec(true, false, false, false), None, None, None),
-            Reduce::Dot { b, center, mask } => (
-                partial_spec(false, true, center.is_some(), mask.is_some()),
-                center,
-                Some(b),
-                mask,
-            ),
+        let (moments, center, b, mask) = match what {
+            Reduce::Sum => (false, None, None, None),
+            Reduce::Moments => (true, None, None, None),
+            Reduce::Dot { b, center, mask } => (false, center, Some(b), mask),
         };
         let center = center.map(|m| m.whole(gpu)).transpose()?;
-        let ntiles = c.div_ceil(WG_CHANNELS);
         for range in chunks(rows, window_rows) {
             let n = range.end - range.start;
             let mut windows = vec![a.window(gpu, range.start * c, n * c)?, self.window.clone()];
@@ -410,16 +435,30 @@ impl Partials {
             if let Some(mask) = mask {
                 windows.push(mask.window(gpu, range.start * c, n * c)?);
             }
+            let lanes = channel_lanes(c, &windows);
+            let spec = partial_spec(
+                moments,
+                b.is_some(),
+                center.is_some(),
+                mask.is_some(),
+                lanes == 4,
+            );
+            // As in the shader: lanes over channel groups, and when those
+            // are fewer than a workgroup, lane groups over consecutive blocks.
+            let groups = c / lanes;
+            let ntiles = groups.div_ceil(WG_CHANNELS);
+            let blocks_per_group = WG_CHANNELS / groups.min(WG_CHANNELS);
             let p = Params {
                 n: n as u32,
-                c: c as u32,
+                c: groups as u32,
                 row_block: row_block as u32,
                 g0: (range.start / row_block) as u32,
                 ntiles: ntiles as u32,
                 nblocks: nblocks as u32,
                 ..Default::default()
             };
-            launch(rec, &spec, p, &windows, ntiles * n.div_ceil(row_block))?;
+            let workgroups = ntiles * n.div_ceil(row_block).div_ceil(blocks_per_group);
+            launch_lanes(rec, &spec, p, &windows, lanes, workgroups)?;
         }
         Ok(())
     }
@@ -509,7 +548,7 @@ fn record_apply(
     if terms.mask.is_some() && terms.v.is_none() {
         return Err(Error::Internal("batchnorm apply: a mask without v".into()));
     }
-    let spec = apply_spec(Terms {
+    let terms_present = Terms {
         center: terms.m.is_some(),
         scale: terms.su.is_some(),
         v: terms.v.is_some(),
@@ -517,11 +556,7 @@ fn record_apply(
         mask: terms.mask.is_some(),
         residual: terms.residual.is_some(),
         relu: terms.relu,
-    });
-    // As in the shader: lanes per row, and rows per lane group in a block.
-    let lane_rows = WG_CHANNELS / c.min(WG_CHANNELS);
-    let row_block = APPLY_ROWS_PER_LANE * lane_rows;
-    let ntiles = c.div_ceil(WG_CHANNELS);
+    };
     for range in chunks(rows, rows_per_window(c, gpu.max_window_elems())?) {
         let (start, n) = (range.start * c, (range.end - range.start) * c);
         let mut windows = vec![u.window(gpu, start, n)?, out.window(gpu, start, n)?];
@@ -535,19 +570,26 @@ fn record_apply(
         for elementwise in [terms.mask, terms.residual].into_iter().flatten() {
             windows.push(elementwise.window(gpu, start, n)?);
         }
+        let lanes = channel_lanes(c, &windows);
+        // As in the shader: lanes per row, and rows per lane group in a block.
+        let groups = c / lanes;
+        let lane_rows = WG_CHANNELS / groups.min(WG_CHANNELS);
+        let row_block = APPLY_ROWS_PER_LANE * lane_rows;
+        let ntiles = groups.div_ceil(WG_CHANNELS);
         let window_rows = range.end - range.start;
         let p = Params {
             n: window_rows as u32,
-            c: c as u32,
+            c: groups as u32,
             row_block: row_block as u32,
             ntiles: ntiles as u32,
             ..Default::default()
         };
-        launch(
+        launch_lanes(
             rec,
-            &spec,
+            &apply_spec(terms_present, lanes == 4),
             p,
             &windows,
+            lanes,
             ntiles * window_rows.div_ceil(row_block),
         )?;
     }

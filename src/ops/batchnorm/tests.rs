@@ -40,6 +40,10 @@ fn batchnorm_train_matches_reference() {
     // Offset data: the two-pass variance must not cancel.
     check_op(&bn_case(&[3, 67, 5], 100.0, 101.0));
     check_op(&bn_case(&[1, 9, 9, 130], -3.0, 1.0));
+    // Channels in fours (the VEC4 kernels): 3 lanes' worth, so 21 lane
+    // groups share a workgroup; and 66 lanes' worth over two tiles.
+    check_op(&bn_case(&[3, 67, 12], 100.0, 101.0));
+    check_op(&bn_case(&[2, 5, 7, 264], -3.0, 1.0));
 }
 
 #[test]
@@ -47,6 +51,9 @@ fn batchnorm_train_over_many_windows_and_blocks() {
     // Windows of 1000 elements: 5 channels → windows of 192 rows (3 blocks of 64).
     check_op(&bn_case(&[2, 19, 23, 5], 10.0, 12.0).windows(1000));
     grad_check(&bn_case(&[2, 13, 11, 5], -1.0, 1.0).windows(1000));
+    // In fours: windows of 125 rows start 40 elements into a binding.
+    check_op(&bn_case(&[2, 19, 23, 8], 10.0, 12.0).windows(1000));
+    grad_check(&bn_case(&[2, 13, 11, 8], -1.0, 1.0).windows(1000));
     check_op(
         &OpCase::new(ChannelAffine::affine())
             .input([700, 3], -1.0, 1.0)
@@ -106,6 +113,7 @@ fn batchnorm_gradients() {
     grad_check(&bn_case(&[2, 7], -1.0, 1.0));
     grad_check(&bn_case(&[3, 5, 3], -2.0, 2.0));
     grad_check(&bn_case(&[2, 3, 5, 65], 1.0, 3.0));
+    grad_check(&bn_case(&[2, 3, 5, 68], 1.0, 3.0));
 }
 
 #[test]
@@ -152,6 +160,8 @@ fn batchnorm_with_fused_relu_and_residual_matches_reference() {
         check_op(&fused_case(op, &[1, 9, 9, 130]));
         // Several windows of rows (5 channels → 192 rows each).
         check_op(&fused_case(op, &[2, 19, 23, 5]).windows(1000));
+        check_op(&fused_case(op, &[3, 67, 12]));
+        check_op(&fused_case(op, &[2, 19, 23, 8]).windows(1000));
     }
     // The ReLU clips: about half the outputs are exactly zero.
     let case = fused_case(BatchNormTrain::new(1e-5).relu(), &[4, 33, 3]);
@@ -167,6 +177,7 @@ fn batchnorm_with_fused_relu_and_residual_gradients() {
         grad_check(&fused_case(op, &[3, 5, 3]));
         grad_check(&fused_case(op, &[2, 3, 5, 65]));
         grad_check(&fused_case(op, &[2, 13, 11, 5]).windows(1000));
+        grad_check(&fused_case(op, &[2, 3, 5, 68]));
     }
 }
 
