@@ -8,7 +8,7 @@ use crate::graph::{Graph, TensorId};
 use crate::ops::batchnorm::{BatchNormRunningUpdate, BatchNormTrain};
 use crate::ops::cast::Cast;
 use crate::ops::conv2d::{Conv2d, Padding};
-use crate::ops::elementwise::{Binary, BinaryKind, Unary, UnaryKind};
+use crate::ops::elementwise::{Unary, UnaryKind};
 use crate::tensor::{HostTensor, Precision, Shape, Tensor};
 
 /// How batch norm runs.
@@ -337,11 +337,19 @@ impl<'g> NetBuilder<'g> {
                     ins.push(b);
                 }
                 let y = self.g.apply1(op, &ins)?;
-                // Not BatchNormTrain's fused ReLU and residual: on lavapipe
-                // they measured slower than these separate passes (BENCHMARKS.md).
-                let outs = self
-                    .g
-                    .apply(BatchNormTrain::new(self.bn_eps), &[y, gamma, beta])?;
+                // The block's residual add and ReLU ride on the batch
+                // norm's output pass, and its backward reads dy through the
+                // ReLU's mask (BENCHMARKS.md: fewer passes, less CPU time).
+                let mut op = BatchNormTrain::new(self.bn_eps);
+                let mut ins = vec![y, gamma, beta];
+                if let Some(r) = s.residual {
+                    op = op.residual();
+                    ins.push(r);
+                }
+                if s.relu {
+                    op = op.relu();
+                }
+                let outs = self.g.apply(op, &ins)?;
                 let rows = self.g.shape(y).numel() / c;
                 let update = BatchNormRunningUpdate {
                     momentum,
@@ -349,14 +357,7 @@ impl<'g> NetBuilder<'g> {
                     count: rows,
                 };
                 self.g.apply(update, &[mean, var, outs[1], outs[2]])?;
-                let mut t = outs[0];
-                if let Some(r) = s.residual {
-                    t = self.g.apply1(Binary::new(BinaryKind::Add), &[t, r])?;
-                }
-                if s.relu {
-                    t = self.relu(t)?;
-                }
-                Ok(t)
+                Ok(outs[0])
             }
         }
     }
