@@ -526,7 +526,7 @@ impl Extractor {
 /// One read-back output of a batch, split into its images' values.
 fn split_images(bytes: &[u8], batch: usize) -> Result<Vec<Vec<f32>>> {
     let values: Vec<f32> = bytemuck::pod_collect_to_vec::<u8, f32>(bytes);
-    if values.is_empty() || values.len() % batch != 0 {
+    if values.is_empty() || !values.len().is_multiple_of(batch) {
         return Err(Error::Internal(format!(
             "{} values read back do not split into {batch} images",
             values.len()
