@@ -59,11 +59,14 @@ pub fn test_gpu() -> Option<Arc<Gpu>> {
     test_gpus().first().cloned()
 }
 
+/// Devices opened once per key (a window size) and kept for the whole test run.
+type DeviceCache<K> = Mutex<Vec<(K, Vec<Arc<Gpu>>)>>;
+
 /// The devices of `test_gpus`, opened again so that ops split their operands
 /// into windows of at most `elems` f32 elements: every windowed path runs on
 /// tiny tensors. Cached per size.
 pub fn windowed_gpus(elems: u64) -> Vec<Arc<Gpu>> {
-    static CACHE: Mutex<Vec<(u64, Vec<Arc<Gpu>>)>> = Mutex::new(Vec::new());
+    static CACHE: DeviceCache<u64> = Mutex::new(Vec::new());
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, gpus)) = cache.iter().find(|(e, _)| *e == elems) {
         return gpus.clone();
@@ -86,7 +89,7 @@ pub fn windowed_gpus(elems: u64) -> Vec<Arc<Gpu>> {
 /// A device per tiled config that `test_gpus` (or `windowed_gpus(elems)`)
 /// does not already run, each forced to that config. Cached per window.
 pub fn tiled_config_gpus(window: Option<u64>) -> Vec<Arc<Gpu>> {
-    static CACHE: Mutex<Vec<(Option<u64>, Vec<Arc<Gpu>>)>> = Mutex::new(Vec::new());
+    static CACHE: DeviceCache<Option<u64>> = Mutex::new(Vec::new());
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, gpus)) = cache.iter().find(|(w, _)| *w == window) {
         return gpus.clone();
@@ -450,6 +453,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // `!(e <= limit)` is the point: a NaN error must fail the check.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     fn one_nan_or_infinity_fails_every_comparison() {
         let want = [1.0, 2.0, 3.0];
         assert_eq!(normalized_max_error(&[1.0, 2.0, 3.0], &want), 0.0);

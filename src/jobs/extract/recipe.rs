@@ -228,6 +228,139 @@ pub fn select_local(
     f
 }
 
+/// A query crop [x1, y1, x2, y2] in original-image pixels.
+pub type CropBox = [f64; 4];
+
+/// Crops `img` to the query box. DELG rounds the corners half-to-even (Python's
+/// `round`) and crops with PIL, which pads the part of a box outside the image
+/// with black; DOLG truncates them (`int()`) and slices, which clamps to the
+/// image (docs/recipe.md §4.1, §8.7).
+fn crop_query(
+    path: &std::path::Path,
+    img: &image::RgbImage,
+    crop: CropBox,
+    truncate: bool,
+) -> Result<image::RgbImage> {
+    use crate::io::images::round_half_even;
+    let (ow, oh) = (img.width() as i64, img.height() as i64);
+    let corner = |v: f64| {
+        let v = if truncate {
+            v.trunc()
+        } else {
+            round_half_even(v)
+        };
+        // Far outside any image; keeps the casts below exact.
+        v.clamp(-1e9, 1e9) as i64
+    };
+    let [mut x1, mut y1, mut x2, mut y2] = crop.map(corner);
+    if truncate {
+        (x1, y1, x2, y2) = (x1.max(0), y1.max(0), x2.min(ow), y2.min(oh));
+    }
+    if crop.iter().any(|v| !v.is_finite()) || x2 <= x1 || y2 <= y1 {
+        return Err(Error::file(
+            path,
+            format!(
+                "crop box {crop:?} is empty inside the {ow}×{oh} image; give x1 < x2 and y1 < y2"
+            ),
+        ));
+    }
+    let (cw, ch) = ((x2 - x1) as u64, (y2 - y1) as u64);
+    if cw * ch > 4 * (ow * oh).max(1) as u64 {
+        return Err(Error::file(
+            path,
+            format!("crop box {crop:?} is far larger than the {ow}×{oh} image"),
+        ));
+    }
+    let mut out = image::RgbImage::new(cw as u32, ch as u32);
+    // The part of the box inside the image; the rest stays black.
+    let (ix1, iy1, ix2, iy2) = (x1.max(0), y1.max(0), x2.min(ow), y2.min(oh));
+    for y in iy1..iy2.max(iy1) {
+        for x in ix1..ix2.max(ix1) {
+            out.put_pixel(
+                (x - x1) as u32,
+                (y - y1) as u32,
+                *img.get_pixel(x as u32, y as u32),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes, crops and resizes one image as the reference extractor does, and
+/// normalises it for the network (NHWC).
+pub fn prepare_image(
+    path: &std::path::Path,
+    cfg: &ExtractConfig,
+    crop: Option<CropBox>,
+) -> Result<super::PreparedImage> {
+    use crate::io::images::load_rgb;
+    let mut img = load_rgb(path, cfg.max_pixels)?;
+    let mut cap = cfg.max_image_size.map(f64::from);
+    if let Some(crop) = crop {
+        let original_side = img.width().max(img.height()) as f64;
+        img = crop_query(path, &img, crop, cfg.truncate_boxes)?;
+        // The crop keeps the scale it has inside the capped full image: the
+        // official extract_features.py scales the cap by this factor, unrounded.
+        let factor = img.width().max(img.height()) as f64 / original_side;
+        cap = cap.map(|m| m * factor);
+    }
+    prepare_decoded(path, &img, cfg, cap)
+}
+
+/// Resizes and normalises an image already in memory as `prepare_image` does
+/// a file (`name` labels it in errors).
+pub fn prepare_rgb(
+    name: &std::path::Path,
+    img: &image::RgbImage,
+    cfg: &ExtractConfig,
+) -> Result<super::PreparedImage> {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(Error::file(
+            name,
+            format!("image is {w}×{h}: it has no pixels"),
+        ));
+    }
+    if u64::from(w) * u64::from(h) > cfg.max_pixels {
+        return Err(Error::file(
+            name,
+            format!(
+                "image is {w}×{h}, more than the {} pixels allowed (max_pixels); resize it first",
+                cfg.max_pixels
+            ),
+        ));
+    }
+    prepare_decoded(name, img, cfg, cfg.max_image_size.map(f64::from))
+}
+
+/// Resizes to the longest side `cap` and normalises for the network.
+fn prepare_decoded(
+    path: &std::path::Path,
+    img: &image::RgbImage,
+    cfg: &ExtractConfig,
+    cap: Option<f64>,
+) -> Result<super::PreparedImage> {
+    use crate::io::images::{capped_size, resize_pil_bilinear};
+    let (cw, ch) = img.dimensions();
+    let (nw, nh) = capped_size(cw, ch, cap);
+    let img = resize_pil_bilinear(img, nw, nh);
+    if nw.min(nh) < cfg.min_image_side {
+        return Err(Error::file(
+            path,
+            format!(
+                "image is {nw}×{nh} after resizing, below the {} px minimum",
+                cfg.min_image_side
+            ),
+        ));
+    }
+    let data = cfg.pixel_norm.apply(img.as_raw());
+    let pixels = crate::tensor::Tensor::new([1, nh as usize, nw as usize, 3], data)?;
+    Ok(super::PreparedImage {
+        pixels,
+        resize_factor: (nh as f64 / ch as f64, nw as f64 / cw as f64),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,137 +513,4 @@ mod tests {
             "typos are rejected"
         );
     }
-}
-
-/// A query crop [x1, y1, x2, y2] in original-image pixels.
-pub type CropBox = [f64; 4];
-
-/// Crops `img` to the query box. DELG rounds the corners half-to-even (Python's
-/// `round`) and crops with PIL, which pads the part of a box outside the image
-/// with black; DOLG truncates them (`int()`) and slices, which clamps to the
-/// image (docs/recipe.md §4.1, §8.7).
-fn crop_query(
-    path: &std::path::Path,
-    img: &image::RgbImage,
-    crop: CropBox,
-    truncate: bool,
-) -> Result<image::RgbImage> {
-    use crate::io::images::round_half_even;
-    let (ow, oh) = (img.width() as i64, img.height() as i64);
-    let corner = |v: f64| {
-        let v = if truncate {
-            v.trunc()
-        } else {
-            round_half_even(v)
-        };
-        // Far outside any image; keeps the casts below exact.
-        v.clamp(-1e9, 1e9) as i64
-    };
-    let [mut x1, mut y1, mut x2, mut y2] = crop.map(corner);
-    if truncate {
-        (x1, y1, x2, y2) = (x1.max(0), y1.max(0), x2.min(ow), y2.min(oh));
-    }
-    if crop.iter().any(|v| !v.is_finite()) || x2 <= x1 || y2 <= y1 {
-        return Err(Error::file(
-            path,
-            format!(
-                "crop box {crop:?} is empty inside the {ow}×{oh} image; give x1 < x2 and y1 < y2"
-            ),
-        ));
-    }
-    let (cw, ch) = ((x2 - x1) as u64, (y2 - y1) as u64);
-    if cw * ch > 4 * (ow * oh).max(1) as u64 {
-        return Err(Error::file(
-            path,
-            format!("crop box {crop:?} is far larger than the {ow}×{oh} image"),
-        ));
-    }
-    let mut out = image::RgbImage::new(cw as u32, ch as u32);
-    // The part of the box inside the image; the rest stays black.
-    let (ix1, iy1, ix2, iy2) = (x1.max(0), y1.max(0), x2.min(ow), y2.min(oh));
-    for y in iy1..iy2.max(iy1) {
-        for x in ix1..ix2.max(ix1) {
-            out.put_pixel(
-                (x - x1) as u32,
-                (y - y1) as u32,
-                *img.get_pixel(x as u32, y as u32),
-            );
-        }
-    }
-    Ok(out)
-}
-
-/// Decodes, crops and resizes one image as the reference extractor does, and
-/// normalises it for the network (NHWC).
-pub fn prepare_image(
-    path: &std::path::Path,
-    cfg: &ExtractConfig,
-    crop: Option<CropBox>,
-) -> Result<super::PreparedImage> {
-    use crate::io::images::load_rgb;
-    let mut img = load_rgb(path, cfg.max_pixels)?;
-    let mut cap = cfg.max_image_size.map(f64::from);
-    if let Some(crop) = crop {
-        let original_side = img.width().max(img.height()) as f64;
-        img = crop_query(path, &img, crop, cfg.truncate_boxes)?;
-        // The crop keeps the scale it has inside the capped full image: the
-        // official extract_features.py scales the cap by this factor, unrounded.
-        let factor = img.width().max(img.height()) as f64 / original_side;
-        cap = cap.map(|m| m * factor);
-    }
-    prepare_decoded(path, &img, cfg, cap)
-}
-
-/// Resizes and normalises an image already in memory as `prepare_image` does
-/// a file (`name` labels it in errors).
-pub fn prepare_rgb(
-    name: &std::path::Path,
-    img: &image::RgbImage,
-    cfg: &ExtractConfig,
-) -> Result<super::PreparedImage> {
-    let (w, h) = img.dimensions();
-    if w == 0 || h == 0 {
-        return Err(Error::file(
-            name,
-            format!("image is {w}×{h}: it has no pixels"),
-        ));
-    }
-    if u64::from(w) * u64::from(h) > cfg.max_pixels {
-        return Err(Error::file(
-            name,
-            format!(
-                "image is {w}×{h}, more than the {} pixels allowed (max_pixels); resize it first",
-                cfg.max_pixels
-            ),
-        ));
-    }
-    prepare_decoded(name, img, cfg, cfg.max_image_size.map(f64::from))
-}
-
-/// Resizes to the longest side `cap` and normalises for the network.
-fn prepare_decoded(
-    path: &std::path::Path,
-    img: &image::RgbImage,
-    cfg: &ExtractConfig,
-    cap: Option<f64>,
-) -> Result<super::PreparedImage> {
-    use crate::io::images::{capped_size, resize_pil_bilinear};
-    let (cw, ch) = img.dimensions();
-    let (nw, nh) = capped_size(cw, ch, cap);
-    let img = resize_pil_bilinear(img, nw, nh);
-    if nw.min(nh) < cfg.min_image_side {
-        return Err(Error::file(
-            path,
-            format!(
-                "image is {nw}×{nh} after resizing, below the {} px minimum",
-                cfg.min_image_side
-            ),
-        ));
-    }
-    let data = cfg.pixel_norm.apply(img.as_raw());
-    let pixels = crate::tensor::Tensor::new([1, nh as usize, nw as usize, 3], data)?;
-    Ok(super::PreparedImage {
-        pixels,
-        resize_factor: (nh as f64 / ch as f64, nw as f64 / cw as f64),
-    })
 }

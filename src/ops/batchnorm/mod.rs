@@ -72,7 +72,7 @@ fn launch(
 /// time: four (their VEC4 form) when the channel count and every window's
 /// shift allow vec4 access, else one.
 fn channel_lanes(c: u64, windows: &[Window]) -> u64 {
-    if c % 4 == 0 && windows.iter().all(|w| w.shift % 4 == 0) {
+    if c.is_multiple_of(4) && windows.iter().all(|w| w.shift.is_multiple_of(4)) {
         4
     } else {
         1
