@@ -333,7 +333,8 @@ impl<'g> NetBuilder<'g> {
                 let mut op = base;
                 let mut ins = vec![x, weight];
                 if let Some(b) = bias {
-                    op = op.bias();
+                    // Only the batch norm below reads the output.
+                    op = op.bias().bias_before_batch_norm();
                     ins.push(b);
                 }
                 let y = self.g.apply1(op, &ins)?;

@@ -18,7 +18,7 @@ use crate::gpu::{
     TextureNeed, TiledConfig, Window, TILED_CONFIGS,
 };
 use crate::graph::{Graph, Op, TensorId};
-use crate::ops::elementwise::{expect_inputs, Binary, BinaryKind};
+use crate::ops::elementwise::{expect_inputs, Binary, BinaryKind, Fill};
 use crate::ops::gemm::{record_row_dot, RowBias, ROW_DOT_MAX_K};
 use crate::tensor::{Precision, RefTensor, Shape, Tensor};
 
@@ -115,6 +115,9 @@ pub struct Conv2d {
     pub padding: Padding,
     pub epilogue: Epilogue,
     pub precision: Precision,
+    /// The output feeds only a training-mode batch norm (see
+    /// `bias_before_batch_norm`): the bias gradient is exactly zero.
+    pub bias_cancelled: bool,
 }
 
 impl Conv2d {
@@ -125,6 +128,7 @@ impl Conv2d {
             padding,
             epilogue: Epilogue::default(),
             precision: Precision::F32,
+            bias_cancelled: false,
         }
     }
     /// Stores x, w, the residual and y at `precision`.
@@ -138,6 +142,16 @@ impl Conv2d {
     }
     pub fn bias(mut self) -> Self {
         self.epilogue.bias = true;
+        self
+    }
+    /// The output goes only into a batch norm in training mode, whose mean
+    /// and variance outputs take no gradient: it subtracts each channel's
+    /// batch mean, so nothing downstream depends on the bias and the
+    /// bias's gradient is exactly zero. The backward then fills zeros
+    /// instead of summing dy over every pixel (which would give rounding
+    /// noise around zero). The forward, and so the running mean, still adds it.
+    pub fn bias_before_batch_norm(mut self) -> Self {
+        self.bias_cancelled = true;
         self
     }
     pub fn scale_shift(mut self) -> Self {
@@ -566,6 +580,7 @@ impl Op for Conv2d {
         };
         let geometry = Conv2d {
             epilogue: Epilogue::default(),
+            bias_cancelled: false,
             ..self.clone()
         };
         let w_t = g.apply1(SwapLastAxes, &[inputs[1]])?;
@@ -585,7 +600,13 @@ impl Op for Conv2d {
         )?;
         let mut out = vec![Some(dx), Some(dw)];
         if self.epilogue.bias {
-            out.push(Some(g.apply1(BiasGrad, &[dy])?));
+            let db = if self.bias_cancelled {
+                let shape = g.shape(inputs[2]).clone();
+                g.apply1(Fill { shape, value: 0.0 }, &[])?
+            } else {
+                g.apply1(BiasGrad, &[dy])?
+            };
+            out.push(Some(db));
         }
         Ok(out)
     }

@@ -555,3 +555,51 @@ fn f16_convolutions_refuse_f32_operands_and_training() {
     let err = g.backward(&[(y, y)], &[w]).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
 }
+
+#[test]
+fn a_bias_before_a_training_batch_norm_has_exactly_zero_gradient() {
+    use crate::graph::reference::eval_reference;
+    use crate::ops::batchnorm::BatchNormTrain;
+    use crate::tensor::Rng;
+    // x → conv + bias → batch norm (training) → ReLU, differentiated with
+    // the f64 references, once summing dy for the bias and once filling zeros.
+    let gradients = |cancelled: bool| {
+        let mut g = Graph::new();
+        let x = g.input("x", [2, 7, 5, 3]);
+        let w = g.input("w", [3, 3, 3, 6]);
+        let b = g.input("b", [6]);
+        let gamma = g.input("gamma", [6]);
+        let beta = g.input("beta", [6]);
+        let mut conv = Conv2d::new([2, 1], Padding::symmetric(1, 1)).bias();
+        if cancelled {
+            conv = conv.bias_before_batch_norm();
+        }
+        let y = g.apply1(conv, &[x, w, b]).unwrap();
+        let out = g
+            .apply(BatchNormTrain::new(1e-5).relu(), &[y, gamma, beta])
+            .unwrap();
+        let seed = g.input("seed", g.shape(out[0]).clone());
+        let grads = g.backward(&[(out[0], seed)], &[w, b]).unwrap();
+        let (dw, db) = (grads[0].unwrap(), grads[1].unwrap());
+        let kinds: Vec<&str> = g.nodes.iter().map(|n| n.op.name()).collect();
+        let mut rng = Rng::new(21);
+        let mut values = std::collections::HashMap::new();
+        for t in [x, w, b, gamma, beta, seed] {
+            let shape = g.shape(t).dims().to_vec();
+            values.insert(t, rng.tensor(shape, -1.0, 1.0).to_ref());
+        }
+        eval_reference(&g, &[dw, db], &mut values).unwrap();
+        let has_sum = kinds.contains(&"conv2d_bias_grad");
+        (values[&dw].data.clone(), values[&db].data.clone(), has_sum)
+    };
+    let (dw_sum, db_sum, summed) = gradients(false);
+    let (dw_fill, db_fill, summed_again) = gradients(true);
+    assert!(summed && !summed_again, "the flag replaces the column sum");
+    let scale = db_sum.len() as f64 * 2.0 * 4.0 * 5.0;
+    assert!(
+        db_sum.iter().all(|v| v.abs() < 1e-12 * scale),
+        "summed, the bias gradient is zero up to rounding: {db_sum:?}"
+    );
+    assert!(db_fill.iter().all(|&v| v == 0.0));
+    assert_eq!(dw_sum, dw_fill, "the weight gradient is untouched");
+}
