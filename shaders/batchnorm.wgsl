@@ -44,6 +44,25 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// Where a lane of the row kernels (col_partial, apply) works: the lanes of
+// a tile cover min(c, 64) channels (vec4s with VEC4); when c < 64, `sets`
+// sets of lanes share the workgroup and this lane is in set `set_index`. `ok` is
+// false for lanes past the channels or the last whole set.
+struct RowLane {
+    c: u32,
+    set_index: u32,
+    sets: u32,
+    ok: bool,
+}
+
+fn row_lane(g: u32, lid: u32) -> RowLane {
+    let tw = min(p.c, 64u);
+    let sets = 64u / tw;
+    let set_index = lid / tw;
+    let c = (g % p.ntiles) * 64u + lid % tw;
+    return RowLane(c, set_index, sets, c < p.c && set_index < sets);
+}
+
 fn sh(binding: u32) -> u32 {
     let k = binding - 1u;
     return p.shifts[k / 4u][k % 4u];
@@ -66,20 +85,18 @@ fn sh(binding: u32) -> u32 {
 // DOT:     s1 = Σa, s2 = Σa·(b−m)  (m = 0 without CENTER)
 // else:    s1 = Σa
 // MASK reads a as a·[mask > 0]: a ReLU's gradient, mask its output.
-// Lanes cover tw = min(c, 64) channels of a tile; when c < 64 the 64/c lane
-// groups take consecutive blocks, so every lane has work.
+// Lanes as row_lane lays them out; the sets of lanes of a workgroup take
+// consecutive blocks, so every lane has work when c < 64.
 @compute @workgroup_size(64)
 fn col_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear_group(wid, nwg);
     let blocks = (p.n + p.row_block - 1u) / p.row_block;
-    let tw = min(p.c, 64u);
-    let rs = 64u / tw;
-    let ro = lid / tw;
-    let c = (g % p.ntiles) * 64u + lid % tw;
-    let blk = (g / p.ntiles) * rs + ro;
-    if (c >= p.c || ro >= rs || blk >= blocks) {
+    let lane = row_lane(g, lid);
+    let blk = (g / p.ntiles) * lane.sets + lane.set_index;
+    if (!lane.ok || blk >= blocks) {
         return;
     }
+    let c = lane.c;
     let r0 = blk * p.row_block;
     let r1 = min(r0 + p.row_block, p.n);
 #if CENTER
@@ -281,22 +298,17 @@ fn running_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 // its define, over one window of whole rows. MASK reads v as v·[mask > 0]
 // (a ReLU's gradient), RELU makes act max(0, ·) (else the identity). Laid out like col_partial so that a lane
 // loads its channel's operands once and then touches one element per row
-// (no per-element channel division): lanes cover tw = min(c, 64) channels of
-// a tile, and when c < 64 the 64/c lane groups take interleaved rows.
+// (no per-element channel division): lanes as row_lane lays them out, and
+// when c < 64 the sets of lanes take interleaved rows.
 @compute @workgroup_size(64)
 fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear_group(wid, nwg);
     let blocks = (p.n + p.row_block - 1u) / p.row_block;
-    if (g >= p.ntiles * blocks) {
+    let lane = row_lane(g, lid);
+    if (g >= p.ntiles * blocks || !lane.ok) {
         return;
     }
-    let tw = min(p.c, 64u);
-    let rs = 64u / tw;
-    let ro = lid / tw;
-    let c = (g % p.ntiles) * 64u + lid % tw;
-    if (c >= p.c || ro >= rs) {
-        return;
-    }
+    let c = lane.c;
 #if CENTER
     let mc = m[sh({{B_M}}) + c];
 #endif
@@ -311,7 +323,7 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 #endif
     let blk = g / p.ntiles;
     let r1 = min((blk + 1u) * p.row_block, p.n);
-    for (var r = blk * p.row_block + ro; r < r1; r += rs) {
+    for (var r = blk * p.row_block + lane.set_index; r < r1; r += lane.sets) {
         let i = r * p.c + c;
         var y = u[sh(1u) + i];
 #if CENTER

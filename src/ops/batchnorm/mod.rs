@@ -21,7 +21,7 @@ use crate::gpu::{
     chunks, rows_per_window, DeviceTensor, Gpu, Recorder, ScratchNeed, ShaderSpec, Window,
 };
 use crate::graph::{Graph, Op, TensorId};
-use crate::ops::elementwise::{expect_inputs, Fill};
+use crate::ops::elementwise::{expect_inputs, zeros_like};
 use crate::tensor::{RefTensor, Shape, Tensor};
 
 mod affine;
@@ -68,14 +68,34 @@ fn launch(
     launch_lanes(rec, spec, p, windows, 1, groups)
 }
 
-/// Channels a lane of the row kernels (`col_partial`, `apply`) takes at a
-/// time: four (their VEC4 form) when the channel count and every window's
-/// shift allow vec4 access, else one.
-fn channel_lanes(c: u64, windows: &[Window]) -> u64 {
-    if c.is_multiple_of(4) && windows.iter().all(|w| w.shift.is_multiple_of(4)) {
-        4
-    } else {
-        1
+/// How the row kernels (`col_partial`, `apply`) lay a workgroup's lanes over
+/// a window of rows × c, as the shader does: each lane takes `lanes`
+/// channels (four as a vec4 where the channel count and every window's
+/// shift allow, else one), the lanes of a tile cover up to WG_CHANNELS of
+/// those `groups`, and when there are fewer, `lane_sets` sets of lanes
+/// share a workgroup (over consecutive blocks or interleaved rows).
+struct LaneLayout {
+    lanes: u64,
+    groups: u64,
+    ntiles: u64,
+    lane_sets: u64,
+}
+
+impl LaneLayout {
+    fn new(c: u64, windows: &[Window]) -> LaneLayout {
+        let vec4 = c.is_multiple_of(4) && windows.iter().all(|w| w.shift.is_multiple_of(4));
+        let lanes = if vec4 { 4 } else { 1 };
+        let groups = c / lanes;
+        LaneLayout {
+            lanes,
+            groups,
+            ntiles: groups.div_ceil(WG_CHANNELS),
+            lane_sets: WG_CHANNELS / groups.min(WG_CHANNELS),
+        }
+    }
+
+    fn vec4(&self) -> bool {
+        self.lanes == 4
     }
 }
 
@@ -435,30 +455,25 @@ impl Partials {
             if let Some(mask) = mask {
                 windows.push(mask.window(gpu, range.start * c, n * c)?);
             }
-            let lanes = channel_lanes(c, &windows);
+            let layout = LaneLayout::new(c, &windows);
             let spec = partial_spec(
                 moments,
                 b.is_some(),
                 center.is_some(),
                 mask.is_some(),
-                lanes == 4,
+                layout.vec4(),
             );
-            // As in the shader: lanes over channel groups, and when those
-            // are fewer than a workgroup, lane groups over consecutive blocks.
-            let groups = c / lanes;
-            let ntiles = groups.div_ceil(WG_CHANNELS);
-            let blocks_per_group = WG_CHANNELS / groups.min(WG_CHANNELS);
             let p = Params {
                 n: n as u32,
-                c: groups as u32,
+                c: layout.groups as u32,
                 row_block: row_block as u32,
                 g0: (range.start / row_block) as u32,
-                ntiles: ntiles as u32,
+                ntiles: layout.ntiles as u32,
                 nblocks: nblocks as u32,
                 ..Default::default()
             };
-            let workgroups = ntiles * n.div_ceil(row_block).div_ceil(blocks_per_group);
-            launch_lanes(rec, &spec, p, &windows, lanes, workgroups)?;
+            let workgroups = layout.ntiles * n.div_ceil(row_block).div_ceil(layout.lane_sets);
+            launch_lanes(rec, &spec, p, &windows, layout.lanes, workgroups)?;
         }
         Ok(())
     }
@@ -570,40 +585,27 @@ fn record_apply(
         for elementwise in [terms.mask, terms.residual].into_iter().flatten() {
             windows.push(elementwise.window(gpu, start, n)?);
         }
-        let lanes = channel_lanes(c, &windows);
-        // As in the shader: lanes per row, and rows per lane group in a block.
-        let groups = c / lanes;
-        let lane_rows = WG_CHANNELS / groups.min(WG_CHANNELS);
-        let row_block = APPLY_ROWS_PER_LANE * lane_rows;
-        let ntiles = groups.div_ceil(WG_CHANNELS);
+        let layout = LaneLayout::new(c, &windows);
+        // Each set of lanes walks APPLY_ROWS_PER_LANE of a block's rows.
+        let row_block = APPLY_ROWS_PER_LANE * layout.lane_sets;
         let window_rows = range.end - range.start;
         let p = Params {
             n: window_rows as u32,
-            c: groups as u32,
+            c: layout.groups as u32,
             row_block: row_block as u32,
-            ntiles: ntiles as u32,
+            ntiles: layout.ntiles as u32,
             ..Default::default()
         };
         launch_lanes(
             rec,
-            &apply_spec(terms_present, lanes == 4),
+            &apply_spec(terms_present, layout.vec4()),
             p,
             &windows,
-            lanes,
-            ntiles * window_rows.div_ceil(row_block),
+            layout.lanes,
+            layout.ntiles * window_rows.div_ceil(row_block),
         )?;
     }
     Ok(())
-}
-
-fn zeros(g: &mut Graph, shape: &Shape) -> Result<TensorId> {
-    g.apply1(
-        Fill {
-            shape: shape.clone(),
-            value: 0.0,
-        },
-        &[],
-    )
 }
 
 /// Per-channel mean and biased variance of rows × c data (two-pass, f64).
