@@ -291,6 +291,12 @@ pub struct Fill {
     pub value: f32,
 }
 
+/// Zeros shaped like `like`: a gradient known to be zero.
+pub(crate) fn zeros_like(g: &mut Graph, like: TensorId) -> Result<TensorId> {
+    let shape = g.shape(like).clone();
+    g.apply1(Fill { shape, value: 0.0 }, &[])
+}
+
 impl Op for Fill {
     fn name(&self) -> &'static str {
         "fill"

@@ -122,7 +122,7 @@ impl Op for BatchNormTrain {
         let (x, gamma) = (inputs[0], inputs[1]);
         let dy = match grads[0] {
             Some(d) => d,
-            None => zeros(g, &g.shape(x).clone())?,
+            None => zeros_like(g, x)?,
         };
         // The residual's gradient is the masked dy itself, so it is
         // materialised once and read by both; without a residual the
@@ -139,7 +139,7 @@ impl Op for BatchNormTrain {
             for d in &grads[1..3] {
                 ins.push(match *d {
                     Some(d) => d,
-                    None => zeros(g, &g.shape(gamma).clone())?,
+                    None => zeros_like(g, gamma)?,
                 });
             }
         }

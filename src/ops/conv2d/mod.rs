@@ -18,7 +18,7 @@ use crate::gpu::{
     TextureNeed, TiledConfig, Window, TILED_CONFIGS,
 };
 use crate::graph::{Graph, Op, TensorId};
-use crate::ops::elementwise::{expect_inputs, Binary, BinaryKind, Fill};
+use crate::ops::elementwise::{expect_inputs, zeros_like, Binary, BinaryKind};
 use crate::ops::gemm::{record_row_dot, RowBias, ROW_DOT_MAX_K};
 use crate::tensor::{Precision, RefTensor, Shape, Tensor};
 
@@ -169,12 +169,6 @@ impl Conv2d {
     fn input_count(&self) -> usize {
         let e = self.epilogue;
         2 + e.bias as usize + 2 * e.scale_shift as usize + e.residual as usize
-    }
-
-    /// The row width of the unfolded forward A (`unfolded_width`), at
-    /// either precision: the unfolded rows are stored as x is.
-    fn unfold(&self, gpu: &Gpu, g: &Geom, limit: u64) -> Option<usize> {
-        unfolded_width(gpu, g, limit)
     }
 
     /// Output spatial size for an input of `in_hw` and a kernel of `k`.
@@ -422,7 +416,7 @@ impl Op for Conv2d {
             a_elems,
             b_elems,
         };
-        Ok(match self.unfold(gpu, &g, limit) {
+        Ok(match unfolded_width(gpu, &g, limit) {
             Some(k_rows) => {
                 // Chunks are planned so that one chunk's unfolded rows fit a
                 // window; the unfold reads its source through the scalar slot.
@@ -479,7 +473,7 @@ impl Op for Conv2d {
         let (out_row, in_row) = ((g.ow * g.cout) as u64, (g.w * g.cin) as u64);
         let k = g.kh * g.kw * g.cin;
         let limit = gpu.max_window_elems();
-        let unfold = self.unfold(gpu, &g, limit);
+        let unfold = unfolded_width(gpu, &g, limit);
         let (k_rows, dest_row, b) = match unfold {
             Some(k_rows) => {
                 let b = record_padded_rows(rec, self.precision, &weights, k, g.cout, k_rows)?;
@@ -601,8 +595,7 @@ impl Op for Conv2d {
         let mut out = vec![Some(dx), Some(dw)];
         if self.epilogue.bias {
             let db = if self.bias_cancelled {
-                let shape = g.shape(inputs[2]).clone();
-                g.apply1(Fill { shape, value: 0.0 }, &[])?
+                zeros_like(g, inputs[2])?
             } else {
                 g.apply1(BiasGrad, &[dy])?
             };
